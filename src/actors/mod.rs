@@ -1,0 +1,96 @@
+//! The actor tree: lifecycle work (session expiry, supervision, and later
+//! subscriptions, transactions, backend pools) runs in actix actors on a pool
+//! of arbiters; the data path never waits on them.
+//!
+//! ```text
+//! RootSupervisor
+//!   +- NamespaceSupervisor (one per namespace)
+//!        +- SessionActor (one per session)
+//! ```
+//!
+//! Supervision means progress: each child pulses on a timer; a supervisor
+//! that finds a child dead (a panic closes its mailbox) or silent since its
+//! last check restarts it from the state saved outside the actor, and counts
+//! the restart. Every actor answers [`Observe`] with an [`ActorNode`].
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
+
+use actix::{Arbiter, ArbiterHandle};
+use tokio::sync::Notify;
+
+pub mod namespace;
+pub mod observe;
+pub mod root;
+pub mod session;
+
+pub use namespace::SupervisorSettings;
+pub use namespace::{NamespaceHandle, NamespaceSupervisor};
+pub use observe::{ActorKind, ActorNode, ActorStatus, Observe};
+pub use root::{RootSupervisor, Supervisors};
+pub use session::{Fault, SessionActor};
+
+/// Arbiters (threads with their own event loop) that actors are placed on,
+/// round-robin.
+pub struct ArbiterPool {
+    arbiters: Vec<Arbiter>,
+    next: AtomicUsize,
+}
+
+impl ArbiterPool {
+    /// `threads == 0` places every actor on the calling thread's arbiter
+    /// (tests with paused time need that: one runtime, one clock).
+    pub fn new(threads: usize) -> Self {
+        ArbiterPool {
+            arbiters: (0..threads).map(|_| Arbiter::new()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next(&self) -> ArbiterHandle {
+        if self.arbiters.is_empty() {
+            return Arbiter::current();
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        self.arbiters[i].handle()
+    }
+
+    /// Asks the arbiter threads to stop once their current work is done;
+    /// does not block.
+    pub fn stop(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+/// Lets a supervisor end a child that can no longer process messages (one
+/// stuck waiting): the child waits on the switch alongside its work.
+#[derive(Default)]
+pub struct KillSwitch {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl KillSwitch {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    pub async fn fired(self: Arc<Self>) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_fired() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Observable state: every actor describes itself as an [`ActorNode`], and
+//! the admin view is the tree of those nodes.
+
+use std::time::SystemTime;
+
+use actix::{Message, MessageResponse};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    Root,
+    NamespaceSupervisor,
+    Session,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorStatus {
+    Running,
+    /// Its mailbox is closed or it stopped making progress; the supervisor
+    /// restarts it on its next check.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, MessageResponse)]
+pub struct ActorNode {
+    pub kind: ActorKind,
+    pub id: String,
+    pub parent: Option<String>,
+    pub status: ActorStatus,
+    #[serde(with = "humantime_serde")]
+    pub created: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub last_progress: SystemTime,
+    pub messages_handled: u64,
+    pub restarts: u64,
+    /// Kind-specific state (a session's expiry, a pool's connections, ...).
+    pub state: serde_json::Value,
+    pub children: Vec<ActorNode>,
+}
+
+impl ActorNode {
+    /// Every node of the tree, depth first.
+    pub fn walk(&self) -> Vec<&ActorNode> {
+        let mut out = vec![self];
+        for c in &self.children {
+            out.extend(c.walk());
+        }
+        out
+    }
+
+    pub fn find(&self, id: &str) -> Option<&ActorNode> {
+        self.walk().into_iter().find(|n| n.id == id)
+    }
+}
+
+/// Ask an actor (and, for supervisors, its children) for its state.
+#[derive(Message)]
+#[rtype(result = "ActorNode")]
+pub struct Observe;

@@ -1,0 +1,210 @@
+//! RootSupervisor: restarts a dead NamespaceSupervisor (its children survive
+//! in shared state), prunes session tombstones, and answers for the whole
+//! tree. [`Supervisors`] is the handle the services use.
+
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
+
+use super::{
+    namespace::{observe_namespace, InjectFault, StartSession, StopSession, SupervisorSettings},
+    session::Vitals,
+    ActorKind, ActorNode, ActorStatus, Fault, NamespaceHandle, NamespaceSupervisor, Observe,
+};
+use crate::{
+    error::{Error, ErrorKind},
+    session::SessionEntry,
+};
+
+pub struct RootSupervisor {
+    namespaces: Vec<Arc<NamespaceHandle>>,
+    settings: SupervisorSettings,
+    vitals: Arc<Vitals>,
+    created: SystemTime,
+}
+
+impl RootSupervisor {
+    fn supervise(&mut self) {
+        self.vitals.beat(self.settings.registry.clock().now_ms());
+        self.settings.registry.prune_tombstones();
+        for handle in &self.namespaces {
+            if !handle.addr().connected() {
+                tracing::warn!(namespace = %handle.shared.name, "restarting namespace supervisor");
+                let addr =
+                    NamespaceSupervisor::start_with(handle.shared.clone(), self.settings.clone());
+                handle.replace(addr);
+            }
+        }
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.vitals.beat(self.settings.registry.clock().now_ms());
+        ctx.run_interval(self.settings.interval, |act, _| act.supervise());
+    }
+}
+
+impl Handler<Observe> for RootSupervisor {
+    type Result = ResponseFuture<ActorNode>;
+
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+        self.vitals.handled();
+        let namespaces = self.namespaces.clone();
+        let vitals = self.vitals.clone();
+        let created = self.created;
+        let clock = *self.settings.registry.clock();
+        Box::pin(async move {
+            let mut children = Vec::with_capacity(namespaces.len());
+            for handle in namespaces {
+                let restarts = handle.restarts.load(Ordering::Relaxed);
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), handle.addr().send(Observe)).await;
+                children.push(match answer {
+                    Ok(Ok(mut node)) => {
+                        node.restarts = restarts;
+                        node
+                    }
+                    _ => {
+                        observe_namespace(handle.shared.clone(), restarts, ActorStatus::Failed)
+                            .await
+                    }
+                });
+            }
+            ActorNode {
+                kind: ActorKind::Root,
+                id: "root".to_string(),
+                parent: None,
+                status: ActorStatus::Running,
+                created,
+                last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
+                messages_handled: vitals.handled.load(Ordering::Relaxed),
+                restarts: 0,
+                state: serde_json::json!({ "namespaces": children.len() }),
+                children,
+            }
+        })
+    }
+}
+
+/// The services' handle on the actor tree.
+pub struct Supervisors {
+    root: Addr<RootSupervisor>,
+    namespaces: BTreeMap<String, Arc<NamespaceHandle>>,
+}
+
+fn unavailable(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        "SUPERVISOR_UNAVAILABLE",
+        format!("{what} is restarting; retry shortly"),
+    )
+}
+
+impl Supervisors {
+    /// Starts the tree; must run inside the actix system.
+    pub fn start<'a>(
+        namespaces: impl IntoIterator<Item = &'a String>,
+        settings: SupervisorSettings,
+    ) -> Self {
+        let namespaces: BTreeMap<String, Arc<NamespaceHandle>> = namespaces
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Arc::new(NamespaceSupervisor::spawn(n, settings.clone())),
+                )
+            })
+            .collect();
+        let root = RootSupervisor {
+            namespaces: namespaces.values().cloned().collect(),
+            settings: settings.clone(),
+            vitals: Arc::default(),
+            created: SystemTime::now(),
+        };
+        let root = RootSupervisor::start_in_arbiter(&settings.pool.next(), move |_| root);
+        Supervisors { root, namespaces }
+    }
+
+    fn namespace(&self, name: &str) -> Result<&NamespaceHandle, Error> {
+        self.namespaces
+            .get(name)
+            .map(|h| h.as_ref())
+            .ok_or_else(|| Error::internal(format!("no supervisor for namespace {name}")))
+    }
+
+    pub async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
+        let handle = self.namespace(entry.namespace())?;
+        handle
+            .addr()
+            .send(StartSession(entry))
+            .await
+            .map_err(|_| unavailable("the namespace supervisor"))
+    }
+
+    /// Fire-and-forget: the session has already left the registry.
+    pub fn stop_session(&self, namespace: &str, session_id: &str) {
+        if let Ok(handle) = self.namespace(namespace) {
+            handle.addr().do_send(StopSession(session_id.to_string()));
+        }
+    }
+
+    pub async fn inject_fault(
+        &self,
+        namespace: &str,
+        session_id: &str,
+        fault: Fault,
+    ) -> Result<(), Error> {
+        let handle = self.namespace(namespace)?;
+        handle
+            .addr()
+            .send(InjectFault {
+                session_id: session_id.to_string(),
+                fault,
+            })
+            .await
+            .map_err(|_| unavailable("the namespace supervisor"))?
+    }
+
+    /// The live actor tree.
+    pub async fn observe(&self) -> Result<ActorNode, Error> {
+        self.root
+            .send(Observe)
+            .await
+            .map_err(|_| unavailable("the root supervisor"))
+    }
+
+    /// Supervisors whose mailbox is closed (empty when all run).
+    pub fn down_supervisors(&self) -> Vec<String> {
+        let mut down: Vec<String> = self
+            .namespaces
+            .values()
+            .filter(|h| !h.addr().connected())
+            .map(|h| format!("namespace/{}", h.shared.name))
+            .collect();
+        if !self.root.connected() {
+            down.push("root".to_string());
+        }
+        down
+    }
+
+    /// Stops every session actor; used at shutdown after sessions ended.
+    pub fn stop_all_sessions(&self) {
+        for handle in self.namespaces.values() {
+            handle.shared.stop_all();
+        }
+    }
+
+    pub fn session_actor_count(&self) -> usize {
+        self.namespaces
+            .values()
+            .map(|h| h.shared.child_count())
+            .sum()
+    }
+}

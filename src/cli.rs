@@ -1,0 +1,179 @@
+//! The command line: `prism serve`, `prism validate`, `prism registry backends`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::{
+    backends,
+    config::{validate, GatewayConfig, ProcessEnv},
+    runtime,
+    server::{self, Gateway, Listeners},
+};
+
+#[derive(Parser)]
+#[command(name = "prism", version, about = "Prism data access gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the embedded default config when no --config is given).
+    Serve {
+        /// YAML config file.
+        #[arg(long, env = "PRISM_CONFIG")]
+        config: Option<PathBuf>,
+        /// gRPC listen address [default: 0.0.0.0:8980, or server.listen].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin HTTP listen address [default: 127.0.0.1:8981, or server.admin_listen].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Log format.
+        #[arg(long, env = "PRISM_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Check a config file; prints every check, exits non-zero on failure.
+    Validate {
+        /// YAML config file.
+        file: PathBuf,
+    },
+    /// Show what this build implements.
+    Registry {
+        #[command(subcommand)]
+        what: RegistryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// The backend × interface matrix.
+    Backends,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            log_format,
+        } => serve(config, listen, admin_listen, log_format),
+        Command::Validate { file } => validate_file(&file),
+        Command::Registry {
+            what: RegistryCommand::Backends,
+        } => {
+            print!("{}", backends::registry_matrix());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn validate_file(file: &std::path::Path) -> ExitCode {
+    let config = match GatewayConfig::from_file(file, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("FAIL {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = validate::validate(&config);
+    print!("{}", report.text());
+    if report.has_failures() {
+        eprintln!("{}: configuration is invalid", file.display());
+        ExitCode::FAILURE
+    } else {
+        println!("{}: configuration is valid", file.display());
+        ExitCode::SUCCESS
+    }
+}
+
+fn serve(
+    path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    log_format: LogFormat,
+) -> ExitCode {
+    init_logging(log_format);
+    let mut config = match GatewayConfig::load_validated(path.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    if let Some(addr) = admin_listen {
+        config.server.admin_listen = addr;
+    }
+    let result = runtime::block_on_multi_thread(async move {
+        let grpc = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen))?;
+        let gateway = std::sync::Arc::new(Gateway::start(config).map_err(|e| e.to_string())?);
+        server::run(
+            gateway,
+            Listeners {
+                grpc,
+                admin: Some(admin),
+            },
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

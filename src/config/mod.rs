@@ -1,0 +1,610 @@
+//! Gateway configuration: the YAML schema, loading with environment
+//! overrides, and the embedded default (`config/prism.yaml`).
+//!
+//! Server configuration (backends, namespaces, credentials) is the operator's;
+//! client configurations (named here, or sent inline) say which pattern and
+//! backend a session uses. See `resolve` for how the two meet.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::backends::{BackendKind, Interface};
+
+pub mod resolve;
+pub mod validate;
+
+/// The configuration compiled into the binary, used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/prism.yaml");
+
+/// Where configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+    Inline,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("embedded default config"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Inline => f.write_str("inline config"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: environment variable {var} is not set; set it or give a default as ${{{var}:-value}}")]
+    MissingEnv { source_name: String, var: String },
+    #[error("{source_name} is invalid:\n{report}")]
+    Invalid { source_name: String, report: String },
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendSpec>,
+    pub namespaces: BTreeMap<String, NamespaceSpec>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, NamedConfigSpec>,
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (health and readiness).
+    pub admin_listen: SocketAddr,
+    /// How long in-flight calls may run after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Arbiter threads for actors; absent = one per core, 0 = run actors on
+    /// the calling thread (tests with paused time).
+    pub actor_threads: Option<usize>,
+    /// How often supervisors check that their children are alive and making
+    /// progress.
+    #[serde(with = "humantime_serde")]
+    pub supervision_interval: Duration,
+    /// TLS for the gRPC listener; with `client_ca_file`, mutual TLS.
+    pub tls: Option<TlsSpec>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8980".parse().expect("valid default address"),
+            admin_listen: "127.0.0.1:8981".parse().expect("valid default address"),
+            shutdown_grace: Duration::from_secs(10),
+            actor_threads: None,
+            supervision_interval: Duration::from_secs(1),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA that signs client certificates; enables mTLS when set.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    #[serde(rename = "type")]
+    pub kind: BackendKind,
+    /// Connection address (postgres://, redis://, nats://, kafka host:port list).
+    pub url: Option<String>,
+    /// File path (sqlite).
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// An access pattern, i.e. which client API a config is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    #[serde(alias = "keyvalue")]
+    KeyValue,
+    Queue,
+    Pubsub,
+    Reader,
+    Transact,
+}
+
+impl Pattern {
+    pub const ALL: [Pattern; 5] = [
+        Pattern::KeyValue,
+        Pattern::Queue,
+        Pattern::Pubsub,
+        Pattern::Reader,
+        Pattern::Transact,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::KeyValue => "key_value",
+            Pattern::Queue => "queue",
+            Pattern::Pubsub => "pubsub",
+            Pattern::Reader => "reader",
+            Pattern::Transact => "transact",
+        }
+    }
+
+    /// The interfaces every backend serving this pattern must implement.
+    pub fn base_interfaces(self) -> &'static [Interface] {
+        match self {
+            Pattern::KeyValue => &[Interface::KeyValueBasic],
+            Pattern::Queue => &[Interface::QueueBasic],
+            Pattern::Pubsub => &[Interface::PubSubBasic],
+            Pattern::Reader => &[Interface::ReaderPaged],
+            Pattern::Transact => &[Interface::TransactOutbox],
+        }
+    }
+
+    /// Whether this build serves the pattern's gRPC API. A pattern's base
+    /// interfaces are only enforced once it is served; until then a session
+    /// for it opens but its API answers `UNIMPLEMENTED`.
+    pub fn served(self) -> bool {
+        match self {
+            Pattern::KeyValue
+            | Pattern::Queue
+            | Pattern::Pubsub
+            | Pattern::Reader
+            | Pattern::Transact => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSpec {
+    #[serde(default)]
+    pub description: String,
+    /// Backend names sessions of this namespace may use.
+    pub allowed_backends: Vec<String>,
+    /// Patterns sessions of this namespace may use.
+    pub allowed_patterns: Vec<Pattern>,
+    #[serde(default)]
+    pub session: SessionPolicy,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionPolicy {
+    /// A session with no activity for this long expires.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// No session outlives this, however active or refreshed.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Heartbeat reports EXPIRING when less than this remains.
+    #[serde(with = "humantime_serde")]
+    pub expiring_within: Duration,
+    /// How long a non-forced close waits for pending operations.
+    #[serde(with = "humantime_serde")]
+    pub close_drain_timeout: Duration,
+    /// Sessions open at once in the namespace.
+    pub max_sessions: usize,
+    /// Restarts of one session actor before the supervisor gives up and
+    /// closes the session.
+    pub max_restarts: u32,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        SessionPolicy {
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            expiring_within: Duration::from_secs(60),
+            close_drain_timeout: Duration::from_secs(10),
+            max_sessions: 10_000,
+            max_restarts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub name: String,
+    /// Hex SHA-256 of the key; the key itself is never stored.
+    pub sha256: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Strong,
+    Eventual,
+    BoundedStaleness,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedConfigSpec {
+    pub namespace: String,
+    pub pattern: Pattern,
+    /// Further patterns this config serves (e.g. reader + transact).
+    #[serde(default)]
+    pub also: Vec<Pattern>,
+    /// Name of a configured backend.
+    pub backend: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub required_interfaces: Vec<String>,
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default, with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    pub cache: Option<CacheSpec>,
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Roles allowed to use this config (any of); empty = any principal of
+    /// the namespace.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn default_version() -> String {
+    "v1".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub max_entries: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests_per_second: i32,
+    #[serde(default)]
+    pub burst: i32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerSpec>,
+    pub mtls: Option<MtlsSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerSpec {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret (use `${PRISM_JWT_SECRET}`, never a literal).
+    pub secret: Option<String>,
+    /// RS256 public key, PEM text or a file.
+    pub public_key_pem: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    /// Claim naming the namespace.
+    #[serde(default = "default_namespace_claim")]
+    pub namespace_claim: String,
+    /// Claim listing roles (array of strings or space-separated string).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+fn default_namespace_claim() -> String {
+    "namespace".to_string()
+}
+fn default_roles_claim() -> String {
+    "roles".to_string()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSpec {
+    /// Client certificate subject common name → principal.
+    pub identities: BTreeMap<String, MtlsIdentity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsIdentity {
+    pub namespace: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// Reads environment variables; injectable so tests never touch the process
+/// environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl GatewayConfig {
+    /// The embedded default, with environment overrides.
+    pub fn embedded(env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::from_yaml(EMBEDDED_DEFAULT, &Source::Embedded, env)
+    }
+
+    pub fn from_file(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, &Source::File(path.to_path_buf()), env)
+    }
+
+    /// Parses YAML after `${VAR}` / `${VAR:-default}` substitution, then
+    /// applies the well-known address overrides.
+    pub fn from_yaml(text: &str, source: &Source, env: &dyn Env) -> Result<Self, ConfigError> {
+        let source_name = source.to_string();
+        let text = interpolate(text, env).map_err(|var| ConfigError::MissingEnv {
+            source_name: source_name.clone(),
+            var,
+        })?;
+        let mut config: GatewayConfig =
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                source_name: source_name.clone(),
+                message: describe_yaml_error(&e),
+            })?;
+        config.apply_env_overrides(env);
+        Ok(config)
+    }
+
+    /// Loads and validates; a config that fails any check is rejected with
+    /// every failing check in the message.
+    pub fn load_validated(path: Option<&Path>, env: &dyn Env) -> Result<Self, ConfigError> {
+        let config = match path {
+            Some(p) => Self::from_file(p, env)?,
+            None => Self::embedded(env)?,
+        };
+        let report = validate::validate(&config);
+        if report.has_failures() {
+            let source_name = match path {
+                Some(p) => p.display().to_string(),
+                None => Source::Embedded.to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                source_name,
+                report: report.failures_text(),
+            });
+        }
+        Ok(config)
+    }
+
+    fn apply_env_overrides(&mut self, env: &dyn Env) {
+        if let Some(addr) = env.var("PRISM_LISTEN").and_then(|a| a.parse().ok()) {
+            self.server.listen = addr;
+        }
+        if let Some(addr) = env.var("PRISM_ADMIN_LISTEN").and_then(|a| a.parse().ok()) {
+            self.server.admin_listen = addr;
+        }
+        // A conventional variable (DATABASE_URL, ...) addresses the one backend
+        // of its kind; with several, only PRISM_BACKEND_<NAME>_URL is used.
+        let mut per_kind: BTreeMap<BackendKind, usize> = BTreeMap::new();
+        for spec in self.backends.values() {
+            *per_kind.entry(spec.kind).or_default() += 1;
+        }
+        for (name, spec) in self.backends.iter_mut() {
+            let specific = format!(
+                "PRISM_BACKEND_{}_URL",
+                name.to_ascii_uppercase().replace(['-', '.'], "_")
+            );
+            let conventional = match spec.kind {
+                BackendKind::Postgres => Some("DATABASE_URL"),
+                BackendKind::Redis => Some("REDIS_URL"),
+                BackendKind::Nats => Some("NATS_URL"),
+                BackendKind::Kafka => Some("KAFKA_BROKERS"),
+                BackendKind::Memory | BackendKind::Sqlite => None,
+            };
+            let value = env.var(&specific).or_else(|| {
+                conventional
+                    .filter(|_| per_kind.get(&spec.kind) == Some(&1))
+                    .and_then(|v| env.var(v))
+            });
+            if let Some(url) = value {
+                spec.url = Some(url);
+            }
+        }
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+fn interpolate(text: &str, env: &dyn Env) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                out.push('$');
+                rest = after;
+                continue;
+            };
+            let expr = &body[..end];
+            let (var, default) = match expr.split_once(":-") {
+                Some((v, d)) => (v, Some(d)),
+                None => (expr, None),
+            };
+            match env.var(var).or_else(|| default.map(str::to_string)) {
+                Some(v) => out.push_str(&v),
+                None => return Err(var.to_string()),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    let mut msg = e.to_string();
+    if msg.contains("unknown field") {
+        msg.push_str(" (check the spelling; README.md lists every field)");
+    } else if msg.contains("unknown variant") {
+        msg.push_str(" (use one of the listed values)");
+    } else if msg.contains("missing field") {
+        msg.push_str(" (add the field)");
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn embedded_default_parses_and_validates() {
+        let cfg = GatewayConfig::embedded(&NO_ENV).expect("embedded config parses");
+        let report = validate::validate(&cfg);
+        assert!(!report.has_failures(), "{}", report.failures_text());
+        assert!(cfg.namespaces.contains_key("default"));
+        for name in ["user-profiles", "orders-queue", "events", "orders-db"] {
+            assert!(
+                cfg.configs.contains_key(name),
+                "missing named config {name}"
+            );
+        }
+        for spec in cfg.backends.values() {
+            assert!(
+                matches!(spec.kind, BackendKind::Memory | BackendKind::Sqlite),
+                "the embedded default must need no external service"
+            );
+        }
+    }
+
+    #[test]
+    fn interpolation_uses_env_and_defaults() {
+        let env = [("A", "1")];
+        assert_eq!(
+            interpolate("x=${A} y=${B:-2} $$z", &env).unwrap(),
+            "x=1 y=2 $z"
+        );
+        assert_eq!(interpolate("${MISSING}", &env), Err("MISSING".to_string()));
+    }
+
+    #[test]
+    fn conventional_env_overrides_the_single_backend_of_its_kind() {
+        let yaml = r#"
+backends:
+  pg: { type: postgres, url: "postgres://file/db" }
+namespaces:
+  ns: { allowed_backends: [pg], allowed_patterns: [queue] }
+"#;
+        let env = [
+            ("DATABASE_URL", "postgres://env/db"),
+            ("PRISM_LISTEN", "127.0.0.1:9999"),
+        ];
+        let cfg = GatewayConfig::from_yaml(yaml, &Source::Inline, &env).unwrap();
+        assert_eq!(cfg.backends["pg"].url.as_deref(), Some("postgres://env/db"));
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:9999");
+
+        let env = [("PRISM_BACKEND_PG_URL", "postgres://specific/db")];
+        let cfg = GatewayConfig::from_yaml(yaml, &Source::Inline, &env).unwrap();
+        assert_eq!(
+            cfg.backends["pg"].url.as_deref(),
+            Some("postgres://specific/db")
+        );
+    }
+
+    #[test]
+    fn unknown_field_and_backend_type_are_named() {
+        let yaml =
+            "namespaces:\n  ns: { allowed_backends: [], allowed_patterns: [], sesion: {} }\n";
+        let err = GatewayConfig::from_yaml(yaml, &Source::Inline, &NO_ENV).unwrap_err();
+        assert!(err.to_string().contains("unknown field `sesion`"), "{err}");
+
+        let yaml = "backends:\n  m: { type: mongo }\nnamespaces: {}\n";
+        let err = GatewayConfig::from_yaml(yaml, &Source::Inline, &NO_ENV).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("unknown variant `mongo`") && msg.contains("postgres"),
+            "{msg}"
+        );
+    }
+}

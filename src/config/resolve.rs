@@ -1,0 +1,380 @@
+//! Resolving a client configuration — named on the server or sent inline —
+//! against a namespace's policy: which backends and patterns it may use and
+//! which interfaces those backends implement. `prism validate` and
+//! CreateSession share this one path.
+
+use std::time::Duration;
+
+use super::{Consistency, GatewayConfig, NamedConfigSpec, Pattern};
+use crate::{
+    backends::{BackendKind, Interface},
+    error::{Error, ErrorKind},
+    proto::config::v1 as pb,
+};
+
+/// A client configuration that passed every policy check.
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    pub name: String,
+    pub namespace: String,
+    pub backend_name: String,
+    pub backend_kind: BackendKind,
+    /// Primary pattern first.
+    pub patterns: Vec<Pattern>,
+    /// Roles allowed to use the config (any of); empty = anyone in the namespace.
+    pub roles: Vec<String>,
+    /// What the client is shown.
+    pub proto: pb::ClientConfig,
+}
+
+impl ResolvedConfig {
+    /// Feature names for `supported_features`: the interfaces the session's
+    /// backend implements, e.g. `keyvalue_ttl`.
+    pub fn interfaces(&self) -> impl Iterator<Item = Interface> + '_ {
+        self.backend_kind.implements().iter().copied()
+    }
+}
+
+pub fn pattern_to_proto(p: Pattern) -> pb::AccessPattern {
+    match p {
+        Pattern::KeyValue => pb::AccessPattern::KeyValue,
+        Pattern::Queue => pb::AccessPattern::Queue,
+        Pattern::Pubsub => pb::AccessPattern::Pubsub,
+        Pattern::Reader => pb::AccessPattern::Reader,
+        Pattern::Transact => pb::AccessPattern::Transact,
+    }
+}
+
+pub fn pattern_from_proto(p: pb::AccessPattern) -> Option<Pattern> {
+    Some(match p {
+        pb::AccessPattern::Unspecified => return None,
+        pb::AccessPattern::KeyValue => Pattern::KeyValue,
+        pb::AccessPattern::Queue => Pattern::Queue,
+        pb::AccessPattern::Pubsub => Pattern::Pubsub,
+        pb::AccessPattern::Reader => Pattern::Reader,
+        pb::AccessPattern::Transact => Pattern::Transact,
+    })
+}
+
+fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Resolves the server-side config called `name`.
+pub fn resolve_named(cfg: &GatewayConfig, name: &str) -> Result<ResolvedConfig, Error> {
+    let spec = cfg.configs.get(name).ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            "CONFIG_NOT_FOUND",
+            format!(
+                "no named config `{name}`; ConfigService.ListConfigs shows the available names"
+            ),
+        )
+        .with("config_name", name)
+    })?;
+    resolve_named_spec(cfg, name, spec)
+}
+
+pub(crate) fn resolve_named_spec(
+    cfg: &GatewayConfig,
+    name: &str,
+    spec: &NamedConfigSpec,
+) -> Result<ResolvedConfig, Error> {
+    let backend = cfg.backends.get(&spec.backend).ok_or_else(|| {
+        Error::new(
+            ErrorKind::FailedPrecondition,
+            "BACKEND_NOT_CONFIGURED",
+            format!(
+                "config `{name}` uses backend `{}`, which is not configured; add it under `backends`",
+                spec.backend
+            ),
+        )
+    })?;
+    let mut patterns = vec![spec.pattern];
+    patterns.extend(spec.also.iter().copied().filter(|p| *p != spec.pattern));
+    let required = parse_interfaces(&spec.required_interfaces)?;
+    check_policy(
+        cfg,
+        &spec.namespace,
+        &spec.backend,
+        backend.kind,
+        &patterns,
+        &required,
+    )?;
+
+    let proto = pb::ClientConfig {
+        name: name.to_string(),
+        version: spec.version.clone(),
+        pattern: pattern_to_proto(spec.pattern) as i32,
+        backend: Some(pb::BackendConfig {
+            r#type: backend.kind.to_proto() as i32,
+            name: spec.backend.clone(),
+            options: spec.options.clone().into_iter().collect(),
+            required_interfaces: spec.required_interfaces.clone(),
+        }),
+        consistency: Some(pb::ConsistencyConfig {
+            level: match spec.consistency {
+                Consistency::Strong => pb::ConsistencyLevel::Strong,
+                Consistency::Eventual => pb::ConsistencyLevel::Eventual,
+                Consistency::BoundedStaleness => pb::ConsistencyLevel::BoundedStaleness,
+            } as i32,
+            max_staleness: spec.max_staleness.map(duration_to_proto),
+        }),
+        cache: spec.cache.as_ref().map(|c| pb::CacheConfig {
+            enabled: c.enabled,
+            ttl: c.ttl.map(duration_to_proto),
+            max_entries: c.max_entries,
+        }),
+        rate_limit: spec.rate_limit.as_ref().map(|r| pb::RateLimitConfig {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+        }),
+        namespace: spec.namespace.clone(),
+        patterns: patterns
+            .iter()
+            .map(|p| pattern_to_proto(*p) as i32)
+            .collect(),
+    };
+    Ok(ResolvedConfig {
+        name: name.to_string(),
+        namespace: spec.namespace.clone(),
+        backend_name: spec.backend.clone(),
+        backend_kind: backend.kind,
+        patterns,
+        roles: spec.roles.clone(),
+        proto,
+    })
+}
+
+/// Resolves a config sent by the client, for a principal of `namespace`.
+pub fn resolve_inline(
+    cfg: &GatewayConfig,
+    namespace: &str,
+    inline: &pb::ClientConfig,
+) -> Result<ResolvedConfig, Error> {
+    if !inline.namespace.is_empty() && inline.namespace != namespace {
+        return Err(Error::permission_denied(
+            "NAMESPACE_MISMATCH",
+            format!(
+                "inline config names namespace `{}` but the credentials are for `{namespace}`; \
+                 leave namespace empty or use credentials of that namespace",
+                inline.namespace
+            ),
+        ));
+    }
+    let primary = pb::AccessPattern::try_from(inline.pattern)
+        .ok()
+        .and_then(pattern_from_proto)
+        .ok_or_else(|| {
+            Error::invalid_argument(
+                "INVALID_CONFIG",
+                "inline_config.pattern is unspecified or unknown; set it to one of QUEUE, PUBSUB, \
+                 READER, TRANSACT, KEY_VALUE",
+            )
+        })?;
+    let mut patterns = vec![primary];
+    for p in &inline.patterns {
+        let p = pb::AccessPattern::try_from(*p)
+            .ok()
+            .and_then(pattern_from_proto)
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "INVALID_CONFIG",
+                    "inline_config.patterns holds an unspecified or unknown pattern",
+                )
+            })?;
+        if !patterns.contains(&p) {
+            patterns.push(p);
+        }
+    }
+    let backend = inline.backend.clone().unwrap_or_default();
+    let (backend_name, kind) = pick_backend(cfg, namespace, &backend)?;
+    let required = parse_interfaces(&backend.required_interfaces)?;
+    if let Some(rl) = &inline.rate_limit {
+        if rl.requests_per_second < 0 || rl.burst < 0 {
+            return Err(Error::invalid_argument(
+                "INVALID_CONFIG",
+                "inline_config.rate_limit values must not be negative",
+            ));
+        }
+    }
+    check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
+
+    let mut proto = inline.clone();
+    proto.namespace = namespace.to_string();
+    if proto.name.is_empty() {
+        proto.name = "inline".to_string();
+    }
+    if proto.version.is_empty() {
+        proto.version = "v1".to_string();
+    }
+    let b = proto.backend.get_or_insert_with(Default::default);
+    b.name = backend_name.clone();
+    b.r#type = kind.to_proto() as i32;
+    proto.patterns = patterns
+        .iter()
+        .map(|p| pattern_to_proto(*p) as i32)
+        .collect();
+    Ok(ResolvedConfig {
+        name: proto.name.clone(),
+        namespace: namespace.to_string(),
+        backend_name,
+        backend_kind: kind,
+        patterns,
+        roles: Vec::new(),
+        proto,
+    })
+}
+
+/// Finds the configured backend an inline config means: by name, or the
+/// namespace's only allowed backend of the requested type.
+fn pick_backend(
+    cfg: &GatewayConfig,
+    namespace: &str,
+    backend: &pb::BackendConfig,
+) -> Result<(String, BackendKind), Error> {
+    let ns = cfg
+        .namespaces
+        .get(namespace)
+        .ok_or_else(|| unknown_namespace(namespace))?;
+    let wanted = pb::BackendType::try_from(backend.r#type)
+        .ok()
+        .and_then(BackendKind::from_proto);
+    if !backend.name.is_empty() {
+        let spec = cfg.backends.get(&backend.name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::FailedPrecondition,
+                "BACKEND_NOT_CONFIGURED",
+                format!("no backend named `{}` is configured", backend.name),
+            )
+        })?;
+        if let Some(kind) = wanted {
+            if kind != spec.kind {
+                return Err(Error::invalid_argument(
+                    "INVALID_CONFIG",
+                    format!(
+                        "backend `{}` is {}, not {kind}; fix inline_config.backend.type or name",
+                        backend.name, spec.kind
+                    ),
+                ));
+            }
+        }
+        return Ok((backend.name.clone(), spec.kind));
+    }
+    let kind = wanted.ok_or_else(|| {
+        Error::invalid_argument(
+            "INVALID_CONFIG",
+            "inline_config.backend needs a type (MEMORY, SQLITE, POSTGRES, REDIS, KAFKA, NATS) or a name",
+        )
+    })?;
+    let allowed: Vec<&String> = ns
+        .allowed_backends
+        .iter()
+        .filter(|n| cfg.backends.get(*n).is_some_and(|b| b.kind == kind))
+        .collect();
+    match allowed.as_slice() {
+        [one] => Ok(((*one).clone(), kind)),
+        [] => {
+            let configured = cfg.backends.values().any(|b| b.kind == kind);
+            if configured {
+                Err(Error::permission_denied(
+                    "BACKEND_NOT_ALLOWED",
+                    format!("namespace `{namespace}` may not use {kind} backends"),
+                ))
+            } else {
+                Err(Error::new(
+                    ErrorKind::FailedPrecondition,
+                    "BACKEND_NOT_CONFIGURED",
+                    format!("no {kind} backend is configured on this gateway"),
+                ))
+            }
+        }
+        many => Err(Error::invalid_argument(
+            "AMBIGUOUS_BACKEND",
+            format!(
+                "namespace `{namespace}` has several {kind} backends ({}); set inline_config.backend.name",
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+fn unknown_namespace(namespace: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        "NAMESPACE_NOT_FOUND",
+        format!("namespace `{namespace}` is not configured"),
+    )
+}
+
+fn parse_interfaces(names: &[String]) -> Result<Vec<Interface>, Error> {
+    names
+        .iter()
+        .map(|n| {
+            Interface::parse(n).ok_or_else(|| {
+                let known: Vec<&str> = Interface::ALL.iter().map(|i| i.name()).collect();
+                Error::invalid_argument(
+                    "UNKNOWN_INTERFACE",
+                    format!(
+                        "unknown interface `{n}`; known interfaces: {}",
+                        known.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The namespace policy and interface checks every config must pass.
+fn check_policy(
+    cfg: &GatewayConfig,
+    namespace: &str,
+    backend_name: &str,
+    kind: BackendKind,
+    patterns: &[Pattern],
+    required: &[Interface],
+) -> Result<(), Error> {
+    let ns = cfg
+        .namespaces
+        .get(namespace)
+        .ok_or_else(|| unknown_namespace(namespace))?;
+    if !ns.allowed_backends.iter().any(|b| b == backend_name) {
+        return Err(Error::permission_denied(
+            "BACKEND_NOT_ALLOWED",
+            format!(
+                "namespace `{namespace}` may not use backend `{backend_name}`; allowed: {}",
+                ns.allowed_backends.join(", ")
+            ),
+        ));
+    }
+    for p in patterns {
+        if !ns.allowed_patterns.contains(p) {
+            return Err(Error::permission_denied(
+                "PATTERN_NOT_ALLOWED",
+                format!("namespace `{namespace}` may not use the {p} pattern"),
+            ));
+        }
+    }
+    let served = patterns
+        .iter()
+        .filter(|p| p.served())
+        .flat_map(|p| p.base_interfaces().iter().copied());
+    for interface in required.iter().copied().chain(served) {
+        if !kind.has(interface) {
+            return Err(Error::new(
+                ErrorKind::Unimplemented,
+                "MISSING_INTERFACE",
+                format!(
+                    "backend `{backend_name}` ({kind}) does not implement {interface}; choose a \
+                     backend that does (`prism registry backends` lists them) or drop the requirement"
+                ),
+            )
+            .with("backend", backend_name)
+            .with("interface", interface.name()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! `prism validate`: every check a configuration must pass, as a readable
+//! report. Start-up runs the same checks and refuses a config that fails one.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm};
+use crate::backends::BackendKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Note,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub outcome: Outcome,
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, outcome: Outcome, subject: impl Into<String>, message: impl Into<String>) {
+        self.checks.push(Check {
+            outcome,
+            subject: subject.into(),
+            message: message.into(),
+        });
+    }
+
+    fn pass(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Outcome::Pass, subject, message)
+    }
+
+    fn fail(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.push(Outcome::Fail, subject, message)
+    }
+
+    pub fn has_failures(&self) -> bool {
+        self.checks.iter().any(|c| c.outcome == Outcome::Fail)
+    }
+
+    /// Every check, one line each.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let mark = match c.outcome {
+                Outcome::Pass => "ok  ",
+                Outcome::Note => "note",
+                Outcome::Fail => "FAIL",
+            };
+            let _ = writeln!(out, "{mark} {}: {}", c.subject, c.message);
+        }
+        out
+    }
+
+    pub fn failures_text(&self) -> String {
+        let mut out = String::new();
+        for c in self.checks.iter().filter(|c| c.outcome == Outcome::Fail) {
+            let _ = writeln!(out, "  {}: {}", c.subject, c.message);
+        }
+        out
+    }
+}
+
+pub fn validate(cfg: &GatewayConfig) -> Report {
+    let mut r = Report::default();
+    for (name, spec) in &cfg.backends {
+        check_backend(&mut r, name, spec);
+    }
+    check_namespaces(&mut r, cfg);
+    for (name, spec) in &cfg.configs {
+        let subject = format!("config {name}");
+        match resolve::resolve_named_spec(cfg, name, spec) {
+            Ok(resolved) => {
+                let patterns: Vec<&str> = resolved.patterns.iter().map(|p| p.name()).collect();
+                r.pass(
+                    &subject,
+                    format!(
+                        "namespace {}, {} on backend {} ({})",
+                        resolved.namespace,
+                        patterns.join("+"),
+                        resolved.backend_name,
+                        resolved.backend_kind
+                    ),
+                );
+                for p in resolved.patterns.iter().filter(|p| !p.served()) {
+                    r.push(
+                        Outcome::Note,
+                        &subject,
+                        format!(
+                            "the {p} API is not served by this build yet; its interfaces are \
+                             checked once it is"
+                        ),
+                    );
+                }
+            }
+            Err(e) => r.fail(&subject, e.message),
+        }
+    }
+    check_auth(&mut r, cfg);
+    if let Some(tls) = &cfg.server.tls {
+        for (what, path) in [
+            ("cert_file", Some(&tls.cert_file)),
+            ("key_file", Some(&tls.key_file)),
+            ("client_ca_file", tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(path) = path {
+                if path.is_file() {
+                    r.pass("server.tls", format!("{what} {} exists", path.display()));
+                } else {
+                    r.fail(
+                        "server.tls",
+                        format!("{what} {} does not exist", path.display()),
+                    );
+                }
+            }
+        }
+    }
+    r
+}
+
+fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
+    let subject = format!("backend {name}");
+    let scheme_ok = |schemes: &[&str]| {
+        spec.url
+            .as_deref()
+            .is_some_and(|u| schemes.iter().any(|s| u.starts_with(s)))
+    };
+    let problem = match spec.kind {
+        BackendKind::Memory => None,
+        BackendKind::Sqlite => (spec.path.is_none() && spec.url.is_none()).then_some(
+            "sqlite needs `path` (a file, created when missing) or `url` (sqlite://...)",
+        ),
+        BackendKind::Postgres => (!scheme_ok(&["postgres://", "postgresql://"]))
+            .then_some("postgres needs `url: postgres://user@host:port/db` (or DATABASE_URL)"),
+        BackendKind::Redis => (!scheme_ok(&["redis://", "rediss://"]))
+            .then_some("redis needs `url: redis://host:port` (or REDIS_URL)"),
+        BackendKind::Nats => (!scheme_ok(&["nats://", "tls://"]))
+            .then_some("nats needs `url: nats://host:port` (or NATS_URL)"),
+        BackendKind::Kafka => (spec.url.as_deref().is_none_or(|u| u.trim().is_empty()))
+            .then_some("kafka needs `url: host:port[,host:port]` (or KAFKA_BROKERS)"),
+    };
+    match problem {
+        Some(msg) => r.fail(subject, msg),
+        None => {
+            let interfaces = spec.kind.implements().len();
+            r.pass(
+                subject,
+                format!(
+                    "{} backend, {interfaces} interfaces in this build",
+                    spec.kind
+                ),
+            )
+        }
+    }
+}
+
+fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
+    if cfg.namespaces.is_empty() {
+        r.fail(
+            "namespaces",
+            "no namespace is configured; add at least one under `namespaces`",
+        );
+    }
+    let mut key_owner: BTreeMap<String, String> = BTreeMap::new();
+    for (name, ns) in &cfg.namespaces {
+        let subject = format!("namespace {name}");
+        let mut ok = true;
+        for b in &ns.allowed_backends {
+            if !cfg.backends.contains_key(b) {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("allowed_backends names `{b}`, which is not under `backends`"),
+                );
+            }
+        }
+        if ns.allowed_patterns.is_empty() {
+            ok = false;
+            r.fail(
+                &subject,
+                "allowed_patterns is empty; list the patterns sessions may use",
+            );
+        }
+        let s = &ns.session;
+        if s.idle_timeout.is_zero() || s.max_lifetime < s.idle_timeout {
+            ok = false;
+            r.fail(
+                &subject,
+                "session.idle_timeout must be positive and no longer than session.max_lifetime",
+            );
+        }
+        if s.expiring_within >= s.idle_timeout {
+            ok = false;
+            r.fail(
+                &subject,
+                "session.expiring_within must be shorter than session.idle_timeout",
+            );
+        }
+        if s.max_sessions == 0 {
+            ok = false;
+            r.fail(&subject, "session.max_sessions must be at least 1");
+        }
+        for key in &ns.api_keys {
+            let valid = key.sha256.len() == 64 && key.sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !valid {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!(
+                        "api key `{}`: sha256 must be 64 hex digits (printf %s KEY | sha256sum)",
+                        key.name
+                    ),
+                );
+            } else if let Some(other) =
+                key_owner.insert(key.sha256.to_ascii_lowercase(), name.clone())
+            {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!(
+                        "api key `{}` is also a key of namespace {other}; keys must be unique",
+                        key.name
+                    ),
+                );
+            }
+        }
+        if ok {
+            r.pass(
+                &subject,
+                format!(
+                    "{} api keys, idle timeout {}, max lifetime {}",
+                    ns.api_keys.len(),
+                    humantime::format_duration(s.idle_timeout),
+                    humantime::format_duration(s.max_lifetime)
+                ),
+            );
+        }
+    }
+}
+
+fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
+    for issuer in &cfg.auth.jwt {
+        let subject = format!("jwt issuer {}", issuer.issuer);
+        match crate::auth::jwt::JwtVerifier::new(issuer) {
+            Ok(_) => r.pass(
+                subject,
+                format!("{:?}, audience {}", issuer.algorithm, issuer.audience),
+            ),
+            Err(e) => r.fail(subject, e),
+        }
+        if issuer.algorithm == JwtAlgorithm::HS256
+            && issuer.secret.as_ref().is_some_and(|s| s.len() < 32)
+        {
+            r.push(
+                Outcome::Note,
+                format!("jwt issuer {}", issuer.issuer),
+                "HS256 secret is shorter than 32 bytes",
+            );
+        }
+    }
+    if let Some(mtls) = &cfg.auth.mtls {
+        if cfg
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca_file.as_ref())
+            .is_none()
+        {
+            r.fail(
+                "auth.mtls",
+                "mTLS identities need server.tls.client_ca_file to verify client certificates",
+            );
+        }
+        for (cn, id) in &mtls.identities {
+            if cfg.namespaces.contains_key(&id.namespace) {
+                r.pass(
+                    format!("mtls identity {cn}"),
+                    format!("namespace {}", id.namespace),
+                );
+            } else {
+                r.fail(
+                    format!("mtls identity {cn}"),
+                    format!("namespace `{}` is not configured", id.namespace),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    fn parse(yaml: &str) -> GatewayConfig {
+        GatewayConfig::from_yaml(yaml, &Source::Inline, &[("X", "x"); 0]).unwrap()
+    }
+
+    #[test]
+    fn missing_interface_fails_naming_backend_and_interface() {
+        let cfg = parse(
+            r#"
+backends:
+  events-kafka: { type: kafka, url: "127.0.0.1:9092" }
+namespaces:
+  ns: { allowed_backends: [events-kafka], allowed_patterns: [key_value] }
+configs:
+  cache:
+    namespace: ns
+    pattern: key_value
+    backend: events-kafka
+    required_interfaces: [keyvalue_ttl]
+"#,
+        );
+        let report = validate(&cfg);
+        assert!(report.has_failures());
+        let text = report.failures_text();
+        assert!(
+            text.contains("events-kafka") && text.contains("keyvalue_ttl"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_violations_are_reported() {
+        let cfg = parse(
+            r#"
+backends:
+  mem: { type: memory }
+  pg: { type: postgres }
+namespaces:
+  ns:
+    allowed_backends: [mem, ghost]
+    allowed_patterns: [queue]
+    api_keys: [{ name: k, sha256: "abc" }]
+configs:
+  c1: { namespace: ns, pattern: pubsub, backend: mem }
+  c2: { namespace: ns, pattern: queue, backend: pg }
+"#,
+        );
+        let text = validate(&cfg).failures_text();
+        assert!(text.contains("`ghost`"), "{text}");
+        assert!(text.contains("64 hex digits"), "{text}");
+        assert!(text.contains("pubsub pattern"), "{text}");
+        assert!(text.contains("may not use backend `pg`"), "{text}");
+        assert!(text.contains("postgres needs `url"), "{text}");
+    }
+}

@@ -1,0 +1,41 @@
+//! Prism: a data access gateway. Applications talk to one gRPC endpoint, open
+//! a session (API key, JWT or mTLS; a named or inline client configuration),
+//! then use stable APIs without knowing which backend serves them.
+//!
+//! # Layout
+//!
+//! - [`cli`]: `prism serve | validate | registry`; `main.rs` only calls it.
+//! - [`server`]: [`server::Gateway`] (shared state, actor tree) and
+//!   [`server::run`], which serves already-bound listeners until a shutdown
+//!   future resolves, then drains.
+//! - [`runtime`]: the actix System on a tokio multi-thread runtime.
+//! - [`config`]: the YAML schema, environment overrides, validation
+//!   (`prism validate`) and resolving client configs against namespace
+//!   policy.
+//! - [`auth`]: API keys (stored as SHA-256), JWT (HS256, RS256), mTLS.
+//! - [`session`]: the session registry — the hot path every RPC checks in
+//!   O(1) — and the lifecycle operations.
+//! - [`actors`]: RootSupervisor → NamespaceSupervisor → SessionActor; expiry
+//!   timers, supervision by progress, observable state.
+//! - [`services`]: one file per gRPC service.
+//! - [`backends`]: backend kinds and the thin interfaces they implement.
+//! - [`error`]: the one error type and its mapping to `tonic::Status`.
+//! - [`proto`]: code generated from `proto/` (the wire contract).
+//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`).
+//!
+//! The rule that shapes it: a data RPC never waits on an actor mailbox.
+//! Lifecycle (create, expiry, close, supervision) is message-driven; the hot
+//! path reads atomics in a DashMap.
+
+pub mod actors;
+pub mod admin;
+pub mod auth;
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod runtime;
+pub mod server;
+pub mod services;
+pub mod session;

@@ -1,0 +1,37 @@
+//! Code generated from `proto/` (the wire contract), one module per package.
+
+#![allow(clippy::all, missing_docs)]
+
+/// Encoded descriptors of every Prism package, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("prism_descriptor");
+
+pub mod config {
+    pub mod v1 {
+        tonic::include_proto!("prism.config.v1");
+    }
+}
+pub mod session {
+    pub mod v1 {
+        tonic::include_proto!("prism.session.v1");
+    }
+}
+pub mod queue {
+    pub mod v1 {
+        tonic::include_proto!("prism.queue.v1");
+    }
+}
+pub mod pubsub {
+    pub mod v1 {
+        tonic::include_proto!("prism.pubsub.v1");
+    }
+}
+pub mod reader {
+    pub mod v1 {
+        tonic::include_proto!("prism.reader.v1");
+    }
+}
+pub mod transact {
+    pub mod v1 {
+        tonic::include_proto!("prism.transact.v1");
+    }
+}

@@ -1,0 +1,236 @@
+//! The gateway: [`Gateway::start`] builds the shared state and the actor tree;
+//! [`run`] serves gRPC (and the admin listener) on already-bound listeners
+//! until the shutdown future resolves, then drains and closes sessions.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::{
+    actors::{ActorNode, ArbiterPool, Fault, SupervisorSettings, Supervisors},
+    auth::Authenticator,
+    config::GatewayConfig,
+    error::Error,
+    proto,
+    services::{config::ConfigApi, session::SessionApi},
+    session::{Clock, SessionRegistry, Sessions},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("tls setup failed: {0}")]
+    Tls(String),
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("admin listener failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Everything a running gateway shares between its services and actors.
+pub struct Gateway {
+    pub config: Arc<GatewayConfig>,
+    pub registry: Arc<SessionRegistry>,
+    pub sessions: Arc<Sessions>,
+    pub supervisors: Arc<Supervisors>,
+    pool: Arc<ArbiterPool>,
+}
+
+impl Gateway {
+    /// Builds the gateway and starts the actor tree. Must be called inside an
+    /// actix System (see [`crate::runtime`]); the config must have passed
+    /// validation.
+    pub fn start(config: GatewayConfig) -> Result<Gateway, ServeError> {
+        let config = Arc::new(config);
+        let auth = Arc::new(Authenticator::new(&config).map_err(ServeError::Config)?);
+        let registry = Arc::new(SessionRegistry::new(Clock::new(), config.namespaces.keys()));
+        let threads = config
+            .server
+            .actor_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let pool = Arc::new(ArbiterPool::new(threads));
+        let settings = SupervisorSettings {
+            registry: registry.clone(),
+            pool: pool.clone(),
+            interval: config.server.supervision_interval,
+        };
+        let supervisors = Arc::new(Supervisors::start(config.namespaces.keys(), settings));
+        let sessions = Arc::new(Sessions::new(
+            config.clone(),
+            auth,
+            registry.clone(),
+            supervisors.clone(),
+        ));
+        Ok(Gateway {
+            config,
+            registry,
+            sessions,
+            supervisors,
+            pool,
+        })
+    }
+
+    /// The live actor tree.
+    pub async fn observe(&self) -> Result<ActorNode, Error> {
+        self.supervisors.observe().await
+    }
+
+    /// Delivers a deliberate fault to a session's actor (supervision drills).
+    pub async fn inject_fault(&self, session_id: &str, fault: Fault) -> Result<(), Error> {
+        let entry = self.registry.by_id(session_id).ok_or_else(|| {
+            Error::new(
+                crate::error::ErrorKind::NotFound,
+                "SESSION_NOT_FOUND",
+                format!("no open session {session_id}"),
+            )
+        })?;
+        self.supervisors
+            .inject_fault(entry.namespace(), session_id, fault)
+            .await
+    }
+}
+
+/// Listeners bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+fn tls_config(config: &GatewayConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
+    };
+    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        // Optional so API-key and JWT clients connect without a certificate;
+        // a certificate that is presented must verify against this CA.
+        tls_config = tls_config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls_config))
+}
+
+/// Serves until `shutdown` resolves; then stops accepting, lets in-flight
+/// calls finish within `server.shutdown_grace`, closes every session and
+/// stops the actors.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    use proto::{
+        config::v1::config_service_server::ConfigServiceServer,
+        session::v1::session_service_server::SessionServiceServer,
+    };
+    health_reporter
+        .set_serving::<SessionServiceServer<SessionApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ConfigServiceServer<ConfigApi>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(&gateway.config)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SessionServiceServer::new(SessionApi::new(
+            gateway.sessions.clone(),
+        )))
+        .add_service(ConfigServiceServer::new(ConfigApi::new(
+            gateway.config.clone(),
+        )));
+
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    // Small HTTP/2 frames must not wait for Nagle's algorithm.
+    let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+    let mut grpc =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())));
+    tracing::info!(addr = ?grpc_addr, "grpc listening");
+
+    let admin = listeners.admin.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "admin listening");
+        tokio::spawn(crate::admin::serve(
+            listener,
+            gateway.supervisors.clone(),
+            signal(stop_rx.clone()),
+        ))
+    });
+
+    let grace = gateway.config.server.shutdown_grace;
+    let mut result = tokio::select! {
+        served = &mut grpc => Some(served),
+        _ = shutdown => None,
+    };
+    if result.is_none() {
+        tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight calls");
+        health_reporter
+            .set_not_serving::<SessionServiceServer<SessionApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<ConfigServiceServer<ConfigApi>>()
+            .await;
+        let _ = stop_tx.send(true);
+        result = match tokio::time::timeout(grace, &mut grpc).await {
+            Ok(served) => Some(served),
+            Err(_) => {
+                tracing::warn!("in-flight calls outlived the shutdown grace; dropping them");
+                grpc.abort();
+                None
+            }
+        };
+    }
+    let _ = stop_tx.send(true);
+    if let Some(admin) = admin {
+        match tokio::time::timeout(Duration::from_secs(5), admin).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("admin listener did not stop in time"),
+        }
+    }
+    let closed = gateway.sessions.close_all();
+    gateway.pool.stop();
+    tracing::info!(closed_sessions = closed, "gateway stopped");
+    match result {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(ServeError::Transport(e)),
+        Some(Err(join)) => Err(ServeError::Config(format!(
+            "grpc server task failed: {join}"
+        ))),
+    }
+}

@@ -1,0 +1,51 @@
+//! The session clock: tokio time (so `tokio::time::pause()` drives expiry in
+//! tests) as milliseconds since start, plus the wall-clock time of that start
+//! for timestamps shown to clients.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+    base_wall: SystemTime,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            base: Instant::now(),
+            base_wall: SystemTime::now(),
+        }
+    }
+
+    /// Milliseconds since the clock started.
+    pub fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.base)
+            .as_millis() as u64
+    }
+
+    pub fn instant_at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    pub fn wall_at(&self, ms: u64) -> SystemTime {
+        self.base_wall + Duration::from_millis(ms)
+    }
+
+    pub fn timestamp_at(&self, ms: u64) -> prost_types::Timestamp {
+        self.wall_at(ms).into()
+    }
+}
+
+pub fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}

@@ -1,0 +1,287 @@
+//! One session's state, shared by the registry (hot path) and its
+//! SessionActor (lifecycle). Everything that changes per request is an
+//! atomic, so a data RPC never takes a lock or waits on a mailbox.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::Notify;
+
+use super::{clock::ms, token::TokenDigest, Clock};
+use crate::{
+    auth::Principal,
+    config::{resolve::ResolvedConfig, SessionPolicy},
+    error::{Error, ErrorKind},
+    proto::session::v1::SessionStatus,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Active,
+    /// Closing: waiting for pending operations, accepting no new ones.
+    Terminating,
+    Closed,
+    Expired,
+}
+
+impl SessionState {
+    pub fn is_ended(self) -> bool {
+        matches!(self, SessionState::Closed | SessionState::Expired)
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => SessionState::Active,
+            1 => SessionState::Terminating,
+            2 => SessionState::Closed,
+            _ => SessionState::Expired,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Closed,
+    Expired,
+    /// Its actor kept failing and the supervisor gave up.
+    Failed,
+    Shutdown,
+}
+
+pub struct SessionEntry {
+    pub id: String,
+    pub token_digest: TokenDigest,
+    pub principal: Principal,
+    pub config: Arc<ResolvedConfig>,
+    pub client_id: String,
+    pub client_version: String,
+    pub metadata: HashMap<String, String>,
+    pub policy: SessionPolicy,
+    pub clock: Clock,
+    pub created_ms: u64,
+    /// No extension goes past this (created + max lifetime).
+    pub hard_deadline_ms: u64,
+    expires_ms: AtomicU64,
+    last_activity_ms: AtomicU64,
+    state: AtomicU8,
+    pub requests: AtomicI64,
+    pub bytes_sent: AtomicI64,
+    pub bytes_received: AtomicI64,
+    pub active_streams: AtomicI32,
+    /// Operations (unary calls and streams) not yet finished.
+    in_flight: AtomicI32,
+    /// Woken when `in_flight` drops to zero, for a draining close.
+    drained: Notify,
+}
+
+impl SessionEntry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        token_digest: TokenDigest,
+        principal: Principal,
+        config: Arc<ResolvedConfig>,
+        client_id: String,
+        client_version: String,
+        metadata: HashMap<String, String>,
+        policy: SessionPolicy,
+        clock: Clock,
+    ) -> Self {
+        let now = clock.now_ms();
+        let hard = now.saturating_add(ms(policy.max_lifetime));
+        let expires = now.saturating_add(ms(policy.idle_timeout)).min(hard);
+        SessionEntry {
+            id,
+            token_digest,
+            principal,
+            config,
+            client_id,
+            client_version,
+            metadata,
+            policy,
+            clock,
+            created_ms: now,
+            hard_deadline_ms: hard,
+            expires_ms: AtomicU64::new(expires),
+            last_activity_ms: AtomicU64::new(now),
+            state: AtomicU8::new(0),
+            requests: AtomicI64::new(0),
+            bytes_sent: AtomicI64::new(0),
+            bytes_received: AtomicI64::new(0),
+            active_streams: AtomicI32::new(0),
+            in_flight: AtomicI32::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.principal.namespace
+    }
+
+    pub fn state(&self) -> SessionState {
+        SessionState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn expires_ms(&self) -> u64 {
+        self.expires_ms.load(Ordering::Acquire)
+    }
+
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Acquire)
+    }
+
+    pub fn is_past_expiry(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_ms()
+    }
+
+    /// Records activity: the idle deadline moves to now + idle timeout,
+    /// never past the maximum lifetime and never backwards.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_activity_ms.fetch_max(now_ms, Ordering::AcqRel);
+        let target = now_ms
+            .saturating_add(ms(self.policy.idle_timeout))
+            .min(self.hard_deadline_ms);
+        self.expires_ms.fetch_max(target, Ordering::AcqRel);
+    }
+
+    /// Extends expiry by `extension` from now (idle timeout when zero),
+    /// bounded by the maximum lifetime. Returns the new expiry.
+    pub fn refresh(&self, now_ms: u64, extension: Duration) -> u64 {
+        let ext = if extension.is_zero() {
+            self.policy.idle_timeout
+        } else {
+            extension
+        };
+        let target = now_ms.saturating_add(ms(ext)).min(self.hard_deadline_ms);
+        self.last_activity_ms.fetch_max(now_ms, Ordering::AcqRel);
+        self.expires_ms.fetch_max(target, Ordering::AcqRel);
+        self.expires_ms()
+    }
+
+    pub fn status(&self, now_ms: u64) -> SessionStatus {
+        match self.state() {
+            SessionState::Active => {
+                if self.expires_ms().saturating_sub(now_ms) <= ms(self.policy.expiring_within) {
+                    SessionStatus::Expiring
+                } else {
+                    SessionStatus::Active
+                }
+            }
+            SessionState::Terminating => SessionStatus::Terminating,
+            SessionState::Closed | SessionState::Expired => SessionStatus::Unspecified,
+        }
+    }
+
+    /// Moves Active → Terminating; false if the session was not active.
+    pub fn begin_terminating(&self) -> bool {
+        self.state
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Terminating → Active again (a non-forced close that could not drain).
+    pub fn resume_active(&self) {
+        let _ = self
+            .state
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Marks the session ended; true only for the caller that ended it.
+    pub(crate) fn mark_ended(&self, reason: EndReason) -> bool {
+        let to = match reason {
+            EndReason::Expired => 3,
+            EndReason::Closed | EndReason::Failed | EndReason::Shutdown => 2,
+        };
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current >= 2 {
+                return false;
+            }
+            match self
+                .state
+                .compare_exchange(current, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.drained.notify_waiters();
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub fn pending_operations(&self) -> i32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts one request and its sizes.
+    pub fn record_request(&self, received: usize, sent: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(received as i64, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(sent as i64, Ordering::Relaxed);
+    }
+
+    /// Starts an operation that a draining close waits for. Refused once
+    /// the session is terminating.
+    pub fn begin_operation(self: &Arc<Self>, stream: bool) -> Result<OperationGuard, Error> {
+        if self.state() != SessionState::Active {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                "SESSION_TERMINATING",
+                "session is closing and accepts no new operations; open a new session",
+            )
+            .with("session_id", self.id.clone()));
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if stream {
+            self.active_streams.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(OperationGuard {
+            entry: self.clone(),
+            stream,
+        })
+    }
+
+    /// Waits until no operation is pending, or `timeout` passes; returns the
+    /// number still pending.
+    pub async fn wait_drained(&self, timeout: Duration) -> i32 {
+        let wait = async {
+            loop {
+                let notified = self.drained.notified();
+                if self.pending_operations() == 0 || self.state().is_ended() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.pending_operations()
+    }
+}
+
+/// Held for the life of an operation; dropping it ends the operation.
+pub struct OperationGuard {
+    entry: Arc<SessionEntry>,
+    stream: bool,
+}
+
+impl Drop for OperationGuard {
+    fn drop(&mut self) {
+        if self.stream {
+            self.entry.active_streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.entry.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.entry.drained.notify_waiters();
+        }
+    }
+}

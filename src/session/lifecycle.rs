@@ -1,0 +1,265 @@
+//! Session lifecycle operations behind SessionService: authenticate, resolve
+//! the client config, register the session and start its actor; heartbeat,
+//! refresh and close.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use super::{token, EndReason, SessionEntry, SessionRegistry};
+use crate::{
+    actors::Supervisors,
+    auth::{Authenticator, Principal},
+    config::{resolve, GatewayConfig},
+    error::Error,
+    proto::config::v1::ClientConfig,
+};
+
+/// How a client proves who it is.
+pub enum Credentials<'a> {
+    ApiKey(&'a str),
+    Jwt(&'a str),
+    /// The certificate in the request and the verified one of the connection.
+    Mtls {
+        presented: &'a [u8],
+        transport_leaf: Option<&'a [u8]>,
+    },
+}
+
+/// Which client configuration a session uses.
+pub enum ConfigChoice<'a> {
+    Named(&'a str),
+    Inline(&'a ClientConfig),
+}
+
+pub struct NewSession<'a> {
+    pub credentials: Option<Credentials<'a>>,
+    pub config: Option<ConfigChoice<'a>>,
+    pub client_id: String,
+    pub client_version: String,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Outcome of CloseSession.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub success: bool,
+    pub message: String,
+    pub pending_operations: i32,
+}
+
+pub struct Sessions {
+    config: Arc<GatewayConfig>,
+    auth: Arc<Authenticator>,
+    registry: Arc<SessionRegistry>,
+    supervisors: Arc<Supervisors>,
+}
+
+impl Sessions {
+    pub fn new(
+        config: Arc<GatewayConfig>,
+        auth: Arc<Authenticator>,
+        registry: Arc<SessionRegistry>,
+        supervisors: Arc<Supervisors>,
+    ) -> Self {
+        Sessions {
+            config,
+            auth,
+            registry,
+            supervisors,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<SessionRegistry> {
+        &self.registry
+    }
+
+    fn authenticate(&self, credentials: Option<Credentials<'_>>) -> Result<Principal, Error> {
+        let principal = match credentials {
+            Some(Credentials::ApiKey(key)) => self.auth.api_key(key)?,
+            Some(Credentials::Jwt(jwt)) => self.auth.jwt(jwt)?,
+            Some(Credentials::Mtls {
+                presented,
+                transport_leaf,
+            }) => self.auth.mtls(presented, transport_leaf)?,
+            None => {
+                return Err(Error::unauthenticated(
+                    "MISSING_CREDENTIALS",
+                    "CreateSession needs credentials: set api_key, jwt_token or mtls",
+                ))
+            }
+        };
+        if !self.config.namespaces.contains_key(&principal.namespace) {
+            return Err(Error::permission_denied(
+                "NAMESPACE_NOT_FOUND",
+                format!(
+                    "credentials name namespace `{}`, which is not configured",
+                    principal.namespace
+                ),
+            ));
+        }
+        Ok(principal)
+    }
+
+    /// Creates a session: the returned token is the only copy there is.
+    pub async fn create(
+        &self,
+        request: NewSession<'_>,
+    ) -> Result<(String, Arc<SessionEntry>), Error> {
+        let principal = match self.authenticate(request.credentials) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(reason = e.reason, "session authentication failed");
+                return Err(e);
+            }
+        };
+        let resolved = match request.config {
+            Some(ConfigChoice::Named(name)) => {
+                let resolved = resolve::resolve_named(&self.config, name)?;
+                if resolved.namespace != principal.namespace {
+                    return Err(Error::permission_denied(
+                        "NAMESPACE_MISMATCH",
+                        format!(
+                            "config `{name}` belongs to namespace `{}`; these credentials are for `{}`",
+                            resolved.namespace, principal.namespace
+                        ),
+                    ));
+                }
+                if !resolved.roles.is_empty()
+                    && !resolved.roles.iter().any(|r| principal.roles.contains(r))
+                {
+                    return Err(Error::permission_denied(
+                        "ROLE_NOT_ALLOWED",
+                        format!(
+                            "config `{name}` needs one of the roles: {}",
+                            resolved.roles.join(", ")
+                        ),
+                    ));
+                }
+                resolved
+            }
+            Some(ConfigChoice::Inline(inline)) => {
+                resolve::resolve_inline(&self.config, &principal.namespace, inline)?
+            }
+            None => {
+                return Err(Error::invalid_argument(
+                    "MISSING_CONFIG",
+                    "CreateSession needs a config: set config_name or inline_config",
+                ))
+            }
+        };
+        let policy = self.config.namespaces[&principal.namespace].session.clone();
+        let (token, digest) = token::new_token();
+        let entry = Arc::new(SessionEntry::new(
+            token::new_session_id(),
+            digest,
+            principal,
+            Arc::new(resolved),
+            request.client_id,
+            request.client_version,
+            request.metadata,
+            policy,
+            *self.registry.clock(),
+        ));
+        self.registry.insert(entry.clone())?;
+        if let Err(e) = self.supervisors.start_session(entry.clone()).await {
+            self.registry.end(&entry, EndReason::Failed);
+            return Err(e);
+        }
+        tracing::info!(
+            session_id = %entry.id,
+            namespace = entry.namespace(),
+            identity = %entry.principal.identity,
+            config = %entry.config.name,
+            "session created"
+        );
+        Ok((token, entry))
+    }
+
+    /// Closes a session. Without `force`, new operations are refused and the
+    /// close waits (up to the namespace's drain timeout) for pending ones;
+    /// if some remain, the session stays open and the count is reported.
+    pub async fn close(&self, entry: &Arc<SessionEntry>, force: bool) -> Closed {
+        if force {
+            let pending = entry.pending_operations();
+            self.end(entry, EndReason::Closed);
+            let message = if pending == 0 {
+                "session closed".to_string()
+            } else {
+                format!("session closed; {pending} pending operations were cancelled")
+            };
+            return Closed {
+                success: true,
+                message,
+                pending_operations: pending,
+            };
+        }
+        entry.begin_terminating();
+        let pending = entry.wait_drained(entry.policy.close_drain_timeout).await;
+        if pending > 0 {
+            entry.resume_active();
+            return Closed {
+                success: false,
+                message: format!(
+                    "{pending} operations still pending after {}; retry later or close with force",
+                    humantime::format_duration(entry.policy.close_drain_timeout)
+                ),
+                pending_operations: pending,
+            };
+        }
+        self.end(entry, EndReason::Closed);
+        Closed {
+            success: true,
+            message: "session closed".to_string(),
+            pending_operations: 0,
+        }
+    }
+
+    fn end(&self, entry: &SessionEntry, reason: EndReason) {
+        if self.registry.end(entry, reason) {
+            self.supervisors.stop_session(entry.namespace(), &entry.id);
+        }
+    }
+
+    /// Extends a session; the new expiry never passes its maximum lifetime.
+    pub fn refresh(
+        &self,
+        entry: &SessionEntry,
+        extension: Option<prost_types::Duration>,
+    ) -> Result<u64, Error> {
+        let extension = match extension {
+            None => Duration::ZERO,
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(Error::invalid_argument(
+                    "INVALID_EXTENSION",
+                    "extension must not be negative",
+                ))
+            }
+            Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
+        };
+        Ok(entry.refresh(self.registry.clock().now_ms(), extension))
+    }
+
+    /// Ends every session (gateway shutdown).
+    pub fn close_all(&self) -> usize {
+        let mut closed = 0;
+        for ns in self.config.namespaces.keys() {
+            for entry in self.registry.in_namespace(ns) {
+                if self.registry.end(&entry, EndReason::Shutdown) {
+                    closed += 1;
+                }
+            }
+        }
+        self.supervisors.stop_all_sessions();
+        closed
+    }
+
+    /// Names of features every session has, before its backend's interfaces.
+    pub fn base_features() -> &'static [&'static str] {
+        &[
+            "session.v1",
+            "config.v1",
+            "grpc.health.v1",
+            "grpc.reflection.v1",
+            "x-session-token",
+        ]
+    }
+}

@@ -1,0 +1,14 @@
+//! Sessions: the hot-path registry every RPC consults, the entries it holds,
+//! and the lifecycle operations (create, heartbeat, refresh, close) the
+//! SessionService exposes.
+
+pub mod clock;
+pub mod entry;
+pub mod lifecycle;
+pub mod registry;
+pub mod token;
+
+pub use clock::Clock;
+pub use entry::{EndReason, OperationGuard, SessionEntry, SessionState};
+pub use lifecycle::Sessions;
+pub use registry::{SessionEvent, SessionRegistry};

@@ -1,0 +1,233 @@
+//! The session registry: token digest → entry in a DashMap, so every RPC
+//! checks its token in O(1) without touching an actor. Ended sessions leave a
+//! tombstone for a while so clients learn *why* a token stopped working.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+
+use super::{clock::ms, entry::EndReason, token, Clock, SessionEntry};
+use crate::error::{Error, ErrorKind};
+
+/// A lifecycle event, for tests, the audit log and the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Created {
+        session_id: String,
+        namespace: String,
+    },
+    Ended {
+        session_id: String,
+        namespace: String,
+        reason: EndReason,
+    },
+    ActorRestarted {
+        session_id: String,
+        namespace: String,
+        restarts: u32,
+    },
+}
+
+struct Tombstone {
+    session_id: String,
+    reason: EndReason,
+    ended_ms: u64,
+}
+
+pub struct SessionRegistry {
+    clock: Clock,
+    by_token: DashMap<token::TokenDigest, Arc<SessionEntry>>,
+    by_id: DashMap<String, Arc<SessionEntry>>,
+    /// Recently ended sessions, pruned after `tombstone_ttl`.
+    ended: DashMap<token::TokenDigest, Tombstone>,
+    tombstone_ttl: Duration,
+    /// Open sessions per namespace, for `max_sessions`.
+    counts: HashMap<String, AtomicUsize>,
+    events: broadcast::Sender<SessionEvent>,
+}
+
+impl SessionRegistry {
+    pub fn new<'a>(clock: Clock, namespaces: impl IntoIterator<Item = &'a String>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        SessionRegistry {
+            clock,
+            by_token: DashMap::new(),
+            by_id: DashMap::new(),
+            ended: DashMap::new(),
+            tombstone_ttl: Duration::from_secs(3600),
+            counts: namespaces
+                .into_iter()
+                .map(|n| (n.clone(), AtomicUsize::new(0)))
+                .collect(),
+            events,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: SessionEvent) {
+        // Nobody listening is fine: events are advisory.
+        let _ = self.events.send(event);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn count_in(&self, namespace: &str) -> usize {
+        self.counts
+            .get(namespace)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// Adds a session unless its namespace is at `max_sessions`.
+    pub fn insert(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
+        let counter = self
+            .counts
+            .get(entry.namespace())
+            .ok_or_else(|| Error::internal("session namespace is not configured"))?;
+        let max = entry.policy.max_sessions;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::ResourceExhausted,
+                    "TOO_MANY_SESSIONS",
+                    format!("namespace `{}` already has its maximum of {max} sessions; close unused sessions", entry.namespace()),
+                )
+            })?;
+        self.by_token.insert(entry.token_digest, entry.clone());
+        self.by_id.insert(entry.id.clone(), entry.clone());
+        self.emit(SessionEvent::Created {
+            session_id: entry.id.clone(),
+            namespace: entry.namespace().to_string(),
+        });
+        Ok(())
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        self.by_id.get(id).map(|e| e.value().clone())
+    }
+
+    /// Every open session of a namespace.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<SessionEntry>> {
+        self.by_id
+            .iter()
+            .filter(|e| e.namespace() == namespace)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
+    /// The hot path: the live session for `token`, with activity recorded.
+    /// A session past its expiry is expired here even if its actor's timer
+    /// has not fired yet.
+    pub fn authorize(&self, token: &str) -> Result<Arc<SessionEntry>, Error> {
+        if token.is_empty() {
+            return Err(Error::unauthenticated(
+                "MISSING_SESSION_TOKEN",
+                "no session token; send it in `session_token` or the `x-session-token` header",
+            ));
+        }
+        let digest = token::digest(token);
+        let Some(entry) = self.by_token.get(&digest).map(|e| e.value().clone()) else {
+            return Err(self.ended_error(&digest));
+        };
+        let now = self.clock.now_ms();
+        if entry.is_past_expiry(now) {
+            self.end(&entry, EndReason::Expired);
+            return Err(self.ended_error(&digest));
+        }
+        entry.touch(now);
+        Ok(entry)
+    }
+
+    fn ended_error(&self, digest: &token::TokenDigest) -> Error {
+        match self.ended.get(digest) {
+            Some(t) => {
+                let (reason, message) = match t.reason {
+                    EndReason::Expired => {
+                        ("SESSION_EXPIRED", "session expired; create a new session")
+                    }
+                    EndReason::Closed => {
+                        ("SESSION_CLOSED", "session was closed; create a new session")
+                    }
+                    EndReason::Failed => (
+                        "SESSION_FAILED",
+                        "session ended after repeated internal failures; create a new session",
+                    ),
+                    EndReason::Shutdown => (
+                        "SESSION_CLOSED",
+                        "session was closed by gateway shutdown; create a new session",
+                    ),
+                };
+                let at = humantime::format_rfc3339_seconds(self.clock.wall_at(t.ended_ms));
+                let key = if t.reason == EndReason::Expired {
+                    "expired_at"
+                } else {
+                    "closed_at"
+                };
+                Error::unauthenticated(reason, message)
+                    .with("session_id", t.session_id.clone())
+                    .with(key, at.to_string())
+            }
+            None => Error::unauthenticated(
+                "INVALID_SESSION_TOKEN",
+                "session token is not valid; create a session with CreateSession",
+            ),
+        }
+    }
+
+    /// Ends a session: it disappears from the hot path at once and leaves a
+    /// tombstone. Returns false if it had already ended.
+    pub fn end(&self, entry: &SessionEntry, reason: EndReason) -> bool {
+        if !entry.mark_ended(reason) {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        self.by_token.remove(&entry.token_digest);
+        self.by_id.remove(&entry.id);
+        if let Some(c) = self.counts.get(entry.namespace()) {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.ended.insert(
+            entry.token_digest,
+            Tombstone {
+                session_id: entry.id.clone(),
+                reason,
+                ended_ms: now,
+            },
+        );
+        tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
+        self.emit(SessionEvent::Ended {
+            session_id: entry.id.clone(),
+            namespace: entry.namespace().to_string(),
+            reason,
+        });
+        true
+    }
+
+    /// Drops tombstones older than their retention; called from supervisor
+    /// ticks.
+    pub fn prune_tombstones(&self) {
+        let cutoff = self.clock.now_ms().saturating_sub(ms(self.tombstone_ttl));
+        self.ended.retain(|_, t| t.ended_ms >= cutoff);
+    }
+}

@@ -1,0 +1,233 @@
+//! Test harness: starts the gateway in-process on 127.0.0.1:0 and talks real
+//! gRPC to it.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use prism::{
+    config::{GatewayConfig, Source},
+    error::Service,
+    proto::session::v1::{
+        create_session_request::{Auth, Config},
+        session_service_client::SessionServiceClient,
+        CreateSessionRequest, CreateSessionResponse,
+    },
+    server::{self, Gateway, Listeners, ServeError},
+    session::SessionEvent,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    transport::{Channel, Endpoint},
+    Code, Status,
+};
+use tonic_types::StatusExt;
+
+pub const TEST_KEY: &str = "test-key";
+pub const OTHER_KEY: &str = "other-key";
+pub const HS256_SECRET: &str = "test-hs256-secret-that-is-long-enough-123";
+pub const ISSUER: &str = "https://issuer.test";
+pub const RS_ISSUER: &str = "https://rs-issuer.test";
+pub const AUDIENCE: &str = "prism";
+
+fn digest(key: &str) -> String {
+    prism::auth::api_key_digest(key)
+}
+
+/// The gateway configuration the tests run against.
+pub fn test_config_yaml() -> String {
+    let public_key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt_rs256_public.pem"
+    );
+    format!(
+        r#"
+server:
+  shutdown_grace: 5s
+  supervision_interval: 100ms
+  actor_threads: 2
+backends:
+  memory: {{ type: memory }}
+  local-sqlite: {{ type: sqlite, path: prism-data/test.db }}
+  events-kafka: {{ type: kafka, url: "127.0.0.1:9092" }}
+namespaces:
+  default:
+    allowed_backends: [memory, local-sqlite, events-kafka]
+    allowed_patterns: [key_value, queue, pubsub, reader, transact]
+    session:
+      idle_timeout: 10m
+      max_lifetime: 1h
+      expiring_within: 1m
+      close_drain_timeout: 10s
+      max_restarts: 3
+    api_keys:
+      - {{ name: test, sha256: "{test}", roles: [admin] }}
+  other:
+    allowed_backends: [memory]
+    allowed_patterns: [key_value]
+    session:
+      idle_timeout: 10m
+      max_lifetime: 1h
+      close_drain_timeout: 100ms
+    api_keys:
+      - {{ name: other, sha256: "{other}" }}
+configs:
+  user-profiles: {{ namespace: default, pattern: key_value, backend: memory }}
+  orders-db: {{ namespace: default, pattern: reader, also: [transact], backend: local-sqlite }}
+  other-kv: {{ namespace: other, pattern: key_value, backend: memory }}
+  admins-only: {{ namespace: default, pattern: key_value, backend: memory, roles: [admin] }}
+  writers-only: {{ namespace: default, pattern: key_value, backend: memory, roles: [writer] }}
+auth:
+  jwt:
+    - issuer: {ISSUER}
+      audience: {AUDIENCE}
+      algorithm: HS256
+      secret: {HS256_SECRET}
+      namespace_claim: ns
+    - issuer: {RS_ISSUER}
+      audience: {AUDIENCE}
+      algorithm: RS256
+      public_key_file: {public_key}
+      leeway: 0s
+"#,
+        test = digest(TEST_KEY),
+        other = digest(OTHER_KEY),
+    )
+}
+
+pub fn test_config() -> GatewayConfig {
+    GatewayConfig::from_yaml(&test_config_yaml(), &Source::Inline, &[("_", "_"); 0])
+        .expect("test config parses")
+}
+
+/// A gateway served on an ephemeral loopback port.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: GatewayConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::start(config).expect("gateway starts"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::run(
+            gateway.clone(),
+            Listeners {
+                grpc: listener,
+                admin: None,
+            },
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to gateway");
+        TestGateway {
+            addr,
+            gateway,
+            channel,
+            shutdown: Some(tx),
+            server,
+        }
+    }
+
+    pub fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel.clone())
+    }
+
+    /// Sends the shutdown signal; returns the server's task to await.
+    pub fn begin_shutdown(&mut self) -> &mut JoinHandle<Result<(), ServeError>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        &mut self.server
+    }
+
+    pub async fn stop(mut self) {
+        let server = self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+
+    /// Opens a session with the test API key and the named config.
+    pub async fn open(&self, config_name: &str) -> CreateSessionResponse {
+        self.sessions()
+            .create_session(api_key_request(TEST_KEY, config_name))
+            .await
+            .expect("create session")
+            .into_inner()
+    }
+
+    /// Waits (bounded) for a session event matching `pred`.
+    pub async fn wait_event(
+        events: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+        pred: impl Fn(&SessionEvent) -> bool,
+    ) -> SessionEvent {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if pred(&e) => return e,
+                    Ok(_) => continue,
+                    Err(e) => panic!("event stream ended: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("event arrives in time")
+    }
+}
+
+pub fn api_key_request(key: &str, config_name: &str) -> CreateSessionRequest {
+    CreateSessionRequest {
+        auth: Some(Auth::ApiKey(key.to_string())),
+        config: Some(Config::ConfigName(config_name.to_string())),
+        client_id: "test-client".to_string(),
+        client_version: "1.0.0".to_string(),
+        ..Default::default()
+    }
+}
+
+/// Asserts a status's code and ErrorInfo reason and domain.
+pub fn assert_error(status: &Status, code: Code, reason: &str, service: Service) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, service.domain());
+    assert!(
+        status
+            .message()
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_uppercase()),
+        "messages are lowercase: {}",
+        status.message()
+    );
+}
+
+/// A request carrying the session token only in the `x-session-token` header.
+pub fn with_token_header<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-session-token", token.parse().expect("ascii token"));
+    request
+}
