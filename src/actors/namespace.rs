@@ -92,6 +92,8 @@ impl SupervisorSettings {
 pub struct NamespaceSupervisor {
     shared: Arc<NamespaceShared>,
     settings: SupervisorSettings,
+    /// When the last counted check ran (session clock, ms).
+    last_check_ms: Option<u64>,
 }
 
 impl NamespaceSupervisor {
@@ -120,6 +122,7 @@ impl NamespaceSupervisor {
         NamespaceSupervisor::start_in_arbiter(&arbiter, move |_| NamespaceSupervisor {
             shared,
             settings,
+            last_check_ms: None,
         })
     }
 
@@ -151,7 +154,18 @@ impl NamespaceSupervisor {
     /// dead or stuck ones.
     fn supervise(&mut self) {
         let registry = &self.settings.registry;
-        self.shared.vitals.beat(registry.clock().now_ms());
+        let now = registry.clock().now_ms();
+        self.shared.vitals.beat(now);
+        // A check only judges progress when the supervisor itself ran on
+        // time: ticks bunched after a clock jump or a stall of this arbiter
+        // say nothing about the children, so they only reset the baseline.
+        let interval = crate::session::clock::ms(self.settings.interval).max(1);
+        let judge = match self.last_check_ms {
+            Some(last) if now.saturating_sub(last) < interval / 2 => return,
+            Some(last) => now.saturating_sub(last) <= 3 * interval,
+            None => false,
+        };
+        self.last_check_ms = Some(now);
         let mut to_restart = Vec::new();
         {
             let mut children = self.shared.children.lock();
@@ -168,7 +182,10 @@ impl NamespaceSupervisor {
                     continue;
                 }
                 let pulse = slot.vitals.pulse.load(Ordering::Relaxed);
-                if pulse == slot.last_seen_pulse {
+                if !judge {
+                    slot.last_seen_pulse = pulse;
+                    slot.silent_checks = 0;
+                } else if pulse == slot.last_seen_pulse {
                     slot.silent_checks += 1;
                     if slot.silent_checks >= SILENT_CHECKS_BEFORE_RESTART {
                         to_restart.push((id.clone(), "no progress"));

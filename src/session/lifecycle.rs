@@ -83,7 +83,7 @@ impl Sessions {
             None => {
                 return Err(Error::unauthenticated(
                     "MISSING_CREDENTIALS",
-                    "CreateSession needs credentials: set api_key, jwt_token or mtls",
+                    "no credentials: set api_key, jwt_token or mtls in CreateSessionRequest",
                 ))
             }
         };
@@ -142,7 +142,7 @@ impl Sessions {
             None => {
                 return Err(Error::invalid_argument(
                     "MISSING_CONFIG",
-                    "CreateSession needs a config: set config_name or inline_config",
+                    "no client config: set config_name or inline_config in CreateSessionRequest",
                 ))
             }
         };
