@@ -18,7 +18,7 @@ use prism::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
     Code, Status,
 };
 use tonic_types::StatusExt;
@@ -115,6 +115,26 @@ impl TestGateway {
     }
 
     pub async fn start_with(config: GatewayConfig) -> Self {
+        Self::start_inner(config, None).await
+    }
+
+    /// A gateway with TLS configured, reached over TLS.
+    pub async fn start_tls(config: GatewayConfig, client: ClientTlsConfig) -> Self {
+        Self::start_inner(config, Some(client)).await
+    }
+
+    /// Another connection to the same gateway (e.g. with another certificate).
+    pub async fn connect_tls(&self, client: ClientTlsConfig) -> Channel {
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(client)
+            .unwrap()
+            .connect()
+            .await
+            .expect("tls connect to gateway")
+    }
+
+    async fn start_inner(config: GatewayConfig, tls: Option<ClientTlsConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -131,11 +151,20 @@ impl TestGateway {
                 let _ = rx.await;
             },
         ));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to gateway");
+        let channel = match tls {
+            None => Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect to gateway"),
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .expect("tls connect to gateway"),
+        };
         TestGateway {
             addr,
             gateway,
