@@ -79,6 +79,11 @@ impl Gateway {
         self.supervisors.observe().await
     }
 
+    /// Delivers a deliberate fault to a namespace's supervisor.
+    pub fn inject_supervisor_fault(&self, namespace: &str, fault: Fault) -> Result<(), Error> {
+        self.supervisors.inject_supervisor_fault(namespace, fault)
+    }
+
     /// Delivers a deliberate fault to a session's actor (supervision drills).
     pub async fn inject_fault(&self, session_id: &str, fault: Fault) -> Result<(), Error> {
         let entry = self.registry.by_id(session_id).ok_or_else(|| {
@@ -181,10 +186,14 @@ pub async fn run(
     });
     let mut grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())));
-    tracing::info!(addr = ?grpc_addr, "grpc listening");
+    if let Some(addr) = grpc_addr {
+        tracing::info!(%addr, "grpc listening");
+    }
 
     let admin = listeners.admin.map(|listener| {
-        tracing::info!(addr = ?listener.local_addr().ok(), "admin listening");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admin listening");
+        }
         tokio::spawn(crate::admin::serve(
             listener,
             gateway.supervisors.clone(),

@@ -651,6 +651,52 @@ fn killed_session_actor_is_restarted_and_session_keeps_working() {
 }
 
 #[test]
+fn a_dead_namespace_supervisor_is_restarted_and_adopts_its_sessions() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let created = gw.open("user-profiles").await;
+        let id = created.session_id.clone();
+        let mut events = gw.gateway.registry.subscribe();
+
+        gw.gateway
+            .inject_supervisor_fault("default", Fault::Panic)
+            .unwrap();
+        let event = TestGateway::wait_event(&mut events, |e| {
+            matches!(e, SessionEvent::NamespaceSupervisorRestarted { .. })
+        })
+        .await;
+        assert_eq!(
+            event,
+            SessionEvent::NamespaceSupervisorRestarted {
+                namespace: "default".into(),
+                restarts: 1
+            }
+        );
+
+        // The session kept working throughout, and the new supervisor
+        // supervises it: a crash of its actor is repaired.
+        gw.sessions()
+            .heartbeat(HeartbeatRequest {
+                session_token: created.session_token.clone(),
+            })
+            .await
+            .unwrap();
+        gw.gateway.inject_fault(&id, Fault::Panic).await.unwrap();
+        TestGateway::wait_event(
+            &mut events,
+            |e| matches!(e, SessionEvent::ActorRestarted { session_id, .. } if *session_id == id),
+        )
+        .await;
+        let tree = gw.gateway.observe().await.unwrap();
+        let ns = tree.find("namespace/default").unwrap();
+        assert_eq!(ns.restarts, 1);
+        assert_eq!(ns.status, ActorStatus::Running);
+        assert_eq!(tree.find(&id).unwrap().restarts, 1);
+        gw.stop().await;
+    });
+}
+
+#[test]
 fn a_session_actor_that_keeps_failing_ends_its_session() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;

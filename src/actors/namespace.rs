@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
 use parking_lot::{Mutex, RwLock};
 
 use super::{
@@ -292,6 +292,29 @@ impl Handler<InjectFault> for NamespaceSupervisor {
         })?;
         slot.addr.do_send(msg.fault);
         Ok(())
+    }
+}
+
+/// A deliberate fault in the supervisor itself (its children live on).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SupervisorFault(pub Fault);
+
+impl Handler<SupervisorFault> for NamespaceSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SupervisorFault, ctx: &mut Context<Self>) {
+        self.shared.vitals.handled();
+        tracing::warn!(namespace = %self.shared.name, fault = ?msg.0, "injected fault in namespace supervisor");
+        match msg.0 {
+            Fault::Panic => panic!(
+                "injected fault in namespace supervisor {}",
+                self.shared.name
+            ),
+            // A stuck supervisor is noticed by readiness, not restarted:
+            // only a closed mailbox is final for it.
+            Fault::Stall => ctx.stop(),
+        }
     }
 }
 

@@ -11,13 +11,16 @@ use std::{
 use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
 
 use super::{
-    namespace::{observe_namespace, InjectFault, StartSession, StopSession, SupervisorSettings},
+    namespace::{
+        observe_namespace, InjectFault, StartSession, StopSession, SupervisorFault,
+        SupervisorSettings,
+    },
     session::Vitals,
     ActorKind, ActorNode, ActorStatus, Fault, NamespaceHandle, NamespaceSupervisor, Observe,
 };
 use crate::{
     error::{Error, ErrorKind},
-    session::SessionEntry,
+    session::{SessionEntry, SessionEvent},
 };
 
 pub struct RootSupervisor {
@@ -37,6 +40,12 @@ impl RootSupervisor {
                 let addr =
                     NamespaceSupervisor::start_with(handle.shared.clone(), self.settings.clone());
                 handle.replace(addr);
+                self.settings
+                    .registry
+                    .emit(SessionEvent::NamespaceSupervisorRestarted {
+                        namespace: handle.shared.name.clone(),
+                        restarts: handle.restarts.load(Ordering::Relaxed),
+                    });
             }
         }
     }
@@ -153,6 +162,15 @@ impl Supervisors {
         if let Ok(handle) = self.namespace(namespace) {
             handle.addr().do_send(StopSession(session_id.to_string()));
         }
+    }
+
+    /// Delivers a fault to a namespace's supervisor itself; fire and forget,
+    /// since a supervisor that panics never answers.
+    pub fn inject_supervisor_fault(&self, namespace: &str, fault: Fault) -> Result<(), Error> {
+        self.namespace(namespace)?
+            .addr()
+            .do_send(SupervisorFault(fault));
+        Ok(())
     }
 
     pub async fn inject_fault(

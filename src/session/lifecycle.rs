@@ -240,14 +240,12 @@ impl Sessions {
 
     /// Ends every session (gateway shutdown).
     pub fn close_all(&self) -> usize {
-        let mut closed = 0;
-        for ns in self.config.namespaces.keys() {
-            for entry in self.registry.in_namespace(ns) {
-                if self.registry.end(&entry, EndReason::Shutdown) {
-                    closed += 1;
-                }
-            }
-        }
+        let closed = self
+            .registry
+            .all()
+            .iter()
+            .filter(|entry| self.registry.end(entry, EndReason::Shutdown))
+            .count();
         self.supervisors.stop_all_sessions();
         closed
     }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -17,7 +17,8 @@ use tokio::sync::broadcast;
 use super::{clock::ms, entry::EndReason, token, Clock, SessionEntry};
 use crate::error::{Error, ErrorKind};
 
-/// A lifecycle event, for tests, the audit log and the admin view.
+/// A lifecycle event of a session or of the actors that supervise it, for
+/// tests, the audit log and the admin view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     Created {
@@ -34,7 +35,17 @@ pub enum SessionEvent {
         namespace: String,
         restarts: u32,
     },
+    NamespaceSupervisorRestarted {
+        namespace: String,
+        restarts: u64,
+    },
 }
+
+/// Tombstones kept at most; see `SessionRegistry::ended`.
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// How often tombstones are pruned, at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 struct Tombstone {
     session_id: String,
@@ -46,9 +57,12 @@ pub struct SessionRegistry {
     clock: Clock,
     by_token: DashMap<token::TokenDigest, Arc<SessionEntry>>,
     by_id: DashMap<String, Arc<SessionEntry>>,
-    /// Recently ended sessions, pruned after `tombstone_ttl`.
+    /// Recently ended sessions, pruned after `tombstone_ttl` and capped at
+    /// `MAX_TOMBSTONES` so churn cannot grow memory without bound (past the
+    /// cap a dead token reads as unknown rather than closed).
     ended: DashMap<token::TokenDigest, Tombstone>,
     tombstone_ttl: Duration,
+    last_prune_ms: AtomicU64,
     /// Open sessions per namespace, for `max_sessions`.
     counts: HashMap<String, AtomicUsize>,
     events: broadcast::Sender<SessionEvent>,
@@ -63,6 +77,7 @@ impl SessionRegistry {
             by_id: DashMap::new(),
             ended: DashMap::new(),
             tombstone_ttl: Duration::from_secs(3600),
+            last_prune_ms: AtomicU64::new(0),
             counts: namespaces
                 .into_iter()
                 .map(|n| (n.clone(), AtomicUsize::new(0)))
@@ -125,15 +140,6 @@ impl SessionRegistry {
 
     pub fn by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
         self.by_id.get(id).map(|e| e.value().clone())
-    }
-
-    /// Every open session of a namespace.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<SessionEntry>> {
-        self.by_id
-            .iter()
-            .filter(|e| e.namespace() == namespace)
-            .map(|e| e.value().clone())
-            .collect()
     }
 
     /// The hot path: the live session for `token`, with activity recorded.
@@ -207,14 +213,16 @@ impl SessionRegistry {
         if let Some(c) = self.counts.get(entry.namespace()) {
             c.fetch_sub(1, Ordering::AcqRel);
         }
-        self.ended.insert(
-            entry.token_digest,
-            Tombstone {
-                session_id: entry.id.clone(),
-                reason,
-                ended_ms: now,
-            },
-        );
+        if self.ended.len() < MAX_TOMBSTONES {
+            self.ended.insert(
+                entry.token_digest,
+                Tombstone {
+                    session_id: entry.id.clone(),
+                    reason,
+                    ended_ms: now,
+                },
+            );
+        }
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
         self.emit(SessionEvent::Ended {
             session_id: entry.id.clone(),
@@ -225,9 +233,20 @@ impl SessionRegistry {
     }
 
     /// Drops tombstones older than their retention; called from supervisor
-    /// ticks.
+    /// ticks, does the work at most every `PRUNE_EVERY`.
     pub fn prune_tombstones(&self) {
-        let cutoff = self.clock.now_ms().saturating_sub(ms(self.tombstone_ttl));
+        let now = self.clock.now_ms();
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < ms(PRUNE_EVERY) && last != 0 {
+            return;
+        }
+        self.last_prune_ms.store(now.max(1), Ordering::Relaxed);
+        let cutoff = now.saturating_sub(ms(self.tombstone_ttl));
         self.ended.retain(|_, t| t.ended_ms >= cutoff);
+    }
+
+    /// Every open session.
+    pub fn all(&self) -> Vec<Arc<SessionEntry>> {
+        self.by_id.iter().map(|e| e.value().clone()).collect()
     }
 }
