@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::{
     actors::{ActorNode, ArbiterPool, Fault, SupervisorSettings, Supervisors},
     auth::Authenticator,
-    config::GatewayConfig,
+    config::{resolve::NamedConfigs, GatewayConfig},
     error::Error,
     proto,
     services::{config::ConfigApi, session::SessionApi},
@@ -34,6 +34,7 @@ pub enum ServeError {
 /// Everything a running gateway shares between its services and actors.
 pub struct Gateway {
     pub config: Arc<GatewayConfig>,
+    pub named: Arc<NamedConfigs>,
     pub registry: Arc<SessionRegistry>,
     pub sessions: Arc<Sessions>,
     pub supervisors: Arc<Supervisors>,
@@ -47,6 +48,9 @@ impl Gateway {
     pub fn start(config: GatewayConfig) -> Result<Gateway, ServeError> {
         let config = Arc::new(config);
         let auth = Arc::new(Authenticator::new(&config).map_err(ServeError::Config)?);
+        let named = Arc::new(
+            NamedConfigs::resolve_all(&config).map_err(|e| ServeError::Config(e.message))?,
+        );
         let registry = Arc::new(SessionRegistry::new(Clock::new(), config.namespaces.keys()));
         let threads = config
             .server
@@ -61,12 +65,14 @@ impl Gateway {
         let supervisors = Arc::new(Supervisors::start(config.namespaces.keys(), settings));
         let sessions = Arc::new(Sessions::new(
             config.clone(),
+            named.clone(),
             auth,
             registry.clone(),
             supervisors.clone(),
         ));
         Ok(Gateway {
             config,
+            named: named.clone(),
             registry,
             sessions,
             supervisors,
@@ -79,9 +85,9 @@ impl Gateway {
         self.supervisors.observe().await
     }
 
-    /// Delivers a deliberate fault to a namespace's supervisor.
-    pub fn inject_supervisor_fault(&self, namespace: &str, fault: Fault) -> Result<(), Error> {
-        self.supervisors.inject_supervisor_fault(namespace, fault)
+    /// Makes a namespace's supervisor panic (supervision drills).
+    pub fn crash_supervisor(&self, namespace: &str) -> Result<(), Error> {
+        self.supervisors.crash_supervisor(namespace)
     }
 
     /// Delivers a deliberate fault to a session's actor (supervision drills).
@@ -151,16 +157,15 @@ pub async fn run(
         .set_serving::<ConfigServiceServer<ConfigApi>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    // Both reflection versions: ghz and older grpcurl speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| ServeError::Config(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let mut builder = Server::builder();
     if let Some(tls) = tls_config(&gateway.config)? {
@@ -174,7 +179,7 @@ pub async fn run(
             gateway.sessions.clone(),
         )))
         .add_service(ConfigServiceServer::new(ConfigApi::new(
-            gateway.config.clone(),
+            gateway.named.clone(),
         )));
 
     let grpc_addr = listeners.grpc.local_addr().ok();

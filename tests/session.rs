@@ -658,9 +658,7 @@ fn a_dead_namespace_supervisor_is_restarted_and_adopts_its_sessions() {
         let id = created.session_id.clone();
         let mut events = gw.gateway.registry.subscribe();
 
-        gw.gateway
-            .inject_supervisor_fault("default", Fault::Panic)
-            .unwrap();
+        gw.gateway.crash_supervisor("default").unwrap();
         let event = TestGateway::wait_event(&mut events, |e| {
             matches!(e, SessionEvent::NamespaceSupervisorRestarted { .. })
         })

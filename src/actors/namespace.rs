@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
 use parking_lot::{Mutex, RwLock};
 
 use super::{
@@ -295,26 +295,23 @@ impl Handler<InjectFault> for NamespaceSupervisor {
     }
 }
 
-/// A deliberate fault in the supervisor itself (its children live on).
+/// A deliberate panic in the supervisor itself; its children live on and
+/// the root restarts it. (The root watches supervisors for a closed mailbox
+/// only, so there is no stall drill here.)
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SupervisorFault(pub Fault);
+pub struct CrashSupervisor;
 
-impl Handler<SupervisorFault> for NamespaceSupervisor {
+impl Handler<CrashSupervisor> for NamespaceSupervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: SupervisorFault, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: CrashSupervisor, _: &mut Context<Self>) {
         self.shared.vitals.handled();
-        tracing::warn!(namespace = %self.shared.name, fault = ?msg.0, "injected fault in namespace supervisor");
-        match msg.0 {
-            Fault::Panic => panic!(
-                "injected fault in namespace supervisor {}",
-                self.shared.name
-            ),
-            // A stuck supervisor is noticed by readiness, not restarted:
-            // only a closed mailbox is final for it.
-            Fault::Stall => ctx.stop(),
-        }
+        tracing::warn!(namespace = %self.shared.name, "injected crash of namespace supervisor");
+        panic!(
+            "injected crash of namespace supervisor {}",
+            self.shared.name
+        );
     }
 }
 
@@ -393,9 +390,5 @@ impl NamespaceShared {
             slot.kill.fire();
             slot.addr.do_send(Stop);
         }
-    }
-
-    pub fn child_count(&self) -> usize {
-        self.children.lock().len()
     }
 }

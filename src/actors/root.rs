@@ -12,7 +12,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
 
 use super::{
     namespace::{
-        observe_namespace, InjectFault, StartSession, StopSession, SupervisorFault,
+        observe_namespace, CrashSupervisor, InjectFault, StartSession, StopSession,
         SupervisorSettings,
     },
     session::Vitals,
@@ -164,12 +164,10 @@ impl Supervisors {
         }
     }
 
-    /// Delivers a fault to a namespace's supervisor itself; fire and forget,
-    /// since a supervisor that panics never answers.
-    pub fn inject_supervisor_fault(&self, namespace: &str, fault: Fault) -> Result<(), Error> {
-        self.namespace(namespace)?
-            .addr()
-            .do_send(SupervisorFault(fault));
+    /// Makes a namespace's supervisor panic; fire and forget, since it
+    /// never answers.
+    pub fn crash_supervisor(&self, namespace: &str) -> Result<(), Error> {
+        self.namespace(namespace)?.addr().do_send(CrashSupervisor);
         Ok(())
     }
 
@@ -217,12 +215,5 @@ impl Supervisors {
         for handle in self.namespaces.values() {
             handle.shared.stop_all();
         }
-    }
-
-    pub fn session_actor_count(&self) -> usize {
-        self.namespaces
-            .values()
-            .map(|h| h.shared.child_count())
-            .sum()
     }
 }

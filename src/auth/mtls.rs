@@ -71,7 +71,7 @@ fn pem_to_der(bytes: &[u8]) -> Option<Vec<u8>> {
     first.ok().map(|c| c.to_vec())
 }
 
-pub fn subject_common_name(der: &[u8]) -> Option<String> {
+fn subject_common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)

@@ -3,7 +3,7 @@
 //! which interfaces those backends implement. `prism validate` and
 //! CreateSession share this one path.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use super::{Consistency, GatewayConfig, NamedConfigSpec, Pattern};
 use crate::{
@@ -63,19 +63,40 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// Resolves the server-side config called `name`.
-pub fn resolve_named(cfg: &GatewayConfig, name: &str) -> Result<ResolvedConfig, Error> {
-    let spec = cfg.configs.get(name).ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            "CONFIG_NOT_FOUND",
-            format!(
-                "no named config `{name}`; ConfigService.ListConfigs shows the available names"
-            ),
-        )
-        .with("config_name", name)
-    })?;
-    resolve_named_spec(cfg, name, spec)
+/// Every named config, resolved once at start: the configuration is fixed
+/// and was validated then, so sessions share these instead of re-resolving.
+#[derive(Debug)]
+pub struct NamedConfigs {
+    by_name: BTreeMap<String, Arc<ResolvedConfig>>,
+}
+
+impl NamedConfigs {
+    pub fn resolve_all(cfg: &GatewayConfig) -> Result<Self, Error> {
+        let by_name = cfg
+            .configs
+            .iter()
+            .map(|(name, spec)| Ok((name.clone(), Arc::new(resolve_named_spec(cfg, name, spec)?))))
+            .collect::<Result<_, Error>>()?;
+        Ok(NamedConfigs { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<ResolvedConfig>, Error> {
+        self.by_name.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "CONFIG_NOT_FOUND",
+                format!(
+                    "no named config `{name}`; ConfigService.ListConfigs shows the available names"
+                ),
+            )
+            .with("config_name", name)
+        })
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ResolvedConfig>> {
+        self.by_name.values()
+    }
 }
 
 pub(crate) fn resolve_named_spec(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    config::{resolve, GatewayConfig},
+    config::resolve::{self, NamedConfigs},
     error::{status, Service},
     proto::config::v1::{
         config_service_server::ConfigService, AccessPattern, GetConfigRequest, GetConfigResponse,
@@ -16,12 +16,12 @@ use crate::{
 };
 
 pub struct ConfigApi {
-    config: Arc<GatewayConfig>,
+    named: Arc<NamedConfigs>,
 }
 
 impl ConfigApi {
-    pub fn new(config: Arc<GatewayConfig>) -> Self {
-        ConfigApi { config }
+    pub fn new(named: Arc<NamedConfigs>) -> Self {
+        ConfigApi { named }
     }
 }
 
@@ -31,10 +31,12 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
-        let resolved = resolve::resolve_named(&self.config, &request.get_ref().name)
+        let resolved = self
+            .named
+            .get(&request.get_ref().name)
             .map_err(status(Service::Config))?;
         Ok(Response::new(GetConfigResponse {
-            config: Some(resolved.proto),
+            config: Some(resolved.proto.clone()),
         }))
     }
 
@@ -47,14 +49,11 @@ impl ConfigService for ConfigApi {
             .ok()
             .and_then(resolve::pattern_from_proto);
         let configs = self
-            .config
-            .configs
-            .keys()
-            // Configs that fail validation never reach a running gateway.
-            .filter_map(|name| resolve::resolve_named(&self.config, name).ok())
+            .named
+            .iter()
             .filter(|c| req.namespace.is_empty() || c.namespace == req.namespace)
             .filter(|c| pattern.is_none_or(|p| c.patterns.contains(&p)))
-            .map(|c| c.proto)
+            .map(|c| c.proto.clone())
             .collect();
         Ok(Response::new(ListConfigsResponse { configs }))
     }

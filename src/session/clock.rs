@@ -33,10 +33,6 @@ impl Clock {
             .as_millis() as u64
     }
 
-    pub fn instant_at(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms)
-    }
-
     pub fn wall_at(&self, ms: u64) -> SystemTime {
         self.base_wall + Duration::from_millis(ms)
     }

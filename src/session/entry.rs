@@ -23,6 +23,7 @@ use crate::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum SessionState {
     Active,
     /// Closing: waiting for pending operations, accepting no new ones.
@@ -43,6 +44,13 @@ impl SessionState {
             2 => SessionState::Closed,
             _ => SessionState::Expired,
         }
+    }
+
+    /// Moves `state` from `from` to `to`; false if it was not `from`.
+    fn transition(state: &AtomicU8, from: SessionState, to: SessionState) -> bool {
+        state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -113,7 +121,7 @@ impl SessionEntry {
             hard_deadline_ms: hard,
             expires_ms: AtomicU64::new(expires),
             last_activity_ms: AtomicU64::new(now),
-            state: AtomicU8::new(0),
+            state: AtomicU8::new(SessionState::Active as u8),
             requests: AtomicI64::new(0),
             bytes_sent: AtomicI64::new(0),
             bytes_received: AtomicI64::new(0),
@@ -143,18 +151,14 @@ impl SessionEntry {
         now_ms >= self.expires_ms()
     }
 
-    /// Records activity: the idle deadline moves to now + idle timeout,
-    /// never past the maximum lifetime and never backwards.
+    /// Records activity: a refresh by the idle timeout.
     pub fn touch(&self, now_ms: u64) {
-        self.last_activity_ms.fetch_max(now_ms, Ordering::AcqRel);
-        let target = now_ms
-            .saturating_add(ms(self.policy.idle_timeout))
-            .min(self.hard_deadline_ms);
-        self.expires_ms.fetch_max(target, Ordering::AcqRel);
+        self.refresh(now_ms, Duration::ZERO);
     }
 
-    /// Extends expiry by `extension` from now (idle timeout when zero),
-    /// bounded by the maximum lifetime. Returns the new expiry.
+    /// Records activity and moves the deadline to now + `extension` (the
+    /// idle timeout when zero), never past the maximum lifetime and never
+    /// backwards. Returns the new expiry.
     pub fn refresh(&self, now_ms: u64, extension: Duration) -> u64 {
         let ext = if extension.is_zero() {
             self.policy.idle_timeout
@@ -163,8 +167,9 @@ impl SessionEntry {
         };
         let target = now_ms.saturating_add(ms(ext)).min(self.hard_deadline_ms);
         self.last_activity_ms.fetch_max(now_ms, Ordering::AcqRel);
-        self.expires_ms.fetch_max(target, Ordering::AcqRel);
-        self.expires_ms()
+        self.expires_ms
+            .fetch_max(target, Ordering::AcqRel)
+            .max(target)
     }
 
     pub fn status(&self, now_ms: u64) -> SessionStatus {
@@ -183,38 +188,28 @@ impl SessionEntry {
 
     /// Moves Active → Terminating; false if the session was not active.
     pub fn begin_terminating(&self) -> bool {
-        self.state
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        SessionState::transition(&self.state, SessionState::Active, SessionState::Terminating)
     }
 
     /// Terminating → Active again (a non-forced close that could not drain).
     pub fn resume_active(&self) {
-        let _ = self
-            .state
-            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire);
+        SessionState::transition(&self.state, SessionState::Terminating, SessionState::Active);
     }
 
     /// Marks the session ended; true only for the caller that ended it.
     pub(crate) fn mark_ended(&self, reason: EndReason) -> bool {
         let to = match reason {
-            EndReason::Expired => 3,
-            EndReason::Closed | EndReason::Failed | EndReason::Shutdown => 2,
+            EndReason::Expired => SessionState::Expired,
+            EndReason::Closed | EndReason::Failed | EndReason::Shutdown => SessionState::Closed,
         };
-        let mut current = self.state.load(Ordering::Acquire);
         loop {
-            if current >= 2 {
+            let current = self.state();
+            if current.is_ended() {
                 return false;
             }
-            match self
-                .state
-                .compare_exchange(current, to, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    self.drained.notify_waiters();
-                    return true;
-                }
-                Err(actual) => current = actual,
+            if SessionState::transition(&self.state, current, to) {
+                self.drained.notify_waiters();
+                return true;
             }
         }
     }

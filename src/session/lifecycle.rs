@@ -8,7 +8,10 @@ use super::{token, EndReason, SessionEntry, SessionRegistry};
 use crate::{
     actors::Supervisors,
     auth::{Authenticator, Principal},
-    config::{resolve, GatewayConfig},
+    config::{
+        resolve::{self, NamedConfigs},
+        GatewayConfig,
+    },
     error::Error,
     proto::config::v1::ClientConfig,
 };
@@ -48,6 +51,7 @@ pub struct Closed {
 
 pub struct Sessions {
     config: Arc<GatewayConfig>,
+    named: Arc<NamedConfigs>,
     auth: Arc<Authenticator>,
     registry: Arc<SessionRegistry>,
     supervisors: Arc<Supervisors>,
@@ -56,12 +60,14 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(
         config: Arc<GatewayConfig>,
+        named: Arc<NamedConfigs>,
         auth: Arc<Authenticator>,
         registry: Arc<SessionRegistry>,
         supervisors: Arc<Supervisors>,
     ) -> Self {
         Sessions {
             config,
+            named,
             auth,
             registry,
             supervisors,
@@ -113,7 +119,7 @@ impl Sessions {
         };
         let resolved = match request.config {
             Some(ConfigChoice::Named(name)) => {
-                let resolved = resolve::resolve_named(&self.config, name)?;
+                let resolved = self.named.get(name)?.clone();
                 if resolved.namespace != principal.namespace {
                     return Err(Error::permission_denied(
                         "NAMESPACE_MISMATCH",
@@ -136,9 +142,11 @@ impl Sessions {
                 }
                 resolved
             }
-            Some(ConfigChoice::Inline(inline)) => {
-                resolve::resolve_inline(&self.config, &principal.namespace, inline)?
-            }
+            Some(ConfigChoice::Inline(inline)) => Arc::new(resolve::resolve_inline(
+                &self.config,
+                &principal.namespace,
+                inline,
+            )?),
             None => {
                 return Err(Error::invalid_argument(
                     "MISSING_CONFIG",
@@ -152,7 +160,7 @@ impl Sessions {
             token::new_session_id(),
             digest,
             principal,
-            Arc::new(resolved),
+            resolved,
             request.client_id,
             request.client_version,
             request.metadata,
@@ -194,6 +202,14 @@ impl Sessions {
         }
         entry.begin_terminating();
         let pending = entry.wait_drained(entry.policy.close_drain_timeout).await;
+        if entry.state().is_ended() {
+            // A forced close, expiry or shutdown ended it while we waited.
+            return Closed {
+                success: true,
+                message: "session was closed while draining".to_string(),
+                pending_operations: pending,
+            };
+        }
         if pending > 0 {
             entry.resume_active();
             return Closed {

@@ -99,18 +99,8 @@ impl SessionRegistry {
         let _ = self.events.send(event);
     }
 
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
-    }
-
-    pub fn count_in(&self, namespace: &str) -> usize {
-        self.counts
-            .get(namespace)
-            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Adds a session unless its namespace is at `max_sessions`.
@@ -157,6 +147,9 @@ impl SessionRegistry {
             return Err(self.ended_error(&digest));
         };
         let now = self.clock.now_ms();
+        if entry.state().is_ended() {
+            return Err(self.ended_error(&digest));
+        }
         if entry.is_past_expiry(now) {
             self.end(&entry, EndReason::Expired);
             return Err(self.ended_error(&digest));
@@ -208,11 +201,8 @@ impl SessionRegistry {
             return false;
         }
         let now = self.clock.now_ms();
-        self.by_token.remove(&entry.token_digest);
-        self.by_id.remove(&entry.id);
-        if let Some(c) = self.counts.get(entry.namespace()) {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
+        // The tombstone goes in before the entry leaves, so a concurrent
+        // call never sees neither and reports an unknown token.
         if self.ended.len() < MAX_TOMBSTONES {
             self.ended.insert(
                 entry.token_digest,
@@ -222,6 +212,11 @@ impl SessionRegistry {
                     ended_ms: now,
                 },
             );
+        }
+        self.by_token.remove(&entry.token_digest);
+        self.by_id.remove(&entry.id);
+        if let Some(c) = self.counts.get(entry.namespace()) {
+            c.fetch_sub(1, Ordering::AcqRel);
         }
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
         self.emit(SessionEvent::Ended {
