@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/prism/config/v1/client_config.proto",
     "proto/prism/config/v1/config_service.proto",
     "proto/prism/session/v1/session.proto",
+    "proto/prism/keyvalue/v1/keyvalue.proto",
     "proto/prism/queue/v1/queue.proto",
     "proto/prism/pubsub/v1/pubsub.proto",
     "proto/prism/reader/v1/reader.proto",

@@ -3,7 +3,8 @@
 # talk to answers on loopback: Postgres (5432, database `test`), Redis (6379),
 # NATS with JetStream (4222) and the nisshi Kafka broker (9092). Services that
 # are down are started; nisshi is installed when missing (~15 min, once).
-# Then: cargo fmt --check, cargo clippy -D warnings, cargo test.
+# Then: cargo fmt --check, cargo clippy -D warnings, cargo test, and a Python
+# client generated from proto/ against the binary on its embedded default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,3 +96,23 @@ log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 log "cargo test"
 cargo test --all-targets "$@"
+
+# A client generated from proto/ alone (Python, grpcio-tools) against the
+# binary on its embedded default config: sessions and KeyValue end to end.
+log "generated python client against the embedded default"
+if ! python3 -c "import grpc_tools, google.rpc" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check grpcio-tools googleapis-common-protos
+fi
+client_dir="$(mktemp -d)"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PRISM_LISTEN="127.0.0.1:$port" PRISM_ADMIN_LISTEN="127.0.0.1:0" \
+  PRISM_SQLITE_PATH="$client_dir/orders.db" target/debug/prism serve >"$client_dir/gateway.log" 2>&1 &
+gateway_pid=$!
+trap 'kill "$gateway_pid" 2>/dev/null || true' EXIT
+wait_port "prism (embedded default)" "$port" 30
+python3 scripts/python_client.py "127.0.0.1:$port"
+kill -TERM "$gateway_pid"
+wait "$gateway_pid"
+trap - EXIT
+rm -rf "$client_dir"
+log "all checks passed"

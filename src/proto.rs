@@ -15,6 +15,11 @@ pub mod session {
         tonic::include_proto!("prism.session.v1");
     }
 }
+pub mod keyvalue {
+    pub mod v1 {
+        tonic::include_proto!("prism.keyvalue.v1");
+    }
+}
 pub mod queue {
     pub mod v1 {
         tonic::include_proto!("prism.queue.v1");

@@ -10,12 +10,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
-    actors::{ActorNode, ArbiterPool, Fault, SupervisorSettings, Supervisors},
+    actors::{
+        subscription::{Crash, Subscriptions},
+        ActorNode, ArbiterPool, Fault, SupervisorSettings, Supervisors,
+    },
     auth::Authenticator,
+    backends::Backends,
     config::{resolve::NamedConfigs, GatewayConfig},
     error::Error,
     proto,
-    services::{config::ConfigApi, session::SessionApi},
+    services::{config::ConfigApi, keyvalue::KeyValueApi, queue::QueueApi, session::SessionApi},
     session::{Clock, SessionRegistry, Sessions},
 };
 
@@ -38,6 +42,8 @@ pub struct Gateway {
     pub registry: Arc<SessionRegistry>,
     pub sessions: Arc<Sessions>,
     pub supervisors: Arc<Supervisors>,
+    pub backends: Arc<Backends>,
+    pub subscriptions: Arc<Subscriptions>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -51,18 +57,26 @@ impl Gateway {
         let named = Arc::new(
             NamedConfigs::resolve_all(&config).map_err(|e| ServeError::Config(e.message))?,
         );
-        let registry = Arc::new(SessionRegistry::new(Clock::new(), config.namespaces.keys()));
+        let clock = Clock::new();
+        let registry = Arc::new(SessionRegistry::new(clock, config.namespaces.keys()));
+        let backends = Arc::new(Backends::build(&config, clock).map_err(ServeError::Config)?);
         let threads = config
             .server
             .actor_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let pool = Arc::new(ArbiterPool::new(threads));
+        let subscriptions = Arc::new(Subscriptions::new());
         let settings = SupervisorSettings {
             registry: registry.clone(),
             pool: pool.clone(),
             interval: config.server.supervision_interval,
+            subscriptions: subscriptions.clone(),
         };
-        let supervisors = Arc::new(Supervisors::start(config.namespaces.keys(), settings));
+        let supervisors = Arc::new(Supervisors::start(
+            config.namespaces.keys(),
+            &backends,
+            settings,
+        ));
         let sessions = Arc::new(Sessions::new(
             config.clone(),
             named.clone(),
@@ -76,7 +90,21 @@ impl Gateway {
             registry,
             sessions,
             supervisors,
+            backends,
+            subscriptions,
             pool,
+        })
+    }
+
+    /// Whether every backend a namespace may use is up (backends with no
+    /// client in this build do not count).
+    pub fn namespace_ready(&self, namespace: &str) -> bool {
+        self.config.namespaces.get(namespace).is_some_and(|ns| {
+            ns.allowed_backends.iter().all(|name| {
+                self.backends
+                    .get(name)
+                    .is_none_or(|b| b.client.is_none() || b.health.is_up())
+            })
         })
     }
 
@@ -88,6 +116,19 @@ impl Gateway {
     /// Makes a namespace's supervisor panic (supervision drills).
     pub fn crash_supervisor(&self, namespace: &str) -> Result<(), Error> {
         self.supervisors.crash_supervisor(namespace)
+    }
+
+    /// Makes a subscription's actor panic (supervision drills).
+    pub fn crash_subscription(&self, subscription_id: &str) -> Result<(), Error> {
+        let handle = self.subscriptions.get(subscription_id).ok_or_else(|| {
+            Error::new(
+                crate::error::ErrorKind::NotFound,
+                "SUBSCRIPTION_NOT_FOUND",
+                format!("no live subscription {subscription_id}"),
+            )
+        })?;
+        handle.addr().do_send(Crash);
+        Ok(())
     }
 
     /// Delivers a deliberate fault to a session's actor (supervision drills).
@@ -148,6 +189,8 @@ pub async fn run(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     use proto::{
         config::v1::config_service_server::ConfigServiceServer,
+        keyvalue::v1::key_value_service_server::KeyValueServiceServer,
+        queue::v1::queue_service_server::QueueServiceServer,
         session::v1::session_service_server::SessionServiceServer,
     };
     health_reporter
@@ -156,6 +199,17 @@ pub async fn run(
     health_reporter
         .set_serving::<ConfigServiceServer<ConfigApi>>()
         .await;
+    health_reporter
+        .set_serving::<KeyValueServiceServer<KeyValueApi>>()
+        .await;
+    health_reporter
+        .set_serving::<QueueServiceServer<QueueApi>>()
+        .await;
+    let readiness = tokio::spawn(report_readiness(
+        gateway.clone(),
+        health_reporter.clone(),
+        signal(stop_rx.clone()),
+    ));
 
     // Both reflection versions: ghz and older grpcurl speak only v1alpha.
     let reflection = || {
@@ -180,7 +234,27 @@ pub async fn run(
         )))
         .add_service(ConfigServiceServer::new(ConfigApi::new(
             gateway.named.clone(),
-        )));
+        )))
+        .add_service(
+            KeyValueServiceServer::new(KeyValueApi::new(
+                gateway.registry.clone(),
+                gateway.backends.clone(),
+                gateway.config.limits.clone(),
+            ))
+            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+        )
+        .add_service(
+            QueueServiceServer::new(QueueApi::new(
+                gateway.registry.clone(),
+                gateway.backends.clone(),
+                gateway.subscriptions.clone(),
+                gateway.pool.clone(),
+                gateway.config.limits.clone(),
+            ))
+            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+        );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
     // Small HTTP/2 frames must not wait for Nagle's algorithm.
@@ -201,7 +275,7 @@ pub async fn run(
         }
         tokio::spawn(crate::admin::serve(
             listener,
-            gateway.supervisors.clone(),
+            gateway.clone(),
             signal(stop_rx.clone()),
         ))
     });
@@ -219,6 +293,12 @@ pub async fn run(
         health_reporter
             .set_not_serving::<ConfigServiceServer<ConfigApi>>()
             .await;
+        health_reporter
+            .set_not_serving::<KeyValueServiceServer<KeyValueApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<QueueServiceServer<QueueApi>>()
+            .await;
         let _ = stop_tx.send(true);
         result = match tokio::time::timeout(grace, &mut grpc).await {
             Ok(served) => Some(served),
@@ -230,6 +310,7 @@ pub async fn run(
         };
     }
     let _ = stop_tx.send(true);
+    let _ = readiness.await;
     if let Some(admin) = admin {
         match tokio::time::timeout(Duration::from_secs(5), admin).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin listener failed"),
@@ -246,5 +327,53 @@ pub async fn run(
         Some(Err(join)) => Err(ServeError::Config(format!(
             "grpc server task failed: {join}"
         ))),
+    }
+}
+
+/// The gRPC health service name that reports a namespace's readiness.
+pub fn namespace_health_name(namespace: &str) -> String {
+    format!("prism.namespace.{namespace}")
+}
+
+/// Keeps `prism.namespace.<name>` health statuses in step with the backends
+/// each namespace uses, until `stop` resolves.
+async fn report_readiness(
+    gateway: Arc<Gateway>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: impl Future<Output = ()>,
+) {
+    use tonic_health::ServingStatus;
+    let mut receivers: Vec<_> = gateway
+        .backends
+        .iter()
+        .filter(|b| b.client.is_some())
+        .map(|b| b.health.subscribe())
+        .collect();
+    tokio::pin!(stop);
+    loop {
+        for namespace in gateway.config.namespaces.keys() {
+            let status = if gateway.namespace_ready(namespace) {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(namespace_health_name(namespace), status)
+                .await;
+        }
+        if receivers.is_empty() {
+            stop.await;
+            return;
+        }
+        let changed =
+            futures::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
+        tokio::select! {
+            (result, _, _) = changed => {
+                if result.is_err() {
+                    return;
+                }
+            }
+            _ = &mut stop => return,
+        }
     }
 }

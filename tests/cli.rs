@@ -92,6 +92,20 @@ fn registry_prints_the_matrix() {
             && stdout.contains("kafka"),
         "{stdout}"
     );
+    // The real matrix: the four KeyValue backends implement all six
+    // KeyValue interfaces; kafka and nats none yet.
+    let header: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
+    for line in stdout.lines().filter(|l| l.starts_with("keyvalue_")) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        for (kind, cell) in header.iter().zip(&cells).skip(1) {
+            let expected = if matches!(*kind, "kafka" | "nats") {
+                "-"
+            } else {
+                "yes"
+            };
+            assert_eq!(*cell, expected, "{kind} in {line}");
+        }
+    }
 }
 
 #[test]

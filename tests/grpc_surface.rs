@@ -27,6 +27,8 @@ fn health_reports_serving() {
             "",
             "prism.session.v1.SessionService",
             "prism.config.v1.ConfigService",
+            "prism.keyvalue.v1.KeyValueService",
+            "prism.queue.v1.QueueService",
         ] {
             let status = health
                 .check(HealthCheckRequest {
@@ -41,7 +43,7 @@ fn health_reports_serving() {
         // Data services are not registered until they work end to end.
         let err = health
             .check(HealthCheckRequest {
-                service: "prism.queue.v1.QueueService".into(),
+                service: "prism.pubsub.v1.PubSubService".into(),
             })
             .await
             .unwrap_err();

@@ -754,8 +754,21 @@ fn actor_tree_shows_sessions_while_open() {
 
         let tree = gw.gateway.observe().await.unwrap();
         assert_eq!(tree.kind, ActorKind::Root);
-        let namespaces: Vec<&str> = tree.children.iter().map(|n| n.id.as_str()).collect();
-        assert_eq!(namespaces, vec!["namespace/default", "namespace/other"]);
+        let children: Vec<&str> = tree.children.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            children,
+            vec![
+                "namespace/default",
+                "namespace/other",
+                "backend/events-kafka",
+                "backend/local-sqlite",
+                "backend/memory"
+            ],
+            "namespace supervisors, then a pool actor per backend with a client"
+        );
+        let pool = tree.find("backend/memory").unwrap();
+        assert_eq!(pool.kind, ActorKind::BackendPool);
+        assert_eq!(pool.state["type"], "memory");
         let session = tree.find(&a.session_id).unwrap();
         assert_eq!(session.state["namespace"], "default");
         assert_eq!(session.state["config"], "user-profiles");

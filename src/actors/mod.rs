@@ -5,7 +5,9 @@
 //! ```text
 //! RootSupervisor
 //!   +- NamespaceSupervisor (one per namespace)
-//!        +- SessionActor (one per session)
+//!   |    +- SessionActor (one per session)
+//!   |         +- SubscriptionActor (one per Subscribe stream)
+//!   +- BackendPoolActor (one per backend with a client)
 //! ```
 //!
 //! Supervision means progress: each child pulses on a timer; a supervisor
@@ -21,10 +23,12 @@ use std::sync::{
 use actix::{Arbiter, ArbiterHandle};
 use tokio::sync::Notify;
 
+pub mod backend_pool;
 pub mod namespace;
 pub mod observe;
 pub mod root;
 pub mod session;
+pub mod subscription;
 
 pub use namespace::SupervisorSettings;
 pub use namespace::{NamespaceHandle, NamespaceSupervisor};

@@ -79,6 +79,8 @@ pub struct SupervisorSettings {
     pub registry: Arc<SessionRegistry>,
     pub pool: Arc<ArbiterPool>,
     pub interval: Duration,
+    /// Subscription actors, restarted by the root on its tick.
+    pub subscriptions: Arc<super::subscription::Subscriptions>,
 }
 
 impl SupervisorSettings {

@@ -12,6 +12,8 @@ pub enum ActorKind {
     Root,
     NamespaceSupervisor,
     Session,
+    BackendPool,
+    Subscription,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ use std::{
 use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
 
 use super::{
+    backend_pool::PoolHandle,
     namespace::{
         observe_namespace, CrashSupervisor, InjectFault, StartSession, StopSession,
         SupervisorSettings,
@@ -19,12 +20,14 @@ use super::{
     ActorKind, ActorNode, ActorStatus, Fault, NamespaceHandle, NamespaceSupervisor, Observe,
 };
 use crate::{
+    backends::Backends,
     error::{Error, ErrorKind},
     session::{SessionEntry, SessionEvent},
 };
 
 pub struct RootSupervisor {
     namespaces: Vec<Arc<NamespaceHandle>>,
+    pools: Vec<Arc<PoolHandle>>,
     settings: SupervisorSettings,
     vitals: Arc<Vitals>,
     created: SystemTime,
@@ -34,6 +37,8 @@ impl RootSupervisor {
     fn supervise(&mut self) {
         self.vitals.beat(self.settings.registry.clock().now_ms());
         self.settings.registry.prune_tombstones();
+        let pool = self.settings.pool.clone();
+        self.settings.subscriptions.supervise(|| pool.next());
         for handle in &self.namespaces {
             if !handle.addr().connected() {
                 tracing::warn!(namespace = %handle.shared.name, "restarting namespace supervisor");
@@ -46,6 +51,12 @@ impl RootSupervisor {
                         namespace: handle.shared.name.clone(),
                         restarts: handle.restarts.load(Ordering::Relaxed),
                     });
+            }
+        }
+        for pool in &self.pools {
+            if !pool.addr().connected() {
+                tracing::warn!(backend = %pool.backend.name, "restarting backend pool actor");
+                pool.restart(*self.settings.registry.clock(), &self.settings.pool.next());
             }
         }
     }
@@ -66,6 +77,7 @@ impl Handler<Observe> for RootSupervisor {
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
         self.vitals.handled();
         let namespaces = self.namespaces.clone();
+        let pools = self.pools.clone();
         let vitals = self.vitals.clone();
         let created = self.created;
         let clock = *self.settings.registry.clock();
@@ -86,6 +98,18 @@ impl Handler<Observe> for RootSupervisor {
                     }
                 });
             }
+            let namespace_count = children.len();
+            for pool in pools {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), pool.addr().send(Observe)).await;
+                children.push(match answer {
+                    Ok(Ok(mut node)) => {
+                        node.restarts = pool.restarts.load(Ordering::Relaxed);
+                        node
+                    }
+                    _ => pool.failed_node(&clock),
+                });
+            }
             ActorNode {
                 kind: ActorKind::Root,
                 id: "root".to_string(),
@@ -95,7 +119,10 @@ impl Handler<Observe> for RootSupervisor {
                 last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
                 messages_handled: vitals.handled.load(Ordering::Relaxed),
                 restarts: 0,
-                state: serde_json::json!({ "namespaces": children.len() }),
+                state: serde_json::json!({
+                    "namespaces": namespace_count,
+                    "backend_pools": children.len() - namespace_count,
+                }),
                 children,
             }
         })
@@ -105,7 +132,9 @@ impl Handler<Observe> for RootSupervisor {
 /// The services' handle on the actor tree.
 pub struct Supervisors {
     root: Addr<RootSupervisor>,
+    subscriptions: Arc<super::subscription::Subscriptions>,
     namespaces: BTreeMap<String, Arc<NamespaceHandle>>,
+    pools: Vec<Arc<PoolHandle>>,
 }
 
 fn unavailable(what: &str) -> Error {
@@ -120,6 +149,7 @@ impl Supervisors {
     /// Starts the tree; must run inside the actix system.
     pub fn start<'a>(
         namespaces: impl IntoIterator<Item = &'a String>,
+        backends: &Backends,
         settings: SupervisorSettings,
     ) -> Self {
         let namespaces: BTreeMap<String, Arc<NamespaceHandle>> = namespaces
@@ -131,14 +161,31 @@ impl Supervisors {
                 )
             })
             .collect();
+        let pools: Vec<Arc<PoolHandle>> = backends
+            .iter()
+            .filter(|b| b.client.is_some())
+            .map(|b| {
+                Arc::new(PoolHandle::start(
+                    b.clone(),
+                    *settings.registry.clock(),
+                    &settings.pool.next(),
+                ))
+            })
+            .collect();
         let root = RootSupervisor {
             namespaces: namespaces.values().cloned().collect(),
+            pools: pools.clone(),
             settings: settings.clone(),
             vitals: Arc::default(),
             created: SystemTime::now(),
         };
         let root = RootSupervisor::start_in_arbiter(&settings.pool.next(), move |_| root);
-        Supervisors { root, namespaces }
+        Supervisors {
+            root,
+            subscriptions: settings.subscriptions.clone(),
+            namespaces,
+            pools,
+        }
     }
 
     fn namespace(&self, name: &str) -> Result<&NamespaceHandle, Error> {
@@ -189,11 +236,20 @@ impl Supervisors {
     }
 
     /// The live actor tree.
+    /// The live actor tree; subscriptions appear under their sessions.
     pub async fn observe(&self) -> Result<ActorNode, Error> {
-        self.root
+        let mut tree = self
+            .root
             .send(Observe)
             .await
-            .map_err(|_| unavailable("the root supervisor"))
+            .map_err(|_| unavailable("the root supervisor"))?;
+        for node in self.subscriptions.observe().await {
+            let parent = node.parent.clone().unwrap_or_default();
+            if let Some(session) = find_mut(&mut tree, &parent) {
+                session.children.push(node);
+            }
+        }
+        Ok(tree)
     }
 
     /// Supervisors whose mailbox is closed (empty when all run).
@@ -204,6 +260,12 @@ impl Supervisors {
             .filter(|h| !h.addr().connected())
             .map(|h| format!("namespace/{}", h.shared.name))
             .collect();
+        down.extend(
+            self.pools
+                .iter()
+                .filter(|p| !p.addr().connected())
+                .map(|p| format!("backend/{}", p.backend.name)),
+        );
         if !self.root.connected() {
             down.push("root".to_string());
         }
@@ -216,4 +278,11 @@ impl Supervisors {
             handle.shared.stop_all();
         }
     }
+}
+
+fn find_mut<'a>(node: &'a mut ActorNode, id: &str) -> Option<&'a mut ActorNode> {
+    if node.id == id {
+        return Some(node);
+    }
+    node.children.iter_mut().find_map(|c| find_mut(c, id))
 }

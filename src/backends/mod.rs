@@ -4,14 +4,39 @@
 //! flags in config. A backend appears in [`BackendKind::implements`] with an
 //! interface only once that interface's trait is implemented for it and served
 //! end to end, so `prism registry backends` and config validation always tell
-//! the truth about this build. The backend modules themselves (memory, sqlite,
-//! postgres, redis, kafka, nats) arrive with the data APIs that use them.
+//! the truth about this build.
+//!
+//! [`Backends`] holds one [`Backend`] per configured backend: the cloned
+//! client the data path uses and the [`Health`] its pool actor maintains.
+//! Kafka and NATS have no client in this build yet (no served API uses them).
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::config::v1 as pb;
+use crate::{config::GatewayConfig, proto::config::v1 as pb, session::Clock};
+
+pub mod health;
+pub mod kafka;
+pub mod kv;
+pub mod memory;
+pub mod nats;
+pub mod pg_queue;
+pub mod postgres;
+pub mod queue;
+pub mod redis;
+pub mod sql;
+pub mod sqlite;
+
+pub use health::{Health, HealthState};
+
+/// Milliseconds since the Unix epoch: stored expiry and publish times are
+/// wall-clock time, shared by every gateway using a backend.
+pub fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// The kinds of backend Prism can talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -46,16 +71,30 @@ impl BackendKind {
         }
     }
 
-    /// The interfaces this kind implements in this build. Empty until the
-    /// first data API (KeyValue) lands.
+    /// The interfaces this kind implements in this build: the traits its
+    /// backend type implements (see `kv_interfaces!`).
     pub fn implements(self) -> &'static [Interface] {
+        static MEMORY: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [
+                memory::MemoryKv::KV_INTERFACES,
+                memory::MemoryQueue::QUEUE_INTERFACES,
+            ]
+            .concat()
+        });
+        static POSTGRES: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [
+                sql::SqlKv::KV_INTERFACES,
+                pg_queue::PgQueue::QUEUE_INTERFACES,
+            ]
+            .concat()
+        });
         match self {
-            BackendKind::Memory
-            | BackendKind::Sqlite
-            | BackendKind::Postgres
-            | BackendKind::Redis
-            | BackendKind::Kafka
-            | BackendKind::Nats => &[],
+            BackendKind::Memory => &MEMORY,
+            BackendKind::Postgres => &POSTGRES,
+            BackendKind::Sqlite => sql::SqlKv::KV_INTERFACES,
+            BackendKind::Redis => redis::RedisKv::KV_INTERFACES,
+            BackendKind::Nats => nats::NatsQueue::QUEUE_INTERFACES,
+            BackendKind::Kafka => kafka::KafkaQueue::QUEUE_INTERFACES,
         }
     }
 
@@ -161,14 +200,208 @@ pub fn registry_matrix() -> String {
         }
         out.push('\n');
     }
-    let total: usize = BackendKind::ALL.iter().map(|k| k.implements().len()).sum();
-    if total == 0 {
-        out.push_str(
-            "\nno backend implements a data interface in this build yet: interfaces are \
-             registered as each data API (keyvalue, queue, pubsub, reader, transact) lands\n",
-        );
-    }
     out
+}
+
+/// The error for a backend lacking an interface a config or a call needs:
+/// `UNIMPLEMENTED`, naming both, in config validation and at run time alike.
+pub fn missing_interface(
+    backend: &str,
+    kind: BackendKind,
+    interface: Interface,
+) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorKind::Unimplemented,
+        "MISSING_INTERFACE",
+        format!(
+            "backend `{backend}` ({kind}) does not implement {interface}; use a backend that \
+             does (`prism registry backends` lists them)"
+        ),
+    )
+    .with("backend", backend)
+    .with("interface", interface.name())
+}
+
+/// The client of one configured backend, as the data path uses it.
+#[derive(Clone)]
+pub enum Client {
+    Memory(Arc<memory::MemoryKv>, Arc<memory::MemoryQueue>),
+    /// The SQL key-value engine, and on Postgres the table queue.
+    Sql(Arc<sql::SqlKv>, Option<Arc<pg_queue::PgQueue>>),
+    Redis(Arc<redis::RedisKv>),
+    Nats(Arc<nats::NatsQueue>),
+    Kafka(Arc<kafka::KafkaQueue>),
+}
+
+impl Client {
+    /// Establishes what the backend needs before serving (schema, the
+    /// connection manager); idempotent.
+    pub async fn connect(&self) -> Result<(), crate::error::Error> {
+        match self {
+            Client::Memory(..) => Ok(()),
+            Client::Sql(s, queue) => {
+                if !s.is_migrated() {
+                    s.migrate().await?;
+                }
+                if let Some(q) = queue.as_ref().filter(|q| !q.is_migrated()) {
+                    q.migrate().await?;
+                }
+                s.ping().await
+            }
+            Client::Redis(r) => {
+                r.connect().await?;
+                r.ping().await
+            }
+            Client::Nats(n) => {
+                n.connect().await?;
+                n.ping().await
+            }
+            Client::Kafka(k) => k.connect().await,
+        }
+    }
+
+    /// One health round trip.
+    pub async fn check(&self) -> Result<(), crate::error::Error> {
+        match self {
+            Client::Memory(..) => Ok(()),
+            Client::Sql(s, _) => s.ping().await,
+            Client::Redis(r) => r.ping().await,
+            Client::Nats(n) => n.ping().await,
+            Client::Kafka(k) => k.ping().await,
+        }
+    }
+
+    /// Removes expired data where the backend does not do it itself.
+    pub async fn sweep(&self) -> Result<u64, crate::error::Error> {
+        match self {
+            Client::Memory(m, _) => Ok(m.sweep() as u64),
+            Client::Sql(s, _) => s.sweep().await,
+            Client::Redis(_) | Client::Nats(_) | Client::Kafka(_) => Ok(0),
+        }
+    }
+
+    /// Pool figures for the admin view.
+    pub fn stats(&self) -> serde_json::Value {
+        match self {
+            Client::Memory(m, q) => {
+                serde_json::json!({ "keys": m.len(), "queued_messages": q.len() })
+            }
+            Client::Sql(s, _) => serde_json::json!({
+                "connections": s.pool.size(),
+                "idle": s.pool.num_idle(),
+                "schema_ready": s.is_migrated(),
+            }),
+            Client::Redis(r) => serde_json::json!({ "connected": r.is_connected() }),
+            Client::Nats(n) => serde_json::json!({ "connected": n.is_connected() }),
+            Client::Kafka(k) => serde_json::json!({ "connected": k.is_connected() }),
+        }
+    }
+
+    /// The Queue surface, where the backend has one in this build.
+    pub fn queue(&self) -> Option<queue::QueueHandle> {
+        match self {
+            Client::Memory(_, q) => Some(q.queue_handle()),
+            Client::Sql(_, q) => q.as_ref().map(|q| q.queue_handle()),
+            Client::Nats(n) => Some(n.queue_handle()),
+            Client::Kafka(k) => Some(k.queue_handle()),
+            Client::Redis(_) => None,
+        }
+    }
+
+    /// The KeyValue surface, where the backend has one.
+    pub fn kv(&self) -> Option<kv::KvHandle> {
+        match self {
+            Client::Memory(m, _) => Some(m.kv_handle()),
+            Client::Sql(s, _) => Some(s.kv_handle()),
+            Client::Redis(r) => Some(r.kv_handle()),
+            Client::Nats(_) | Client::Kafka(_) => None,
+        }
+    }
+}
+
+/// One configured backend.
+pub struct Backend {
+    pub name: String,
+    pub kind: BackendKind,
+    pub spec: crate::config::PoolSpec,
+    /// `None` for kinds with no client in this build (kafka, nats).
+    pub client: Option<Client>,
+    pub kv: Option<kv::KvHandle>,
+    pub queue: Option<queue::QueueHandle>,
+    pub health: Arc<Health>,
+}
+
+/// Every configured backend by name.
+pub struct Backends {
+    by_name: BTreeMap<String, Arc<Backend>>,
+}
+
+impl Backends {
+    /// Builds clients without connecting (pool actors connect); fails only
+    /// on configuration that cannot work (a malformed URL).
+    pub fn build(config: &GatewayConfig, clock: Clock) -> Result<Self, String> {
+        let mut by_name = BTreeMap::new();
+        for (name, spec) in &config.backends {
+            let url = spec.url.clone().unwrap_or_default();
+            let client = match spec.kind {
+                BackendKind::Memory => Some(Client::Memory(
+                    Arc::new(memory::MemoryKv::new(clock)),
+                    Arc::new(memory::MemoryQueue::new(clock)),
+                )),
+                BackendKind::Sqlite => {
+                    let url = match &spec.path {
+                        Some(path) => sqlite::url_for(path),
+                        None => url,
+                    };
+                    let mut kv = sqlite::open(name, &url, &spec.pool)?;
+                    kv.dir = spec
+                        .path
+                        .as_ref()
+                        .and_then(|p| p.parent())
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .map(|d| d.to_path_buf());
+                    Some(Client::Sql(Arc::new(kv), None))
+                }
+                BackendKind::Postgres => {
+                    let kv = postgres::open(name, &url, &spec.pool)?;
+                    let queue = pg_queue::PgQueue::new(&kv);
+                    Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
+                }
+                BackendKind::Redis => Some(Client::Redis(Arc::new(redis::RedisKv::open(
+                    name, &url, &spec.pool,
+                )?))),
+                BackendKind::Nats => Some(Client::Nats(Arc::new(nats::NatsQueue::open(
+                    name, &url, &spec.pool,
+                )?))),
+                BackendKind::Kafka => Some(Client::Kafka(Arc::new(kafka::KafkaQueue::open(
+                    name, &url, &spec.pool,
+                )?))),
+            };
+            let kv = client.as_ref().and_then(Client::kv);
+            let queue = client.as_ref().and_then(Client::queue);
+            by_name.insert(
+                name.clone(),
+                Arc::new(Backend {
+                    name: name.clone(),
+                    kind: spec.kind,
+                    spec: spec.pool.clone(),
+                    client,
+                    kv,
+                    queue,
+                    health: Arc::new(Health::new()),
+                }),
+            );
+        }
+        Ok(Backends { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.by_name.values()
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +421,29 @@ mod tests {
         for k in BackendKind::ALL {
             assert_eq!(BackendKind::from_proto(k.to_proto()), Some(k));
         }
+    }
+
+    #[test]
+    fn keyvalue_backends_register_all_six_interfaces() {
+        for kind in [
+            BackendKind::Memory,
+            BackendKind::Sqlite,
+            BackendKind::Postgres,
+            BackendKind::Redis,
+        ] {
+            for name in [
+                "keyvalue_basic",
+                "keyvalue_scan",
+                "keyvalue_ttl",
+                "keyvalue_batch",
+                "keyvalue_cas",
+                "keyvalue_transactional",
+            ] {
+                assert!(kind.has(Interface::parse(name).unwrap()), "{kind} {name}");
+            }
+        }
+        assert!(!BackendKind::Kafka.has(Interface::KeyValueBasic));
+        assert!(!BackendKind::Nats.has(Interface::KeyValueBasic));
     }
 
     #[test]

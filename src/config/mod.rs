@@ -71,6 +71,38 @@ pub struct GatewayConfig {
     pub configs: BTreeMap<String, NamedConfigSpec>,
     #[serde(default)]
     pub auth: AuthSpec,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Limits on what clients may send to the data APIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest value a key may hold (default 4 MiB).
+    pub max_value_bytes: usize,
+    /// Longest key, in bytes of UTF-8.
+    pub max_key_bytes: usize,
+    /// Most operations in one batch or transaction.
+    pub max_batch_ops: usize,
+    /// Largest gRPC request message; must exceed `max_value_bytes`.
+    pub max_message_bytes: usize,
+    /// How long a write's idempotency token is remembered (and how old a
+    /// token may be).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 4 * 1024 * 1024,
+            max_key_bytes: 1024,
+            max_batch_ops: 1000,
+            max_message_bytes: 16 * 1024 * 1024,
+            idempotency_window: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +159,46 @@ pub struct BackendSpec {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Connections, health checks and reconnection.
+    #[serde(default)]
+    pub pool: PoolSpec,
+}
+
+/// How a backend's pool actor manages its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSpec {
+    /// Most connections (SQL backends).
+    pub max_connections: u32,
+    /// How long a connection attempt, or a wait for a pooled connection,
+    /// may take before the call fails UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often a healthy backend is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// First delay before reconnecting a failed backend; doubles per
+    /// failure up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How often expired keys are deleted (SQL and memory backends).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(3),
+            health_interval: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// An access pattern, i.e. which client API a config is for.
@@ -176,11 +248,8 @@ impl Pattern {
     /// for it opens but its API answers `UNIMPLEMENTED`.
     pub fn served(self) -> bool {
         match self {
-            Pattern::KeyValue
-            | Pattern::Queue
-            | Pattern::Pubsub
-            | Pattern::Reader
-            | Pattern::Transact => false,
+            Pattern::KeyValue | Pattern::Queue => true,
+            Pattern::Pubsub | Pattern::Reader | Pattern::Transact => false,
         }
     }
 }

@@ -385,16 +385,11 @@ fn check_policy(
         .flat_map(|p| p.base_interfaces().iter().copied());
     for interface in required.iter().copied().chain(served) {
         if !kind.has(interface) {
-            return Err(Error::new(
-                ErrorKind::Unimplemented,
-                "MISSING_INTERFACE",
-                format!(
-                    "backend `{backend_name}` ({kind}) does not implement {interface}; choose a \
-                     backend that does (`prism registry backends` lists them) or drop the requirement"
-                ),
-            )
-            .with("backend", backend_name)
-            .with("interface", interface.name()));
+            return Err(crate::backends::missing_interface(
+                backend_name,
+                kind,
+                interface,
+            ));
         }
     }
     Ok(())

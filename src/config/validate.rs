@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm};
+use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm, Limits};
 use crate::backends::BackendKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
         check_backend(&mut r, name, spec);
     }
     check_namespaces(&mut r, cfg);
+    check_limits(&mut r, &cfg.limits);
     for (name, spec) in &cfg.configs {
         let subject = format!("config {name}");
         match resolve::resolve_named_spec(cfg, name, spec) {
@@ -91,14 +92,24 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
                     ),
                 );
                 for p in resolved.patterns.iter().filter(|p| !p.served()) {
-                    r.push(
-                        Outcome::Note,
-                        &subject,
-                        format!(
-                            "the {p} API is not served by this build yet; its interfaces are \
-                             checked once it is"
-                        ),
-                    );
+                    let missing: Vec<&str> = p
+                        .base_interfaces()
+                        .iter()
+                        .filter(|i| !resolved.backend_kind.has(**i))
+                        .map(|i| i.name())
+                        .collect();
+                    if !missing.is_empty() {
+                        r.push(
+                            Outcome::Note,
+                            &subject,
+                            format!(
+                                "the {p} API is not served on {} backends in this build yet \
+                                 (no {}); its calls answer UNIMPLEMENTED until it is",
+                                resolved.backend_kind,
+                                missing.join(", ")
+                            ),
+                        );
+                    }
                 }
             }
             Err(e) => r.fail(&subject, e.message),
@@ -147,7 +158,19 @@ fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
         BackendKind::Kafka => (spec.url.as_deref().is_none_or(|u| u.trim().is_empty()))
             .then_some("kafka needs `url: host:port[,host:port]` (or KAFKA_BROKERS)"),
     };
-    match problem {
+    let p = &spec.pool;
+    let pool_problem = if p.max_connections == 0 {
+        Some("pool.max_connections must be at least 1")
+    } else if p.connect_timeout.is_zero() || p.health_interval.is_zero() {
+        Some("pool.connect_timeout and pool.health_interval must be positive")
+    } else if p.backoff_initial.is_zero() || p.backoff_initial > p.backoff_max {
+        Some("pool.backoff_initial must be positive and at most pool.backoff_max")
+    } else if p.sweep_interval.is_zero() {
+        Some("pool.sweep_interval must be positive")
+    } else {
+        None
+    };
+    match problem.or(pool_problem) {
         Some(msg) => r.fail(subject, msg),
         None => {
             let interfaces = spec.kind.implements().len();
@@ -173,6 +196,18 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
     for (name, ns) in &cfg.namespaces {
         let subject = format!("namespace {name}");
         let mut ok = true;
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            ok = false;
+            r.fail(
+                &subject,
+                "namespace names are 1 to 64 of A-Z a-z 0-9 - _ . (they scope stored keys)",
+            );
+        }
         for b in &ns.allowed_backends {
             if !cfg.backends.contains_key(b) {
                 ok = false;
@@ -243,6 +278,34 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
                 ),
             );
         }
+    }
+}
+
+fn check_limits(r: &mut Report, limits: &Limits) {
+    let problem = if limits.max_value_bytes == 0 || limits.max_key_bytes == 0 {
+        Some("limits.max_value_bytes and limits.max_key_bytes must be positive".to_string())
+    } else if limits.max_batch_ops == 0 {
+        Some("limits.max_batch_ops must be at least 1".to_string())
+    } else if limits.max_message_bytes < limits.max_value_bytes + 64 * 1024 {
+        Some(format!(
+            "limits.max_message_bytes ({}) must exceed limits.max_value_bytes ({}) by at least \
+             64 KiB, or a value at the limit cannot be sent",
+            limits.max_message_bytes, limits.max_value_bytes
+        ))
+    } else if limits.idempotency_window.is_zero() {
+        Some("limits.idempotency_window must be positive".to_string())
+    } else {
+        None
+    };
+    match problem {
+        Some(msg) => r.fail("limits", msg),
+        None => r.pass(
+            "limits",
+            format!(
+                "values up to {} bytes, keys up to {} bytes, {} ops per batch",
+                limits.max_value_bytes, limits.max_key_bytes, limits.max_batch_ops
+            ),
+        ),
     }
 }
 
@@ -327,6 +390,42 @@ configs:
             text.contains("events-kafka") && text.contains("keyvalue_ttl"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn keyvalue_on_a_backend_without_keyvalue_is_rejected() {
+        let cfg = parse(
+            r#"
+backends:
+  events-kafka: { type: kafka, url: "127.0.0.1:9092" }
+namespaces:
+  ns: { allowed_backends: [events-kafka], allowed_patterns: [key_value] }
+configs:
+  cache: { namespace: ns, pattern: key_value, backend: events-kafka }
+"#,
+        );
+        let text = validate(&cfg).failures_text();
+        assert!(
+            text.contains("events-kafka") && text.contains("keyvalue_basic"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn limits_pools_and_namespace_names_are_checked() {
+        let cfg = parse(
+            r#"
+backends:
+  mem: { type: memory, pool: { backoff_initial: 5s, backoff_max: 1s } }
+namespaces:
+  "bad:name": { allowed_backends: [mem], allowed_patterns: [key_value] }
+limits: { max_value_bytes: 1000000, max_message_bytes: 1000000 }
+"#,
+        );
+        let text = validate(&cfg).failures_text();
+        assert!(text.contains("pool.backoff_initial"), "{text}");
+        assert!(text.contains("namespace names"), "{text}");
+        assert!(text.contains("limits.max_message_bytes"), "{text}");
     }
 
     #[test]

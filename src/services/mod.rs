@@ -2,9 +2,20 @@
 //! state in `Arc`s; handlers check the session on the registry's hot path and
 //! map errors through [`crate::error`] in one place.
 
+use std::sync::Arc;
+
 use tonic::Request;
 
+use crate::{
+    backends::{Backend, Backends},
+    config::Pattern,
+    error::{Error, ErrorKind},
+    session::{SessionEntry, SessionRegistry},
+};
+
 pub mod config;
+pub mod keyvalue;
+pub mod queue;
 pub mod session;
 
 /// The header that may carry the session token instead of the field.
@@ -21,4 +32,32 @@ pub fn session_token<'a, T>(field: &'a str, request: &'a Request<T>) -> &'a str 
         .get(SESSION_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+/// The hot-path check every data RPC starts with: the session for `token`
+/// (activity recorded), that its config serves `pattern`, and its backend.
+pub fn session_backend(
+    registry: &SessionRegistry,
+    backends: &Backends,
+    token: &str,
+    pattern: Pattern,
+) -> Result<(Arc<SessionEntry>, Arc<Backend>), Error> {
+    let entry = registry.authorize(token)?;
+    if !entry.config.patterns.contains(&pattern) {
+        return Err(Error::new(
+            ErrorKind::FailedPrecondition,
+            "PATTERN_NOT_IN_SESSION",
+            format!(
+                "this session's config `{}` does not serve the {pattern} pattern; open a session \
+                 with a {pattern} config",
+                entry.config.name
+            ),
+        )
+        .with("config", entry.config.name.clone()));
+    }
+    let backend = backends
+        .get(&entry.config.backend_name)
+        .cloned()
+        .ok_or_else(|| Error::internal("the session's backend is not configured"))?;
+    Ok((entry, backend))
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kv;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prism::{

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""A client generated from proto/ alone (grpcio-tools), run against a gateway.
+
+Usage:
+    pip install grpcio-tools googleapis-common-protos
+    cargo run --release -- serve &          # the embedded default config
+    python3 scripts/python_client.py [127.0.0.1:8980]
+
+It opens a session with the development key and the `user-profiles` config,
+then Set/Get/Exists/Delete a key, checks the errors a client must be able to
+read (ErrorInfo reason and domain), and closes the session. Exit status 0
+means every check held.
+"""
+
+import importlib
+import pathlib
+import sys
+import tempfile
+import uuid
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_tools import protoc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROTOS = [
+    "prism/config/v1/client_config.proto",
+    "prism/session/v1/session.proto",
+    "prism/keyvalue/v1/keyvalue.proto",
+]
+
+
+def generate(out: pathlib.Path) -> None:
+    include = pathlib.Path(protoc.__file__).parent / "_proto"
+    for proto in PROTOS:
+        code = protoc.main([
+            "protoc",
+            f"-I{ROOT / 'proto'}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            proto,
+        ])
+        if code != 0:
+            sys.exit(f"protoc failed on {proto}")
+    for d in out.rglob("*"):
+        if d.is_dir():
+            (d / "__init__.py").touch()
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    from google.rpc import error_details_pb2, status_pb2
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return f"{info.domain}/{info.reason}"
+    return ""
+
+
+def main() -> None:
+    target = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8980"
+    out = pathlib.Path(tempfile.mkdtemp(prefix="prism-py-"))
+    generate(out)
+    sys.path.insert(0, str(out))
+    session_pb2 = importlib.import_module("prism.session.v1.session_pb2")
+    session_grpc = importlib.import_module("prism.session.v1.session_pb2_grpc")
+    kv_pb2 = importlib.import_module("prism.keyvalue.v1.keyvalue_pb2")
+    kv_grpc = importlib.import_module("prism.keyvalue.v1.keyvalue_pb2_grpc")
+
+    channel = grpc.insecure_channel(target)
+    sessions = session_grpc.SessionServiceStub(channel)
+    kv = kv_grpc.KeyValueServiceStub(channel)
+
+    created = sessions.CreateSession(session_pb2.CreateSessionRequest(
+        api_key="prism-dev-key", config_name="user-profiles",
+        client_id="python-check", client_version="1"))
+    token = created.session_token
+    print(f"session {created.session_id} on config {created.config.name}")
+
+    generated = timestamp_pb2.Timestamp()
+    generated.GetCurrentTime()
+    idem = kv_pb2.IdempotencyToken(id=str(uuid.uuid4()), generated_at=generated)
+    first = kv.Set(kv_pb2.SetRequest(session_token=token, key="user/42",
+                                     value=b"\x00\x01\xff\xfe", idempotency_token=idem))
+    retry = kv.Set(kv_pb2.SetRequest(session_token=token, key="user/42",
+                                     value=b"\x00\x01\xff\xfe", idempotency_token=idem))
+    assert retry.replayed and retry.version == first.version, (first, retry)
+    got = kv.Get(kv_pb2.GetRequest(key="user/42"), metadata=[("x-session-token", token)])
+    assert got.found and got.value == b"\x00\x01\xff\xfe" and got.version == first.version, got
+    assert kv.Exists(kv_pb2.ExistsRequest(session_token=token, key="user/42")).exists
+    print(f"set/get user/42 at version {got.version} (retry replayed)")
+
+    try:
+        kv.Expire(kv_pb2.ExpireRequest(session_token=token, key="missing"))
+        sys.exit("expire without ttl should fail")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        print(f"expire without ttl: {err.code().name} {error_reason(err)}")
+
+    assert kv.Delete(kv_pb2.DeleteRequest(session_token=token, key="user/42")).deleted
+    sessions.CloseSession(session_pb2.CloseSessionRequest(session_token=token))
+    try:
+        kv.Get(kv_pb2.GetRequest(session_token=token, key="user/42"))
+        sys.exit("a closed session must not work")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+        print(f"after close: {err.code().name} {error_reason(err)}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+//! BackendPoolActor: one per configured backend with a client. It connects
+//! (schema, connection manager), health-checks on a timer, reconnects with
+//! capped exponential backoff after a failure, sweeps expired keys, and
+//! publishes the result in the backend's [`Health`], which drives readiness.
+//! The data path never waits on it: calls use the backend's cloned client,
+//! and only tell the actor (fire and forget) when they saw the backend fail.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
+
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use parking_lot::RwLock;
+
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Observe};
+use crate::{
+    backends::{health::CheckNow, Backend, HealthState},
+    session::{clock::ms, Clock},
+};
+
+/// The next scheduled check; stale generations are ignored, so a check
+/// asked for early replaces the scheduled one instead of doubling it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick(u64);
+
+pub struct BackendPoolActor {
+    backend: Arc<Backend>,
+    /// The gateway's main runtime: backend I/O runs there, so no client
+    /// connection is ever dropped on an arbiter that is shutting down.
+    runtime: tokio::runtime::Handle,
+    clock: Clock,
+    vitals: Arc<Vitals>,
+    created: SystemTime,
+    generation: u64,
+    checking: bool,
+    consecutive_failures: u32,
+    next_check_ms: u64,
+    last_sweep_ms: Option<u64>,
+    swept: u64,
+}
+
+impl BackendPoolActor {
+    pub fn new(backend: Arc<Backend>, clock: Clock, runtime: tokio::runtime::Handle) -> Self {
+        BackendPoolActor {
+            backend,
+            runtime,
+            clock,
+            vitals: Arc::default(),
+            created: SystemTime::now(),
+            generation: 0,
+            checking: false,
+            consecutive_failures: 0,
+            next_check_ms: 0,
+            last_sweep_ms: None,
+            swept: 0,
+        }
+    }
+
+    /// Delay before the next attempt after `failures` failures in a row.
+    pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(20);
+        initial.saturating_mul(factor).min(max)
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        self.generation += 1;
+        self.next_check_ms = self.clock.now_ms().saturating_add(ms(delay));
+        ctx.notify_later(Tick(self.generation), delay);
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        let Some(client) = self.backend.client.clone() else {
+            return;
+        };
+        self.checking = true;
+        let spec = self.backend.spec.clone();
+        let now = self.clock.now_ms();
+        let sweep_due = self.backend.health.is_up()
+            && self
+                .last_sweep_ms
+                .is_none_or(|t| now.saturating_sub(t) >= ms(spec.sweep_interval));
+        // Bounded: a hung server cannot stall the actor.
+        let limit = spec.connect_timeout.saturating_mul(2);
+        let work = async move {
+            let connected = tokio::time::timeout(limit, client.connect())
+                .await
+                .map_err(|_| "health check timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.message));
+            let swept = if connected.is_ok() && sweep_due {
+                tokio::time::timeout(limit, client.sweep()).await.ok()
+            } else {
+                None
+            };
+            (connected, swept)
+        };
+        // Owned by this check: dropping it (the actor stopped) aborts it.
+        let mut task = AbortOnDrop(self.runtime.spawn(work));
+        let work = async move {
+            match (&mut task.0).await {
+                Ok(outcome) => outcome,
+                Err(_) => (Err("health check was cancelled".to_string()), None),
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(move |(connected, swept), act, ctx| {
+            act.checking = false;
+            act.vitals.beat(act.clock.now_ms());
+            if let Some(result) = swept {
+                act.last_sweep_ms = Some(now);
+                match result {
+                    Ok(n) => act.swept += n,
+                    Err(e) => tracing::warn!(backend = %act.backend.name, error = %e, "sweep failed"),
+                }
+            }
+            let health = &act.backend.health;
+            match connected {
+                Ok(()) => {
+                    if health.state() != HealthState::Up {
+                        tracing::info!(backend = %act.backend.name, "backend is up");
+                    }
+                    health.mark_up();
+                    act.consecutive_failures = 0;
+                    act.schedule(ctx, spec.health_interval);
+                }
+                Err(error) => {
+                    act.consecutive_failures += 1;
+                    let delay = Self::backoff(
+                        spec.backoff_initial,
+                        spec.backoff_max,
+                        act.consecutive_failures,
+                    );
+                    tracing::warn!(
+                        backend = %act.backend.name,
+                        %error,
+                        retry_in = %humantime::format_duration(delay),
+                        "backend check failed"
+                    );
+                    health.mark_down(error);
+                    act.schedule(ctx, delay);
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for BackendPoolActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.vitals.beat(self.clock.now_ms());
+        self.backend
+            .health
+            .set_checker(ctx.address().recipient::<CheckNow>());
+        self.check(ctx);
+    }
+}
+
+impl Handler<Tick> for BackendPoolActor {
+    type Result = ();
+
+    fn handle(&mut self, Tick(generation): Tick, ctx: &mut Context<Self>) {
+        self.vitals.handled();
+        if generation == self.generation && !self.checking {
+            self.check(ctx);
+        }
+    }
+}
+
+impl Handler<CheckNow> for BackendPoolActor {
+    type Result = ();
+
+    /// A call saw the backend fail: check now rather than at the next tick,
+    /// unless a check is running or the backend is already known down (its
+    /// backoff schedule stands).
+    fn handle(&mut self, _: CheckNow, ctx: &mut Context<Self>) {
+        self.vitals.handled();
+        if !self.checking && self.backend.health.state() == HealthState::Up {
+            self.generation += 1;
+            self.check(ctx);
+        }
+    }
+}
+
+impl Handler<Observe> for BackendPoolActor {
+    type Result = ActorNode;
+
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
+        self.vitals.handled();
+        observe_pool(
+            &self.backend,
+            &self.vitals,
+            self.created,
+            0,
+            ActorStatus::Running,
+            &self.clock,
+            Some(self),
+        )
+    }
+}
+
+fn observe_pool(
+    backend: &Backend,
+    vitals: &Vitals,
+    created: SystemTime,
+    restarts: u64,
+    status: ActorStatus,
+    clock: &Clock,
+    actor: Option<&BackendPoolActor>,
+) -> ActorNode {
+    let health = &backend.health;
+    let now = clock.now_ms();
+    ActorNode {
+        kind: ActorKind::BackendPool,
+        id: format!("backend/{}", backend.name),
+        parent: Some("root".to_string()),
+        status,
+        created,
+        last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
+        messages_handled: vitals.handled.load(Ordering::Relaxed),
+        restarts,
+        state: serde_json::json!({
+            "backend": backend.name,
+            "type": backend.kind.name(),
+            "health": health.state(),
+            "last_error": health.last_error(),
+            "checks": health.checks.load(Ordering::Relaxed),
+            "failures": health.failures.load(Ordering::Relaxed),
+            "recoveries": health.recoveries.load(Ordering::Relaxed),
+            "consecutive_failures": actor.map(|a| a.consecutive_failures),
+            "next_check_in_ms": actor.map(|a| a.next_check_ms.saturating_sub(now)),
+            "expired_keys_swept": actor.map(|a| a.swept),
+            "pool": backend.client.as_ref().map(|c| c.stats()),
+        }),
+        children: Vec::new(),
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A pool actor's address, replaced when the root restarts it.
+pub struct PoolHandle {
+    pub backend: Arc<Backend>,
+    runtime: tokio::runtime::Handle,
+    addr: RwLock<Addr<BackendPoolActor>>,
+    pub restarts: std::sync::atomic::AtomicU64,
+    created: SystemTime,
+}
+
+impl PoolHandle {
+    /// Must be called on the gateway's main runtime.
+    pub fn start(backend: Arc<Backend>, clock: Clock, arbiter: &actix::ArbiterHandle) -> Self {
+        let runtime = tokio::runtime::Handle::current();
+        let actor = BackendPoolActor::new(backend.clone(), clock, runtime.clone());
+        let addr = BackendPoolActor::start_in_arbiter(arbiter, move |_| actor);
+        PoolHandle {
+            backend,
+            runtime,
+            addr: RwLock::new(addr),
+            restarts: Default::default(),
+            created: SystemTime::now(),
+        }
+    }
+
+    pub fn addr(&self) -> Addr<BackendPoolActor> {
+        self.addr.read().clone()
+    }
+
+    pub fn restart(&self, clock: Clock, arbiter: &actix::ArbiterHandle) {
+        let actor = BackendPoolActor::new(self.backend.clone(), clock, self.runtime.clone());
+        *self.addr.write() = BackendPoolActor::start_in_arbiter(arbiter, move |_| actor);
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The node shown when the actor cannot answer.
+    pub fn failed_node(&self, clock: &Clock) -> ActorNode {
+        observe_pool(
+            &self.backend,
+            &Vitals::default(),
+            self.created,
+            self.restarts.load(Ordering::Relaxed),
+            ActorStatus::Failed,
+            clock,
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b =
+            |n| BackendPoolActor::backoff(Duration::from_millis(100), Duration::from_secs(1), n);
+        assert_eq!(b(1), Duration::from_millis(100));
+        assert_eq!(b(2), Duration::from_millis(200));
+        assert_eq!(b(4), Duration::from_millis(800));
+        assert_eq!(b(5), Duration::from_secs(1));
+        assert_eq!(b(60), Duration::from_secs(1));
+    }
+}

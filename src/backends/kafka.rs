@@ -1,0 +1,726 @@
+//! The Kafka backend (queue interfaces) via rdkafka.
+//!
+//! A topic is the Kafka topic `prism.<namespace>.<topic>` (created on first
+//! publish with the config's partitions); publishing waits for the broker's
+//! delivery ack. A consumer group is the Kafka group `prism.<namespace>.<group>`
+//! with auto-commit off. Kafka knows offsets, not per-message acks, so the
+//! gateway keeps a ledger per group: delivered messages wait there for
+//! Acknowledge (redelivered after the visibility timeout, attempts counted),
+//! and a member commits the contiguous acknowledged prefix to Kafka. A group
+//! that Kafka rebalances never hands one member a message another member
+//! holds. Commit and Seek go through a member's consumer when one is
+//! attached, else a standalone commit for the group. rdkafka calls that
+//! block run on the blocking pool.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer},
+    message::{Header, Headers, Message as _, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    ClientConfig, Offset, TopicPartitionList,
+};
+
+use super::queue::{
+    bad_partition, check_positions, choose_partition, topic_not_found, ConsumerSpec,
+    PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
+    QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
+};
+use crate::{config::PoolSpec, error::Error};
+
+const META_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn kafka_topic(ns: &str, topic: &str) -> String {
+    format!("prism.{ns}.{topic}")
+}
+
+fn kafka_group(ns: &str, group: &str) -> String {
+    format!("prism.{ns}.{group}")
+}
+
+struct Held {
+    member: u64,
+    deadline_ms: u64,
+    message: QueueMessage,
+}
+
+/// The gateway's view of one group's deliveries.
+#[derive(Default)]
+struct Ledger {
+    held: BTreeMap<(i32, i64), Held>,
+    /// Acknowledged, not yet committed to Kafka.
+    acked: BTreeSet<(i32, i64)>,
+    /// Next offset to commit per partition, as far as this gateway knows.
+    committed: HashMap<i32, i64>,
+    attempts: HashMap<(i32, i64), i32>,
+    members: HashMap<u64, Arc<StreamConsumer>>,
+}
+
+impl Ledger {
+    fn done(&self, key: (i32, i64)) -> bool {
+        self.acked.contains(&key) || self.committed.get(&key.0).is_some_and(|c| key.1 < *c)
+    }
+
+    /// Offsets to commit: per partition, past the contiguous acked prefix.
+    fn advance(&mut self) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        let partitions: BTreeSet<i32> = self.acked.iter().map(|k| k.0).collect();
+        for p in partitions {
+            let mut next = *self
+                .committed
+                .entry(p)
+                .or_insert_with(|| self.acked.iter().find(|k| k.0 == p).map_or(0, |k| k.1));
+            let start = next;
+            while self.acked.remove(&(p, next)) {
+                self.attempts.remove(&(p, next));
+                next += 1;
+            }
+            if next != start {
+                self.committed.insert(p, next);
+                out.push((p, next));
+            }
+        }
+        out
+    }
+}
+
+pub struct KafkaQueue {
+    pub name: String,
+    brokers: String,
+    spec: PoolSpec,
+    clients: RwLock<Option<(FutureProducer, Arc<AdminClient<DefaultClientContext>>)>>,
+    ledgers: DashMap<(String, String, String), Arc<Mutex<Ledger>>>,
+    round_robin: AtomicU64,
+    members: AtomicU64,
+}
+
+crate::queue_interfaces!(KafkaQueue: basic, visibility, groups, replay);
+
+impl QueueVisibility for KafkaQueue {}
+
+/// Runs an rdkafka call that blocks on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::internal("a blocking kafka call was cancelled"))
+}
+
+impl KafkaQueue {
+    pub fn open(name: &str, brokers: &str, spec: &PoolSpec) -> Result<Self, String> {
+        if brokers.trim().is_empty() {
+            return Err(format!("backend `{name}`: kafka needs a broker list"));
+        }
+        Ok(KafkaQueue {
+            name: name.to_string(),
+            brokers: brokers.to_string(),
+            spec: spec.clone(),
+            clients: RwLock::new(None),
+            ledgers: DashMap::new(),
+            round_robin: AtomicU64::new(0),
+            members: AtomicU64::new(0),
+        })
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set(
+                "socket.timeout.ms",
+                self.spec.connect_timeout.as_millis().max(1000).to_string(),
+            )
+            .set("message.timeout.ms", "10000")
+            // Topics are created by Publish only: a metadata lookup or a
+            // subscription must not create them as a side effect.
+            .set("allow.auto.create.topics", "false");
+        c
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+        tracing::warn!(backend = %self.name, error = %e, "kafka error");
+        super::kv::unavailable(&self.name, "cannot reach the brokers")
+    }
+
+    pub async fn connect(&self) -> Result<(), Error> {
+        if self.clients.read().is_none() {
+            let producer: FutureProducer =
+                self.config().create().map_err(|e| self.unavailable(e))?;
+            let admin: AdminClient<DefaultClientContext> =
+                self.config().create().map_err(|e| self.unavailable(e))?;
+            *self.clients.write() = Some((producer, Arc::new(admin)));
+        }
+        self.ping().await
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.clients.read().is_some()
+    }
+
+    fn producer(&self) -> Result<FutureProducer, Error> {
+        self.clients
+            .read()
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+    }
+
+    /// A metadata round trip.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let producer = self.producer()?;
+        blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, META_TIMEOUT)
+                .map(|_| ())
+        })
+        .await?
+        .map_err(|e| self.unavailable(e))
+    }
+
+    /// The partition count of a topic, or None when it does not exist.
+    async fn partitions(&self, topic: &str) -> Result<Option<i32>, Error> {
+        let producer = self.producer()?;
+        let name = topic.to_string();
+        let meta = blocking(move || producer.client().fetch_metadata(Some(&name), META_TIMEOUT))
+            .await?
+            .map_err(|e| self.unavailable(e))?;
+        Ok(meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0))
+    }
+
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, Error> {
+        if let Some(n) = self.partitions(topic).await? {
+            return Ok(n);
+        }
+        let admin = self
+            .clients
+            .read()
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))?;
+        let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(1));
+        // "Already exists" from a concurrent creator is fine.
+        let _ = admin
+            .create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(META_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        for _ in 0..50 {
+            if let Some(n) = self.partitions(topic).await? {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(super::kv::unavailable(
+            &self.name,
+            "the topic was not created in time",
+        ))
+    }
+
+    fn ledger(&self, ns: &str, topic: &str, group: &str) -> Arc<Mutex<Ledger>> {
+        self.ledgers
+            .entry((ns.to_string(), topic.to_string(), group.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Commits offsets for a group: through an attached member, else as a
+    /// standalone consumer of the group.
+    async fn commit_offsets(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        offsets: &[(i32, i64)],
+        seek: bool,
+    ) -> Result<(), Error> {
+        let name = kafka_topic(ns, topic);
+        let count = self
+            .partitions(&name)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        check_positions(topic, count, offsets)?;
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in offsets {
+            tpl.add_partition_offset(&name, p, Offset::Offset(o))
+                .map_err(|e| self.unavailable(e))?;
+        }
+        let ledger = self.ledger(ns, topic, group);
+        let members: Vec<Arc<StreamConsumer>> = {
+            let mut l = ledger.lock();
+            for &(p, o) in offsets {
+                l.committed.insert(p, o);
+                l.held.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
+                l.acked.retain(|k| k.0 != p || (!seek && k.1 >= o));
+                l.attempts.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
+            }
+            l.members.values().cloned().collect()
+        };
+        let config = self.config();
+        let group_id = kafka_group(ns, group);
+        let topic_name = name.clone();
+        let seek_offsets = offsets.to_vec();
+        blocking(move || -> Result<(), rdkafka::error::KafkaError> {
+            if let Some(member) = members.first() {
+                if seek {
+                    for m in &members {
+                        for &(p, o) in &seek_offsets {
+                            let _ =
+                                m.seek(&topic_name, p, Offset::Offset(o), Duration::from_secs(2));
+                        }
+                    }
+                }
+                member.commit(&tpl, CommitMode::Sync)
+            } else {
+                let standalone: BaseConsumer = config
+                    .clone()
+                    .set("group.id", &group_id)
+                    .set("enable.auto.commit", "false")
+                    .create()?;
+                standalone.commit(&tpl, CommitMode::Sync)
+            }
+        })
+        .await?
+        .map_err(|e| self.unavailable(e))
+    }
+}
+
+#[async_trait]
+impl QueueBasic for KafkaQueue {
+    async fn publish(
+        &self,
+        ns: &str,
+        topic: &str,
+        partitions: i32,
+        items: Vec<PublishItem>,
+    ) -> Vec<Result<Published, Error>> {
+        let name = kafka_topic(ns, topic);
+        let setup = async {
+            Ok::<_, Error>((
+                self.producer()?,
+                self.ensure_topic(&name, partitions).await?,
+            ))
+        };
+        let (producer, count) = match setup.await {
+            Ok(v) => v,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // Every record in flight at once; results keep the request order.
+        let now = super::epoch_ms();
+        let sends = items.iter().map(|item| {
+            let rr = self
+                .round_robin
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = choose_partition(item, count, rr);
+            let producer = producer.clone();
+            let name = name.clone();
+            async move {
+                if !(0..count).contains(&p) {
+                    return Err(bad_partition(topic, p, count));
+                }
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in &item.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                let mut record = FutureRecord::<str, [u8]>::to(&name)
+                    .payload(&item.payload)
+                    .partition(p)
+                    .timestamp(now)
+                    .headers(headers);
+                if let Some(key) = &item.partition_key {
+                    record = record.key(key.as_str());
+                }
+                match producer.send(record, Duration::from_secs(10)).await {
+                    Ok(delivery) => Ok(Published {
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                        timestamp_ms: now,
+                    }),
+                    Err((e, _)) => Err(self.unavailable(e)),
+                }
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        results
+    }
+
+    async fn subscribe(
+        &self,
+        ns: &str,
+        spec: ConsumerSpec,
+    ) -> Result<Box<dyn QueueConsumer>, Error> {
+        let name = kafka_topic(ns, &spec.topic);
+        let count = self
+            .partitions(&name)
+            .await?
+            .ok_or_else(|| topic_not_found(&spec.topic))?;
+        let group_id = kafka_group(ns, &spec.group);
+        let reset = match spec.start {
+            Start::Latest => "latest",
+            _ => "earliest",
+        };
+        let mut config = self.config();
+        config
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", reset)
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500");
+        let topic_name = name.clone();
+        let start = spec.start;
+        let consumer = blocking(
+            move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+                let consumer: StreamConsumer = config.create()?;
+                // A new group (nothing committed) starts where asked.
+                if let Start::Offset(_) | Start::Timestamp(_) = start {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in 0..count {
+                        tpl.add_partition(&topic_name, p);
+                    }
+                    let committed = consumer.committed_offsets(tpl, META_TIMEOUT)?;
+                    let fresh = committed
+                        .elements()
+                        .iter()
+                        .all(|e| !matches!(e.offset(), Offset::Offset(_)));
+                    if fresh {
+                        let positions = match start {
+                            Start::Offset(o) => {
+                                let mut tpl = TopicPartitionList::new();
+                                for p in 0..count {
+                                    let (low, high) =
+                                        consumer.fetch_watermarks(&topic_name, p, META_TIMEOUT)?;
+                                    tpl.add_partition_offset(
+                                        &topic_name,
+                                        p,
+                                        Offset::Offset(o.clamp(low, high)),
+                                    )?;
+                                }
+                                tpl
+                            }
+                            Start::Timestamp(t) => {
+                                // The timestamp goes in each partition's offset.
+                                let mut tpl = TopicPartitionList::new();
+                                for p in 0..count {
+                                    tpl.add_partition_offset(&topic_name, p, Offset::Offset(t))?;
+                                }
+                                consumer.offsets_for_times(tpl, META_TIMEOUT)?
+                            }
+                            _ => unreachable!("only offset and timestamp starts reach here"),
+                        };
+                        let mut fixed = TopicPartitionList::new();
+                        for e in positions.elements() {
+                            let offset = match e.offset() {
+                                Offset::Offset(o) => Offset::Offset(o),
+                                _ => {
+                                    let (_, high) = consumer.fetch_watermarks(
+                                        &topic_name,
+                                        e.partition(),
+                                        META_TIMEOUT,
+                                    )?;
+                                    Offset::Offset(high)
+                                }
+                            };
+                            fixed.add_partition_offset(&topic_name, e.partition(), offset)?;
+                        }
+                        consumer.commit(&fixed, CommitMode::Sync)?;
+                    }
+                }
+                consumer.subscribe(&[&topic_name])?;
+                Ok(consumer)
+            },
+        )
+        .await?
+        .map_err(|e| self.unavailable(e))?;
+        let consumer = Arc::new(consumer);
+        let member = self
+            .members
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ledger = self.ledger(ns, &spec.topic, &spec.group);
+        ledger.lock().members.insert(member, consumer.clone());
+        Ok(Box::new(KafkaConsumer {
+            consumer: Some(consumer),
+            ledger,
+            member,
+            topic_name: name,
+            spec,
+            backend: self.name.clone(),
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<bool, Error> {
+        let Some(ledger) = self
+            .ledgers
+            .get(&(ns.to_string(), topic.to_string(), group.to_string()))
+            .map(|l| l.clone())
+        else {
+            return Ok(false);
+        };
+        let mut l = ledger.lock();
+        if l.held.remove(&(partition, offset)).is_none() {
+            return Ok(false);
+        }
+        l.acked.insert((partition, offset));
+        Ok(true)
+    }
+
+    async fn forget_group(&self, ns: &str, topic: &str, group: &str) {
+        self.ledgers
+            .remove(&(ns.to_string(), topic.to_string(), group.to_string()));
+    }
+
+    async fn topic_stats(&self, ns: &str, topic: &str) -> Result<TopicStats, Error> {
+        let name = kafka_topic(ns, topic);
+        let count = self
+            .partitions(&name)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        let producer = self.producer()?;
+        let marks = blocking(move || {
+            (0..count)
+                .map(|p| {
+                    producer
+                        .client()
+                        .fetch_watermarks(&name, p, META_TIMEOUT)
+                        .map(|m| (p, m))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|e| self.unavailable(e))?;
+        Ok(TopicStats {
+            partitions: marks
+                .into_iter()
+                .map(|(p, (low, high))| PartitionStats {
+                    partition: p,
+                    earliest: low,
+                    latest: high,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl StreamConsumerGroups for KafkaQueue {
+    async fn commit(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<Vec<(i32, i64)>, Error> {
+        self.commit_offsets(ns, topic, group, offsets, false)
+            .await?;
+        Ok(offsets.to_vec())
+    }
+}
+
+#[async_trait]
+impl StreamReplay for KafkaQueue {
+    async fn seek(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<(), Error> {
+        self.commit_offsets(ns, topic, group, positions, true).await
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Option<Arc<StreamConsumer>>,
+    ledger: Arc<Mutex<Ledger>>,
+    member: u64,
+    topic_name: String,
+    spec: ConsumerSpec,
+    backend: String,
+}
+
+impl KafkaConsumer {
+    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+        tracing::warn!(backend = %self.backend, error = %e, "kafka error");
+        super::kv::unavailable(&self.backend, "cannot reach the brokers")
+    }
+
+    fn now_ms() -> u64 {
+        super::epoch_ms().max(0) as u64
+    }
+
+    /// Commits what the group acknowledged contiguously.
+    fn commit_acked(&self, consumer: &StreamConsumer) {
+        let offsets = self.ledger.lock().advance();
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            let _ = tpl.add_partition_offset(&self.topic_name, p, Offset::Offset(o));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "kafka commit deferred");
+        }
+    }
+
+    fn redeliveries(&self, max: usize) -> Vec<QueueMessage> {
+        let now = Self::now_ms();
+        let deadline = now + self.spec.visibility_timeout.as_millis() as u64;
+        let mut l = self.ledger.lock();
+        let due: Vec<(i32, i64)> = l
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline_ms <= now)
+            .map(|(k, _)| *k)
+            .take(max)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for key in due {
+            let attempt = {
+                let a = l.attempts.entry(key).or_insert(1);
+                *a += 1;
+                *a
+            };
+            if let Some(h) = l.held.get_mut(&key) {
+                h.member = self.member;
+                h.deadline_ms = deadline;
+                h.message.attempt = attempt;
+                out.push(h.message.clone());
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for KafkaConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, Error> {
+        let Some(consumer) = self.consumer.clone() else {
+            return Ok(Vec::new());
+        };
+        self.commit_acked(&consumer);
+        let mut out = self.redeliveries(max);
+        let until = tokio::time::Instant::now() + wait;
+        while out.len() < max {
+            let remaining = until.saturating_duration_since(tokio::time::Instant::now());
+            let limit = if out.is_empty() {
+                remaining
+            } else {
+                Duration::ZERO
+            };
+            let received =
+                match tokio::time::timeout(limit.max(Duration::from_millis(1)), consumer.recv())
+                    .await
+                {
+                    Err(_) => break,
+                    Ok(Err(e)) => return Err(self.unavailable(e)),
+                    Ok(Ok(m)) => m,
+                };
+            let key = (received.partition(), received.offset());
+            let headers: HashMap<String, String> = received
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|hd| {
+                            hd.value.map(|v| {
+                                (hd.key.to_string(), String::from_utf8_lossy(v).into_owned())
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let message = QueueMessage {
+                topic: self.spec.topic.clone(),
+                partition: key.0,
+                offset: key.1,
+                payload: received.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers,
+                timestamp_ms: received.timestamp().to_millis().unwrap_or(0),
+                attempt: 1,
+            };
+            drop(received);
+            let mut l = self.ledger.lock();
+            // After a rebalance Kafka may hand over what another member
+            // holds, or what was acknowledged but not yet committed.
+            if l.done(key) || l.held.contains_key(&key) {
+                continue;
+            }
+            let attempt = {
+                let a = l.attempts.entry(key).or_insert(0);
+                *a += 1;
+                *a
+            };
+            let message = QueueMessage { attempt, ..message };
+            l.held.insert(
+                key,
+                Held {
+                    member: self.member,
+                    deadline_ms: Self::now_ms() + self.spec.visibility_timeout.as_millis() as u64,
+                    message: message.clone(),
+                },
+            );
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    async fn release(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        self.commit_acked(&consumer);
+        {
+            let mut l = self.ledger.lock();
+            l.members.remove(&self.member);
+            if l.members.is_empty() {
+                // Kafka re-reads from the committed offset; attempts stay.
+                l.held.clear();
+            } else {
+                for h in l.held.values_mut().filter(|h| h.member == self.member) {
+                    h.deadline_ms = 0;
+                }
+            }
+        }
+        // Closing a consumer leaves the group, which may block.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            let mut l = self.ledger.lock();
+            l.members.remove(&self.member);
+            for h in l.held.values_mut().filter(|h| h.member == self.member) {
+                h.deadline_ms = 0;
+            }
+            drop(l);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn_blocking(move || drop(consumer));
+            }
+        }
+    }
+}

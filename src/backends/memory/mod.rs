@@ -1,0 +1,9 @@
+//! The in-memory backend: a product feature (the embedded default runs on
+//! it), not a test double. `kv` is its key-value store; `queue` its
+//! partitioned log with consumer groups.
+
+mod kv;
+pub mod queue;
+
+pub use kv::MemoryKv;
+pub use queue::MemoryQueue;

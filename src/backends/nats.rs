@@ -1,0 +1,587 @@
+//! The NATS JetStream backend (queue interfaces).
+//!
+//! A topic's partition is a stream of its own (`PRISM_<hash>_<p>`, subject
+//! `prism.<namespace>.<topic>.<p>`), so a partition's offsets are its stream
+//! sequence minus one and stay dense. A consumer group is a durable pull
+//! consumer per partition stream with explicit acks, `ack_wait` = the
+//! visibility timeout (JetStream redelivers, and counts the attempts) and a
+//! start policy applied when the group is created. Messages in flight are
+//! remembered by the gateway so Acknowledge can ack them by id. Commit and
+//! Seek recreate the group's consumer at the offset (subscribers skip the
+//! partition for the moment it is missing). Idle consumers poll.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+
+use super::queue::{
+    bad_partition, check_positions, choose_partition, topic_not_found, ConsumerSpec,
+    PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
+    QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
+};
+use crate::{config::PoolSpec, error::Error};
+
+/// How often an idle consumer asks for new messages.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A delivered message awaiting acknowledgement, and which member has it.
+type InFlight = DashMap<(String, String, String, i32, i64), (String, jetstream::Message)>;
+
+pub struct NatsQueue {
+    pub name: String,
+    url: String,
+    spec: PoolSpec,
+    conn: RwLock<Option<(async_nats::Client, jetstream::Context)>>,
+    in_flight: Arc<InFlight>,
+    round_robin: std::sync::atomic::AtomicU64,
+}
+
+crate::queue_interfaces!(NatsQueue: basic, visibility, groups, replay);
+
+impl QueueVisibility for NatsQueue {}
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn stream_name(ns: &str, topic: &str, partition: i32) -> String {
+    format!("PRISM_{}_{partition}", short_hash(&[ns, topic]))
+}
+
+fn subject(ns: &str, topic: &str, partition: i32) -> String {
+    format!("prism.{ns}.{topic}.{partition}")
+}
+
+fn consumer_name(group: &str) -> String {
+    format!("G_{}", short_hash(&[group]))
+}
+
+impl NatsQueue {
+    pub fn open(name: &str, url: &str, spec: &PoolSpec) -> Result<Self, String> {
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            return Err(format!(
+                "backend `{name}`: nats url must start with nats:// or tls://"
+            ));
+        }
+        Ok(NatsQueue {
+            name: name.to_string(),
+            url: url.to_string(),
+            spec: spec.clone(),
+            conn: RwLock::new(None),
+            in_flight: Arc::default(),
+            round_robin: Default::default(),
+        })
+    }
+
+    /// Connects once; afterwards the client reconnects by itself.
+    pub async fn connect(&self) -> Result<(), Error> {
+        if self.conn.read().is_some() {
+            return Ok(());
+        }
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(self.spec.connect_timeout)
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let js = jetstream::new(client.clone());
+        *self.conn.write() = Some((client, js));
+        Ok(())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn
+            .read()
+            .as_ref()
+            .is_some_and(|(c, _)| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    /// A JetStream round trip.
+    /// A JetStream round trip: a stream lookup that JetStream answers with
+    /// "not found" (the account-info call does not parse on every server).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let js = self.js()?;
+        match js.get_stream("PRISM_HEALTH_PROBE").await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(_)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    fn js(&self) -> Result<jetstream::Context, Error> {
+        self.conn
+            .read()
+            .as_ref()
+            .map(|(_, js)| js.clone())
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+        tracing::warn!(backend = %self.name, error = %e, "nats error");
+        super::kv::unavailable(&self.name, "cannot reach the server")
+    }
+
+    /// The partition count of a topic, from its first stream's description.
+    async fn partitions(
+        &self,
+        js: &jetstream::Context,
+        ns: &str,
+        topic: &str,
+    ) -> Result<Option<i32>, Error> {
+        match js.get_stream(stream_name(ns, topic, 0)).await {
+            Ok(mut s) => {
+                let info = s.info().await.map_err(|e| self.unavailable(e))?;
+                let count = info
+                    .config
+                    .description
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix("prism partitions="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                Ok(Some(count))
+            }
+            // "stream not found" is a JetStream API error; anything else is
+            // the connection.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(_)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    async fn ensure_topic(
+        &self,
+        js: &jetstream::Context,
+        ns: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<i32, Error> {
+        if let Some(count) = self.partitions(js, ns, topic).await? {
+            return Ok(count);
+        }
+        let count = partitions.max(1);
+        // Partition 0 last: its existence means the topic is complete.
+        for p in (0..count).rev() {
+            js.get_or_create_stream(stream::Config {
+                name: stream_name(ns, topic, p),
+                subjects: vec![subject(ns, topic, p)],
+                description: Some(format!("prism partitions={count}")),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        }
+        Ok(self.partitions(js, ns, topic).await?.unwrap_or(count))
+    }
+
+    fn consumer_config(
+        &self,
+        group: &str,
+        policy: jetstream::consumer::DeliverPolicy,
+        spec_ack_wait: Duration,
+        max_attempts: u32,
+    ) -> pull::Config {
+        pull::Config {
+            durable_name: Some(consumer_name(group)),
+            description: Some(format!("prism group {group}")),
+            deliver_policy: policy,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: spec_ack_wait,
+            max_deliver: if max_attempts == 0 {
+                -1
+            } else {
+                i64::from(max_attempts)
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Recreates a group's consumer on one partition so it next delivers
+    /// `offset` (Commit and Seek).
+    async fn reposition(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<(), Error> {
+        let js = self.js()?;
+        let count = self
+            .partitions(&js, ns, topic)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        check_positions(topic, count, positions)?;
+        for &(p, o) in positions {
+            let stream = js
+                .get_stream(stream_name(ns, topic, p))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let name = consumer_name(group);
+            let (ack_wait, max_deliver) = match stream.get_consumer::<pull::Config>(&name).await {
+                Ok(mut c) => {
+                    let info = c.info().await.map_err(|e| self.unavailable(e))?;
+                    (info.config.ack_wait, info.config.max_deliver)
+                }
+                Err(_) => (Duration::from_secs(30), -1),
+            };
+            let _ = stream.delete_consumer(&name).await;
+            self.in_flight
+                .retain(|k, _| !(k.0 == ns && k.1 == topic && k.2 == group && k.3 == p));
+            let mut config = self.consumer_config(
+                group,
+                jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: o as u64 + 1,
+                },
+                ack_wait,
+                0,
+            );
+            config.max_deliver = max_deliver;
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueBasic for NatsQueue {
+    async fn publish(
+        &self,
+        ns: &str,
+        topic: &str,
+        partitions: i32,
+        items: Vec<PublishItem>,
+    ) -> Vec<Result<Published, Error>> {
+        let js = match self.js() {
+            Ok(js) => js,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let count = match self.ensure_topic(&js, ns, topic, partitions).await {
+            Ok(c) => c,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let rr = self
+                .round_robin
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = choose_partition(&item, count, rr);
+            if !(0..count).contains(&p) {
+                results.push(Err(bad_partition(topic, p, count)));
+                continue;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            for (k, v) in &item.headers {
+                headers.insert(k.as_str(), v.as_str());
+            }
+            let now = super::epoch_ms();
+            let acked = async {
+                js.publish_with_headers(subject(ns, topic, p), headers, item.payload.into())
+                    .await?
+                    .await
+            }
+            .await;
+            results.push(match acked {
+                Ok(ack) => Ok(Published {
+                    partition: p,
+                    offset: ack.sequence as i64 - 1,
+                    timestamp_ms: now,
+                }),
+                Err(e) => Err(self.unavailable(e)),
+            });
+        }
+        results
+    }
+
+    async fn subscribe(
+        &self,
+        ns: &str,
+        spec: ConsumerSpec,
+    ) -> Result<Box<dyn QueueConsumer>, Error> {
+        let js = self.js()?;
+        let count = self
+            .partitions(&js, ns, &spec.topic)
+            .await?
+            .ok_or_else(|| topic_not_found(&spec.topic))?;
+        let policy = match spec.start {
+            Start::Earliest | Start::Committed => jetstream::consumer::DeliverPolicy::All,
+            Start::Latest => jetstream::consumer::DeliverPolicy::New,
+            Start::Offset(o) => jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: o.max(0) as u64 + 1,
+            },
+            Start::Timestamp(t) => jetstream::consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(t) * 1_000_000,
+                )
+                .map_err(|_| {
+                    Error::invalid_argument("INVALID_TIMESTAMP", "start timestamp is out of range")
+                })?,
+            },
+        };
+        let name = consumer_name(&spec.group);
+        for p in 0..count {
+            let stream = js
+                .get_stream(stream_name(ns, &spec.topic, p))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            // A new group starts at the policy; an existing one goes on.
+            if stream.get_consumer::<pull::Config>(&name).await.is_err() {
+                stream
+                    .create_consumer(self.consumer_config(
+                        &spec.group,
+                        policy,
+                        spec.visibility_timeout,
+                        spec.max_attempts,
+                    ))
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            }
+        }
+        Ok(Box::new(NatsConsumer {
+            js,
+            ns: ns.to_string(),
+            spec,
+            partitions: count,
+            member: hex::encode(rand::random::<[u8; 8]>()),
+            in_flight: self.in_flight.clone(),
+            next_partition: 0,
+            backend: self.name.clone(),
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<bool, Error> {
+        let key = (
+            ns.to_string(),
+            topic.to_string(),
+            group.to_string(),
+            partition,
+            offset,
+        );
+        let Some((_, (_, message))) = self.in_flight.remove(&key) else {
+            return Ok(false);
+        };
+        message
+            .double_ack()
+            .await
+            .map(|_| true)
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn forget_group(&self, ns: &str, topic: &str, group: &str) {
+        let Ok(js) = self.js() else { return };
+        let Ok(Some(count)) = self.partitions(&js, ns, topic).await else {
+            return;
+        };
+        for p in 0..count {
+            if let Ok(stream) = js.get_stream(stream_name(ns, topic, p)).await {
+                let _ = stream.delete_consumer(&consumer_name(group)).await;
+            }
+        }
+        self.in_flight
+            .retain(|k, _| !(k.0 == ns && k.1 == topic && k.2 == group));
+    }
+
+    async fn topic_stats(&self, ns: &str, topic: &str) -> Result<TopicStats, Error> {
+        let js = self.js()?;
+        let count = self
+            .partitions(&js, ns, topic)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        let mut partitions = Vec::with_capacity(count as usize);
+        for p in 0..count {
+            let mut stream = js
+                .get_stream(stream_name(ns, topic, p))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let state = &stream.info().await.map_err(|e| self.unavailable(e))?.state;
+            let latest = state.last_sequence as i64;
+            let earliest = if state.messages == 0 {
+                latest
+            } else {
+                state.first_sequence as i64 - 1
+            };
+            partitions.push(PartitionStats {
+                partition: p,
+                earliest,
+                latest,
+            });
+        }
+        Ok(TopicStats { partitions })
+    }
+}
+
+#[async_trait]
+impl StreamReplay for NatsQueue {
+    async fn seek(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<(), Error> {
+        self.reposition(ns, topic, group, positions).await
+    }
+}
+
+#[async_trait]
+impl StreamConsumerGroups for NatsQueue {
+    async fn commit(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<Vec<(i32, i64)>, Error> {
+        self.reposition(ns, topic, group, offsets).await?;
+        Ok(offsets.to_vec())
+    }
+}
+
+struct NatsConsumer {
+    js: jetstream::Context,
+    ns: String,
+    spec: ConsumerSpec,
+    partitions: i32,
+    member: String,
+    in_flight: Arc<InFlight>,
+    next_partition: i32,
+    backend: String,
+}
+
+impl NatsConsumer {
+    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+        tracing::warn!(backend = %self.backend, error = %e, "nats error");
+        super::kv::unavailable(&self.backend, "cannot reach the server")
+    }
+
+    /// One pass over the partitions without waiting.
+    async fn pull(&mut self, max: usize) -> Result<Vec<QueueMessage>, Error> {
+        let mut out = Vec::new();
+        for i in 0..self.partitions {
+            if out.len() >= max {
+                break;
+            }
+            let p = (self.next_partition + i) % self.partitions;
+            let stream = self
+                .js
+                .get_stream(stream_name(&self.ns, &self.spec.topic, p))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            // A Commit or Seek recreates the consumer: for that moment it is
+            // missing, and this partition has nothing to give yet.
+            let consumer: jetstream::consumer::PullConsumer =
+                match stream.get_consumer(&consumer_name(&self.spec.group)).await {
+                    Ok(c) => c,
+                    // JetStream's "consumer not found" (10014).
+                    Err(e) if e.to_string().contains("not found") => continue,
+                    Err(e) => return Err(self.unavailable(e)),
+                };
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max - out.len())
+                .messages()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| self.unavailable(e))?;
+                let info = message.info().map_err(|e| self.unavailable(e))?;
+                let offset = info.stream_sequence as i64 - 1;
+                let attempt = info.delivered as i32;
+                let published = info.published.unix_timestamp_nanos() / 1_000_000;
+                let headers: HashMap<String, String> = message
+                    .headers
+                    .as_ref()
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|(k, v)| {
+                                v.first().map(|v| (k.to_string(), v.as_str().to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(QueueMessage {
+                    topic: self.spec.topic.clone(),
+                    partition: p,
+                    offset,
+                    payload: message.payload.to_vec(),
+                    headers,
+                    timestamp_ms: published as i64,
+                    attempt,
+                });
+                self.in_flight.insert(
+                    (
+                        self.ns.clone(),
+                        self.spec.topic.clone(),
+                        self.spec.group.clone(),
+                        p,
+                        offset,
+                    ),
+                    (self.member.clone(), message),
+                );
+            }
+        }
+        self.next_partition = (self.next_partition + 1) % self.partitions.max(1);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for NatsConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, Error> {
+        // Polled: wait for messages, bounded by `wait`.
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let batch = self.pull(max.max(1)).await?;
+            let now = tokio::time::Instant::now();
+            if !batch.is_empty() || now >= until {
+                return Ok(batch);
+            }
+            tokio::time::sleep(POLL.min(until - now)).await;
+        }
+    }
+
+    async fn release(&mut self) {
+        // Hand this member's messages back now rather than after ack_wait.
+        let mine: Vec<_> = self
+            .in_flight
+            .iter()
+            .filter(|e| e.value().0 == self.member)
+            .map(|e| e.key().clone())
+            .collect();
+        for key in mine {
+            if let Some((_, (_, message))) = self.in_flight.remove(&key) {
+                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,788 @@
+//! The Postgres queue: a table queue on the backend's pool.
+//!
+//! Messages are rows with a per-partition offset (a counter row per
+//! partition, locked while publishing, keeps offsets dense and in order).
+//! A consumer group has a row per partition with its claim cursor and
+//! committed offset; a delivered message has a delivery row with its
+//! attempt, visibility deadline and holder until it is acknowledged (the
+//! row is deleted, and the committed offset becomes the lowest offset still
+//! delivered, or the cursor). Members claim with `FOR UPDATE SKIP LOCKED`,
+//! so concurrent members (in one gateway or several) never take the same
+//! message. A delivery past its visibility deadline is claimed again with
+//! its attempt counted; after `max_attempts` it moves to
+//! `<topic>.dead-letter` instead. New messages are found by polling.
+
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use super::{
+    epoch_ms,
+    queue::{
+        bad_partition, check_positions, choose_partition, dead_letter_topic, topic_not_found,
+        ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer,
+        QueueDeadLetter, QueueMessage, QueueVisibility, Start, StreamConsumerGroups, StreamReplay,
+        TopicStats,
+    },
+    sql::SqlKv,
+};
+use crate::error::Error;
+
+pub const DDL: &[&str] = &[
+    "SELECT pg_advisory_xact_lock(7236402883619144)",
+    "CREATE TABLE IF NOT EXISTS prism_queue_topics (
+        namespace TEXT NOT NULL, topic TEXT NOT NULL, partitions INT NOT NULL,
+        PRIMARY KEY (namespace, topic))",
+    "CREATE TABLE IF NOT EXISTS prism_queue_partitions (
+        namespace TEXT NOT NULL, topic TEXT NOT NULL, partition INT NOT NULL,
+        next_offset BIGINT NOT NULL,
+        PRIMARY KEY (namespace, topic, partition))",
+    "CREATE TABLE IF NOT EXISTS prism_queue_messages (
+        namespace TEXT NOT NULL, topic TEXT NOT NULL, partition INT NOT NULL,
+        msg_offset BIGINT NOT NULL, payload BYTEA NOT NULL, headers TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (namespace, topic, partition, msg_offset))",
+    "CREATE TABLE IF NOT EXISTS prism_queue_groups (
+        namespace TEXT NOT NULL, topic TEXT NOT NULL, grp TEXT NOT NULL, partition INT NOT NULL,
+        cursor BIGINT NOT NULL, committed BIGINT NOT NULL,
+        PRIMARY KEY (namespace, topic, grp, partition))",
+    "CREATE TABLE IF NOT EXISTS prism_queue_deliveries (
+        namespace TEXT NOT NULL, topic TEXT NOT NULL, grp TEXT NOT NULL, partition INT NOT NULL,
+        msg_offset BIGINT NOT NULL, attempt INT NOT NULL, visible_at BIGINT NOT NULL,
+        member TEXT NOT NULL,
+        PRIMARY KEY (namespace, topic, grp, partition, msg_offset))",
+];
+
+/// How often an idle consumer looks for new messages.
+const POLL: Duration = Duration::from_millis(50);
+
+pub struct PgQueue {
+    name: String,
+    pool: AnyPool,
+    migrated: AtomicBool,
+    round_robin: AtomicU64,
+}
+
+crate::queue_interfaces!(PgQueue: basic, visibility, dead_letter, groups, replay);
+
+impl QueueVisibility for PgQueue {}
+impl QueueDeadLetter for PgQueue {}
+
+type Tx = Transaction<'static, Any>;
+
+/// A statement whose first three parameters (`$1`–`$3`) are a group's
+/// namespace, topic and name.
+fn in_group<'q>(
+    sql: &'q str,
+    ns: &'q str,
+    topic: &'q str,
+    group: &'q str,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql).bind(ns).bind(topic).bind(group)
+}
+
+impl PgQueue {
+    pub fn new(kv: &SqlKv) -> Self {
+        PgQueue {
+            name: kv.name.clone(),
+            pool: kv.pool.clone(),
+            migrated: AtomicBool::new(false),
+            round_robin: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.load(Ordering::Acquire)
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        super::sql::map_db_error(&self.name, super::sql::Dialect::Postgres, e)
+    }
+
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        for statement in DDL {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), Error> {
+        if self.is_migrated() {
+            Ok(())
+        } else {
+            Err(super::kv::unavailable(&self.name, "not connected yet"))
+        }
+    }
+
+    async fn partitions(&self, tx: &mut Tx, ns: &str, topic: &str) -> Result<Option<i32>, Error> {
+        let row = sqlx::query(
+            "SELECT partitions FROM prism_queue_topics WHERE namespace = $1 AND topic = $2",
+        )
+        .bind(ns)
+        .bind(topic)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| r.try_get::<i32, _>(0).map_err(|e| self.err(e)))
+            .transpose()
+    }
+
+    async fn ensure_topic(
+        &self,
+        tx: &mut Tx,
+        ns: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<i32, Error> {
+        sqlx::query(
+            "INSERT INTO prism_queue_topics (namespace, topic, partitions) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ns)
+        .bind(topic)
+        .bind(partitions.max(1))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let count = self
+            .partitions(tx, ns, topic)
+            .await?
+            .ok_or_else(|| Error::internal("topic vanished while publishing"))?;
+        sqlx::query(
+            "INSERT INTO prism_queue_partitions (namespace, topic, partition, next_offset) \
+             SELECT $1, $2, p, 0 FROM generate_series(0, $3 - 1) AS p ON CONFLICT DO NOTHING",
+        )
+        .bind(ns)
+        .bind(topic)
+        .bind(count)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(count)
+    }
+
+    /// Appends one message inside `tx`.
+    async fn append(
+        &self,
+        tx: &mut Tx,
+        ns: &str,
+        topic: &str,
+        partition: i32,
+        item: &PublishItem,
+        now: i64,
+    ) -> Result<Published, Error> {
+        let row = sqlx::query(
+            "UPDATE prism_queue_partitions SET next_offset = next_offset + 1 \
+             WHERE namespace = $1 AND topic = $2 AND partition = $3 RETURNING next_offset - 1",
+        )
+        .bind(ns)
+        .bind(topic)
+        .bind(partition)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let offset: i64 = row.try_get(0).map_err(|e| self.err(e))?;
+        let headers = serde_json::to_string(&item.headers)
+            .map_err(|_| Error::internal("headers do not serialise"))?;
+        sqlx::query(
+            "INSERT INTO prism_queue_messages \
+             (namespace, topic, partition, msg_offset, payload, headers, ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(ns)
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(item.payload.as_slice())
+        .bind(headers)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(Published {
+            partition,
+            offset,
+            timestamp_ms: now,
+        })
+    }
+
+    async fn next_offsets(&self, tx: &mut Tx, ns: &str, topic: &str) -> Result<Vec<i64>, Error> {
+        let rows = sqlx::query(
+            "SELECT next_offset FROM prism_queue_partitions \
+             WHERE namespace = $1 AND topic = $2 ORDER BY partition",
+        )
+        .bind(ns)
+        .bind(topic)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// Recomputes a group partition's committed offset: the lowest offset
+    /// still awaiting acknowledgement, or the cursor.
+    async fn recommit(
+        &self,
+        tx: &mut Tx,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        partition: i32,
+    ) -> Result<(), Error> {
+        in_group(
+            "UPDATE prism_queue_groups g SET committed = COALESCE(( \
+                SELECT MIN(d.msg_offset) FROM prism_queue_deliveries d \
+                WHERE d.namespace = g.namespace AND d.topic = g.topic AND d.grp = g.grp \
+                  AND d.partition = g.partition), g.cursor) \
+             WHERE g.namespace = $1 AND g.topic = $2 AND g.grp = $3 AND g.partition = $4",
+            ns,
+            topic,
+            group,
+        )
+        .bind(partition)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueBasic for PgQueue {
+    async fn publish(
+        &self,
+        ns: &str,
+        topic: &str,
+        partitions: i32,
+        items: Vec<PublishItem>,
+    ) -> Vec<Result<Published, Error>> {
+        let n = items.len();
+        let run = async {
+            self.ready()?;
+            let now = epoch_ms();
+            let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+            let count = self.ensure_topic(&mut tx, ns, topic, partitions).await?;
+            let mut results = Vec::with_capacity(items.len());
+            for item in &items {
+                let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                let p = choose_partition(item, count, rr);
+                if !(0..count).contains(&p) {
+                    results.push(Err(bad_partition(topic, p, count)));
+                    continue;
+                }
+                results.push(Ok(self.append(&mut tx, ns, topic, p, item, now).await?));
+            }
+            tx.commit().await.map_err(|e| self.err(e))?;
+            Ok::<_, Error>(results)
+        };
+        match run.await {
+            Ok(results) => results,
+            // Nothing was written: every message failed the same way.
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        ns: &str,
+        spec: ConsumerSpec,
+    ) -> Result<Box<dyn QueueConsumer>, Error> {
+        self.ready()?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let count = self
+            .partitions(&mut tx, ns, &spec.topic)
+            .await?
+            .ok_or_else(|| topic_not_found(&spec.topic))?;
+        let ends = self.next_offsets(&mut tx, ns, &spec.topic).await?;
+        for p in 0..count {
+            let end = ends.get(p as usize).copied().unwrap_or(0);
+            let start = match spec.start {
+                Start::Earliest | Start::Committed => 0,
+                Start::Latest => end,
+                Start::Offset(o) => o.clamp(0, end),
+                Start::Timestamp(t) => {
+                    let row = sqlx::query(
+                        "SELECT MIN(msg_offset) FROM prism_queue_messages \
+                         WHERE namespace = $1 AND topic = $2 AND partition = $3 AND ts >= $4",
+                    )
+                    .bind(ns)
+                    .bind(&spec.topic)
+                    .bind(p)
+                    .bind(t)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                    row.try_get::<Option<i64>, _>(0)
+                        .map_err(|e| self.err(e))?
+                        .unwrap_or(end)
+                }
+            };
+            // A new group starts there; an existing one goes on.
+            sqlx::query(
+                "INSERT INTO prism_queue_groups (namespace, topic, grp, partition, cursor, committed) \
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(ns)
+            .bind(&spec.topic)
+            .bind(&spec.group)
+            .bind(p)
+            .bind(start)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Box::new(PgConsumer {
+            queue: PgQueue {
+                name: self.name.clone(),
+                pool: self.pool.clone(),
+                migrated: AtomicBool::new(true),
+                round_robin: AtomicU64::new(0),
+            },
+            ns: ns.to_string(),
+            spec,
+            member: hex::encode(rand::random::<[u8; 8]>()),
+            partitions: count,
+            next_partition: 0,
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<bool, Error> {
+        self.ready()?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let done = in_group(
+            "DELETE FROM prism_queue_deliveries WHERE namespace = $1 AND topic = $2 AND grp = $3 \
+             AND partition = $4 AND msg_offset = $5",
+            ns,
+            topic,
+            group,
+        )
+        .bind(partition)
+        .bind(offset)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .rows_affected();
+        if done > 0 {
+            self.recommit(&mut tx, ns, topic, group, partition).await?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(done > 0)
+    }
+
+    async fn forget_group(&self, ns: &str, topic: &str, group: &str) {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            for table in ["prism_queue_deliveries", "prism_queue_groups"] {
+                in_group(
+                    &format!(
+                        "DELETE FROM {table} WHERE namespace = $1 AND topic = $2 AND grp = $3"
+                    ),
+                    ns,
+                    topic,
+                    group,
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        };
+        if let Err(e) = run.await {
+            tracing::warn!(backend = %self.name, error = %e, "could not drop a private group");
+        }
+    }
+
+    async fn topic_stats(&self, ns: &str, topic: &str) -> Result<TopicStats, Error> {
+        self.ready()?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        if self.partitions(&mut tx, ns, topic).await?.is_none() {
+            return Err(topic_not_found(topic));
+        }
+        let ends = self.next_offsets(&mut tx, ns, topic).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(TopicStats {
+            partitions: ends
+                .into_iter()
+                .enumerate()
+                .map(|(p, latest)| PartitionStats {
+                    partition: p as i32,
+                    earliest: 0,
+                    latest,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl StreamConsumerGroups for PgQueue {
+    async fn commit(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<Vec<(i32, i64)>, Error> {
+        self.ready()?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let count = self
+            .partitions(&mut tx, ns, topic)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        check_positions(topic, count, offsets)?;
+        let ends = self.next_offsets(&mut tx, ns, topic).await?;
+        let mut stored = Vec::with_capacity(offsets.len());
+        for &(p, o) in offsets {
+            let o = o.min(ends[p as usize]);
+            in_group("INSERT INTO prism_queue_groups (namespace, topic, grp, partition, cursor, committed) \
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (namespace, topic, grp, partition) \
+                 DO UPDATE SET committed = $5, cursor = GREATEST(prism_queue_groups.cursor, $5)", ns, topic, group)
+            .bind(p)
+            .bind(o)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            in_group(
+                "DELETE FROM prism_queue_deliveries WHERE namespace = $1 AND topic = $2 \
+                 AND grp = $3 AND partition = $4 AND msg_offset < $5",
+                ns,
+                topic,
+                group,
+            )
+            .bind(p)
+            .bind(o)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            stored.push((p, o));
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(stored)
+    }
+}
+
+#[async_trait]
+impl StreamReplay for PgQueue {
+    async fn seek(
+        &self,
+        ns: &str,
+        topic: &str,
+        group: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<(), Error> {
+        self.ready()?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let count = self
+            .partitions(&mut tx, ns, topic)
+            .await?
+            .ok_or_else(|| topic_not_found(topic))?;
+        check_positions(topic, count, positions)?;
+        let ends = self.next_offsets(&mut tx, ns, topic).await?;
+        for &(p, o) in positions {
+            let o = o.min(ends[p as usize]);
+            let moved = in_group(
+                "UPDATE prism_queue_groups SET cursor = $5, committed = $5 \
+                 WHERE namespace = $1 AND topic = $2 AND grp = $3 AND partition = $4",
+                ns,
+                topic,
+                group,
+            )
+            .bind(p)
+            .bind(o)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?
+            .rows_affected();
+            if moved == 0 {
+                return Err(Error::new(
+                    crate::error::ErrorKind::NotFound,
+                    "GROUP_NOT_FOUND",
+                    format!("consumer group `{group}` has never subscribed to topic `{topic}`"),
+                ));
+            }
+            in_group(
+                "DELETE FROM prism_queue_deliveries WHERE namespace = $1 AND topic = $2 \
+                 AND grp = $3 AND partition = $4",
+                ns,
+                topic,
+                group,
+            )
+            .bind(p)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+struct PgConsumer {
+    queue: PgQueue,
+    ns: String,
+    spec: ConsumerSpec,
+    member: String,
+    partitions: i32,
+    next_partition: i32,
+}
+
+impl PgConsumer {
+    /// One claiming transaction: due redeliveries first, then new messages
+    /// from partitions no other member is claiming from right now.
+    async fn claim(&mut self, max: usize) -> Result<Vec<QueueMessage>, Error> {
+        let q = &self.queue;
+        let (ns, topic, group) = (&self.ns, &self.spec.topic, &self.spec.group);
+        let now = epoch_ms();
+        let visible_at = now.saturating_add(self.spec.visibility_timeout.as_millis() as i64);
+        let mut tx = q.pool.begin().await.map_err(|e| q.err(e))?;
+        let mut claimed: Vec<(i32, i64, i32)> = Vec::new();
+
+        let due = in_group(
+            "SELECT partition, msg_offset, attempt FROM prism_queue_deliveries \
+             WHERE namespace = $1 AND topic = $2 AND grp = $3 AND visible_at <= $4 \
+             ORDER BY partition, msg_offset LIMIT $5 FOR UPDATE SKIP LOCKED",
+            ns,
+            topic,
+            group,
+        )
+        .bind(now)
+        .bind(max as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| q.err(e))?;
+        let mut dead = Vec::new();
+        for row in &due {
+            let p: i32 = row.try_get(0).map_err(|e| q.err(e))?;
+            let o: i64 = row.try_get(1).map_err(|e| q.err(e))?;
+            let attempt: i32 = row.try_get(2).map_err(|e| q.err(e))?;
+            if self.spec.max_attempts > 0 && attempt >= self.spec.max_attempts as i32 {
+                dead.push((p, o, attempt));
+                continue;
+            }
+            in_group("UPDATE prism_queue_deliveries SET attempt = attempt + 1, visible_at = $6, member = $7 \
+                 WHERE namespace = $1 AND topic = $2 AND grp = $3 AND partition = $4 AND msg_offset = $5", ns, topic, group)
+            .bind(p)
+            .bind(o)
+            .bind(visible_at)
+            .bind(&self.member)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| q.err(e))?;
+            claimed.push((p, o, attempt + 1));
+        }
+        for &(p, o, attempt) in &dead {
+            self.dead_letter(&mut tx, p, o, attempt, now).await?;
+        }
+
+        let mut room = max.saturating_sub(claimed.len());
+        if room > 0 {
+            let groups = in_group(
+                "SELECT partition, cursor FROM prism_queue_groups \
+                 WHERE namespace = $1 AND topic = $2 AND grp = $3 \
+                 ORDER BY partition FOR UPDATE SKIP LOCKED",
+                ns,
+                topic,
+                group,
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| q.err(e))?;
+            let mut cursors: Vec<(i32, i64)> = groups
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| q.err(e))?;
+            // Take turns between partitions across calls.
+            let turn = self.next_partition;
+            self.next_partition = (self.next_partition + 1) % self.partitions.max(1);
+            cursors.sort_by_key(|(p, _)| (*p - turn).rem_euclid(self.partitions.max(1)));
+            for (p, cursor) in cursors {
+                if room == 0 {
+                    break;
+                }
+                let rows = sqlx::query(
+                    "SELECT msg_offset FROM prism_queue_messages WHERE namespace = $1 AND topic = $2 \
+                     AND partition = $3 AND msg_offset >= $4 ORDER BY msg_offset LIMIT $5",
+                )
+                .bind(ns)
+                .bind(topic)
+                .bind(p)
+                .bind(cursor)
+                .bind(room as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| q.err(e))?;
+                let mut last = None;
+                for r in &rows {
+                    let o: i64 = r.try_get(0).map_err(|e| q.err(e))?;
+                    in_group("INSERT INTO prism_queue_deliveries \
+                         (namespace, topic, grp, partition, msg_offset, attempt, visible_at, member) \
+                         VALUES ($1, $2, $3, $4, $5, 1, $6, $7) ON CONFLICT DO NOTHING", ns, topic, group)
+                    .bind(p)
+                    .bind(o)
+                    .bind(visible_at)
+                    .bind(&self.member)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| q.err(e))?;
+                    claimed.push((p, o, 1));
+                    last = Some(o);
+                    room -= 1;
+                }
+                if let Some(o) = last {
+                    in_group(
+                        "UPDATE prism_queue_groups SET cursor = $5 \
+                         WHERE namespace = $1 AND topic = $2 AND grp = $3 AND partition = $4",
+                        ns,
+                        topic,
+                        group,
+                    )
+                    .bind(p)
+                    .bind(o + 1)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| q.err(e))?;
+                }
+            }
+        }
+        for &(p, _, _) in &dead {
+            q.recommit(&mut tx, ns, topic, group, p).await?;
+        }
+
+        let mut out = Vec::with_capacity(claimed.len());
+        for (p, o, attempt) in claimed {
+            let row = sqlx::query(
+                "SELECT payload, headers, ts FROM prism_queue_messages \
+                 WHERE namespace = $1 AND topic = $2 AND partition = $3 AND msg_offset = $4",
+            )
+            .bind(ns)
+            .bind(topic)
+            .bind(p)
+            .bind(o)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| q.err(e))?;
+            let headers: String = row.try_get(1).map_err(|e| q.err(e))?;
+            out.push(QueueMessage {
+                topic: topic.clone(),
+                partition: p,
+                offset: o,
+                payload: row.try_get(0).map_err(|e| q.err(e))?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                timestamp_ms: row.try_get(2).map_err(|e| q.err(e))?,
+                attempt,
+            });
+        }
+        tx.commit().await.map_err(|e| q.err(e))?;
+        Ok(out)
+    }
+
+    /// Moves a message that used up its attempts to the dead-letter topic.
+    async fn dead_letter(
+        &self,
+        tx: &mut Tx,
+        p: i32,
+        o: i64,
+        attempts: i32,
+        now: i64,
+    ) -> Result<(), Error> {
+        let q = &self.queue;
+        let (ns, topic, group) = (&self.ns, &self.spec.topic, &self.spec.group);
+        let row = sqlx::query(
+            "SELECT payload, headers FROM prism_queue_messages \
+             WHERE namespace = $1 AND topic = $2 AND partition = $3 AND msg_offset = $4",
+        )
+        .bind(ns)
+        .bind(topic)
+        .bind(p)
+        .bind(o)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| q.err(e))?;
+        let headers: String = row.try_get(1).map_err(|e| q.err(e))?;
+        let mut headers: std::collections::HashMap<String, String> =
+            serde_json::from_str(&headers).unwrap_or_default();
+        headers.insert(
+            "x-prism-dead-letter-from".into(),
+            super::queue::message_id(topic, p, o),
+        );
+        headers.insert("x-prism-consumer-group".into(), group.clone());
+        headers.insert("x-prism-attempts".into(), attempts.to_string());
+        let dlq = dead_letter_topic(topic);
+        q.ensure_topic(tx, ns, &dlq, 1).await?;
+        let item = PublishItem {
+            payload: row.try_get(0).map_err(|e| q.err(e))?,
+            headers,
+            partition_key: None,
+            partition: Some(0),
+        };
+        q.append(tx, ns, &dlq, 0, &item, now).await?;
+        in_group(
+            "DELETE FROM prism_queue_deliveries WHERE namespace = $1 AND topic = $2 AND grp = $3 \
+             AND partition = $4 AND msg_offset = $5",
+            ns,
+            topic,
+            group,
+        )
+        .bind(p)
+        .bind(o)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| q.err(e))?;
+        tracing::info!(topic = %topic, partition = p, offset = o, attempts, "message dead-lettered");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for PgConsumer {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, Error> {
+        // Polled: wait for messages, bounded by `wait`.
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let batch = self.claim(max.max(1)).await?;
+            let now = tokio::time::Instant::now();
+            if !batch.is_empty() || now >= until {
+                return Ok(batch);
+            }
+            tokio::time::sleep(POLL.min(until - now)).await;
+        }
+    }
+
+    async fn release(&mut self) {
+        let q = &self.queue;
+        let done = sqlx::query(
+            "UPDATE prism_queue_deliveries SET visible_at = 0 \
+             WHERE namespace = $1 AND topic = $2 AND grp = $3 AND member = $4",
+        )
+        .bind(&self.ns)
+        .bind(&self.spec.topic)
+        .bind(&self.spec.group)
+        .bind(&self.member)
+        .execute(&q.pool)
+        .await;
+        if let Err(e) = done {
+            // The visibility timeout brings them back anyway.
+            tracing::warn!(backend = %q.name, error = %e, "could not release deliveries");
+        }
+    }
+}

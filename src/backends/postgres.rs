@@ -1,0 +1,74 @@
+//! The Postgres backend: an sqlx pool (connected lazily, so the gateway
+//! starts while Postgres is down) serving the shared SQL KeyValue engine.
+//! Postgres-specific parts: the schema, per-key advisory locks (they also
+//! cover keys that do not exist yet, which row locks cannot) and a sequence
+//! for versions.
+
+use std::time::Duration;
+
+use sqlx::{any::AnyPoolOptions, Any, Row, Transaction};
+
+use super::sql::{Dialect, SqlKv};
+use crate::config::PoolSpec;
+
+pub const DDL: &[&str] = &[
+    // Serialises concurrent migrations from several gateways.
+    "SELECT pg_advisory_xact_lock(7236402883619143)",
+    "CREATE TABLE IF NOT EXISTS prism_kv (
+        namespace TEXT NOT NULL,
+        key BYTEA NOT NULL,
+        value BYTEA NOT NULL,
+        version BIGINT NOT NULL,
+        expires_at BIGINT,
+        PRIMARY KEY (namespace, key))",
+    "CREATE INDEX IF NOT EXISTS prism_kv_expiry ON prism_kv (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS prism_kv_idempotency (
+        namespace TEXT NOT NULL,
+        token TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, token))",
+    "CREATE SEQUENCE IF NOT EXISTS prism_kv_version",
+];
+
+/// A pool that connects on first use; the pool actor runs migrations and
+/// health checks.
+pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlKv, String> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(pool.max_connections)
+        .min_connections(0)
+        .acquire_timeout(pool.connect_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy(url)
+        .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
+    Ok(SqlKv::new(name, Dialect::Postgres, pool))
+}
+
+/// Takes transaction-scoped advisory locks, in sorted order (no deadlocks).
+pub async fn lock(tx: &mut Transaction<'static, Any>, names: &[String]) -> Result<(), sqlx::Error> {
+    for name in names {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(name.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn allocate_versions(
+    tx: &mut Transaction<'static, Any>,
+    n: usize,
+) -> Result<Vec<u64>, sqlx::Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query("SELECT nextval('prism_kv_version') FROM generate_series(1, $1::int)")
+        .bind(n as i32)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<i64, _>(0).map(|v| v as u64))
+        .collect()
+}

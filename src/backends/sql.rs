@@ -1,0 +1,511 @@
+//! The KeyValue engine shared by the SQLite and Postgres backends, over an
+//! sqlx `AnyPool`. Keys are stored as bytes so ordering and prefix ranges are
+//! bytewise on both databases; versions come from one counter per database
+//! (a sequence in Postgres, a counter row in SQLite) and never repeat.
+//!
+//! Every write is one transaction: lock the keys (dialect-specific), replay
+//! or refuse a known idempotency token, read current versions, check
+//! preconditions, write, remember the token, commit. Expired rows are
+//! invisible to reads and removed by [`SqlKv::sweep`], which the pool actor
+//! runs on a timer.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use sqlx::{any::AnyRow, AnyConnection, AnyPool, Row};
+
+use super::{
+    epoch_ms,
+    kv::{
+        self, check_preconditions, idempotency_reused, Action, Applied, Current, KeyValueBasic,
+        KeyValueBatch, KeyValueCas, KeyValueScan, KeyValueTransactional, KeyValueTtl, Record,
+        ScanItem, ScanPage, WriteBatch,
+    },
+    postgres, sqlite,
+};
+use crate::error::{Error, ErrorKind};
+
+/// Which SQL database the engine talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+pub struct SqlKv {
+    pub name: String,
+    pub dialect: Dialect,
+    pub pool: AnyPool,
+    /// Directory to create before connecting (a SQLite file's parent).
+    pub dir: Option<std::path::PathBuf>,
+    /// Set once the schema exists; until then calls are UNAVAILABLE.
+    migrated: AtomicBool,
+}
+
+crate::kv_interfaces!(SqlKv: basic, scan, ttl, batch, cas, transactional);
+
+const LIVE: &str = "(expires_at IS NULL OR expires_at > $3)";
+
+impl SqlKv {
+    pub fn new(name: &str, dialect: Dialect, pool: AnyPool) -> Self {
+        SqlKv {
+            name: name.to_string(),
+            dialect,
+            pool,
+            dir: None,
+            migrated: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.load(Ordering::Acquire)
+    }
+
+    /// Creates the tables when missing; safe to run from several gateways.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        if let Some(dir) = &self.dir {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                kv::unavailable(&self.name, format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let ddl = match self.dialect {
+            Dialect::Postgres => postgres::DDL,
+            Dialect::Sqlite => sqlite::DDL,
+        };
+        for statement in ddl {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A trivial round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Deletes expired keys and forgotten idempotency tokens.
+    pub async fn sweep(&self) -> Result<u64, Error> {
+        let now = epoch_ms();
+        let removed =
+            sqlx::query("DELETE FROM prism_kv WHERE expires_at IS NOT NULL AND expires_at <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?
+                .rows_affected();
+        sqlx::query("DELETE FROM prism_kv_idempotency WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(removed)
+    }
+
+    fn ready(&self) -> Result<(), Error> {
+        if self.is_migrated() {
+            Ok(())
+        } else {
+            Err(kv::unavailable(&self.name, "not connected yet"))
+        }
+    }
+
+    pub fn db_error(&self, e: sqlx::Error) -> Error {
+        map_db_error(&self.name, self.dialect, e)
+    }
+
+    async fn fetch_record(
+        &self,
+        conn: &mut AnyConnection,
+        ns: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Record>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT value, version, expires_at FROM prism_kv \
+             WHERE namespace = $1 AND key = $2 AND {LIVE}"
+        ))
+        .bind(ns)
+        .bind(key.as_bytes())
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        row.map(|r| record_from_row(&r, now)).transpose()
+    }
+
+    async fn apply(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
+        self.ready()?;
+        let now = epoch_ms();
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+
+        // Lock first: keys, and the token so concurrent retries serialise.
+        let mut locks: Vec<String> = batch
+            .ops
+            .iter()
+            .map(|op| format!("kv/{ns}/{}", op.key))
+            .collect();
+        if let Some(idem) = &batch.idempotency {
+            locks.push(format!("idem/{ns}/{}", idem.id));
+        }
+        locks.sort();
+        match self.dialect {
+            Dialect::Postgres => postgres::lock(&mut tx, &locks).await,
+            Dialect::Sqlite => sqlite::lock(&mut tx).await,
+        }
+        .map_err(|e| self.db_error(e))?;
+
+        if let Some(idem) = &batch.idempotency {
+            let known = sqlx::query(
+                "SELECT fingerprint, outcome FROM prism_kv_idempotency \
+                 WHERE namespace = $1 AND token = $2 AND expires_at > $3",
+            )
+            .bind(ns)
+            .bind(&idem.id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+            if let Some(row) = known {
+                let fingerprint: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+                if fingerprint != idem.fingerprint {
+                    return Err(idempotency_reused(&idem.id));
+                }
+                let outcome: String = row.try_get(1).map_err(|e| self.db_error(e))?;
+                return Applied::decode_replay(&outcome);
+            }
+        }
+
+        let mut current = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            let version = self
+                .fetch_record(&mut tx, ns, &op.key, now)
+                .await?
+                .map_or(0, |r| r.version);
+            current.push(Current { version });
+        }
+        check_preconditions(&batch.ops, &current)?;
+
+        let puts = batch
+            .ops
+            .iter()
+            .filter(|op| matches!(op.action, Action::Put { .. }))
+            .count();
+        let mut versions = match self.dialect {
+            Dialect::Postgres => postgres::allocate_versions(&mut tx, puts).await,
+            Dialect::Sqlite => sqlite::allocate_versions(&mut tx, puts).await,
+        }
+        .map_err(|e| self.db_error(e))?
+        .into_iter();
+
+        let mut results = Vec::with_capacity(batch.ops.len());
+        for (op, cur) in batch.ops.iter().zip(&current) {
+            match &op.action {
+                Action::Put { value, ttl } => {
+                    let version = versions
+                        .next()
+                        .ok_or_else(|| Error::internal("version allocation came up short"))?;
+                    sqlx::query(
+                        "INSERT INTO prism_kv (namespace, key, value, version, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, \
+                         version = excluded.version, expires_at = excluded.expires_at",
+                    )
+                    .bind(ns)
+                    .bind(op.key.as_bytes())
+                    .bind(value.as_slice())
+                    .bind(version as i64)
+                    .bind(ttl.map(|t| now.saturating_add(ttl_ms(t))))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_error(e))?;
+                    results.push(version);
+                }
+                Action::Delete => {
+                    sqlx::query("DELETE FROM prism_kv WHERE namespace = $1 AND key = $2")
+                        .bind(ns)
+                        .bind(op.key.as_bytes())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_error(e))?;
+                    results.push(u64::from(cur.version != 0));
+                }
+            }
+        }
+
+        if let Some(idem) = &batch.idempotency {
+            sqlx::query(
+                "INSERT INTO prism_kv_idempotency (namespace, token, fingerprint, outcome, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (namespace, token) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                 outcome = excluded.outcome, expires_at = excluded.expires_at",
+            )
+            .bind(ns)
+            .bind(&idem.id)
+            .bind(&idem.fingerprint)
+            .bind(Applied::encode(&results))
+            .bind(now.saturating_add(ttl_ms(idem.retain)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(Applied {
+            results,
+            replayed: false,
+        })
+    }
+}
+
+/// Maps a database error to what the client may do about it; SQL text
+/// and server messages stay in the log.
+pub fn map_db_error(name: &str, dialect: Dialect, e: sqlx::Error) -> Error {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::Tls(_) | E::WorkerCrashed => {
+            kv::unavailable(name, "cannot connect")
+        }
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let transient = match dialect {
+                // connection exceptions, operator intervention, resources
+                Dialect::Postgres => {
+                    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+                }
+                // SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+                Dialect::Sqlite => matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517"),
+            };
+            if transient {
+                return kv::unavailable(name, "busy or restarting");
+            }
+            if matches!(code.as_ref(), "40001" | "40P01") {
+                return Error::new(
+                    ErrorKind::Aborted,
+                    "WRITE_CONFLICT",
+                    "the write conflicted with a concurrent one and was not applied; retry it",
+                );
+            }
+            tracing::error!(backend = %name, error = %e, "database error");
+            Error::internal(format!(
+                "backend `{}` failed the operation; the gateway log has details",
+                name
+            ))
+        }
+        _ => {
+            tracing::error!(backend = %name, error = %e, "database error");
+            Error::internal(format!(
+                "backend `{}` failed the operation; the gateway log has details",
+                name
+            ))
+        }
+    }
+}
+
+fn ttl_ms(d: Duration) -> i64 {
+    (d.as_millis().min(i64::MAX as u128) as i64).max(1)
+}
+
+fn record_from_row(row: &AnyRow, now: i64) -> Result<Record, Error> {
+    let corrupt = |_| Error::internal("a stored row has an unexpected shape");
+    let value: Vec<u8> = row.try_get(0).map_err(corrupt)?;
+    let version: i64 = row.try_get(1).map_err(corrupt)?;
+    let expires: Option<i64> = row.try_get(2).map_err(corrupt)?;
+    Ok(Record {
+        value,
+        version: version as u64,
+        ttl: expires.map(|e| Duration::from_millis(e.saturating_sub(now).max(0) as u64)),
+    })
+}
+
+#[async_trait]
+impl KeyValueBasic for SqlKv {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>, Error> {
+        self.ready()?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
+        self.fetch_record(&mut conn, ns, key, epoch_ms()).await
+    }
+
+    async fn write(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
+        self.apply(ns, batch).await
+    }
+}
+
+#[async_trait]
+impl KeyValueScan for SqlKv {
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        cursor: &str,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<ScanPage, Error> {
+        self.ready()?;
+        let after = kv::cursor_key(cursor)?;
+        let end = kv::prefix_end(prefix.as_bytes());
+        let columns = if keys_only {
+            "key, version"
+        } else {
+            "key, version, value"
+        };
+        let mut sql =
+            format!("SELECT {columns} FROM prism_kv WHERE namespace = $1 AND key >= $2 AND {LIVE}");
+        let mut next = 4;
+        if end.is_some() {
+            sql.push_str(&format!(" AND key < ${next}"));
+            next += 1;
+        }
+        if after.is_some() {
+            sql.push_str(&format!(" AND key > ${next}"));
+            next += 1;
+        }
+        sql.push_str(&format!(" ORDER BY key LIMIT ${next}"));
+        let mut query = sqlx::query(&sql)
+            .bind(ns)
+            .bind(prefix.as_bytes())
+            .bind(epoch_ms());
+        if let Some(end) = end {
+            query = query.bind(end);
+        }
+        if let Some(after) = after {
+            query = query.bind(after.into_bytes());
+        }
+        let rows = query
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let corrupt = |_| Error::internal("a stored row has an unexpected shape");
+        let items = rows
+            .iter()
+            .map(|row| {
+                let key: Vec<u8> = row.try_get(0).map_err(corrupt)?;
+                let version: i64 = row.try_get(1).map_err(corrupt)?;
+                let value: Vec<u8> = if keys_only {
+                    Vec::new()
+                } else {
+                    row.try_get(2).map_err(corrupt)?
+                };
+                Ok(ScanItem {
+                    cursor: kv::encode_cursor(&key),
+                    key: String::from_utf8(key)
+                        .map_err(|_| Error::internal("a stored key is not UTF-8"))?,
+                    value,
+                    version: version as u64,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(ScanPage { items })
+    }
+
+    async fn count(&self, ns: &str, prefix: &str) -> Result<u64, Error> {
+        self.ready()?;
+        let end = kv::prefix_end(prefix.as_bytes());
+        let mut sql =
+            format!("SELECT COUNT(*) FROM prism_kv WHERE namespace = $1 AND key >= $2 AND {LIVE}");
+        if end.is_some() {
+            sql.push_str(" AND key < $4");
+        }
+        let mut query = sqlx::query(&sql)
+            .bind(ns)
+            .bind(prefix.as_bytes())
+            .bind(epoch_ms());
+        if let Some(end) = end {
+            query = query.bind(end);
+        }
+        let row = query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let n: i64 = row
+            .try_get(0)
+            .map_err(|_| Error::internal("count returned an unexpected shape"))?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+#[async_trait]
+impl KeyValueTtl for SqlKv {
+    async fn expire(&self, ns: &str, key: &str, ttl: Duration) -> Result<bool, Error> {
+        self.ready()?;
+        let now = epoch_ms();
+        let done = sqlx::query(&format!(
+            "UPDATE prism_kv SET expires_at = $4 WHERE namespace = $1 AND key = $2 AND {LIVE}"
+        ))
+        .bind(ns)
+        .bind(key.as_bytes())
+        .bind(now)
+        .bind(now.saturating_add(ttl_ms(ttl)))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn ttl(&self, ns: &str, key: &str) -> Result<Option<Option<Duration>>, Error> {
+        Ok(self.get(ns, key).await?.map(|r| r.ttl))
+    }
+
+    async fn persist(&self, ns: &str, key: &str) -> Result<Option<bool>, Error> {
+        self.ready()?;
+        let now = epoch_ms();
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let Some(record) = self.fetch_record(&mut tx, ns, key, now).await? else {
+            return Ok(None);
+        };
+        if record.ttl.is_some() {
+            sqlx::query("UPDATE prism_kv SET expires_at = NULL WHERE namespace = $1 AND key = $2")
+                .bind(ns)
+                .bind(key.as_bytes())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(Some(record.ttl.is_some()))
+    }
+}
+
+#[async_trait]
+impl KeyValueBatch for SqlKv {
+    async fn batch_get(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Record>>, Error> {
+        self.ready()?;
+        let now = epoch_ms();
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.fetch_record(&mut conn, ns, key, now).await?);
+        }
+        Ok(out)
+    }
+
+    async fn batch_write(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
+        self.apply(ns, batch).await
+    }
+}
+
+#[async_trait]
+impl KeyValueCas for SqlKv {
+    async fn compare_and_swap(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
+        self.apply(ns, batch).await
+    }
+}
+
+#[async_trait]
+impl KeyValueTransactional for SqlKv {
+    async fn transact(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
+        self.apply(ns, batch).await
+    }
+}
