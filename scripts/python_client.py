@@ -8,8 +8,10 @@ Usage:
 
 It opens a session with the development key and the `user-profiles` config,
 then Set/Get/Exists/Delete a key, checks the errors a client must be able to
-read (ErrorInfo reason and domain), and closes the session. Exit status 0
-means every check held.
+read (ErrorInfo reason and domain), and closes the session; then, on the
+`events` config, subscribes to a wildcard pattern and receives what it
+publishes (PubSub, from the spec's own protobuf). Exit status 0 means every
+check held.
 """
 
 import importlib
@@ -27,6 +29,7 @@ PROTOS = [
     "prism/config/v1/client_config.proto",
     "prism/session/v1/session.proto",
     "prism/keyvalue/v1/keyvalue.proto",
+    "prism/pubsub/v1/pubsub.proto",
 ]
 
 
@@ -108,7 +111,32 @@ def main() -> None:
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
         print(f"after close: {err.code().name} {error_reason(err)}")
+
+    check_pubsub(channel, session_pb2, sessions)
     print("ok")
+
+
+def check_pubsub(channel, session_pb2, sessions) -> None:
+    pubsub_pb2 = importlib.import_module("prism.pubsub.v1.pubsub_pb2")
+    pubsub_grpc = importlib.import_module("prism.pubsub.v1.pubsub_pb2_grpc")
+    pubsub = pubsub_grpc.PubSubServiceStub(channel)
+    token = sessions.CreateSession(session_pb2.CreateSessionRequest(
+        api_key="prism-dev-key", config_name="events")).session_token
+    stream = pubsub.Subscribe(pubsub_pb2.SubscribeRequest(
+        session_token=token, topic_pattern="app.user.*",
+        options=pubsub_pb2.SubscriptionOptions(max_messages=1)), timeout=30)
+    stream.initial_metadata()  # the subscription is in place
+    sent = pubsub.Publish(pubsub_pb2.PublishRequest(
+        session_token=token, topic="app.user.created", payload=b"\x00hello",
+        metadata={"source": "python"}, correlation_id="c-1"))
+    assert sent.subscriber_count == 1, sent
+    event = next(stream)
+    assert (event.event_id, event.topic, event.payload, event.metadata["source"],
+            event.correlation_id) == (sent.event_id, "app.user.created", b"\x00hello",
+                                      "python", "c-1"), event
+    assert list(stream) == [], "max_messages ends the stream"
+    print(f"pubsub: {event.topic} delivered to {event.subscription_id}")
+    sessions.CloseSession(session_pb2.CloseSessionRequest(session_token=token))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ use crate::{
     config::{resolve::NamedConfigs, GatewayConfig},
     error::Error,
     proto,
-    services::{config::ConfigApi, keyvalue::KeyValueApi, queue::QueueApi, session::SessionApi},
+    services::{
+        config::ConfigApi, keyvalue::KeyValueApi, pubsub::PubSubApi, queue::QueueApi,
+        session::SessionApi,
+    },
     session::{Clock, SessionRegistry, Sessions},
 };
 
@@ -118,16 +121,20 @@ impl Gateway {
         self.supervisors.crash_supervisor(namespace)
     }
 
-    /// Makes a subscription's actor panic (supervision drills).
+    /// Makes a subscription's actor (Queue or PubSub) panic (supervision
+    /// drills).
     pub fn crash_subscription(&self, subscription_id: &str) -> Result<(), Error> {
-        let handle = self.subscriptions.get(subscription_id).ok_or_else(|| {
-            Error::new(
+        if let Some(handle) = self.subscriptions.get(subscription_id) {
+            handle.addr().do_send(Crash);
+        } else if let Some(entry) = self.subscriptions.pubsub.get(subscription_id) {
+            entry.addr().do_send(Crash);
+        } else {
+            return Err(Error::new(
                 crate::error::ErrorKind::NotFound,
                 "SUBSCRIPTION_NOT_FOUND",
                 format!("no live subscription {subscription_id}"),
-            )
-        })?;
-        handle.addr().do_send(Crash);
+            ));
+        }
         Ok(())
     }
 
@@ -190,6 +197,7 @@ pub async fn run(
     use proto::{
         config::v1::config_service_server::ConfigServiceServer,
         keyvalue::v1::key_value_service_server::KeyValueServiceServer,
+        pubsub::v1::pub_sub_service_server::PubSubServiceServer,
         queue::v1::queue_service_server::QueueServiceServer,
         session::v1::session_service_server::SessionServiceServer,
     };
@@ -204,6 +212,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<QueueServiceServer<QueueApi>>()
+        .await;
+    health_reporter
+        .set_serving::<PubSubServiceServer<PubSubApi>>()
         .await;
     let readiness = tokio::spawn(report_readiness(
         gateway.clone(),
@@ -254,6 +265,23 @@ pub async fn run(
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+        )
+        .add_service(
+            PubSubServiceServer::new(PubSubApi::new(
+                gateway.registry.clone(),
+                gateway.backends.clone(),
+                gateway.subscriptions.clone(),
+                gateway.pool.clone(),
+                gateway.config.limits.clone(),
+                gateway
+                    .config
+                    .namespaces
+                    .iter()
+                    .map(|(name, ns)| (name.clone(), ns.pubsub.clone()))
+                    .collect(),
+            ))
+            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
@@ -298,6 +326,9 @@ pub async fn run(
             .await;
         health_reporter
             .set_not_serving::<QueueServiceServer<QueueApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<PubSubServiceServer<PubSubApi>>()
             .await;
         let _ = stop_tx.send(true);
         result = match tokio::time::timeout(grace, &mut grpc).await {

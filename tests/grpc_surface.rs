@@ -29,6 +29,7 @@ fn health_reports_serving() {
             "prism.config.v1.ConfigService",
             "prism.keyvalue.v1.KeyValueService",
             "prism.queue.v1.QueueService",
+            "prism.pubsub.v1.PubSubService",
         ] {
             let status = health
                 .check(HealthCheckRequest {
@@ -43,7 +44,7 @@ fn health_reports_serving() {
         // Data services are not registered until they work end to end.
         let err = health
             .check(HealthCheckRequest {
-                service: "prism.pubsub.v1.PubSubService".into(),
+                service: "prism.reader.v1.ReaderService".into(),
             })
             .await
             .unwrap_err();

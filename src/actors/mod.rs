@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 pub mod backend_pool;
 pub mod namespace;
 pub mod observe;
+pub mod pubsub;
 pub mod root;
 pub mod session;
 pub mod subscription;

@@ -14,6 +14,7 @@ pub enum ActorKind {
     Session,
     BackendPool,
     Subscription,
+    PubSubSubscription,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

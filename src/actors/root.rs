@@ -38,7 +38,8 @@ impl RootSupervisor {
         self.vitals.beat(self.settings.registry.clock().now_ms());
         self.settings.registry.prune_tombstones();
         let pool = self.settings.pool.clone();
-        self.settings.subscriptions.supervise(|| pool.next());
+        let now = self.settings.registry.clock().now_ms();
+        self.settings.subscriptions.supervise(now, || pool.next());
         for handle in &self.namespaces {
             if !handle.addr().connected() {
                 tracing::warn!(namespace = %handle.shared.name, "restarting namespace supervisor");

@@ -365,11 +365,12 @@ impl SubscriptionHandle {
     }
 }
 
-/// Every live subscription, and which (topic, group) pairs each session has
-/// subscribed to (for Acknowledge).
+/// Every live Queue subscription, and which (topic, group) pairs each
+/// session has subscribed to (for Acknowledge); and the PubSub ones.
 pub struct Subscriptions {
     by_id: DashMap<String, Arc<SubscriptionHandle>>,
     groups: DashMap<String, (Arc<SessionEntry>, Vec<TopicGroup>)>,
+    pub pubsub: super::pubsub::PubSubSubscriptions,
 }
 
 /// A (topic, consumer group) pair.
@@ -386,6 +387,7 @@ impl Subscriptions {
         Subscriptions {
             by_id: DashMap::new(),
             groups: DashMap::new(),
+            pubsub: Default::default(),
         }
     }
 
@@ -441,9 +443,10 @@ impl Subscriptions {
             .collect()
     }
 
-    /// Restarts crashed subscriptions (from the committed position) and
-    /// forgets ended ones; run on the root supervisor's tick.
-    pub fn supervise(&self, arbiter: impl Fn() -> ArbiterHandle) {
+    /// Restarts crashed subscriptions (Queue ones from the committed
+    /// position) and forgets ended ones; run on the root supervisor's tick.
+    pub fn supervise(&self, now_ms: u64, arbiter: impl Fn() -> ArbiterHandle) {
+        self.pubsub.supervise(now_ms, &arbiter);
         self.by_id.retain(|_, handle| {
             let shared = &handle.shared;
             if shared.is_ended() {
@@ -469,7 +472,7 @@ impl Subscriptions {
     /// Nodes for every subscription, for grafting under their sessions.
     pub async fn observe(&self) -> Vec<ActorNode> {
         let handles: Vec<_> = self.by_id.iter().map(|h| h.clone()).collect();
-        let mut nodes = Vec::with_capacity(handles.len());
+        let mut nodes = self.pubsub.observe().await;
         for h in handles {
             let answer = tokio::time::timeout(Duration::from_secs(2), h.addr().send(Observe)).await;
             nodes.push(match answer {

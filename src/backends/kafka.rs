@@ -1,4 +1,5 @@
-//! The Kafka backend (queue interfaces) via rdkafka.
+//! The Kafka backend via rdkafka: the queue interfaces (this file) and
+//! PubSub (`kafka_pubsub.rs`).
 //!
 //! A topic is the Kafka topic `prism.<namespace>.<topic>` (created on first
 //! publish with the config's partitions); publishing waits for the broker's
@@ -37,7 +38,7 @@ use super::queue::{
 };
 use crate::{config::PoolSpec, error::Error};
 
-const META_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const META_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn kafka_topic(ns: &str, topic: &str) -> String {
     format!("prism.{ns}.{topic}")
@@ -99,7 +100,8 @@ pub struct KafkaQueue {
     spec: PoolSpec,
     clients: RwLock<Option<(FutureProducer, Arc<AdminClient<DefaultClientContext>>)>>,
     ledgers: DashMap<(String, String, String), Arc<Mutex<Ledger>>>,
-    round_robin: AtomicU64,
+    pub(super) round_robin: AtomicU64,
+    known_topics: DashMap<String, i32>,
     members: AtomicU64,
 }
 
@@ -108,7 +110,9 @@ crate::queue_interfaces!(KafkaQueue: basic, visibility, groups, replay);
 impl QueueVisibility for KafkaQueue {}
 
 /// Runs an rdkafka call that blocks on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| Error::internal("a blocking kafka call was cancelled"))
@@ -126,11 +130,12 @@ impl KafkaQueue {
             clients: RwLock::new(None),
             ledgers: DashMap::new(),
             round_robin: AtomicU64::new(0),
+            known_topics: DashMap::new(),
             members: AtomicU64::new(0),
         })
     }
 
-    fn config(&self) -> ClientConfig {
+    pub(super) fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set(
@@ -144,7 +149,7 @@ impl KafkaQueue {
         c
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+    pub(super) fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         tracing::warn!(backend = %self.name, error = %e, "kafka error");
         super::kv::unavailable(&self.name, "cannot reach the brokers")
     }
@@ -164,7 +169,7 @@ impl KafkaQueue {
         self.clients.read().is_some()
     }
 
-    fn producer(&self) -> Result<FutureProducer, Error> {
+    pub(super) fn producer(&self) -> Result<FutureProducer, Error> {
         self.clients
             .read()
             .as_ref()
@@ -186,7 +191,7 @@ impl KafkaQueue {
     }
 
     /// The partition count of a topic, or None when it does not exist.
-    async fn partitions(&self, topic: &str) -> Result<Option<i32>, Error> {
+    pub(super) async fn partitions(&self, topic: &str) -> Result<Option<i32>, Error> {
         let producer = self.producer()?;
         let name = topic.to_string();
         let meta = blocking(move || producer.client().fetch_metadata(Some(&name), META_TIMEOUT))
@@ -200,16 +205,30 @@ impl KafkaQueue {
             .filter(|n| *n > 0))
     }
 
-    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, Error> {
-        if let Some(n) = self.partitions(topic).await? {
-            return Ok(n);
-        }
-        let admin = self
-            .clients
+    pub(super) fn admin(&self) -> Result<Arc<AdminClient<DefaultClientContext>>, Error> {
+        self.clients
             .read()
             .as_ref()
             .map(|(_, a)| a.clone())
-            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))?;
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+    }
+
+    /// The partition count of a topic, creating it with `partitions` when
+    /// missing; known topics are remembered (no metadata round trip).
+    pub(super) async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, Error> {
+        if let Some(n) = self.known_topics.get(topic) {
+            return Ok(*n);
+        }
+        let n = self.find_or_create_topic(topic, partitions).await?;
+        self.known_topics.insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    async fn find_or_create_topic(&self, topic: &str, partitions: i32) -> Result<i32, Error> {
+        if let Some(n) = self.partitions(topic).await? {
+            return Ok(n);
+        }
+        let admin = self.admin()?;
         let new = NewTopic::new(topic, partitions.max(1), TopicReplication::Fixed(1));
         // "Already exists" from a concurrent creator is fine.
         let _ = admin

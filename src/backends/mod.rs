@@ -7,8 +7,8 @@
 //! the truth about this build.
 //!
 //! [`Backends`] holds one [`Backend`] per configured backend: the cloned
-//! client the data path uses and the [`Health`] its pool actor maintains.
-//! Kafka and NATS have no client in this build yet (no served API uses them).
+//! client the data path uses, its API surfaces (KeyValue, Queue, PubSub
+//! handles) and the [`Health`] its pool actor maintains.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -18,13 +18,17 @@ use crate::{config::GatewayConfig, proto::config::v1 as pb, session::Clock};
 
 pub mod health;
 pub mod kafka;
+pub mod kafka_pubsub;
 pub mod kv;
 pub mod memory;
 pub mod nats;
+pub mod nats_pubsub;
 pub mod pg_queue;
 pub mod postgres;
+pub mod pubsub;
 pub mod queue;
 pub mod redis;
+pub mod redis_pubsub;
 pub mod sql;
 pub mod sqlite;
 
@@ -78,6 +82,7 @@ impl BackendKind {
             [
                 memory::MemoryKv::KV_INTERFACES,
                 memory::MemoryQueue::QUEUE_INTERFACES,
+                memory::MemoryPubSub::PUBSUB_INTERFACES,
             ]
             .concat()
         });
@@ -88,13 +93,34 @@ impl BackendKind {
             ]
             .concat()
         });
+        static REDIS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [
+                redis::RedisKv::KV_INTERFACES,
+                redis::RedisKv::PUBSUB_INTERFACES,
+            ]
+            .concat()
+        });
+        static NATS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [
+                nats::NatsQueue::QUEUE_INTERFACES,
+                nats::NatsQueue::PUBSUB_INTERFACES,
+            ]
+            .concat()
+        });
+        static KAFKA: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [
+                kafka::KafkaQueue::QUEUE_INTERFACES,
+                kafka::KafkaQueue::PUBSUB_INTERFACES,
+            ]
+            .concat()
+        });
         match self {
             BackendKind::Memory => &MEMORY,
             BackendKind::Postgres => &POSTGRES,
             BackendKind::Sqlite => sql::SqlKv::KV_INTERFACES,
-            BackendKind::Redis => redis::RedisKv::KV_INTERFACES,
-            BackendKind::Nats => nats::NatsQueue::QUEUE_INTERFACES,
-            BackendKind::Kafka => kafka::KafkaQueue::QUEUE_INTERFACES,
+            BackendKind::Redis => &REDIS,
+            BackendKind::Nats => &NATS,
+            BackendKind::Kafka => &KAFKA,
         }
     }
 
@@ -225,7 +251,11 @@ pub fn missing_interface(
 /// The client of one configured backend, as the data path uses it.
 #[derive(Clone)]
 pub enum Client {
-    Memory(Arc<memory::MemoryKv>, Arc<memory::MemoryQueue>),
+    Memory(
+        Arc<memory::MemoryKv>,
+        Arc<memory::MemoryQueue>,
+        Arc<memory::MemoryPubSub>,
+    ),
     /// The SQL key-value engine, and on Postgres the table queue.
     Sql(Arc<sql::SqlKv>, Option<Arc<pg_queue::PgQueue>>),
     Redis(Arc<redis::RedisKv>),
@@ -274,7 +304,7 @@ impl Client {
     /// Removes expired data where the backend does not do it itself.
     pub async fn sweep(&self) -> Result<u64, crate::error::Error> {
         match self {
-            Client::Memory(m, _) => Ok(m.sweep() as u64),
+            Client::Memory(m, ..) => Ok(m.sweep() as u64),
             Client::Sql(s, _) => s.sweep().await,
             Client::Redis(_) | Client::Nats(_) | Client::Kafka(_) => Ok(0),
         }
@@ -283,9 +313,11 @@ impl Client {
     /// Pool figures for the admin view.
     pub fn stats(&self) -> serde_json::Value {
         match self {
-            Client::Memory(m, q) => {
-                serde_json::json!({ "keys": m.len(), "queued_messages": q.len() })
-            }
+            Client::Memory(m, q, p) => serde_json::json!({
+                "keys": m.len(),
+                "queued_messages": q.len(),
+                "pubsub_subscriptions": p.subscriptions(),
+            }),
             Client::Sql(s, _) => serde_json::json!({
                 "connections": s.pool.size(),
                 "idle": s.pool.num_idle(),
@@ -300,7 +332,7 @@ impl Client {
     /// The Queue surface, where the backend has one in this build.
     pub fn queue(&self) -> Option<queue::QueueHandle> {
         match self {
-            Client::Memory(_, q) => Some(q.queue_handle()),
+            Client::Memory(_, q, _) => Some(q.queue_handle()),
             Client::Sql(_, q) => q.as_ref().map(|q| q.queue_handle()),
             Client::Nats(n) => Some(n.queue_handle()),
             Client::Kafka(k) => Some(k.queue_handle()),
@@ -308,10 +340,21 @@ impl Client {
         }
     }
 
+    /// The PubSub surface, where the backend has one in this build.
+    pub fn pubsub(&self) -> Option<pubsub::PubSubHandle> {
+        match self {
+            Client::Memory(.., p) => Some(p.pubsub_handle()),
+            Client::Redis(r) => Some(r.pubsub_handle()),
+            Client::Nats(n) => Some(n.pubsub_handle()),
+            Client::Kafka(k) => Some(k.pubsub_handle()),
+            Client::Sql(..) => None,
+        }
+    }
+
     /// The KeyValue surface, where the backend has one.
     pub fn kv(&self) -> Option<kv::KvHandle> {
         match self {
-            Client::Memory(m, _) => Some(m.kv_handle()),
+            Client::Memory(m, ..) => Some(m.kv_handle()),
             Client::Sql(s, _) => Some(s.kv_handle()),
             Client::Redis(r) => Some(r.kv_handle()),
             Client::Nats(_) | Client::Kafka(_) => None,
@@ -328,6 +371,7 @@ pub struct Backend {
     pub client: Option<Client>,
     pub kv: Option<kv::KvHandle>,
     pub queue: Option<queue::QueueHandle>,
+    pub pubsub: Option<pubsub::PubSubHandle>,
     pub health: Arc<Health>,
 }
 
@@ -347,6 +391,7 @@ impl Backends {
                 BackendKind::Memory => Some(Client::Memory(
                     Arc::new(memory::MemoryKv::new(clock)),
                     Arc::new(memory::MemoryQueue::new(clock)),
+                    Arc::new(memory::MemoryPubSub::new()),
                 )),
                 BackendKind::Sqlite => {
                     let url = match &spec.path {
@@ -379,6 +424,7 @@ impl Backends {
             };
             let kv = client.as_ref().and_then(Client::kv);
             let queue = client.as_ref().and_then(Client::queue);
+            let pubsub = client.as_ref().and_then(Client::pubsub);
             by_name.insert(
                 name.clone(),
                 Arc::new(Backend {
@@ -388,6 +434,7 @@ impl Backends {
                     client,
                     kv,
                     queue,
+                    pubsub,
                     health: Arc::new(Health::new()),
                 }),
             );

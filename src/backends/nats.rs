@@ -1,4 +1,5 @@
-//! The NATS JetStream backend (queue interfaces).
+//! The NATS backend: JetStream for the queue interfaces (this file), core
+//! NATS for PubSub (`nats_pubsub.rs`).
 //!
 //! A topic's partition is a stream of its own (`PRISM_<hash>_<p>`, subject
 //! `prism.<namespace>.<topic>.<p>`), so a partition's offsets are its stream
@@ -132,7 +133,16 @@ impl NatsQueue {
             .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> Error {
+    /// The core NATS client (PubSub).
+    pub(super) fn client(&self) -> Result<async_nats::Client, Error> {
+        self.conn
+            .read()
+            .as_ref()
+            .map(|(c, _)| c.clone())
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+    }
+
+    pub(super) fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         tracing::warn!(backend = %self.name, error = %e, "nats error");
         super::kv::unavailable(&self.name, "cannot reach the server")
     }

@@ -1,5 +1,6 @@
 //! The Redis backend: a connection manager (multiplexed, reconnecting)
-//! shared by every call, all six KeyValue interfaces.
+//! shared by every call, all six KeyValue interfaces (this file) and
+//! PubSub (`redis_pubsub.rs`).
 //!
 //! Layout: a key is a hash `prism:kv:<namespace>:<key>` with fields `v`
 //! (value) and `ver` (version); versions come from one counter
@@ -89,8 +90,8 @@ fn data_key(ns: &str, key: &str) -> String {
     format!("prism:kv:{ns}:{key}")
 }
 
-/// Escapes SCAN MATCH glob characters.
-fn glob_escape(s: &str) -> String {
+/// Escapes glob characters (SCAN MATCH, PSUBSCRIBE).
+pub(super) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -140,7 +141,12 @@ impl RedisKv {
         self.manager.read().is_some()
     }
 
-    fn conn(&self) -> Result<ConnectionManager, Error> {
+    /// The client, for connections of their own (PubSub subscriptions).
+    pub(super) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub(super) fn conn(&self) -> Result<ConnectionManager, Error> {
         self.manager
             .read()
             .clone()

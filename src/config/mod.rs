@@ -248,8 +248,8 @@ impl Pattern {
     /// for it opens but its API answers `UNIMPLEMENTED`.
     pub fn served(self) -> bool {
         match self {
-            Pattern::KeyValue | Pattern::Queue => true,
-            Pattern::Pubsub | Pattern::Reader | Pattern::Transact => false,
+            Pattern::KeyValue | Pattern::Queue | Pattern::Pubsub => true,
+            Pattern::Reader | Pattern::Transact => false,
         }
     }
 }
@@ -273,6 +273,29 @@ pub struct NamespaceSpec {
     pub session: SessionPolicy,
     #[serde(default)]
     pub api_keys: Vec<ApiKeySpec>,
+    #[serde(default)]
+    pub pubsub: PubSubPolicy,
+}
+
+/// How a namespace's PubSub subscriptions buffer events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubSubPolicy {
+    /// Events buffered per subscription between backend and client.
+    pub buffer: usize,
+    /// What push-only backends (memory, NATS core, Redis) do when a
+    /// subscription's buffer is full: `drop_oldest` (counted) or
+    /// `end_stream` (RESOURCE_EXHAUSTED). Kafka waits instead.
+    pub overflow: crate::backends::pubsub::Overflow,
+}
+
+impl Default for PubSubPolicy {
+    fn default() -> Self {
+        PubSubPolicy {
+            buffer: 1024,
+            overflow: crate::backends::pubsub::Overflow::DropOldest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -243,6 +243,10 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(&subject, "session.max_sessions must be at least 1");
         }
+        if !(1..=1_000_000).contains(&ns.pubsub.buffer) {
+            ok = false;
+            r.fail(&subject, "pubsub.buffer must be 1 to 1000000 events");
+        }
         for key in &ns.api_keys {
             let valid = key.sha256.len() == 64 && key.sha256.chars().all(|c| c.is_ascii_hexdigit());
             if !valid {

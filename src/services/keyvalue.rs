@@ -829,6 +829,7 @@ mod tests {
             client: None,
             kv: Some(kv.clone()),
             queue: None,
+            pubsub: None,
             health: Arc::new(Health::new()),
         };
         assert!(require(&kv, &backend, Interface::KeyValueScan, |k| k.scan.as_ref()).is_ok());

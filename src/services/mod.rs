@@ -15,6 +15,7 @@ use crate::{
 
 pub mod config;
 pub mod keyvalue;
+pub mod pubsub;
 pub mod queue;
 pub mod session;
 
