@@ -718,29 +718,15 @@ fn concurrent_writers_leave_one_written_value() {
 #[test]
 fn a_session_for_another_pattern_cannot_use_keyvalue() {
     block_on_multi_thread(async {
-        use prism::proto::{
-            config::v1 as cfg,
-            session::v1::{
-                create_session_request::Auth, create_session_request::Config, CreateSessionRequest,
-            },
-        };
         let h = Harness::start().await;
-        // A queue session on the memory backend (queue is allowed but not yet
-        // served, so the session opens) must not reach KeyValue.
+        // A queue session on the memory backend must not reach KeyValue.
         let session =
             h.gw.sessions()
-                .create_session(CreateSessionRequest {
-                    auth: Some(Auth::ApiKey(common::TEST_KEY.into())),
-                    config: Some(Config::InlineConfig(cfg::ClientConfig {
-                        pattern: cfg::AccessPattern::Queue as i32,
-                        backend: Some(cfg::BackendConfig {
-                            name: "memory".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                })
+                .create_session(common::inline_request(
+                    common::TEST_KEY,
+                    prism::proto::config::v1::AccessPattern::Queue,
+                    "memory",
+                ))
                 .await
                 .unwrap()
                 .into_inner();

@@ -893,26 +893,13 @@ fn bad_requests_are_clear() {
         assert_eq!(err.code(), Code::Unauthenticated);
 
         // A PubSub session on a backend without PubSub is refused up front.
-        use prism::proto::{
-            config::v1 as cfg,
-            session::v1::{
-                create_session_request::Auth, create_session_request::Config, CreateSessionRequest,
-            },
-        };
         let err = gw
             .sessions()
-            .create_session(CreateSessionRequest {
-                auth: Some(Auth::ApiKey(TEST_KEY.into())),
-                config: Some(Config::InlineConfig(cfg::ClientConfig {
-                    pattern: cfg::AccessPattern::Pubsub as i32,
-                    backend: Some(cfg::BackendConfig {
-                        name: "postgres".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            })
+            .create_session(common::inline_request(
+                TEST_KEY,
+                prism::proto::config::v1::AccessPattern::Pubsub,
+                "postgres",
+            ))
             .await
             .unwrap_err();
         assert_error(

@@ -901,27 +901,14 @@ fn messages_out_of_attempts_move_to_the_dead_letter_topic() {
 #[test]
 fn a_queue_session_on_a_backend_without_queue_interfaces_is_refused() {
     block_on_multi_thread(async {
-        use prism::proto::{
-            config::v1 as cfg,
-            session::v1::{
-                create_session_request::Auth, create_session_request::Config, CreateSessionRequest,
-            },
-        };
         let gw = TestGateway::start_with(config()).await;
         let err = gw
             .sessions()
-            .create_session(CreateSessionRequest {
-                auth: Some(Auth::ApiKey(TEST_KEY.into())),
-                config: Some(Config::InlineConfig(cfg::ClientConfig {
-                    pattern: cfg::AccessPattern::Queue as i32,
-                    backend: Some(cfg::BackendConfig {
-                        name: "redis".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            })
+            .create_session(common::inline_request(
+                TEST_KEY,
+                prism::proto::config::v1::AccessPattern::Queue,
+                "redis",
+            ))
             .await
             .unwrap_err();
         assert_error(

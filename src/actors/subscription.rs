@@ -162,10 +162,7 @@ pub fn to_proto(m: QueueMessage) -> pb::Message {
         offset: m.offset,
         payload: m.payload,
         headers: m.headers,
-        timestamp: Some(prost_types::Timestamp {
-            seconds: m.timestamp_ms.div_euclid(1000),
-            nanos: (m.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        timestamp: Some(crate::backends::timestamp_ms(m.timestamp_ms)),
         producer_id: None,
         attempt: Some(m.attempt),
     }

@@ -131,19 +131,35 @@ fn topic_regex(ns: &str, pattern: &TopicPattern) -> String {
     format!("^{}{}$", prefix(ns).replace('.', "\\."), tokens.join("\\."))
 }
 
-/// Tells Subscribe when the group has handed this member its partitions.
-struct AssignContext {
-    assigned: AtomicBool,
+/// Whether the group has handed this member its partitions yet.
+#[derive(Default)]
+struct Assigned {
+    done: AtomicBool,
     notify: Notify,
 }
+
+impl Assigned {
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Tells Subscribe when the group has handed this member its partitions.
+struct AssignContext(Arc<Assigned>);
 
 impl ClientContext for AssignContext {}
 
 impl ConsumerContext for AssignContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(_) = rebalance {
-            self.assigned.store(true, Ordering::Release);
-            self.notify.notify_waiters();
+            self.0.done.store(true, Ordering::Release);
+            self.0.notify.notify_waiters();
         }
     }
 }
@@ -248,13 +264,12 @@ impl PubSubBasic for KafkaQueue {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500");
         let regex = topic_regex(ns, &spec.pattern);
+        let assigned = Arc::new(Assigned::default());
         let consumer = {
+            let context = AssignContext(assigned.clone());
             let existing = existing.clone();
             blocking(move || -> Result<PsConsumer, rdkafka::error::KafkaError> {
-                let consumer: PsConsumer = config.create_with_context(AssignContext {
-                    assigned: AtomicBool::new(false),
-                    notify: Notify::new(),
-                })?;
+                let consumer: PsConsumer = config.create_with_context(context)?;
                 // A new group starts at the end of what exists.
                 let mut tpl = TopicPartitionList::new();
                 for (name, count) in &existing {
@@ -285,7 +300,6 @@ impl PubSubBasic for KafkaQueue {
             .await?
             .map_err(|e| self.unavailable(e))?
         };
-        let consumer = Arc::new(consumer);
         let pattern = spec.pattern.clone();
         let since_ms = spec.queue_group.is_none().then_some(spec.since_ms);
         let commits = spec.queue_group.is_some();
@@ -293,8 +307,9 @@ impl PubSubBasic for KafkaQueue {
         let ns_owned = ns.to_string();
         let admin = self.admin()?;
         let lost = super::kv::unavailable(&self.name, "the brokers ended the subscription");
+        // The forwarder owns the consumer: it alone drops it, off the async
+        // threads (closing a consumer blocks).
         let forwarder = {
-            let consumer = consumer.clone();
             let group_id = group_id.clone();
             Forwarder::spawn(&spec.runtime, move |mut stop| async move {
                 let mut pending = Pending {
@@ -373,20 +388,12 @@ impl PubSubBasic for KafkaQueue {
         // Once partitions are assigned, events published from now on are
         // this member's or another member's; with no topic yet there is
         // nothing to wait for.
-        if !existing.is_empty() {
-            let context = consumer.context();
-            let wait = async {
-                loop {
-                    let notified = context.notify.notified();
-                    if context.assigned.load(Ordering::Acquire) {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
-            if tokio::time::timeout(ASSIGN_WAIT, wait).await.is_err() {
-                tracing::warn!(group = %group_id, "kafka group assigned no partitions in time");
-            }
+        if !existing.is_empty()
+            && tokio::time::timeout(ASSIGN_WAIT, assigned.wait())
+                .await
+                .is_err()
+        {
+            tracing::warn!(group = %group_id, "kafka group assigned no partitions in time");
         }
         Ok(Box::new(forwarder))
     }

@@ -42,6 +42,14 @@ pub fn epoch_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A wall-clock time in ms since the Unix epoch, as a protobuf Timestamp.
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
 /// The kinds of backend Prism can talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

@@ -58,10 +58,7 @@ impl Event {
             topic: self.topic.clone(),
             payload: self.payload.clone(),
             metadata: self.metadata.clone(),
-            timestamp: Some(prost_types::Timestamp {
-                seconds: self.timestamp_ms.div_euclid(1000),
-                nanos: (self.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-            }),
+            timestamp: Some(crate::backends::timestamp_ms(self.timestamp_ms)),
             correlation_id: self.correlation_id.clone(),
             reply_to: self.reply_to.clone(),
             subscription_id: subscription_id.to_string(),

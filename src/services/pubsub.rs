@@ -184,7 +184,8 @@ impl PubSubApi {
         }
     }
 
-    fn registry(&self) -> &PubSubSubscriptions {
+    /// The gateway's PubSub subscriptions.
+    fn subs(&self) -> &PubSubSubscriptions {
         &self.subscriptions.pubsub
     }
 
@@ -199,6 +200,12 @@ impl PubSubApi {
             backend,
             pubsub,
         })
+    }
+
+    /// The hot-path check of a request, by its token field or header.
+    fn call<T>(&self, request: &Request<T>, field: fn(&T) -> &String) -> Result<Call, Status> {
+        self.authorize(session_token(field(request.get_ref()), request))
+            .map_err(status)
     }
 
     fn event(&self, req: pb::PublishRequest) -> Result<Event, Error> {
@@ -281,16 +288,14 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let call = self
-            .authorize(session_token(&request.get_ref().session_token, &request))
-            .map_err(status)?;
+        let call = self.call(&request, |r| &r.session_token)?;
         let req = request.into_inner();
         let received = req.encoded_len();
         let guard = call.entry.begin_operation(false).map_err(status)?;
         let partitions = call.partitions().map_err(status)?;
         let event = self.event(req).map_err(status)?;
         let count = self
-            .registry()
+            .subs()
             .count(call.ns(), &call.backend.name, &event.topic);
         let result = call
             .pubsub
@@ -306,10 +311,7 @@ impl PubSubService for PubSubApi {
         result.map_err(status)?;
         let response = pb::PublishResponse {
             event_id: event.id,
-            published_at: Some(prost_types::Timestamp {
-                seconds: event.timestamp_ms.div_euclid(1000),
-                nanos: (event.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-            }),
+            published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),
             subscriber_count: count.min(i32::MAX as usize) as i32,
         };
         call.entry.record_request(received, response.encoded_len());
@@ -322,9 +324,7 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let call = self
-            .authorize(session_token(&request.get_ref().session_token, &request))
-            .map_err(status)?;
+        let call = self.call(&request, |r| &r.session_token)?;
         let req = request.into_inner();
         let spec = self.spec(&call, &req).map_err(status)?;
         let options = req.options.unwrap_or_default();
@@ -355,7 +355,7 @@ impl PubSubService for PubSubApi {
             guard,
             *self.registry.clock(),
         ));
-        self.registry().start(shared.clone(), &self.pool.next());
+        self.subs().start(shared.clone(), &self.pool.next());
         let ready = tokio::time::timeout(SUBSCRIBE_WAIT, shared.ready()).await;
         let outcome = match ready {
             Ok(result) => result,
@@ -378,12 +378,10 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
-        let call = self
-            .authorize(session_token(&request.get_ref().session_token, &request))
-            .map_err(status)?;
+        let call = self.call(&request, |r| &r.session_token)?;
         let req = request.into_inner();
         let entry = self
-            .registry()
+            .subs()
             .get(&req.subscription_id)
             .filter(|e| e.shared.entry.id == call.entry.id)
             .ok_or_else(|| {
@@ -411,11 +409,9 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let call = self
-            .authorize(session_token(&request.get_ref().session_token, &request))
-            .map_err(status)?;
+        let call = self.call(&request, |r| &r.session_token)?;
         let subscriptions = self
-            .registry()
+            .subs()
             .for_session(&call.entry.id)
             .iter()
             .map(|s| s.to_proto())

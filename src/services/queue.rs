@@ -138,10 +138,7 @@ fn published(topic: &str, p: &queue::Published) -> pb::PublishResponse {
         message_id: message_id(topic, p.partition, p.offset),
         offset: p.offset,
         partition: p.partition,
-        timestamp: Some(prost_types::Timestamp {
-            seconds: p.timestamp_ms.div_euclid(1000),
-            nanos: (p.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        timestamp: Some(crate::backends::timestamp_ms(p.timestamp_ms)),
     }
 }
 

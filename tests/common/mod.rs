@@ -225,6 +225,28 @@ impl TestGateway {
     }
 }
 
+/// A CreateSession with an API key and an inline config: `pattern` on the
+/// configured backend `backend`.
+pub fn inline_request(
+    key: &str,
+    pattern: prism::proto::config::v1::AccessPattern,
+    backend: &str,
+) -> CreateSessionRequest {
+    use prism::proto::config::v1 as cfg;
+    CreateSessionRequest {
+        auth: Some(Auth::ApiKey(key.to_string())),
+        config: Some(Config::InlineConfig(cfg::ClientConfig {
+            pattern: pattern as i32,
+            backend: Some(cfg::BackendConfig {
+                name: backend.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 pub fn api_key_request(key: &str, config_name: &str) -> CreateSessionRequest {
     CreateSessionRequest {
         auth: Some(Auth::ApiKey(key.to_string())),

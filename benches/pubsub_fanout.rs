@@ -1,0 +1,203 @@
+//! PubSub fan-out benchmark (not a test): one publisher, many subscribers on
+//! the memory backend, all through the gateway's gRPC endpoint on loopback.
+//! Reports events delivered per second, delivery latency (publish call
+//! start to receipt by the subscriber, p50/p99/max) and what went missing.
+//!
+//! Run: `cargo bench --bench pubsub_fanout`. Bounded in count and time:
+//! `PRISM_BENCH_SUBSCRIBERS` (default 1000), `PRISM_BENCH_EVENTS` (default
+//! 1000), `PRISM_BENCH_CONNECTIONS` (subscriber HTTP/2 connections, default
+//! 10); the run stops after 120 s whatever happens.
+
+use std::{sync::Arc, time::Duration};
+
+use prism::{
+    config::{GatewayConfig, Source},
+    proto::{
+        pubsub::v1::{self as pb, pub_sub_service_client::PubSubServiceClient},
+        session::v1::{
+            create_session_request::{Auth, Config},
+            session_service_client::SessionServiceClient,
+            CreateSessionRequest,
+        },
+    },
+    runtime::block_on_multi_thread,
+    server::{self, Gateway, Listeners},
+};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+const KEY: &str = "bench-key";
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(buffer: usize) -> GatewayConfig {
+    let yaml = format!(
+        r#"
+server: {{ shutdown_grace: 2s }}
+backends:
+  memory: {{ type: memory }}
+namespaces:
+  bench:
+    allowed_backends: [memory]
+    allowed_patterns: [pubsub]
+    api_keys: [{{ name: bench, sha256: "{key}" }}]
+    pubsub: {{ buffer: {buffer}, overflow: drop_oldest }}
+configs:
+  events: {{ namespace: bench, pattern: pubsub, backend: memory }}
+"#,
+        key = prism::auth::api_key_digest(KEY)
+    );
+    GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).expect("bench config")
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to the gateway")
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn main() {
+    let subscribers = env("PRISM_BENCH_SUBSCRIBERS", 1000);
+    let events = env("PRISM_BENCH_EVENTS", 1000);
+    let connections = env("PRISM_BENCH_CONNECTIONS", 10).max(1);
+    block_on_multi_thread(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A buffer per subscription that holds the whole run: any drop
+        // would be the gateway's doing, and is reported.
+        let gateway = Arc::new(Gateway::start(config(events.max(16))).expect("gateway starts"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::run(
+            gateway.clone(),
+            Listeners {
+                grpc: listener,
+                admin: None,
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        let control = connect(addr).await;
+        let token = SessionServiceClient::new(control.clone())
+            .create_session(CreateSessionRequest {
+                auth: Some(Auth::ApiKey(KEY.into())),
+                config: Some(Config::ConfigName("events".into())),
+                ..Default::default()
+            })
+            .await
+            .expect("session")
+            .into_inner()
+            .session_token;
+
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            channels.push(connect(addr).await);
+        }
+        let base = Instant::now();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let mut tasks = Vec::with_capacity(subscribers);
+        for i in 0..subscribers {
+            let mut client = PubSubServiceClient::new(channels[i % connections].clone());
+            let mut stream = client
+                .subscribe(pb::SubscribeRequest {
+                    session_token: token.clone(),
+                    topic_pattern: "bench.>".into(),
+                    options: Some(pb::SubscriptionOptions {
+                        max_messages: Some(events as i32),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect("subscribe")
+                .into_inner();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(events);
+                let mut last = base;
+                while let Ok(Ok(Some(event))) =
+                    tokio::time::timeout_at(deadline, stream.message()).await
+                {
+                    let sent = u64::from_be_bytes(event.payload[..8].try_into().unwrap());
+                    last = Instant::now();
+                    let now = last.duration_since(base).as_nanos() as u64;
+                    latencies.push(now.saturating_sub(sent) / 1000);
+                }
+                (latencies, last)
+            }));
+        }
+        println!(
+            "{subscribers} subscribers on {connections} connections, {events} events, one publisher"
+        );
+
+        let mut publisher = PubSubServiceClient::new(control.clone());
+        let started = Instant::now();
+        let mut counted = 0u64;
+        for _ in 0..events {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let sent = base.elapsed().as_nanos() as u64;
+            let mut payload = sent.to_be_bytes().to_vec();
+            payload.resize(64, 0);
+            let r = publisher
+                .publish(pb::PublishRequest {
+                    session_token: token.clone(),
+                    topic: "bench.tick".into(),
+                    payload,
+                    ..Default::default()
+                })
+                .await
+                .expect("publish");
+            counted += r.into_inner().subscriber_count as u64;
+        }
+        let published_in = started.elapsed();
+
+        let mut latencies = Vec::with_capacity(subscribers * events);
+        let mut last = started;
+        for task in tasks {
+            let (l, t) = task.await.unwrap();
+            latencies.extend(l);
+            last = last.max(t);
+        }
+        let delivered = latencies.len() as u64;
+        latencies.sort_unstable();
+        let elapsed = last.duration_since(started).as_secs_f64();
+        println!(
+            "published {events} events in {:.2}s ({:.0} publishes/s); subscriber_count summed {counted}",
+            published_in.as_secs_f64(),
+            events as f64 / published_in.as_secs_f64()
+        );
+        println!(
+            "delivered {delivered} of {} ({} missing) in {elapsed:.2}s: {:.0} events/s",
+            subscribers * events,
+            (subscribers * events) as u64 - delivered,
+            delivered as f64 / elapsed
+        );
+        println!(
+            "delivery latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            percentile(&latencies, 0.50) as f64 / 1000.0,
+            percentile(&latencies, 0.99) as f64 / 1000.0,
+            latencies.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    });
+}
