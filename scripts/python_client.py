@@ -10,8 +10,9 @@ It opens a session with the development key and the `user-profiles` config,
 then Set/Get/Exists/Delete a key, checks the errors a client must be able to
 read (ErrorInfo reason and domain), and closes the session; then, on the
 `events` config, subscribes to a wildcard pattern and receives what it
-publishes (PubSub, from the spec's own protobuf). Exit status 0 means every
-check held.
+publishes (PubSub); and on `orders-db` pages, counts and gets the demo
+orders (Reader), all from the spec's own protobuf. Exit status 0 means
+every check held.
 """
 
 import importlib
@@ -30,6 +31,7 @@ PROTOS = [
     "prism/session/v1/session.proto",
     "prism/keyvalue/v1/keyvalue.proto",
     "prism/pubsub/v1/pubsub.proto",
+    "prism/reader/v1/reader.proto",
 ]
 
 
@@ -113,7 +115,43 @@ def main() -> None:
         print(f"after close: {err.code().name} {error_reason(err)}")
 
     check_pubsub(channel, session_pb2, sessions)
+    check_reader(channel, session_pb2, sessions)
     print("ok")
+
+
+def check_reader(channel, session_pb2, sessions) -> None:
+    reader_pb2 = importlib.import_module("prism.reader.v1.reader_pb2")
+    reader_grpc = importlib.import_module("prism.reader.v1.reader_pb2_grpc")
+    from google.protobuf import struct_pb2
+    reader = reader_grpc.ReaderServiceStub(channel)
+    token = sessions.CreateSession(session_pb2.CreateSessionRequest(
+        api_key="prism-dev-key", config_name="orders-db")).session_token
+    pages = list(reader.Read(reader_pb2.ReadRequest(
+        session_token=token, collection="orders", page_size=2,
+        sort=[reader_pb2.Sort(field="amount", direction=reader_pb2.Sort.DIRECTION_DESC)])))
+    amounts = [r.fields["amount"].number_value for p in pages for r in p.rows]
+    assert amounts == sorted(amounts, reverse=True) and len(amounts) >= 3, amounts
+    assert pages[0].has_more and pages[0].next_cursor and not pages[-1].has_more, pages
+    alice = reader_pb2.Filter(field=reader_pb2.FieldFilter(
+        field="customer", op=reader_pb2.FieldFilter.OPERATOR_EQUALS,
+        value=struct_pb2.Value(string_value="alice")))
+    count = reader.Count(reader_pb2.CountRequest(session_token=token, collection="orders",
+                                                 filter=alice)).count
+    assert count >= 2, count
+    got = reader.Get(reader_pb2.GetRequest(session_token=token, collection="orders", id="1"))
+    assert got.found and got.row.fields["customer"].string_value == "alice", got
+    try:
+        reader.Count(reader_pb2.CountRequest(session_token=token, collection="orders",
+                                             filter=reader_pb2.Filter(field=reader_pb2.FieldFilter(
+                                                 field="id; DROP TABLE orders",
+                                                 op=reader_pb2.FieldFilter.OPERATOR_EQUALS,
+                                                 value=struct_pb2.Value(number_value=1)))))
+        sys.exit("an unknown field must fail")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        print(f"reader: {len(amounts)} orders in {len(pages)} pages; unknown field: "
+              f"{err.code().name} {error_reason(err)}")
+    sessions.CloseSession(session_pb2.CloseSessionRequest(session_token=token))
 
 
 def check_pubsub(channel, session_pb2, sessions) -> None:

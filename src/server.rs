@@ -21,7 +21,7 @@ use crate::{
     proto,
     services::{
         config::ConfigApi, keyvalue::KeyValueApi, pubsub::PubSubApi, queue::QueueApi,
-        session::SessionApi,
+        reader::ReaderApi, session::SessionApi,
     },
     session::{Clock, SessionRegistry, Sessions},
 };
@@ -199,6 +199,7 @@ pub async fn run(
         keyvalue::v1::key_value_service_server::KeyValueServiceServer,
         pubsub::v1::pub_sub_service_server::PubSubServiceServer,
         queue::v1::queue_service_server::QueueServiceServer,
+        reader::v1::reader_service_server::ReaderServiceServer,
         session::v1::session_service_server::SessionServiceServer,
     };
     health_reporter
@@ -215,6 +216,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<PubSubServiceServer<PubSubApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ReaderServiceServer<ReaderApi>>()
         .await;
     let readiness = tokio::spawn(report_readiness(
         gateway.clone(),
@@ -282,6 +286,15 @@ pub async fn run(
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+        )
+        .add_service(
+            ReaderServiceServer::new(ReaderApi::new(
+                gateway.registry.clone(),
+                gateway.backends.clone(),
+                &gateway.config,
+            ))
+            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
@@ -329,6 +342,9 @@ pub async fn run(
             .await;
         health_reporter
             .set_not_serving::<PubSubServiceServer<PubSubApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<ReaderServiceServer<ReaderApi>>()
             .await;
         let _ = stop_tx.send(true);
         result = match tokio::time::timeout(grace, &mut grpc).await {

@@ -30,6 +30,7 @@ fn health_reports_serving() {
             "prism.keyvalue.v1.KeyValueService",
             "prism.queue.v1.QueueService",
             "prism.pubsub.v1.PubSubService",
+            "prism.reader.v1.ReaderService",
         ] {
             let status = health
                 .check(HealthCheckRequest {
@@ -44,7 +45,7 @@ fn health_reports_serving() {
         // Data services are not registered until they work end to end.
         let err = health
             .check(HealthCheckRequest {
-                service: "prism.reader.v1.ReaderService".into(),
+                service: "prism.transact.v1.TransactService".into(),
             })
             .await
             .unwrap_err();

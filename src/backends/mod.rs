@@ -27,9 +27,11 @@ pub mod pg_queue;
 pub mod postgres;
 pub mod pubsub;
 pub mod queue;
+pub mod reader;
 pub mod redis;
 pub mod redis_pubsub;
 pub mod sql;
+pub mod sql_reader;
 pub mod sqlite;
 
 pub use health::{Health, HealthState};
@@ -98,6 +100,7 @@ impl BackendKind {
             [
                 sql::SqlKv::KV_INTERFACES,
                 pg_queue::PgQueue::QUEUE_INTERFACES,
+                sql::SqlKv::READER_INTERFACES,
             ]
             .concat()
         });
@@ -122,10 +125,13 @@ impl BackendKind {
             ]
             .concat()
         });
+        static SQLITE: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
+            [sql::SqlKv::KV_INTERFACES, sql::SqlKv::READER_INTERFACES].concat()
+        });
         match self {
             BackendKind::Memory => &MEMORY,
             BackendKind::Postgres => &POSTGRES,
-            BackendKind::Sqlite => sql::SqlKv::KV_INTERFACES,
+            BackendKind::Sqlite => &SQLITE,
             BackendKind::Redis => &REDIS,
             BackendKind::Nats => &NATS,
             BackendKind::Kafka => &KAFKA,
@@ -359,6 +365,14 @@ impl Client {
         }
     }
 
+    /// The Reader surface, where the backend has one.
+    pub fn reader(&self) -> Option<reader::ReaderHandle> {
+        match self {
+            Client::Sql(s, _) => Some(s.reader_handle()),
+            _ => None,
+        }
+    }
+
     /// The KeyValue surface, where the backend has one.
     pub fn kv(&self) -> Option<kv::KvHandle> {
         match self {
@@ -380,6 +394,7 @@ pub struct Backend {
     pub kv: Option<kv::KvHandle>,
     pub queue: Option<queue::QueueHandle>,
     pub pubsub: Option<pubsub::PubSubHandle>,
+    pub reader: Option<reader::ReaderHandle>,
     pub health: Arc<Health>,
 }
 
@@ -407,6 +422,7 @@ impl Backends {
                         None => url,
                     };
                     let mut kv = sqlite::open(name, &url, &spec.pool)?;
+                    kv.init_sql = spec.init_sql.clone();
                     kv.dir = spec
                         .path
                         .as_ref()
@@ -416,7 +432,8 @@ impl Backends {
                     Some(Client::Sql(Arc::new(kv), None))
                 }
                 BackendKind::Postgres => {
-                    let kv = postgres::open(name, &url, &spec.pool)?;
+                    let mut kv = postgres::open(name, &url, &spec.pool)?;
+                    kv.init_sql = spec.init_sql.clone();
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }
@@ -433,6 +450,7 @@ impl Backends {
             let kv = client.as_ref().and_then(Client::kv);
             let queue = client.as_ref().and_then(Client::queue);
             let pubsub = client.as_ref().and_then(Client::pubsub);
+            let reader = client.as_ref().and_then(Client::reader);
             by_name.insert(
                 name.clone(),
                 Arc::new(Backend {
@@ -443,6 +461,7 @@ impl Backends {
                     kv,
                     queue,
                     pubsub,
+                    reader,
                     health: Arc::new(Health::new()),
                 }),
             );

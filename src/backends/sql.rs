@@ -43,6 +43,10 @@ pub struct SqlKv {
     pub dir: Option<std::path::PathBuf>,
     /// Set once the schema exists; until then calls are UNAVAILABLE.
     migrated: AtomicBool,
+    /// Reader collections' tables, learned on first use (`sql_reader.rs`).
+    pub(super) schemas: dashmap::DashMap<String, std::sync::Arc<super::reader::TableSchema>>,
+    /// Statements run after the schema is created (the backend's `init_sql`).
+    pub init_sql: Vec<String>,
 }
 
 crate::kv_interfaces!(SqlKv: basic, scan, ttl, batch, cas, transactional);
@@ -57,6 +61,8 @@ impl SqlKv {
             pool,
             dir: None,
             migrated: AtomicBool::new(false),
+            schemas: dashmap::DashMap::new(),
+            init_sql: Vec::new(),
         }
     }
 
@@ -76,7 +82,11 @@ impl SqlKv {
             Dialect::Postgres => postgres::DDL,
             Dialect::Sqlite => sqlite::DDL,
         };
-        for statement in ddl {
+        for statement in ddl
+            .iter()
+            .copied()
+            .chain(self.init_sql.iter().map(String::as_str))
+        {
             sqlx::query(statement)
                 .execute(&mut *tx)
                 .await

@@ -124,6 +124,9 @@ pub struct ServerConfig {
     pub supervision_interval: Duration,
     /// TLS for the gRPC listener; with `client_ca_file`, mutual TLS.
     pub tls: Option<TlsSpec>,
+    /// Key that signs Reader cursors; gateways sharing one accept each
+    /// other's cursors. Absent: a random key per process.
+    pub cursor_secret: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +138,7 @@ impl Default for ServerConfig {
             actor_threads: None,
             supervision_interval: Duration::from_secs(1),
             tls: None,
+            cursor_secret: None,
         }
     }
 }
@@ -162,6 +166,10 @@ pub struct BackendSpec {
     /// Connections, health checks and reconnection.
     #[serde(default)]
     pub pool: PoolSpec,
+    /// SQL statements run at connect, after Prism's own tables (e.g. to
+    /// create a collection's table; make them idempotent).
+    #[serde(default)]
+    pub init_sql: Vec<String>,
 }
 
 /// How a backend's pool actor manages its connections.
@@ -248,8 +256,8 @@ impl Pattern {
     /// for it opens but its API answers `UNIMPLEMENTED`.
     pub fn served(self) -> bool {
         match self {
-            Pattern::KeyValue | Pattern::Queue | Pattern::Pubsub => true,
-            Pattern::Reader | Pattern::Transact => false,
+            Pattern::KeyValue | Pattern::Queue | Pattern::Pubsub | Pattern::Reader => true,
+            Pattern::Transact => false,
         }
     }
 }
@@ -275,6 +283,43 @@ pub struct NamespaceSpec {
     pub api_keys: Vec<ApiKeySpec>,
     #[serde(default)]
     pub pubsub: PubSubPolicy,
+    /// Reader collections: name → table on one of the namespace's backends.
+    #[serde(default)]
+    pub collections: BTreeMap<String, CollectionSpec>,
+}
+
+/// A table the Reader API exposes as a collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSpec {
+    /// A SQL backend of the namespace.
+    pub backend: String,
+    pub table: String,
+    /// The id column (Get, and the paging tiebreaker).
+    #[serde(default = "CollectionSpec::default_id")]
+    pub id: String,
+    #[serde(default = "CollectionSpec::default_page_size")]
+    pub default_page_size: usize,
+    #[serde(default = "CollectionSpec::default_max_page_size")]
+    pub max_page_size: usize,
+    /// A page stops growing past this many bytes of row data.
+    #[serde(default = "CollectionSpec::default_max_page_bytes")]
+    pub max_page_bytes: usize,
+}
+
+impl CollectionSpec {
+    fn default_id() -> String {
+        "id".into()
+    }
+    fn default_page_size() -> usize {
+        100
+    }
+    fn default_max_page_size() -> usize {
+        1000
+    }
+    fn default_max_page_bytes() -> usize {
+        4 * 1024 * 1024
+    }
 }
 
 /// How a namespace's PubSub subscriptions buffer events.

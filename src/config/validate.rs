@@ -243,6 +243,53 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(&subject, "session.max_sessions must be at least 1");
         }
+        for (name, c) in &ns.collections {
+            let what = format!("collection `{name}`");
+            if !ns.allowed_backends.contains(&c.backend) {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("{what}: backend `{}` is not in allowed_backends", c.backend),
+                );
+            } else if cfg
+                .backends
+                .get(&c.backend)
+                .is_some_and(|b| !b.kind.has(crate::backends::Interface::ReaderPaged))
+            {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!(
+                        "{what}: backend `{}` does not implement reader_paged",
+                        c.backend
+                    ),
+                );
+            }
+            if c.table.is_empty() || c.id.is_empty() {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("{what}: `table` and `id` must not be empty"),
+                );
+            }
+            if c.max_page_size == 0
+                || c.default_page_size == 0
+                || c.default_page_size > c.max_page_size
+            {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("{what}: need 1 <= default_page_size <= max_page_size"),
+                );
+            }
+            if c.max_page_bytes < 1024 {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("{what}: max_page_bytes must be at least 1024"),
+                );
+            }
+        }
         if !(1..=1_000_000).contains(&ns.pubsub.buffer) {
             ok = false;
             r.fail(&subject, "pubsub.buffer must be 1 to 1000000 events");

@@ -830,6 +830,7 @@ mod tests {
             kv: Some(kv.clone()),
             queue: None,
             pubsub: None,
+            reader: None,
             health: Arc::new(Health::new()),
         };
         assert!(require(&kv, &backend, Interface::KeyValueScan, |k| k.scan.as_ref()).is_ok());

@@ -17,6 +17,7 @@ pub mod config;
 pub mod keyvalue;
 pub mod pubsub;
 pub mod queue;
+pub mod reader;
 pub mod session;
 
 /// The header that may carry the session token instead of the field.
