@@ -50,6 +50,8 @@ fn seed_sql(backend: &str, table: &str) -> Vec<String> {
         create,
         fill,
         format!("CREATE INDEX {table}_score ON {table} (score, id)"),
+        // Planner statistics, as a table in service would have.
+        format!("ANALYZE {table}"),
     ]
 }
 

@@ -389,7 +389,15 @@ impl ReaderPaged for SqlKv {
             .iter()
             .map(|(i, _)| *i)
             .chain(plan.select.iter().copied())
-            .map(|i| read_expr(self.dialect, &schema.columns[i], &schema.sql_types[i]))
+            .enumerate()
+            // Aliased: an output named like a column would capture that
+            // name in ORDER BY (Postgres) and defeat its index.
+            .map(|(n, i)| {
+                format!(
+                    "{} AS prism_c{n}",
+                    read_expr(self.dialect, &schema.columns[i], &schema.sql_types[i])
+                )
+            })
             .collect();
         let mut wheres = Vec::new();
         if let Some(cond) = &plan.filter {
