@@ -6,7 +6,8 @@
 //! Run: `cargo bench --bench pubsub_fanout`. Bounded in count and time:
 //! `PRISM_BENCH_SUBSCRIBERS` (default 1000), `PRISM_BENCH_EVENTS` (default
 //! 1000), `PRISM_BENCH_CONNECTIONS` (subscriber HTTP/2 connections, default
-//! 10); the run stops after 120 s whatever happens.
+//! 10); the run stops after 120 s whatever happens. Under `cargo test` it
+//! makes a small smoke run (20 subscribers, 50 events).
 
 use std::{sync::Arc, time::Duration};
 
@@ -74,8 +75,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
-    let subscribers = env("PRISM_BENCH_SUBSCRIBERS", 1000);
-    let events = env("PRISM_BENCH_EVENTS", 1000);
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and
+    // then a small smoke run proves the benchmark still works.
+    let full = std::env::args().any(|a| a == "--bench");
+    let subscribers = env("PRISM_BENCH_SUBSCRIBERS", if full { 1000 } else { 20 });
+    let events = env("PRISM_BENCH_EVENTS", if full { 1000 } else { 50 });
     let connections = env("PRISM_BENCH_CONNECTIONS", 10).max(1);
     block_on_multi_thread(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,8 @@
 //! page by OFFSET (Query's `offset`). Reports median and p90 over
 //! `PRISM_BENCH_RUNS` (default 30) fetches of one 100-row page.
 //!
-//! Run: `cargo bench --bench reader_paging`.
+//! Run: `cargo bench --bench reader_paging`. Under `cargo test` it makes a
+//! smoke run over 1,000 rows (page 10 instead of 500).
 
 use std::time::Duration;
 
@@ -27,21 +28,30 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 const KEY: &str = "bench-key";
-const ROWS: i64 = 100_000;
+/// Rows in the table; a smoke run under `cargo test` (no --bench) uses
+/// far fewer.
+fn rows() -> i64 {
+    if std::env::args().any(|a| a == "--bench") {
+        100_000
+    } else {
+        1_000
+    }
+}
 const PAGE: i32 = 100;
 
 fn seed_sql(backend: &str, table: &str) -> Vec<String> {
+    let rows = rows();
     let (create, fill) = match backend {
         "postgres" => (
             format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, name TEXT NOT NULL, score INTEGER NOT NULL)"),
             format!(
-                "INSERT INTO {table} SELECT g, 'item-' || g, (g * 37) % 1009 FROM generate_series(1, {ROWS}) g"
+                "INSERT INTO {table} SELECT g, 'item-' || g, (g * 37) % 1009 FROM generate_series(1, {rows}) g"
             ),
         ),
         _ => (
             format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score INTEGER NOT NULL)"),
             format!(
-                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {ROWS}) \
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
                  INSERT INTO {table} SELECT x, 'item-' || x, (x * 37) % 1009 FROM c"
             ),
         ),
@@ -118,7 +128,7 @@ fn main() {
     let runs: usize = std::env::var("PRISM_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(if rows() > 1_000 { 30 } else { 3 });
     block_on_multi_thread(async move {
         sqlx::any::install_default_drivers();
         let table = format!("prism_bench_{:08x}", rand::random::<u32>());
@@ -181,7 +191,7 @@ configs:
             .connect()
             .await
             .unwrap();
-        println!("{ROWS} rows, pages of {PAGE}, {runs} runs each");
+        println!("{} rows, pages of {PAGE}, {runs} runs each", rows());
         for b in backends {
             let token = SessionServiceClient::new(channel.clone())
                 .create_session(CreateSessionRequest {
@@ -217,7 +227,8 @@ configs:
                     .unwrap()
                     .into_inner();
                 let mut cursor = None;
-                for _ in 0..499 {
+                let deep_page = (rows() / i64::from(PAGE)).min(500) as i32;
+                for _ in 0..deep_page - 1 {
                     cursor = stream.message().await.unwrap().unwrap().next_cursor;
                 }
                 drop(stream);
@@ -227,14 +238,17 @@ configs:
                 for _ in 0..runs {
                     first.push(bench.first_page(bench.read(&sort, None)).await.1);
                     let (page, t) = bench.first_page(bench.read(&sort, cursor.clone())).await;
-                    assert_eq!(page.metadata.unwrap().page_number, 500);
+                    assert_eq!(page.metadata.unwrap().page_number, deep_page);
                     deep.push(t);
-                    offset.push(bench.offset_page(&sort, 499 * PAGE).await);
+                    offset.push(bench.offset_page(&sort, (deep_page - 1) * PAGE).await);
                 }
                 println!("{b:8} {label:13} page 1:   {}", stats(first));
-                println!("{b:8} {label:13} page 500: {} (keyset cursor)", stats(deep));
                 println!(
-                    "{b:8} {label:13} page 500: {} (OFFSET, for contrast)",
+                    "{b:8} {label:13} page {deep_page}: {} (keyset cursor)",
+                    stats(deep)
+                );
+                println!(
+                    "{b:8} {label:13} page {deep_page}: {} (OFFSET, for contrast)",
                     stats(offset)
                 );
             }

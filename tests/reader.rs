@@ -767,3 +767,50 @@ fn hostile_input_gets_clear_errors_and_leaves_the_table_intact() {
         f.finish().await;
     });
 }
+
+#[test]
+fn closing_the_session_ends_a_read_at_its_next_page() {
+    block_on_multi_thread(async {
+        let f = Fixture::start().await;
+        for b in BACKENDS {
+            let r = f.client(b).await;
+            // A 64 KiB window: the gateway runs ahead by a few pages only.
+            let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", f.gw.addr))
+                .unwrap()
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .connect()
+                .await
+                .unwrap();
+            let mut stream = ReaderServiceClient::new(narrow)
+                .read(r.read_request(10, vec![], None))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(stream.message().await.unwrap().is_some(), "{b}");
+            f.gw.sessions()
+                .close_session(prism::proto::session::v1::CloseSessionRequest {
+                    session_token: r.token.clone(),
+                    force: true,
+                })
+                .await
+                .unwrap();
+            let mut pages = 1;
+            let err = loop {
+                match stream.message().await {
+                    Ok(Some(_)) => pages += 1,
+                    Ok(None) => panic!("{b}: all {pages} pages came after the session closed"),
+                    Err(status) => break status,
+                }
+            };
+            assert!(pages < 100, "{b}");
+            assert_error(
+                &err,
+                Code::Unauthenticated,
+                "SESSION_CLOSED",
+                Service::Reader,
+            );
+        }
+        f.finish().await;
+    });
+}

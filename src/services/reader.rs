@@ -139,6 +139,17 @@ impl ReaderApi {
     }
 }
 
+/// A stream stops at its next page or chunk once its session has ended.
+fn session_open(entry: &SessionEntry) -> Result<(), Error> {
+    if entry.state().is_ended() {
+        return Err(Error::unauthenticated(
+            "SESSION_CLOSED",
+            "the session ended; open a new session and read again",
+        ));
+    }
+    Ok(())
+}
+
 fn page_size(requested: i32, spec: &CollectionSpec) -> Result<usize, Error> {
     match requested {
         n if n < 0 => Err(Error::invalid_argument(
@@ -209,6 +220,10 @@ impl ReaderService for ReaderApi {
         let pages = futures::stream::unfold(state, |mut st| async move {
             if st.done {
                 return None;
+            }
+            if let Err(e) = session_open(&st.call.entry) {
+                st.done = true;
+                return Some((Err(status(e)), st));
             }
             let fetched = st
                 .call
@@ -327,6 +342,10 @@ impl ReaderService for ReaderApi {
             if st.exhausted {
                 return None;
             }
+            if let Err(e) = session_open(&st.call.entry) {
+                st.left = 0;
+                return Some((Err(status(e)), st));
+            }
             // The next chunk, only now that the previous one was taken.
             let want = (chunk as u64).min(st.left) as usize;
             let fetched = st
@@ -379,8 +398,10 @@ impl ReaderService for ReaderApi {
             .count(&target.schema, cond.as_ref())
             .await
             .map_err(status)?;
-        call.entry.record_request(req.encoded_len(), 9);
-        Ok(Response::new(pb::CountResponse { count }))
+        let response = pb::CountResponse { count };
+        call.entry
+            .record_request(req.encoded_len(), response.encoded_len());
+        Ok(Response::new(response))
     }
 
     async fn get(
