@@ -290,6 +290,7 @@ impl Client {
                 if let Some(q) = queue.as_ref().filter(|q| !q.is_migrated()) {
                     q.migrate().await?;
                 }
+                s.learn_collections().await;
                 s.ping().await
             }
             Client::Redis(r) => {
@@ -384,6 +385,18 @@ impl Client {
     }
 }
 
+/// The Reader collections configured on backend `name`: (collection,
+/// table, id column).
+fn collections_on(config: &GatewayConfig, name: &str) -> Vec<(String, String, String)> {
+    config
+        .namespaces
+        .values()
+        .flat_map(|ns| ns.collections.iter())
+        .filter(|(_, c)| c.backend == name)
+        .map(|(n, c)| (n.clone(), c.table.clone(), c.id.clone()))
+        .collect()
+}
+
 /// One configured backend.
 pub struct Backend {
     pub name: String,
@@ -423,6 +436,7 @@ impl Backends {
                     };
                     let mut kv = sqlite::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
+                    kv.collections = collections_on(config, name);
                     kv.dir = spec
                         .path
                         .as_ref()
@@ -434,6 +448,7 @@ impl Backends {
                 BackendKind::Postgres => {
                     let mut kv = postgres::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
+                    kv.collections = collections_on(config, name);
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }

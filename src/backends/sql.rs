@@ -43,10 +43,14 @@ pub struct SqlKv {
     pub dir: Option<std::path::PathBuf>,
     /// Set once the schema exists; until then calls are UNAVAILABLE.
     migrated: AtomicBool,
-    /// Reader collections' tables, learned on first use (`sql_reader.rs`).
+    /// Reader collections' tables by collection and table, learned at
+    /// connect or on first use (`sql_reader.rs`).
     pub(super) schemas: dashmap::DashMap<String, std::sync::Arc<super::reader::TableSchema>>,
     /// Statements run after the schema is created (the backend's `init_sql`).
     pub init_sql: Vec<String>,
+    /// Reader collections on this backend: (collection, table, id column),
+    /// learned at connect.
+    pub collections: Vec<(String, String, String)>,
 }
 
 crate::kv_interfaces!(SqlKv: basic, scan, ttl, batch, cas, transactional);
@@ -63,6 +67,7 @@ impl SqlKv {
             migrated: AtomicBool::new(false),
             schemas: dashmap::DashMap::new(),
             init_sql: Vec::new(),
+            collections: Vec::new(),
         }
     }
 

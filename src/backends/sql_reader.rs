@@ -253,14 +253,20 @@ fn decode(row: &AnyRow, idx: usize, kind: Kind) -> Result<Value, sqlx::Error> {
     Ok(value.map_or_else(null, |k| Value { kind: Some(k) }))
 }
 
-fn key_of(value: &Value) -> KeyValue {
-    match &value.kind {
-        Some(V::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => KeyValue::Int(*n as i64),
-        Some(V::NumberValue(n)) => KeyValue::Float(*n),
-        Some(V::BoolValue(b)) => KeyValue::Bool(*b),
-        Some(V::StringValue(s)) => KeyValue::Text(s.clone()),
-        _ => KeyValue::Text(String::new()),
-    }
+/// Column `idx` of `row` as an order key: exact (integers stay i64, never
+/// pass through a float), so keyset paging never skips or repeats a row.
+fn key_of(row: &AnyRow, idx: usize, kind: Kind) -> Result<KeyValue, sqlx::Error> {
+    Ok(match kind {
+        Kind::Int => KeyValue::Int(row.try_get::<i64, _>(idx)?),
+        Kind::Float => KeyValue::Float(row.try_get::<f64, _>(idx)?),
+        Kind::Bool => match row.try_get::<bool, _>(idx) {
+            Ok(b) => KeyValue::Bool(b),
+            Err(_) => KeyValue::Bool(row.try_get::<i64, _>(idx)? != 0),
+        },
+        Kind::Text | Kind::Timestamp | Kind::Json | Kind::Bytes => {
+            KeyValue::Text(row.try_get::<String, _>(idx)?)
+        }
+    })
 }
 
 fn classify_postgres(data_type: &str) -> Kind {
@@ -303,6 +309,28 @@ fn classify_sqlite(declared: &str) -> Kind {
 }
 
 impl SqlKv {
+    /// Learns every configured collection's table (at connect); a missing
+    /// table is logged, and its calls answer FAILED_PRECONDITION until it
+    /// exists.
+    pub async fn learn_collections(&self) {
+        for (collection, table, id) in &self.collections {
+            match self.schema(collection, table, id).await {
+                Ok(schema) => tracing::info!(
+                    backend = %self.name,
+                    collection = %collection,
+                    columns = schema.columns.len(),
+                    "collection schema learned"
+                ),
+                Err(e) => tracing::warn!(
+                    backend = %self.name,
+                    collection = %collection,
+                    error = %e.message,
+                    "collection not readable yet"
+                ),
+            }
+        }
+    }
+
     async fn learn(&self, table: &str) -> Result<Vec<(Column, String)>, Error> {
         let rows = match self.dialect {
             Dialect::Postgres => sqlx::query(
@@ -350,7 +378,8 @@ impl ReaderPaged for SqlKv {
         table: &str,
         id: &str,
     ) -> Result<Arc<TableSchema>, Error> {
-        if let Some(s) = self.schemas.get(table) {
+        let cache_key = format!("{collection}\u{0}{table}");
+        if let Some(s) = self.schemas.get(&cache_key) {
             return Ok(s.clone());
         }
         let learned = self.learn(table).await?;
@@ -371,7 +400,7 @@ impl ReaderPaged for SqlKv {
         })?;
         schema.sql_types = types;
         let schema = Arc::new(schema);
-        self.schemas.insert(table.to_string(), schema.clone());
+        self.schemas.insert(cache_key, schema.clone());
         Ok(schema)
     }
 
@@ -448,7 +477,7 @@ impl ReaderPaged for SqlKv {
             .map(|row| {
                 let mut key = Vec::with_capacity(keys);
                 for (n, (i, _)) in plan.order.iter().enumerate() {
-                    key.push(key_of(&decode(row, n, schema.columns[*i].kind)?));
+                    key.push(key_of(row, n, schema.columns[*i].kind)?);
                 }
                 let mut fields = Vec::with_capacity(plan.select.len());
                 for (n, i) in plan.select.iter().enumerate() {
