@@ -114,6 +114,8 @@ namespaces:
     collections:
       items_sqlite: {{ backend: sqlite, table: {table}, max_page_size: 500 }}
       items_postgres: {{ backend: postgres, table: {table}, max_page_size: 500 }}
+      small_sqlite: {{ backend: sqlite, table: {table}, max_page_bytes: 2048 }}
+      small_postgres: {{ backend: postgres, table: {table}, max_page_bytes: 2048 }}
   o{run}:
     allowed_backends: [sqlite, postgres]
     allowed_patterns: [reader]
@@ -810,6 +812,35 @@ fn closing_the_session_ends_a_read_at_its_next_page() {
                 "SESSION_CLOSED",
                 Service::Reader,
             );
+        }
+        f.finish().await;
+    });
+}
+
+#[test]
+fn pages_stop_at_the_byte_budget_and_still_cover_every_row() {
+    block_on_multi_thread(async {
+        let f = Fixture::start().await;
+        for b in BACKENDS {
+            let mut r = f.client(b).await;
+            r.collection = format!("small_{b}");
+            let pages = r.pages(r.read_request(100, vec![], None)).await.unwrap();
+            let first = &pages[0];
+            assert!(
+                (1..100).contains(&first.rows.len()) && first.has_more,
+                "{b}: 2 KiB holds fewer than 100 rows ({})",
+                first.rows.len()
+            );
+            assert!(
+                first
+                    .rows
+                    .iter()
+                    .map(prost::Message::encoded_len)
+                    .sum::<usize>()
+                    <= 2048,
+                "{b}"
+            );
+            assert_eq!(ids(&pages), (1..=ROWS).collect::<Vec<_>>(), "{b}");
         }
         f.finish().await;
     });
