@@ -13,7 +13,7 @@ use std::{
 
 use common::{api_key_request, assert_error, TestGateway, OTHER_KEY, TEST_KEY};
 use prism::{
-    backends::{BackendKind, HealthState, Interface},
+    backends::{BackendKind, Interface},
     config::{GatewayConfig, Source},
     error::Service,
     proto::pubsub::v1::{self as pb, pub_sub_service_client::PubSubServiceClient},
@@ -110,22 +110,8 @@ struct Sub {
 }
 
 async fn open_as(gw: &TestGateway, key: &str, config: &str) -> P {
-    let backend = config.split('-').next().unwrap();
-    if let Some(b) = gw
-        .gateway
-        .backends
-        .get(backend)
-        .filter(|b| b.client.is_some())
-    {
-        let mut health = b.health.subscribe();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            health.wait_for(|h| *h == HealthState::Up),
-        )
-        .await
-        .expect("backend up in time")
-        .unwrap();
-    }
+    // Configs are named `<backend>` or `<backend>-<policy>`.
+    gw.wait_backend_up(config.split('-').next().unwrap()).await;
     let s = gw
         .sessions()
         .create_session(api_key_request(key, config))

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use common::{api_key_request, assert_error, TestGateway, TEST_KEY};
 use prism::{
-    backends::{BackendKind, HealthState, Interface},
+    backends::{BackendKind, Interface},
     config::{GatewayConfig, Source},
     error::Service,
     proto::queue::v1::{
@@ -145,21 +145,7 @@ struct Q {
 
 async fn open(gw: &TestGateway, config: &str) -> Q {
     // Configs are named after their backends; wait for it to be up.
-    if let Some(backend) = gw
-        .gateway
-        .backends
-        .get(config)
-        .filter(|b| b.client.is_some())
-    {
-        let mut health = backend.health.subscribe();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            health.wait_for(|h| *h == HealthState::Up),
-        )
-        .await
-        .expect("backend up in time")
-        .unwrap();
-    }
+    gw.wait_backend_up(config).await;
     let s = gw
         .sessions()
         .create_session(api_key_request(TEST_KEY, config))

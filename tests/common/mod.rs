@@ -197,6 +197,30 @@ impl TestGateway {
             .expect("server ran cleanly");
     }
 
+    /// Waits (bounded) until backend `name` is up; a backend without a
+    /// client, or an unknown name, needs no wait.
+    pub async fn wait_backend_up(&self, name: &str) {
+        let Some(b) = self
+            .gateway
+            .backends
+            .get(name)
+            .filter(|b| b.client.is_some())
+        else {
+            return;
+        };
+        let mut health = b.health.subscribe();
+        let up = tokio::time::timeout(
+            Duration::from_secs(30),
+            health.wait_for(|h| *h == prism::backends::HealthState::Up),
+        )
+        .await;
+        assert!(
+            matches!(up, Ok(Ok(_))),
+            "backend {name} did not come up; last error: {:?}",
+            b.health.last_error()
+        );
+    }
+
     /// Opens a session with the test API key and the named config.
     pub async fn open(&self, config_name: &str) -> CreateSessionResponse {
         self.sessions()
