@@ -191,6 +191,23 @@ impl Q {
             .into_inner()
     }
 
+    /// `n` messages "0".."n-1" on partition 0 of topic `log`, in order.
+    async fn publish_log(&self, n: usize) {
+        for i in 0..n {
+            self.client
+                .clone()
+                .publish(pb::PublishRequest {
+                    session_token: self.token.clone(),
+                    topic: "log".into(),
+                    payload: format!("{i}").into_bytes(),
+                    partition: Some(0),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{}: publish: {e:?}", self.name));
+        }
+    }
+
     async fn publish_n(&self, topic: &str, n: usize) {
         for i in 0..n {
             self.publish(topic, format!("m{i}").as_bytes(), None).await;
@@ -473,19 +490,7 @@ fn commit_then_resubscribe_resumes_after_the_commit() {
         let gw = TestGateway::start_with(config()).await;
         for b in backends(Interface::StreamConsumerGroups) {
             let q = open(&gw, b).await;
-            for i in 0..10 {
-                q.client
-                    .clone()
-                    .publish(pb::PublishRequest {
-                        session_token: q.token.clone(),
-                        topic: "log".into(),
-                        payload: format!("{i}").into_bytes(),
-                        partition: Some(0),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
+            q.publish_log(10).await;
             let first = drain(q.subscribe("log", "readers", earliest(), Some(5)).await).await;
             assert_eq!(
                 first.iter().map(|m| m.offset).collect::<Vec<_>>(),
@@ -534,19 +539,7 @@ fn seek_replays_from_an_offset() {
         let gw = TestGateway::start_with(config()).await;
         for b in backends(Interface::StreamReplay) {
             let q = open(&gw, b).await;
-            for i in 0..10 {
-                q.client
-                    .clone()
-                    .publish(pb::PublishRequest {
-                        session_token: q.token.clone(),
-                        topic: "log".into(),
-                        payload: format!("{i}").into_bytes(),
-                        partition: Some(0),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
+            q.publish_log(10).await;
             let first = drain(q.subscribe("log", "readers", earliest(), Some(5)).await).await;
             assert_eq!(first.len(), 5, "{b}");
             // A subscriber takes (and acknowledges) everything; then the

@@ -36,6 +36,37 @@ pub fn session_token<'a, T>(field: &'a str, request: &'a Request<T>) -> &'a str 
         .unwrap_or("")
 }
 
+/// An optional stream bound given as a duration (Subscribe's timeout or
+/// max_duration): unset is `None`; zero or negative is INVALID_ARGUMENT.
+pub fn optional_positive_duration(
+    d: Option<prost_types::Duration>,
+    reason: &'static str,
+    what: &str,
+) -> Result<Option<std::time::Duration>, Error> {
+    match d {
+        None => Ok(None),
+        Some(d) => std::time::Duration::try_from(d)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_argument(reason, format!("{what} must be positive when set"))
+            }),
+    }
+}
+
+/// An optional stream bound given as a count (max_messages): unset is
+/// `None`; zero or negative is INVALID_ARGUMENT `INVALID_MAX_MESSAGES`.
+pub fn optional_max_messages(n: Option<i32>) -> Result<Option<u64>, Error> {
+    match n {
+        Some(n) if n <= 0 => Err(Error::invalid_argument(
+            "INVALID_MAX_MESSAGES",
+            "max_messages must be positive when set",
+        )),
+        other => Ok(other.map(|n| n as u64)),
+    }
+}
+
 /// The hot-path check every data RPC starts with: the session for `token`
 /// (activity recorded), that its config serves `pattern`, and its backend.
 pub fn session_backend(

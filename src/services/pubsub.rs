@@ -11,7 +11,7 @@ use futures::Stream;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{session_backend, session_token};
+use super::{optional_max_messages, optional_positive_duration, session_backend, session_token};
 use crate::{
     actors::{
         pubsub::{PubSubShared, PubSubSubscriptions},
@@ -95,23 +95,6 @@ fn check_group(group: &str) -> Result<(), Error> {
             "INVALID_QUEUE_GROUP",
             format!("queue group `{group}` is not valid; use 1 to 100 of A-Z a-z 0-9 . _ -"),
         ))
-    }
-}
-
-fn positive_duration(
-    d: Option<prost_types::Duration>,
-    reason: &'static str,
-    what: &str,
-) -> Result<Option<Duration>, Error> {
-    match d {
-        None => Ok(None),
-        Some(d) => Duration::try_from(d)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .map(Some)
-            .ok_or_else(|| {
-                Error::invalid_argument(reason, format!("{what} must be positive when set"))
-            }),
     }
 }
 
@@ -328,18 +311,13 @@ impl PubSubService for PubSubApi {
         let req = request.into_inner();
         let spec = self.spec(&call, &req).map_err(status)?;
         let options = req.options.unwrap_or_default();
-        let max_messages = match options.max_messages {
-            Some(n) if n <= 0 => {
-                return Err(status(Error::invalid_argument(
-                    "INVALID_MAX_MESSAGES",
-                    "max_messages must be positive when set",
-                )))
-            }
-            other => other.map(|n| n as u64),
-        };
-        let max_duration =
-            positive_duration(options.max_duration, "INVALID_MAX_DURATION", "max_duration")
-                .map_err(status)?;
+        let max_messages = optional_max_messages(options.max_messages).map_err(status)?;
+        let max_duration = optional_positive_duration(
+            options.max_duration,
+            "INVALID_MAX_DURATION",
+            "max_duration",
+        )
+        .map_err(status)?;
         let policy = self.policies.get(call.ns()).cloned().unwrap_or_default();
         let guard = call.entry.begin_operation(true).map_err(status)?;
         call.entry.record_request(req.encoded_len(), 0);

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{session_backend, session_token};
+use super::{optional_max_messages, optional_positive_duration, session_backend, session_token};
 use crate::{
     actors::{
         subscription::{SubscriptionShared, Subscriptions},
@@ -370,29 +370,8 @@ impl QueueService for QueueApi {
                 }
                 None => default_start(&req),
             };
-            let max = match req.max_messages {
-                Some(n) if n <= 0 => {
-                    return Err(Error::invalid_argument(
-                        "INVALID_MAX_MESSAGES",
-                        "max_messages must be positive when set",
-                    ))
-                }
-                other => other.map(|n| n as u64),
-            };
-            let timeout = match req.timeout {
-                None => None,
-                Some(t) => Some(
-                    Duration::try_from(t)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| {
-                            Error::invalid_argument(
-                                "INVALID_TIMEOUT",
-                                "timeout must be positive when set",
-                            )
-                        })?,
-                ),
-            };
+            let max = optional_max_messages(req.max_messages)?;
+            let timeout = optional_positive_duration(req.timeout, "INVALID_TIMEOUT", "timeout")?;
             Ok((
                 ConsumerSpec {
                     topic: req.topic.clone(),
