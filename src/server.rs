@@ -21,7 +21,7 @@ use crate::{
     proto,
     services::{
         config::ConfigApi, keyvalue::KeyValueApi, pubsub::PubSubApi, queue::QueueApi,
-        reader::ReaderApi, session::SessionApi,
+        reader::ReaderApi, session::SessionApi, transact::TransactApi,
     },
     session::{Clock, SessionRegistry, Sessions},
 };
@@ -75,9 +75,13 @@ impl Gateway {
             interval: config.server.supervision_interval,
             subscriptions: subscriptions.clone(),
         };
+        let relays =
+            crate::actors::relay::RelayHandle::start_all(&config, &backends, clock, || pool.next())
+                .map_err(ServeError::Config)?;
         let supervisors = Arc::new(Supervisors::start(
             config.namespaces.keys(),
             &backends,
+            relays,
             settings,
         ));
         let sessions = Arc::new(Sessions::new(
@@ -201,6 +205,7 @@ pub async fn run(
         queue::v1::queue_service_server::QueueServiceServer,
         reader::v1::reader_service_server::ReaderServiceServer,
         session::v1::session_service_server::SessionServiceServer,
+        transact::v1::transact_service_server::TransactServiceServer,
     };
     health_reporter
         .set_serving::<SessionServiceServer<SessionApi>>()
@@ -219,6 +224,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<ReaderServiceServer<ReaderApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TransactServiceServer<TransactApi>>()
         .await;
     let readiness = tokio::spawn(report_readiness(
         gateway.clone(),
@@ -295,6 +303,17 @@ pub async fn run(
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+        )
+        .add_service(
+            TransactServiceServer::new(TransactApi::new(
+                gateway.registry.clone(),
+                gateway.backends.clone(),
+                gateway.subscriptions.transactions.clone(),
+                gateway.pool.clone(),
+                &gateway.config,
+            ))
+            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
@@ -345,6 +364,9 @@ pub async fn run(
             .await;
         health_reporter
             .set_not_serving::<ReaderServiceServer<ReaderApi>>()
+            .await;
+        health_reporter
+            .set_not_serving::<TransactServiceServer<TransactApi>>()
             .await;
         let _ = stop_tx.send(true);
         result = match tokio::time::timeout(grace, &mut grpc).await {

@@ -31,6 +31,7 @@ fn health_reports_serving() {
             "prism.queue.v1.QueueService",
             "prism.pubsub.v1.PubSubService",
             "prism.reader.v1.ReaderService",
+            "prism.transact.v1.TransactService",
         ] {
             let status = health
                 .check(HealthCheckRequest {
@@ -42,10 +43,10 @@ fn health_reports_serving() {
                 .status;
             assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
         }
-        // Data services are not registered until they work end to end.
+        // An unknown service is NotFound, not a silent Serving.
         let err = health
             .check(HealthCheckRequest {
-                service: "prism.transact.v1.TransactService".into(),
+                service: "prism.nothing.v1.NoService".into(),
             })
             .await
             .unwrap_err();

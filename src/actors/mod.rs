@@ -7,7 +7,9 @@
 //!   +- NamespaceSupervisor (one per namespace)
 //!   |    +- SessionActor (one per session)
 //!   |         +- SubscriptionActor (one per Subscribe stream)
+//!   |         +- TransactionActor (one per Transaction stream)
 //!   +- BackendPoolActor (one per backend with a client)
+//!   +- MailboxListenerActor (one per outbox relay)
 //! ```
 //!
 //! Supervision means progress: each child pulses on a timer; a supervisor
@@ -27,9 +29,11 @@ pub mod backend_pool;
 pub mod namespace;
 pub mod observe;
 pub mod pubsub;
+pub mod relay;
 pub mod root;
 pub mod session;
 pub mod subscription;
+pub mod transaction;
 
 pub use namespace::SupervisorSettings;
 pub use namespace::{NamespaceHandle, NamespaceSupervisor};

@@ -15,6 +15,8 @@ pub enum ActorKind {
     BackendPool,
     Subscription,
     PubSubSubscription,
+    Transaction,
+    MailboxListener,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -16,6 +16,7 @@ use super::{
         observe_namespace, CrashSupervisor, InjectFault, StartSession, StopSession,
         SupervisorSettings,
     },
+    relay::RelayHandle,
     session::Vitals,
     ActorKind, ActorNode, ActorStatus, Fault, NamespaceHandle, NamespaceSupervisor, Observe,
 };
@@ -28,6 +29,7 @@ use crate::{
 pub struct RootSupervisor {
     namespaces: Vec<Arc<NamespaceHandle>>,
     pools: Vec<Arc<PoolHandle>>,
+    relays: Vec<Arc<RelayHandle>>,
     settings: SupervisorSettings,
     vitals: Arc<Vitals>,
     created: SystemTime,
@@ -60,6 +62,9 @@ impl RootSupervisor {
                 pool.restart(*self.settings.registry.clock(), &self.settings.pool.next());
             }
         }
+        for relay in &self.relays {
+            relay.supervise(&self.settings.pool.next());
+        }
     }
 }
 
@@ -79,6 +84,7 @@ impl Handler<Observe> for RootSupervisor {
         self.vitals.handled();
         let namespaces = self.namespaces.clone();
         let pools = self.pools.clone();
+        let relays = self.relays.clone();
         let vitals = self.vitals.clone();
         let created = self.created;
         let clock = *self.settings.registry.clock();
@@ -111,6 +117,10 @@ impl Handler<Observe> for RootSupervisor {
                     _ => pool.failed_node(&clock),
                 });
             }
+            let pool_count = children.len() - namespace_count;
+            for relay in relays {
+                children.push(relay.observe().await);
+            }
             ActorNode {
                 kind: ActorKind::Root,
                 id: "root".to_string(),
@@ -122,7 +132,8 @@ impl Handler<Observe> for RootSupervisor {
                 restarts: 0,
                 state: serde_json::json!({
                     "namespaces": namespace_count,
-                    "backend_pools": children.len() - namespace_count,
+                    "backend_pools": pool_count,
+                    "mailbox_listeners": children.len() - namespace_count - pool_count,
                 }),
                 children,
             }
@@ -151,6 +162,7 @@ impl Supervisors {
     pub fn start<'a>(
         namespaces: impl IntoIterator<Item = &'a String>,
         backends: &Backends,
+        relays: Vec<Arc<RelayHandle>>,
         settings: SupervisorSettings,
     ) -> Self {
         let namespaces: BTreeMap<String, Arc<NamespaceHandle>> = namespaces
@@ -176,6 +188,7 @@ impl Supervisors {
         let root = RootSupervisor {
             namespaces: namespaces.values().cloned().collect(),
             pools: pools.clone(),
+            relays,
             settings: settings.clone(),
             vitals: Arc::default(),
             created: SystemTime::now(),
@@ -244,7 +257,9 @@ impl Supervisors {
             .send(Observe)
             .await
             .map_err(|_| unavailable("the root supervisor"))?;
-        for node in self.subscriptions.observe().await {
+        let mut children = self.subscriptions.observe().await;
+        children.extend(self.subscriptions.transactions.observe().await);
+        for node in children {
             let parent = node.parent.clone().unwrap_or_default();
             if let Some(session) = find_mut(&mut tree, &parent) {
                 session.children.push(node);

@@ -368,6 +368,8 @@ pub struct Subscriptions {
     by_id: DashMap<String, Arc<SubscriptionHandle>>,
     groups: DashMap<String, (Arc<SessionEntry>, Vec<TopicGroup>)>,
     pub pubsub: super::pubsub::PubSubSubscriptions,
+    /// Open streaming transactions (also session children).
+    pub transactions: Arc<super::transaction::Transactions>,
 }
 
 /// A (topic, consumer group) pair.
@@ -385,6 +387,7 @@ impl Subscriptions {
             by_id: DashMap::new(),
             groups: DashMap::new(),
             pubsub: Default::default(),
+            transactions: Default::default(),
         }
     }
 
@@ -444,6 +447,7 @@ impl Subscriptions {
     /// position) and forgets ended ones; run on the root supervisor's tick.
     pub fn supervise(&self, now_ms: u64, arbiter: impl Fn() -> ArbiterHandle) {
         self.pubsub.supervise(now_ms, &arbiter);
+        self.transactions.supervise(&arbiter);
         self.by_id.retain(|_, handle| {
             let shared = &handle.shared;
             if shared.is_ended() {

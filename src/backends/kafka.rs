@@ -103,6 +103,9 @@ pub struct KafkaQueue {
     pub(super) round_robin: AtomicU64,
     known_topics: DashMap<String, i32>,
     members: AtomicU64,
+    /// The outbox relays' producer: one request in flight per broker, so
+    /// a retried batch can never overtake a later one.
+    relay_producer: RwLock<Option<FutureProducer>>,
 }
 
 crate::queue_interfaces!(KafkaQueue: basic, visibility, groups, replay);
@@ -132,6 +135,7 @@ impl KafkaQueue {
             round_robin: AtomicU64::new(0),
             known_topics: DashMap::new(),
             members: AtomicU64::new(0),
+            relay_producer: RwLock::new(None),
         })
     }
 
@@ -188,6 +192,65 @@ impl KafkaQueue {
         })
         .await?
         .map_err(|e| self.unavailable(e))
+    }
+
+    fn relay_producer(&self) -> Result<FutureProducer, Error> {
+        if let Some(p) = self.relay_producer.read().as_ref() {
+            return Ok(p.clone());
+        }
+        let producer: FutureProducer = self
+            .config()
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "1")
+            .create()
+            .map_err(|e| self.unavailable(e))?;
+        *self.relay_producer.write() = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// Publishes outbox rows to `topic` (created with one partition when
+    /// missing), keyed by mailbox so a mailbox stays in one partition and in
+    /// order; returns how many leading rows the broker acknowledged.
+    pub async fn relay(
+        &self,
+        topic: &str,
+        rows: &[super::transact::MailboxRow],
+    ) -> (usize, Option<Error>) {
+        let setup = async {
+            let _connected = self.producer()?;
+            self.ensure_topic(topic, 1).await?;
+            self.relay_producer()
+        };
+        let producer = match setup.await {
+            Ok(p) => p,
+            Err(e) => return (0, Some(e)),
+        };
+        let sends = rows.iter().map(|row| {
+            let producer = producer.clone();
+            async move {
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in super::relay::headers(row) {
+                    headers = headers.insert(Header {
+                        key: &k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                let record = FutureRecord::<str, [u8]>::to(topic)
+                    .key(row.mailbox.as_str())
+                    .payload(&row.message)
+                    .headers(headers);
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| self.unavailable(e))
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        match results.iter().position(Result::is_err) {
+            None => (rows.len(), None),
+            Some(i) => (i, results[i].clone().err()),
+        }
     }
 
     /// The partition count of a topic, or None when it does not exist.

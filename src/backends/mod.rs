@@ -30,9 +30,12 @@ pub mod queue;
 pub mod reader;
 pub mod redis;
 pub mod redis_pubsub;
+pub mod relay;
 pub mod sql;
 pub mod sql_reader;
+pub mod sql_transact;
 pub mod sqlite;
+pub mod transact;
 
 pub use health::{Health, HealthState};
 
@@ -101,6 +104,7 @@ impl BackendKind {
                 sql::SqlKv::KV_INTERFACES,
                 pg_queue::PgQueue::QUEUE_INTERFACES,
                 sql::SqlKv::READER_INTERFACES,
+                sql::SqlKv::TRANSACT_INTERFACES,
             ]
             .concat()
         });
@@ -126,7 +130,12 @@ impl BackendKind {
             .concat()
         });
         static SQLITE: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [sql::SqlKv::KV_INTERFACES, sql::SqlKv::READER_INTERFACES].concat()
+            [
+                sql::SqlKv::KV_INTERFACES,
+                sql::SqlKv::READER_INTERFACES,
+                sql::SqlKv::TRANSACT_INTERFACES,
+            ]
+            .concat()
         });
         match self {
             BackendKind::Memory => &MEMORY,
@@ -374,6 +383,14 @@ impl Client {
         }
     }
 
+    /// The Transact surface, where the backend has one.
+    pub fn transact(&self) -> Option<Arc<dyn transact::TransactOutbox>> {
+        match self {
+            Client::Sql(s, _) => Some(s.transact_handle()),
+            _ => None,
+        }
+    }
+
     /// The KeyValue surface, where the backend has one.
     pub fn kv(&self) -> Option<kv::KvHandle> {
         match self {
@@ -408,6 +425,7 @@ pub struct Backend {
     pub queue: Option<queue::QueueHandle>,
     pub pubsub: Option<pubsub::PubSubHandle>,
     pub reader: Option<reader::ReaderHandle>,
+    pub transact: Option<Arc<dyn transact::TransactOutbox>>,
     pub health: Arc<Health>,
 }
 
@@ -466,6 +484,7 @@ impl Backends {
             let queue = client.as_ref().and_then(Client::queue);
             let pubsub = client.as_ref().and_then(Client::pubsub);
             let reader = client.as_ref().and_then(Client::reader);
+            let transact = client.as_ref().and_then(Client::transact);
             by_name.insert(
                 name.clone(),
                 Arc::new(Backend {
@@ -477,6 +496,7 @@ impl Backends {
                     queue,
                     pubsub,
                     reader,
+                    transact,
                     health: Arc::new(Health::new()),
                 }),
             );

@@ -38,6 +38,8 @@ pub struct NatsQueue {
     url: String,
     spec: PoolSpec,
     conn: RwLock<Option<(async_nats::Client, jetstream::Context)>>,
+    /// Subjects an outbox relay has made sure a stream captures.
+    relay_subjects: dashmap::DashSet<String>,
     in_flight: Arc<InFlight>,
     round_robin: std::sync::atomic::AtomicU64,
 }
@@ -79,6 +81,7 @@ impl NatsQueue {
             url: url.to_string(),
             spec: spec.clone(),
             conn: RwLock::new(None),
+            relay_subjects: dashmap::DashSet::new(),
             in_flight: Arc::default(),
             round_robin: Default::default(),
         })
@@ -131,6 +134,64 @@ impl NatsQueue {
             .as_ref()
             .map(|(_, js)| js.clone())
             .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+    }
+
+    /// Publishes outbox rows to `subject` through JetStream, in order, each
+    /// with `Nats-Msg-Id` set to its message id (the stream drops a resend
+    /// inside its duplicate window); returns how many leading rows the
+    /// server acknowledged. A stream capturing the subject is created when
+    /// none does.
+    pub async fn relay(
+        &self,
+        subject: &str,
+        rows: &[super::transact::MailboxRow],
+    ) -> (usize, Option<Error>) {
+        let js = match self.js() {
+            Ok(js) => js,
+            Err(e) => return (0, Some(e)),
+        };
+        if !self.relay_subjects.contains(subject) {
+            let created = js
+                .get_or_create_stream(stream::Config {
+                    name: format!("PRISM_RELAY_{}", short_hash(&[subject])),
+                    subjects: vec![subject.to_string()],
+                    description: Some("prism outbox relay".into()),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    self.relay_subjects.insert(subject.to_string());
+                }
+                // Another stream may already capture the subject: the
+                // publish acks below tell.
+                Err(e) => tracing::debug!(backend = %self.name, error = %e, "relay stream"),
+            }
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut headers = async_nats::HeaderMap::new();
+            for (k, v) in super::relay::headers(row) {
+                headers.insert(k.as_str(), v.as_str());
+            }
+            headers.insert("Nats-Msg-Id", row.message_id.as_str());
+            let sent = js
+                .publish_with_headers(subject.to_string(), headers, row.message.clone().into())
+                .await;
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    acks.clear();
+                    return (0, Some(self.unavailable(e)));
+                }
+            }
+        }
+        for (i, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = ack.await {
+                return (i, Some(self.unavailable(e)));
+            }
+        }
+        (rows.len(), None)
     }
 
     /// The core NATS client (PubSub).

@@ -30,6 +30,32 @@ pub const DDL: &[&str] = &[
         expires_at BIGINT NOT NULL,
         PRIMARY KEY (namespace, token))",
     "CREATE SEQUENCE IF NOT EXISTS prism_kv_version",
+    // Transact: the outbox (see `sql_transact.rs`).
+    "CREATE TABLE IF NOT EXISTS prism_mailbox (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        message BYTEA NOT NULL,
+        metadata TEXT NOT NULL,
+        message_type TEXT,
+        priority BIGINT,
+        created_at BIGINT NOT NULL,
+        processed_at BIGINT,
+        PRIMARY KEY (namespace, mailbox_id, sequence))",
+    "CREATE INDEX IF NOT EXISTS prism_mailbox_pending ON prism_mailbox (namespace, mailbox_id, sequence) WHERE processed_at IS NULL",
+    "CREATE TABLE IF NOT EXISTS prism_mailbox_sequence (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        last_sequence BIGINT NOT NULL,
+        PRIMARY KEY (namespace, mailbox_id))",
+    "CREATE TABLE IF NOT EXISTS prism_transact_idempotency (
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, key))",
 ];
 
 /// A pool that connects on first use; the pool actor runs migrations and

@@ -172,11 +172,17 @@ fn bad(reason: &'static str, message: String) -> Error {
 /// The parameter for `value` compared with column `c`, or INVALID_ARGUMENT
 /// naming the field when the types do not fit.
 pub fn param_for(c: &Column, value: &Value) -> Result<Param, Error> {
+    value_param(c, value, "compared with it")
+}
+
+/// The parameter for `value` used with column `c` (`use_` completes "… cannot
+/// be": "compared with it", "stored in it").
+pub fn value_param(c: &Column, value: &Value, use_: &str) -> Result<Param, Error> {
     let mismatch = |what: &str| {
         bad(
             "TYPE_MISMATCH",
             format!(
-                "field `{}` is {}; {what} cannot be compared with it",
+                "field `{}` is {}; {what} cannot be {use_}",
                 c.name,
                 kind_name(c.kind)
             ),

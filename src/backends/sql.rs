@@ -51,6 +51,9 @@ pub struct SqlKv {
     /// Reader collections on this backend: (collection, table, id column),
     /// learned at connect.
     pub collections: Vec<(String, String, String)>,
+    /// Bumped when a transaction that wrote a mailbox row commits, waking
+    /// this process's relays at once (`sql_transact.rs`).
+    pub(super) outbox_written: tokio::sync::watch::Sender<u64>,
 }
 
 crate::kv_interfaces!(SqlKv: basic, scan, ttl, batch, cas, transactional);
@@ -68,6 +71,7 @@ impl SqlKv {
             schemas: dashmap::DashMap::new(),
             init_sql: Vec::new(),
             collections: Vec::new(),
+            outbox_written: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -121,11 +125,13 @@ impl SqlKv {
                 .await
                 .map_err(|e| self.db_error(e))?
                 .rows_affected();
-        sqlx::query("DELETE FROM prism_kv_idempotency WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        for table in ["prism_kv_idempotency", "prism_transact_idempotency"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= $1"))
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
         Ok(removed)
     }
 
@@ -312,6 +318,24 @@ pub fn map_db_error(name: &str, dialect: Dialect, e: sqlx::Error) -> Error {
                     "the write conflicted with a concurrent one and was not applied; retry it",
                 );
             }
+            if let Some(e) = constraint_error(db.as_ref()) {
+                return e;
+            }
+            if dialect == Dialect::Postgres && code == "57014" {
+                return Error::new(
+                    ErrorKind::DeadlineExceeded,
+                    "TRANSACTION_TIMEOUT",
+                    "a statement ran past the transaction's timeout; nothing was written",
+                );
+            }
+            // data exceptions: a value that does not fit its column
+            if dialect == Dialect::Postgres && code.starts_with("22") {
+                return Error::invalid_argument(
+                    "INVALID_VALUE",
+                    "a value does not fit its column (out of range or badly formed); nothing \
+                     was written",
+                );
+            }
             tracing::error!(backend = %name, error = %e, "database error");
             Error::internal(format!(
                 "backend `{}` failed the operation; the gateway log has details",
@@ -326,6 +350,26 @@ pub fn map_db_error(name: &str, dialect: Dialect, e: sqlx::Error) -> Error {
             ))
         }
     }
+}
+
+/// A table constraint that refused a write, as the client's error.
+fn constraint_error(db: &dyn sqlx::error::DatabaseError) -> Option<Error> {
+    use sqlx::error::ErrorKind as K;
+    let (kind, what) = match db.kind() {
+        K::UniqueViolation => (
+            ErrorKind::AlreadyExists,
+            "a row with this key already exists",
+        ),
+        K::ForeignKeyViolation => (ErrorKind::FailedPrecondition, "a referenced row is missing"),
+        K::NotNullViolation => (ErrorKind::FailedPrecondition, "a required field is missing"),
+        K::CheckViolation => (ErrorKind::FailedPrecondition, "a check constraint failed"),
+        _ => return None,
+    };
+    let detail = match db.constraint() {
+        Some(name) => format!("{what}: constraint `{name}`"),
+        None => what.to_string(),
+    };
+    Some(super::transact::constraint_violation(kind, &detail))
 }
 
 fn ttl_ms(d: Duration) -> i64 {

@@ -27,19 +27,19 @@ crate::reader_interfaces!(SqlKv: paged, query);
 
 impl ReaderQuery for SqlKv {}
 
-fn quote(ident: &str) -> String {
+pub(super) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// A statement being built, with its parameters.
-struct Sql {
-    dialect: Dialect,
-    text: String,
-    params: Vec<Param>,
+pub(super) struct Sql {
+    pub(super) dialect: Dialect,
+    pub(super) text: String,
+    pub(super) params: Vec<Param>,
 }
 
 impl Sql {
-    fn new(dialect: Dialect) -> Self {
+    pub(super) fn new(dialect: Dialect) -> Self {
         Sql {
             dialect,
             text: String::new(),
@@ -48,7 +48,7 @@ impl Sql {
     }
 
     /// A placeholder for `p`, compared with a column of `column`'s kind.
-    fn param(&mut self, column: &Column, p: Param) -> String {
+    pub(super) fn param(&mut self, column: &Column, p: Param) -> String {
         let p = match (self.dialect, p) {
             (Dialect::Sqlite, Param::Bool(b)) => Param::Int(i64::from(b)),
             (_, p) => p,
@@ -162,7 +162,7 @@ impl Sql {
         format!("({})", ors.join(" OR "))
     }
 
-    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    pub(super) fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut q = sqlx::query(&self.text);
         for p in &self.params {
             q = match p {
@@ -177,7 +177,7 @@ impl Sql {
 }
 
 /// The expression that reads column `c` in a dialect-neutral form.
-fn read_expr(dialect: Dialect, c: &Column, sql_type: &str) -> String {
+pub(super) fn read_expr(dialect: Dialect, c: &Column, sql_type: &str) -> String {
     let q = quote(&c.name);
     match (dialect, c.kind) {
         (Dialect::Postgres, Kind::Int) => format!("CAST({q} AS BIGINT)"),
@@ -224,7 +224,7 @@ fn null() -> Value {
 }
 
 /// Column `idx` of `row`, read with `read_expr`, as a protobuf value.
-fn decode(row: &AnyRow, idx: usize, kind: Kind) -> Result<Value, sqlx::Error> {
+pub(super) fn decode(row: &AnyRow, idx: usize, kind: Kind) -> Result<Value, sqlx::Error> {
     let value = match kind {
         Kind::Int => row
             .try_get::<Option<i64>, _>(idx)?

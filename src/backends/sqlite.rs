@@ -29,6 +29,32 @@ pub const DDL: &[&str] = &[
         PRIMARY KEY (namespace, token))",
     "CREATE TABLE IF NOT EXISTS prism_kv_counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO prism_kv_counter (name, value) VALUES ('version', 0)",
+    // Transact: the outbox (see `sql_transact.rs`).
+    "CREATE TABLE IF NOT EXISTS prism_mailbox (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        message BLOB NOT NULL,
+        metadata TEXT NOT NULL,
+        message_type TEXT,
+        priority INTEGER,
+        created_at INTEGER NOT NULL,
+        processed_at INTEGER,
+        PRIMARY KEY (namespace, mailbox_id, sequence))",
+    "CREATE INDEX IF NOT EXISTS prism_mailbox_pending ON prism_mailbox (namespace, mailbox_id, sequence) WHERE processed_at IS NULL",
+    "CREATE TABLE IF NOT EXISTS prism_mailbox_sequence (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        last_sequence INTEGER NOT NULL,
+        PRIMARY KEY (namespace, mailbox_id))",
+    "CREATE TABLE IF NOT EXISTS prism_transact_idempotency (
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, key))",
 ];
 
 /// The sqlx URL for a database file, created when missing.

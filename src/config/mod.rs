@@ -256,8 +256,11 @@ impl Pattern {
     /// for it opens but its API answers `UNIMPLEMENTED`.
     pub fn served(self) -> bool {
         match self {
-            Pattern::KeyValue | Pattern::Queue | Pattern::Pubsub | Pattern::Reader => true,
-            Pattern::Transact => false,
+            Pattern::KeyValue
+            | Pattern::Queue
+            | Pattern::Pubsub
+            | Pattern::Reader
+            | Pattern::Transact => true,
         }
     }
 }
@@ -286,6 +289,125 @@ pub struct NamespaceSpec {
     /// Reader collections: name → table on one of the namespace's backends.
     #[serde(default)]
     pub collections: BTreeMap<String, CollectionSpec>,
+    /// Transact: the tables Write may change, and its limits.
+    #[serde(default)]
+    pub transact: TransactPolicy,
+    /// Outbox relays: name → mailbox to broker, each run by a
+    /// MailboxListenerActor.
+    #[serde(default)]
+    pub relays: BTreeMap<String, RelaySpec>,
+}
+
+/// How the namespace's Transact service writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactPolicy {
+    /// Tables a DataWrite may target: table → its SQL backend and id column.
+    pub tables: BTreeMap<String, TransactTable>,
+    /// How long an idempotency key's outcome is kept for retries.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// A transaction's time limit when the request sets no timeout_ms.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// The largest timeout_ms accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Streaming transactions open at once, per session and per namespace.
+    pub max_open_per_session: usize,
+    pub max_open_per_namespace: usize,
+}
+
+impl Default for TransactPolicy {
+    fn default() -> Self {
+        TransactPolicy {
+            tables: BTreeMap::new(),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(600),
+            max_open_per_session: 8,
+            max_open_per_namespace: 512,
+        }
+    }
+}
+
+/// A table Transact may write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactTable {
+    /// A SQL backend of the namespace.
+    pub backend: String,
+    /// The key column: UPDATE and DELETE find rows by it, UPSERT conflicts
+    /// on it, unless a write names another `id_field`.
+    #[serde(default = "CollectionSpec::default_id")]
+    pub id: String,
+}
+
+/// An outbox relay: unprocessed rows of one mailbox, in sequence order, to
+/// one broker destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySpec {
+    /// The SQL backend holding the mailbox.
+    pub backend: String,
+    pub mailbox: String,
+    /// `{ pubsub: {..} }`, `{ kafka: {..} }` or `{ nats: {..} }`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub to: RelayTarget,
+    /// How often to look for rows when no notification came (the only
+    /// wake-up for writes from other processes on SQLite).
+    #[serde(default = "RelaySpec::default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Rows read and published per round.
+    #[serde(default = "RelaySpec::default_batch")]
+    pub batch_size: usize,
+    /// The longest wait between attempts while the broker is down.
+    #[serde(default = "RelaySpec::default_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl RelaySpec {
+    fn default_poll() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_batch() -> usize {
+        100
+    }
+    fn default_backoff() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Where a relay publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RelayTarget {
+    /// A Prism PubSub topic of the namespace, on a pubsub backend.
+    Pubsub { backend: String, topic: String },
+    /// A Kafka topic (created when missing), acknowledged by the broker.
+    Kafka { backend: String, topic: String },
+    /// A NATS subject, published through JetStream (a stream capturing the
+    /// subject is created when missing) so the broker acknowledges it.
+    Nats { backend: String, subject: String },
+}
+
+impl RelayTarget {
+    pub fn backend(&self) -> &str {
+        match self {
+            RelayTarget::Pubsub { backend, .. }
+            | RelayTarget::Kafka { backend, .. }
+            | RelayTarget::Nats { backend, .. } => backend,
+        }
+    }
+
+    /// `kind:destination`, for logs and the actor tree.
+    pub fn describe(&self) -> String {
+        match self {
+            RelayTarget::Pubsub { topic, .. } => format!("pubsub:{topic}"),
+            RelayTarget::Kafka { topic, .. } => format!("kafka:{topic}"),
+            RelayTarget::Nats { subject, .. } => format!("nats:{subject}"),
+        }
+    }
 }
 
 /// A table the Reader API exposes as a collection.

@@ -290,6 +290,7 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
                 );
             }
         }
+        ok &= check_transact(cfg, ns, &subject, r);
         if !(1..=1_000_000).contains(&ns.pubsub.buffer) {
             ok = false;
             r.fail(&subject, "pubsub.buffer must be 1 to 1000000 events");
@@ -407,6 +408,115 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
             }
         }
     }
+}
+
+/// A namespace's Transact tables and outbox relays.
+fn check_transact(
+    cfg: &GatewayConfig,
+    ns: &crate::config::NamespaceSpec,
+    subject: &str,
+    r: &mut Report,
+) -> bool {
+    use crate::{backends::Interface, config::RelayTarget};
+    let mut ok = true;
+    let mut fail = |r: &mut Report, message: String| {
+        ok = false;
+        r.fail(subject, message);
+    };
+    let has = |backend: &str, interface: Interface| {
+        cfg.backends
+            .get(backend)
+            .is_some_and(|b| b.kind.has(interface))
+    };
+    let t = &ns.transact;
+    for (table, spec) in &t.tables {
+        let what = format!("transact table `{table}`");
+        if !ns.allowed_backends.contains(&spec.backend) {
+            fail(
+                r,
+                format!(
+                    "{what}: backend `{}` is not in allowed_backends",
+                    spec.backend
+                ),
+            );
+        } else if !has(&spec.backend, Interface::TransactOutbox) {
+            fail(
+                r,
+                format!(
+                    "{what}: backend `{}` does not implement transact_outbox",
+                    spec.backend
+                ),
+            );
+        }
+        if table.is_empty() || spec.id.is_empty() {
+            fail(
+                r,
+                format!("{what}: the table name and `id` must not be empty"),
+            );
+        }
+    }
+    if t.default_timeout.is_zero() || t.max_timeout < t.default_timeout {
+        fail(
+            r,
+            "transact.default_timeout must be positive and no longer than transact.max_timeout"
+                .into(),
+        );
+    }
+    if t.idempotency_window.is_zero() {
+        fail(r, "transact.idempotency_window must be positive".into());
+    }
+    if t.max_open_per_session == 0 || t.max_open_per_namespace < t.max_open_per_session {
+        fail(
+            r,
+            "transact: need 1 <= max_open_per_session <= max_open_per_namespace".into(),
+        );
+    }
+    for (name, relay) in &ns.relays {
+        let what = format!("relay `{name}`");
+        if !has(&relay.backend, Interface::TransactOutbox) {
+            fail(
+                r,
+                format!(
+                    "{what}: backend `{}` is not a configured backend implementing transact_outbox",
+                    relay.backend
+                ),
+            );
+        }
+        if relay.mailbox.is_empty() || relay.batch_size == 0 || relay.poll_interval.is_zero() {
+            fail(
+                r,
+                format!("{what}: needs a mailbox, a positive batch_size and poll_interval"),
+            );
+        }
+        let target = relay.to.backend();
+        let kind = cfg.backends.get(target).map(|b| b.kind);
+        let fits = match (&relay.to, kind) {
+            (_, None) => false,
+            (RelayTarget::Pubsub { topic, .. }, Some(k)) => {
+                if crate::backends::pubsub::check_topic(topic).is_err() {
+                    fail(r, format!("{what}: `{topic}` is not a valid pubsub topic"));
+                }
+                k.has(Interface::PubSubBasic)
+            }
+            (RelayTarget::Kafka { topic, .. }, Some(k)) => {
+                !topic.is_empty() && k == crate::backends::BackendKind::Kafka
+            }
+            (RelayTarget::Nats { subject, .. }, Some(k)) => {
+                !subject.is_empty() && k == crate::backends::BackendKind::Nats
+            }
+        };
+        if !fits {
+            fail(
+                r,
+                format!(
+                    "{what}: `to` needs a configured backend of its kind (pubsub: a pubsub \
+                     backend, kafka: a kafka backend, nats: a nats backend) and a destination; \
+                     `{target}` does not fit"
+                ),
+            );
+        }
+    }
+    ok
 }
 
 #[cfg(test)]

@@ -831,6 +831,7 @@ mod tests {
             queue: None,
             pubsub: None,
             reader: None,
+            transact: None,
             health: Arc::new(Health::new()),
         };
         assert!(require(&kv, &backend, Interface::KeyValueScan, |k| k.scan.as_ref()).is_ok());

@@ -19,6 +19,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod reader;
 pub mod session;
+pub mod transact;
 
 /// The header that may carry the session token instead of the field.
 pub const SESSION_TOKEN_HEADER: &str = "x-session-token";

@@ -1,0 +1,478 @@
+//! MailboxListenerActor: one per configured outbox relay. It reads a
+//! mailbox's unprocessed rows in sequence order, publishes them to the
+//! relay's broker destination, and marks rows processed only once the
+//! broker acknowledged them — so a crash between the two sends rows again
+//! (consumers dedupe by mailbox id and sequence) but never skips one.
+//!
+//! Rounds never overlap: a wake-up during a round asks for another round
+//! after it. Wake-ups come from three places: a commit in this process
+//! that wrote the mailbox (at once), Postgres `LISTEN prism_mailbox` (a
+//! commit in any gateway), and the poll interval (the fallback, and the
+//! only signal for other writers on SQLite). A failed round backs off
+//! exponentially up to `max_backoff`; the backend I/O runs on the main
+//! runtime in tasks the actor owns.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
+
+use actix::{
+    Actor, ActorFutureExt, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message, WrapFuture,
+};
+use parking_lot::{Mutex, RwLock};
+
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Observe};
+use crate::{
+    backends::{
+        relay::{self, RelaySink},
+        sql_transact::NOTIFY_CHANNEL,
+        transact::{Lag, MailboxQuery, TransactOutbox},
+        BackendKind, Backends, Health,
+    },
+    config::{GatewayConfig, RelaySpec},
+    error::Error,
+    session::Clock,
+};
+
+/// The first wait after a failed round; doubles up to `max_backoff`.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// What a relay has done, for the actor tree.
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    status: &'static str,
+    relayed: u64,
+    last_sequence: Option<i64>,
+    rounds: u64,
+    failures_in_a_row: u32,
+    last_error: Option<String>,
+    backoff_ms: u64,
+    lag: Lag,
+    notifications: u64,
+}
+
+/// A relay's configuration and progress, shared by its actor and the tasks
+/// it owns; it outlives restarts of the actor.
+pub struct RelayShared {
+    pub name: String,
+    pub namespace: String,
+    pub spec: RelaySpec,
+    outbox: Arc<dyn TransactOutbox>,
+    sink: Arc<dyn RelaySink>,
+    source_health: Arc<Health>,
+    /// The Postgres URL to LISTEN on (Postgres mailboxes only).
+    listen_url: Option<String>,
+    progress: Mutex<Progress>,
+    clock: Clock,
+    vitals: Arc<Vitals>,
+    created: SystemTime,
+    pub restarts: std::sync::atomic::AtomicU64,
+}
+
+impl RelayShared {
+    fn id(&self) -> String {
+        format!("relay/{}/{}", self.namespace, self.name)
+    }
+
+    /// One round: read a batch, publish it, mark what was acknowledged.
+    /// Returns whether a full batch went out (more may be waiting).
+    async fn round(self: Arc<Self>) -> Result<bool, Error> {
+        let batch = self.spec.batch_size;
+        let rows = self
+            .outbox
+            .read_mailbox(
+                &self.namespace,
+                &MailboxQuery {
+                    mailbox: self.spec.mailbox.clone(),
+                    after: 0,
+                    limit: batch,
+                    unprocessed_only: true,
+                },
+            )
+            .await?;
+        let (sent, failed) = if rows.is_empty() {
+            (0, None)
+        } else {
+            self.sink.publish(&rows).await
+        };
+        if sent > 0 {
+            let through = rows[sent - 1].sequence;
+            self.outbox
+                .mark_relayed(&self.namespace, &self.spec.mailbox, through)
+                .await?;
+            let mut p = self.progress.lock();
+            p.relayed += sent as u64;
+            p.last_sequence = Some(through);
+        }
+        if let Ok(lag) = self.outbox.lag(&self.namespace, &self.spec.mailbox).await {
+            self.progress.lock().lag = lag;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(rows.len() == batch),
+        }
+    }
+
+    /// Wakes the actor on commits in this process and Postgres
+    /// notifications, until the actor drops the task.
+    async fn waker(self: Arc<Self>, addr: Addr<MailboxListenerActor>) {
+        let key = format!("{}/{}", self.namespace, self.spec.mailbox);
+        let mut mark = self.outbox.written_mark();
+        let mut listener: Option<sqlx::postgres::PgListener> = None;
+        loop {
+            if listener.is_none() {
+                if let Some(url) = &self.listen_url {
+                    listener = listen(url).await;
+                    // A notification may have been missed meanwhile.
+                    addr.do_send(Wake);
+                }
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => Some(l.recv().await),
+                    None => {
+                        tokio::time::sleep(self.spec.poll_interval).await;
+                        None
+                    }
+                }
+            };
+            tokio::select! {
+                m = self.outbox.written(mark) => {
+                    mark = m;
+                    addr.do_send(Wake);
+                }
+                n = notified => match n {
+                    Some(Ok(n)) if n.payload() == key => {
+                        self.progress.lock().notifications += 1;
+                        addr.do_send(Wake);
+                    }
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(relay = %self.name, error = %e, "listen connection lost");
+                        listener = None;
+                        tokio::time::sleep(self.spec.poll_interval).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
+    let mut l = sqlx::postgres::PgListener::connect(url).await.ok()?;
+    l.listen(NOTIFY_CHANNEL).await.ok()?;
+    Some(l)
+}
+
+/// Look for rows now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+/// A scheduled retry after a failed round.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Retry;
+
+/// Aborts the task when dropped: the actor owns the tasks it started.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct MailboxListenerActor {
+    shared: Arc<RelayShared>,
+    runtime: tokio::runtime::Handle,
+    running: bool,
+    again: bool,
+    backing_off: bool,
+    waker: Option<AbortOnDrop>,
+}
+
+impl MailboxListenerActor {
+    fn start_round(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.again = true;
+            return;
+        }
+        if self.backing_off {
+            return;
+        }
+        self.running = true;
+        self.again = false;
+        self.shared.progress.lock().status = "relaying";
+        let work = self.shared.clone().round();
+        let mut task = RoundTask(Some(self.runtime.spawn(work)));
+        let work = async move {
+            match task.0.take() {
+                Some(handle) => handle
+                    .await
+                    .unwrap_or_else(|_| Err(Error::internal("the relay round was cancelled"))),
+                None => Err(Error::internal("the relay round was not started")),
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.running = false;
+            act.shared.vitals.beat(act.shared.clock.now_ms());
+            let mut p = act.shared.progress.lock();
+            p.rounds += 1;
+            match result {
+                Ok(full) => {
+                    p.failures_in_a_row = 0;
+                    p.backoff_ms = 0;
+                    p.status = "idle";
+                    drop(p);
+                    if full || act.again {
+                        act.start_round(ctx);
+                    }
+                }
+                Err(e) => {
+                    p.failures_in_a_row += 1;
+                    let n = p.failures_in_a_row;
+                    let delay = backoff(act.shared.spec.max_backoff, n);
+                    p.backoff_ms = delay.as_millis() as u64;
+                    p.status = "backing_off";
+                    p.last_error = Some(e.message.clone());
+                    drop(p);
+                    if e.kind == crate::error::ErrorKind::Unavailable {
+                        act.shared.source_health.suspect();
+                    }
+                    tracing::warn!(
+                        relay = %act.shared.name,
+                        error = %e.message,
+                        retry_in = %humantime::format_duration(delay),
+                        "relay round failed"
+                    );
+                    act.backing_off = true;
+                    ctx.notify_later(Retry, delay);
+                }
+            }
+        }));
+    }
+}
+
+/// The round's task, aborted if the actor stops while it runs.
+struct RoundTask(Option<tokio::task::JoinHandle<Result<bool, Error>>>);
+
+impl Drop for RoundTask {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+fn backoff(max: Duration, failures: u32) -> Duration {
+    BACKOFF_INITIAL
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(max.max(BACKOFF_INITIAL))
+}
+
+impl Actor for MailboxListenerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared.vitals.beat(self.shared.clock.now_ms());
+        let waker = self.shared.clone().waker(ctx.address());
+        self.waker = Some(AbortOnDrop(self.runtime.spawn(waker)));
+        ctx.run_interval(self.shared.spec.poll_interval, |act, ctx| {
+            act.shared.vitals.beat(act.shared.clock.now_ms());
+            act.start_round(ctx);
+        });
+        self.start_round(ctx);
+    }
+}
+
+impl Handler<Wake> for MailboxListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.shared.vitals.handled();
+        self.start_round(ctx);
+    }
+}
+
+impl Handler<Retry> for MailboxListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retry, ctx: &mut Context<Self>) {
+        self.shared.vitals.handled();
+        self.backing_off = false;
+        self.start_round(ctx);
+    }
+}
+
+impl Handler<super::subscription::Crash> for MailboxListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: super::subscription::Crash, _: &mut Context<Self>) {
+        panic!("deliberate mailbox listener crash (supervision drill)");
+    }
+}
+
+impl Handler<Observe> for MailboxListenerActor {
+    type Result = ActorNode;
+
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
+        self.shared.vitals.handled();
+        observe(&self.shared, ActorStatus::Running)
+    }
+}
+
+fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
+    let p = shared.progress.lock().clone();
+    let now = crate::backends::epoch_ms();
+    ActorNode {
+        kind: ActorKind::MailboxListener,
+        id: shared.id(),
+        parent: Some("root".into()),
+        status,
+        created: shared.created,
+        last_progress: shared
+            .clock
+            .wall_at(shared.vitals.last_progress_ms.load(Ordering::Relaxed)),
+        messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
+        restarts: shared.restarts.load(Ordering::Relaxed),
+        state: serde_json::json!({
+            "namespace": shared.namespace,
+            "mailbox": shared.spec.mailbox,
+            "backend": shared.spec.backend,
+            "target": shared.spec.to.describe(),
+            "status": p.status,
+            "relayed": p.relayed,
+            "last_sequence": p.last_sequence,
+            "rounds": p.rounds,
+            "failures_in_a_row": p.failures_in_a_row,
+            "backoff_ms": p.backoff_ms,
+            "last_error": p.last_error,
+            "notifications": p.notifications,
+            "lag": {
+                "unprocessed": p.lag.unprocessed,
+                "oldest_unprocessed_age_ms": p.lag.oldest_created_ms.map(|c| (now - c).max(0)),
+            },
+        }),
+        children: Vec::new(),
+    }
+}
+
+/// A relay's actor address, replaced when the root restarts it.
+pub struct RelayHandle {
+    pub shared: Arc<RelayShared>,
+    runtime: tokio::runtime::Handle,
+    addr: RwLock<Addr<MailboxListenerActor>>,
+}
+
+impl RelayHandle {
+    /// One listener per configured relay; must be called on the gateway's
+    /// main runtime.
+    pub fn start_all(
+        config: &GatewayConfig,
+        backends: &Backends,
+        clock: Clock,
+        arbiter: impl Fn() -> ArbiterHandle,
+    ) -> Result<Vec<Arc<RelayHandle>>, String> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut out = Vec::new();
+        for (ns, spec) in &config.namespaces {
+            for (name, relay) in &spec.relays {
+                let source = backends.get(&relay.backend).ok_or_else(|| {
+                    format!("relay `{name}`: backend `{}` is missing", relay.backend)
+                })?;
+                let outbox = source.transact.clone().ok_or_else(|| {
+                    format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
+                })?;
+                let listen_url = (source.kind == BackendKind::Postgres)
+                    .then(|| {
+                        config
+                            .backends
+                            .get(&relay.backend)
+                            .and_then(|b| b.url.clone())
+                    })
+                    .flatten();
+                let shared = Arc::new(RelayShared {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    spec: relay.clone(),
+                    outbox,
+                    sink: relay::sink(&relay.to, ns, backends)?,
+                    source_health: source.health.clone(),
+                    listen_url,
+                    progress: Mutex::new(Progress {
+                        status: "starting",
+                        ..Default::default()
+                    }),
+                    clock,
+                    vitals: Arc::default(),
+                    created: SystemTime::now(),
+                    restarts: Default::default(),
+                });
+                let addr = Self::spawn(&shared, &runtime, &arbiter());
+                out.push(Arc::new(RelayHandle {
+                    shared,
+                    runtime: runtime.clone(),
+                    addr: RwLock::new(addr),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn(
+        shared: &Arc<RelayShared>,
+        runtime: &tokio::runtime::Handle,
+        arbiter: &ArbiterHandle,
+    ) -> Addr<MailboxListenerActor> {
+        let shared = shared.clone();
+        let runtime = runtime.clone();
+        MailboxListenerActor::start_in_arbiter(arbiter, move |_| MailboxListenerActor {
+            shared,
+            runtime,
+            running: false,
+            again: false,
+            backing_off: false,
+            waker: None,
+        })
+    }
+
+    pub fn addr(&self) -> Addr<MailboxListenerActor> {
+        self.addr.read().clone()
+    }
+
+    /// Restarts the actor if its mailbox closed (a panic); run on the root
+    /// supervisor's tick.
+    pub fn supervise(&self, arbiter: &ArbiterHandle) {
+        if self.addr().connected() {
+            return;
+        }
+        tracing::warn!(relay = %self.shared.name, "restarting mailbox listener");
+        self.shared.restarts.fetch_add(1, Ordering::AcqRel);
+        *self.addr.write() = Self::spawn(&self.shared, &self.runtime, arbiter);
+    }
+
+    /// The node for the tree, or a failed one when the actor cannot answer.
+    pub async fn observe(&self) -> ActorNode {
+        match tokio::time::timeout(Duration::from_secs(2), self.addr().send(Observe)).await {
+            Ok(Ok(node)) => node,
+            _ => observe(&self.shared, ActorStatus::Failed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(1);
+        assert_eq!(backoff(max, 1), Duration::from_millis(100));
+        assert_eq!(backoff(max, 2), Duration::from_millis(200));
+        assert_eq!(backoff(max, 4), Duration::from_millis(800));
+        assert_eq!(backoff(max, 5), Duration::from_secs(1));
+        assert_eq!(backoff(max, 60), Duration::from_secs(1));
+    }
+}

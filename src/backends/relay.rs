@@ -1,0 +1,132 @@
+//! Where an outbox relay publishes mailbox rows: a Kafka topic, a NATS
+//! subject (through JetStream, so the broker acknowledges), or a Prism
+//! PubSub topic. Every relayed message carries its mailbox id, sequence and
+//! message id (headers or metadata) so consumers can drop the duplicates
+//! that at-least-once delivery allows.
+//!
+//! [`RelaySink::publish`] sends rows in sequence order and reports how many
+//! of them, from the first, the broker acknowledged: the relay marks exactly
+//! those processed and sends the rest again later.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use async_trait::async_trait;
+
+use super::{pubsub::PubSubHandle, transact::MailboxRow, Backends};
+use crate::{config::RelayTarget, error::Error};
+
+/// Header / metadata keys every relayed message carries.
+pub const HEADER_MAILBOX: &str = "prism-mailbox-id";
+pub const HEADER_SEQUENCE: &str = "prism-sequence";
+pub const HEADER_MESSAGE_ID: &str = "prism-message-id";
+pub const HEADER_MESSAGE_TYPE: &str = "prism-message-type";
+
+/// A row's headers: its own metadata, then Prism's keys (which win).
+pub fn headers(row: &MailboxRow) -> BTreeMap<String, String> {
+    let mut h = row.metadata.clone();
+    h.insert(HEADER_MAILBOX.into(), row.mailbox.clone());
+    h.insert(HEADER_SEQUENCE.into(), row.sequence.to_string());
+    h.insert(HEADER_MESSAGE_ID.into(), row.message_id.clone());
+    if let Some(t) = &row.message_type {
+        h.insert(HEADER_MESSAGE_TYPE.into(), t.clone());
+    }
+    h
+}
+
+/// One relay destination.
+#[async_trait]
+pub trait RelaySink: Send + Sync {
+    /// Publishes `rows` in order; returns how many leading rows the broker
+    /// acknowledged, and the error that stopped the rest.
+    async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>);
+}
+
+/// A Prism PubSub topic in the relay's namespace.
+struct PubSubSink {
+    pubsub: PubSubHandle,
+    namespace: String,
+    topic: String,
+}
+
+#[async_trait]
+impl RelaySink for PubSubSink {
+    async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
+        for (i, row) in rows.iter().enumerate() {
+            let event = super::pubsub::Event {
+                id: row.message_id.clone(),
+                topic: self.topic.clone(),
+                payload: row.message.clone(),
+                metadata: headers(row).into_iter().collect(),
+                timestamp_ms: super::epoch_ms(),
+                correlation_id: None,
+                reply_to: None,
+            };
+            if let Err(e) = self.pubsub.basic.publish(&self.namespace, 1, &event).await {
+                return (i, Some(e));
+            }
+        }
+        (rows.len(), None)
+    }
+}
+
+struct KafkaSink {
+    kafka: Arc<super::kafka::KafkaQueue>,
+    topic: String,
+}
+
+#[async_trait]
+impl RelaySink for KafkaSink {
+    async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
+        self.kafka.relay(&self.topic, rows).await
+    }
+}
+
+struct NatsSink {
+    nats: Arc<super::nats::NatsQueue>,
+    subject: String,
+}
+
+#[async_trait]
+impl RelaySink for NatsSink {
+    async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
+        self.nats.relay(&self.subject, rows).await
+    }
+}
+
+/// The sink for a configured target (validation checked the kinds).
+pub fn sink(
+    target: &RelayTarget,
+    namespace: &str,
+    backends: &Backends,
+) -> Result<Arc<dyn RelaySink>, String> {
+    let backend = backends.get(target.backend()).ok_or_else(|| {
+        format!(
+            "relay target backend `{}` is not configured",
+            target.backend()
+        )
+    })?;
+    let wrong = || {
+        format!(
+            "relay target backend `{}` ({}) cannot take {}",
+            backend.name,
+            backend.kind,
+            target.describe()
+        )
+    };
+    Ok(match (target, &backend.client) {
+        (RelayTarget::Pubsub { topic, .. }, _) => Arc::new(PubSubSink {
+            pubsub: backend.pubsub.clone().ok_or_else(wrong)?,
+            namespace: namespace.to_string(),
+            topic: topic.clone(),
+        }),
+        (RelayTarget::Kafka { topic, .. }, Some(super::Client::Kafka(k))) => Arc::new(KafkaSink {
+            kafka: k.clone(),
+            topic: topic.clone(),
+        }),
+        (RelayTarget::Nats { subject, .. }, Some(super::Client::Nats(n))) => Arc::new(NatsSink {
+            nats: n.clone(),
+            subject: subject.clone(),
+        }),
+        _ => return Err(wrong()),
+    })
+}

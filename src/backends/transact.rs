@@ -1,0 +1,182 @@
+//! The Transact model (seed 002 §6, the two-table flow of seed 000): a data
+//! row and a mailbox row commit together or not at all. Each mailbox has a
+//! sequence that increases by one per message; the sequence counter's row is
+//! locked by the inserting transaction until it ends, so sequences become
+//! visible in order with no gaps — which lets a relay publish a mailbox in
+//! sequence order without ever skipping a row committed late.
+//!
+//! - `transact_outbox` ([`TransactOutbox`]): transactions with data and
+//!   mailbox writes, idempotency records, mailbox reads and marks.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_trait::async_trait;
+use prost_types::Value;
+
+use crate::error::{Error, ErrorKind};
+
+/// What a DataWrite does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Insert,
+    Update,
+    Upsert,
+    Delete,
+}
+
+/// A checked DataWrite: the table is one the namespace allows and `id` is
+/// the key column (the request's `id_field` or the table's configured id).
+#[derive(Debug, Clone)]
+pub struct DataOp {
+    pub table: String,
+    pub id: String,
+    pub mode: WriteMode,
+    pub record: BTreeMap<String, Value>,
+}
+
+/// A checked MailboxWrite.
+#[derive(Debug, Clone)]
+pub struct MailboxOp {
+    pub mailbox: String,
+    pub message: Vec<u8>,
+    pub metadata: BTreeMap<String, String>,
+    pub message_type: Option<String>,
+    pub priority: Option<i32>,
+}
+
+/// One write of a transaction: a data row, a mailbox row, or both.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub data: Option<DataOp>,
+    pub mailbox: Option<MailboxOp>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    pub rows_affected: i64,
+    /// Columns the request did not set, as stored (ids, defaults).
+    pub generated: BTreeMap<String, Value>,
+    /// The mailbox row: (message id, sequence).
+    pub mailbox: Option<(String, i64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The database's default (READ COMMITTED on Postgres).
+    Default,
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+/// Which mailbox rows to read.
+#[derive(Debug, Clone)]
+pub struct MailboxQuery {
+    pub mailbox: String,
+    /// Rows with a greater sequence.
+    pub after: i64,
+    pub limit: usize,
+    pub unprocessed_only: bool,
+}
+
+/// A stored mailbox row.
+#[derive(Debug, Clone)]
+pub struct MailboxRow {
+    pub message_id: String,
+    pub mailbox: String,
+    pub sequence: i64,
+    pub message: Vec<u8>,
+    pub metadata: BTreeMap<String, String>,
+    pub message_type: Option<String>,
+    pub priority: Option<i32>,
+    pub created_ms: i64,
+    pub processed_ms: Option<i64>,
+}
+
+/// A mailbox's backlog: unprocessed rows and the oldest one's creation time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    pub unprocessed: u64,
+    pub oldest_created_ms: Option<i64>,
+}
+
+/// transact_outbox.
+#[async_trait]
+pub trait TransactOutbox: Send + Sync {
+    /// Opens a database transaction at `isolation`; each statement is
+    /// bounded by `timeout` where the database can enforce it.
+    async fn begin(
+        &self,
+        ns: &str,
+        isolation: Isolation,
+        timeout: Duration,
+    ) -> Result<Box<dyn OpenTransaction>, Error>;
+
+    /// Mailbox rows in sequence order.
+    async fn read_mailbox(&self, ns: &str, q: &MailboxQuery) -> Result<Vec<MailboxRow>, Error>;
+
+    /// Marks the rows with these message ids processed (already processed
+    /// ones stay as they are); returns the ids that are not in the
+    /// namespace's mailboxes.
+    async fn process(&self, ns: &str, message_ids: &[String]) -> Result<Vec<String>, Error>;
+
+    /// Marks a mailbox's rows up to `through` processed (a relay's progress).
+    async fn mark_relayed(&self, ns: &str, mailbox: &str, through: i64) -> Result<u64, Error>;
+
+    async fn lag(&self, ns: &str, mailbox: &str) -> Result<Lag, Error>;
+
+    /// Resolves after a write to any mailbox of this backend committed in
+    /// this process since `seen`; returns the new mark. Writes from other
+    /// processes are seen by notification (Postgres) or polling.
+    async fn written(&self, seen: u64) -> u64;
+
+    /// The first mark to wait from.
+    fn written_mark(&self) -> u64;
+}
+
+/// One open database transaction. Dropping it rolls it back.
+#[async_trait]
+pub trait OpenTransaction: Send {
+    /// Takes the idempotency key for this transaction (concurrent retries
+    /// wait) and returns the stored response of an earlier write with the
+    /// same key; the same key with different content is INVALID_ARGUMENT.
+    async fn replay(&mut self, key: &str, fingerprint: &str) -> Result<Option<Vec<u8>>, Error>;
+
+    async fn write(&mut self, op: &WriteOp) -> Result<WriteOutcome, Error>;
+
+    /// Stores the response for the key, kept for `window`.
+    async fn remember(
+        &mut self,
+        key: &str,
+        fingerprint: &str,
+        response: &[u8],
+        window: Duration,
+    ) -> Result<(), Error>;
+
+    async fn commit(self: Box<Self>) -> Result<(), Error>;
+
+    async fn rollback(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// A row a write needed that is not there (UPDATE or DELETE by id).
+pub fn row_not_found(table: &str, id: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        "ROW_NOT_FOUND",
+        format!(
+            "table `{table}` has no row with `{id}` equal to the record's value; nothing was \
+             written"
+        ),
+    )
+    .with("table", table)
+}
+
+/// A constraint of the data table refused the write.
+pub fn constraint_violation(kind: ErrorKind, detail: &str) -> Error {
+    Error::new(
+        kind,
+        "CONSTRAINT_VIOLATION",
+        format!("the write violates a constraint of the table ({detail}); nothing was written"),
+    )
+}

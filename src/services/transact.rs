@@ -1,0 +1,871 @@
+//! `prism.transact.v1.TransactService` (seed 002 §6): Write commits a data
+//! row and a mailbox row in one database transaction (idempotent retries
+//! replay the first response); Transaction streams Begin, writes and
+//! Commit/Rollback over one open transaction whose lifecycle is a
+//! TransactionActor; ReadMailbox streams mailbox rows in sequence order;
+//! ProcessMailbox marks rows processed.
+//!
+//! Tables are the namespace's `transact.tables` on the session's backend;
+//! columns come from the learned schema and values are always bound.
+
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+
+use futures::{Stream, StreamExt};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{session_backend, session_token};
+use crate::{
+    actors::{
+        transaction::{Slot, TransactionShared, Transactions},
+        ArbiterPool,
+    },
+    backends::{
+        epoch_ms, missing_interface, timestamp_ms,
+        transact::{
+            DataOp, Isolation, MailboxOp, MailboxQuery, MailboxRow, OpenTransaction,
+            TransactOutbox, WriteMode, WriteOp, WriteOutcome,
+        },
+        Backend, Backends, Interface,
+    },
+    config::{Pattern, TransactPolicy},
+    error::{Error, ErrorKind, Service},
+    proto::transact::v1::{
+        self as pb, data_write::WriteMode as PbMode, transact_request::Request as In,
+        transact_response::Response as Out, transact_service_server::TransactService,
+        transaction_options::IsolationLevel as PbIsolation,
+    },
+    session::{Clock, SessionEntry, SessionRegistry},
+};
+
+/// Most message ids one ProcessMailbox may name.
+const MAX_PROCESS_IDS: usize = 1000;
+/// Rows ReadMailbox fetches per round trip.
+const MAILBOX_CHUNK: usize = 256;
+
+fn status(e: Error) -> Status {
+    e.to_status(Service::Transact)
+}
+
+struct Inner {
+    registry: Arc<SessionRegistry>,
+    backends: Arc<Backends>,
+    policies: HashMap<String, TransactPolicy>,
+    transactions: Arc<Transactions>,
+    pool: Arc<ArbiterPool>,
+    clock: Clock,
+}
+
+#[derive(Clone)]
+pub struct TransactApi {
+    inner: Arc<Inner>,
+}
+
+/// A checked call: the session, its backend's Transact surface and the
+/// namespace's policy.
+struct Call {
+    entry: Arc<SessionEntry>,
+    backend: Arc<Backend>,
+    outbox: Arc<dyn TransactOutbox>,
+    policy: TransactPolicy,
+}
+
+impl Call {
+    fn ns(&self) -> &str {
+        self.entry.namespace()
+    }
+}
+
+/// A request's transaction options, checked.
+struct Options {
+    isolation: Isolation,
+    timeout: Duration,
+    idempotency_key: Option<String>,
+}
+
+impl TransactApi {
+    pub fn new(
+        registry: Arc<SessionRegistry>,
+        backends: Arc<Backends>,
+        transactions: Arc<Transactions>,
+        pool: Arc<ArbiterPool>,
+        config: &crate::config::GatewayConfig,
+    ) -> Self {
+        TransactApi {
+            inner: Arc::new(Inner {
+                clock: *registry.clock(),
+                registry,
+                backends,
+                policies: config
+                    .namespaces
+                    .iter()
+                    .map(|(name, ns)| (name.clone(), ns.transact.clone()))
+                    .collect(),
+                transactions,
+                pool,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn call(&self, token: &str) -> Result<Call, Error> {
+        let (entry, backend) =
+            session_backend(&self.registry, &self.backends, token, Pattern::Transact)?;
+        let outbox = backend.transact.clone().ok_or_else(|| {
+            missing_interface(&backend.name, backend.kind, Interface::TransactOutbox)
+        })?;
+        let policy = self
+            .policies
+            .get(entry.namespace())
+            .cloned()
+            .unwrap_or_default();
+        Ok(Call {
+            entry,
+            backend,
+            outbox,
+            policy,
+        })
+    }
+}
+
+fn options(o: Option<&pb::TransactionOptions>, policy: &TransactPolicy) -> Result<Options, Error> {
+    let Some(o) = o else {
+        return Ok(Options {
+            isolation: Isolation::Default,
+            timeout: policy.default_timeout,
+            idempotency_key: None,
+        });
+    };
+    let isolation = match PbIsolation::try_from(o.isolation) {
+        Ok(PbIsolation::Unspecified) => Isolation::Default,
+        Ok(PbIsolation::ReadCommitted) => Isolation::ReadCommitted,
+        Ok(PbIsolation::RepeatableRead) => Isolation::RepeatableRead,
+        Ok(PbIsolation::Serializable) => Isolation::Serializable,
+        Err(_) => {
+            return Err(Error::invalid_argument(
+                "INVALID_ISOLATION",
+                format!("isolation {} is not a known level", o.isolation),
+            ))
+        }
+    };
+    let timeout = match o.timeout_ms {
+        0 => policy.default_timeout,
+        ms if ms < 0 => {
+            return Err(Error::invalid_argument(
+                "INVALID_TIMEOUT",
+                "timeout_ms must not be negative (0 takes the namespace's default)",
+            ))
+        }
+        ms => Duration::from_millis(ms as u64),
+    };
+    if timeout > policy.max_timeout {
+        return Err(Error::invalid_argument(
+            "INVALID_TIMEOUT",
+            format!(
+                "timeout_ms may be at most {} in this namespace",
+                policy.max_timeout.as_millis()
+            ),
+        ));
+    }
+    let key = o.idempotency_key.clone().filter(|k| !k.is_empty());
+    if o.idempotent && key.is_none() {
+        return Err(Error::invalid_argument(
+            "IDEMPOTENCY_KEY_REQUIRED",
+            "an idempotent write needs an idempotency_key that stays the same across retries",
+        ));
+    }
+    if key.as_ref().is_some_and(|k| k.len() > 256) {
+        return Err(Error::invalid_argument(
+            "INVALID_IDEMPOTENCY_KEY",
+            "idempotency_key may be at most 256 bytes",
+        ));
+    }
+    Ok(Options {
+        isolation,
+        timeout,
+        idempotency_key: key,
+    })
+}
+
+fn isolation_name(i: Isolation) -> &'static str {
+    match i {
+        Isolation::Default => "default",
+        Isolation::ReadCommitted => "read_committed",
+        Isolation::RepeatableRead => "repeatable_read",
+        Isolation::Serializable => "serializable",
+    }
+}
+
+/// The write a request asks for, checked against the namespace's tables.
+fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
+    let data = match &w.data {
+        None => None,
+        Some(d) => {
+            let spec = call
+                .policy
+                .tables
+                .get(&d.table)
+                .filter(|t| t.backend == call.backend.name)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        "TABLE_NOT_FOUND",
+                        format!(
+                            "this session's namespace allows no Transact writes to table `{}` on \
+                             its backend; the namespace's `transact.tables` lists those it does",
+                            d.table.chars().take(64).collect::<String>()
+                        ),
+                    )
+                    .with("table", d.table.chars().take(64).collect::<String>())
+                })?;
+            let mode = match PbMode::try_from(d.mode) {
+                Ok(PbMode::Insert) => WriteMode::Insert,
+                Ok(PbMode::Update) => WriteMode::Update,
+                Ok(PbMode::Upsert) => WriteMode::Upsert,
+                Ok(PbMode::Delete) => WriteMode::Delete,
+                Ok(PbMode::Unspecified) | Err(_) => {
+                    return Err(Error::invalid_argument(
+                        "INVALID_WRITE_MODE",
+                        "data.mode must be INSERT, UPDATE, UPSERT or DELETE",
+                    ))
+                }
+            };
+            Some(DataOp {
+                table: d.table.clone(),
+                id: d
+                    .id_field
+                    .clone()
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or_else(|| spec.id.clone()),
+                mode,
+                record: d
+                    .record
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+        }
+    };
+    let mailbox = match &w.mailbox {
+        None => None,
+        Some(m) => {
+            if m.mailbox_id.is_empty() || m.mailbox_id.len() > 255 {
+                return Err(Error::invalid_argument(
+                    "INVALID_MAILBOX",
+                    "mailbox.mailbox_id must be 1 to 255 bytes",
+                ));
+            }
+            Some(MailboxOp {
+                mailbox: m.mailbox_id.clone(),
+                message: m.message.clone(),
+                metadata: m
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                message_type: m.message_type.clone(),
+                priority: m.priority,
+            })
+        }
+    };
+    if data.is_none() && mailbox.is_none() {
+        return Err(Error::invalid_argument(
+            "EMPTY_WRITE",
+            "a write needs `data`, `mailbox` or both",
+        ));
+    }
+    Ok(WriteOp { data, mailbox })
+}
+
+/// What an idempotency key stands for: the write's content, in a stable
+/// order (protobuf maps are unordered).
+fn fingerprint(op: &WriteOp) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    if let Some(d) = &op.data {
+        field(b"data");
+        field(d.table.as_bytes());
+        field(d.id.as_bytes());
+        field(&[d.mode as u8]);
+        for (k, v) in &d.record {
+            field(k.as_bytes());
+            field(&v.encode_to_vec());
+        }
+    }
+    if let Some(m) = &op.mailbox {
+        field(b"mailbox");
+        field(m.mailbox.as_bytes());
+        field(&m.message);
+        for (k, v) in &m.metadata {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+        field(m.message_type.as_deref().unwrap_or("\u{0}").as_bytes());
+        field(&m.priority.map_or(i64::MIN, i64::from).to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn response(transaction_id: &str, committed: bool, outcome: WriteOutcome) -> pb::WriteResponse {
+    pb::WriteResponse {
+        transaction_id: transaction_id.to_string(),
+        committed,
+        data_result: Some(pb::DataWriteResult {
+            rows_affected: outcome.rows_affected,
+            generated_values: outcome.generated.into_iter().collect(),
+        }),
+        mailbox_result: outcome
+            .mailbox
+            .map(|(message_id, sequence)| pb::MailboxWriteResult {
+                message_id,
+                sequence,
+            }),
+        timestamp: Some(timestamp_ms(epoch_ms())),
+    }
+}
+
+fn new_transaction_id() -> String {
+    format!("tx-{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+fn timed_out(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::DeadlineExceeded,
+        "TRANSACTION_TIMEOUT",
+        format!(
+            "the transaction did not finish within {} ms and was rolled back; retry, or raise \
+             timeout_ms",
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// Write: begin, replay or apply, remember, commit. Everything before the
+/// commit is bounded by the timeout; an error or the timeout drops the
+/// transaction, which rolls it back.
+async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteResponse, Error> {
+    let fp = o.idempotency_key.as_ref().map(|_| fingerprint(op));
+    let work = async {
+        let mut tx = call.outbox.begin(call.ns(), o.isolation, o.timeout).await?;
+        if let (Some(key), Some(fp)) = (&o.idempotency_key, &fp) {
+            if let Some(stored) = tx.replay(key, fp).await? {
+                tx.rollback().await?;
+                return pb::WriteResponse::decode(stored.as_slice())
+                    .map(|r| (None, r))
+                    .map_err(|_| Error::internal("a stored idempotent response is unreadable"));
+            }
+        }
+        let outcome = tx.write(op).await?;
+        let response = response(&new_transaction_id(), true, outcome);
+        if let (Some(key), Some(fp)) = (&o.idempotency_key, &fp) {
+            tx.remember(
+                key,
+                fp,
+                &response.encode_to_vec(),
+                call.policy.idempotency_window,
+            )
+            .await?;
+        }
+        Ok((Some(tx), response))
+    };
+    let (tx, response) = tokio::time::timeout(o.timeout, work)
+        .await
+        .map_err(|_| timed_out(o.timeout))??;
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(response)
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TransactService for TransactApi {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let token = session_token(&request.get_ref().session_token, &request).to_string();
+        let call = self.inner.call(&token).map_err(status)?;
+        let req = request.into_inner();
+        let op = write_op(&call, &req).map_err(status)?;
+        let o = options(req.options.as_ref(), &call.policy).map_err(status)?;
+        let guard = call.entry.begin_operation(false).map_err(status)?;
+        let result = write_once(&call, &op, &o).await;
+        drop(guard);
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Unavailable {
+                call.backend.health.suspect();
+            }
+        }
+        let response = result.map_err(status)?;
+        call.entry
+            .record_request(req.encoded_len(), response.encoded_len());
+        Ok(Response::new(response))
+    }
+
+    type TransactionStream = Boxed<pb::TransactResponse>;
+
+    async fn transaction(
+        &self,
+        request: Request<Streaming<pb::TransactRequest>>,
+    ) -> Result<Response<Self::TransactionStream>, Status> {
+        let header = session_token("", &request).to_string();
+        let driver = Driver {
+            api: self.inner.clone(),
+            inbound: request.into_inner(),
+            header,
+            phase: Phase::AwaitBegin,
+        };
+        let stream = futures::stream::unfold(driver, |mut d| async move {
+            let item = d.step().await?;
+            Some((item, d))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadMailboxStream = Boxed<pb::MailboxMessage>;
+
+    async fn read_mailbox(
+        &self,
+        request: Request<pb::ReadMailboxRequest>,
+    ) -> Result<Response<Self::ReadMailboxStream>, Status> {
+        let token = session_token(&request.get_ref().session_token, &request).to_string();
+        let call = self.inner.call(&token).map_err(status)?;
+        let req = request.into_inner();
+        if req.mailbox_id.is_empty() {
+            return Err(status(Error::invalid_argument(
+                "INVALID_MAILBOX",
+                "mailbox_id is required",
+            )));
+        }
+        let limit = match req.limit {
+            None => usize::MAX,
+            Some(n) if n > 0 => n as usize,
+            Some(_) => {
+                return Err(status(Error::invalid_argument(
+                    "INVALID_LIMIT",
+                    "limit must be positive when set",
+                )))
+            }
+        };
+        let state = MailboxReader {
+            call,
+            query: MailboxQuery {
+                mailbox: req.mailbox_id,
+                after: req.since_sequence.unwrap_or(0).max(0),
+                limit: 0,
+                unprocessed_only: req.unprocessed_only.unwrap_or(false),
+            },
+            left: limit,
+            buffered: std::collections::VecDeque::new(),
+            exhausted: false,
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn process_mailbox(
+        &self,
+        request: Request<pb::ProcessMailboxRequest>,
+    ) -> Result<Response<pb::ProcessMailboxResponse>, Status> {
+        let token = session_token(&request.get_ref().session_token, &request).to_string();
+        let call = self.inner.call(&token).map_err(status)?;
+        let req = request.into_inner();
+        if req.message_ids.len() > MAX_PROCESS_IDS {
+            return Err(status(Error::invalid_argument(
+                "TOO_MANY_IDS",
+                format!("name at most {MAX_PROCESS_IDS} message ids per call"),
+            )));
+        }
+        let mut ids = req.message_ids.clone();
+        ids.sort();
+        ids.dedup();
+        let guard = call.entry.begin_operation(false).map_err(status)?;
+        let failed = call.outbox.process(call.ns(), &ids).await.map_err(status)?;
+        drop(guard);
+        let response = pb::ProcessMailboxResponse {
+            processed_count: (ids.len() - failed.len()) as i32,
+            failed_ids: failed,
+        };
+        call.entry
+            .record_request(req.encoded_len(), response.encoded_len());
+        Ok(Response::new(response))
+    }
+}
+
+/// ReadMailbox's state: rows are fetched a chunk at a time, when the
+/// stream is polled for them.
+struct MailboxReader {
+    call: Call,
+    query: MailboxQuery,
+    left: usize,
+    buffered: std::collections::VecDeque<MailboxRow>,
+    exhausted: bool,
+}
+
+impl MailboxReader {
+    async fn next(&mut self) -> Option<Result<pb::MailboxMessage, Status>> {
+        if self.left == 0 {
+            return None;
+        }
+        if self.buffered.is_empty() {
+            if self.exhausted {
+                return None;
+            }
+            if self.call.entry.state().is_ended() {
+                self.left = 0;
+                return Some(Err(status(Error::unauthenticated(
+                    "SESSION_CLOSED",
+                    "the session ended; open a new session and read again",
+                ))));
+            }
+            self.query.limit = self.left.min(MAILBOX_CHUNK);
+            match self
+                .call
+                .outbox
+                .read_mailbox(self.call.ns(), &self.query)
+                .await
+            {
+                Ok(rows) => {
+                    self.exhausted = rows.len() < self.query.limit;
+                    self.buffered.extend(rows);
+                }
+                Err(e) => {
+                    self.left = 0;
+                    return Some(Err(status(e)));
+                }
+            }
+        }
+        let row = self.buffered.pop_front()?;
+        self.left -= 1;
+        self.query.after = row.sequence;
+        Some(Ok(mailbox_message(row)))
+    }
+}
+
+pub fn mailbox_message(row: MailboxRow) -> pb::MailboxMessage {
+    pb::MailboxMessage {
+        message_id: row.message_id,
+        mailbox_id: row.mailbox,
+        sequence: row.sequence,
+        message: row.message,
+        metadata: row.metadata.into_iter().collect(),
+        message_type: row.message_type,
+        created_at: Some(timestamp_ms(row.created_ms)),
+        processed: row.processed_ms.is_some(),
+        processed_at: row.processed_ms.map(timestamp_ms),
+    }
+}
+
+/// A streaming transaction while it is open.
+struct Open {
+    call: Call,
+    tx: Option<Box<dyn OpenTransaction>>,
+    shared: Arc<TransactionShared>,
+    registry: Arc<Transactions>,
+    _slot: Slot,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // Dropping `tx` without commit rolls the transaction back.
+        self.registry.remove(&self.shared.id);
+    }
+}
+
+enum Phase {
+    AwaitBegin,
+    Open(Box<Open>),
+    /// Committed or rolled back at the client's request: one more message
+    /// is answered with an error.
+    Finished,
+    Closed,
+}
+
+/// One Transaction stream: reads the client's messages and answers each.
+struct Driver {
+    api: Arc<Inner>,
+    inbound: Streaming<pb::TransactRequest>,
+    header: String,
+    phase: Phase,
+}
+
+fn out(r: Out) -> Option<Result<pb::TransactResponse, Status>> {
+    Some(Ok(pb::TransactResponse { response: Some(r) }))
+}
+
+fn error_message(e: &Error) -> Out {
+    Out::Error(pb::TransactionError {
+        code: code_name(e.kind.code()).to_string(),
+        message: format!("{} ({})", e.message, e.reason),
+    })
+}
+
+/// The canonical name of a gRPC code, as TransactionError carries it.
+fn code_name(code: tonic::Code) -> &'static str {
+    {
+        use tonic::Code as C;
+        match code {
+            C::Ok => "OK",
+            C::Cancelled => "CANCELLED",
+            C::Unknown => "UNKNOWN",
+            C::InvalidArgument => "INVALID_ARGUMENT",
+            C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            C::NotFound => "NOT_FOUND",
+            C::AlreadyExists => "ALREADY_EXISTS",
+            C::PermissionDenied => "PERMISSION_DENIED",
+            C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            C::FailedPrecondition => "FAILED_PRECONDITION",
+            C::Aborted => "ABORTED",
+            C::OutOfRange => "OUT_OF_RANGE",
+            C::Unimplemented => "UNIMPLEMENTED",
+            C::Internal => "INTERNAL",
+            C::Unavailable => "UNAVAILABLE",
+            C::DataLoss => "DATA_LOSS",
+            C::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+fn protocol(reason: &'static str, message: &str) -> Error {
+    Error::new(ErrorKind::FailedPrecondition, reason, message)
+}
+
+impl Driver {
+    /// The next response, or `None` to end the stream.
+    async fn step(&mut self) -> Option<Result<pb::TransactResponse, Status>> {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Closed => None,
+            Phase::Finished => match self.inbound.next().await {
+                Some(Ok(_)) => out(error_message(&protocol(
+                    "TRANSACTION_ENDED",
+                    "this stream's transaction has ended; open a new Transaction stream",
+                ))),
+                _ => None,
+            },
+            Phase::AwaitBegin => match self.inbound.next().await {
+                Some(Ok(pb::TransactRequest {
+                    request: Some(In::Begin(begin)),
+                })) => match self.begin(begin).await {
+                    Ok((open, started)) => {
+                        self.phase = Phase::Open(Box::new(open));
+                        out(started)
+                    }
+                    Err(e) => out(error_message(&e)),
+                },
+                Some(Ok(_)) => out(error_message(&protocol(
+                    "BEGIN_FIRST",
+                    "a Transaction stream starts with a BeginTransaction message",
+                ))),
+                _ => None,
+            },
+            Phase::Open(mut open) => {
+                let kill = open.shared.kill.clone();
+                let next = tokio::select! {
+                    biased;
+                    _ = kill.clone().fired() => None,
+                    next = self.inbound.next() => Some(next),
+                };
+                let Some(next) = next else {
+                    return self.aborted(open).await;
+                };
+                match next {
+                    Some(Ok(pb::TransactRequest {
+                        request: Some(In::Write(w)),
+                    })) => {
+                        let result = tokio::select! {
+                            biased;
+                            _ = kill.fired() => None,
+                            r = write_in(&self.api.registry, &mut open, &w) => Some(r),
+                        };
+                        match result {
+                            None => self.aborted(open).await,
+                            Some(Ok(response)) => {
+                                self.phase = Phase::Open(open);
+                                out(Out::WriteResult(response))
+                            }
+                            Some(Err(e)) => {
+                                if let Some(tx) = open.tx.take() {
+                                    let _ = tx.rollback().await;
+                                }
+                                out(error_message(&e))
+                            }
+                        }
+                    }
+                    Some(Ok(pb::TransactRequest {
+                        request: Some(In::Commit(_)),
+                    })) => {
+                        let writes = open
+                            .shared
+                            .writes
+                            .load(std::sync::atomic::Ordering::Acquire);
+                        let tx = open.tx.take()?;
+                        match tx.commit().await {
+                            Ok(()) => {
+                                self.phase = Phase::Finished;
+                                out(Out::Committed(pb::TransactionCommitted {
+                                    success: true,
+                                    write_count: writes.min(i32::MAX as u64) as i32,
+                                }))
+                            }
+                            Err(e) => out(error_message(&e)),
+                        }
+                    }
+                    Some(Ok(pb::TransactRequest {
+                        request: Some(In::Rollback(r)),
+                    })) => {
+                        let tx = open.tx.take()?;
+                        match tx.rollback().await {
+                            Ok(()) => {
+                                self.phase = Phase::Finished;
+                                out(Out::RolledBack(pb::TransactionRolledBack {
+                                    reason: r.reason,
+                                }))
+                            }
+                            Err(e) => out(error_message(&e)),
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        drop(open);
+                        out(error_message(&protocol(
+                            "ALREADY_BEGUN",
+                            "this stream's transaction has begun; send writes, then Commit or \
+                             Rollback (the transaction was rolled back)",
+                        )))
+                    }
+                    // The client went away, or closed its side without
+                    // committing: roll back.
+                    None => {
+                        let tx = open.tx.take()?;
+                        let _ = tx.rollback().await;
+                        out(Out::RolledBack(pb::TransactionRolledBack {
+                            reason: "the client ended the stream before committing".into(),
+                        }))
+                    }
+                    Some(Err(_)) => None,
+                }
+            }
+        }
+    }
+
+    /// The actor fired the kill switch: roll back and say why.
+    async fn aborted(
+        &mut self,
+        mut open: Box<Open>,
+    ) -> Option<Result<pb::TransactResponse, Status>> {
+        let reason = open
+            .shared
+            .abort_reason()
+            .unwrap_or_else(|| "the gateway ended the transaction".into());
+        if let Some(tx) = open.tx.take() {
+            // A write cut short leaves the connection mid-statement; drop
+            // it rather than wait (the pool discards or rolls it back).
+            drop(tx);
+        }
+        out(Out::RolledBack(pb::TransactionRolledBack { reason }))
+    }
+
+    async fn begin(&mut self, begin: pb::BeginTransaction) -> Result<(Open, Out), Error> {
+        let token = if begin.session_token.is_empty() {
+            self.header.clone()
+        } else {
+            begin.session_token.clone()
+        };
+        let call = self.api.call(&token)?;
+        let o = options(begin.options.as_ref(), &call.policy)?;
+        if o.idempotency_key.is_some() {
+            return Err(Error::invalid_argument(
+                "IDEMPOTENCY_NOT_STREAMED",
+                "idempotency keys apply to Write; a streaming transaction is retried by running \
+                 it again",
+            ));
+        }
+        let slot = self.api.transactions.reserve(
+            &call.entry,
+            call.policy.max_open_per_session,
+            call.policy.max_open_per_namespace,
+        )?;
+        let guard = call.entry.begin_operation(true)?;
+        let tx = tokio::time::timeout(
+            o.timeout,
+            call.outbox.begin(call.ns(), o.isolation, o.timeout),
+        )
+        .await
+        .map_err(|_| timed_out(o.timeout))??;
+        let id = new_transaction_id();
+        let shared = Arc::new(TransactionShared::new(
+            id.clone(),
+            call.entry.clone(),
+            call.backend.name.clone(),
+            isolation_name(o.isolation),
+            o.timeout,
+            guard,
+            self.api.clock,
+        ));
+        self.api
+            .transactions
+            .start(shared.clone(), &self.api.pool.next());
+        let open = Open {
+            call,
+            tx: Some(tx),
+            shared,
+            registry: self.api.transactions.clone(),
+            _slot: slot,
+        };
+        let started = Out::Started(pb::TransactionStarted {
+            transaction_id: id,
+            started_at: Some(timestamp_ms(epoch_ms())),
+        });
+        Ok((open, started))
+    }
+}
+
+/// One write inside a streaming transaction.
+async fn write_in(
+    registry: &SessionRegistry,
+    open: &mut Open,
+    w: &pb::WriteRequest,
+) -> Result<pb::WriteResponse, Error> {
+    if open.call.entry.state().is_ended() {
+        return Err(Error::unauthenticated(
+            "SESSION_CLOSED",
+            "the session ended; the transaction was rolled back",
+        ));
+    }
+    let same_session = |token: &str| {
+        registry
+            .authorize(token)
+            .is_ok_and(|e| e.id == open.call.entry.id)
+    };
+    if !w.session_token.is_empty() && !same_session(&w.session_token) {
+        return Err(Error::invalid_argument(
+            "SESSION_MISMATCH",
+            "a write in a Transaction stream belongs to the session that began it",
+        ));
+    }
+    if w.options.is_some() {
+        return Err(Error::invalid_argument(
+            "OPTIONS_AT_BEGIN",
+            "a streaming transaction takes its options at BeginTransaction, not per write",
+        ));
+    }
+    let op = write_op(&open.call, w)?;
+    let tx = open
+        .tx
+        .as_mut()
+        .ok_or_else(|| Error::internal("the transaction is no longer open"))?;
+    let outcome = tx.write(&op).await?;
+    open.shared
+        .writes
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    Ok(response(&open.shared.id, false, outcome))
+}

@@ -1,0 +1,644 @@
+//! Outbox relay tests (MailboxListenerActor) on real servers: Writes on
+//! Postgres relayed to Kafka (nisshi) and to NATS JetStream arrive complete
+//! and in sequence order; a NATS outage (a private nats-server, really
+//! stopped and restarted) delays but loses nothing; a gateway killed
+//! mid-relay and started again loses nothing (duplicates allowed, gaps not);
+//! the embedded default relays `order-events` to PubSub with no other
+//! service.
+
+mod common;
+
+use std::{collections::HashMap, process::Stdio, time::Duration};
+
+use common::{api_key_request, TestGateway, TEST_KEY};
+use futures::StreamExt;
+use prism::{
+    config::{GatewayConfig, Source},
+    proto::{
+        pubsub::v1 as ps,
+        transact::v1::{self as pb, data_write::WriteMode},
+    },
+    runtime::block_on_multi_thread,
+};
+use prost_types::{value::Kind as V, Value};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    message::{Headers, Message as _},
+    ClientConfig,
+};
+use sqlx::{AnyPool, Row};
+use tokio::io::AsyncBufReadExt;
+
+const WRITES: i64 = 1000;
+const MAILBOX: &str = "order-events";
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A namespace with a Postgres table and one relay `to`.
+fn relay_yaml(run: &str, table: &str, to: &str, nats: &str) -> String {
+    format!(
+        r#"
+server: {{ shutdown_grace: 5s, supervision_interval: 100ms, actor_threads: 2 }}
+backends:
+  postgres: {{ type: postgres, url: "{pg}", pool: {pool} }}
+  kafka: {{ type: kafka, url: "{kafka}" }}
+  nats: {{ type: nats, url: "{nats}" }}
+  memory: {{ type: memory }}
+namespaces:
+  r{run}:
+    allowed_backends: [postgres, kafka, nats, memory]
+    allowed_patterns: [transact, pubsub]
+    api_keys: [{{ name: test, sha256: "{key}" }}]
+    transact:
+      tables:
+        {table}: {{ backend: postgres }}
+    relays:
+      out:
+        backend: postgres
+        mailbox: {MAILBOX}
+        to: {to}
+        poll_interval: 200ms
+        batch_size: 50
+        max_backoff: 500ms
+configs:
+  postgres: {{ namespace: r{run}, pattern: transact, backend: postgres }}
+"#,
+        pg = common::kv::database_url(),
+        pool = common::kv::FAST_POOL,
+        kafka = kafka_brokers(),
+        key = prism::auth::api_key_digest(TEST_KEY),
+    )
+}
+
+async fn pg() -> AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPool::connect(&common::kv::database_url()).await.unwrap()
+}
+
+async fn create_table(pool: &AnyPool, table: &str) {
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL)"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
+    let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(pool)
+        .await;
+    for t in ["prism_mailbox", "prism_mailbox_sequence"] {
+        let _ = sqlx::query(&format!("DELETE FROM {t} WHERE namespace = $1"))
+            .bind(ns)
+            .execute(pool)
+            .await;
+    }
+}
+
+async fn unprocessed(pool: &AnyPool, ns: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM prism_mailbox WHERE namespace = $1 AND processed_at IS NULL")
+        .bind(ns)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
+}
+
+/// `WRITES` Writes (a row and a mailbox message each) from 8 clients.
+async fn write_all(gw: &TestGateway, table: &str, count: i64) {
+    let token = gw
+        .sessions()
+        .create_session(api_key_request(TEST_KEY, "postgres"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let mut client =
+            pb::transact_service_client::TransactServiceClient::new(gw.channel.clone());
+        let token = token.clone();
+        let table = table.to_string();
+        tasks.spawn(async move {
+            for i in (w..count).step_by(8) {
+                client
+                    .write(pb::WriteRequest {
+                        session_token: token.clone(),
+                        data: Some(pb::DataWrite {
+                            table: table.clone(),
+                            record: [(
+                                "customer".to_string(),
+                                Value {
+                                    kind: Some(V::StringValue(format!("c{i}"))),
+                                },
+                            )]
+                            .into(),
+                            mode: WriteMode::Insert as i32,
+                            id_field: None,
+                        }),
+                        mailbox: Some(pb::MailboxWrite {
+                            mailbox_id: MAILBOX.into(),
+                            message: format!("m{i}").into_bytes(),
+                            ..Default::default()
+                        }),
+                        options: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Checks relayed sequences: the first time each appears they run 1, 2, 3,
+/// ... with nothing missing; repeats (at-least-once) are allowed.
+fn assert_complete_in_order(seen: &[i64], count: i64) {
+    let mut next = 1;
+    for s in seen {
+        if *s == next {
+            next += 1;
+        } else {
+            assert!(
+                *s < next,
+                "sequence {s} arrived before {next}: a gap or reordering"
+            );
+        }
+    }
+    assert_eq!(next, count + 1, "relayed up to {} of {count}", next - 1);
+}
+
+/// Waits (bounded) until no row of the namespace's mailbox is unprocessed.
+async fn wait_relayed(pool: &AnyPool, ns: &str) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while unprocessed(pool, ns).await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every mailbox row is relayed in time");
+}
+
+#[test]
+fn a_thousand_writes_reach_kafka_complete_and_in_order() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_k_{run}");
+        let topic = format!("prism-relay-{run}");
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ kafka: {{ backend: kafka, topic: {topic} }} }}");
+        let yaml = relay_yaml(&run, &table, &to, &nats_url());
+        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("postgres").await;
+        gw.wait_backend_up("kafka").await;
+
+        write_all(&gw, &table, WRITES).await;
+        wait_relayed(&pool, &ns).await;
+
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", format!("relay-test-{run}"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let mut seen = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while distinct.len() < WRITES as usize {
+                let m = consumer.recv().await.unwrap();
+                let headers: HashMap<String, String> = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(headers["prism-mailbox-id"], MAILBOX);
+                let seq: i64 = headers["prism-sequence"].parse().unwrap();
+                assert!(headers["prism-message-id"].starts_with("msg-"));
+                seen.push(seq);
+                distinct.insert(seq);
+            }
+        })
+        .await
+        .expect("all relayed messages are in the topic");
+        assert_complete_in_order(&seen, WRITES);
+
+        gw.stop().await;
+        cleanup(&pool, &table, &ns).await;
+    });
+}
+
+/// A JetStream stream capturing `subject`, made by the test so it can read
+/// back everything the relay published there.
+async fn capture(js: &async_nats::jetstream::Context, name: &str, subject: &str) {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// The `prism-sequence` of every message in a stream, in stream order.
+async fn stream_sequences(js: &async_nats::jetstream::Context, name: &str) -> Vec<i64> {
+    let mut stream = js.get_stream(name).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let seq: i64 = m
+            .headers
+            .get("prism-sequence")
+            .expect("a prism-sequence header")
+            .as_str()
+            .parse()
+            .unwrap();
+        out.push(seq);
+    }
+    out
+}
+
+#[test]
+fn a_thousand_writes_reach_nats_complete_and_in_order() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_n_{run}");
+        let subject = format!("prism.relaytest.{run}");
+        let stream = format!("RELAYTEST_{run}");
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        capture(&js, &stream, &subject).await;
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let config = GatewayConfig::from_yaml(
+            &relay_yaml(&run, &table, &to, &nats_url()),
+            &Source::Inline,
+            &[("_", "_"); 0],
+        )
+        .unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("postgres").await;
+        gw.wait_backend_up("nats").await;
+
+        write_all(&gw, &table, WRITES).await;
+        wait_relayed(&pool, &ns).await;
+        let seen = stream_sequences(&js, &stream).await;
+        assert_complete_in_order(&seen, WRITES);
+
+        gw.stop().await;
+        js.delete_stream(&stream).await.unwrap();
+        cleanup(&pool, &table, &ns).await;
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private nats-server with JetStream on `port`, storing in `dir`.
+fn nats_server(port: u16, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server is installed")
+}
+
+async fn connect_retrying(url: &str) -> async_nats::Client {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(c) = async_nats::connect(url).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("nats-server starts")
+}
+
+/// The relay's node in the actor tree.
+async fn relay_state(gw: &TestGateway, ns: &str) -> serde_json::Value {
+    let tree = gw.gateway.observe().await.unwrap();
+    tree.find(&format!("relay/{ns}/out"))
+        .expect("the relay is in the tree")
+        .state
+        .clone()
+}
+
+#[test]
+fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_o_{run}");
+        let subject = format!("prism.outage.{run}");
+        let stream = format!("OUTAGE_{run}");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("prism-nats-{run}"));
+        let url = format!("nats://127.0.0.1:{port}");
+        let mut server = nats_server(port, &dir);
+        let js = async_nats::jetstream::new(connect_retrying(&url).await);
+        capture(&js, &stream, &subject).await;
+
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let config = GatewayConfig::from_yaml(
+            &relay_yaml(&run, &table, &to, &url),
+            &Source::Inline,
+            &[("_", "_"); 0],
+        )
+        .unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("postgres").await;
+        gw.wait_backend_up("nats").await;
+        write_all(&gw, &table, 20).await;
+        wait_relayed(&pool, &ns).await;
+
+        // The broker goes away; writes still commit.
+        server.kill().await.unwrap();
+        write_all(&gw, &table, 100).await;
+        assert!(unprocessed(&pool, &ns).await > 0);
+        // The listener fails and backs off (its state says so).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let s = relay_state(&gw, &ns).await;
+                if s["failures_in_a_row"].as_u64().unwrap_or(0) >= 2 {
+                    assert!(s["last_error"].is_string(), "{s}");
+                    assert!(s["lag"]["unprocessed"].as_u64().unwrap() > 0, "{s}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the relay reports failures while the broker is down");
+
+        // The broker returns (same port, same store): everything arrives.
+        let _server = nats_server(port, &dir);
+        connect_retrying(&url).await;
+        wait_relayed(&pool, &ns).await;
+        let s = relay_state(&gw, &ns).await;
+        assert_eq!(s["lag"]["unprocessed"], 0, "{s}");
+        let seen = stream_sequences(&js_after(&url).await, &stream).await;
+        assert_complete_in_order(&seen, 120);
+
+        gw.stop().await;
+        cleanup(&pool, &table, &ns).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+async fn js_after(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(connect_retrying(url).await)
+}
+
+/// `prism serve` on `config` as a child process, once it serves.
+async fn serve(config: &std::path::Path) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("grpc listening") {
+                return;
+            }
+        }
+        panic!("serve ended before listening");
+    })
+    .await
+    .expect("serve starts");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[test]
+fn killing_the_gateway_mid_relay_loses_nothing() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_x_{run}");
+        let subject = format!("prism.crash.{run}");
+        let stream = format!("CRASH_{run}");
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        capture(&js, &stream, &subject).await;
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        // Small batches so the relay is surely mid-way when it is killed.
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let yaml =
+            relay_yaml(&run, &table, &to, &nats_url()).replace("batch_size: 50", "batch_size: 5");
+        let path = std::env::temp_dir().join(format!("prism-relay-{run}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+
+        let mut first = serve(&path).await;
+        // The gateway creates the mailbox tables when it connects.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let exists = sqlx::query("SELECT CAST(to_regclass('prism_mailbox') AS TEXT)")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    .get::<Option<String>, _>(0);
+                if exists.is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the mailbox table exists");
+        // The mailbox fills at once (as after an outage): 1,000 rows in one
+        // transaction, written directly.
+        let mut tx = pool.begin().await.unwrap();
+        for seq in 1..=WRITES {
+            sqlx::query(
+                "INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, message, \
+                 metadata, created_at) VALUES ($1, $2, $3, $4, $5, '{}', $6)",
+            )
+            .bind(ns.as_str())
+            .bind(MAILBOX)
+            .bind(seq)
+            .bind(format!("msg-{run}-{seq}"))
+            .bind(format!("m{seq}").into_bytes())
+            .bind(prism::backends::epoch_ms())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        // Kill -9 once some, not all, have gone out.
+        let mut js_stream = js.get_stream(&stream).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let n = js_stream.info().await.unwrap().state.messages;
+                if n >= 100 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the relay starts relaying");
+        first.kill().await.unwrap();
+        let left = unprocessed(&pool, &ns).await;
+        assert!(
+            left > 0,
+            "the relay finished before the kill; nothing was tested"
+        );
+
+        // A new gateway on the same config finishes the job.
+        let second = serve(&path).await;
+        wait_relayed(&pool, &ns).await;
+        let seen = stream_sequences(&js, &stream).await;
+        assert_complete_in_order(&seen, WRITES);
+        drop(second);
+
+        js.delete_stream(&stream).await.unwrap();
+        cleanup(&pool, &table, &ns).await;
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+#[test]
+fn the_embedded_default_relays_order_events_to_pubsub() {
+    block_on_multi_thread(async {
+        let dir = std::env::temp_dir().join(format!("prism-default-{}", common::kv::run_id()));
+        let db = dir.join("orders.db");
+        let db = db.to_string_lossy().to_string();
+        let config = GatewayConfig::from_yaml(
+            prism::config::EMBEDDED_DEFAULT,
+            &Source::Embedded,
+            &[("PRISM_SQLITE_PATH", db.as_str())],
+        )
+        .unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("orders-sqlite").await;
+        let token = |name: &'static str| {
+            let mut sessions = gw.sessions();
+            async move {
+                sessions
+                    .create_session(api_key_request("prism-dev-key", name))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .session_token
+            }
+        };
+        let events = token("events").await;
+        let mut pubsub = ps::pub_sub_service_client::PubSubServiceClient::new(gw.channel.clone());
+        let mut stream = pubsub
+            .subscribe(ps::SubscribeRequest {
+                session_token: events,
+                topic_pattern: "events.orders".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+
+        let orders = token("orders-db").await;
+        let mut transact =
+            pb::transact_service_client::TransactServiceClient::new(gw.channel.clone());
+        let text = |s: &str| Value {
+            kind: Some(V::StringValue(s.into())),
+        };
+        let written = transact
+            .write(pb::WriteRequest {
+                session_token: orders,
+                data: Some(pb::DataWrite {
+                    table: "orders".into(),
+                    record: [
+                        ("customer".to_string(), text("carol")),
+                        ("status".to_string(), text("pending")),
+                        (
+                            "amount".to_string(),
+                            Value {
+                                kind: Some(V::NumberValue(12.5)),
+                            },
+                        ),
+                        ("created_at".to_string(), text("2026-11-22T10:00:00Z")),
+                    ]
+                    .into(),
+                    mode: WriteMode::Insert as i32,
+                    id_field: None,
+                }),
+                mailbox: Some(pb::MailboxWrite {
+                    mailbox_id: MAILBOX.into(),
+                    message: b"order created".to_vec(),
+                    message_type: Some("order.created".into()),
+                    ..Default::default()
+                }),
+                options: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = &written.data_result.unwrap().generated_values["id"];
+        assert!(matches!(id.kind, Some(V::NumberValue(_))), "{id:?}");
+        let sequence = written.mailbox_result.unwrap().sequence;
+
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the relay publishes in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.topic, "events.orders");
+        assert_eq!(event.payload, b"order created");
+        assert_eq!(event.metadata["prism-mailbox-id"], MAILBOX);
+        assert_eq!(event.metadata["prism-sequence"], sequence.to_string());
+        assert_eq!(event.metadata["prism-message-type"], "order.created");
+
+        gw.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
