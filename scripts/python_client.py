@@ -11,8 +11,9 @@ then Set/Get/Exists/Delete a key, checks the errors a client must be able to
 read (ErrorInfo reason and domain), and closes the session; then, on the
 `events` config, subscribes to a wildcard pattern and receives what it
 publishes (PubSub); and on `orders-db` pages, counts and gets the demo
-orders (Reader), all from the spec's own protobuf. Exit status 0 means
-every check held.
+orders (Reader), and writes an order with an outbox message whose relayed
+event it receives on `events.orders` (Transact), all from the spec's own
+protobuf. Exit status 0 means every check held.
 """
 
 import importlib
@@ -32,6 +33,7 @@ PROTOS = [
     "prism/keyvalue/v1/keyvalue.proto",
     "prism/pubsub/v1/pubsub.proto",
     "prism/reader/v1/reader.proto",
+    "prism/transact/v1/transact.proto",
 ]
 
 
@@ -116,6 +118,7 @@ def main() -> None:
 
     check_pubsub(channel, session_pb2, sessions)
     check_reader(channel, session_pb2, sessions)
+    check_transact(channel, session_pb2, sessions)
     print("ok")
 
 
@@ -175,6 +178,46 @@ def check_pubsub(channel, session_pb2, sessions) -> None:
     assert list(stream) == [], "max_messages ends the stream"
     print(f"pubsub: {event.topic} delivered to {event.subscription_id}")
     sessions.CloseSession(session_pb2.CloseSessionRequest(session_token=token))
+
+
+def check_transact(channel, session_pb2, sessions) -> None:
+    pubsub_pb2 = importlib.import_module("prism.pubsub.v1.pubsub_pb2")
+    pubsub_grpc = importlib.import_module("prism.pubsub.v1.pubsub_pb2_grpc")
+    tx_pb2 = importlib.import_module("prism.transact.v1.transact_pb2")
+    tx_grpc = importlib.import_module("prism.transact.v1.transact_pb2_grpc")
+    from google.protobuf import struct_pb2
+    events = sessions.CreateSession(session_pb2.CreateSessionRequest(
+        api_key="prism-dev-key", config_name="events")).session_token
+    stream = pubsub_grpc.PubSubServiceStub(channel).Subscribe(pubsub_pb2.SubscribeRequest(
+        session_token=events, topic_pattern="events.orders",
+        options=pubsub_pb2.SubscriptionOptions(max_messages=1)), timeout=30)
+    stream.initial_metadata()  # the subscription is in place
+    token = sessions.CreateSession(session_pb2.CreateSessionRequest(
+        api_key="prism-dev-key", config_name="orders-db")).session_token
+    transact = tx_grpc.TransactServiceStub(channel)
+    key = f"py-{uuid.uuid4()}"
+    request = tx_pb2.WriteRequest(
+        session_token=token,
+        data=tx_pb2.DataWrite(table="orders", mode=tx_pb2.DataWrite.WRITE_MODE_INSERT, record={
+            "customer": struct_pb2.Value(string_value="python"),
+            "status": struct_pb2.Value(string_value="pending"),
+            "amount": struct_pb2.Value(number_value=9.5),
+            "created_at": struct_pb2.Value(string_value="2026-11-22T10:00:00Z"),
+        }),
+        mailbox=tx_pb2.MailboxWrite(mailbox_id="order-events", message=b"order created",
+                                    message_type="order.created"),
+        options=tx_pb2.TransactionOptions(idempotent=True, idempotency_key=key))
+    written = transact.Write(request)
+    again = transact.Write(request)
+    assert written.committed and again.transaction_id == written.transaction_id, (written, again)
+    sequence = written.mailbox_result.sequence
+    event = next(stream)
+    assert (event.payload, event.metadata["prism-sequence"]) == (b"order created",
+                                                                 str(sequence)), event
+    print(f"transact: order {written.data_result.generated_values['id'].number_value:.0f} "
+          f"relayed as sequence {sequence} to {event.topic}")
+    for t in (token, events):
+        sessions.CloseSession(session_pb2.CloseSessionRequest(session_token=t))
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ log "cargo test"
 cargo test --all-targets "$@"
 
 # A client generated from proto/ alone (Python, grpcio-tools) against the
-# binary on its embedded default config: sessions, KeyValue and PubSub end to
-# end.
+# binary on its embedded default config: sessions, KeyValue, PubSub, Reader
+# and Transact (with its outbox relay) end to end.
 log "generated python client against the embedded default"
 if ! python3 -c "import grpc_tools, google.rpc" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio-tools googleapis-common-protos

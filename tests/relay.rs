@@ -325,7 +325,12 @@ fn free_port() -> u16 {
 
 /// A private nats-server with JetStream on `port`, storing in `dir`.
 fn nats_server(port: u16, dir: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new("nats-server")
+    let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    tokio::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir)
         .stdout(Stdio::null())
