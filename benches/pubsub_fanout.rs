@@ -9,6 +9,9 @@
 //! 10); the run stops after 120 s whatever happens. Under `cargo test` it
 //! makes a small smoke run (20 subscribers, 50 events).
 
+mod common;
+
+use common::{connect, env, percentile};
 use std::{sync::Arc, time::Duration};
 
 use prism::{
@@ -25,17 +28,9 @@ use prism::{
     server::{self, Gateway, Listeners},
 };
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 
 const KEY: &str = "bench-key";
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn config(buffer: usize) -> GatewayConfig {
     let yaml = format!(
@@ -55,23 +50,6 @@ configs:
         key = prism::auth::api_key_digest(KEY)
     );
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).expect("bench config")
-}
-
-async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect to the gateway")
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn main() {

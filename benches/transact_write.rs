@@ -11,6 +11,9 @@
 //! clients, default 16); the run stops after 120 s whatever happens. Under
 //! `cargo test` it makes a small smoke run (100 writes, 4 writers).
 
+mod common;
+
+use common::{connect, env, percentile};
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
@@ -32,17 +35,10 @@ use prism::{
 };
 use prost_types::{value::Kind as V, Value};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const KEY: &str = "bench-key";
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -81,15 +77,6 @@ configs:
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).expect("bench config")
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect to the gateway")
-}
-
 async fn session(channel: &Channel, config: &str) -> String {
     SessionServiceClient::new(channel.clone())
         .create_session(CreateSessionRequest {
@@ -101,14 +88,6 @@ async fn session(channel: &Channel, config: &str) -> String {
         .expect("session")
         .into_inner()
         .session_token
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
 }
 
 fn main() {
@@ -264,15 +243,15 @@ fn main() {
         );
         println!(
             "write latency: p50 {:.2} ms, p99 {:.2} ms",
-            percentile(&write_latency, 0.50),
-            percentile(&write_latency, 0.99)
+            percentile(&write_latency, 0.50) as f64 / 1000.0,
+            percentile(&write_latency, 0.99) as f64 / 1000.0
         );
         println!(
             "commit-to-relay (Write returned -> subscriber received): p50 {:.2} ms, p99 {:.2} ms, \
              max {:.2} ms; {} relayed ({early} arrived before their Write's answer)",
-            percentile(&relay, 0.50),
-            percentile(&relay, 0.99),
-            percentile(&relay, 1.0),
+            percentile(&relay, 0.50) as f64 / 1000.0,
+            percentile(&relay, 0.99) as f64 / 1000.0,
+            percentile(&relay, 1.0) as f64 / 1000.0,
             relay.len() + early
         );
         assert_eq!(

@@ -76,6 +76,20 @@ configs:
     )
 }
 
+/// A gateway on `relay_yaml`, with its Postgres and the relay's broker up.
+async fn start(run: &str, table: &str, to: &str, nats: &str, broker: &str) -> TestGateway {
+    let config = GatewayConfig::from_yaml(
+        &relay_yaml(run, table, to, nats),
+        &Source::Inline,
+        &[("_", "_"); 0],
+    )
+    .unwrap();
+    let gw = TestGateway::start_with(config).await;
+    gw.wait_backend_up("postgres").await;
+    gw.wait_backend_up(broker).await;
+    gw
+}
+
 async fn pg() -> AnyPool {
     sqlx::any::install_default_drivers();
     AnyPool::connect(&common::kv::database_url()).await.unwrap()
@@ -179,13 +193,10 @@ fn assert_complete_in_order(seen: &[i64], count: i64) {
 
 /// Waits (bounded) until no row of the namespace's mailbox is unprocessed.
 async fn wait_relayed(pool: &AnyPool, ns: &str) {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while unprocessed(pool, ns).await > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    common::wait_until("every mailbox row is relayed", || async {
+        unprocessed(pool, ns).await == 0
     })
-    .await
-    .expect("every mailbox row is relayed in time");
+    .await;
 }
 
 #[test]
@@ -198,11 +209,7 @@ fn a_thousand_writes_reach_kafka_complete_and_in_order() {
         let pool = pg().await;
         create_table(&pool, &table).await;
         let to = format!("{{ kafka: {{ backend: kafka, topic: {topic} }} }}");
-        let yaml = relay_yaml(&run, &table, &to, &nats_url());
-        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("postgres").await;
-        gw.wait_backend_up("kafka").await;
+        let gw = start(&run, &table, &to, &nats_url(), "kafka").await;
 
         write_all(&gw, &table, WRITES).await;
         wait_relayed(&pool, &ns).await;
@@ -294,15 +301,7 @@ fn a_thousand_writes_reach_nats_complete_and_in_order() {
         let pool = pg().await;
         create_table(&pool, &table).await;
         let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
-        let config = GatewayConfig::from_yaml(
-            &relay_yaml(&run, &table, &to, &nats_url()),
-            &Source::Inline,
-            &[("_", "_"); 0],
-        )
-        .unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("postgres").await;
-        gw.wait_backend_up("nats").await;
+        let gw = start(&run, &table, &to, &nats_url(), "nats").await;
 
         write_all(&gw, &table, WRITES).await;
         wait_relayed(&pool, &ns).await;
@@ -380,15 +379,7 @@ fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
         let pool = pg().await;
         create_table(&pool, &table).await;
         let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
-        let config = GatewayConfig::from_yaml(
-            &relay_yaml(&run, &table, &to, &url),
-            &Source::Inline,
-            &[("_", "_"); 0],
-        )
-        .unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("postgres").await;
-        gw.wait_backend_up("nats").await;
+        let gw = start(&run, &table, &to, &url, "nats").await;
         write_all(&gw, &table, 20).await;
         wait_relayed(&pool, &ns).await;
 
@@ -486,21 +477,15 @@ fn killing_the_gateway_mid_relay_loses_nothing() {
 
         let mut first = serve(&path).await;
         // The gateway creates the mailbox tables when it connects.
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let exists = sqlx::query("SELECT CAST(to_regclass('prism_mailbox') AS TEXT)")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-                    .get::<Option<String>, _>(0);
-                if exists.is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        common::wait_until("the mailbox table exists", || async {
+            sqlx::query("SELECT CAST(to_regclass('prism_mailbox') AS TEXT)")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<Option<String>, _>(0)
+                .is_some()
         })
-        .await
-        .expect("the mailbox table exists");
+        .await;
         // The mailbox fills at once (as after an outage): 1,000 rows in one
         // transaction, written directly.
         let mut tx = pool.begin().await.unwrap();
@@ -522,18 +507,12 @@ fn killing_the_gateway_mid_relay_loses_nothing() {
         tx.commit().await.unwrap();
 
         // Kill -9 once some, not all, have gone out.
-        let mut js_stream = js.get_stream(&stream).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let n = js_stream.info().await.unwrap().state.messages;
-                if n >= 100 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        let js_stream = js.get_stream(&stream).await.unwrap();
+        common::wait_until("the relay has sent 100", || {
+            let mut js_stream = js_stream.clone();
+            async move { js_stream.info().await.unwrap().state.messages >= 100 }
         })
-        .await
-        .expect("the relay starts relaying");
+        .await;
         first.kill().await.unwrap();
         let left = unprocessed(&pool, &ns).await;
         assert!(

@@ -237,6 +237,17 @@ impl T {
         self.client.write(req).await.map(|r| r.into_inner())
     }
 
+    /// Inserts a row for `customer` (amount 1) with mailbox message `message`.
+    async fn insert(&mut self, customer: &str, message: &str) -> pb::WriteResponse {
+        self.write(
+            WriteMode::Insert,
+            &[("customer", text(customer)), ("amount", num(1.0))],
+            Some(message),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn read_mailbox(
         &mut self,
         since: Option<i64>,
@@ -464,14 +475,7 @@ fn a_failing_data_write_leaves_no_mailbox_row_and_no_gap() {
             assert_eq!(fx.count(b, "1 = 1").await, 1, "{b}");
             assert_eq!(fx.mailbox(b).await, vec![(1, b"one".to_vec())], "{b}");
             // The failed writes used no sequence number.
-            let next = t
-                .write(
-                    WriteMode::Insert,
-                    &[("customer", text("d")), ("amount", num(2.0))],
-                    Some("two"),
-                )
-                .await
-                .unwrap();
+            let next = t.insert("d", "two").await;
             assert_eq!(next.mailbox_result.unwrap().sequence, 2, "{b}");
         }
         fx.finish().await;
@@ -681,14 +685,7 @@ fn rollback_leaves_nothing() {
             assert_eq!(fx.count(b, "1 = 1").await, 0, "{b}");
             assert!(fx.mailbox(b).await.is_empty(), "{b}");
             // The sequence counter rolled back too.
-            let w = t
-                .write(
-                    WriteMode::Insert,
-                    &[("customer", text("after")), ("amount", num(1.0))],
-                    Some("after"),
-                )
-                .await
-                .unwrap();
+            let w = t.insert("after", "after").await;
             assert_eq!(w.mailbox_result.unwrap().sequence, 1, "{b}");
         }
         fx.finish().await;
@@ -697,17 +694,11 @@ fn rollback_leaves_nothing() {
 
 /// Waits (bounded) until the actor tree has no Transaction node.
 async fn wait_no_transaction(gw: &TestGateway) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let tree = gw.gateway.observe().await.unwrap();
-            if !tree.walk().iter().any(|n| n.kind == ActorKind::Transaction) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    common::wait_until("the transaction actor leaves the tree", || async {
+        let tree = gw.gateway.observe().await.unwrap();
+        !tree.walk().iter().any(|n| n.kind == ActorKind::Transaction)
     })
-    .await
-    .expect("the transaction actor leaves the tree");
+    .await;
 }
 
 #[test]
@@ -747,13 +738,7 @@ fn client_disconnect_mid_transaction_rolls_back_and_ends_the_actor() {
             assert_eq!(fx.count(b, "1 = 1").await, 0, "{b}");
             assert!(fx.mailbox(b).await.is_empty(), "{b}");
             // The database is free for the next writer.
-            t.write(
-                WriteMode::Insert,
-                &[("customer", text("next")), ("amount", num(1.0))],
-                Some("next"),
-            )
-            .await
-            .unwrap();
+            t.insert("next", "next").await;
             assert_eq!(fx.count(b, "1 = 1").await, 1, "{b}");
             sqlx::query(&format!("DELETE FROM {}", fx.tables[b]))
                 .execute(&fx.pools[b])
@@ -817,13 +802,7 @@ fn read_mailbox_and_process_mailbox_as_specified() {
         for b in BACKENDS {
             let mut t = fx.client(b).await;
             for i in 1..=5 {
-                t.write(
-                    WriteMode::Insert,
-                    &[("customer", text(&format!("c{i}"))), ("amount", num(1.0))],
-                    Some(&format!("m{i}")),
-                )
-                .await
-                .unwrap();
+                t.insert(&format!("c{i}"), &format!("m{i}")).await;
             }
             let all = t.read_mailbox(None, None, false).await;
             let seqs: Vec<i64> = all.iter().map(|m| m.sequence).collect();

@@ -242,6 +242,15 @@ impl SqlTransaction {
         self.kv.db_error(e)
     }
 
+    /// Runs a built statement in the transaction; rows affected.
+    async fn execute(&mut self, sql: &Sql) -> Result<u64, Error> {
+        sql.query()
+            .execute(&mut *self.tx)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| self.kv.db_error(e))
+    }
+
     async fn data(&mut self, op: &DataOp) -> Result<WriteOutcome, Error> {
         let schema = self.kv.table_schema(&op.table, &op.id).await?;
         let dialect = self.kv.dialect;
@@ -345,12 +354,7 @@ impl SqlTransaction {
                 let ret = returning();
                 if ret.is_empty() {
                     sql.text = text;
-                    let n = sql
-                        .query()
-                        .execute(&mut *self.tx)
-                        .await
-                        .map_err(|e| self.kv.db_error(e))?
-                        .rows_affected();
+                    let n = self.execute(&sql).await?;
                     return Ok(WriteOutcome {
                         rows_affected: n as i64,
                         ..Default::default()
@@ -407,12 +411,7 @@ impl SqlTransaction {
                 BTreeMap::new()
             }
         };
-        let n = sql
-            .query()
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.kv.db_error(e))?
-            .rows_affected();
+        let n = self.execute(&sql).await?;
         if n == 0 {
             return Err(row_not_found(&op.table, &id_col.name));
         }

@@ -308,3 +308,20 @@ pub fn with_token_header<T>(message: T, token: &str) -> tonic::Request<T> {
         .insert("x-session-token", token.parse().expect("ascii token"));
     request
 }
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after
+/// 60 s. For states with no event to wait on (a database row count, a node
+/// in the actor tree).
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
