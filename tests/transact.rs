@@ -525,6 +525,36 @@ fn every_write_mode_applies_and_reports_rows_affected() {
             assert_eq!(affected(r.unwrap()), 1, "{b} delete");
             assert_eq!(fx.count(b, "id = 11").await, 0, "{b}");
 
+            // Another unique column finds the row when named as id_field.
+            let mut by_code = t.write_request(
+                WriteMode::Update,
+                &[("code", text("A-10")), ("status", text("shipped"))],
+                None,
+            );
+            sqlx::query(&format!(
+                "UPDATE {} SET code = 'A-10' WHERE id = 10",
+                fx.tables[b]
+            ))
+            .execute(&fx.pools[b])
+            .await
+            .unwrap();
+            by_code.data.as_mut().unwrap().id_field = Some("code".into());
+            let r = t.client.write(by_code.clone()).await.unwrap().into_inner();
+            assert_eq!(affected(r), 1, "{b} update by code");
+            assert_eq!(
+                fx.count(b, "id = 10 AND status = 'shipped'").await,
+                1,
+                "{b}"
+            );
+            by_code.data.as_mut().unwrap().id_field = Some("nope".into());
+            let err = t.client.write(by_code).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::InvalidArgument,
+                "UNKNOWN_FIELD",
+                Service::Transact,
+            );
+
             // A missing row: nothing written, not even the mailbox row.
             let before = fx.mailbox(b).await.len();
             let err = t
@@ -966,13 +996,20 @@ fn a_serialization_failure_is_aborted_and_retryable() {
         let (tx2, mut rx2) = t.open_stream().await;
         tx2.send(serializable(&t)).await.unwrap();
         assert!(matches!(next(&mut rx2).await, Out::Started(_)));
-        // Both read the mailbox's counter row; the first writes it and
-        // commits while the second waits on it.
+        // The second takes its snapshot (a data-only write) before the
+        // first commits its mailbox row; its own mailbox write then updates
+        // the counter row the first changed since: a serialization failure.
+        let mut data_only = t.streamed_write("second-a", "unused");
+        if let Some(In::Write(w)) = data_only.request.as_mut() {
+            w.mailbox = None;
+        }
+        tx2.send(data_only).await.unwrap();
+        assert!(matches!(next(&mut rx2).await, Out::WriteResult(_)));
         tx1.send(t.streamed_write("first", "1")).await.unwrap();
         assert!(matches!(next(&mut rx1).await, Out::WriteResult(_)));
-        tx2.send(t.streamed_write("second", "2")).await.unwrap();
         tx1.send(commit()).await.unwrap();
         assert!(matches!(next(&mut rx1).await, Out::Committed(_)));
+        tx2.send(t.streamed_write("second", "2")).await.unwrap();
         match next(&mut rx2).await {
             Out::Error(e) => {
                 assert_eq!(e.code, "ABORTED", "{}", e.message);
@@ -982,6 +1019,7 @@ fn a_serialization_failure_is_aborted_and_retryable() {
         }
         assert_eq!(fx.count("postgres", "1 = 1").await, 1);
         assert_eq!(fx.mailbox("postgres").await, vec![(1, b"1".to_vec())]);
+        drop((tx1, rx1, tx2, rx2));
         fx.finish().await;
     });
 }

@@ -321,6 +321,13 @@ pub fn map_db_error(name: &str, dialect: Dialect, e: sqlx::Error) -> Error {
             if let Some(e) = constraint_error(db.as_ref()) {
                 return e;
             }
+            if dialect == Dialect::Postgres && code == "42P10" {
+                return Error::new(
+                    ErrorKind::FailedPrecondition,
+                    "NOT_A_UNIQUE_KEY",
+                    "an upsert's id field must be the table's primary key or a unique column",
+                );
+            }
             if dialect == Dialect::Postgres && code == "57014" {
                 return Error::new(
                     ErrorKind::DeadlineExceeded,

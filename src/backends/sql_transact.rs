@@ -252,11 +252,13 @@ impl SqlTransaction {
     }
 
     async fn data(&mut self, op: &DataOp) -> Result<WriteOutcome, Error> {
-        let schema = self.kv.table_schema(&op.table, &op.id).await?;
+        let schema = self.kv.table_schema(&op.table, &op.table_id).await?;
+        // The request's id_field, or the table's id.
+        let id_idx = schema.column(&op.id)?;
         let dialect = self.kv.dialect;
         let mut sql = Sql::new(dialect);
         let table = quote(&op.table);
-        let id_col = &schema.columns[schema.id];
+        let id_col = &schema.columns[id_idx];
         // Every field as (column index, bound placeholder or NULL).
         let mut fields = Vec::with_capacity(op.record.len());
         for (name, value) in &op.record {
@@ -271,7 +273,7 @@ impl SqlTransaction {
         let id_ph = || {
             fields
                 .iter()
-                .find(|(i, _)| *i == schema.id)
+                .find(|(i, _)| *i == id_idx)
                 .map(|(_, ph)| ph.clone())
                 .ok_or_else(|| {
                     Error::invalid_argument(
@@ -287,7 +289,7 @@ impl SqlTransaction {
         let assignments = |excluded: bool| {
             fields
                 .iter()
-                .filter(|(i, _)| *i != schema.id)
+                .filter(|(i, _)| *i != id_idx)
                 .map(|(i, ph)| {
                     let c = quote(&schema.columns[*i].name);
                     if excluded {

@@ -29,6 +29,8 @@ pub enum WriteMode {
 #[derive(Debug, Clone)]
 pub struct DataOp {
     pub table: String,
+    /// The table's configured id column.
+    pub table_id: String,
     pub id: String,
     pub mode: WriteMode,
     pub record: BTreeMap<String, Value>,

@@ -234,6 +234,7 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
             };
             Some(DataOp {
                 table: d.table.clone(),
+                table_id: spec.id.clone(),
                 id: d
                     .id_field
                     .clone()
