@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/prism/pubsub/v1/pubsub.proto",
     "proto/prism/reader/v1/reader.proto",
     "proto/prism/transact/v1/transact.proto",
+    "proto/prism/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

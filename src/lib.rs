@@ -21,7 +21,7 @@
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
 //! - [`proto`]: code generated from `proto/` (the wire contract).
-//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`).
+//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/admin/actors`).
 //!
 //! The rule that shapes it: a data RPC never waits on an actor mailbox.
 //! Lifecycle (create, expiry, close, supervision) is message-driven; the hot

@@ -40,3 +40,8 @@ pub mod transact {
         tonic::include_proto!("prism.transact.v1");
     }
 }
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("prism.admin.v1");
+    }
+}

@@ -255,6 +255,11 @@ pub async fn run(
         .add_service(SessionServiceServer::new(SessionApi::new(
             gateway.sessions.clone(),
         )))
+        .add_service(
+            proto::admin::v1::admin_service_server::AdminServiceServer::new(
+                crate::services::admin::AdminApi::new(gateway.clone()),
+            ),
+        )
         .add_service(ConfigServiceServer::new(ConfigApi::new(
             gateway.named.clone(),
         )))

@@ -9,11 +9,12 @@
 
 mod common;
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::{
-    assert_error,
+    assert_error, free_port,
     kv::{database_url, kv_config, redis_url, run_id, Harness, Kv},
+    RedisServer,
 };
 use prism::{backends::HealthState, error::Service, runtime::block_on_multi_thread};
 use tokio::{
@@ -86,53 +87,6 @@ async fn wait_namespace_health(h: &Harness, service: &str, want: ServingStatus) 
     })
     .await;
     assert_eq!(seen, Ok(true), "{service} never reported {want:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A redis-server child process; killed on drop.
-struct RedisServer {
-    child: tokio::process::Child,
-}
-
-impl RedisServer {
-    async fn start(port: u16) -> Self {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh checks)");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        RedisServer { child }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
-use common::{api_key_request, TestGateway, TEST_KEY};
+use common::{api_key_request, free_port, TestGateway, TEST_KEY};
 use futures::StreamExt;
 use prism::{
     config::{GatewayConfig, Source},
@@ -312,14 +312,6 @@ fn a_thousand_writes_reach_nats_complete_and_in_order() {
         js.delete_stream(&stream).await.unwrap();
         cleanup(&pool, &table, &ns).await;
     });
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A private nats-server with JetStream on `port`, storing in `dir`.

@@ -201,7 +201,8 @@ pub(super) fn read_expr(dialect: Dialect, c: &Column, sql_type: &str) -> String 
     }
 }
 
-fn json_to_value(j: serde_json::Value) -> Value {
+/// A JSON value as a protobuf Value (numbers as f64).
+pub fn json_to_value(j: serde_json::Value) -> Value {
     let kind = match j {
         serde_json::Value::Null => V::NullValue(0),
         serde_json::Value::Bool(b) => V::BoolValue(b),

@@ -127,6 +127,9 @@ pub struct ServerConfig {
     /// Key that signs Reader cursors; gateways sharing one accept each
     /// other's cursors. Absent: a random key per process.
     pub cursor_secret: Option<String>,
+    /// The admin token: the admin HTTP endpoints (all but `/healthz`) and
+    /// the gRPC AdminService require it. Absent: they are refused.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             supervision_interval: Duration::from_secs(1),
             tls: None,
             cursor_secret: None,
+            admin_token: None,
         }
     }
 }

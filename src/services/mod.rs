@@ -13,6 +13,7 @@ use crate::{
     session::{SessionEntry, SessionRegistry},
 };
 
+pub mod admin;
 pub mod config;
 pub mod keyvalue;
 pub mod pubsub;

@@ -36,6 +36,9 @@ fn digest(key: &str) -> String {
     prism::auth::api_key_digest(key)
 }
 
+/// The admin token of [`test_config`].
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The gateway configuration the tests run against.
 pub fn test_config_yaml() -> String {
     let public_key = concat!(
@@ -48,6 +51,7 @@ server:
   shutdown_grace: 5s
   supervision_interval: 100ms
   actor_threads: 2
+  admin_token: {ADMIN_TOKEN}
 backends:
   memory: {{ type: memory }}
   local-sqlite: {{ type: sqlite, path: prism-data/test.db }}
@@ -105,6 +109,8 @@ pub fn test_config() -> GatewayConfig {
 /// A gateway served on an ephemeral loopback port.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The admin HTTP listener.
+    pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -141,13 +147,17 @@ impl TestGateway {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let admin_addr = admin.local_addr().unwrap();
         let gateway = Arc::new(Gateway::start(config).expect("gateway starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(server::run(
             gateway.clone(),
             Listeners {
                 grpc: listener,
-                admin: None,
+                admin: Some(admin),
             },
             async move {
                 let _ = rx.await;
@@ -169,6 +179,7 @@ impl TestGateway {
         };
         TestGateway {
             addr,
+            admin_addr,
             gateway,
             channel,
             shutdown: Some(tx),
@@ -324,4 +335,88 @@ where
     })
     .await;
     assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+/// One HTTP/1.1 request to `addr` (the admin listener): status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked bodies are not read here"
+    );
+    (status, body.to_string())
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server child process; killed on drop.
+pub struct RedisServer {
+    child: tokio::process::Child,
+}
+
+impl RedisServer {
+    pub async fn start(port: u16) -> Self {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh checks)");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        RedisServer { child }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }

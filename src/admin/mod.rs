@@ -1,0 +1,201 @@
+//! The admin HTTP listener (default 127.0.0.1:8981), apart from gRPC.
+//! `/healthz` (the process is alive) is open; everything else needs the
+//! admin token (`server.admin_token`) as `Authorization: Bearer <token>`,
+//! `X-Admin-Token: <token>`, or — for the page a browser opens — a `token`
+//! query parameter:
+//!
+//! - `/readyz`: every supervisor runs and every backend with a client is up;
+//!   names what is not
+//! - `/admin/actors`: the live actor tree as JSON; `namespace`, `kind`,
+//!   `offset` and `limit` make it a flat page of matching nodes
+//! - `/admin/actors/{id}`: one node with its children
+//! - `POST /admin/sessions/{id}/close`: closes a session (audited)
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::server::Gateway;
+
+pub mod tree;
+
+/// The header (besides `Authorization: Bearer`) that may carry the token.
+pub const TOKEN_HEADER: &str = "x-admin-token";
+
+/// Checks an admin token against the configured one; `None` when it
+/// matches, else why not (for a 401 or 403). Digests are compared, so the
+/// comparison's timing says nothing about the token.
+pub fn check_token(configured: Option<&str>, given: Option<&str>) -> Option<(StatusCode, String)> {
+    let Some(configured) = configured else {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: set server.admin_token".into(),
+        ));
+    };
+    let Some(given) = given.filter(|g| !g.is_empty()) else {
+        return Some((
+            StatusCode::UNAUTHORIZED,
+            "the admin token is missing: send Authorization: Bearer <token>".into(),
+        ));
+    };
+    if Sha256::digest(given.as_bytes()) != Sha256::digest(configured.as_bytes()) {
+        return Some((StatusCode::FORBIDDEN, "the admin token is wrong".into()));
+    }
+    None
+}
+
+/// The token a request carries, from a header or the `token` parameter.
+fn request_token(req: &Request) -> Option<String> {
+    let headers = req.headers();
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_string());
+    }
+    if let Some(v) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+async fn require_token(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let given = request_token(&req);
+    match check_token(
+        gateway.config.server.admin_token.as_deref(),
+        given.as_deref(),
+    ) {
+        None => next.run(req).await,
+        Some((code, why)) => {
+            tracing::warn!(path = %req.uri().path(), %why, "admin request refused");
+            (code, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let protected = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/admin/actors", get(actors))
+        .route("/admin/actors/{*id}", get(actor))
+        .route("/admin/sessions/{id}/close", post(close_session))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(protected)
+        .with_state(gateway)
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> (StatusCode, String) {
+    let mut down = gateway.supervisors.down_supervisors();
+    down.extend(
+        gateway
+            .backends
+            .iter()
+            .filter(|b| b.client.is_some() && !b.health.is_up())
+            .map(|b| format!("backend {} ({:?})", b.name, b.health.state())),
+    );
+    if down.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", down.join(", ")),
+        )
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ActorsParams {
+    namespace: Option<String>,
+    kind: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+fn unavailable(e: crate::error::Error) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message)).into_response()
+}
+
+async fn actors(State(gateway): State<Arc<Gateway>>, Query(p): Query<ActorsParams>) -> Response {
+    let tree = match gateway.observe().await {
+        Ok(t) => t,
+        Err(e) => return unavailable(e),
+    };
+    let q = tree::TreeQuery {
+        namespace: p.namespace,
+        kind: p.kind,
+        offset: p.offset.unwrap_or(0),
+        limit: p.limit,
+    };
+    if !q.is_page() {
+        return Json(serde_json::json!({ "tree": tree })).into_response();
+    }
+    let page = tree::page(tree, &q);
+    Json(serde_json::json!({
+        "total": page.total,
+        "offset": q.offset,
+        "nodes": page.nodes,
+    }))
+    .into_response()
+}
+
+async fn actor(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let tree = match gateway.observe().await {
+        Ok(t) => t,
+        Err(e) => return unavailable(e),
+    };
+    match tree.find(&id) {
+        Some(node) => Json(node.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no actor `{id}`\n")).into_response(),
+    }
+}
+
+async fn close_session(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let Some(entry) = gateway.registry.by_id(&id) else {
+        return (StatusCode::NOT_FOUND, format!("no open session `{id}`\n")).into_response();
+    };
+    let closed = gateway.sessions.close(&entry, true).await;
+    tracing::info!(
+        target: "prism::audit",
+        event = "admin_close_session",
+        session_id = %id,
+        namespace = %entry.namespace(),
+        success = closed.success,
+        "session closed by an administrator"
+    );
+    Json(serde_json::json!({
+        "session_id": id,
+        "closed": closed.success,
+    }))
+    .into_response()
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,269 @@
+//! The admin surface: the token guards every admin endpoint but /healthz;
+//! the live actor tree over HTTP and gRPC shows a session and its
+//! subscription while the stream is open and drops them after; a restarted
+//! actor shows its restart; an administrator can close a session.
+
+mod common;
+
+use common::{http, wait_until, TestGateway, ADMIN_TOKEN, TEST_KEY};
+use prism::{
+    proto::{
+        admin::v1::{self as admin, admin_service_client::AdminServiceClient},
+        pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
+    },
+    runtime::block_on_multi_thread,
+};
+use tonic::Code;
+
+fn bearer() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
+async fn get_json(gw: &TestGateway, path: &str) -> serde_json::Value {
+    let (status, body) = http(gw.admin_addr, "GET", path, &[("Authorization", &bearer())]).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The ids of a JSON tree's nodes, depth first.
+fn ids(node: &serde_json::Value, out: &mut Vec<String>) {
+    out.push(node["id"].as_str().unwrap().to_string());
+    for c in node["children"].as_array().unwrap() {
+        ids(c, out);
+    }
+}
+
+#[test]
+fn admin_endpoints_refuse_a_missing_or_wrong_token() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let (status, _) = http(gw.admin_addr, "GET", "/healthz", &[]).await;
+        assert_eq!(status, 200, "healthz is open");
+        for path in ["/readyz", "/admin/actors", "/admin/actors/root"] {
+            let (status, body) = http(gw.admin_addr, "GET", path, &[]).await;
+            assert_eq!(status, 401, "{path}: {body}");
+            let (status, body) = http(
+                gw.admin_addr,
+                "GET",
+                path,
+                &[("Authorization", "Bearer not-the-token")],
+            )
+            .await;
+            assert_eq!(status, 403, "{path}: {body}");
+            let (status, body) = http(
+                gw.admin_addr,
+                "GET",
+                path,
+                &[("X-Admin-Token", ADMIN_TOKEN)],
+            )
+            .await;
+            // Readiness may still be waiting for backends: a 503, not a refusal.
+            let answered = status == 200 || (path == "/readyz" && status == 503);
+            assert!(answered, "{path}: {status} {body}");
+        }
+        let (status, _) = http(gw.admin_addr, "POST", "/admin/sessions/sess-x/close", &[]).await;
+        assert_eq!(status, 401);
+
+        let mut client = AdminServiceClient::new(gw.channel.clone());
+        let err = client
+            .get_actor_tree(admin::GetActorTreeRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let mut req = tonic::Request::new(admin::GetActorTreeRequest::default());
+        req.metadata_mut()
+            .insert("authorization", "Bearer wrong".parse().unwrap());
+        assert_eq!(
+            client.get_actor_tree(req).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let session = gw
+            .sessions()
+            .create_session(common::inline_request(
+                TEST_KEY,
+                prism::proto::config::v1::AccessPattern::Pubsub,
+                "memory",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut pubsub = PubSubServiceClient::new(gw.channel.clone());
+        let stream = pubsub
+            .subscribe(ps::SubscribeRequest {
+                session_token: session.session_token.clone(),
+                topic_pattern: "admin.>".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+
+        let tree = get_json(&gw, "/admin/actors").await;
+        let mut all = Vec::new();
+        ids(&tree["tree"], &mut all);
+        assert!(all.contains(&session.session_id), "{all:?}");
+        let node = get_json(&gw, &format!("/admin/actors/{}", session.session_id)).await;
+        assert_eq!(node["kind"], "session");
+        let children = node["children"].as_array().unwrap();
+        assert_eq!(children.len(), 1, "{node}");
+        let sub = &children[0];
+        assert_eq!(sub["kind"], "pub_sub_subscription");
+        assert_eq!(sub["parent"], session.session_id.as_str());
+        assert_eq!(sub["state"]["topic_pattern"], "admin.>");
+        let sub_id = sub["id"].as_str().unwrap().to_string();
+
+        // Filters: this namespace's subscriptions, as a flat page.
+        let page = get_json(
+            &gw,
+            "/admin/actors?namespace=default&kind=pub_sub_subscription",
+        )
+        .await;
+        assert_eq!(page["total"], 1, "{page}");
+        assert_eq!(page["nodes"][0]["id"], sub_id.as_str());
+        let page = get_json(&gw, "/admin/actors?kind=session&limit=1").await;
+        assert_eq!(page["nodes"].as_array().unwrap().len(), 1, "{page}");
+
+        // The same over gRPC.
+        let mut client = AdminServiceClient::new(gw.channel.clone());
+        let mut req = tonic::Request::new(admin::GetActorRequest {
+            id: session.session_id.clone(),
+        });
+        req.metadata_mut()
+            .insert("authorization", bearer().parse().unwrap());
+        let node = client.get_actor(req).await.unwrap().into_inner();
+        assert_eq!(node.kind, "session");
+        assert_eq!(node.children[0].id, sub_id);
+
+        // The stream ends: the subscription leaves the tree.
+        drop(stream);
+        wait_until("the subscription leaves the tree", || async {
+            let (status, _) = http(
+                gw.admin_addr,
+                "GET",
+                &format!("/admin/actors/{sub_id}"),
+                &[("Authorization", &bearer())],
+            )
+            .await;
+            status == 404
+        })
+        .await;
+
+        // An administrator closes the session: it leaves the tree too.
+        let (status, body) = http(
+            gw.admin_addr,
+            "POST",
+            &format!("/admin/sessions/{}/close", session.session_id),
+            &[("Authorization", &bearer())],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let closed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(closed["closed"], true);
+        wait_until("the session leaves the tree", || async {
+            let (status, _) = http(
+                gw.admin_addr,
+                "GET",
+                &format!("/admin/actors/{}", session.session_id),
+                &[("Authorization", &bearer())],
+            )
+            .await;
+            status == 404
+        })
+        .await;
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn a_restarted_actor_shows_its_restart() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let session = gw
+            .sessions()
+            .create_session(common::inline_request(
+                TEST_KEY,
+                prism::proto::config::v1::AccessPattern::Pubsub,
+                "memory",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut pubsub = PubSubServiceClient::new(gw.channel.clone());
+        let _stream = pubsub
+            .subscribe(ps::SubscribeRequest {
+                session_token: session.session_token.clone(),
+                topic_pattern: "crash.me".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let page = get_json(&gw, "/admin/actors?kind=pub_sub_subscription").await;
+        let id = page["nodes"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(page["nodes"][0]["restarts"], 0);
+        gw.gateway.crash_subscription(&id).unwrap();
+        wait_until("the supervisor restarts the actor", || async {
+            let node = get_json(&gw, &format!("/admin/actors/{id}")).await;
+            node["restarts"] == 1 && node["status"] == "running"
+        })
+        .await;
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn readyz_fails_while_a_backend_is_down_and_recovers() {
+    block_on_multi_thread(async {
+        let port = common::free_port();
+        let redis = common::RedisServer::start(port).await;
+        let yaml = format!(
+            r#"
+server: {{ admin_token: {ADMIN_TOKEN}, supervision_interval: 100ms, actor_threads: 2 }}
+backends:
+  cache: {{ type: redis, url: "redis://127.0.0.1:{port}", pool: {pool} }}
+namespaces:
+  ready:
+    allowed_backends: [cache]
+    allowed_patterns: [key_value]
+"#,
+            pool = common::kv::FAST_POOL
+        );
+        let config = prism::config::GatewayConfig::from_yaml(
+            &yaml,
+            &prism::config::Source::Inline,
+            &[("_", "_"); 0],
+        )
+        .unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("cache").await;
+        let readyz = || async {
+            http(
+                gw.admin_addr,
+                "GET",
+                "/readyz",
+                &[("Authorization", &bearer())],
+            )
+            .await
+        };
+        assert_eq!(readyz().await.0, 200);
+
+        redis.stop().await;
+        wait_until("readyz reports the backend down", || async {
+            let (status, body) = readyz().await;
+            status == 503 && body.contains("backend cache")
+        })
+        .await;
+
+        let _redis = common::RedisServer::start(port).await;
+        wait_until("readyz recovers", || async { readyz().await.0 == 200 }).await;
+        gw.stop().await;
+    });
+}
