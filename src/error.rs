@@ -138,6 +138,33 @@ pub fn status(service: Service) -> impl Fn(Error) -> Status {
     move |e| e.to_status(service)
 }
 
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as
+/// TransactionError and the metrics' `code` label carry it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    {
+        use tonic::Code as C;
+        match code {
+            C::Ok => "OK",
+            C::Cancelled => "CANCELLED",
+            C::Unknown => "UNKNOWN",
+            C::InvalidArgument => "INVALID_ARGUMENT",
+            C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            C::NotFound => "NOT_FOUND",
+            C::AlreadyExists => "ALREADY_EXISTS",
+            C::PermissionDenied => "PERMISSION_DENIED",
+            C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            C::FailedPrecondition => "FAILED_PRECONDITION",
+            C::Aborted => "ABORTED",
+            C::OutOfRange => "OUT_OF_RANGE",
+            C::Unimplemented => "UNIMPLEMENTED",
+            C::Internal => "INTERNAL",
+            C::Unavailable => "UNAVAILABLE",
+            C::DataLoss => "DATA_LOSS",
+            C::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

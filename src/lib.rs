@@ -21,7 +21,8 @@
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
 //! - [`proto`]: code generated from `proto/` (the wire contract).
-//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/admin/actors`).
+//! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
+//!   `/admin/actors`); [`metrics`]: the Prometheus counters and exposition.
 //!
 //! The rule that shapes it: a data RPC never waits on an actor mailbox.
 //! Lifecycle (create, expiry, close, supervision) is message-driven; the hot
@@ -34,6 +35,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod proto;
 pub mod runtime;
 pub mod server;

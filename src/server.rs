@@ -47,6 +47,8 @@ pub struct Gateway {
     pub supervisors: Arc<Supervisors>,
     pub backends: Arc<Backends>,
     pub subscriptions: Arc<Subscriptions>,
+    /// gRPC call counters (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -99,6 +101,7 @@ impl Gateway {
             supervisors,
             backends,
             subscriptions,
+            metrics: Arc::default(),
             pool,
         })
     }
@@ -244,7 +247,9 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().layer(crate::metrics::MetricsLayer {
+        metrics: gateway.metrics.clone(),
+    });
     if let Some(tls) = tls_config(&gateway.config)? {
         builder = builder.tls_config(tls)?;
     }

@@ -267,3 +267,127 @@ namespaces:
         gw.stop().await;
     });
 }
+
+/// Parses Prometheus text exposition strictly enough to catch a malformed
+/// line: every sample belongs to a family with HELP and TYPE, label sets
+/// are well quoted, values are numbers. Returns sample → value.
+fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "bad type: {line}"
+            );
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment: {line}");
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+        if let Some(l) = series.strip_prefix(name) {
+            if !l.is_empty() {
+                assert!(l.starts_with('{') && l.ends_with('}'), "bad labels: {line}");
+                for pair in l[1..l.len() - 1].split("\",") {
+                    let (k, v) = pair.split_once("=\"").expect("label k=\"v\"");
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(!v.trim_end_matches('"').contains('"') || v.contains("\\\""));
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample without TYPE: {line}");
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[test]
+fn metrics_move_with_calls_and_parse_as_prometheus_text() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let scrape = || async {
+            let (status, body) = http(
+                gw.admin_addr,
+                "GET",
+                "/metrics",
+                &[("Authorization", &bearer())],
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            parse_exposition(&body)
+        };
+        let ok_set = "prism_requests_total{namespace=\"default\",service=\"prism.keyvalue.v1.KeyValueService\",method=\"Set\",code=\"OK\"}";
+        let denied = "prism_requests_total{namespace=\"\",service=\"prism.keyvalue.v1.KeyValueService\",method=\"Get\",code=\"UNAUTHENTICATED\"}";
+        let before = scrape().await;
+        let session = gw
+            .sessions()
+            .create_session(common::inline_request(
+                TEST_KEY,
+                prism::proto::config::v1::AccessPattern::KeyValue,
+                "memory",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut kv =
+            prism::proto::keyvalue::v1::key_value_service_client::KeyValueServiceClient::new(
+                gw.channel.clone(),
+            );
+        for i in 0..3 {
+            kv.set(prism::proto::keyvalue::v1::SetRequest {
+                session_token: session.session_token.clone(),
+                key: format!("k{i}"),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let err = kv
+            .get(prism::proto::keyvalue::v1::GetRequest {
+                session_token: "bogus".into(),
+                key: "k0".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+
+        let after = scrape().await;
+        let delta =
+            |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+        assert_eq!(delta(ok_set), 3.0, "{after:?}");
+        assert_eq!(delta(denied), 1.0);
+        let count = ok_set.replace(
+            "prism_requests_total",
+            "prism_request_duration_seconds_count",
+        );
+        assert_eq!(delta(&count), 3.0);
+        let inf = ok_set
+            .replace(
+                "prism_requests_total",
+                "prism_request_duration_seconds_bucket",
+            )
+            .replace("code=\"OK\"}", "code=\"OK\",le=\"+Inf\"}");
+        assert_eq!(delta(&inf), 3.0);
+        assert!(after["prism_sessions_active{namespace=\"default\"}"] >= 1.0);
+        assert!(after["prism_bytes_received_total{namespace=\"default\"}"] > 0.0);
+        assert!(after.contains_key("prism_backend_up{backend=\"memory\",type=\"memory\"}"));
+        gw.stop().await;
+    });
+}

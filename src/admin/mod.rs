@@ -6,6 +6,7 @@
 //!
 //! - `/readyz`: every supervisor runs and every backend with a client is up;
 //!   names what is not
+//! - `/metrics`: Prometheus text exposition ([`crate::metrics`])
 //! - `/admin/actors`: the live actor tree as JSON; `namespace`, `kind`,
 //!   `offset` and `limit` make it a flat page of matching nodes
 //! - `/admin/actors/{id}`: one node with its children
@@ -92,6 +93,7 @@ async fn require_token(State(gateway): State<Arc<Gateway>>, req: Request, next: 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let protected = Router::new()
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/admin/actors", get(actors))
         .route("/admin/actors/{*id}", get(actor))
         .route("/admin/sessions/{id}/close", post(close_session))
@@ -122,6 +124,17 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> (StatusCode, String) {
             format!("not ready: {}\n", down.join(", ")),
         )
     }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&gateway).await,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -49,21 +49,31 @@ fn own_namespace(node: &ActorNode) -> Option<String> {
         .map(str::to_string)
 }
 
-fn flatten(node: ActorNode, inherited: Option<String>, out: &mut Vec<(Option<String>, ActorNode)>) {
+/// Every node of the tree with its namespace, depth first, children taken
+/// off.
+pub fn flatten(root: ActorNode) -> Vec<(Option<String>, ActorNode)> {
+    let mut out = Vec::new();
+    flatten_into(root, None, &mut out);
+    out
+}
+
+fn flatten_into(
+    node: ActorNode,
+    inherited: Option<String>,
+    out: &mut Vec<(Option<String>, ActorNode)>,
+) {
     let ns = own_namespace(&node).or(inherited);
     let mut node = node;
     let children = std::mem::take(&mut node.children);
     out.push((ns.clone(), node));
     for child in children {
-        flatten(child, ns.clone(), out);
+        flatten_into(child, ns.clone(), out);
     }
 }
 
 /// The nodes `q` selects, paged.
 pub fn page(tree: ActorNode, q: &TreeQuery) -> Page {
-    let mut all = Vec::new();
-    flatten(tree, None, &mut all);
-    let matching: Vec<ActorNode> = all
+    let matching: Vec<ActorNode> = flatten(tree)
         .into_iter()
         .filter(|(ns, node)| {
             q.namespace

@@ -606,35 +606,9 @@ fn out(r: Out) -> Option<Result<pb::TransactResponse, Status>> {
 
 fn error_message(e: &Error) -> Out {
     Out::Error(pb::TransactionError {
-        code: code_name(e.kind.code()).to_string(),
+        code: crate::error::code_name(e.kind.code()).to_string(),
         message: format!("{} ({})", e.message, e.reason),
     })
-}
-
-/// The canonical name of a gRPC code, as TransactionError carries it.
-fn code_name(code: tonic::Code) -> &'static str {
-    {
-        use tonic::Code as C;
-        match code {
-            C::Ok => "OK",
-            C::Cancelled => "CANCELLED",
-            C::Unknown => "UNKNOWN",
-            C::InvalidArgument => "INVALID_ARGUMENT",
-            C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            C::NotFound => "NOT_FOUND",
-            C::AlreadyExists => "ALREADY_EXISTS",
-            C::PermissionDenied => "PERMISSION_DENIED",
-            C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            C::FailedPrecondition => "FAILED_PRECONDITION",
-            C::Aborted => "ABORTED",
-            C::OutOfRange => "OUT_OF_RANGE",
-            C::Unimplemented => "UNIMPLEMENTED",
-            C::Internal => "INTERNAL",
-            C::Unavailable => "UNAVAILABLE",
-            C::DataLoss => "DATA_LOSS",
-            C::Unauthenticated => "UNAUTHENTICATED",
-        }
-    }
 }
 
 fn protocol(reason: &'static str, message: &str) -> Error {

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -65,12 +65,15 @@ pub struct SessionRegistry {
     last_prune_ms: AtomicU64,
     /// Open sessions per namespace, for `max_sessions`.
     counts: HashMap<String, AtomicUsize>,
+    /// Message bytes (received, sent) of ended sessions, per namespace.
+    ended_traffic: HashMap<String, (AtomicI64, AtomicI64)>,
     events: broadcast::Sender<SessionEvent>,
 }
 
 impl SessionRegistry {
     pub fn new<'a>(clock: Clock, namespaces: impl IntoIterator<Item = &'a String>) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let namespaces: Vec<String> = namespaces.into_iter().cloned().collect();
         SessionRegistry {
             clock,
             by_token: DashMap::new(),
@@ -79,8 +82,12 @@ impl SessionRegistry {
             tombstone_ttl: Duration::from_secs(3600),
             last_prune_ms: AtomicU64::new(0),
             counts: namespaces
-                .into_iter()
+                .iter()
                 .map(|n| (n.clone(), AtomicUsize::new(0)))
+                .collect(),
+            ended_traffic: namespaces
+                .iter()
+                .map(|n| (n.clone(), Default::default()))
                 .collect(),
             events,
         }
@@ -155,6 +162,7 @@ impl SessionRegistry {
             return Err(self.ended_error(&digest));
         }
         entry.touch(now);
+        crate::metrics::note_namespace(entry.namespace());
         Ok(entry)
     }
 
@@ -218,6 +226,13 @@ impl SessionRegistry {
         if let Some(c) = self.counts.get(entry.namespace()) {
             c.fetch_sub(1, Ordering::AcqRel);
         }
+        if let Some((r, s)) = self.ended_traffic.get(entry.namespace()) {
+            r.fetch_add(
+                entry.bytes_received.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            s.fetch_add(entry.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
         self.emit(SessionEvent::Ended {
             session_id: entry.id.clone(),
@@ -238,6 +253,19 @@ impl SessionRegistry {
         self.last_prune_ms.store(now.max(1), Ordering::Relaxed);
         let cutoff = now.saturating_sub(ms(self.tombstone_ttl));
         self.ended.retain(|_, t| t.ended_ms >= cutoff);
+    }
+
+    /// Message bytes (received, sent) of a namespace's data calls, open
+    /// and ended sessions together.
+    pub fn traffic(&self, namespace: &str) -> (i64, i64) {
+        let (mut r, mut s) = self.ended_traffic.get(namespace).map_or((0, 0), |(r, s)| {
+            (r.load(Ordering::Relaxed), s.load(Ordering::Relaxed))
+        });
+        for e in self.by_id.iter().filter(|e| e.namespace() == namespace) {
+            r += e.bytes_received.load(Ordering::Relaxed);
+            s += e.bytes_sent.load(Ordering::Relaxed);
+        }
+        (r, s)
     }
 
     /// Every open session.

@@ -1,0 +1,424 @@
+//! Prometheus metrics: a tower layer on the gRPC server counts every call
+//! and its duration by namespace, service, method and status code; the rest
+//! (sessions, subscriptions, transactions, restarts, pools, traffic, relay
+//! lag) is read from the gateway's live state when `/metrics` is scraped.
+//!
+//! The namespace of a call is learned where the session is checked
+//! ([`note_namespace`], called by the session registry) and carried to the
+//! layer in a task-local slot, so no handler has to report it.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use tonic::codegen::http;
+
+use crate::{actors::ActorNode, admin::tree, server::Gateway};
+
+/// Histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+tokio::task_local! {
+    static CALL_NAMESPACE: Arc<OnceLock<String>>;
+}
+
+/// Records the namespace of the call being served (first one wins); a
+/// no-op outside a call.
+pub fn note_namespace(ns: &str) {
+    let _ = CALL_NAMESPACE.try_with(|slot| {
+        let _ = slot.set(ns.to_string());
+    });
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct CallKey {
+    namespace: String,
+    service: String,
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Default)]
+struct CallStats {
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// The gateway's call counters.
+#[derive(Default)]
+pub struct Metrics {
+    calls: DashMap<CallKey, Arc<CallStats>>,
+}
+
+impl Metrics {
+    fn observe(&self, key: CallKey, elapsed: Duration) {
+        let stats = self.calls.entry(key).or_default().clone();
+        stats.count.fetch_add(1, Ordering::Relaxed);
+        stats
+            .sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            stats.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn render_calls(&self, out: &mut String) {
+        let mut calls: Vec<(CallKey, Arc<CallStats>)> = self
+            .calls
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        calls.sort_by(|a, b| a.0.cmp(&b.0));
+        header(
+            out,
+            "prism_requests_total",
+            "counter",
+            "gRPC calls by namespace, service, method and status code.",
+        );
+        for (k, s) in &calls {
+            let _ = writeln!(
+                out,
+                "prism_requests_total{} {}",
+                call_labels(k, None),
+                s.count.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "prism_request_duration_seconds",
+            "histogram",
+            "gRPC call duration (to the response headers for streams).",
+        );
+        for (k, s) in &calls {
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "prism_request_duration_seconds_bucket{} {cumulative}",
+                    call_labels(k, Some(&bound.to_string()))
+                );
+            }
+            let count = s.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "prism_request_duration_seconds_bucket{} {count}",
+                call_labels(k, Some("+Inf"))
+            );
+            let _ = writeln!(
+                out,
+                "prism_request_duration_seconds_sum{} {}",
+                call_labels(k, None),
+                s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "prism_request_duration_seconds_count{} {count}",
+                call_labels(k, None)
+            );
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+fn call_labels(k: &CallKey, le: Option<&str>) -> String {
+    let mut pairs = vec![
+        ("namespace", k.namespace.as_str()),
+        ("service", k.service.as_str()),
+        ("method", k.method.as_str()),
+        ("code", k.code),
+    ];
+    if let Some(le) = le {
+        pairs.push(("le", le));
+    }
+    labels(&pairs)
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One gauge or counter family from (labels, value) samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    header(out, name, kind, help);
+    for (l, v) in samples {
+        let _ = writeln!(out, "{name}{l} {v}");
+    }
+}
+
+/// The whole exposition: call counters, then the gateway's live state.
+pub async fn render(gateway: &Gateway) -> String {
+    let mut out = String::new();
+    gateway.metrics.render_calls(&mut out);
+
+    let mut per_ns: BTreeMap<String, [u64; 3]> = gateway
+        .config
+        .namespaces
+        .keys()
+        .map(|n| (n.clone(), [0; 3]))
+        .collect();
+    let mut restarts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lag = Vec::new();
+    let mut lag_age = Vec::new();
+    if let Ok(root) = gateway.observe().await {
+        for (ns, node) in tree::flatten(root) {
+            let ns = ns.unwrap_or_default();
+            count_node(
+                &ns,
+                &node,
+                &mut per_ns,
+                &mut restarts,
+                &mut lag,
+                &mut lag_age,
+            );
+        }
+    }
+    let by_ns = |i: usize| -> Vec<(String, f64)> {
+        per_ns
+            .iter()
+            .map(|(ns, c)| (labels(&[("namespace", ns)]), c[i] as f64))
+            .collect()
+    };
+    family(
+        &mut out,
+        "prism_sessions_active",
+        "gauge",
+        "Open sessions.",
+        &by_ns(0),
+    );
+    family(
+        &mut out,
+        "prism_subscriptions_active",
+        "gauge",
+        "Open Queue and PubSub subscription streams.",
+        &by_ns(1),
+    );
+    family(
+        &mut out,
+        "prism_transactions_active",
+        "gauge",
+        "Open streaming transactions.",
+        &by_ns(2),
+    );
+    let restarts: Vec<(String, f64)> = restarts
+        .iter()
+        .map(|(kind, n)| (labels(&[("kind", kind)]), *n as f64))
+        .collect();
+    family(
+        &mut out,
+        "prism_actor_restarts",
+        "gauge",
+        "Restarts of the live actors, by kind.",
+        &restarts,
+    );
+
+    let mut up = Vec::new();
+    let mut size = Vec::new();
+    let mut idle = Vec::new();
+    let mut failures = Vec::new();
+    for b in gateway.backends.iter().filter(|b| b.client.is_some()) {
+        let l = labels(&[("backend", &b.name), ("type", b.kind.name())]);
+        up.push((l.clone(), f64::from(u8::from(b.health.is_up()))));
+        failures.push((l.clone(), b.health.failures.load(Ordering::Relaxed) as f64));
+        if let Some(client) = &b.client {
+            let stats = client.stats();
+            if let (Some(c), Some(i)) = (stats["connections"].as_f64(), stats["idle"].as_f64()) {
+                size.push((l.clone(), c));
+                idle.push((l.clone(), (c - i).max(0.0)));
+            }
+        }
+    }
+    family(
+        &mut out,
+        "prism_backend_up",
+        "gauge",
+        "1 when the backend's last check passed.",
+        &up,
+    );
+    family(
+        &mut out,
+        "prism_backend_errors_total",
+        "counter",
+        "Failed health checks and connects.",
+        &failures,
+    );
+    family(
+        &mut out,
+        "prism_backend_pool_connections",
+        "gauge",
+        "Open connections of SQL pools.",
+        &size,
+    );
+    family(
+        &mut out,
+        "prism_backend_pool_in_use",
+        "gauge",
+        "Connections of SQL pools in use.",
+        &idle,
+    );
+
+    let mut received = Vec::new();
+    let mut sent = Vec::new();
+    for ns in gateway.config.namespaces.keys() {
+        let (r, s) = gateway.registry.traffic(ns);
+        received.push((labels(&[("namespace", ns)]), r as f64));
+        sent.push((labels(&[("namespace", ns)]), s as f64));
+    }
+    family(
+        &mut out,
+        "prism_bytes_received_total",
+        "counter",
+        "Request message bytes of data calls.",
+        &received,
+    );
+    family(
+        &mut out,
+        "prism_bytes_sent_total",
+        "counter",
+        "Response message bytes of data calls.",
+        &sent,
+    );
+    family(
+        &mut out,
+        "prism_relay_lag_messages",
+        "gauge",
+        "Unprocessed rows of each relayed mailbox.",
+        &lag,
+    );
+    family(
+        &mut out,
+        "prism_relay_lag_seconds",
+        "gauge",
+        "Age of the oldest unprocessed row of each relayed mailbox.",
+        &lag_age,
+    );
+    out
+}
+
+fn count_node(
+    ns: &str,
+    node: &ActorNode,
+    per_ns: &mut BTreeMap<String, [u64; 3]>,
+    restarts: &mut BTreeMap<String, u64>,
+    lag: &mut Vec<(String, f64)>,
+    lag_age: &mut Vec<(String, f64)>,
+) {
+    use crate::actors::ActorKind as K;
+    *restarts.entry(tree::kind_name(node.kind)).or_default() += node.restarts;
+    let slot = match node.kind {
+        K::Session => Some(0),
+        K::Subscription | K::PubSubSubscription => Some(1),
+        K::Transaction => Some(2),
+        _ => None,
+    };
+    if let (Some(i), Some(c)) = (slot, per_ns.get_mut(ns)) {
+        c[i] += 1;
+    }
+    if node.kind == K::MailboxListener {
+        let relay = node.id.rsplit('/').next().unwrap_or_default();
+        let l = labels(&[("namespace", ns), ("relay", relay)]);
+        let state = &node.state["lag"];
+        lag.push((l.clone(), state["unprocessed"].as_f64().unwrap_or(0.0)));
+        lag_age.push((
+            l,
+            state["oldest_unprocessed_age_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+        ));
+    }
+}
+
+/// The tower layer that counts gRPC calls.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // `/package.Service/Method`
+        let path = req.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let (service, method) = (service.to_string(), method.to_string());
+        let metrics = self.metrics.clone();
+        let slot: Arc<OnceLock<String>> = Arc::default();
+        let call = CALL_NAMESPACE.scope(slot.clone(), self.inner.call(req));
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", |c| crate::error::code_name(tonic::Code::from(c))),
+                Err(_) => "UNKNOWN",
+            };
+            let key = CallKey {
+                namespace: slot.get().cloned().unwrap_or_default(),
+                service,
+                method,
+                code,
+            };
+            metrics.observe(key, started.elapsed());
+            result
+        })
+    }
+}
