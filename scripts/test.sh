@@ -2,7 +2,8 @@
 # Runs Prism's whole test suite, first making sure every service the tests
 # talk to answers on loopback: Postgres (5432, database `test`), Redis (6379),
 # NATS with JetStream (4222) and the nisshi Kafka broker (9092). Services that
-# are down are started; nisshi is installed when missing (~15 min, once).
+# are down are started; nisshi is installed when missing (~15 min, once), and
+# Debian's chromium (the admin page test) when missing.
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test, and a Python
 # client generated from proto/ against the binary on its embedded default.
 set -euo pipefail
@@ -65,6 +66,12 @@ ensure_nats() {
 }
 
 NISSHI_VERSION=0.8.1
+ensure_chromium() {
+  # The admin page test drives Debian's headless Chromium.
+  if [ -x /usr/bin/chromium ]; then log "chromium present"; return; fi
+  apt_install chromium
+}
+
 ensure_kafka() {
   if port_open 9092; then log "kafka (nisshi) is up on 127.0.0.1:9092"; return; fi
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -84,6 +91,7 @@ ensure_postgres
 ensure_redis
 ensure_nats
 ensure_kafka
+ensure_chromium
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

@@ -7,6 +7,8 @@
 //! - `/readyz`: every supervisor runs and every backend with a client is up;
 //!   names what is not
 //! - `/metrics`: Prometheus text exposition ([`crate::metrics`])
+//! - `/admin/`: a page that renders the tree and the main counters
+//!   (everything served from the binary)
 //! - `/admin/actors`: the live actor tree as JSON; `namespace`, `kind`,
 //!   `offset` and `limit` make it a flat page of matching nodes
 //! - `/admin/actors/{id}`: one node with its children
@@ -94,6 +96,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin", get(page))
+        .route("/admin/", get(page))
         .route("/admin/actors", get(actors))
         .route("/admin/actors/{*id}", get(actor))
         .route("/admin/sessions/{id}/close", post(close_session))
@@ -124,6 +128,20 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> (StatusCode, String) {
             format!("not ready: {}\n", down.join(", ")),
         )
     }
+}
+
+/// The page that renders the tree (no external assets).
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
