@@ -10,6 +10,7 @@ use crate::{
     config::{validate, GatewayConfig, ProcessEnv},
     runtime,
     server::{self, Gateway, Listeners},
+    telemetry,
 };
 
 #[derive(Parser)]
@@ -79,13 +80,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => telemetry::LogFormat::Text,
+            LogFormat::Json => telemetry::LogFormat::Json,
+        }
     }
 }
 
@@ -114,7 +114,6 @@ fn serve(
     admin_listen: Option<SocketAddr>,
     log_format: LogFormat,
 ) -> ExitCode {
-    init_logging(log_format);
     let mut config = match GatewayConfig::load_validated(path.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -128,7 +127,30 @@ fn serve(
     if let Some(addr) = admin_listen {
         config.server.admin_listen = addr;
     }
+    let otlp = config
+        .server
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty());
     let result = runtime::block_on_multi_thread(async move {
+        // Inside the runtime: the OTLP exporter's client lives on it.
+        let telemetry = telemetry::init(log_format.into(), otlp.as_deref())?;
+        let served = run(config).await;
+        telemetry.shutdown().await;
+        served
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: GatewayConfig) -> Result<(), String> {
+    {
         let grpc = TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -146,13 +168,6 @@ fn serve(
         )
         .await
         .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

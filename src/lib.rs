@@ -21,6 +21,7 @@
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
 //! - [`proto`]: code generated from `proto/` (the wire contract).
+//! - [`telemetry`]: the per-call span, `traceparent`, logs, OTLP export.
 //! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
 //!   `/admin/actors`); [`metrics`]: the Prometheus counters and exposition.
 //!
@@ -41,3 +42,4 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod session;
+pub mod telemetry;

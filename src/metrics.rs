@@ -354,7 +354,8 @@ fn count_node(
     }
 }
 
-/// The tower layer that counts gRPC calls.
+/// The tower layer around the gRPC server: counts every call and runs it
+/// in its `rpc` span ([`crate::telemetry::rpc_span`]).
 #[derive(Clone)]
 pub struct MetricsLayer {
     pub metrics: Arc<Metrics>,
@@ -398,7 +399,11 @@ where
         let (service, method) = (service.to_string(), method.to_string());
         let metrics = self.metrics.clone();
         let slot: Arc<OnceLock<String>> = Arc::default();
-        let call = CALL_NAMESPACE.scope(slot.clone(), self.inner.call(req));
+        let span = crate::telemetry::rpc_span(&service, &method, req.headers());
+        let call = CALL_NAMESPACE.scope(
+            slot.clone(),
+            tracing::Instrument::instrument(self.inner.call(req), span),
+        );
         Box::pin(async move {
             let started = tokio::time::Instant::now();
             let result = call.await;

@@ -130,6 +130,9 @@ pub struct ServerConfig {
     /// The admin token: the admin HTTP endpoints (all but `/healthz`) and
     /// the gRPC AdminService require it. Absent: they are refused.
     pub admin_token: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
+    /// absent: `OTEL_EXPORTER_OTLP_ENDPOINT`, else nothing is exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +146,7 @@ impl Default for ServerConfig {
             tls: None,
             cursor_secret: None,
             admin_token: None,
+            otlp_endpoint: None,
         }
     }
 }

@@ -163,6 +163,7 @@ impl SessionRegistry {
         }
         entry.touch(now);
         crate::metrics::note_namespace(entry.namespace());
+        crate::telemetry::note_session(&entry);
         Ok(entry)
     }
 

@@ -1,0 +1,178 @@
+//! Tracing and logs: one `rpc` span per gRPC call (service, method, and —
+//! once the session is checked — namespace, session id and backend), the
+//! client's W3C `traceparent` taken from the call's metadata, text or JSON
+//! logs, and OpenTelemetry OTLP export when an endpoint is configured
+//! (`server.otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`). Without one
+//! nothing is exported and nothing is set up that could fail.
+
+use opentelemetry::{
+    propagation::{Extractor, TextMapPropagator},
+    trace::TracerProvider as _,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
+use tonic::codegen::http::HeaderMap;
+use tracing::{field::Empty, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+
+use crate::session::SessionEntry;
+
+/// The W3C trace context of a call: (trace id, parent span id), when the
+/// `traceparent` header is well formed.
+pub fn traceparent(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = v.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then(|| (trace.to_ascii_lowercase(), parent.to_ascii_lowercase()))
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one gRPC call `service`/`method`, a child of the client's
+/// trace when the call carries a `traceparent`.
+pub fn rpc_span(service: &str, method: &str, headers: &HeaderMap) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        namespace = Empty,
+        session_id = Empty,
+        backend = Empty,
+        trace_id = Empty,
+        parent_span_id = Empty,
+    );
+    if let Some((trace, parent)) = traceparent(headers) {
+        span.record("trace_id", trace.as_str());
+        span.record("parent_span_id", parent.as_str());
+        let cx = TraceContextPropagator::new().extract(&Headers(headers));
+        // Without an OpenTelemetry layer there is no context to attach.
+        let _ = span.set_parent(cx);
+    }
+    span
+}
+
+/// Records the session a call runs in on its span (called where the
+/// session is checked).
+pub fn note_session(entry: &SessionEntry) {
+    let span = Span::current();
+    span.record("namespace", entry.namespace());
+    span.record("session_id", entry.id.as_str());
+    span.record("backend", entry.config.backend_name.as_str());
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flushes and stops the OTLP exporter when dropped.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes pending spans; call before the runtime ends.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber: `RUST_LOG` filter (default `info`),
+/// text or JSON lines on stdout, and OTLP export to `otlp_endpoint` when
+/// given. Must run inside the tokio runtime when exporting.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+    };
+    let provider = match otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("otlp exporter for {endpoint}: {e}"))?;
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name("prism").build())
+                    .build(),
+            )
+        }
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("prism")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("logging: {e}"))?;
+    if let Some(endpoint) = otlp_endpoint {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    Ok(Telemetry { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn traceparent_is_parsed_and_checked() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            traceparent(&headers(ok)),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                "00f067aa0ba902b7".into()
+            ))
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-xyz",
+        ] {
+            assert_eq!(traceparent(&headers(bad)), None, "{bad}");
+        }
+        assert_eq!(traceparent(&HeaderMap::new()), None);
+    }
+}
