@@ -20,6 +20,7 @@
 //! - [`services`]: one file per gRPC service.
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
+//! - [`audit`]: the audit log (session events, data calls; PII masked).
 //! - [`proto`]: code generated from `proto/` (the wire contract).
 //! - [`telemetry`]: the per-call span, `traceparent`, logs, OTLP export.
 //! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
@@ -31,6 +32,7 @@
 
 pub mod actors;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod cli;

@@ -29,17 +29,46 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-tokio::task_local! {
-    static CALL_NAMESPACE: Arc<OnceLock<String>>;
+/// What the call layer learns about a call while it runs.
+#[derive(Default)]
+struct CallInfo {
+    /// (namespace, session id, identity), from the session check.
+    session: OnceLock<(String, String, String)>,
+    /// The key, topic, collection or table the call is about.
+    resource: OnceLock<String>,
 }
 
-/// Records the namespace of the call being served (first one wins); a
-/// no-op outside a call.
-pub fn note_namespace(ns: &str) {
-    let _ = CALL_NAMESPACE.try_with(|slot| {
-        let _ = slot.set(ns.to_string());
+tokio::task_local! {
+    static CALL: Arc<CallInfo>;
+}
+
+/// Records the session of the call being served (first one wins); a no-op
+/// outside a call.
+pub fn note_session(entry: &crate::session::SessionEntry) {
+    let _ = CALL.try_with(|call| {
+        let _ = call.session.set((
+            entry.namespace().to_string(),
+            entry.id.clone(),
+            entry.principal.identity.clone(),
+        ));
     });
 }
+
+/// Records what the call is about, for the audit log (first one wins).
+pub fn note_resource(resource: &str) {
+    let _ = CALL.try_with(|call| {
+        let _ = call.resource.set(resource.chars().take(256).collect());
+    });
+}
+
+/// Services whose calls are data operations (audited).
+const DATA_SERVICES: [&str; 5] = [
+    "prism.keyvalue.v1.",
+    "prism.queue.v1.",
+    "prism.pubsub.v1.",
+    "prism.reader.v1.",
+    "prism.transact.v1.",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct CallKey {
@@ -354,11 +383,12 @@ fn count_node(
     }
 }
 
-/// The tower layer around the gRPC server: counts every call and runs it
-/// in its `rpc` span ([`crate::telemetry::rpc_span`]).
+/// The tower layer around the gRPC server: counts every call, runs it in
+/// its `rpc` span ([`crate::telemetry::rpc_span`]) and audits data calls.
 #[derive(Clone)]
 pub struct MetricsLayer {
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl<S> tower::Layer<S> for MetricsLayer {
@@ -368,6 +398,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
         MetricsService {
             inner,
             metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -376,6 +407,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for MetricsService<S>
@@ -398,10 +430,11 @@ where
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
         let (service, method) = (service.to_string(), method.to_string());
         let metrics = self.metrics.clone();
-        let slot: Arc<OnceLock<String>> = Arc::default();
+        let audit = self.audit.clone();
+        let info: Arc<CallInfo> = Arc::default();
         let span = crate::telemetry::rpc_span(&service, &method, req.headers());
-        let call = CALL_NAMESPACE.scope(
-            slot.clone(),
+        let call = CALL.scope(
+            info.clone(),
             tracing::Instrument::instrument(self.inner.call(req), span),
         );
         Box::pin(async move {
@@ -416,8 +449,25 @@ where
                     .map_or("OK", |c| crate::error::code_name(tonic::Code::from(c))),
                 Err(_) => "UNKNOWN",
             };
+            let (namespace, session_id, identity) = info.session.get().cloned().unwrap_or_default();
+            if DATA_SERVICES.iter().any(|s| service.starts_with(s)) {
+                audit.record(crate::audit::Record {
+                    event: "data",
+                    session_id,
+                    identity,
+                    namespace: namespace.clone(),
+                    operation: format!("{service}/{method}"),
+                    resource: info.resource.get().cloned().unwrap_or_default(),
+                    outcome: if code == "OK" {
+                        "ok".into()
+                    } else {
+                        code.into()
+                    },
+                    ..Default::default()
+                });
+            }
             let key = CallKey {
-                namespace: slot.get().cloned().unwrap_or_default(),
+                namespace,
                 service,
                 method,
                 code,

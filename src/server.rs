@@ -49,6 +49,8 @@ pub struct Gateway {
     pub subscriptions: Arc<Subscriptions>,
     /// gRPC call counters (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit log.
+    pub audit: Arc<crate::audit::Audit>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -64,6 +66,8 @@ impl Gateway {
         );
         let clock = Clock::new();
         let registry = Arc::new(SessionRegistry::new(clock, config.namespaces.keys()));
+        let audit = Arc::new(crate::audit::Audit::open(&config.audit).map_err(ServeError::Config)?);
+        registry.set_audit(audit.clone());
         let backends = Arc::new(Backends::build(&config, clock).map_err(ServeError::Config)?);
         let threads = config
             .server
@@ -102,6 +106,7 @@ impl Gateway {
             backends,
             subscriptions,
             metrics: Arc::default(),
+            audit,
             pool,
         })
     }
@@ -249,6 +254,7 @@ pub async fn run(
 
     let mut builder = Server::builder().layer(crate::metrics::MetricsLayer {
         metrics: gateway.metrics.clone(),
+        audit: gateway.audit.clone(),
     });
     if let Some(tls) = tls_config(&gateway.config)? {
         builder = builder.tls_config(tls)?;

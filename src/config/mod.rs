@@ -73,6 +73,9 @@ pub struct GatewayConfig {
     pub auth: AuthSpec,
     #[serde(default)]
     pub limits: Limits,
+    /// The audit log's sink and PII fields.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Limits on what clients may send to the data APIs.

@@ -76,6 +76,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     }
     check_namespaces(&mut r, cfg);
     check_limits(&mut r, &cfg.limits);
+    check_audit(&mut r, &cfg.audit);
     for (name, spec) in &cfg.configs {
         let subject = format!("config {name}");
         match resolve::resolve_named_spec(cfg, name, spec) {
@@ -407,6 +408,24 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
                 );
             }
         }
+    }
+}
+
+/// The audit sink and its PII fields.
+fn check_audit(r: &mut Report, audit: &crate::audit::AuditConfig) {
+    for f in &audit.pii_fields {
+        if !crate::audit::MASKABLE.contains(&f.as_str()) {
+            r.fail(
+                "audit",
+                format!(
+                    "pii_fields names `{f}`; maskable fields are {}",
+                    crate::audit::MASKABLE.join(", ")
+                ),
+            );
+        }
+    }
+    if audit.sink == crate::audit::Sink::File && audit.path.is_none() {
+        r.fail("audit", "sink `file` needs a `path`");
     }
 }
 

@@ -153,6 +153,7 @@ impl KeyValueApi {
     }
 
     fn check_key(&self, key: &str) -> Result<(), Error> {
+        crate::metrics::note_resource(key);
         if key.is_empty() {
             return Err(Error::invalid_argument(
                 "INVALID_KEY",

@@ -273,6 +273,7 @@ impl PubSubService for PubSubApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let call = self.call(&request, |r| &r.session_token)?;
         let req = request.into_inner();
+        crate::metrics::note_resource(&req.topic);
         let received = req.encoded_len();
         let guard = call.entry.begin_operation(false).map_err(status)?;
         let partitions = call.partitions().map_err(status)?;
@@ -309,6 +310,7 @@ impl PubSubService for PubSubApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let call = self.call(&request, |r| &r.session_token)?;
         let req = request.into_inner();
+        crate::metrics::note_resource(&req.topic_pattern);
         let spec = self.spec(&call, &req).map_err(status)?;
         let options = req.options.unwrap_or_default();
         let max_messages = optional_max_messages(options.max_messages).map_err(status)?;

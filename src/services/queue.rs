@@ -234,6 +234,7 @@ impl QueueService for QueueApi {
             request,
             |r| &r.session_token,
             async |call, req| {
+                crate::metrics::note_resource(&req.topic);
                 check_topic(&req.topic)?;
                 self.check_payload(&req.payload)?;
                 let item = PublishItem {

@@ -107,6 +107,7 @@ impl ReaderApi {
     }
 
     async fn target(&self, call: &Call, collection: &str) -> Result<Target, Error> {
+        crate::metrics::note_resource(collection);
         let spec = self
             .collections
             .get(&(call.entry.namespace().to_string(), collection.to_string()))

@@ -200,6 +200,14 @@ fn isolation_name(i: Isolation) -> &'static str {
 
 /// The write a request asks for, checked against the namespace's tables.
 fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
+    if let Some(resource) = w
+        .data
+        .as_ref()
+        .map(|d| d.table.as_str())
+        .or(w.mailbox.as_ref().map(|m| m.mailbox_id.as_str()))
+    {
+        crate::metrics::note_resource(resource);
+    }
     let data = match &w.data {
         None => None,
         Some(d) => {

@@ -114,6 +114,11 @@ impl Sessions {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(reason = e.reason, "session authentication failed");
+                self.registry.audit().record(crate::audit::Record {
+                    event: "session.auth_failure",
+                    outcome: e.reason.to_string(),
+                    ..Default::default()
+                });
                 return Err(e);
             }
         };
@@ -175,7 +180,7 @@ impl Sessions {
         tracing::info!(
             session_id = %entry.id,
             namespace = entry.namespace(),
-            identity = %entry.principal.identity,
+            identity = %self.registry.audit().identity(&entry.principal.identity),
             config = %entry.config.name,
             "session created"
         );
@@ -251,7 +256,9 @@ impl Sessions {
             }
             Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
         };
-        Ok(entry.refresh(self.registry.clock().now_ms(), extension))
+        let expires = entry.refresh(self.registry.clock().now_ms(), extension);
+        self.registry.audit().session("session.refresh", entry);
+        Ok(expires)
     }
 
     /// Ends every session (gateway shutdown).

@@ -67,6 +67,8 @@ pub struct SessionRegistry {
     counts: HashMap<String, AtomicUsize>,
     /// Message bytes (received, sent) of ended sessions, per namespace.
     ended_traffic: HashMap<String, (AtomicI64, AtomicI64)>,
+    /// The audit log (session events); set once at start.
+    audit: std::sync::OnceLock<Arc<crate::audit::Audit>>,
     events: broadcast::Sender<SessionEvent>,
 }
 
@@ -89,8 +91,21 @@ impl SessionRegistry {
                 .iter()
                 .map(|n| (n.clone(), Default::default()))
                 .collect(),
+            audit: std::sync::OnceLock::new(),
             events,
         }
+    }
+
+    /// Attaches the audit log (once; later calls are ignored).
+    pub fn set_audit(&self, audit: Arc<crate::audit::Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The audit log (a disabled one until set).
+    pub fn audit(&self) -> &crate::audit::Audit {
+        static NONE: std::sync::LazyLock<crate::audit::Audit> =
+            std::sync::LazyLock::new(|| crate::audit::Audit::disabled(&[]));
+        self.audit.get().map_or(&NONE, |a| a.as_ref())
     }
 
     pub fn clock(&self) -> &Clock {
@@ -128,6 +143,7 @@ impl SessionRegistry {
             })?;
         self.by_token.insert(entry.token_digest, entry.clone());
         self.by_id.insert(entry.id.clone(), entry.clone());
+        self.audit().session("session.create", &entry);
         self.emit(SessionEvent::Created {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),
@@ -162,7 +178,7 @@ impl SessionRegistry {
             return Err(self.ended_error(&digest));
         }
         entry.touch(now);
-        crate::metrics::note_namespace(entry.namespace());
+        crate::metrics::note_session(&entry);
         crate::telemetry::note_session(&entry);
         Ok(entry)
     }
@@ -235,6 +251,13 @@ impl SessionRegistry {
             s.fetch_add(entry.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
+        let event = match reason {
+            EndReason::Closed => "session.close",
+            EndReason::Expired => "session.expire",
+            EndReason::Failed => "session.fail",
+            EndReason::Shutdown => "session.shutdown",
+        };
+        self.audit().session(event, entry);
         self.emit(SessionEvent::Ended {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),
