@@ -5,12 +5,9 @@
 
 mod common;
 
-use common::{http, wait_until, TestGateway, ADMIN_TOKEN, TEST_KEY};
+use common::{http, wait_until, TestGateway, ADMIN_TOKEN};
 use prism::{
-    proto::{
-        admin::v1::{self as admin, admin_service_client::AdminServiceClient},
-        pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
-    },
+    proto::admin::v1::{self as admin, admin_service_client::AdminServiceClient},
     runtime::block_on_multi_thread,
 };
 use tonic::Code;
@@ -86,25 +83,9 @@ fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;
         let session = gw
-            .sessions()
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::Pubsub,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut pubsub = PubSubServiceClient::new(gw.channel.clone());
-        let stream = pubsub
-            .subscribe(ps::SubscribeRequest {
-                session_token: session.session_token.clone(),
-                topic_pattern: "admin.>".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+            .open_inline(prism::proto::config::v1::AccessPattern::Pubsub, "memory")
+            .await;
+        let stream = gw.subscribe(&session.session_token, "admin.>").await;
 
         let tree = get_json(&gw, "/admin/actors").await;
         let mut all = Vec::new();
@@ -187,25 +168,9 @@ fn a_restarted_actor_shows_its_restart() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;
         let session = gw
-            .sessions()
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::Pubsub,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut pubsub = PubSubServiceClient::new(gw.channel.clone());
-        let _stream = pubsub
-            .subscribe(ps::SubscribeRequest {
-                session_token: session.session_token.clone(),
-                topic_pattern: "crash.me".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+            .open_inline(prism::proto::config::v1::AccessPattern::Pubsub, "memory")
+            .await;
+        let _stream = gw.subscribe(&session.session_token, "crash.me").await;
         let page = get_json(&gw, "/admin/actors?kind=pub_sub_subscription").await;
         let id = page["nodes"][0]["id"].as_str().unwrap().to_string();
         assert_eq!(page["nodes"][0]["restarts"], 0);
@@ -336,15 +301,8 @@ fn metrics_move_with_calls_and_parse_as_prometheus_text() {
         let denied = "prism_requests_total{namespace=\"\",service=\"prism.keyvalue.v1.KeyValueService\",method=\"Get\",code=\"UNAUTHENTICATED\"}";
         let before = scrape().await;
         let session = gw
-            .sessions()
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::KeyValue,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+            .open_inline(prism::proto::config::v1::AccessPattern::KeyValue, "memory")
+            .await;
         let mut kv =
             prism::proto::keyvalue::v1::key_value_service_client::KeyValueServiceClient::new(
                 gw.channel.clone(),

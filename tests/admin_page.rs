@@ -8,11 +8,8 @@ mod common;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use common::{TestGateway, ADMIN_TOKEN, TEST_KEY};
-use prism::{
-    proto::pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
-    runtime::block_on_multi_thread,
-};
+use common::{TestGateway, ADMIN_TOKEN};
+use prism::runtime::block_on_multi_thread;
 
 fn chromium() -> PathBuf {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -62,24 +59,9 @@ fn the_admin_page_renders_the_tree_in_headless_chromium() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;
         let session = gw
-            .sessions()
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::Pubsub,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let _stream = PubSubServiceClient::new(gw.channel.clone())
-            .subscribe(ps::SubscribeRequest {
-                session_token: session.session_token.clone(),
-                topic_pattern: "page.>".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+            .open_inline(prism::proto::config::v1::AccessPattern::Pubsub, "memory")
+            .await;
+        let _stream = gw.subscribe(&session.session_token, "page.>").await;
         let url = format!("http://{}/admin/?token={ADMIN_TOKEN}", gw.admin_addr);
 
         // The DOM after the page's scripts ran: the tree is rendered.

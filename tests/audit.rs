@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{test_config_yaml, wait_until, TestGateway, TEST_KEY};
+use common::{test_config_yaml, wait_until, TestGateway};
 use prism::{
     config::{GatewayConfig, Source},
     proto::{
@@ -37,15 +37,9 @@ fn session_events_and_data_calls_are_audited_with_pii_masked() {
         let gw = TestGateway::start_with(config).await;
         let mut sessions = gw.sessions();
 
-        let created = sessions
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::KeyValue,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let created = gw
+            .open_inline(prism::proto::config::v1::AccessPattern::KeyValue, "memory")
+            .await;
         let denied = sessions
             .create_session(common::api_key_request("wrong-key", "user-profiles"))
             .await

@@ -27,7 +27,6 @@ use rdkafka::{
     ClientConfig,
 };
 use sqlx::{AnyPool, Row};
-use tokio::io::AsyncBufReadExt;
 
 const WRITES: i64 = 1000;
 const MAILBOX: &str = "order-events";
@@ -415,37 +414,9 @@ async fn js_after(url: &str) -> async_nats::jetstream::Context {
 
 /// `prism serve` on `config` as a child process, once it serves.
 async fn serve(config: &std::path::Path) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("grpc listening") {
-                return;
-            }
-        }
-        panic!("serve ended before listening");
-    })
-    .await
-    .expect("serve starts");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    common::spawn_serve(&["--config".as_ref(), config.as_os_str()], &[])
+        .await
+        .0
 }
 
 #[test]

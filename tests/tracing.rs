@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
-use common::{TestGateway, TEST_KEY};
+use common::TestGateway;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -18,7 +18,6 @@ use prism::{
     proto::keyvalue::v1::{key_value_service_client::KeyValueServiceClient, SetRequest},
     runtime::block_on_multi_thread,
 };
-use tokio::io::AsyncBufReadExt;
 use tracing::{
     field::{Field, Visit},
     span::{Attributes, Id, Record},
@@ -78,15 +77,8 @@ fn the_client_trace_context_and_the_session_appear_in_the_rpc_span() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;
         let session = gw
-            .sessions()
-            .create_session(common::inline_request(
-                TEST_KEY,
-                prism::proto::config::v1::AccessPattern::KeyValue,
-                "memory",
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+            .open_inline(prism::proto::config::v1::AccessPattern::KeyValue, "memory")
+            .await;
         let mut kv = KeyValueServiceClient::new(gw.channel.clone());
         let mut req = tonic::Request::new(SetRequest {
             session_token: session.session_token.clone(),
@@ -141,43 +133,17 @@ fn serve_exports_the_rpc_span_over_otlp_as_a_child_of_the_client_trace() {
         );
 
         let dir = std::env::temp_dir().join(format!("prism-otlp-{}", common::kv::run_id()));
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .env("PRISM_SQLITE_PATH", dir.join("orders.db"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line
-                    .find("127.0.0.1:")
-                    .filter(|_| line.contains("grpc listening"))
-                {
-                    return line[at..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect::<String>();
-                }
-            }
-            panic!("serve ended before listening");
-        })
-        .await
-        .expect("serve starts");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
+        let endpoint = format!("http://{otlp}");
+        let db = dir.join("orders.db");
+        let (mut child, addr) = common::spawn_serve(
+            &[],
+            &[
+                ("PRISM_SQLITE_PATH", db.as_os_str()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_ref()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".as_ref()),
+            ],
+        )
+        .await;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

@@ -232,6 +232,38 @@ impl TestGateway {
         );
     }
 
+    /// Opens a session with the test API key and an inline config:
+    /// `pattern` on backend `backend`.
+    pub async fn open_inline(
+        &self,
+        pattern: prism::proto::config::v1::AccessPattern,
+        backend: &str,
+    ) -> CreateSessionResponse {
+        self.sessions()
+            .create_session(inline_request(TEST_KEY, pattern, backend))
+            .await
+            .expect("create session")
+            .into_inner()
+    }
+
+    /// A PubSub Subscribe stream on `pattern`, in place when this returns.
+    pub async fn subscribe(
+        &self,
+        token: &str,
+        pattern: &str,
+    ) -> tonic::Streaming<prism::proto::pubsub::v1::Event> {
+        use prism::proto::pubsub::v1 as ps;
+        ps::pub_sub_service_client::PubSubServiceClient::new(self.channel.clone())
+            .subscribe(ps::SubscribeRequest {
+                session_token: token.to_string(),
+                topic_pattern: pattern.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner()
+    }
+
     /// Opens a session with the test API key and the named config.
     pub async fn open(&self, config_name: &str) -> CreateSessionResponse {
         self.sessions()
@@ -419,4 +451,51 @@ impl RedisServer {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// `prism serve` as a child process (killed on drop) with `args` and
+/// `envs`, once it listens: the child and its gRPC address.
+pub async fn spawn_serve(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .args(args)
+    .env("NO_COLOR", "1")
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("prism serve starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line
+                .find("127.0.0.1:")
+                .filter(|_| line.contains("grpc listening"))
+            {
+                return line[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect::<String>();
+            }
+        }
+        panic!("serve ended before listening");
+    })
+    .await
+    .expect("serve listens in time");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
 }
