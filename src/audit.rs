@@ -164,6 +164,18 @@ impl Audit {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Waits until every record handed over is written, or `limit` passes;
+    /// returns how many are still unwritten (for shutdown).
+    pub async fn wait_written(&self, limit: std::time::Duration) -> u64 {
+        let _ = tokio::time::timeout(limit, async {
+            while self.pending() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        self.pending()
+    }
+
     /// Writes a record (masked); never blocks.
     pub fn record(&self, mut r: Record) {
         let Some(tx) = &self.tx else { return };

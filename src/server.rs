@@ -405,6 +405,11 @@ pub async fn run(
     }
     let closed = gateway.sessions.close_all();
     gateway.pool.stop();
+    // The shutdown's session records reach the audit sink before we return.
+    let unwritten = gateway.audit.wait_written(Duration::from_secs(5)).await;
+    if unwritten > 0 {
+        tracing::error!(unwritten, "audit records were not written before shutdown");
+    }
     tracing::info!(closed_sessions = closed, "gateway stopped");
     match result {
         Some(Ok(Ok(()))) | None => Ok(()),

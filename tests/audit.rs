@@ -141,7 +141,19 @@ fn session_events_and_data_calls_are_audited_with_pii_masked() {
             .find(|r| r["event"] == "session.close")
             .unwrap();
         assert_eq!(close["session_id"], id);
+
+        // A session still open at shutdown is recorded before stop returns.
+        let open = gw
+            .open_inline(prism::proto::config::v1::AccessPattern::KeyValue, "memory")
+            .await;
         gw.stop().await;
+        let records = read_records(&path);
+        assert!(
+            records
+                .iter()
+                .any(|r| r["event"] == "session.shutdown" && r["session_id"] == open.session_id),
+            "{records:#?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
