@@ -159,6 +159,11 @@ impl Audit {
         }
     }
 
+    /// Whether records are kept (callers skip building them otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Records not yet written.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Acquire)
@@ -199,6 +204,9 @@ impl Audit {
 
     /// A session event's record.
     pub fn session(&self, event: &'static str, entry: &crate::session::SessionEntry) {
+        if !self.is_enabled() {
+            return;
+        }
         self.record(Record {
             event,
             session_id: entry.id.clone(),

@@ -450,7 +450,7 @@ where
                 Err(_) => "UNKNOWN",
             };
             let (namespace, session_id, identity) = info.session.get().cloned().unwrap_or_default();
-            if DATA_SERVICES.iter().any(|s| service.starts_with(s)) {
+            if audit.is_enabled() && DATA_SERVICES.iter().any(|s| service.starts_with(s)) {
                 audit.record(crate::audit::Record {
                     event: "data",
                     session_id,
