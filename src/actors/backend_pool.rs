@@ -13,7 +13,7 @@ use std::{
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use parking_lot::RwLock;
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Observe};
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
 use crate::{
     backends::{health::CheckNow, Backend, HealthState},
     session::{clock::ms, Clock},
@@ -210,16 +210,18 @@ fn observe_pool(
 ) -> ActorNode {
     let health = &backend.health;
     let now = clock.now_ms();
-    ActorNode {
-        kind: ActorKind::BackendPool,
-        id: format!("backend/{}", backend.name),
-        parent: Some("root".to_string()),
+    ActorNode::leaf(
+        ActorKind::BackendPool,
+        format!("backend/{}", backend.name),
+        "root".to_string(),
         status,
-        created,
-        last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: vitals.handled.load(Ordering::Relaxed),
-        restarts,
-        state: serde_json::json!({
+        Life {
+            created,
+            vitals,
+            clock,
+            restarts,
+        },
+        serde_json::json!({
             "backend": backend.name,
             "type": backend.kind.name(),
             "health": health.state(),
@@ -232,8 +234,7 @@ fn observe_pool(
             "expired_keys_swept": actor.map(|a| a.swept),
             "pool": backend.client.as_ref().map(|c| c.stats()),
         }),
-        children: Vec::new(),
-    }
+    )
 }
 
 /// Aborts the task when dropped.

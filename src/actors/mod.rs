@@ -37,7 +37,7 @@ pub mod transaction;
 
 pub use namespace::SupervisorSettings;
 pub use namespace::{NamespaceHandle, NamespaceSupervisor};
-pub use observe::{ActorKind, ActorNode, ActorStatus, Observe};
+pub use observe::{ActorKind, ActorNode, ActorStatus, Life, Observe};
 pub use root::{RootSupervisor, Supervisors};
 pub use session::{Fault, SessionActor};
 

@@ -45,7 +45,42 @@ pub struct ActorNode {
     pub children: Vec<ActorNode>,
 }
 
+/// What every node says about its actor's life.
+pub struct Life<'a> {
+    pub created: SystemTime,
+    pub vitals: &'a super::session::Vitals,
+    pub clock: &'a crate::session::Clock,
+    pub restarts: u64,
+}
+
 impl ActorNode {
+    /// A childless node of `parent`, its progress and handled count read
+    /// from the actor's vitals.
+    pub fn leaf(
+        kind: ActorKind,
+        id: String,
+        parent: String,
+        status: ActorStatus,
+        life: Life<'_>,
+        state: serde_json::Value,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        ActorNode {
+            kind,
+            id,
+            parent: Some(parent),
+            status,
+            created: life.created,
+            last_progress: life
+                .clock
+                .wall_at(life.vitals.last_progress_ms.load(Ordering::Relaxed)),
+            messages_handled: life.vitals.handled.load(Ordering::Relaxed),
+            restarts: life.restarts,
+            state,
+            children: Vec::new(),
+        }
+    }
+
     /// Every node of the tree, depth first.
     pub fn walk(&self) -> Vec<&ActorNode> {
         let mut out = vec![self];

@@ -30,7 +30,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::{session::Vitals, subscription::Crash, ActorKind, ActorNode, ActorStatus, Observe};
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
 use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
     error::Error,
@@ -242,13 +242,7 @@ impl Actor for PubSubSubscriptionActor {
     }
 }
 
-impl Handler<Crash> for PubSubSubscriptionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
-        panic!("deliberate pubsub subscription crash (supervision drill)");
-    }
-}
+super::subscription::crash_drill!(PubSubSubscriptionActor, "pubsub subscription");
 
 impl Handler<Observe> for PubSubSubscriptionActor {
     type Result = ActorNode;
@@ -261,18 +255,18 @@ impl Handler<Observe> for PubSubSubscriptionActor {
 
 fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
     let sink = &shared.sink;
-    ActorNode {
-        kind: ActorKind::PubSubSubscription,
-        id: shared.spec.id.clone(),
-        parent: Some(shared.entry.id.clone()),
+    ActorNode::leaf(
+        ActorKind::PubSubSubscription,
+        shared.spec.id.clone(),
+        shared.entry.id.clone(),
         status,
-        created: shared.created,
-        last_progress: shared
-            .clock
-            .wall_at(shared.vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
-        restarts: shared.restarts.load(Ordering::Relaxed),
-        state: serde_json::json!({
+        Life {
+            created: shared.created,
+            vitals: &shared.vitals,
+            clock: &shared.clock,
+            restarts: shared.restarts.load(Ordering::Relaxed),
+        },
+        serde_json::json!({
             "topic_pattern": shared.spec.pattern.as_str(),
             "queue_group": shared.spec.queue_group,
             "backend": shared.backend,
@@ -286,8 +280,7 @@ fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
             "max_messages": shared.max_messages,
             "active": shared.is_active(),
         }),
-        children: Vec::new(),
-    }
+    )
 }
 
 /// A subscription's actor address, replaced when it is restarted.

@@ -22,7 +22,7 @@ use actix::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Observe};
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
 use crate::{
     backends::{
         relay::{self, RelaySink},
@@ -306,13 +306,7 @@ impl Handler<Retry> for MailboxListenerActor {
     }
 }
 
-impl Handler<super::subscription::Crash> for MailboxListenerActor {
-    type Result = ();
-
-    fn handle(&mut self, _: super::subscription::Crash, _: &mut Context<Self>) {
-        panic!("deliberate mailbox listener crash (supervision drill)");
-    }
-}
+super::subscription::crash_drill!(MailboxListenerActor, "mailbox listener");
 
 impl Handler<Observe> for MailboxListenerActor {
     type Result = ActorNode;
@@ -326,18 +320,18 @@ impl Handler<Observe> for MailboxListenerActor {
 fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
     let p = shared.progress.lock().clone();
     let now = crate::backends::epoch_ms();
-    ActorNode {
-        kind: ActorKind::MailboxListener,
-        id: shared.id(),
-        parent: Some("root".into()),
+    ActorNode::leaf(
+        ActorKind::MailboxListener,
+        shared.id(),
+        "root".into(),
         status,
-        created: shared.created,
-        last_progress: shared
-            .clock
-            .wall_at(shared.vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
-        restarts: shared.restarts.load(Ordering::Relaxed),
-        state: serde_json::json!({
+        Life {
+            created: shared.created,
+            vitals: &shared.vitals,
+            clock: &shared.clock,
+            restarts: shared.restarts.load(Ordering::Relaxed),
+        },
+        serde_json::json!({
             "namespace": shared.namespace,
             "mailbox": shared.spec.mailbox,
             "backend": shared.spec.backend,
@@ -355,8 +349,7 @@ fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
                 "oldest_unprocessed_age_ms": p.lag.oldest_created_ms.map(|c| (now - c).max(0)),
             },
         }),
-        children: Vec::new(),
-    }
+    )
 }
 
 /// A relay's actor address, replaced when the root restarts it.

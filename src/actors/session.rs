@@ -15,7 +15,7 @@ use actix::{
     fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
 };
 
-use super::{ActorKind, ActorNode, ActorStatus, KillSwitch, Observe};
+use super::{ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe};
 use crate::session::{EndReason, SessionEntry, SessionRegistry};
 
 /// Liveness numbers an actor shares with its supervisor, so a check needs no
@@ -176,16 +176,18 @@ pub fn observe_session(
     status: ActorStatus,
 ) -> ActorNode {
     let clock = &entry.clock;
-    ActorNode {
-        kind: ActorKind::Session,
-        id: entry.id.clone(),
-        parent: Some(format!("namespace/{}", entry.namespace())),
+    ActorNode::leaf(
+        ActorKind::Session,
+        entry.id.clone(),
+        format!("namespace/{}", entry.namespace()),
         status,
-        created,
-        last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: vitals.handled.load(Ordering::Relaxed),
-        restarts,
-        state: serde_json::json!({
+        Life {
+            created,
+            vitals,
+            clock,
+            restarts,
+        },
+        serde_json::json!({
             "namespace": entry.namespace(),
             "identity": entry.principal.identity,
             "config": entry.config.name,
@@ -197,6 +199,5 @@ pub fn observe_session(
             "active_streams": entry.active_streams.load(Ordering::Relaxed),
             "pending_operations": entry.pending_operations(),
         }),
-        children: Vec::new(),
-    }
+    )
 }

@@ -26,7 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Observe};
+use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
 use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
     error::{Error, Service},
@@ -177,6 +177,21 @@ struct Pump;
 #[rtype(result = "()")]
 pub struct Crash;
 
+/// Lets an actor take [`Crash`]: it panics, closing its mailbox, as a real
+/// fault would.
+macro_rules! crash_drill {
+    ($actor:ty, $what:literal) => {
+        impl actix::Handler<$crate::actors::subscription::Crash> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _: $crate::actors::subscription::Crash, _: &mut Self::Context) {
+                panic!(concat!("deliberate ", $what, " crash (supervision drill)"));
+            }
+        }
+    };
+}
+pub(crate) use crash_drill;
+
 enum Step {
     Idle,
     Delivered(usize),
@@ -307,13 +322,7 @@ impl Handler<Pump> for SubscriptionActor {
     }
 }
 
-impl Handler<Crash> for SubscriptionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
-        panic!("deliberate subscription crash (supervision drill)");
-    }
-}
+crash_drill!(SubscriptionActor, "subscription");
 
 impl Handler<Observe> for SubscriptionActor {
     type Result = ActorNode;
@@ -325,18 +334,18 @@ impl Handler<Observe> for SubscriptionActor {
 }
 
 fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> ActorNode {
-    ActorNode {
-        kind: ActorKind::Subscription,
-        id: shared.id.clone(),
-        parent: Some(shared.entry.id.clone()),
+    ActorNode::leaf(
+        ActorKind::Subscription,
+        shared.id.clone(),
+        shared.entry.id.clone(),
         status,
-        created: shared.created,
-        last_progress: shared
-            .clock
-            .wall_at(shared.vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
-        restarts: shared.restarts.load(Ordering::Relaxed),
-        state: serde_json::json!({
+        Life {
+            created: shared.created,
+            vitals: &shared.vitals,
+            clock: &shared.clock,
+            restarts: shared.restarts.load(Ordering::Relaxed),
+        },
+        serde_json::json!({
             "topic": shared.spec.topic,
             "consumer_group": shared.spec.group,
             "delivered": shared.delivered.load(Ordering::Relaxed),
@@ -346,8 +355,7 @@ fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> Act
             "max_messages": shared.max_messages,
             "ended": shared.is_ended(),
         }),
-        children: Vec::new(),
-    }
+    )
 }
 
 /// A subscription's actor address, replaced when it is restarted.

@@ -27,7 +27,8 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use super::{
-    session::Vitals, subscription::Crash, ActorKind, ActorNode, ActorStatus, KillSwitch, Observe,
+    session::Vitals, subscription::Crash, ActorKind, ActorNode, ActorStatus, KillSwitch, Life,
+    Observe,
 };
 use crate::{
     error::{Error, ErrorKind},
@@ -154,13 +155,7 @@ impl Actor for TransactionActor {
 
 use actix::ActorFutureExt as _;
 
-impl Handler<Crash> for TransactionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
-        panic!("deliberate transaction actor crash (supervision drill)");
-    }
-}
+super::subscription::crash_drill!(TransactionActor, "transaction actor");
 
 impl Handler<Observe> for TransactionActor {
     type Result = ActorNode;
@@ -172,18 +167,18 @@ impl Handler<Observe> for TransactionActor {
 }
 
 fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
-    ActorNode {
-        kind: ActorKind::Transaction,
-        id: shared.id.clone(),
-        parent: Some(shared.entry.id.clone()),
+    ActorNode::leaf(
+        ActorKind::Transaction,
+        shared.id.clone(),
+        shared.entry.id.clone(),
         status,
-        created: shared.created,
-        last_progress: shared
-            .clock
-            .wall_at(shared.vitals.last_progress_ms.load(Ordering::Relaxed)),
-        messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
-        restarts: shared.restarts.load(Ordering::Relaxed),
-        state: serde_json::json!({
+        Life {
+            created: shared.created,
+            vitals: &shared.vitals,
+            clock: &shared.clock,
+            restarts: shared.restarts.load(Ordering::Relaxed),
+        },
+        serde_json::json!({
             "backend": shared.backend,
             "isolation": shared.isolation,
             "writes": shared.writes.load(Ordering::Relaxed),
@@ -191,8 +186,7 @@ fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
             "expires_in_ms": shared.deadline_ms.saturating_sub(shared.clock.now_ms()),
             "aborting": shared.abort_reason(),
         }),
-        children: Vec::new(),
-    }
+    )
 }
 
 struct TransactionEntry {
