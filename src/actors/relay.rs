@@ -202,6 +202,12 @@ impl MailboxListenerActor {
         if self.backing_off {
             return;
         }
+        // Until the mailbox's backend is up (schema created, reachable)
+        // there is nothing to read; the poll interval tries again.
+        if !self.shared.source_health.is_up() {
+            self.shared.progress.lock().status = "waiting_for_backend";
+            return;
+        }
         self.running = true;
         self.again = false;
         self.shared.progress.lock().status = "relaying";
@@ -224,6 +230,7 @@ impl MailboxListenerActor {
                 Ok(full) => {
                     p.failures_in_a_row = 0;
                     p.backoff_ms = 0;
+                    p.last_error = None;
                     p.status = "idle";
                     drop(p);
                     if full || act.again {

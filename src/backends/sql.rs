@@ -135,7 +135,7 @@ impl SqlKv {
         Ok(removed)
     }
 
-    fn ready(&self) -> Result<(), Error> {
+    pub(super) fn ready(&self) -> Result<(), Error> {
         if self.is_migrated() {
             Ok(())
         } else {

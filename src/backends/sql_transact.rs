@@ -99,9 +99,7 @@ impl TransactOutbox for SqlOutbox {
         timeout: Duration,
     ) -> Result<Box<dyn OpenTransaction>, Error> {
         let kv = &self.0;
-        if !kv.is_migrated() {
-            return Err(kv::unavailable(&kv.name, "not connected yet"));
-        }
+        kv.ready()?;
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         match kv.dialect {
             Dialect::Postgres => {
@@ -135,6 +133,7 @@ impl TransactOutbox for SqlOutbox {
 
     async fn read_mailbox(&self, ns: &str, q: &MailboxQuery) -> Result<Vec<MailboxRow>, Error> {
         let kv = &self.0;
+        kv.ready()?;
         let pending = if q.unprocessed_only {
             " AND processed_at IS NULL"
         } else {
@@ -157,6 +156,7 @@ impl TransactOutbox for SqlOutbox {
 
     async fn process(&self, ns: &str, message_ids: &[String]) -> Result<Vec<String>, Error> {
         let kv = &self.0;
+        kv.ready()?;
         let now = epoch_ms();
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         let mut unknown = Vec::new();
@@ -182,6 +182,7 @@ impl TransactOutbox for SqlOutbox {
 
     async fn mark_relayed(&self, ns: &str, mailbox: &str, through: i64) -> Result<u64, Error> {
         let kv = &self.0;
+        kv.ready()?;
         Ok(sqlx::query(
             "UPDATE prism_mailbox SET processed_at = $4 \
              WHERE namespace = $1 AND mailbox_id = $2 AND sequence <= $3 AND processed_at IS NULL",
@@ -198,6 +199,7 @@ impl TransactOutbox for SqlOutbox {
 
     async fn lag(&self, ns: &str, mailbox: &str) -> Result<Lag, Error> {
         let kv = &self.0;
+        kv.ready()?;
         let row = sqlx::query(
             "SELECT COUNT(*), MIN(created_at) FROM prism_mailbox \
              WHERE namespace = $1 AND mailbox_id = $2 AND processed_at IS NULL",
