@@ -1,12 +1,14 @@
 //! The admin surface: the token guards every admin endpoint but /healthz;
 //! the live actor tree over HTTP and gRPC shows a session and its
 //! subscription while the stream is open and drops them after; a restarted
-//! actor shows its restart; an administrator can close a session.
+//! actor shows its restart and a stuck one the messages waiting for it; an
+//! administrator can close a session.
 
 mod common;
 
 use common::{http, wait_until, TestGateway, ADMIN_TOKEN};
 use prism::{
+    actors::Fault,
     proto::admin::v1::{self as admin, admin_service_client::AdminServiceClient},
     runtime::block_on_multi_thread,
 };
@@ -180,6 +182,34 @@ fn a_restarted_actor_shows_its_restart() {
             node["restarts"] == 1 && node["status"] == "running"
         })
         .await;
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn a_stuck_actor_shows_the_messages_waiting_in_its_mailbox() {
+    block_on_multi_thread(async {
+        let mut config = common::test_config();
+        // Slow supervision: the stalled actor is not restarted meanwhile.
+        config.server.supervision_interval = std::time::Duration::from_secs(600);
+        let gw = TestGateway::start_with(config).await;
+        let session = gw.open("user-profiles").await;
+        let id = session.session_id;
+        let node = get_json(&gw, &format!("/admin/actors/{id}")).await;
+        assert_eq!(node["mailbox_depth"], 0, "an idle actor: {node}");
+
+        // The first stall is taken and blocks the actor; three more wait.
+        for _ in 0..4 {
+            gw.gateway.inject_fault(&id, Fault::Stall).await.unwrap();
+        }
+        // Observing asks the actor too: that request waits behind them, and
+        // the node is described from the actor's saved state.
+        let node = get_json(&gw, &format!("/admin/actors/{id}")).await;
+        assert_eq!(node["status"], "failed", "{node}");
+        assert_eq!(node["mailbox_depth"], 4, "{node}");
+        let ns = get_json(&gw, "/admin/actors/namespace/default").await;
+        assert_eq!(ns["status"], "running", "{ns}");
+        assert_eq!(ns["mailbox_depth"], 0, "{ns}");
         gw.stop().await;
     });
 }

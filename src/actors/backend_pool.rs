@@ -10,10 +10,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use parking_lot::RwLock;
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
+use super::{
+    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+};
 use crate::{
     backends::{health::CheckNow, Backend, HealthState},
     session::{clock::ms, Clock},
@@ -42,12 +44,17 @@ pub struct BackendPoolActor {
 }
 
 impl BackendPoolActor {
-    pub fn new(backend: Arc<Backend>, clock: Clock, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        backend: Arc<Backend>,
+        clock: Clock,
+        runtime: tokio::runtime::Handle,
+        vitals: Arc<Vitals>,
+    ) -> Self {
         BackendPoolActor {
             backend,
             runtime,
             clock,
-            vitals: Arc::default(),
+            vitals,
             created: SystemTime::now(),
             generation: 0,
             checking: false,
@@ -151,7 +158,7 @@ impl Actor for BackendPoolActor {
         self.vitals.beat(self.clock.now_ms());
         self.backend
             .health
-            .set_checker(ctx.address().recipient::<CheckNow>());
+            .set_checker(Mailbox::new(ctx.address(), self.vitals.clone()).recipient());
         self.check(ctx);
     }
 }
@@ -181,6 +188,8 @@ impl Handler<CheckNow> for BackendPoolActor {
         }
     }
 }
+
+counted!(BackendPoolActor: CheckNow, Observe);
 
 impl Handler<Observe> for BackendPoolActor {
     type Result = ActorNode;
@@ -250,7 +259,7 @@ impl<T> Drop for AbortOnDrop<T> {
 pub struct PoolHandle {
     pub backend: Arc<Backend>,
     runtime: tokio::runtime::Handle,
-    addr: RwLock<Addr<BackendPoolActor>>,
+    addr: RwLock<Mailbox<BackendPoolActor>>,
     pub restarts: std::sync::atomic::AtomicU64,
     created: SystemTime,
 }
@@ -259,8 +268,7 @@ impl PoolHandle {
     /// Must be called on the gateway's main runtime.
     pub fn start(backend: Arc<Backend>, clock: Clock, arbiter: &actix::ArbiterHandle) -> Self {
         let runtime = tokio::runtime::Handle::current();
-        let actor = BackendPoolActor::new(backend.clone(), clock, runtime.clone());
-        let addr = BackendPoolActor::start_in_arbiter(arbiter, move |_| actor);
+        let addr = Self::spawn(&backend, clock, &runtime, arbiter);
         PoolHandle {
             backend,
             runtime,
@@ -270,13 +278,26 @@ impl PoolHandle {
         }
     }
 
-    pub fn addr(&self) -> Addr<BackendPoolActor> {
+    fn spawn(
+        backend: &Arc<Backend>,
+        clock: Clock,
+        runtime: &tokio::runtime::Handle,
+        arbiter: &actix::ArbiterHandle,
+    ) -> Mailbox<BackendPoolActor> {
+        let vitals = Arc::new(Vitals::default());
+        let actor = BackendPoolActor::new(backend.clone(), clock, runtime.clone(), vitals.clone());
+        Mailbox::new(
+            BackendPoolActor::start_in_arbiter(arbiter, move |_| actor),
+            vitals,
+        )
+    }
+
+    pub fn addr(&self) -> Mailbox<BackendPoolActor> {
         self.addr.read().clone()
     }
 
     pub fn restart(&self, clock: Clock, arbiter: &actix::ArbiterHandle) {
-        let actor = BackendPoolActor::new(self.backend.clone(), clock, self.runtime.clone());
-        *self.addr.write() = BackendPoolActor::start_in_arbiter(arbiter, move |_| actor);
+        *self.addr.write() = Self::spawn(&self.backend, clock, &self.runtime, arbiter);
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -284,7 +305,7 @@ impl PoolHandle {
     pub fn failed_node(&self, clock: &Clock) -> ActorNode {
         observe_pool(
             &self.backend,
-            &Vitals::default(),
+            self.addr.read().vitals(),
             self.created,
             self.restarts.load(Ordering::Relaxed),
             ActorStatus::Failed,

@@ -26,6 +26,7 @@ use actix::{Arbiter, ArbiterHandle};
 use tokio::sync::Notify;
 
 pub mod backend_pool;
+pub mod mailbox;
 pub mod namespace;
 pub mod observe;
 pub mod pubsub;
@@ -35,9 +36,10 @@ pub mod session;
 pub mod subscription;
 pub mod transaction;
 
+pub use mailbox::Mailbox;
 pub use namespace::SupervisorSettings;
 pub use namespace::{NamespaceHandle, NamespaceSupervisor};
-pub use observe::{ActorKind, ActorNode, ActorStatus, Life, Observe};
+pub use observe::{ActorKind, ActorNode, ActorStatus, Life, Observe, OBSERVE_TIMEOUT};
 pub use root::{RootSupervisor, Supervisors};
 pub use session::{Fault, SessionActor};
 

@@ -15,16 +15,15 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture
 use parking_lot::{Mutex, RwLock};
 
 use super::{
+    mailbox::counted,
     session::{observe_session, Stop, Vitals},
-    ActorKind, ActorNode, ActorStatus, ArbiterPool, Fault, KillSwitch, Observe, SessionActor,
+    ActorKind, ActorNode, ActorStatus, ArbiterPool, Fault, KillSwitch, Mailbox, Observe,
+    SessionActor, OBSERVE_TIMEOUT,
 };
 use crate::{
     error::{Error, ErrorKind},
     session::{Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
 };
-
-/// How long a supervisor waits for a child's observation.
-const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Consecutive checks without a pulse before a child counts as stuck. A
 /// child pulses four times per check, so three silent checks mean its
@@ -32,7 +31,7 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 const SILENT_CHECKS_BEFORE_RESTART: u32 = 3;
 
 struct ChildSlot {
-    addr: Addr<SessionActor>,
+    addr: Mailbox<SessionActor>,
     entry: Arc<SessionEntry>,
     vitals: Arc<Vitals>,
     kill: Arc<KillSwitch>,
@@ -58,18 +57,18 @@ pub struct NamespaceShared {
 /// is swapped when the supervisor is restarted.
 pub struct NamespaceHandle {
     pub shared: Arc<NamespaceShared>,
-    addr: RwLock<Addr<NamespaceSupervisor>>,
+    addr: RwLock<Mailbox<NamespaceSupervisor>>,
     /// Restarts of the supervisor itself.
     pub restarts: AtomicU64,
 }
 
 impl NamespaceHandle {
-    pub fn addr(&self) -> Addr<NamespaceSupervisor> {
+    pub fn addr(&self) -> Mailbox<NamespaceSupervisor> {
         self.addr.read().clone()
     }
 
     pub(crate) fn replace(&self, addr: Addr<NamespaceSupervisor>) {
-        *self.addr.write() = addr;
+        *self.addr.write() = Mailbox::new(addr, self.shared.vitals.clone());
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -108,7 +107,10 @@ impl NamespaceSupervisor {
             vitals: Arc::default(),
             children: Mutex::new(HashMap::new()),
         });
-        let addr = Self::start_with(shared.clone(), settings);
+        let addr = Mailbox::new(
+            Self::start_with(shared.clone(), settings),
+            shared.vitals.clone(),
+        );
         NamespaceHandle {
             shared,
             addr: RwLock::new(addr),
@@ -141,7 +143,7 @@ impl NamespaceSupervisor {
         );
         let addr = SessionActor::start_in_arbiter(&self.settings.pool.next(), move |_| actor);
         ChildSlot {
-            addr,
+            addr: Mailbox::new(addr, vitals.clone()),
             entry,
             vitals,
             kill,
@@ -317,6 +319,8 @@ impl Handler<CrashSupervisor> for NamespaceSupervisor {
     }
 }
 
+counted!(NamespaceSupervisor: StartSession, StopSession, InjectFault, CrashSupervisor, Observe);
+
 impl Handler<Observe> for NamespaceSupervisor {
     type Result = ResponseFuture<ActorNode>;
 
@@ -348,20 +352,22 @@ pub(crate) fn observe_namespace(
         })
         .collect();
     Box::pin(async move {
-        let mut nodes = Vec::with_capacity(children.len());
-        for (addr, entry, vitals, created, child_restarts) in children {
-            let answer = tokio::time::timeout(OBSERVE_TIMEOUT, addr.send(Observe)).await;
-            nodes.push(match answer {
-                Ok(Ok(node)) => node,
-                _ => observe_session(
-                    &entry,
-                    &vitals,
-                    created,
-                    child_restarts as u64,
-                    ActorStatus::Failed,
-                ),
-            });
-        }
+        // Asked all at once, so stuck children cost one timeout, not one each.
+        let answers = children.into_iter().map(
+            |(addr, entry, vitals, created, child_restarts)| async move {
+                match tokio::time::timeout(OBSERVE_TIMEOUT, addr.send(Observe)).await {
+                    Ok(Ok(node)) => node,
+                    _ => observe_session(
+                        &entry,
+                        &vitals,
+                        created,
+                        child_restarts as u64,
+                        ActorStatus::Failed,
+                    ),
+                }
+            },
+        );
+        let mut nodes = futures::future::join_all(answers).await;
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let last_progress = shared
             .clock
@@ -374,6 +380,7 @@ pub(crate) fn observe_namespace(
             created: shared.created,
             last_progress,
             messages_handled: shared.vitals.handled.load(Ordering::Relaxed),
+            mailbox_depth: shared.vitals.queued.load(Ordering::Relaxed),
             restarts,
             state: serde_json::json!({
                 "namespace": shared.name,

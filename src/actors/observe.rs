@@ -1,7 +1,7 @@
 //! Observable state: every actor describes itself as an [`ActorNode`], and
 //! the admin view is the tree of those nodes.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::{Message, MessageResponse};
 use serde::Serialize;
@@ -39,6 +39,8 @@ pub struct ActorNode {
     #[serde(with = "humantime_serde")]
     pub last_progress: SystemTime,
     pub messages_handled: u64,
+    /// Messages waiting in its mailbox.
+    pub mailbox_depth: u64,
     pub restarts: u64,
     /// Kind-specific state (a session's expiry, a pool's connections, ...).
     pub state: serde_json::Value,
@@ -75,6 +77,7 @@ impl ActorNode {
                 .clock
                 .wall_at(life.vitals.last_progress_ms.load(Ordering::Relaxed)),
             messages_handled: life.vitals.handled.load(Ordering::Relaxed),
+            mailbox_depth: life.vitals.queued.load(Ordering::Relaxed),
             restarts: life.restarts,
             state,
             children: Vec::new(),
@@ -94,6 +97,11 @@ impl ActorNode {
         self.walk().into_iter().find(|n| n.id == id)
     }
 }
+
+/// How long a parent waits for a child's observation before describing it
+/// from saved state as failed (the root waits twice that for a namespace,
+/// which waits for its children).
+pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Ask an actor (and, for supervisors, its children) for its state.
 #[derive(Message)]

@@ -23,14 +23,15 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, ArbiterHandle, AsyncContext, Context, Handler,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture,
 };
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
+use super::{
+    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+};
 use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
     error::Error,
@@ -244,6 +245,8 @@ impl Actor for PubSubSubscriptionActor {
 
 super::subscription::crash_drill!(PubSubSubscriptionActor, "pubsub subscription");
 
+counted!(PubSubSubscriptionActor: Observe);
+
 impl Handler<Observe> for PubSubSubscriptionActor {
     type Result = ActorNode;
 
@@ -286,14 +289,29 @@ fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
 /// A subscription's actor address, replaced when it is restarted.
 pub struct PubSubEntry {
     pub shared: Arc<PubSubShared>,
-    addr: RwLock<Addr<PubSubSubscriptionActor>>,
+    addr: RwLock<Mailbox<PubSubSubscriptionActor>>,
     /// Its key in the subscriber-count trie.
     key: u64,
 }
 
 impl PubSubEntry {
-    pub fn addr(&self) -> Addr<PubSubSubscriptionActor> {
+    pub fn addr(&self) -> Mailbox<PubSubSubscriptionActor> {
         self.addr.read().clone()
+    }
+
+    /// `restarted`: resume from where the last actor stopped.
+    fn spawn(
+        shared: &Arc<PubSubShared>,
+        arbiter: &ArbiterHandle,
+        restarted: bool,
+    ) -> Mailbox<PubSubSubscriptionActor> {
+        let actor_shared = shared.clone();
+        let addr =
+            PubSubSubscriptionActor::start_in_arbiter(arbiter, move |_| PubSubSubscriptionActor {
+                shared: actor_shared,
+                restarted,
+            });
+        Mailbox::new(addr, shared.vitals.clone())
     }
 }
 
@@ -324,12 +342,7 @@ impl PubSubSubscriptions {
             .entry((shared.entry.namespace().to_string(), shared.backend.clone()))
             .or_default()
             .insert(&shared.spec.pattern, key, (group, shared.sink.clone()));
-        let actor_shared = shared.clone();
-        let addr =
-            PubSubSubscriptionActor::start_in_arbiter(arbiter, move |_| PubSubSubscriptionActor {
-                shared: actor_shared,
-                restarted: false,
-            });
+        let addr = PubSubEntry::spawn(&shared, arbiter, false);
         self.by_id.insert(
             shared.spec.id.clone(),
             Arc::new(PubSubEntry {
@@ -401,14 +414,7 @@ impl PubSubSubscriptions {
             if !entry.addr().connected() {
                 shared.restarts.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!(subscription = %shared.id(), "restarting pubsub subscription actor");
-                let actor_shared = shared.clone();
-                *entry.addr.write() =
-                    PubSubSubscriptionActor::start_in_arbiter(&arbiter(), move |_| {
-                        PubSubSubscriptionActor {
-                            shared: actor_shared,
-                            restarted: true,
-                        }
-                    });
+                *entry.addr.write() = PubSubEntry::spawn(shared, &arbiter(), true);
             }
             true
         });
@@ -424,7 +430,7 @@ impl PubSubSubscriptions {
             .collect();
         let mut nodes = Vec::with_capacity(entries.len());
         for e in entries {
-            let answer = tokio::time::timeout(Duration::from_secs(2), e.addr().send(Observe)).await;
+            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, e.addr().send(Observe)).await;
             nodes.push(match answer {
                 Ok(Ok(node)) => node,
                 _ => observe(&e.shared, ActorStatus::Failed),

@@ -18,11 +18,13 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorFutureExt, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message, WrapFuture,
+    Actor, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, Message, WrapFuture,
 };
 use parking_lot::{Mutex, RwLock};
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
+use super::{
+    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+};
 use crate::{
     backends::{
         relay::{self, RelaySink},
@@ -116,7 +118,7 @@ impl RelayShared {
 
     /// Wakes the actor on commits in this process and Postgres
     /// notifications, until the actor drops the task.
-    async fn waker(self: Arc<Self>, addr: Addr<MailboxListenerActor>) {
+    async fn waker(self: Arc<Self>, addr: Mailbox<MailboxListenerActor>) {
         let key = format!("{}/{}", self.namespace, self.spec.mailbox);
         let mut mark = self.outbox.written_mark();
         let mut listener: Option<sqlx::postgres::PgListener> = None;
@@ -284,7 +286,8 @@ impl Actor for MailboxListenerActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.shared.vitals.beat(self.shared.clock.now_ms());
-        let waker = self.shared.clone().waker(ctx.address());
+        let mailbox = Mailbox::new(ctx.address(), self.shared.vitals.clone());
+        let waker = self.shared.clone().waker(mailbox);
         self.waker = Some(AbortOnDrop(self.runtime.spawn(waker)));
         ctx.run_interval(self.shared.spec.poll_interval, |act, ctx| {
             act.shared.vitals.beat(act.shared.clock.now_ms());
@@ -314,6 +317,8 @@ impl Handler<Retry> for MailboxListenerActor {
 }
 
 super::subscription::crash_drill!(MailboxListenerActor, "mailbox listener");
+
+counted!(MailboxListenerActor: Wake, Observe);
 
 impl Handler<Observe> for MailboxListenerActor {
     type Result = ActorNode;
@@ -363,7 +368,7 @@ fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
 pub struct RelayHandle {
     pub shared: Arc<RelayShared>,
     runtime: tokio::runtime::Handle,
-    addr: RwLock<Addr<MailboxListenerActor>>,
+    addr: RwLock<Mailbox<MailboxListenerActor>>,
 }
 
 impl RelayHandle {
@@ -425,20 +430,21 @@ impl RelayHandle {
         shared: &Arc<RelayShared>,
         runtime: &tokio::runtime::Handle,
         arbiter: &ArbiterHandle,
-    ) -> Addr<MailboxListenerActor> {
-        let shared = shared.clone();
+    ) -> Mailbox<MailboxListenerActor> {
+        let actor_shared = shared.clone();
         let runtime = runtime.clone();
-        MailboxListenerActor::start_in_arbiter(arbiter, move |_| MailboxListenerActor {
-            shared,
+        let addr = MailboxListenerActor::start_in_arbiter(arbiter, move |_| MailboxListenerActor {
+            shared: actor_shared,
             runtime,
             running: false,
             again: false,
             backing_off: false,
             waker: None,
-        })
+        });
+        Mailbox::new(addr, shared.vitals.clone())
     }
 
-    pub fn addr(&self) -> Addr<MailboxListenerActor> {
+    pub fn addr(&self) -> Mailbox<MailboxListenerActor> {
         self.addr.read().clone()
     }
 
@@ -455,7 +461,7 @@ impl RelayHandle {
 
     /// The node for the tree, or a failed one when the actor cannot answer.
     pub async fn observe(&self) -> ActorNode {
-        match tokio::time::timeout(Duration::from_secs(2), self.addr().send(Observe)).await {
+        match tokio::time::timeout(super::OBSERVE_TIMEOUT, self.addr().send(Observe)).await {
             Ok(Ok(node)) => node,
             _ => observe(&self.shared, ActorStatus::Failed),
         }

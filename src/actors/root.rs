@@ -5,10 +5,10 @@
 use std::{
     collections::BTreeMap,
     sync::{atomic::Ordering, Arc},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture};
 
 use super::{
     backend_pool::PoolHandle,
@@ -18,7 +18,8 @@ use super::{
     },
     relay::RelayHandle,
     session::Vitals,
-    ActorKind, ActorNode, ActorStatus, Fault, NamespaceHandle, NamespaceSupervisor, Observe,
+    ActorKind, ActorNode, ActorStatus, Fault, Mailbox, NamespaceHandle, NamespaceSupervisor,
+    Observe, OBSERVE_TIMEOUT,
 };
 use crate::{
     backends::Backends,
@@ -77,6 +78,8 @@ impl Actor for RootSupervisor {
     }
 }
 
+super::mailbox::counted!(RootSupervisor: Observe);
+
 impl Handler<Observe> for RootSupervisor {
     type Result = ResponseFuture<ActorNode>;
 
@@ -93,7 +96,7 @@ impl Handler<Observe> for RootSupervisor {
             for handle in namespaces {
                 let restarts = handle.restarts.load(Ordering::Relaxed);
                 let answer =
-                    tokio::time::timeout(Duration::from_secs(2), handle.addr().send(Observe)).await;
+                    tokio::time::timeout(2 * OBSERVE_TIMEOUT, handle.addr().send(Observe)).await;
                 children.push(match answer {
                     Ok(Ok(mut node)) => {
                         node.restarts = restarts;
@@ -108,7 +111,7 @@ impl Handler<Observe> for RootSupervisor {
             let namespace_count = children.len();
             for pool in pools {
                 let answer =
-                    tokio::time::timeout(Duration::from_secs(2), pool.addr().send(Observe)).await;
+                    tokio::time::timeout(super::OBSERVE_TIMEOUT, pool.addr().send(Observe)).await;
                 children.push(match answer {
                     Ok(Ok(mut node)) => {
                         node.restarts = pool.restarts.load(Ordering::Relaxed);
@@ -129,6 +132,7 @@ impl Handler<Observe> for RootSupervisor {
                 created,
                 last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
                 messages_handled: vitals.handled.load(Ordering::Relaxed),
+                mailbox_depth: vitals.queued.load(Ordering::Relaxed),
                 restarts: 0,
                 state: serde_json::json!({
                     "namespaces": namespace_count,
@@ -143,7 +147,7 @@ impl Handler<Observe> for RootSupervisor {
 
 /// The services' handle on the actor tree.
 pub struct Supervisors {
-    root: Addr<RootSupervisor>,
+    root: Mailbox<RootSupervisor>,
     subscriptions: Arc<super::subscription::Subscriptions>,
     namespaces: BTreeMap<String, Arc<NamespaceHandle>>,
     pools: Vec<Arc<PoolHandle>>,
@@ -185,15 +189,19 @@ impl Supervisors {
                 ))
             })
             .collect();
+        let vitals = Arc::new(Vitals::default());
         let root = RootSupervisor {
             namespaces: namespaces.values().cloned().collect(),
             pools: pools.clone(),
             relays,
             settings: settings.clone(),
-            vitals: Arc::default(),
+            vitals: vitals.clone(),
             created: SystemTime::now(),
         };
-        let root = RootSupervisor::start_in_arbiter(&settings.pool.next(), move |_| root);
+        let root = Mailbox::new(
+            RootSupervisor::start_in_arbiter(&settings.pool.next(), move |_| root),
+            vitals,
+        );
         Supervisors {
             root,
             subscriptions: settings.subscriptions.clone(),

@@ -25,6 +25,8 @@ pub struct Vitals {
     pub pulse: AtomicU64,
     pub last_progress_ms: AtomicU64,
     pub handled: AtomicU64,
+    /// Messages sent to the actor and not yet taken (see [`super::mailbox`]).
+    pub queued: AtomicU64,
 }
 
 impl Vitals {
@@ -150,6 +152,8 @@ impl Handler<Fault> for SessionActor {
         }
     }
 }
+
+super::mailbox::counted!(SessionActor: Stop, Fault, Observe);
 
 impl Handler<Observe> for SessionActor {
     type Result = ActorNode;

@@ -18,15 +18,17 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, ArbiterHandle, AsyncContext, Context, Handler,
-    Message, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, Message,
+    WrapFuture,
 };
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Observe};
+use super::{
+    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+};
 use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
     error::{Error, Service},
@@ -188,6 +190,7 @@ macro_rules! crash_drill {
                 panic!(concat!("deliberate ", $what, " crash (supervision drill)"));
             }
         }
+        $crate::actors::mailbox::counted!($actor: $crate::actors::subscription::Crash);
     };
 }
 pub(crate) use crash_drill;
@@ -323,6 +326,7 @@ impl Handler<Pump> for SubscriptionActor {
 }
 
 crash_drill!(SubscriptionActor, "subscription");
+counted!(SubscriptionActor: Observe);
 
 impl Handler<Observe> for SubscriptionActor {
     type Result = ActorNode;
@@ -361,12 +365,27 @@ fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> Act
 /// A subscription's actor address, replaced when it is restarted.
 pub struct SubscriptionHandle {
     pub shared: Arc<SubscriptionShared>,
-    addr: RwLock<Addr<SubscriptionActor>>,
+    addr: RwLock<Mailbox<SubscriptionActor>>,
 }
 
 impl SubscriptionHandle {
-    pub fn addr(&self) -> Addr<SubscriptionActor> {
+    pub fn addr(&self) -> Mailbox<SubscriptionActor> {
         self.addr.read().clone()
+    }
+
+    /// `restarted`: rejoin at the committed position.
+    fn spawn(
+        shared: &Arc<SubscriptionShared>,
+        arbiter: &ArbiterHandle,
+        restarted: bool,
+    ) -> Mailbox<SubscriptionActor> {
+        let actor_shared = shared.clone();
+        let addr = SubscriptionActor::start_in_arbiter(arbiter, move |_| SubscriptionActor {
+            shared: actor_shared,
+            consumer: None,
+            restarted,
+        });
+        Mailbox::new(addr, shared.vitals.clone())
     }
 }
 
@@ -410,12 +429,7 @@ impl Subscriptions {
                 seen.1.push(pair);
             }
         }
-        let actor_shared = shared.clone();
-        let addr = SubscriptionActor::start_in_arbiter(arbiter, move |_| SubscriptionActor {
-            shared: actor_shared,
-            consumer: None,
-            restarted: false,
-        });
+        let addr = SubscriptionHandle::spawn(&shared, arbiter, false);
         self.by_id.insert(
             shared.id.clone(),
             Arc::new(SubscriptionHandle {
@@ -464,13 +478,7 @@ impl Subscriptions {
             if !handle.addr().connected() {
                 shared.restarts.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!(subscription = %shared.id, "restarting subscription actor");
-                let actor_shared = shared.clone();
-                *handle.addr.write() =
-                    SubscriptionActor::start_in_arbiter(&arbiter(), move |_| SubscriptionActor {
-                        shared: actor_shared,
-                        consumer: None,
-                        restarted: true,
-                    });
+                *handle.addr.write() = SubscriptionHandle::spawn(shared, &arbiter(), true);
             }
             true
         });
@@ -483,7 +491,7 @@ impl Subscriptions {
         let handles: Vec<_> = self.by_id.iter().map(|h| h.clone()).collect();
         let mut nodes = self.pubsub.observe().await;
         for h in handles {
-            let answer = tokio::time::timeout(Duration::from_secs(2), h.addr().send(Observe)).await;
+            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, h.addr().send(Observe)).await;
             nodes.push(match answer {
                 Ok(Ok(node)) => node,
                 _ => observe_subscription(&h.shared, ActorStatus::Failed),

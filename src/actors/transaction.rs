@@ -22,13 +22,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture};
+use actix::{Actor, ActorContext, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use super::{
     session::Vitals, subscription::Crash, ActorKind, ActorNode, ActorStatus, KillSwitch, Life,
-    Observe,
+    Mailbox, Observe,
 };
 use crate::{
     error::{Error, ErrorKind},
@@ -157,6 +157,8 @@ use actix::ActorFutureExt as _;
 
 super::subscription::crash_drill!(TransactionActor, "transaction actor");
 
+super::mailbox::counted!(TransactionActor: Observe);
+
 impl Handler<Observe> for TransactionActor {
     type Result = ActorNode;
 
@@ -191,7 +193,20 @@ fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
 
 struct TransactionEntry {
     shared: Arc<TransactionShared>,
-    addr: RwLock<Addr<TransactionActor>>,
+    addr: RwLock<Mailbox<TransactionActor>>,
+}
+
+impl TransactionEntry {
+    fn spawn(
+        shared: &Arc<TransactionShared>,
+        arbiter: &ArbiterHandle,
+    ) -> Mailbox<TransactionActor> {
+        let actor_shared = shared.clone();
+        let addr = TransactionActor::start_in_arbiter(arbiter, move |_| TransactionActor {
+            shared: actor_shared,
+        });
+        Mailbox::new(addr, shared.vitals.clone())
+    }
 }
 
 /// Open streaming transactions of the gateway.
@@ -263,10 +278,7 @@ impl Transactions {
     }
 
     pub fn start(&self, shared: Arc<TransactionShared>, arbiter: &ArbiterHandle) {
-        let actor_shared = shared.clone();
-        let addr = TransactionActor::start_in_arbiter(arbiter, move |_| TransactionActor {
-            shared: actor_shared,
-        });
+        let addr = TransactionEntry::spawn(&shared, arbiter);
         self.by_id.insert(
             shared.id.clone(),
             Arc::new(TransactionEntry {
@@ -313,11 +325,7 @@ impl Transactions {
             }
             shared.restarts.fetch_add(1, Ordering::AcqRel);
             tracing::warn!(transaction = %shared.id, "restarting transaction actor");
-            let actor_shared = shared.clone();
-            *entry.addr.write() =
-                TransactionActor::start_in_arbiter(&arbiter(), move |_| TransactionActor {
-                    shared: actor_shared,
-                });
+            *entry.addr.write() = TransactionEntry::spawn(shared, &arbiter());
         }
     }
 
@@ -327,7 +335,7 @@ impl Transactions {
         let mut nodes = Vec::with_capacity(entries.len());
         for e in entries {
             let addr = e.addr.read().clone();
-            let answer = tokio::time::timeout(Duration::from_secs(2), addr.send(Observe)).await;
+            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, addr.send(Observe)).await;
             nodes.push(match answer {
                 Ok(Ok(node)) => node,
                 _ => observe(&e.shared, ActorStatus::Failed),

@@ -107,6 +107,7 @@ mod tests {
             created: std::time::SystemTime::UNIX_EPOCH,
             last_progress: std::time::SystemTime::UNIX_EPOCH,
             messages_handled: 0,
+            mailbox_depth: 0,
             restarts: 0,
             state: serde_json::json!({}),
             children,

@@ -4,10 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use actix::{Message, Recipient};
+use actix::Message;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::watch;
+
+use crate::actors::mailbox::CountedRecipient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,7 +38,7 @@ pub struct CheckNow;
 
 pub struct Health {
     state: AtomicU8,
-    checker: RwLock<Option<Recipient<CheckNow>>>,
+    checker: RwLock<Option<CountedRecipient<CheckNow>>>,
     last_error: Mutex<Option<String>>,
     pub checks: AtomicU64,
     pub failures: AtomicU64,
@@ -82,7 +84,7 @@ impl Health {
     }
 
     /// Registers the pool actor that answers [`Health::suspect`].
-    pub fn set_checker(&self, checker: Recipient<CheckNow>) {
+    pub fn set_checker(&self, checker: CountedRecipient<CheckNow>) {
         *self.checker.write() = Some(checker);
     }
 

@@ -60,6 +60,7 @@ fn node(n: ActorNode) -> pb::ActorNode {
         created: Some(n.created.into()),
         last_progress: Some(n.last_progress.into()),
         messages_handled: n.messages_handled,
+        mailbox_depth: n.mailbox_depth,
         restarts: n.restarts,
         state,
         children: n.children.into_iter().map(node).collect(),
