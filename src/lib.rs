@@ -25,6 +25,8 @@
 //! - [`telemetry`]: the per-call span, `traceparent`, logs, OTLP export.
 //! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
 //!   `/admin/actors`); [`metrics`]: the Prometheus counters and exposition.
+//! - [`loadtest`]: the `prism-loadtest` runner (ghz-format scenarios, ghz
+//!   reports, no-op and direct-backend baselines).
 //!
 //! The rule that shapes it: a data RPC never waits on an actor mailbox.
 //! Lifecycle (create, expiry, close, supervision) is message-driven; the hot
@@ -38,6 +40,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod loadtest;
 pub mod metrics;
 pub mod proto;
 pub mod runtime;
