@@ -12,9 +12,10 @@
 //!   +- MailboxListenerActor (one per outbox relay)
 //! ```
 //!
-//! Supervision means progress: each child pulses on a timer; a supervisor
-//! that finds a child dead (a panic closes its mailbox) or silent since its
-//! last check restarts it from the state saved outside the actor, and counts
+//! Supervision means progress: a supervisor probes each child on every check
+//! and the child beats when it takes the probe; a supervisor that finds a
+//! child dead (a panic closes its mailbox) or silent for several checks
+//! restarts it from the state saved outside the actor, and counts
 //! the restart. Every actor answers [`Observe`] with an [`ActorNode`].
 
 use std::sync::{

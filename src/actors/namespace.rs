@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{
     mailbox::counted,
-    session::{observe_session, Stop, Vitals},
+    session::{observe_session, Pulse, Stop, Vitals},
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Fault, KillSwitch, Mailbox, Observe,
     SessionActor, OBSERVE_TIMEOUT,
 };
@@ -25,9 +25,10 @@ use crate::{
     session::{Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
 };
 
-/// Consecutive checks without a pulse before a child counts as stuck. A
-/// child pulses four times per check, so three silent checks mean its
-/// arbiter has not run it for several intervals, not a scheduling hiccup.
+/// Consecutive checks without a pulse before a child counts as stuck. Each
+/// check sends every child a [`Pulse`] that it answers by beating, so three
+/// silent checks mean it has taken none of three probes over several
+/// intervals, not a scheduling hiccup.
 const SILENT_CHECKS_BEFORE_RESTART: u32 = 3;
 
 struct ChildSlot {
@@ -39,6 +40,15 @@ struct ChildSlot {
     last_seen_pulse: u64,
     silent_checks: u32,
     restarts: u32,
+}
+
+impl ChildSlot {
+    /// Stops the actor: a Stop message for a running one, the kill switch
+    /// for one stuck in a wait (it takes no messages).
+    fn stop(&self) {
+        self.kill.fire();
+        self.addr.do_send(Stop);
+    }
 }
 
 /// What survives a supervisor restart.
@@ -80,14 +90,6 @@ pub struct SupervisorSettings {
     pub interval: Duration,
     /// Subscription actors, restarted by the root on its tick.
     pub subscriptions: Arc<super::subscription::Subscriptions>,
-}
-
-impl SupervisorSettings {
-    /// Children pulse several times per check, so a healthy one never looks
-    /// silent.
-    fn pulse_interval(&self) -> Duration {
-        (self.interval / 4).max(Duration::from_millis(1))
-    }
 }
 
 pub struct NamespaceSupervisor {
@@ -138,7 +140,6 @@ impl NamespaceSupervisor {
             self.settings.registry.clone(),
             vitals.clone(),
             kill.clone(),
-            self.settings.pulse_interval(),
             restarts as u64,
         );
         let addr = SessionActor::start_in_arbiter(&self.settings.pool.next(), move |_| actor);
@@ -175,7 +176,7 @@ impl NamespaceSupervisor {
             let mut children = self.shared.children.lock();
             children.retain(|_, slot| {
                 if slot.entry.state().is_ended() {
-                    slot.kill.fire();
+                    slot.stop();
                     return false;
                 }
                 true
@@ -198,6 +199,8 @@ impl NamespaceSupervisor {
                     slot.last_seen_pulse = pulse;
                     slot.silent_checks = 0;
                 }
+                // The probe the next check looks for.
+                slot.addr.do_send(Pulse);
             }
         }
         for (id, why) in to_restart {
@@ -209,7 +212,7 @@ impl NamespaceSupervisor {
         let Some(old) = self.shared.children.lock().remove(id) else {
             return;
         };
-        old.kill.fire();
+        old.stop();
         let restarts = old.restarts + 1;
         let namespace = self.shared.name.clone();
         if restarts > old.entry.policy.max_restarts {
@@ -267,8 +270,7 @@ impl Handler<StopSession> for NamespaceSupervisor {
     fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) {
         self.shared.vitals.handled();
         if let Some(slot) = self.shared.children.lock().remove(&msg.0) {
-            slot.kill.fire();
-            slot.addr.do_send(Stop);
+            slot.stop();
         }
     }
 }
@@ -396,8 +398,7 @@ impl NamespaceShared {
     /// Stops every child; used at shutdown.
     pub fn stop_all(&self) {
         for (_, slot) in self.children.lock().drain() {
-            slot.kill.fire();
-            slot.addr.do_send(Stop);
+            slot.stop();
         }
     }
 }
