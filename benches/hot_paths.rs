@@ -50,7 +50,7 @@ fn token_validation(c: &mut Criterion) {
             "bench".into(),
             String::new(),
             HashMap::new(),
-            cfg.namespaces["default"].session.clone(),
+            Arc::new(cfg.namespaces["default"].session.clone()),
             clock,
         );
         registry.insert(Arc::new(entry)).unwrap();

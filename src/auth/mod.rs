@@ -4,7 +4,7 @@
 //! Nothing secret is kept in memory in plain text: API keys are compared by
 //! SHA-256 digest, JWT secrets live only inside the verifier's key.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sha2::{Digest, Sha256};
 
@@ -32,10 +32,9 @@ pub struct Principal {
     pub method: AuthMethod,
 }
 
+/// Shared by every session the key opens.
 struct ApiKeyEntry {
-    name: String,
-    namespace: String,
-    roles: Vec<String>,
+    principal: Arc<Principal>,
 }
 
 /// Verifies credentials against the configuration.
@@ -64,9 +63,12 @@ impl Authenticator {
                 api_keys.insert(
                     digest,
                     ApiKeyEntry {
-                        name: key.name.clone(),
-                        namespace: ns.clone(),
-                        roles: key.roles.clone(),
+                        principal: Arc::new(Principal {
+                            identity: format!("api-key:{}", key.name),
+                            namespace: ns.clone(),
+                            roles: key.roles.clone(),
+                            method: AuthMethod::ApiKey,
+                        }),
                     },
                 );
             }
@@ -85,7 +87,7 @@ impl Authenticator {
         })
     }
 
-    pub fn api_key(&self, key: &str) -> Result<Principal, Error> {
+    pub fn api_key(&self, key: &str) -> Result<Arc<Principal>, Error> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let entry = self.api_keys.get(&digest).ok_or_else(|| {
             Error::unauthenticated(
@@ -93,16 +95,11 @@ impl Authenticator {
                 "api key is not recognised; check the key or ask the operator for one",
             )
         })?;
-        Ok(Principal {
-            identity: format!("api-key:{}", entry.name),
-            namespace: entry.namespace.clone(),
-            roles: entry.roles.clone(),
-            method: AuthMethod::ApiKey,
-        })
+        Ok(entry.principal.clone())
     }
 
-    pub fn jwt(&self, token: &str) -> Result<Principal, Error> {
-        jwt::verify(&self.jwt, token)
+    pub fn jwt(&self, token: &str) -> Result<Arc<Principal>, Error> {
+        jwt::verify(&self.jwt, token).map(Arc::new)
     }
 
     /// `presented` is the certificate the client put in the request (may be
@@ -112,14 +109,16 @@ impl Authenticator {
         &self,
         presented: &[u8],
         transport_leaf: Option<&[u8]>,
-    ) -> Result<Principal, Error> {
+    ) -> Result<Arc<Principal>, Error> {
         let identities = self.mtls.as_ref().ok_or_else(|| {
             Error::unauthenticated(
                 "MTLS_NOT_CONFIGURED",
                 "mtls authentication is not configured on this gateway; use an api key or jwt",
             )
         })?;
-        identities.authenticate(presented, transport_leaf)
+        identities
+            .authenticate(presented, transport_leaf)
+            .map(Arc::new)
     }
 }
 

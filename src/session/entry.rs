@@ -68,12 +68,13 @@ pub enum EndReason {
 pub struct SessionEntry {
     pub id: String,
     pub token_digest: TokenDigest,
-    pub principal: Principal,
+    /// Shared with every session the same API key opened.
+    pub principal: Arc<Principal>,
     pub config: Arc<ResolvedConfig>,
     pub client_id: String,
     pub client_version: String,
     pub metadata: HashMap<String, String>,
-    pub policy: SessionPolicy,
+    pub policy: Arc<SessionPolicy>,
     pub clock: Clock,
     pub created_ms: u64,
     /// No extension goes past this (created + max lifetime).
@@ -96,12 +97,12 @@ impl SessionEntry {
     pub fn new(
         id: String,
         token_digest: TokenDigest,
-        principal: Principal,
+        principal: Arc<Principal>,
         config: Arc<ResolvedConfig>,
         client_id: String,
         client_version: String,
         metadata: HashMap<String, String>,
-        policy: SessionPolicy,
+        policy: Arc<SessionPolicy>,
         clock: Clock,
     ) -> Self {
         let now = clock.now_ms();

@@ -10,7 +10,7 @@ use crate::{
     auth::{Authenticator, Principal},
     config::{
         resolve::{self, NamedConfigs},
-        GatewayConfig,
+        GatewayConfig, SessionPolicy,
     },
     error::Error,
     proto::config::v1::ClientConfig,
@@ -55,6 +55,8 @@ pub struct Sessions {
     auth: Arc<Authenticator>,
     registry: Arc<SessionRegistry>,
     supervisors: Arc<Supervisors>,
+    /// Each namespace's session policy, shared by its sessions.
+    policies: HashMap<String, Arc<SessionPolicy>>,
 }
 
 impl Sessions {
@@ -65,7 +67,13 @@ impl Sessions {
         registry: Arc<SessionRegistry>,
         supervisors: Arc<Supervisors>,
     ) -> Self {
+        let policies = config
+            .namespaces
+            .iter()
+            .map(|(name, spec)| (name.clone(), Arc::new(spec.session.clone())))
+            .collect();
         Sessions {
+            policies,
             config,
             named,
             auth,
@@ -78,7 +86,7 @@ impl Sessions {
         &self.registry
     }
 
-    fn authenticate(&self, credentials: Option<Credentials<'_>>) -> Result<Principal, Error> {
+    fn authenticate(&self, credentials: Option<Credentials<'_>>) -> Result<Arc<Principal>, Error> {
         let principal = match credentials {
             Some(Credentials::ApiKey(key)) => self.auth.api_key(key)?,
             Some(Credentials::Jwt(jwt)) => self.auth.jwt(jwt)?,
@@ -159,7 +167,7 @@ impl Sessions {
                 ))
             }
         };
-        let policy = self.config.namespaces[&principal.namespace].session.clone();
+        let policy = self.policies[&principal.namespace].clone();
         let (token, digest) = token::new_token();
         let entry = Arc::new(SessionEntry::new(
             token::new_session_id(),
