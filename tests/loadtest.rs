@@ -14,7 +14,12 @@ use std::{
 
 use common::wait_until;
 use prism::{
-    loadtest::{self, report::Report, scenario::Scenario, Overrides},
+    loadtest::{
+        self,
+        report::{self, Report},
+        scenario::Scenario,
+        Overrides,
+    },
     runtime::block_on_multi_thread,
 };
 
@@ -29,27 +34,8 @@ fn scenarios() -> Vec<PathBuf> {
     out
 }
 
-/// What ghz writes at the top level of a JSON report.
-const GHZ_REPORT_KEYS: &[&str] = &[
-    "name",
-    "endReason",
-    "options",
-    "date",
-    "count",
-    "total",
-    "average",
-    "fastest",
-    "slowest",
-    "rps",
-    "errorDistribution",
-    "statusCodeDistribution",
-    "latencyDistribution",
-    "histogram",
-    "details",
-];
-
 fn check_ghz_report(json: &serde_json::Value, count: u64, what: &str) {
-    for key in GHZ_REPORT_KEYS {
+    for key in report::GHZ_REPORT_KEYS {
         assert!(json.get(key).is_some(), "{what}: `{key}` missing");
     }
     assert_eq!(json["count"], count, "{what}");
@@ -130,31 +116,34 @@ fn the_binary_reports_compares_prepares_and_measures() {
     block_on_multi_thread(async {
         let data = tempfile_dir("binary");
         let (mut child, addr) = serve(&data).await;
-        let bin = env!("CARGO_BIN_EXE_prism-loadtest");
         let scenarios_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios");
 
         // A run with the baselines: ghz's summary, the JSON report, the
         // comparison with the no-op server and with Redis directly.
         let report_path = data.join("kv.json");
         let compare_path = data.join("kv.compare.json");
-        let out = tokio::process::Command::new(bin)
-            .arg("run")
-            .arg(scenarios_dir.join("kv_get_hot.json"))
-            .args(["--host", &addr, "-n", "300", "-c", "4", "--baseline"])
-            .args(["--redis-direct", "redis://127.0.0.1:6379"])
-            .arg("-o")
-            .arg(&report_path)
-            .arg("--compare-out")
-            .arg(&compare_path)
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let kv = scenarios_dir.join("kv_get_hot.json");
+        let stdout = prism_loadtest(
+            &[
+                "run".as_ref(),
+                kv.as_os_str(),
+                "--host".as_ref(),
+                addr.as_ref(),
+                "-n".as_ref(),
+                "300".as_ref(),
+                "-c".as_ref(),
+                "4".as_ref(),
+                "--baseline".as_ref(),
+                "--redis-direct".as_ref(),
+                "redis://127.0.0.1:6379".as_ref(),
+                "-o".as_ref(),
+                report_path.as_os_str(),
+                "--compare-out".as_ref(),
+                compare_path.as_os_str(),
+            ],
+            &[],
+        )
+        .await;
         for text in [
             "Summary:",
             "Count:\t300",
@@ -173,13 +162,7 @@ fn the_binary_reports_compares_prepares_and_measures() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
         check_ghz_report(&json, 300, "binary report");
-        let table = tokio::process::Command::new(bin)
-            .arg("table")
-            .arg(&compare_path)
-            .output()
-            .await
-            .unwrap();
-        let table = String::from_utf8_lossy(&table.stdout);
+        let table = prism_loadtest(&["table".as_ref(), compare_path.as_os_str()], &[]).await;
         assert!(
             table.contains("| KV Get 1 KiB, hot key (memory) |"),
             "{table}"
@@ -191,19 +174,19 @@ fn the_binary_reports_compares_prepares_and_measures() {
         // The plain ghz config: token filled, Prism's block gone, ghz's own
         // templates kept; it runs as it is (as ghz would run it).
         let ghz_path = data.join("heartbeat.ghz.json");
-        let out = tokio::process::Command::new(bin)
-            .arg("prepare")
-            .arg(scenarios_dir.join("heartbeat.json"))
-            .args(["--host", &addr, "--out"])
-            .arg(&ghz_path)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let heartbeat = scenarios_dir.join("heartbeat.json");
+        prism_loadtest(
+            &[
+                "prepare".as_ref(),
+                heartbeat.as_os_str(),
+                "--host".as_ref(),
+                addr.as_ref(),
+                "--out".as_ref(),
+                ghz_path.as_os_str(),
+            ],
+            &[],
+        )
+        .await;
         let text = std::fs::read_to_string(&ghz_path).unwrap();
         assert!(
             !text.contains("x-prism") && !text.contains("SessionToken"),
@@ -230,25 +213,38 @@ fn the_binary_reports_compares_prepares_and_measures() {
         child.kill().await.unwrap();
 
         // Footprint of a fresh gateway with a few hundred idle sessions.
-        let out = tokio::process::Command::new(bin)
-            .arg("footprint")
-            .args(["--prism", env!("CARGO_BIN_EXE_prism"), "--sessions", "300"])
-            .env("PRISM_SQLITE_PATH", data.join("footprint.db"))
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let db = data.join("footprint.db");
+        let stdout = prism_loadtest(
+            &[
+                "footprint".as_ref(),
+                "--prism".as_ref(),
+                env!("CARGO_BIN_EXE_prism").as_ref(),
+                "--sessions".as_ref(),
+                "300".as_ref(),
+            ],
+            &[("PRISM_SQLITE_PATH", db.as_os_str())],
+        )
+        .await;
         assert!(stdout.contains("start to serving:"), "{stdout}");
         assert!(
             stdout.contains("with 300 idle sessions (0 failed"),
             "{stdout}"
         );
     });
+}
+
+/// Runs the `prism-loadtest` binary, which must succeed; its stdout.
+async fn prism_loadtest(args: &[&OsStr], envs: &[(&str, &OsStr)]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism-loadtest"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    stdout
 }
 
 #[test]

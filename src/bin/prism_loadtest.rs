@@ -38,6 +38,9 @@ struct Limits {
     /// Requests per second over all workers.
     #[arg(long)]
     rps: Option<u64>,
+    /// The run's name in reports and tables.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 impl Limits {
@@ -49,6 +52,7 @@ impl Limits {
             concurrency: self.concurrency,
             connections: self.connections,
             rps: self.rps,
+            name: self.name.clone(),
         }
     }
 }

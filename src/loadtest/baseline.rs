@@ -10,7 +10,7 @@ use std::{net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{Code, Request, Response, Status};
 
 use super::{
@@ -74,11 +74,15 @@ impl tonic::server::ServerStreamingService<Bytes> for Streaming {
     }
 }
 
-/// A running no-op server; stops when dropped.
+/// A running no-op server; stops when dropped. It runs on threads of its
+/// own (a runtime with as many workers as the gateway's), not on the load
+/// generator's runtime, so it competes for the CPU the way the gateway
+/// process does.
 pub struct NoopServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    /// Ends by itself once `stop` is sent (or dropped).
+    _thread: std::thread::JoinHandle<()>,
 }
 
 impl Drop for NoopServer {
@@ -86,7 +90,6 @@ impl Drop for NoopServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.abort();
     }
 }
 
@@ -97,46 +100,85 @@ impl NoopServer {
         pool: DescriptorPool,
         replies: std::collections::HashMap<String, Vec<Bytes>>,
     ) -> std::io::Result<NoopServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let replies = Replies {
             pool,
             by_path: Arc::new(replies),
         };
-        let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let replies = replies.clone();
-            async move {
-                let path = req.uri().path().to_string();
-                let streaming = find_method(&replies.pool, path.trim_start_matches('/'))
-                    .map(|m| m.is_server_streaming())
-                    .unwrap_or(false);
-                let mut grpc = tonic::server::Grpc::new(BytesCodec);
-                let response = if streaming {
-                    grpc.server_streaming(Streaming(replies, path), req).await
-                } else {
-                    grpc.unary(Unary(replies, path), req).await
-                };
-                response.map(axum::body::Body::new)
-            }
-        });
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_routes(tonic::service::Routes::from(router))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "no-op baseline server failed");
-            }
-        });
+        let (started, ready) = oneshot::channel::<std::io::Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("prism-noop".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                    .thread_name("prism-noop")
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = started.send(Ok(()));
+                        runtime.block_on(serve(listener, replies, stopped));
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                    }
+                }
+            })?;
+        ready
+            .await
+            .map_err(|_| std::io::Error::other("the no-op server thread ended"))??;
         Ok(NoopServer {
             addr,
             stop: Some(stop),
-            task,
+            _thread: thread,
         })
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, replies: Replies, stopped: oneshot::Receiver<()>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no-op baseline server cannot listen");
+            return;
+        }
+    };
+    let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let replies = replies.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let streaming = find_method(&replies.pool, path.trim_start_matches('/'))
+                .map(|m| m.is_server_streaming())
+                .unwrap_or(false);
+            let mut grpc = tonic::server::Grpc::new(BytesCodec);
+            let response = if streaming {
+                grpc.server_streaming(Streaming(replies, path), req).await
+            } else {
+                grpc.unary(Unary(replies, path), req).await
+            };
+            response.map(axum::body::Body::new)
+        }
+    });
+    // Like the gateway: no Nagle delay on accepted connections.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            stream.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
+    let served = tonic::transport::Server::builder()
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "no-op baseline server failed");
     }
 }
 

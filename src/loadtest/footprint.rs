@@ -14,9 +14,7 @@ use super::{
     scenario::Bounds,
 };
 use crate::proto::session::v1::{
-    create_session_request::{Auth, Config},
-    session_service_client::SessionServiceClient,
-    CreateSessionRequest,
+    session_service_client::SessionServiceClient, CreateSessionRequest,
 };
 
 pub struct Plan {
@@ -128,12 +126,8 @@ pub async fn measure(plan: &Plan) -> Result<Figures, String> {
     };
     let start_to_serving = start.elapsed();
 
-    let request = CreateSessionRequest {
-        auth: Some(Auth::ApiKey(plan.api_key.clone())),
-        config: Some(Config::ConfigName(plan.config_name.clone())),
-        client_id: "prism-loadtest-footprint".into(),
-        ..Default::default()
-    };
+    let request =
+        super::session_request(&plan.api_key, &plan.config_name, "prism-loadtest-footprint");
     // One session first, so lazily built state is in the baseline.
     SessionServiceClient::new(channel.clone())
         .create_session(request.clone())

@@ -46,6 +46,8 @@ pub struct Overrides {
     pub concurrency: Option<usize>,
     pub connections: Option<usize>,
     pub rps: Option<u64>,
+    /// The run's name in reports (e.g. the same scenario on another backend).
+    pub name: Option<String>,
 }
 
 impl Overrides {
@@ -70,6 +72,9 @@ impl Overrides {
         }
         if self.host.is_some() {
             s.host = self.host.clone();
+        }
+        if self.name.is_some() {
+            s.name = self.name.clone();
         }
         s
     }
@@ -233,14 +238,23 @@ async fn subscriber(
     }
 }
 
+/// CreateSession with an API key and a named config.
+pub fn session_request(api_key: &str, config_name: &str, client_id: &str) -> CreateSessionRequest {
+    CreateSessionRequest {
+        auth: Some(Auth::ApiKey(api_key.to_string())),
+        config: Some(Config::ConfigName(config_name.to_string())),
+        client_id: client_id.to_string(),
+        ..Default::default()
+    }
+}
+
 async fn open_session(channel: Channel, s: &scenario::SessionSetup) -> Result<String, String> {
     let created = SessionServiceClient::new(channel)
-        .create_session(CreateSessionRequest {
-            auth: Some(Auth::ApiKey(s.api_key.clone())),
-            config: Some(Config::ConfigName(s.config_name.clone())),
-            client_id: "prism-loadtest".into(),
-            ..Default::default()
-        })
+        .create_session(session_request(
+            &s.api_key,
+            &s.config_name,
+            "prism-loadtest",
+        ))
         .await
         .map_err(|e| format!("cannot open the scenario's session: {e}"))?;
     Ok(created.into_inner().session_token)

@@ -16,6 +16,25 @@ use super::{
 /// ghz keeps at most this many per-call details.
 const MAX_DETAILS: usize = 1_000_000;
 
+/// The top-level keys of ghz's JSON report, all of which [`Report`] writes.
+pub const GHZ_REPORT_KEYS: &[&str] = &[
+    "name",
+    "endReason",
+    "options",
+    "date",
+    "count",
+    "total",
+    "average",
+    "fastest",
+    "slowest",
+    "rps",
+    "errorDistribution",
+    "statusCodeDistribution",
+    "latencyDistribution",
+    "histogram",
+    "details",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
@@ -350,23 +369,7 @@ mod tests {
         assert_eq!(r.histogram.iter().map(|b| b.count).sum::<u64>(), 9);
 
         let json = serde_json::to_value(&r).unwrap();
-        for key in [
-            "name",
-            "endReason",
-            "options",
-            "date",
-            "count",
-            "total",
-            "average",
-            "fastest",
-            "slowest",
-            "rps",
-            "errorDistribution",
-            "statusCodeDistribution",
-            "latencyDistribution",
-            "histogram",
-            "details",
-        ] {
+        for key in GHZ_REPORT_KEYS {
             assert!(json.get(key).is_some(), "{key} missing");
         }
         assert!(json["total"].is_u64(), "durations are integer nanoseconds");
