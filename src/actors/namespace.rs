@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     error::{Error, ErrorKind},
-    session::{Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
+    session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
 };
 
 /// Consecutive checks without a pulse before a child counts as stuck. Each
@@ -34,7 +34,6 @@ const SILENT_CHECKS_BEFORE_RESTART: u32 = 3;
 struct ChildSlot {
     addr: Mailbox<SessionActor>,
     entry: Arc<SessionEntry>,
-    vitals: Arc<Vitals>,
     kill: Arc<KillSwitch>,
     created: SystemTime,
     last_seen_pulse: u64,
@@ -60,7 +59,7 @@ pub struct NamespaceShared {
     pub child_restarts: AtomicU64,
     vitals: Arc<Vitals>,
     /// Held only briefly and never across an await.
-    children: Mutex<HashMap<String, ChildSlot>>,
+    children: Mutex<HashMap<ById, ChildSlot>>,
 }
 
 /// How the rest of the gateway reaches a namespace's supervisor; the address
@@ -144,9 +143,8 @@ impl NamespaceSupervisor {
         );
         let addr = SessionActor::start_in_arbiter(&self.settings.pool.next(), move |_| actor);
         ChildSlot {
-            addr: Mailbox::new(addr, vitals.clone()),
+            addr: Mailbox::new(addr, vitals),
             entry,
-            vitals,
             kill,
             created: SystemTime::now(),
             last_seen_pulse: 0,
@@ -183,17 +181,17 @@ impl NamespaceSupervisor {
             });
             for (id, slot) in children.iter_mut() {
                 if !slot.addr.connected() {
-                    to_restart.push((id.clone(), "mailbox closed"));
+                    to_restart.push((id.0.id.clone(), "mailbox closed"));
                     continue;
                 }
-                let pulse = slot.vitals.pulse.load(Ordering::Relaxed);
+                let pulse = slot.addr.vitals().pulse.load(Ordering::Relaxed);
                 if !judge {
                     slot.last_seen_pulse = pulse;
                     slot.silent_checks = 0;
                 } else if pulse == slot.last_seen_pulse {
                     slot.silent_checks += 1;
                     if slot.silent_checks >= SILENT_CHECKS_BEFORE_RESTART {
-                        to_restart.push((id.clone(), "no progress"));
+                        to_restart.push((id.0.id.clone(), "no progress"));
                     }
                 } else {
                     slot.last_seen_pulse = pulse;
@@ -221,8 +219,9 @@ impl NamespaceSupervisor {
             return;
         }
         tracing::warn!(session_id = %id, %namespace, restarts, why, "restarting session actor");
+        let key = ById(old.entry.clone());
         let slot = self.start_child(old.entry, restarts);
-        self.shared.children.lock().insert(id.to_string(), slot);
+        self.shared.children.lock().insert(key, slot);
         self.shared.child_restarts.fetch_add(1, Ordering::Relaxed);
         self.settings.registry.emit(SessionEvent::ActorRestarted {
             session_id: id.to_string(),
@@ -253,9 +252,9 @@ impl Handler<StartSession> for NamespaceSupervisor {
 
     fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) {
         self.shared.vitals.handled();
-        let id = msg.0.id.clone();
+        let key = ById(msg.0.clone());
         let slot = self.start_child(msg.0, 0);
-        self.shared.children.lock().insert(id, slot);
+        self.shared.children.lock().insert(key, slot);
     }
 }
 
@@ -269,7 +268,7 @@ impl Handler<StopSession> for NamespaceSupervisor {
 
     fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) {
         self.shared.vitals.handled();
-        if let Some(slot) = self.shared.children.lock().remove(&msg.0) {
+        if let Some(slot) = self.shared.children.lock().remove(msg.0.as_str()) {
             slot.stop();
         }
     }
@@ -289,7 +288,7 @@ impl Handler<InjectFault> for NamespaceSupervisor {
     fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> Self::Result {
         self.shared.vitals.handled();
         let children = self.shared.children.lock();
-        let slot = children.get(&msg.session_id).ok_or_else(|| {
+        let slot = children.get(msg.session_id.as_str()).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
                 "ACTOR_NOT_FOUND",
@@ -347,7 +346,7 @@ pub(crate) fn observe_namespace(
             (
                 s.addr.clone(),
                 s.entry.clone(),
-                s.vitals.clone(),
+                s.addr.vitals().clone(),
                 s.created,
                 s.restarts,
             )

@@ -281,3 +281,30 @@ impl Drop for OperationGuard {
         }
     }
 }
+
+/// A map or set key that is a session's id, read through its entry: maps
+/// keyed by session id hold no copy of it (an idle session's memory counts,
+/// see loadtest/README.md) and are still looked up with a `&str`.
+#[derive(Clone)]
+pub struct ById(pub Arc<SessionEntry>);
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so `Borrow<str>` lookups find it.
+        self.0.id.as_str().hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}

@@ -11,10 +11,14 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use tokio::sync::broadcast;
 
-use super::{clock::ms, entry::EndReason, token, Clock, SessionEntry};
+use super::{
+    clock::ms,
+    entry::{ById, EndReason},
+    token, Clock, SessionEntry,
+};
 use crate::error::{Error, ErrorKind};
 
 /// A lifecycle event of a session or of the actors that supervise it, for
@@ -56,7 +60,7 @@ struct Tombstone {
 pub struct SessionRegistry {
     clock: Clock,
     by_token: DashMap<token::TokenDigest, Arc<SessionEntry>>,
-    by_id: DashMap<String, Arc<SessionEntry>>,
+    by_id: DashSet<ById>,
     /// Recently ended sessions, pruned after `tombstone_ttl` and capped at
     /// `MAX_TOMBSTONES` so churn cannot grow memory without bound (past the
     /// cap a dead token reads as unknown rather than closed).
@@ -79,7 +83,7 @@ impl SessionRegistry {
         SessionRegistry {
             clock,
             by_token: DashMap::new(),
-            by_id: DashMap::new(),
+            by_id: DashSet::new(),
             ended: DashMap::new(),
             tombstone_ttl: Duration::from_secs(3600),
             last_prune_ms: AtomicU64::new(0),
@@ -142,7 +146,7 @@ impl SessionRegistry {
                 )
             })?;
         self.by_token.insert(entry.token_digest, entry.clone());
-        self.by_id.insert(entry.id.clone(), entry.clone());
+        self.by_id.insert(ById(entry.clone()));
         self.audit().session("session.create", &entry);
         self.emit(SessionEvent::Created {
             session_id: entry.id.clone(),
@@ -152,7 +156,7 @@ impl SessionRegistry {
     }
 
     pub fn by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
-        self.by_id.get(id).map(|e| e.value().clone())
+        self.by_id.get(id).map(|e| e.key().0.clone())
     }
 
     /// The hot path: the live session for `token`, with activity recorded.
@@ -239,7 +243,7 @@ impl SessionRegistry {
             );
         }
         self.by_token.remove(&entry.token_digest);
-        self.by_id.remove(&entry.id);
+        self.by_id.remove(entry.id.as_str());
         if let Some(c) = self.counts.get(entry.namespace()) {
             c.fetch_sub(1, Ordering::AcqRel);
         }
@@ -285,7 +289,11 @@ impl SessionRegistry {
         let (mut r, mut s) = self.ended_traffic.get(namespace).map_or((0, 0), |(r, s)| {
             (r.load(Ordering::Relaxed), s.load(Ordering::Relaxed))
         });
-        for e in self.by_id.iter().filter(|e| e.namespace() == namespace) {
+        for e in self.by_id.iter() {
+            let e = &e.key().0;
+            if e.namespace() != namespace {
+                continue;
+            }
             r += e.bytes_received.load(Ordering::Relaxed);
             s += e.bytes_sent.load(Ordering::Relaxed);
         }
@@ -294,6 +302,6 @@ impl SessionRegistry {
 
     /// Every open session.
     pub fn all(&self) -> Vec<Arc<SessionEntry>> {
-        self.by_id.iter().map(|e| e.value().clone()).collect()
+        self.by_id.iter().map(|e| e.key().0.clone()).collect()
     }
 }
