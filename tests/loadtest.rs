@@ -258,6 +258,21 @@ fn only_loopback_is_loaded_unless_a_host_is_given() {
     assert!(loadtest::target(None, None).is_err());
 }
 
+#[test]
+fn a_tls_scenario_is_refused_rather_than_run_in_plaintext() {
+    block_on_multi_thread(async {
+        let tls = Scenario::parse(
+            r#"{"call": "prism.session.v1.SessionService/Heartbeat", "host": "127.0.0.1:1"}"#,
+        )
+        .unwrap();
+        let err = loadtest::prepare(tls, &Overrides::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("insecure"), "{err}");
+    });
+}
+
 fn tempfile_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("prism-loadtest-{what}-{}", common::kv::run_id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -118,10 +118,20 @@ pub struct Prepared {
 
 pub async fn prepare(scenario: Scenario, overrides: &Overrides) -> Result<Prepared, String> {
     let scenario = overrides.apply(scenario);
+    if !scenario.insecure {
+        return Err(
+            "the scenario asks for TLS (`insecure` is false); prism-loadtest speaks plaintext \
+             HTTP/2 only: set \"insecure\": true"
+                .into(),
+        );
+    }
     let bounds = scenario.bounds()?;
     let addr = target(scenario.host.as_deref(), overrides.host.as_deref())?;
-    let channels = runner::connect(addr, bounds.connections).await?;
     let pool = call::descriptors();
+    let items = scenario.data_items();
+    // Bad call names or data fail here, before a session is opened.
+    Call::new(&pool, &scenario.call, &items, &scenario.metadata, "")?;
+    let channels = runner::connect(addr, bounds.connections).await?;
     let setup = scenario.prism.clone().unwrap_or_default();
     let session_token = match &setup.session {
         None => None,
@@ -132,7 +142,7 @@ pub async fn prepare(scenario: Scenario, overrides: &Overrides) -> Result<Prepar
         call: Arc::new(Call::new(
             &pool,
             &scenario.call,
-            &scenario.data_items(),
+            &items,
             &scenario.metadata,
             &token,
         )?),
@@ -144,56 +154,72 @@ pub async fn prepare(scenario: Scenario, overrides: &Overrides) -> Result<Prepar
         subscribers: tokio::task::JoinSet::new(),
         delivered: Arc::default(),
     };
-    if let Some(seed) = &setup.seed {
-        let items = match &seed.data {
-            serde_json::Value::Array(items) => items.clone(),
-            other => vec![other.clone()],
-        };
-        let seed_call = Call::new(&pool, &seed.call, &items, &Default::default(), &token)?;
-        let seed_bounds = Bounds {
-            total: Some(seed.total.clamp(1, scenario::MAX_TOTAL)),
-            duration: None,
-            concurrency: 8.min(seed.total.max(1) as usize),
-            connections: 1,
-            rps: None,
-            timeout: Duration::from_secs(20),
-        };
-        let outcome = runner::run(Arc::new(seed_call), &prepared.channels[..1], &seed_bounds).await;
-        if let Some(bad) = outcome.samples.iter().find(|s| s.error.is_some()) {
-            return Err(format!(
-                "seeding with {} failed: {:?} {}",
-                seed.call,
-                bad.code,
-                bad.error.clone().unwrap_or_default()
-            ));
-        }
-    }
-    if let Some(subs) = &setup.subscribers {
-        let items = vec![subs.data.clone()];
-        let sub_call = Arc::new(Call::new(
-            &pool,
-            &subs.call,
-            &items,
-            &Default::default(),
-            &token,
-        )?);
-        if !sub_call.method.is_server_streaming() {
-            return Err(format!("subscribers call {} is not a stream", subs.call));
-        }
-        for i in 0..subs.count.min(scenario::MAX_CONCURRENCY) {
-            let (ready_tx, ready) = tokio::sync::oneshot::channel();
-            let channel = prepared.channels[i % prepared.channels.len()].clone();
-            let (sub_call, delivered) = (sub_call.clone(), prepared.delivered.clone());
-            prepared
-                .subscribers
-                .spawn(subscriber(sub_call, channel, delivered, ready_tx));
-            ready
-                .await
-                .map_err(|_| "a subscriber ended before it was ready".to_string())?
-                .map_err(|e| format!("subscribing with {} failed: {e}", subs.call))?;
-        }
+    if let Err(e) = prepared.set_up(&setup, &pool, &token).await {
+        // Close what was opened rather than leave it to expire.
+        prepared.finish().await;
+        return Err(e);
     }
     Ok(prepared)
+}
+
+impl Prepared {
+    /// Seeds, then starts the subscribers (each accepted before the next).
+    async fn set_up(
+        &mut self,
+        setup: &scenario::Setup,
+        pool: &prost_reflect::DescriptorPool,
+        token: &str,
+    ) -> Result<(), String> {
+        if let Some(seed) = &setup.seed {
+            let items = match &seed.data {
+                serde_json::Value::Array(items) => items.clone(),
+                other => vec![other.clone()],
+            };
+            let seed_call = Call::new(pool, &seed.call, &items, &Default::default(), token)?;
+            let seed_bounds = Bounds {
+                total: Some(seed.total.clamp(1, scenario::MAX_TOTAL)),
+                duration: None,
+                concurrency: 8.min(seed.total.max(1) as usize),
+                connections: 1,
+                rps: None,
+                timeout: Duration::from_secs(20),
+            };
+            let outcome = runner::run(Arc::new(seed_call), &self.channels[..1], &seed_bounds).await;
+            if let Some(bad) = outcome.samples.iter().find(|s| s.error.is_some()) {
+                return Err(format!(
+                    "seeding with {} failed: {:?} {}",
+                    seed.call,
+                    bad.code,
+                    bad.error.clone().unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(subs) = &setup.subscribers {
+            let items = vec![subs.data.clone()];
+            let sub_call = Arc::new(Call::new(
+                pool,
+                &subs.call,
+                &items,
+                &Default::default(),
+                token,
+            )?);
+            if !sub_call.method.is_server_streaming() {
+                return Err(format!("subscribers call {} is not a stream", subs.call));
+            }
+            for i in 0..subs.count.min(scenario::MAX_CONCURRENCY) {
+                let (ready_tx, ready) = tokio::sync::oneshot::channel();
+                let channel = self.channels[i % self.channels.len()].clone();
+                let (sub_call, delivered) = (sub_call.clone(), self.delivered.clone());
+                self.subscribers
+                    .spawn(subscriber(sub_call, channel, delivered, ready_tx));
+                ready
+                    .await
+                    .map_err(|_| "a subscriber ended before it was ready".to_string())?
+                    .map_err(|e| format!("subscribing with {} failed: {e}", subs.call))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Holds one subscription open, counting what arrives; reports once the

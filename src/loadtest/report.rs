@@ -169,7 +169,7 @@ impl Report {
             options: Options {
                 host: host.to_string(),
                 call: scenario.call.clone(),
-                insecure: true,
+                insecure: scenario.insecure,
                 total: bounds.total,
                 concurrency: bounds.concurrency,
                 rps: bounds.rps,
