@@ -1,5 +1,5 @@
 //! SessionService over real gRPC: the whole lifecycle, tokens, credentials,
-//! inline configs, close semantics, supervision and shutdown.
+//! inline configs, rate limits, close semantics, supervision and shutdown.
 
 mod common;
 
@@ -11,6 +11,7 @@ use prism::{
     error::Service,
     proto::{
         config::v1::{self as cfg, AccessPattern, BackendConfig, BackendType, ClientConfig},
+        keyvalue::v1::{key_value_service_client::KeyValueServiceClient, GetRequest},
         session::v1::{
             create_session_request::{Auth, Config},
             CloseSessionRequest, CreateSessionRequest, GetSessionRequest, HeartbeatRequest,
@@ -467,6 +468,98 @@ fn inline_configs_are_validated_against_policy_and_interfaces() {
             &err,
             Code::PermissionDenied,
             "PATTERN_NOT_ALLOWED",
+            Service::Session,
+        );
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn a_rate_limit_holds_each_session_to_its_budget() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let mut client = gw.sessions();
+        let limited = |rps: i32, burst: i32| {
+            let mut req = inline(AccessPattern::KeyValue, BackendType::Memory, &[]);
+            if let Some(Config::InlineConfig(c)) = req.config.as_mut() {
+                c.rate_limit = Some(cfg::RateLimitConfig {
+                    requests_per_second: rps,
+                    burst,
+                });
+            }
+            req
+        };
+        let mut kv = KeyValueServiceClient::new(gw.channel.clone());
+        let get = |token: &str| GetRequest {
+            session_token: token.to_string(),
+            key: "k".into(),
+        };
+
+        // One request a second after a burst of three: calls made at once
+        // get the burst (plus a token per second the machine took), then a
+        // refusal that says how long to wait.
+        let started = tokio::time::Instant::now();
+        let a = client
+            .create_session(limited(1, 3))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut allowed = 0;
+        let err = loop {
+            match kv.get(get(&a.session_token)).await {
+                Ok(_) => allowed += 1,
+                Err(e) => break e,
+            }
+            assert!(allowed <= 10, "never limited");
+        };
+        let slack = started.elapsed().as_secs();
+        assert!((3..=3 + slack).contains(&allowed), "{allowed} allowed");
+        assert_error(
+            &err,
+            Code::ResourceExhausted,
+            "RATE_LIMITED",
+            Service::KeyValue,
+        );
+        let info = tonic_types::StatusExt::get_details_error_info(&err).unwrap();
+        let wait: u64 = info.metadata["retry_after_ms"].parse().unwrap();
+        assert!((1..=1000).contains(&wait), "{wait}");
+
+        // Each session has its own budget; a config without a limit has none.
+        let b = client
+            .create_session(limited(1, 3))
+            .await
+            .unwrap()
+            .into_inner();
+        kv.get(get(&b.session_token)).await.unwrap();
+        let free = client
+            .create_session(inline(AccessPattern::KeyValue, BackendType::Memory, &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..50 {
+            kv.get(get(&free.session_token)).await.unwrap();
+        }
+
+        // No cache exists yet: asking for one is refused, not ignored.
+        let mut cached = inline(AccessPattern::KeyValue, BackendType::Memory, &[]);
+        if let Some(Config::InlineConfig(c)) = cached.config.as_mut() {
+            c.cache = Some(cfg::CacheConfig {
+                enabled: true,
+                ..Default::default()
+            });
+        }
+        let err = client.create_session(cached).await.unwrap_err();
+        assert_error(
+            &err,
+            Code::Unimplemented,
+            "CACHE_NOT_SUPPORTED",
+            Service::Session,
+        );
+        let err = client.create_session(limited(-5, 0)).await.unwrap_err();
+        assert_error(
+            &err,
+            Code::InvalidArgument,
+            "INVALID_CONFIG",
             Service::Session,
         );
         gw.stop().await;

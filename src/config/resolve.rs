@@ -99,6 +99,35 @@ impl NamedConfigs {
     }
 }
 
+/// A config's rate limit must not be negative (0 = no limit). There is no
+/// read cache yet, so a config that enables one is refused rather than
+/// silently served uncached.
+fn check_cache_and_rate(
+    what: &str,
+    cache_enabled: bool,
+    rate_limit: Option<(i32, i32)>,
+) -> Result<(), Error> {
+    if cache_enabled {
+        return Err(Error::new(
+            ErrorKind::Unimplemented,
+            "CACHE_NOT_SUPPORTED",
+            format!(
+                "{what}: `cache.enabled` asks for a read cache, which this gateway does not have \
+                 yet; remove `cache` or set `enabled: false`"
+            ),
+        ));
+    }
+    if let Some((rps, burst)) = rate_limit {
+        if rps < 0 || burst < 0 {
+            return Err(Error::invalid_argument(
+                "INVALID_CONFIG",
+                format!("{what}: rate_limit values must not be negative (0 = no limit)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn resolve_named_spec(
     cfg: &GatewayConfig,
     name: &str,
@@ -117,6 +146,13 @@ pub(crate) fn resolve_named_spec(
     let mut patterns = vec![spec.pattern];
     patterns.extend(spec.also.iter().copied().filter(|p| *p != spec.pattern));
     let required = parse_interfaces(&spec.required_interfaces)?;
+    check_cache_and_rate(
+        &format!("config `{name}`"),
+        spec.cache.as_ref().is_some_and(|c| c.enabled),
+        spec.rate_limit
+            .as_ref()
+            .map(|r| (r.requests_per_second, r.burst)),
+    )?;
     check_policy(
         cfg,
         &spec.namespace,
@@ -214,14 +250,14 @@ pub fn resolve_inline(
     let backend = inline.backend.clone().unwrap_or_default();
     let (backend_name, kind) = pick_backend(cfg, namespace, &backend)?;
     let required = parse_interfaces(&backend.required_interfaces)?;
-    if let Some(rl) = &inline.rate_limit {
-        if rl.requests_per_second < 0 || rl.burst < 0 {
-            return Err(Error::invalid_argument(
-                "INVALID_CONFIG",
-                "inline_config.rate_limit values must not be negative",
-            ));
-        }
-    }
+    check_cache_and_rate(
+        "inline_config",
+        inline.cache.as_ref().is_some_and(|c| c.enabled),
+        inline
+            .rate_limit
+            .as_ref()
+            .map(|r| (r.requests_per_second, r.burst)),
+    )?;
     check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
 
     let mut proto = inline.clone();

@@ -632,4 +632,24 @@ configs:
         assert!(text.contains("may not use backend `pg`"), "{text}");
         assert!(text.contains("postgres needs `url"), "{text}");
     }
+
+    #[test]
+    fn a_config_asking_for_a_cache_or_a_negative_rate_limit_is_rejected() {
+        let cfg = parse(
+            r#"
+backends:
+  mem: { type: memory }
+namespaces:
+  ns: { allowed_backends: [mem], allowed_patterns: [key_value] }
+configs:
+  cached: { namespace: ns, pattern: key_value, backend: mem, cache: { enabled: true } }
+  negative: { namespace: ns, pattern: key_value, backend: mem, rate_limit: { requests_per_second: -1 } }
+  fine: { namespace: ns, pattern: key_value, backend: mem, cache: { enabled: false }, rate_limit: { requests_per_second: 50, burst: 10 } }
+"#,
+        );
+        let text = validate(&cfg).failures_text();
+        assert!(text.contains("config `cached`: `cache.enabled`"), "{text}");
+        assert!(text.contains("config `negative`: rate_limit"), "{text}");
+        assert!(!text.contains("`fine`"), "{text}");
+    }
 }

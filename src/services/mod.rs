@@ -70,7 +70,8 @@ pub fn optional_max_messages(n: Option<i32>) -> Result<Option<u64>, Error> {
 }
 
 /// The hot-path check every data RPC starts with: the session for `token`
-/// (activity recorded), that its config serves `pattern`, and its backend.
+/// (activity recorded), that its config serves `pattern`, its rate limit,
+/// and its backend.
 pub fn session_backend(
     registry: &SessionRegistry,
     backends: &Backends,
@@ -90,6 +91,7 @@ pub fn session_backend(
         )
         .with("config", entry.config.name.clone()));
     }
+    entry.check_rate()?;
     let backend = backends
         .get(&entry.config.backend_name)
         .cloned()

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{clock::ms, token::TokenDigest, Clock};
+use super::{clock::ms, rate::RateLimiter, token::TokenDigest, Clock};
 use crate::{
     auth::Principal,
     config::{resolve::ResolvedConfig, SessionPolicy},
@@ -90,6 +90,8 @@ pub struct SessionEntry {
     in_flight: AtomicI32,
     /// Woken when `in_flight` drops to zero, for a draining close.
     drained: Notify,
+    /// The config's `rate_limit`, when it sets one.
+    limiter: Option<Box<RateLimiter>>,
 }
 
 impl SessionEntry {
@@ -112,7 +114,6 @@ impl SessionEntry {
             id,
             token_digest,
             principal,
-            config,
             client_id,
             client_version,
             metadata,
@@ -129,7 +130,34 @@ impl SessionEntry {
             active_streams: AtomicI32::new(0),
             in_flight: AtomicI32::new(0),
             drained: Notify::new(),
+            limiter: RateLimiter::new(config.proto.rate_limit.as_ref(), now).map(Box::new),
+            config,
         }
+    }
+
+    /// Counts a data call against the config's `rate_limit`:
+    /// RESOURCE_EXHAUSTED `RATE_LIMITED` (with `retry_after_ms`) when the
+    /// session's bucket is empty.
+    pub fn check_rate(&self) -> Result<(), Error> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.take(self.clock.now_ms()).map_err(|wait_ms| {
+            Error::new(
+                ErrorKind::ResourceExhausted,
+                "RATE_LIMITED",
+                format!(
+                    "this session's config `{}` allows {} requests per second; retry in {wait_ms} ms",
+                    self.config.name,
+                    self.config
+                        .proto
+                        .rate_limit
+                        .as_ref()
+                        .map_or(0, |r| r.requests_per_second)
+                ),
+            )
+            .with("retry_after_ms", wait_ms.to_string())
+        })
     }
 
     pub fn namespace(&self) -> &str {

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod entry;
 pub mod lifecycle;
+pub mod rate;
 pub mod registry;
 pub mod token;
 
