@@ -15,7 +15,7 @@ use actix::{
     Actor, Addr, Handler, Message, Recipient,
 };
 
-use super::session::Vitals;
+use super::{session::Vitals, ActorNode, Observe, OBSERVE_TIMEOUT};
 
 /// A message on its way to an actor, counted in that actor's mailbox depth
 /// until it is taken.
@@ -115,6 +115,21 @@ impl<A: Actor> Mailbox<A> {
 
     pub fn vitals(&self) -> &Arc<Vitals> {
         &self.vitals
+    }
+}
+
+impl<A> Mailbox<A>
+where
+    A: Actor + Handler<Counted<Observe>>,
+    A::Context: ToEnvelope<A, Counted<Observe>>,
+{
+    /// The actor's node, or `failed()` (its node described from saved
+    /// state) when it cannot answer within [`OBSERVE_TIMEOUT`].
+    pub async fn observe_or(&self, failed: impl FnOnce() -> ActorNode) -> ActorNode {
+        match tokio::time::timeout(OBSERVE_TIMEOUT, self.send(Observe)).await {
+            Ok(Ok(node)) => node,
+            _ => failed(),
+        }
     }
 }
 

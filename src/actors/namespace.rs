@@ -18,7 +18,7 @@ use super::{
     mailbox::counted,
     session::{observe_session, Pulse, Stop, Vitals},
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Fault, KillSwitch, Mailbox, Observe,
-    SessionActor, OBSERVE_TIMEOUT,
+    SessionActor,
 };
 use crate::{
     error::{Error, ErrorKind},
@@ -356,16 +356,16 @@ pub(crate) fn observe_namespace(
         // Asked all at once, so stuck children cost one timeout, not one each.
         let answers = children.into_iter().map(
             |(addr, entry, vitals, created, child_restarts)| async move {
-                match tokio::time::timeout(OBSERVE_TIMEOUT, addr.send(Observe)).await {
-                    Ok(Ok(node)) => node,
-                    _ => observe_session(
+                addr.observe_or(|| {
+                    observe_session(
                         &entry,
                         &vitals,
                         created,
                         child_restarts as u64,
                         ActorStatus::Failed,
-                    ),
-                }
+                    )
+                })
+                .await
             },
         );
         let mut nodes = futures::future::join_all(answers).await;

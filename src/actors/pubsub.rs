@@ -430,11 +430,11 @@ impl PubSubSubscriptions {
             .collect();
         let mut nodes = Vec::with_capacity(entries.len());
         for e in entries {
-            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, e.addr().send(Observe)).await;
-            nodes.push(match answer {
-                Ok(Ok(node)) => node,
-                _ => observe(&e.shared, ActorStatus::Failed),
-            });
+            let addr = e.addr();
+            nodes.push(
+                addr.observe_or(|| observe(&e.shared, ActorStatus::Failed))
+                    .await,
+            );
         }
         nodes
     }

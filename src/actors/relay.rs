@@ -461,10 +461,9 @@ impl RelayHandle {
 
     /// The node for the tree, or a failed one when the actor cannot answer.
     pub async fn observe(&self) -> ActorNode {
-        match tokio::time::timeout(super::OBSERVE_TIMEOUT, self.addr().send(Observe)).await {
-            Ok(Ok(node)) => node,
-            _ => observe(&self.shared, ActorStatus::Failed),
-        }
+        self.addr()
+            .observe_or(|| observe(&self.shared, ActorStatus::Failed))
+            .await
     }
 }
 

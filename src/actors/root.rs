@@ -110,15 +110,9 @@ impl Handler<Observe> for RootSupervisor {
             }
             let namespace_count = children.len();
             for pool in pools {
-                let answer =
-                    tokio::time::timeout(super::OBSERVE_TIMEOUT, pool.addr().send(Observe)).await;
-                children.push(match answer {
-                    Ok(Ok(mut node)) => {
-                        node.restarts = pool.restarts.load(Ordering::Relaxed);
-                        node
-                    }
-                    _ => pool.failed_node(&clock),
-                });
+                let mut node = pool.addr().observe_or(|| pool.failed_node(&clock)).await;
+                node.restarts = pool.restarts.load(Ordering::Relaxed);
+                children.push(node);
             }
             let pool_count = children.len() - namespace_count;
             for relay in relays {

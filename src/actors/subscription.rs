@@ -491,11 +491,11 @@ impl Subscriptions {
         let handles: Vec<_> = self.by_id.iter().map(|h| h.clone()).collect();
         let mut nodes = self.pubsub.observe().await;
         for h in handles {
-            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, h.addr().send(Observe)).await;
-            nodes.push(match answer {
-                Ok(Ok(node)) => node,
-                _ => observe_subscription(&h.shared, ActorStatus::Failed),
-            });
+            let addr = h.addr();
+            nodes.push(
+                addr.observe_or(|| observe_subscription(&h.shared, ActorStatus::Failed))
+                    .await,
+            );
         }
         nodes
     }

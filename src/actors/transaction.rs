@@ -335,11 +335,10 @@ impl Transactions {
         let mut nodes = Vec::with_capacity(entries.len());
         for e in entries {
             let addr = e.addr.read().clone();
-            let answer = tokio::time::timeout(super::OBSERVE_TIMEOUT, addr.send(Observe)).await;
-            nodes.push(match answer {
-                Ok(Ok(node)) => node,
-                _ => observe(&e.shared, ActorStatus::Failed),
-            });
+            nodes.push(
+                addr.observe_or(|| observe(&e.shared, ActorStatus::Failed))
+                    .await,
+            );
         }
         nodes
     }
