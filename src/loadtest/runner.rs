@@ -144,7 +144,8 @@ struct GrpcWorker {
     call: Arc<Call>,
     grpc: tonic::client::Grpc<Channel>,
     index: usize,
-    first_reply: Arc<parking_lot::Mutex<Option<Vec<bytes::Bytes>>>>,
+    /// Set once; later replies only check it (no lock on the load loop).
+    first_reply: Arc<std::sync::OnceLock<Vec<bytes::Bytes>>>,
 }
 
 impl Worker for GrpcWorker {
@@ -156,9 +157,8 @@ impl Worker for GrpcWorker {
             };
             match self.call.invoke(&mut self.grpc, body).await {
                 Ok(reply) => {
-                    let mut first = self.first_reply.lock();
-                    if first.is_none() {
-                        *first = Some(reply);
+                    if self.first_reply.get().is_none() {
+                        let _ = self.first_reply.set(reply);
                     }
                     (Code::Ok, None)
                 }
@@ -170,7 +170,7 @@ impl Worker for GrpcWorker {
 
 /// Runs the call within `bounds` over `channels` (workers round robin).
 pub async fn run(call: Arc<Call>, channels: &[Channel], bounds: &Bounds) -> Outcome {
-    let first_reply = Arc::new(parking_lot::Mutex::new(None));
+    let first_reply = Arc::new(std::sync::OnceLock::new());
     let mut outcome = drive(bounds, |index| GrpcWorker {
         call: call.clone(),
         grpc: tonic::client::Grpc::new(channels[index % channels.len()].clone()),
@@ -178,6 +178,6 @@ pub async fn run(call: Arc<Call>, channels: &[Channel], bounds: &Bounds) -> Outc
         first_reply: first_reply.clone(),
     })
     .await;
-    outcome.first_reply = first_reply.lock().take();
+    outcome.first_reply = first_reply.get().cloned();
     outcome
 }
