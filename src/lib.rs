@@ -17,6 +17,9 @@
 //!   O(1) — and the lifecycle operations.
 //! - [`actors`]: RootSupervisor → NamespaceSupervisor → SessionActor; expiry
 //!   timers, supervision by progress, observable state.
+//! - [`gate`]: the one call gate every data RPC passes (token, authorize,
+//!   pattern, policy, rate limit, backend, operation guard; failing-backend
+//!   report and byte accounting on the way out; the session-ended error).
 //! - [`services`]: one file per gRPC service.
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
@@ -40,6 +43,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod loadtest;
 pub mod metrics;
 pub mod proto;

@@ -259,6 +259,11 @@ pub async fn run(
     if let Some(tls) = tls_config(&gateway.config)? {
         builder = builder.tls_config(tls)?;
     }
+    let gates = crate::gate::GateState::new(
+        gateway.registry.clone(),
+        gateway.backends.clone(),
+        &gateway.config,
+    );
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -275,18 +280,13 @@ pub async fn run(
             gateway.named.clone(),
         )))
         .add_service(
-            KeyValueServiceServer::new(KeyValueApi::new(
-                gateway.registry.clone(),
-                gateway.backends.clone(),
-                gateway.config.limits.clone(),
-            ))
-            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+            KeyValueServiceServer::new(KeyValueApi::new(&gates, gateway.config.limits.clone()))
+                .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+                .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         )
         .add_service(
             QueueServiceServer::new(QueueApi::new(
-                gateway.registry.clone(),
-                gateway.backends.clone(),
+                &gates,
                 gateway.subscriptions.clone(),
                 gateway.pool.clone(),
                 gateway.config.limits.clone(),
@@ -296,37 +296,24 @@ pub async fn run(
         )
         .add_service(
             PubSubServiceServer::new(PubSubApi::new(
-                gateway.registry.clone(),
-                gateway.backends.clone(),
+                &gates,
                 gateway.subscriptions.clone(),
                 gateway.pool.clone(),
                 gateway.config.limits.clone(),
-                gateway
-                    .config
-                    .namespaces
-                    .iter()
-                    .map(|(name, ns)| (name.clone(), ns.pubsub.clone()))
-                    .collect(),
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         )
         .add_service(
-            ReaderServiceServer::new(ReaderApi::new(
-                gateway.registry.clone(),
-                gateway.backends.clone(),
-                &gateway.config,
-            ))
-            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
+            ReaderServiceServer::new(ReaderApi::new(&gates, &gateway.config))
+                .max_decoding_message_size(gateway.config.limits.max_message_bytes)
+                .max_encoding_message_size(gateway.config.limits.max_message_bytes),
         )
         .add_service(
             TransactServiceServer::new(TransactApi::new(
-                gateway.registry.clone(),
-                gateway.backends.clone(),
+                &gates,
                 gateway.subscriptions.transactions.clone(),
                 gateway.pool.clone(),
-                &gateway.config,
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),

@@ -79,6 +79,34 @@ fn validate_rejects_unknown_backend_type_and_missing_interface() {
 }
 
 #[test]
+fn validate_rejects_a_bad_option_naming_the_field_and_its_range() {
+    let config = |options: &str| {
+        format!(
+            "backends:\n  mem: {{ type: memory }}\n\
+             namespaces:\n  ns: {{ allowed_backends: [mem], allowed_patterns: [queue] }}\n\
+             configs:\n  jobs: {{ namespace: ns, pattern: queue, backend: mem, options: {{ {options} }} }}\n"
+        )
+    };
+    let (ok, text) = validate_yaml(&config("partitions: \"3\", visibility_timeout: 400ms"));
+    assert!(ok, "{text}");
+    for (options, field, allowed) in [
+        ("partitions: \"0\"", "partitions", "from 1 to 1024"),
+        ("visibility_timeout: forever", "visibility_timeout", "from 100ms to 12h"),
+        ("max_attempts: \"-2\"", "max_attempts", "from 1 to 1000"),
+        ("partitons: \"3\"", "partitons", "the options are partitions"),
+    ] {
+        let (ok, text) = validate_yaml(&config(options));
+        assert!(!ok, "{options}: {text}");
+        assert!(
+            text.contains("FAIL config jobs")
+                && text.contains(&format!("configs.jobs.options.{field}"))
+                && text.contains(allowed),
+            "{options}: {text}"
+        );
+    }
+}
+
+#[test]
 fn registry_prints_the_matrix() {
     let out = Command::new(PRISM)
         .args(["registry", "backends"])

@@ -460,6 +460,38 @@ fn inline_configs_are_validated_against_policy_and_interfaces() {
             Service::Session,
         );
 
+        // Options are parsed and range-checked when the config is resolved.
+        let with_option = |name: &str, value: &str| {
+            let mut req = inline(AccessPattern::Queue, BackendType::Memory, &[]);
+            if let Some(Config::InlineConfig(c)) = req.config.as_mut() {
+                let backend = c.backend.as_mut().unwrap();
+                backend.options.insert(name.into(), value.into());
+            }
+            req
+        };
+        client
+            .create_session(with_option("visibility_timeout", "2s"))
+            .await
+            .expect("a valid option is accepted");
+        for (name, value) in [("partitions", "0"), ("max_attempts", "lots"), ("colour", "red")] {
+            let err = client
+                .create_session(with_option(name, value))
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::InvalidArgument,
+                "INVALID_CONFIG",
+                Service::Session,
+            );
+            assert!(
+                err.message()
+                    .contains(&format!("inline_config.backend.options.{name}")),
+                "{}",
+                err.message()
+            );
+        }
+
         // Namespace `other` may only use key_value on memory.
         let mut req = inline(AccessPattern::Queue, BackendType::Memory, &[]);
         req.auth = Some(Auth::ApiKey(OTHER_KEY.into()));

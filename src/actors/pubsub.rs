@@ -26,7 +26,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture,
 };
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use super::{
@@ -36,7 +36,7 @@ use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
     error::Error,
     proto::pubsub::v1 as pb,
-    session::{Clock, OperationGuard, SessionEntry},
+    session::{Clock, SessionEntry},
 };
 
 /// How often an actor checks the session and max_duration.
@@ -63,7 +63,6 @@ pub struct PubSubShared {
     /// Session-clock ms the subscription ended; 0 while active.
     ended_ms: AtomicU64,
     subscriber: tokio::sync::Mutex<Option<Box<dyn Subscriber>>>,
-    guard: Mutex<Option<OperationGuard>>,
     ready: watch::Sender<Ready>,
     created: SystemTime,
     clock: Clock,
@@ -80,7 +79,6 @@ impl PubSubShared {
         sink: Arc<EventSink>,
         max_messages: Option<u64>,
         max_duration: Option<Duration>,
-        guard: OperationGuard,
         clock: Clock,
     ) -> Self {
         PubSubShared {
@@ -94,7 +92,6 @@ impl PubSubShared {
             restarts: AtomicU64::new(0),
             ended_ms: AtomicU64::new(0),
             subscriber: tokio::sync::Mutex::new(None),
-            guard: Mutex::new(Some(guard)),
             ready: watch::channel(None).0,
             created: SystemTime::now(),
             clock,
@@ -126,10 +123,8 @@ impl PubSubShared {
             return Some(end);
         }
         if self.entry.state().is_ended() {
-            return Some(SinkEnd::Failed(Error::unauthenticated(
-                "SESSION_CLOSED",
-                "the session ended; open a new session and subscribe again",
-            )));
+            // The gate's stream tells the client why.
+            return Some(SinkEnd::Done("session ended"));
         }
         if self.deadline_ms.is_some_and(|d| self.clock.now_ms() >= d) {
             return Some(SinkEnd::Done("max_duration reached"));
@@ -171,7 +166,6 @@ impl PubSubSubscriptionActor {
         }
         tracing::debug!(subscription = %shared.id(), ?end, "pubsub subscription ends");
         shared.sink.end(end);
-        shared.guard.lock().take();
         ctx.spawn(
             async move {
                 if let Some(subscriber) = shared.subscriber.lock().await.take() {

@@ -24,16 +24,15 @@ use actix::{
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use super::{
     mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
 };
 use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
-    error::{Error, Service},
+    error::Error,
     proto::queue::v1 as pb,
-    session::{Clock, OperationGuard, SessionEntry},
+    session::{Clock, SessionEntry},
 };
 
 /// Most messages fetched from the backend at once.
@@ -42,7 +41,7 @@ const FETCH_BATCH: usize = 64;
 /// the end conditions again.
 const STEP_WAIT: Duration = Duration::from_millis(200);
 
-pub type MessageSender = mpsc::Sender<Result<pb::Message, Status>>;
+pub type MessageSender = mpsc::Sender<Result<pb::Message, Error>>;
 
 /// Everything a subscription is, apart from its actor.
 pub struct SubscriptionShared {
@@ -61,7 +60,6 @@ pub struct SubscriptionShared {
     pub restarts: AtomicU64,
     ended: AtomicBool,
     tx: Mutex<Option<MessageSender>>,
-    guard: Mutex<Option<OperationGuard>>,
     created: SystemTime,
     clock: Clock,
     vitals: Arc<Vitals>,
@@ -78,7 +76,6 @@ impl SubscriptionShared {
         capacity: usize,
         max_messages: Option<u64>,
         timeout: Option<Duration>,
-        guard: OperationGuard,
         clock: Clock,
     ) -> Self {
         SubscriptionShared {
@@ -94,7 +91,6 @@ impl SubscriptionShared {
             restarts: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             tx: Mutex::new(Some(tx)),
-            guard: Mutex::new(Some(guard)),
             created: SystemTime::now(),
             clock,
             vitals: Arc::default(),
@@ -117,28 +113,23 @@ impl SubscriptionShared {
         self.tx.lock().clone()
     }
 
-    /// Ends the subscription for good: the stream closes once drained, the
-    /// session stops counting it.
-    fn end(&self, error: Option<Status>) {
+    /// Ends the subscription for good: the stream closes once drained.
+    fn end(&self, error: Option<Error>) {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
         if let Some(tx) = self.tx.lock().take() {
-            if let Some(status) = error {
-                let _ = tx.try_send(Err(status));
+            if let Some(error) = error {
+                let _ = tx.try_send(Err(error));
             }
         }
-        self.guard.lock().take();
     }
 
-    fn why_end(&self) -> Option<(&'static str, Option<Status>)> {
+    /// Why the subscription should end now, if it should. When the session
+    /// ended, the gate's stream tells the client so.
+    fn why_end(&self) -> Option<(&'static str, Option<Error>)> {
         if self.entry.state().is_ended() {
-            let status = Error::unauthenticated(
-                "SESSION_CLOSED",
-                "the session ended; open a new session and subscribe again",
-            )
-            .to_status(Service::Queue);
-            return Some(("session ended", Some(status)));
+            return Some(("session ended", None));
         }
         if self
             .max_messages
@@ -209,7 +200,7 @@ pub struct SubscriptionActor {
 }
 
 impl SubscriptionActor {
-    fn finish(&mut self, ctx: &mut Context<Self>, why: &str, error: Option<Status>) {
+    fn finish(&mut self, ctx: &mut Context<Self>, why: &str, error: Option<Error>) {
         tracing::debug!(subscription = %self.shared.id, why, "subscription ends");
         self.shared.end(error);
         let consumer = self.consumer.take();
@@ -254,7 +245,7 @@ impl Actor for SubscriptionActor {
                     act.consumer = Some(consumer);
                     ctx.notify(Pump);
                 }
-                Err(e) => act.finish(ctx, "subscribe failed", Some(e.to_status(Service::Queue))),
+                Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
             }),
         );
     }
@@ -317,9 +308,7 @@ impl Handler<Pump> for SubscriptionActor {
                     shared.delivered.fetch_add(n as u64, Ordering::AcqRel);
                     ctx.notify(Pump);
                 }
-                Step::Failed(e) => {
-                    act.finish(ctx, "backend failed", Some(e.to_status(Service::Queue)))
-                }
+                Step::Failed(e) => act.finish(ctx, "backend failed", Some(e)),
             }
         }));
     }

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     error::{Error, ErrorKind},
-    session::{Clock, OperationGuard, SessionEntry},
+    session::{Clock, SessionEntry},
 };
 
 /// How often an actor checks its session.
@@ -59,7 +59,6 @@ pub struct TransactionShared {
     created: SystemTime,
     clock: Clock,
     vitals: Arc<Vitals>,
-    _guard: OperationGuard,
 }
 
 impl TransactionShared {
@@ -69,7 +68,6 @@ impl TransactionShared {
         backend: String,
         isolation: &'static str,
         timeout: Duration,
-        guard: OperationGuard,
         clock: Clock,
     ) -> Self {
         TransactionShared {
@@ -89,7 +87,6 @@ impl TransactionShared {
             created: SystemTime::now(),
             clock,
             vitals: Arc::default(),
-            _guard: guard,
         }
     }
 
@@ -119,8 +116,11 @@ impl TransactionShared {
 
     fn check(&self) {
         self.vitals.beat(self.clock.now_ms());
-        if self.entry.state().is_ended() {
-            self.abort("the session ended");
+        if let Some(ended) = self.entry.ended_error() {
+            self.abort(format!(
+                "the session ended: {} ({})",
+                ended.message, ended.reason
+            ));
         } else if self.clock.now_ms() >= self.deadline_ms {
             self.abort(format!(
                 "the transaction timed out after {} ms",

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::backends::{BackendKind, Interface};
 
+pub mod options;
 pub mod resolve;
 pub mod validate;
 
@@ -172,8 +173,6 @@ pub struct BackendSpec {
     pub url: Option<String>,
     /// File path (sqlite).
     pub path: Option<PathBuf>,
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
     /// Connections, health checks and reconnection.
     #[serde(default)]
     pub pool: PoolSpec,

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use super::{Consistency, GatewayConfig, NamedConfigSpec, Pattern};
+use super::{options::ClientOptions, Consistency, GatewayConfig, NamedConfigSpec, Pattern};
 use crate::{
     backends::{BackendKind, Interface},
     error::{Error, ErrorKind},
@@ -23,6 +23,8 @@ pub struct ResolvedConfig {
     pub patterns: Vec<Pattern>,
     /// Roles allowed to use the config (any of); empty = anyone in the namespace.
     pub roles: Vec<String>,
+    /// The config's options, parsed and checked.
+    pub options: ClientOptions,
     /// What the client is shown.
     pub proto: pb::ClientConfig,
 }
@@ -146,6 +148,7 @@ pub(crate) fn resolve_named_spec(
     let mut patterns = vec![spec.pattern];
     patterns.extend(spec.also.iter().copied().filter(|p| *p != spec.pattern));
     let required = parse_interfaces(&spec.required_interfaces)?;
+    let options = ClientOptions::parse(&format!("configs.{name}.options"), &spec.options)?;
     check_cache_and_rate(
         &format!("config `{name}`"),
         spec.cache.as_ref().is_some_and(|c| c.enabled),
@@ -202,6 +205,7 @@ pub(crate) fn resolve_named_spec(
         backend_kind: backend.kind,
         patterns,
         roles: spec.roles.clone(),
+        options,
         proto,
     })
 }
@@ -250,6 +254,7 @@ pub fn resolve_inline(
     let backend = inline.backend.clone().unwrap_or_default();
     let (backend_name, kind) = pick_backend(cfg, namespace, &backend)?;
     let required = parse_interfaces(&backend.required_interfaces)?;
+    let options = ClientOptions::parse("inline_config.backend.options", &backend.options)?;
     check_cache_and_rate(
         "inline_config",
         inline.cache.as_ref().is_some_and(|c| c.enabled),
@@ -282,6 +287,7 @@ pub fn resolve_inline(
         backend_kind: kind,
         patterns,
         roles: Vec::new(),
+        options,
         proto,
     })
 }

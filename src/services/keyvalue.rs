@@ -8,20 +8,17 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{session_backend, session_token};
 use crate::{
     backends::{
         kv::{Action, Applied, Idempotency, KvHandle, Precondition, ScanItem, WriteBatch, WriteOp},
-        missing_interface, Backend, Backends, Interface,
+        Interface,
     },
     config::{Limits, Pattern},
     error::{Error, ErrorKind, Service},
+    gate::{self, Gate, GateState, GatedStream, Kind},
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
-    session::{OperationGuard, SessionEntry, SessionRegistry},
 };
 
 /// Most items one Scan or ScanKeys call streams.
@@ -31,64 +28,19 @@ const DEFAULT_SCAN_LIMIT: u32 = 1_000;
 const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 pub struct KeyValueApi {
-    registry: Arc<SessionRegistry>,
-    backends: Arc<Backends>,
+    gate: Gate<KvHandle>,
     limits: Limits,
 }
 
-/// An authorised call: its session, backend and the operation guard that a
-/// draining close waits for.
-struct Call {
-    entry: Arc<SessionEntry>,
-    backend: Arc<Backend>,
-    kv: KvHandle,
-    _guard: OperationGuard,
-}
+type Call = gate::Call<KvHandle>;
 
-impl Call {
-    fn ns(&self) -> &str {
-        self.entry.namespace()
-    }
-
-    /// The thin interface the call needs, or UNIMPLEMENTED naming it.
-    fn need<T: ?Sized>(
-        &self,
-        interface: Interface,
-        pick: impl FnOnce(&KvHandle) -> Option<&Arc<T>>,
-    ) -> Result<Arc<T>, Error> {
-        require(&self.kv, &self.backend, interface, pick)
-    }
-
-    /// Maps a failure for the client; a backend that failed is reported to
-    /// its pool actor.
-    fn fail(&self, e: Error) -> Status {
-        if e.kind == ErrorKind::Unavailable {
-            self.backend.health.suspect();
-        }
-        e.to_status(Service::KeyValue)
-    }
-}
-
-/// Requests that carry a `session_token` field.
-trait HasSessionToken {
-    fn session_token(&self) -> &str;
-}
-
-macro_rules! has_session_token {
-    ($($t:ty),*) => {
-        $(impl HasSessionToken for $t {
-            fn session_token(&self) -> &str {
-                &self.session_token
-            }
-        })*
-    };
-}
-
-has_session_token!(
+gate::session_token_field!(
     pb::SetRequest,
     pb::GetRequest,
     pb::DeleteRequest,
     pb::ExistsRequest,
+    pb::ScanRequest,
+    pb::ScanKeysRequest,
     pb::CountRequest,
     pb::ExpireRequest,
     pb::GetTtlRequest,
@@ -100,22 +52,6 @@ has_session_token!(
     pb::TransactionRequest
 );
 
-/// Picks an interface from a backend's handle, or says which is missing.
-fn require<T: ?Sized>(
-    kv: &KvHandle,
-    backend: &Backend,
-    interface: Interface,
-    pick: impl FnOnce(&KvHandle) -> Option<&Arc<T>>,
-) -> Result<Arc<T>, Error> {
-    pick(kv)
-        .cloned()
-        .ok_or_else(|| missing_interface(&backend.name, backend.kind, interface))
-}
-
-fn status(e: Error) -> Status {
-    e.to_status(Service::KeyValue)
-}
-
 fn duration_to_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
@@ -124,32 +60,16 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
 }
 
 impl KeyValueApi {
-    pub fn new(registry: Arc<SessionRegistry>, backends: Arc<Backends>, limits: Limits) -> Self {
+    pub fn new(gates: &GateState, limits: Limits) -> Self {
         KeyValueApi {
-            registry,
-            backends,
+            gate: gates.gate(
+                Service::KeyValue,
+                Pattern::KeyValue,
+                Interface::KeyValueBasic,
+                |b| b.kv.as_ref(),
+            ),
             limits,
         }
-    }
-
-    fn begin<T>(&self, field: &str, request: &Request<T>, stream: bool) -> Result<Call, Status> {
-        self.authorize(session_token(field, request), stream)
-            .map_err(status)
-    }
-
-    fn authorize(&self, token: &str, stream: bool) -> Result<Call, Error> {
-        let (entry, backend) =
-            session_backend(&self.registry, &self.backends, token, Pattern::KeyValue)?;
-        let kv = backend.kv.clone().ok_or_else(|| {
-            missing_interface(&backend.name, backend.kind, Interface::KeyValueBasic)
-        })?;
-        let guard = entry.begin_operation(stream)?;
-        Ok(Call {
-            entry,
-            backend,
-            kv,
-            _guard: guard,
-        })
     }
 
     fn check_key(&self, key: &str) -> Result<(), Error> {
@@ -295,25 +215,6 @@ impl KeyValueApi {
         }))
     }
 
-    /// One unary call: authorise, run `body`, map its error (reporting a
-    /// failed backend to its pool actor) and count the request's sizes.
-    async fn unary<Req, Resp>(
-        &self,
-        request: Request<Req>,
-        body: impl AsyncFnOnce(&Call, &Req) -> Result<Resp, Error>,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Req: prost::Message + HasSessionToken,
-        Resp: prost::Message,
-    {
-        let call = self.begin(request.get_ref().session_token(), &request, false)?;
-        let req = request.into_inner();
-        let response = body(&call, &req).await.map_err(|e| call.fail(e))?;
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
-    }
-
     /// A transaction operation from the wire.
     fn operation(&self, call: &Call, index: usize, o: &pb::Operation) -> Result<WriteOp, Error> {
         let precondition = match o.precondition.as_ref().and_then(|p| p.condition) {
@@ -344,9 +245,9 @@ impl KeyValueApi {
         })
     }
 
-    /// Streams a scan in chunks through a bounded channel: the producer
-    /// waits while the client is slow, and ends when the client goes away.
-    fn stream_scan<T: Send + 'static>(
+    /// Streams a scan a chunk at a time: the next chunk is fetched only
+    /// when the client has taken the previous one.
+    fn stream_scan<T: prost::Message + 'static>(
         &self,
         call: Call,
         prefix: String,
@@ -354,62 +255,75 @@ impl KeyValueApi {
         limit: u32,
         keys_only: bool,
         map: fn(ScanItem) -> T,
-    ) -> Result<ReceiverStream<Result<T, Status>>, Status> {
+    ) -> Result<GatedStream<T>, Status> {
         let scan = call
             .need(Interface::KeyValueScan, |kv| kv.scan.as_ref())
-            .map_err(status)?;
+            .map_err(|e| call.fail(e))?;
         if limit > MAX_SCAN_LIMIT {
-            return Err(status(Error::invalid_argument(
+            return Err(call.fail(Error::invalid_argument(
                 "INVALID_LIMIT",
                 format!("limit is {limit}; the most one call streams is {MAX_SCAN_LIMIT}"),
             )));
         }
-        let mut remaining = if limit == 0 {
+        let remaining = if limit == 0 {
             DEFAULT_SCAN_LIMIT
         } else {
             limit
         } as usize;
         let chunk = if keys_only { 512 } else { 16 };
-        let (tx, rx) = mpsc::channel(chunk);
-        tokio::spawn(async move {
-            let mut cursor = cursor;
-            while remaining > 0 {
-                if call.entry.state().is_ended() {
-                    let ended = Error::unauthenticated(
-                        "SESSION_CLOSED",
-                        "the session ended during the scan; resume with a new session from the \
-                         last cursor",
-                    );
-                    let _ = tx.send(Err(status(ended))).await;
-                    return;
-                }
-                let want = remaining.min(chunk);
-                let page = match scan
-                    .scan(call.ns(), &prefix, &cursor, want, keys_only)
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        let _ = tx.send(Err(call.fail(e))).await;
-                        return;
+        struct State {
+            scan: Arc<dyn crate::backends::kv::KeyValueScan>,
+            ns: String,
+            prefix: String,
+            cursor: String,
+            remaining: usize,
+            buffered: std::vec::IntoIter<ScanItem>,
+            exhausted: bool,
+        }
+        let state = State {
+            scan,
+            ns: call.ns().to_string(),
+            prefix,
+            cursor,
+            remaining,
+            buffered: Vec::new().into_iter(),
+            exhausted: false,
+        };
+        let items = futures::stream::unfold(state, move |mut st| async move {
+            if st.remaining == 0 {
+                return None;
+            }
+            if let Some(item) = st.buffered.next() {
+                st.remaining -= 1;
+                return Some((Ok(map(item)), st));
+            }
+            if st.exhausted {
+                return None;
+            }
+            let want = st.remaining.min(chunk);
+            match st
+                .scan
+                .scan(&st.ns, &st.prefix, &st.cursor, want, keys_only)
+                .await
+            {
+                Ok(page) => {
+                    st.exhausted = page.items.len() < want;
+                    if let Some(last) = page.items.last() {
+                        st.cursor = last.cursor.clone();
                     }
-                };
-                let got = page.items.len();
-                for item in page.items {
-                    cursor = item.cursor.clone();
-                    call.entry
-                        .record_request(0, item.value.len() + item.key.len());
-                    if tx.send(Ok(map(item))).await.is_err() {
-                        return; // the client went away
-                    }
+                    let mut items = page.items.into_iter();
+                    let first = items.next()?;
+                    st.buffered = items;
+                    st.remaining -= 1;
+                    Some((Ok(map(first)), st))
                 }
-                remaining -= got;
-                if got < want {
-                    return;
+                Err(e) => {
+                    st.remaining = 0;
+                    Some((Err(e), st))
                 }
             }
         });
-        Ok(ReceiverStream::new(rx))
+        Ok(call.stream(items))
     }
 }
 
@@ -482,81 +396,84 @@ impl KeyValueService for KeyValueApi {
         &self,
         request: Request<pb::SetRequest>,
     ) -> Result<Response<pb::SetResponse>, Status> {
-        self.unary(request, async |call, req| {
-            self.check_key(&req.key)?;
-            self.check_value(&req.key, &req.value)?;
-            let ttl = self.ttl(call, req.ttl.as_ref())?;
-            let idem =
-                self.idempotency(req.idempotency_token.as_ref(), "Set", || fingerprint!(req))?;
-            let batch = WriteBatch::single(put(&req.key, req.value.clone(), ttl, None), idem);
-            let applied = call.kv.basic.write(call.ns(), batch).await?;
-            Ok(pb::SetResponse {
-                version: first(&applied)?,
-                replayed: applied.replayed,
+        self.gate
+            .unary(request, async |call, req| {
+                self.check_key(&req.key)?;
+                self.check_value(&req.key, &req.value)?;
+                let ttl = self.ttl(call, req.ttl.as_ref())?;
+                let idem =
+                    self.idempotency(req.idempotency_token.as_ref(), "Set", || fingerprint!(req))?;
+                let batch = WriteBatch::single(put(&req.key, req.value.clone(), ttl, None), idem);
+                let applied = call.handle.basic.write(call.ns(), batch).await?;
+                Ok(pb::SetResponse {
+                    version: first(&applied)?,
+                    replayed: applied.replayed,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        self.unary(request, async |call, req| {
-            self.check_key(&req.key)?;
-            Ok(match call.kv.basic.get(call.ns(), &req.key).await? {
-                Some(r) => pb::GetResponse {
-                    found: true,
-                    value: r.value,
-                    version: r.version,
-                    ttl: r.ttl.map(duration_to_proto),
-                },
-                None => pb::GetResponse::default(),
+        self.gate
+            .unary(request, async |call, req| {
+                self.check_key(&req.key)?;
+                Ok(match call.handle.basic.get(call.ns(), &req.key).await? {
+                    Some(r) => pb::GetResponse {
+                        found: true,
+                        value: r.value,
+                        version: r.version,
+                        ttl: r.ttl.map(duration_to_proto),
+                    },
+                    None => pb::GetResponse::default(),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.unary(request, async |call, req| {
-            self.check_key(&req.key)?;
-            let idem = self.idempotency(req.idempotency_token.as_ref(), "Delete", || {
-                fingerprint!(req)
-            })?;
-            let batch = WriteBatch::single(delete(&req.key), idem);
-            let applied = call.kv.basic.write(call.ns(), batch).await?;
-            Ok(pb::DeleteResponse {
-                deleted: first(&applied)? == 1,
-                replayed: applied.replayed,
+        self.gate
+            .unary(request, async |call, req| {
+                self.check_key(&req.key)?;
+                let idem = self.idempotency(req.idempotency_token.as_ref(), "Delete", || {
+                    fingerprint!(req)
+                })?;
+                let batch = WriteBatch::single(delete(&req.key), idem);
+                let applied = call.handle.basic.write(call.ns(), batch).await?;
+                Ok(pb::DeleteResponse {
+                    deleted: first(&applied)? == 1,
+                    replayed: applied.replayed,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn exists(
         &self,
         request: Request<pb::ExistsRequest>,
     ) -> Result<Response<pb::ExistsResponse>, Status> {
-        self.unary(request, async |call, req| {
-            self.check_key(&req.key)?;
-            let exists = call.kv.basic.exists(call.ns(), &req.key).await?;
-            Ok(pb::ExistsResponse { exists })
-        })
-        .await
+        self.gate
+            .unary(request, async |call, req| {
+                self.check_key(&req.key)?;
+                let exists = call.handle.basic.exists(call.ns(), &req.key).await?;
+                Ok(pb::ExistsResponse { exists })
+            })
+            .await
     }
 
-    type ScanStream = ReceiverStream<Result<pb::ScanResponse, Status>>;
+    type ScanStream = GatedStream<pb::ScanResponse>;
 
     async fn scan(
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
-        let call = self.begin(&request.get_ref().session_token, &request, true)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
-        call.entry.record_request(req.encoded_len(), 0);
         let stream = self.stream_scan(call, req.prefix, req.cursor, req.limit, false, |i| {
             pb::ScanResponse {
                 key: i.key,
@@ -568,15 +485,14 @@ impl KeyValueService for KeyValueApi {
         Ok(Response::new(stream))
     }
 
-    type ScanKeysStream = ReceiverStream<Result<pb::KeyResponse, Status>>;
+    type ScanKeysStream = GatedStream<pb::KeyResponse>;
 
     async fn scan_keys(
         &self,
         request: Request<pb::ScanKeysRequest>,
     ) -> Result<Response<Self::ScanKeysStream>, Status> {
-        let call = self.begin(&request.get_ref().session_token, &request, true)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
-        call.entry.record_request(req.encoded_len(), 0);
         let stream = self.stream_scan(call, req.prefix, req.cursor, req.limit, true, |i| {
             pb::KeyResponse {
                 key: i.key,
@@ -590,261 +506,230 @@ impl KeyValueService for KeyValueApi {
         &self,
         request: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let scan = call.need(Interface::KeyValueScan, |kv| kv.scan.as_ref())?;
-            let count = scan.count(call.ns(), &req.prefix).await?;
-            Ok(pb::CountResponse { count })
-        })
-        .await
+        self.gate
+            .unary(request, async |call, req| {
+                let scan = call.need(Interface::KeyValueScan, |kv| kv.scan.as_ref())?;
+                let count = scan.count(call.ns(), &req.prefix).await?;
+                Ok(pb::CountResponse { count })
+            })
+            .await
     }
 
     async fn expire(
         &self,
         request: Request<pb::ExpireRequest>,
     ) -> Result<Response<pb::ExpireResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-            self.check_key(&req.key)?;
-            let ttl = req.ttl.as_ref().ok_or_else(|| {
-                Error::invalid_argument(
-                    "INVALID_TTL",
-                    "ttl is required; to remove an expiry use Persist",
-                )
-            })?;
-            if ttl_api
-                .expire(call.ns(), &req.key, positive_duration(ttl)?)
-                .await?
-            {
-                Ok(pb::ExpireResponse {})
-            } else {
-                Err(not_found(&req.key))
-            }
-        })
-        .await
+        self.gate
+            .unary(request, async |call, req| {
+                let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
+                self.check_key(&req.key)?;
+                let ttl = req.ttl.as_ref().ok_or_else(|| {
+                    Error::invalid_argument(
+                        "INVALID_TTL",
+                        "ttl is required; to remove an expiry use Persist",
+                    )
+                })?;
+                if ttl_api
+                    .expire(call.ns(), &req.key, positive_duration(ttl)?)
+                    .await?
+                {
+                    Ok(pb::ExpireResponse {})
+                } else {
+                    Err(not_found(&req.key))
+                }
+            })
+            .await
     }
 
     async fn get_ttl(
         &self,
         request: Request<pb::GetTtlRequest>,
     ) -> Result<Response<pb::GetTtlResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-            self.check_key(&req.key)?;
-            let ttl = ttl_api
-                .ttl(call.ns(), &req.key)
-                .await?
-                .ok_or_else(|| not_found(&req.key))?;
-            Ok(pb::GetTtlResponse {
-                has_ttl: ttl.is_some(),
-                ttl: ttl.map(duration_to_proto),
+        self.gate
+            .unary(request, async |call, req| {
+                let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
+                self.check_key(&req.key)?;
+                let ttl = ttl_api
+                    .ttl(call.ns(), &req.key)
+                    .await?
+                    .ok_or_else(|| not_found(&req.key))?;
+                Ok(pb::GetTtlResponse {
+                    has_ttl: ttl.is_some(),
+                    ttl: ttl.map(duration_to_proto),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn persist(
         &self,
         request: Request<pb::PersistRequest>,
     ) -> Result<Response<pb::PersistResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-            self.check_key(&req.key)?;
-            let had_ttl = ttl_api
-                .persist(call.ns(), &req.key)
-                .await?
-                .ok_or_else(|| not_found(&req.key))?;
-            Ok(pb::PersistResponse { had_ttl })
-        })
-        .await
+        self.gate
+            .unary(request, async |call, req| {
+                let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
+                self.check_key(&req.key)?;
+                let had_ttl = ttl_api
+                    .persist(call.ns(), &req.key)
+                    .await?
+                    .ok_or_else(|| not_found(&req.key))?;
+                Ok(pb::PersistResponse { had_ttl })
+            })
+            .await
     }
 
     async fn batch_get(
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let batch = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-            self.check_keys(req.keys.iter().map(String::as_str))?;
-            let records = batch.batch_get(call.ns(), &req.keys).await?;
-            let items = req
-                .keys
-                .iter()
-                .zip(records)
-                .map(|(key, r)| match r {
-                    Some(r) => pb::Item {
-                        key: key.clone(),
-                        found: true,
-                        value: r.value,
-                        version: r.version,
-                    },
-                    None => pb::Item {
-                        key: key.clone(),
-                        ..Default::default()
-                    },
-                })
-                .collect();
-            Ok(pb::BatchGetResponse { items })
-        })
-        .await
+        self.gate
+            .unary(request, async |call, req| {
+                let batch = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
+                self.check_keys(req.keys.iter().map(String::as_str))?;
+                let records = batch.batch_get(call.ns(), &req.keys).await?;
+                let items = req
+                    .keys
+                    .iter()
+                    .zip(records)
+                    .map(|(key, r)| match r {
+                        Some(r) => pb::Item {
+                            key: key.clone(),
+                            found: true,
+                            value: r.value,
+                            version: r.version,
+                        },
+                        None => pb::Item {
+                            key: key.clone(),
+                            ..Default::default()
+                        },
+                    })
+                    .collect();
+                Ok(pb::BatchGetResponse { items })
+            })
+            .await
     }
 
     async fn batch_set(
         &self,
         request: Request<pb::BatchSetRequest>,
     ) -> Result<Response<pb::BatchSetResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-            self.check_keys(req.entries.iter().map(|e| e.key.as_str()))?;
-            let mut ops = Vec::with_capacity(req.entries.len());
-            for e in &req.entries {
-                self.check_value(&e.key, &e.value)?;
-                let ttl = self.ttl(call, e.ttl.as_ref())?;
-                ops.push(put(&e.key, e.value.clone(), ttl, None));
-            }
-            let idempotency =
-                self.idempotency(req.idempotency_token.as_ref(), "BatchSet", || {
-                    fingerprint!(req)
-                })?;
-            let applied = batch_api
-                .batch_write(call.ns(), WriteBatch { ops, idempotency })
-                .await?;
-            Ok(pb::BatchSetResponse {
-                versions: applied.results,
-                replayed: applied.replayed,
+        self.gate
+            .unary(request, async |call, req| {
+                let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
+                self.check_keys(req.entries.iter().map(|e| e.key.as_str()))?;
+                let mut ops = Vec::with_capacity(req.entries.len());
+                for e in &req.entries {
+                    self.check_value(&e.key, &e.value)?;
+                    let ttl = self.ttl(call, e.ttl.as_ref())?;
+                    ops.push(put(&e.key, e.value.clone(), ttl, None));
+                }
+                let idempotency =
+                    self.idempotency(req.idempotency_token.as_ref(), "BatchSet", || {
+                        fingerprint!(req)
+                    })?;
+                let applied = batch_api
+                    .batch_write(call.ns(), WriteBatch { ops, idempotency })
+                    .await?;
+                Ok(pb::BatchSetResponse {
+                    versions: applied.results,
+                    replayed: applied.replayed,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn batch_delete(
         &self,
         request: Request<pb::BatchDeleteRequest>,
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-            self.check_keys(req.keys.iter().map(String::as_str))?;
-            let ops = req.keys.iter().map(|k| delete(k)).collect();
-            let idempotency =
-                self.idempotency(req.idempotency_token.as_ref(), "BatchDelete", || {
-                    fingerprint!(req)
-                })?;
-            let applied = batch_api
-                .batch_write(call.ns(), WriteBatch { ops, idempotency })
-                .await?;
-            Ok(pb::BatchDeleteResponse {
-                deleted: applied.results.iter().sum(),
-                replayed: applied.replayed,
+        self.gate
+            .unary(request, async |call, req| {
+                let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
+                self.check_keys(req.keys.iter().map(String::as_str))?;
+                let ops = req.keys.iter().map(|k| delete(k)).collect();
+                let idempotency =
+                    self.idempotency(req.idempotency_token.as_ref(), "BatchDelete", || {
+                        fingerprint!(req)
+                    })?;
+                let applied = batch_api
+                    .batch_write(call.ns(), WriteBatch { ops, idempotency })
+                    .await?;
+                Ok(pb::BatchDeleteResponse {
+                    deleted: applied.results.iter().sum(),
+                    replayed: applied.replayed,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn compare_and_swap(
         &self,
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let cas = call.need(Interface::KeyValueCas, |kv| kv.cas.as_ref())?;
-            self.check_key(&req.key)?;
-            self.check_value(&req.key, &req.value)?;
-            let ttl = self.ttl(call, req.ttl.as_ref())?;
-            let idem =
-                self.idempotency(req.idempotency_token.as_ref(), "CompareAndSwap", || {
-                    fingerprint!(req)
-                })?;
-            let expected = Some(Precondition::Version(req.expected_version));
-            let op = put(&req.key, req.value.clone(), ttl, expected);
-            let applied = cas
-                .compare_and_swap(call.ns(), WriteBatch::single(op, idem))
-                .await?;
-            Ok(pb::CompareAndSwapResponse {
-                version: first(&applied)?,
-                replayed: applied.replayed,
+        self.gate
+            .unary(request, async |call, req| {
+                let cas = call.need(Interface::KeyValueCas, |kv| kv.cas.as_ref())?;
+                self.check_key(&req.key)?;
+                self.check_value(&req.key, &req.value)?;
+                let ttl = self.ttl(call, req.ttl.as_ref())?;
+                let idem =
+                    self.idempotency(req.idempotency_token.as_ref(), "CompareAndSwap", || {
+                        fingerprint!(req)
+                    })?;
+                let expected = Some(Precondition::Version(req.expected_version));
+                let op = put(&req.key, req.value.clone(), ttl, expected);
+                let applied = cas
+                    .compare_and_swap(call.ns(), WriteBatch::single(op, idem))
+                    .await?;
+                Ok(pb::CompareAndSwapResponse {
+                    version: first(&applied)?,
+                    replayed: applied.replayed,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn transaction(
         &self,
         request: Request<pb::TransactionRequest>,
     ) -> Result<Response<pb::TransactionResponse>, Status> {
-        self.unary(request, async |call, req| {
-            let txn = call.need(Interface::KeyValueTransactional, |kv| {
-                kv.transactional.as_ref()
-            })?;
-            self.check_keys(req.operations.iter().map(|o| o.key.as_str()))?;
-            let mut ops = Vec::with_capacity(req.operations.len());
-            for (index, o) in req.operations.iter().enumerate() {
-                ops.push(self.operation(call, index, o)?);
-            }
-            let idempotency =
-                self.idempotency(req.idempotency_token.as_ref(), "Transaction", || {
-                    fingerprint!(req)
+        self.gate
+            .unary(request, async |call, req| {
+                let txn = call.need(Interface::KeyValueTransactional, |kv| {
+                    kv.transactional.as_ref()
                 })?;
-            let applied = txn
-                .transact(call.ns(), WriteBatch { ops, idempotency })
-                .await?;
-            let results = req
-                .operations
-                .iter()
-                .zip(&applied.results)
-                .map(|(o, r)| match o.action {
-                    Some(pb::operation::Action::Put(_)) => pb::OperationResult {
-                        version: *r,
-                        deleted: false,
-                    },
-                    _ => pb::OperationResult {
-                        version: 0,
-                        deleted: *r == 1,
-                    },
+                self.check_keys(req.operations.iter().map(|o| o.key.as_str()))?;
+                let mut ops = Vec::with_capacity(req.operations.len());
+                for (index, o) in req.operations.iter().enumerate() {
+                    ops.push(self.operation(call, index, o)?);
+                }
+                let idempotency =
+                    self.idempotency(req.idempotency_token.as_ref(), "Transaction", || {
+                        fingerprint!(req)
+                    })?;
+                let applied = txn
+                    .transact(call.ns(), WriteBatch { ops, idempotency })
+                    .await?;
+                let results = req
+                    .operations
+                    .iter()
+                    .zip(&applied.results)
+                    .map(|(o, r)| match o.action {
+                        Some(pb::operation::Action::Put(_)) => pb::OperationResult {
+                            version: *r,
+                            deleted: false,
+                        },
+                        _ => pb::OperationResult {
+                            version: 0,
+                            deleted: *r == 1,
+                        },
+                    })
+                    .collect();
+                Ok(pb::TransactionResponse {
+                    results,
+                    replayed: applied.replayed,
                 })
-                .collect();
-            Ok(pb::TransactionResponse {
-                results,
-                replayed: applied.replayed,
             })
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        backends::{memory::MemoryKv, BackendKind, Health},
-        config::PoolSpec,
-        session::Clock,
-    };
-
-    #[test]
-    fn a_missing_interface_is_unimplemented_naming_it_and_the_backend() {
-        let memory = Arc::new(MemoryKv::new(Clock::new()));
-        let mut kv = memory.kv_handle();
-        kv.ttl = None;
-        let backend = Backend {
-            name: "cache".into(),
-            kind: BackendKind::Memory,
-            spec: PoolSpec::default(),
-            client: None,
-            kv: Some(kv.clone()),
-            queue: None,
-            pubsub: None,
-            reader: None,
-            transact: None,
-            health: Arc::new(Health::new()),
-        };
-        assert!(require(&kv, &backend, Interface::KeyValueScan, |k| k.scan.as_ref()).is_ok());
-        let err = require(&kv, &backend, Interface::KeyValueTtl, |k| k.ttl.as_ref())
-            .err()
-            .unwrap();
-        assert_eq!(err.kind, ErrorKind::Unimplemented);
-        assert_eq!(err.reason, "MISSING_INTERFACE");
-        assert!(err.message.contains("cache") && err.message.contains("keyvalue_ttl"));
-        assert!(err
-            .metadata
-            .contains(&("interface", "keyvalue_ttl".to_string())));
-        assert!(err.metadata.contains(&("backend", "cache".to_string())));
+            .await
     }
 }

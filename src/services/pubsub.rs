@@ -5,13 +5,11 @@
 //! ListSubscriptions from the gateway's registry. Patterns with `*` or `>`
 //! need `pubsub_wildcards`; a backend without it is UNIMPLEMENTED.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures::Stream;
-use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{optional_max_messages, optional_positive_duration, session_backend, session_token};
+use super::{optional_max_messages, optional_positive_duration};
 use crate::{
     actors::{
         pubsub::{PubSubShared, PubSubSubscriptions},
@@ -22,12 +20,12 @@ use crate::{
         pubsub::{
             check_topic, Event, EventSink, PubSubHandle, SinkEnd, SubscriberSpec, TopicPattern,
         },
-        Backend, Backends, Interface,
+        Interface,
     },
-    config::{Limits, Pattern, PubSubPolicy},
+    config::{Limits, Pattern},
     error::{Error, ErrorKind, Service},
+    gate::{self, Gate, GateState, GatedStream, Kind},
     proto::pubsub::v1::{self as pb, pub_sub_service_server::PubSubService},
-    session::{SessionEntry, SessionRegistry},
 };
 
 /// Most metadata a published event may carry, keys and values together.
@@ -38,50 +36,20 @@ const MAX_CORRELATION_BYTES: usize = 256;
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 
 pub struct PubSubApi {
-    registry: Arc<SessionRegistry>,
-    backends: Arc<Backends>,
+    gate: Gate<PubSubHandle>,
     subscriptions: Arc<crate::actors::subscription::Subscriptions>,
     pool: Arc<ArbiterPool>,
     limits: Limits,
-    policies: HashMap<String, PubSubPolicy>,
 }
 
-struct Call {
-    entry: Arc<SessionEntry>,
-    backend: Arc<Backend>,
-    pubsub: PubSubHandle,
-}
+type Call = gate::Call<PubSubHandle>;
 
-fn status(e: Error) -> Status {
-    e.to_status(Service::PubSub)
-}
-
-impl Call {
-    fn ns(&self) -> &str {
-        self.entry.namespace()
-    }
-
-    /// Partitions of topics the backend creates (Kafka), from the config.
-    fn partitions(&self) -> Result<i32, Error> {
-        let raw = self
-            .entry
-            .config
-            .proto
-            .backend
-            .as_ref()
-            .and_then(|b| b.options.get("partitions"));
-        match raw {
-            None => Ok(1),
-            Some(raw) => raw.parse::<i32>().map(|p| p.clamp(1, 1024)).map_err(|_| {
-                Error::new(
-                    ErrorKind::FailedPrecondition,
-                    "INVALID_CONFIG",
-                    format!("config option `partitions` = `{raw}` is not a number"),
-                )
-            }),
-        }
-    }
-}
+gate::session_token_field!(
+    pb::PublishRequest,
+    pb::SubscribeRequest,
+    pb::UnsubscribeRequest,
+    pb::ListSubscriptionsRequest,
+);
 
 fn check_group(group: &str) -> Result<(), Error> {
     let ok = (1..=100).contains(&group.len())
@@ -107,11 +75,11 @@ impl Drop for Abandon {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
-
-/// The gRPC stream of a subscription: events from its sink until the sink
-/// ends or `max_messages` were sent.
-fn event_stream(shared: Arc<PubSubShared>) -> EventStream {
+/// A subscription's events: from its sink until the sink ends or
+/// `max_messages` were sent.
+fn events(
+    shared: Arc<PubSubShared>,
+) -> impl futures::Stream<Item = Result<pb::Event, Error>> + Send + 'static {
     struct State {
         shared: Arc<PubSubShared>,
         left: Option<u64>,
@@ -124,7 +92,7 @@ fn event_stream(shared: Arc<PubSubShared>) -> EventStream {
         _abandon: Abandon(shared.sink.clone()),
         shared,
     };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
+    futures::stream::unfold(state, |mut st| async move {
         if st.failed {
             return None;
         }
@@ -135,60 +103,40 @@ fn event_stream(shared: Arc<PubSubShared>) -> EventStream {
         match st.shared.sink.next().await {
             Ok(Some(event)) => {
                 st.left = st.left.map(|n| n - 1);
-                let event = event.to_proto(st.shared.id());
-                st.shared.entry.record_request(0, event.encoded_len());
-                Some((Ok(event), st))
+                Some((Ok(event.to_proto(st.shared.id())), st))
             }
             Ok(None) => None,
             Err(e) => {
                 st.failed = true;
-                Some((Err(status(e)), st))
+                Some((Err(e), st))
             }
         }
-    }))
+    })
 }
 
 impl PubSubApi {
     pub fn new(
-        registry: Arc<SessionRegistry>,
-        backends: Arc<Backends>,
+        gates: &GateState,
         subscriptions: Arc<crate::actors::subscription::Subscriptions>,
         pool: Arc<ArbiterPool>,
         limits: Limits,
-        policies: HashMap<String, PubSubPolicy>,
     ) -> Self {
         PubSubApi {
-            registry,
-            backends,
+            gate: gates.gate(
+                Service::PubSub,
+                Pattern::Pubsub,
+                Interface::PubSubBasic,
+                |b| b.pubsub.as_ref(),
+            ),
             subscriptions,
             pool,
             limits,
-            policies,
         }
     }
 
     /// The gateway's PubSub subscriptions.
     fn subs(&self) -> &PubSubSubscriptions {
         &self.subscriptions.pubsub
-    }
-
-    fn authorize(&self, token: &str) -> Result<Call, Error> {
-        let (entry, backend) =
-            session_backend(&self.registry, &self.backends, token, Pattern::Pubsub)?;
-        let pubsub = backend.pubsub.clone().ok_or_else(|| {
-            missing_interface(&backend.name, backend.kind, Interface::PubSubBasic)
-        })?;
-        Ok(Call {
-            entry,
-            backend,
-            pubsub,
-        })
-    }
-
-    /// The hot-path check of a request, by its token field or header.
-    fn call<T>(&self, request: &Request<T>, field: fn(&T) -> &String) -> Result<Call, Status> {
-        self.authorize(session_token(field(request.get_ref()), request))
-            .map_err(status)
     }
 
     fn event(&self, req: pb::PublishRequest) -> Result<Event, Error> {
@@ -242,7 +190,7 @@ impl PubSubApi {
 
     fn spec(&self, call: &Call, req: &pb::SubscribeRequest) -> Result<SubscriberSpec, Error> {
         let pattern = TopicPattern::parse(&req.topic_pattern)?;
-        if pattern.has_wildcards() && call.pubsub.wildcards.is_none() {
+        if pattern.has_wildcards() && call.handle.wildcards.is_none() {
             return Err(missing_interface(
                 &call.backend.name,
                 call.backend.kind,
@@ -271,69 +219,59 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
-        let req = request.into_inner();
-        crate::metrics::note_resource(&req.topic);
-        let received = req.encoded_len();
-        let guard = call.entry.begin_operation(false).map_err(status)?;
-        let partitions = call.partitions().map_err(status)?;
-        let event = self.event(req).map_err(status)?;
-        let count = self
-            .subs()
-            .count(call.ns(), &call.backend.name, &event.topic);
-        let result = call
-            .pubsub
-            .basic
-            .publish(call.ns(), partitions, &event)
-            .await;
-        drop(guard);
-        if let Err(e) = &result {
-            if e.kind == ErrorKind::Unavailable {
-                call.backend.health.suspect();
-            }
-        }
-        result.map_err(status)?;
-        let response = pb::PublishResponse {
-            event_id: event.id,
-            published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),
-            subscriber_count: count.min(i32::MAX as usize) as i32,
-        };
-        call.entry.record_request(received, response.encoded_len());
-        Ok(Response::new(response))
+        self.gate
+            .unary(request, async |call, req| {
+                crate::metrics::note_resource(&req.topic);
+                let partitions = call.entry.config.options.partitions;
+                let event = self.event(req)?;
+                let count = self
+                    .subs()
+                    .count(call.ns(), &call.backend.name, &event.topic);
+                call.handle
+                    .basic
+                    .publish(call.ns(), partitions, &event)
+                    .await?;
+                Ok(pb::PublishResponse {
+                    event_id: event.id,
+                    published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),
+                    subscriber_count: count.min(i32::MAX as usize) as i32,
+                })
+            })
+            .await
     }
 
-    type SubscribeStream = EventStream;
+    type SubscribeStream = GatedStream<pb::Event>;
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
         crate::metrics::note_resource(&req.topic_pattern);
-        let spec = self.spec(&call, &req).map_err(status)?;
-        let options = req.options.unwrap_or_default();
-        let max_messages = optional_max_messages(options.max_messages).map_err(status)?;
-        let max_duration = optional_positive_duration(
-            options.max_duration,
-            "INVALID_MAX_DURATION",
-            "max_duration",
-        )
-        .map_err(status)?;
-        let policy = self.policies.get(call.ns()).cloned().unwrap_or_default();
-        let guard = call.entry.begin_operation(true).map_err(status)?;
-        call.entry.record_request(req.encoded_len(), 0);
+        let checked = (|| {
+            let spec = self.spec(&call, &req)?;
+            let options = req.options.unwrap_or_default();
+            let max_messages = optional_max_messages(options.max_messages)?;
+            let max_duration = optional_positive_duration(
+                options.max_duration,
+                "INVALID_MAX_DURATION",
+                "max_duration",
+            )?;
+            Ok((spec, max_messages, max_duration))
+        })();
+        let (spec, max_messages, max_duration) = checked.map_err(|e| call.fail(e))?;
+        let policy = &call.policy.pubsub;
         let sink = Arc::new(EventSink::new(policy.buffer, policy.overflow));
         let shared = Arc::new(PubSubShared::new(
             call.entry.clone(),
             call.backend.name.clone(),
-            call.pubsub.clone(),
+            call.handle.clone(),
             spec,
             sink.clone(),
             max_messages,
             max_duration,
-            guard,
-            *self.registry.clock(),
+            *self.gate.registry().clock(),
         ));
         self.subs().start(shared.clone(), &self.pool.next());
         let ready = tokio::time::timeout(SUBSCRIBE_WAIT, shared.ready()).await;
@@ -346,26 +284,23 @@ impl PubSubService for PubSubApi {
         };
         if let Err(e) = outcome {
             sink.end(SinkEnd::Failed(e.clone()));
-            if e.kind == ErrorKind::Unavailable {
-                call.backend.health.suspect();
-            }
-            return Err(status(e));
+            return Err(call.fail(e));
         }
-        Ok(Response::new(event_stream(shared)))
+        Ok(Response::new(call.stream(events(shared))))
     }
 
     async fn unsubscribe(
         &self,
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
+        let call = self.gate.open(&request, Kind::Unary)?;
         let req = request.into_inner();
         let entry = self
             .subs()
             .get(&req.subscription_id)
             .filter(|e| e.shared.entry.id == call.entry.id)
             .ok_or_else(|| {
-                status(
+                call.fail(
                     Error::new(
                         ErrorKind::NotFound,
                         "SUBSCRIPTION_NOT_FOUND",
@@ -380,7 +315,7 @@ impl PubSubService for PubSubApi {
             })?;
         let was_active = entry.shared.is_active() && !entry.shared.sink.is_ended();
         entry.shared.sink.end(SinkEnd::Done("unsubscribed"));
-        Ok(Response::new(pb::UnsubscribeResponse {
+        Ok(call.reply(pb::UnsubscribeResponse {
             success: was_active,
         }))
     }
@@ -389,15 +324,13 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
+        let call = self.gate.open(&request, Kind::Unary)?;
         let subscriptions = self
             .subs()
             .for_session(&call.entry.id)
             .iter()
             .map(|s| s.to_proto())
             .collect();
-        Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions,
-        }))
+        Ok(call.reply(pb::ListSubscriptionsResponse { subscriptions }))
     }
 }

@@ -5,121 +5,48 @@
 
 use std::{sync::Arc, time::Duration};
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{optional_max_messages, optional_positive_duration, session_backend, session_token};
+use super::{optional_max_messages, optional_positive_duration};
 use crate::{
     actors::{
         subscription::{SubscriptionShared, Subscriptions},
         ArbiterPool,
     },
     backends::{
-        missing_interface,
         queue::{
             self, check_topic, message_id, parse_message_id, ConsumerSpec, PublishItem,
             QueueHandle, Start,
         },
-        Backend, Backends, Interface,
+        Interface,
     },
     config::{Limits, Pattern},
-    error::{Error, ErrorKind, Service},
+    error::{Error, Service},
+    gate::{self, Gate, GateState, GatedStream, Kind},
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
-    session::{SessionEntry, SessionRegistry},
 };
 
 /// Messages buffered per Subscribe stream.
 const STREAM_BUFFER: usize = 64;
-/// Default visibility timeout when the config sets none.
-const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 
 pub struct QueueApi {
-    registry: Arc<SessionRegistry>,
-    backends: Arc<Backends>,
+    gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
     pool: Arc<ArbiterPool>,
     limits: Limits,
 }
 
-struct Call {
-    entry: Arc<SessionEntry>,
-    backend: Arc<Backend>,
-    queue: QueueHandle,
-}
-
-fn status(e: Error) -> Status {
-    e.to_status(Service::Queue)
-}
-
-fn missing(backend: &Backend, interface: Interface) -> Error {
-    missing_interface(&backend.name, backend.kind, interface)
-}
-
-impl Call {
-    fn ns(&self) -> &str {
-        self.entry.namespace()
-    }
-
-    fn need<T: ?Sized>(
-        &self,
-        interface: Interface,
-        pick: impl FnOnce(&QueueHandle) -> Option<&Arc<T>>,
-    ) -> Result<Arc<T>, Error> {
-        pick(&self.queue)
-            .cloned()
-            .ok_or_else(|| missing(&self.backend, interface))
-    }
-
-    /// A config option of the session's backend config, parsed.
-    fn option<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Error> {
-        let Some(raw) = self
-            .entry
-            .config
-            .proto
-            .backend
-            .as_ref()
-            .and_then(|b| b.options.get(name))
-        else {
-            return Ok(None);
-        };
-        raw.parse().map(Some).map_err(|_| {
-            Error::new(
-                ErrorKind::FailedPrecondition,
-                "INVALID_CONFIG",
-                format!("config option `{name}` = `{raw}` is not valid; fix the config"),
-            )
-        })
-    }
-
-    fn partitions(&self) -> Result<i32, Error> {
-        Ok(self
-            .option::<i32>("partitions")?
-            .unwrap_or(1)
-            .clamp(1, 1024))
-    }
-
-    fn visibility(&self) -> Result<Duration, Error> {
-        match self
-            .entry
-            .config
-            .proto
-            .backend
-            .as_ref()
-            .and_then(|b| b.options.get("visibility_timeout"))
-        {
-            None => Ok(DEFAULT_VISIBILITY),
-            Some(raw) => humantime::parse_duration(raw).map_err(|_| {
-                Error::new(
-                    ErrorKind::FailedPrecondition,
-                    "INVALID_CONFIG",
-                    format!("config option `visibility_timeout` = `{raw}` is not a duration"),
-                )
-            }),
-        }
-    }
-}
+gate::session_token_field!(
+    pb::PublishRequest,
+    pb::PublishBatchRequest,
+    pb::SubscribeRequest,
+    pb::AcknowledgeRequest,
+    pb::CommitRequest,
+    pb::SeekRequest,
+    pb::GetTopicInfoRequest,
+);
 
 fn check_group(group: &str) -> Result<(), Error> {
     if group.is_empty() {
@@ -154,59 +81,19 @@ fn offsets(list: &[pb::PartitionOffset]) -> Result<Vec<(i32, i64)>, Error> {
 
 impl QueueApi {
     pub fn new(
-        registry: Arc<SessionRegistry>,
-        backends: Arc<Backends>,
+        gates: &GateState,
         subscriptions: Arc<Subscriptions>,
         pool: Arc<ArbiterPool>,
         limits: Limits,
     ) -> Self {
         QueueApi {
-            registry,
-            backends,
+            gate: gates.gate(Service::Queue, Pattern::Queue, Interface::QueueBasic, |b| {
+                b.queue.as_ref()
+            }),
             subscriptions,
             pool,
             limits,
         }
-    }
-
-    fn authorize(&self, token: &str) -> Result<Call, Error> {
-        let (entry, backend) =
-            session_backend(&self.registry, &self.backends, token, Pattern::Queue)?;
-        let queue = backend
-            .queue
-            .clone()
-            .ok_or_else(|| missing(&backend, Interface::QueueBasic))?;
-        Ok(Call {
-            entry,
-            backend,
-            queue,
-        })
-    }
-
-    async fn unary<Req, Resp>(
-        &self,
-        request: Request<Req>,
-        token: fn(&Req) -> &str,
-        body: impl AsyncFnOnce(&Call, &Req) -> Result<Resp, Error>,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message,
-    {
-        let call = self
-            .authorize(session_token(token(request.get_ref()), &request))
-            .map_err(status)?;
-        let _guard = call.entry.begin_operation(false).map_err(status)?;
-        let req = request.into_inner();
-        let response = body(&call, &req).await.map_err(|e| {
-            if e.kind == ErrorKind::Unavailable {
-                call.backend.health.suspect();
-            }
-            status(e)
-        })?;
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
@@ -230,10 +117,8 @@ impl QueueService for QueueApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 crate::metrics::note_resource(&req.topic);
                 check_topic(&req.topic)?;
                 self.check_payload(&req.payload)?;
@@ -244,26 +129,28 @@ impl QueueService for QueueApi {
                     partition: req.partition,
                 };
                 let result = call
-                    .queue
+                    .handle
                     .basic
-                    .publish(call.ns(), &req.topic, call.partitions()?, vec![item])
+                    .publish(
+                        call.ns(),
+                        &req.topic,
+                        call.entry.config.options.partitions,
+                        vec![item],
+                    )
                     .await
                     .pop()
                     .ok_or_else(|| Error::internal("the backend returned no publish result"))??;
                 Ok(published(&req.topic, &result))
-            },
-        )
-        .await
+            })
+            .await
     }
 
     async fn publish_batch(
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 check_topic(&req.topic)?;
                 if req.messages.is_empty() || req.messages.len() > self.limits.max_batch_ops {
                     return Err(Error::invalid_argument(
@@ -293,9 +180,14 @@ impl QueueService for QueueApi {
                     }
                 }
                 let mut outcomes = call
-                    .queue
+                    .handle
                     .basic
-                    .publish(call.ns(), &req.topic, call.partitions()?, items)
+                    .publish(
+                        call.ns(),
+                        &req.topic,
+                        call.entry.config.options.partitions,
+                        items,
+                    )
                     .await
                     .into_iter();
                 let mut response = pb::PublishBatchResponse::default();
@@ -325,20 +217,17 @@ impl QueueService for QueueApi {
                     }
                 }
                 Ok(response)
-            },
-        )
-        .await
+            })
+            .await
     }
 
-    type SubscribeStream = ReceiverStream<Result<pb::Message, Status>>;
+    type SubscribeStream = GatedStream<pb::Message>;
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let call = self
-            .authorize(session_token(&request.get_ref().session_token, &request))
-            .map_err(status)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
         let run = || -> Result<(ConsumerSpec, Option<u64>, Option<Duration>), Error> {
             check_topic(&req.topic)?;
@@ -378,51 +267,46 @@ impl QueueService for QueueApi {
                     topic: req.topic.clone(),
                     group: req.consumer_group.clone(),
                     start,
-                    visibility_timeout: call.visibility()?,
-                    max_attempts: call.option::<u32>("max_attempts")?.unwrap_or(5),
+                    visibility_timeout: call.entry.config.options.visibility_timeout,
+                    max_attempts: call.entry.config.options.max_attempts,
                 },
                 max,
                 timeout,
             ))
         };
-        let (mut spec, max, timeout) = run().map_err(status)?;
+        let (mut spec, max, timeout) = run().map_err(|e| call.fail(e))?;
         // Unknown topics fail the call itself, not the stream.
-        call.queue
+        call.handle
             .basic
             .topic_stats(call.ns(), &spec.topic)
             .await
-            .map_err(status)?;
-        let guard = call.entry.begin_operation(true).map_err(status)?;
+            .map_err(|e| call.fail(e))?;
         let id = format!("sub-{}", hex::encode(rand::random::<[u8; 8]>()));
         if spec.group.is_empty() {
             spec.group = format!("~{id}");
         }
-        call.entry.record_request(req.encoded_len(), 0);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = Arc::new(SubscriptionShared::new(
             id,
             call.entry.clone(),
-            call.queue.clone(),
+            call.handle.clone(),
             spec,
             tx,
             STREAM_BUFFER,
             max,
             timeout,
-            guard,
-            *self.registry.clock(),
+            *self.gate.registry().clock(),
         ));
         self.subscriptions.start(shared, &self.pool.next());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(call.stream(ReceiverStream::new(rx))))
     }
 
     async fn acknowledge(
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 if req.message_ids.is_empty() {
                     return Err(Error::invalid_argument(
                         "EMPTY_ACKNOWLEDGE",
@@ -435,7 +319,7 @@ impl QueueService for QueueApi {
                     if let Some((topic, p, o)) = parse_message_id(id) {
                         for group in self.subscriptions.groups_for(&call.entry.id, topic) {
                             if call
-                                .queue
+                                .handle
                                 .basic
                                 .acknowledge(call.ns(), topic, &group, p, o)
                                 .await?
@@ -452,19 +336,16 @@ impl QueueService for QueueApi {
                     }
                 }
                 Ok(response)
-            },
-        )
-        .await
+            })
+            .await
     }
 
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 let groups = call.need(Interface::StreamConsumerGroups, |q| q.groups.as_ref())?;
                 check_topic(&req.topic)?;
                 require_group(&req.consumer_group)?;
@@ -483,19 +364,16 @@ impl QueueService for QueueApi {
                         .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                         .collect(),
                 })
-            },
-        )
-        .await
+            })
+            .await
     }
 
     async fn seek(
         &self,
         request: Request<pb::SeekRequest>,
     ) -> Result<Response<pb::SeekResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 let replay = call.need(Interface::StreamReplay, |q| q.replay.as_ref())?;
                 check_topic(&req.topic)?;
                 require_group(&req.consumer_group)?;
@@ -508,21 +386,18 @@ impl QueueService for QueueApi {
                     )
                     .await?;
                 Ok(pb::SeekResponse { success: true })
-            },
-        )
-        .await
+            })
+            .await
     }
 
     async fn get_topic_info(
         &self,
         request: Request<pb::GetTopicInfoRequest>,
     ) -> Result<Response<pb::GetTopicInfoResponse>, Status> {
-        self.unary(
-            request,
-            |r| &r.session_token,
-            async |call, req| {
+        self.gate
+            .unary(request, async |call, req| {
                 check_topic(&req.topic)?;
-                let stats = call.queue.basic.topic_stats(call.ns(), &req.topic).await?;
+                let stats = call.handle.basic.topic_stats(call.ns(), &req.topic).await?;
                 let partitions: Vec<pb::PartitionInfo> = stats
                     .partitions
                     .iter()
@@ -539,9 +414,8 @@ impl QueueService for QueueApi {
                     message_count: partitions.iter().map(|p| p.message_count).sum(),
                     partitions,
                 })
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 

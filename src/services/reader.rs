@@ -5,13 +5,11 @@
 //! fetched only when the stream is polled for it, so a slow reader holds
 //! the gateway to one page.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-use futures::Stream;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{session_backend, session_token};
 use crate::{
     backends::{
         missing_interface,
@@ -19,36 +17,32 @@ use crate::{
             self, param_for, plan, query_digest, unknown_collection, Cond, Cursors, KeyValue, Op,
             Plan, Position, ReadRow, ReaderHandle, TableSchema,
         },
-        Backend, Backends, Interface,
+        Interface,
     },
     config::{CollectionSpec, Pattern},
     error::{Error, Service},
+    gate::{self, Gate, GateState, GatedStream, Kind},
     proto::reader::v1::{self as pb, reader_service_server::ReaderService},
-    session::{SessionEntry, SessionRegistry},
 };
 
 pub struct ReaderApi {
-    registry: Arc<SessionRegistry>,
-    backends: Arc<Backends>,
-    /// (namespace, collection) → its spec.
-    collections: HashMap<(String, String), CollectionSpec>,
+    gate: Gate<ReaderHandle>,
     cursors: Cursors,
 }
 
-struct Call {
-    entry: Arc<SessionEntry>,
-    backend: Arc<Backend>,
-    reader: ReaderHandle,
-}
+type Call = gate::Call<ReaderHandle>;
+
+gate::session_token_field!(
+    pb::ReadRequest,
+    pb::QueryRequest,
+    pb::CountRequest,
+    pb::GetRequest,
+);
 
 /// A collection resolved for a call.
 struct Target {
     spec: CollectionSpec,
     schema: Arc<TableSchema>,
-}
-
-fn status(e: Error) -> Status {
-    e.to_status(Service::Reader)
 }
 
 fn row(r: ReadRow) -> pb::Row {
@@ -58,64 +52,34 @@ fn row(r: ReadRow) -> pb::Row {
     }
 }
 
-type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 impl ReaderApi {
-    pub fn new(
-        registry: Arc<SessionRegistry>,
-        backends: Arc<Backends>,
-        config: &crate::config::GatewayConfig,
-    ) -> Self {
-        let collections = config
-            .namespaces
-            .iter()
-            .flat_map(|(ns, spec)| {
-                spec.collections
-                    .iter()
-                    .map(move |(name, c)| ((ns.clone(), name.clone()), c.clone()))
-            })
-            .collect();
+    pub fn new(gates: &GateState, config: &crate::config::GatewayConfig) -> Self {
         let secret = match &config.server.cursor_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => rand::random::<[u8; 32]>().to_vec(),
         };
         ReaderApi {
-            registry,
-            backends,
-            collections,
+            gate: gates.gate(
+                Service::Reader,
+                Pattern::Reader,
+                Interface::ReaderPaged,
+                |b| b.reader.as_ref(),
+            ),
             cursors: Cursors::new(secret),
         }
     }
 
-    fn call<T>(&self, request: &Request<T>, field: fn(&T) -> &String) -> Result<Call, Status> {
-        let token = session_token(field(request.get_ref()), request);
-        let (entry, backend) =
-            session_backend(&self.registry, &self.backends, token, Pattern::Reader)
-                .map_err(status)?;
-        let reader = backend.reader.clone().ok_or_else(|| {
-            status(missing_interface(
-                &backend.name,
-                backend.kind,
-                Interface::ReaderPaged,
-            ))
-        })?;
-        Ok(Call {
-            entry,
-            backend,
-            reader,
-        })
-    }
-
     async fn target(&self, call: &Call, collection: &str) -> Result<Target, Error> {
         crate::metrics::note_resource(collection);
-        let spec = self
+        let spec = call
+            .policy
             .collections
-            .get(&(call.entry.namespace().to_string(), collection.to_string()))
+            .get(collection)
             .filter(|c| c.backend == call.backend.name)
             .cloned()
             .ok_or_else(|| unknown_collection(collection))?;
         let schema = call
-            .reader
+            .handle
             .paged
             .schema(collection, &spec.table, &spec.id)
             .await?;
@@ -129,7 +93,7 @@ impl ReaderApi {
         filter: Option<&'a pb::Filter>,
     ) -> Result<Option<&'a pb::Filter>, Error> {
         let filter = filter.filter(|f| f.filter.is_some());
-        if filter.is_some() && call.reader.query.is_none() {
+        if filter.is_some() && call.handle.query.is_none() {
             return Err(missing_interface(
                 &call.backend.name,
                 call.backend.kind,
@@ -138,17 +102,6 @@ impl ReaderApi {
         }
         Ok(filter)
     }
-}
-
-/// A stream stops at its next page or chunk once its session has ended.
-fn session_open(entry: &SessionEntry) -> Result<(), Error> {
-    if entry.state().is_ended() {
-        return Err(Error::unauthenticated(
-            "SESSION_CLOSED",
-            "the session ended; open a new session and read again",
-        ));
-    }
-    Ok(())
 }
 
 fn page_size(requested: i32, spec: &CollectionSpec) -> Result<usize, Error> {
@@ -178,26 +131,32 @@ fn cut_to_bytes(rows: &mut Vec<pb::Row>, keys: &mut Vec<Vec<KeyValue>>, max_byte
 
 #[tonic::async_trait]
 impl ReaderService for ReaderApi {
-    type ReadStream = Boxed<pb::Page>;
+    type ReadStream = GatedStream<pb::Page>;
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
-        call.entry.record_request(req.encoded_len(), 0);
-        let target = self.target(&call, &req.collection).await.map_err(status)?;
-        let filter = self.filter(&call, req.filter.as_ref()).map_err(status)?;
-        let size = page_size(req.page_size, &target.spec).map_err(status)?;
-        let plan = plan(&target.schema, &req.fields, filter, &req.sort).map_err(status)?;
-        let digest = query_digest(call.entry.namespace(), &req.collection, filter, &req.sort);
-        let start = match req.cursor.as_deref().filter(|c| !c.is_empty()) {
-            Some(c) => Some(self.cursors.decode(c, &digest).map_err(status)?),
-            None => None,
-        };
+        let target = self
+            .target(&call, &req.collection)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let checked = (|| {
+            let filter = self.filter(&call, req.filter.as_ref())?;
+            let size = page_size(req.page_size, &target.spec)?;
+            let plan = plan(&target.schema, &req.fields, filter, &req.sort)?;
+            let digest = query_digest(call.ns(), &req.collection, filter, &req.sort);
+            let start = match req.cursor.as_deref().filter(|c| !c.is_empty()) {
+                Some(c) => Some(self.cursors.decode(c, &digest)?),
+                None => None,
+            };
+            Ok((size, plan, digest, start))
+        })();
+        let (size, plan, digest, start) = checked.map_err(|e| call.fail(e))?;
         struct State {
-            call: Call,
+            reader: ReaderHandle,
             target: Target,
             plan: Plan,
             cursors: Cursors,
@@ -210,7 +169,7 @@ impl ReaderService for ReaderApi {
         let state = State {
             page: start.as_ref().map_or(0, |p| p.page),
             after: start.map(|p| p.key),
-            call,
+            reader: call.handle.clone(),
             target,
             plan,
             cursors: self.cursors.clone(),
@@ -222,12 +181,7 @@ impl ReaderService for ReaderApi {
             if st.done {
                 return None;
             }
-            if let Err(e) = session_open(&st.call.entry) {
-                st.done = true;
-                return Some((Err(status(e)), st));
-            }
             let fetched = st
-                .call
                 .reader
                 .paged
                 .rows(
@@ -242,7 +196,7 @@ impl ReaderService for ReaderApi {
                 Ok(rows) => rows,
                 Err(e) => {
                     st.done = true;
-                    return Some((Err(status(e)), st));
+                    return Some((Err(e), st));
                 }
             };
             let mut has_more = fetched.len() > st.size;
@@ -271,47 +225,52 @@ impl ReaderService for ReaderApi {
                 next_cursor,
                 has_more,
             };
-            st.call.entry.record_request(0, page.encoded_len());
             Some((Ok(page), st))
         });
-        Ok(Response::new(Box::pin(pages)))
+        Ok(Response::new(call.stream(pages)))
     }
 
-    type QueryStream = Boxed<pb::Row>;
+    type QueryStream = GatedStream<pb::Row>;
 
     async fn query(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
+        let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
-        call.entry.record_request(req.encoded_len(), 0);
-        let target = self.target(&call, &req.collection).await.map_err(status)?;
-        let filter = self.filter(&call, req.filter.as_ref()).map_err(status)?;
-        let limit = match req.limit {
-            Some(n) if n < 0 => {
-                return Err(status(Error::invalid_argument(
-                    "INVALID_LIMIT",
-                    "limit must not be negative",
-                )))
-            }
-            Some(n) => n as u64,
-            None => u64::MAX,
-        };
-        let offset = match req.offset {
-            Some(n) if n < 0 => {
-                return Err(status(Error::invalid_argument(
-                    "INVALID_OFFSET",
-                    "offset must not be negative",
-                )))
-            }
-            Some(n) => n as u64,
-            None => 0,
-        };
-        let plan = plan(&target.schema, &req.fields, filter, &req.sort).map_err(status)?;
+        let target = self
+            .target(&call, &req.collection)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let checked = (|| {
+            let filter = self.filter(&call, req.filter.as_ref())?;
+            let limit = match req.limit {
+                Some(n) if n < 0 => {
+                    return Err(Error::invalid_argument(
+                        "INVALID_LIMIT",
+                        "limit must not be negative",
+                    ))
+                }
+                Some(n) => n as u64,
+                None => u64::MAX,
+            };
+            let offset = match req.offset {
+                Some(n) if n < 0 => {
+                    return Err(Error::invalid_argument(
+                        "INVALID_OFFSET",
+                        "offset must not be negative",
+                    ))
+                }
+                Some(n) => n as u64,
+                None => 0,
+            };
+            let plan = plan(&target.schema, &req.fields, filter, &req.sort)?;
+            Ok((limit, offset, plan))
+        })();
+        let (limit, offset, plan) = checked.map_err(|e| call.fail(e))?;
         let chunk = target.spec.max_page_size;
         struct State {
-            call: Call,
+            reader: ReaderHandle,
             target: Target,
             plan: Plan,
             buffered: std::vec::IntoIter<ReadRow>,
@@ -321,7 +280,7 @@ impl ReaderService for ReaderApi {
             exhausted: bool,
         }
         let state = State {
-            call,
+            reader: call.handle.clone(),
             target,
             plan,
             buffered: Vec::new().into_iter(),
@@ -336,21 +295,14 @@ impl ReaderService for ReaderApi {
             }
             if let Some(r) = st.buffered.next() {
                 st.left -= 1;
-                let r = row(r);
-                st.call.entry.record_request(0, r.encoded_len());
-                return Some((Ok(r), st));
+                return Some((Ok(row(r)), st));
             }
             if st.exhausted {
                 return None;
             }
-            if let Err(e) = session_open(&st.call.entry) {
-                st.left = 0;
-                return Some((Err(status(e)), st));
-            }
             // The next chunk, only now that the previous one was taken.
             let want = (chunk as u64).min(st.left) as usize;
             let fetched = st
-                .call
                 .reader
                 .paged
                 .rows(
@@ -364,7 +316,7 @@ impl ReaderService for ReaderApi {
             match fetched {
                 Err(e) => {
                     st.left = 0;
-                    Some((Err(status(e)), st))
+                    Some((Err(e), st))
                 }
                 Ok(rows) => {
                     st.offset = 0;
@@ -378,77 +330,72 @@ impl ReaderService for ReaderApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(rows)))
+        Ok(Response::new(call.stream(rows)))
     }
 
     async fn count(
         &self,
         request: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
-        let req = request.into_inner();
-        let target = self.target(&call, &req.collection).await.map_err(status)?;
-        let filter = self.filter(&call, req.filter.as_ref()).map_err(status)?;
-        let cond = filter
-            .map(|f| reader::check_filter(&target.schema, f))
-            .transpose()
-            .map_err(status)?;
-        let count = call
-            .reader
-            .paged
-            .count(&target.schema, cond.as_ref())
+        self.gate
+            .unary(request, async |call, req| {
+                let target = self.target(call, &req.collection).await?;
+                let filter = self.filter(call, req.filter.as_ref())?;
+                let cond = filter
+                    .map(|f| reader::check_filter(&target.schema, f))
+                    .transpose()?;
+                let count = call
+                    .handle
+                    .paged
+                    .count(&target.schema, cond.as_ref())
+                    .await?;
+                Ok(pb::CountResponse { count })
+            })
             .await
-            .map_err(status)?;
-        let response = pb::CountResponse { count };
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let call = self.call(&request, |r| &r.session_token)?;
-        let req = request.into_inner();
-        let target = self.target(&call, &req.collection).await.map_err(status)?;
-        let schema = &target.schema;
-        let id_column = &schema.columns[schema.id];
-        let id_value = match id_column.kind {
-            reader::Kind::Int => req.id.parse::<f64>().ok().map(|n| prost_types::Value {
-                kind: Some(prost_types::value::Kind::NumberValue(n)),
-            }),
-            _ => Some(prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue(req.id.clone())),
-            }),
-        }
-        .ok_or_else(|| {
-            status(Error::invalid_argument(
-                "INVALID_ID",
-                format!(
-                    "collection `{}` has integer ids; `{}` is not one",
-                    req.collection,
-                    req.id.chars().take(64).collect::<String>()
-                ),
-            ))
-        })?;
-        let id = param_for(id_column, &id_value).map_err(status)?;
-        let mut plan = plan(schema, &req.fields, None, &[]).map_err(status)?;
-        plan.filter = Some(Cond::Cmp(schema.id, Op::Eq, id));
-        let found = call
-            .reader
-            .paged
-            .rows(schema, &plan, None, 0, 1)
+        self.gate
+            .unary(request, async |call, req| {
+                let target = self.target(call, &req.collection).await?;
+                let schema = &target.schema;
+                let id_column = &schema.columns[schema.id];
+                let id_value = match id_column.kind {
+                    reader::Kind::Int => req.id.parse::<f64>().ok().map(|n| prost_types::Value {
+                        kind: Some(prost_types::value::Kind::NumberValue(n)),
+                    }),
+                    _ => Some(prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(req.id.clone())),
+                    }),
+                }
+                .ok_or_else(|| {
+                    Error::invalid_argument(
+                        "INVALID_ID",
+                        format!(
+                            "collection `{}` has integer ids; `{}` is not one",
+                            req.collection,
+                            req.id.chars().take(64).collect::<String>()
+                        ),
+                    )
+                })?;
+                let id = param_for(id_column, &id_value)?;
+                let mut plan = plan(schema, &req.fields, None, &[])?;
+                plan.filter = Some(Cond::Cmp(schema.id, Op::Eq, id));
+                let found = call
+                    .handle
+                    .paged
+                    .rows(schema, &plan, None, 0, 1)
+                    .await?
+                    .pop()
+                    .map(row);
+                Ok(pb::GetResponse {
+                    found: found.is_some(),
+                    row: found,
+                })
+            })
             .await
-            .map_err(status)?
-            .pop()
-            .map(row);
-        let response = pb::GetResponse {
-            found: found.is_some(),
-            row: found,
-        };
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
     }
 }

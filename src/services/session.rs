@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::session_token;
+use crate::gate::session_token;
 use crate::{
     error::{status, Service},
     proto::session::v1::{

@@ -8,35 +8,35 @@
 //! Tables are the namespace's `transact.tables` on the session's backend;
 //! columns come from the learned schema and values are always bound.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{session_backend, session_token};
 use crate::{
     actors::{
         transaction::{Slot, TransactionShared, Transactions},
         ArbiterPool,
     },
     backends::{
-        epoch_ms, missing_interface, timestamp_ms,
+        epoch_ms, timestamp_ms,
         transact::{
             DataOp, Isolation, MailboxOp, MailboxQuery, MailboxRow, OpenTransaction,
             TransactOutbox, WriteMode, WriteOp, WriteOutcome,
         },
-        Backend, Backends, Interface,
+        Interface,
     },
     config::{Pattern, TransactPolicy},
     error::{Error, ErrorKind, Service},
+    gate::{self, Gate, GateState, GatedStream, Kind},
     proto::transact::v1::{
         self as pb, data_write::WriteMode as PbMode, transact_request::Request as In,
         transact_response::Response as Out, transact_service_server::TransactService,
         transaction_options::IsolationLevel as PbIsolation,
     },
-    session::{Clock, SessionEntry, SessionRegistry},
+    session::{Clock, SessionRegistry},
 };
 
 /// Most message ids one ProcessMailbox may name.
@@ -44,14 +44,8 @@ const MAX_PROCESS_IDS: usize = 1000;
 /// Rows ReadMailbox fetches per round trip.
 const MAILBOX_CHUNK: usize = 256;
 
-fn status(e: Error) -> Status {
-    e.to_status(Service::Transact)
-}
-
 struct Inner {
-    registry: Arc<SessionRegistry>,
-    backends: Arc<Backends>,
-    policies: HashMap<String, TransactPolicy>,
+    gate: Gate<Arc<dyn TransactOutbox>>,
     transactions: Arc<Transactions>,
     pool: Arc<ArbiterPool>,
     clock: Clock,
@@ -62,18 +56,36 @@ pub struct TransactApi {
     inner: Arc<Inner>,
 }
 
-/// A checked call: the session, its backend's Transact surface and the
-/// namespace's policy.
-struct Call {
-    entry: Arc<SessionEntry>,
-    backend: Arc<Backend>,
-    outbox: Arc<dyn TransactOutbox>,
-    policy: TransactPolicy,
-}
+type Call = gate::Call<Arc<dyn TransactOutbox>>;
+
+gate::session_token_field!(
+    pb::WriteRequest,
+    pb::ReadMailboxRequest,
+    pb::ProcessMailboxRequest,
+);
 
 impl Call {
-    fn ns(&self) -> &str {
-        self.entry.namespace()
+    /// The namespace's Transact rules.
+    fn transact(&self) -> &TransactPolicy {
+        &self.policy.transact
+    }
+}
+
+impl TransactApi {
+    pub fn new(gates: &GateState, transactions: Arc<Transactions>, pool: Arc<ArbiterPool>) -> Self {
+        TransactApi {
+            inner: Arc::new(Inner {
+                clock: *gates.registry().clock(),
+                gate: gates.gate(
+                    Service::Transact,
+                    Pattern::Transact,
+                    Interface::TransactOutbox,
+                    |b| b.transact.as_ref(),
+                ),
+                transactions,
+                pool,
+            }),
+        }
     }
 }
 
@@ -82,52 +94,6 @@ struct Options {
     isolation: Isolation,
     timeout: Duration,
     idempotency_key: Option<String>,
-}
-
-impl TransactApi {
-    pub fn new(
-        registry: Arc<SessionRegistry>,
-        backends: Arc<Backends>,
-        transactions: Arc<Transactions>,
-        pool: Arc<ArbiterPool>,
-        config: &crate::config::GatewayConfig,
-    ) -> Self {
-        TransactApi {
-            inner: Arc::new(Inner {
-                clock: *registry.clock(),
-                registry,
-                backends,
-                policies: config
-                    .namespaces
-                    .iter()
-                    .map(|(name, ns)| (name.clone(), ns.transact.clone()))
-                    .collect(),
-                transactions,
-                pool,
-            }),
-        }
-    }
-}
-
-impl Inner {
-    fn call(&self, token: &str) -> Result<Call, Error> {
-        let (entry, backend) =
-            session_backend(&self.registry, &self.backends, token, Pattern::Transact)?;
-        let outbox = backend.transact.clone().ok_or_else(|| {
-            missing_interface(&backend.name, backend.kind, Interface::TransactOutbox)
-        })?;
-        let policy = self
-            .policies
-            .get(entry.namespace())
-            .cloned()
-            .unwrap_or_default();
-        Ok(Call {
-            entry,
-            backend,
-            outbox,
-            policy,
-        })
-    }
 }
 
 fn options(o: Option<&pb::TransactionOptions>, policy: &TransactPolicy) -> Result<Options, Error> {
@@ -212,7 +178,7 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
         None => None,
         Some(d) => {
             let spec = call
-                .policy
+                .transact()
                 .tables
                 .get(&d.table)
                 .filter(|t| t.backend == call.backend.name)
@@ -360,7 +326,7 @@ fn timed_out(timeout: Duration) -> Error {
 async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteResponse, Error> {
     let fp = o.idempotency_key.as_ref().map(|_| fingerprint(op));
     let work = async {
-        let mut tx = call.outbox.begin(call.ns(), o.isolation, o.timeout).await?;
+        let mut tx = call.handle.begin(call.ns(), o.isolation, o.timeout).await?;
         if let (Some(key), Some(fp)) = (&o.idempotency_key, &fp) {
             if let Some(stored) = tx.replay(key, fp).await? {
                 tx.rollback().await?;
@@ -376,7 +342,7 @@ async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteR
                 key,
                 fp,
                 &response.encode_to_vec(),
-                call.policy.idempotency_window,
+                call.transact().idempotency_window,
             )
             .await?;
         }
@@ -399,23 +365,15 @@ impl TransactService for TransactApi {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let token = session_token(&request.get_ref().session_token, &request).to_string();
-        let call = self.inner.call(&token).map_err(status)?;
+        let call = self.inner.gate.open(&request, Kind::Unary)?;
         let req = request.into_inner();
-        let op = write_op(&call, &req).map_err(status)?;
-        let o = options(req.options.as_ref(), &call.policy).map_err(status)?;
-        let guard = call.entry.begin_operation(false).map_err(status)?;
-        let result = write_once(&call, &op, &o).await;
-        drop(guard);
-        if let Err(e) = &result {
-            if e.kind == ErrorKind::Unavailable {
-                call.backend.health.suspect();
-            }
+        let result = async {
+            let op = write_op(&call, &req)?;
+            let o = options(req.options.as_ref(), call.transact())?;
+            write_once(&call, &op, &o).await
         }
-        let response = result.map_err(status)?;
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
+        .await;
+        call.finish(result)
     }
 
     type TransactionStream = Boxed<pb::TransactResponse>;
@@ -424,31 +382,34 @@ impl TransactService for TransactApi {
         &self,
         request: Request<Streaming<pb::TransactRequest>>,
     ) -> Result<Response<Self::TransactionStream>, Status> {
-        let header = session_token("", &request).to_string();
+        let header = gate::session_token("", &request).to_string();
         let driver = Driver {
             api: self.inner.clone(),
             inbound: request.into_inner(),
             header,
             phase: Phase::AwaitBegin,
+            session: None,
         };
         let stream = futures::stream::unfold(driver, |mut d| async move {
             let item = d.step().await?;
+            if let (Some(entry), Ok(response)) = (&d.session, &item) {
+                entry.record_sent(response.encoded_len());
+            }
             Some((item, d))
         });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    type ReadMailboxStream = Boxed<pb::MailboxMessage>;
+    type ReadMailboxStream = GatedStream<pb::MailboxMessage>;
 
     async fn read_mailbox(
         &self,
         request: Request<pb::ReadMailboxRequest>,
     ) -> Result<Response<Self::ReadMailboxStream>, Status> {
-        let token = session_token(&request.get_ref().session_token, &request).to_string();
-        let call = self.inner.call(&token).map_err(status)?;
+        let call = self.inner.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
         if req.mailbox_id.is_empty() {
-            return Err(status(Error::invalid_argument(
+            return Err(call.fail(Error::invalid_argument(
                 "INVALID_MAILBOX",
                 "mailbox_id is required",
             )));
@@ -457,14 +418,15 @@ impl TransactService for TransactApi {
             None => usize::MAX,
             Some(n) if n > 0 => n as usize,
             Some(_) => {
-                return Err(status(Error::invalid_argument(
+                return Err(call.fail(Error::invalid_argument(
                     "INVALID_LIMIT",
                     "limit must be positive when set",
                 )))
             }
         };
         let state = MailboxReader {
-            call,
+            outbox: call.handle.clone(),
+            ns: call.ns().to_string(),
             query: MailboxQuery {
                 mailbox: req.mailbox_id,
                 after: req.since_sequence.unwrap_or(0).max(0),
@@ -479,42 +441,41 @@ impl TransactService for TransactApi {
             let item = s.next().await?;
             Some((item, s))
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(call.stream(stream)))
     }
 
     async fn process_mailbox(
         &self,
         request: Request<pb::ProcessMailboxRequest>,
     ) -> Result<Response<pb::ProcessMailboxResponse>, Status> {
-        let token = session_token(&request.get_ref().session_token, &request).to_string();
-        let call = self.inner.call(&token).map_err(status)?;
+        let call = self.inner.gate.open(&request, Kind::Unary)?;
         let req = request.into_inner();
-        if req.message_ids.len() > MAX_PROCESS_IDS {
-            return Err(status(Error::invalid_argument(
-                "TOO_MANY_IDS",
-                format!("name at most {MAX_PROCESS_IDS} message ids per call"),
-            )));
+        let result = async {
+            if req.message_ids.len() > MAX_PROCESS_IDS {
+                return Err(Error::invalid_argument(
+                    "TOO_MANY_IDS",
+                    format!("name at most {MAX_PROCESS_IDS} message ids per call"),
+                ));
+            }
+            let mut ids = req.message_ids;
+            ids.sort();
+            ids.dedup();
+            let failed = call.handle.process(call.ns(), &ids).await?;
+            Ok(pb::ProcessMailboxResponse {
+                processed_count: (ids.len() - failed.len()) as i32,
+                failed_ids: failed,
+            })
         }
-        let mut ids = req.message_ids.clone();
-        ids.sort();
-        ids.dedup();
-        let guard = call.entry.begin_operation(false).map_err(status)?;
-        let failed = call.outbox.process(call.ns(), &ids).await.map_err(status)?;
-        drop(guard);
-        let response = pb::ProcessMailboxResponse {
-            processed_count: (ids.len() - failed.len()) as i32,
-            failed_ids: failed,
-        };
-        call.entry
-            .record_request(req.encoded_len(), response.encoded_len());
-        Ok(Response::new(response))
+        .await;
+        call.finish(result)
     }
 }
 
 /// ReadMailbox's state: rows are fetched a chunk at a time, when the
 /// stream is polled for them.
 struct MailboxReader {
-    call: Call,
+    outbox: Arc<dyn TransactOutbox>,
+    ns: String,
     query: MailboxQuery,
     left: usize,
     buffered: std::collections::VecDeque<MailboxRow>,
@@ -522,7 +483,7 @@ struct MailboxReader {
 }
 
 impl MailboxReader {
-    async fn next(&mut self) -> Option<Result<pb::MailboxMessage, Status>> {
+    async fn next(&mut self) -> Option<Result<pb::MailboxMessage, Error>> {
         if self.left == 0 {
             return None;
         }
@@ -530,27 +491,15 @@ impl MailboxReader {
             if self.exhausted {
                 return None;
             }
-            if self.call.entry.state().is_ended() {
-                self.left = 0;
-                return Some(Err(status(Error::unauthenticated(
-                    "SESSION_CLOSED",
-                    "the session ended; open a new session and read again",
-                ))));
-            }
             self.query.limit = self.left.min(MAILBOX_CHUNK);
-            match self
-                .call
-                .outbox
-                .read_mailbox(self.call.ns(), &self.query)
-                .await
-            {
+            match self.outbox.read_mailbox(&self.ns, &self.query).await {
                 Ok(rows) => {
                     self.exhausted = rows.len() < self.query.limit;
                     self.buffered.extend(rows);
                 }
                 Err(e) => {
                     self.left = 0;
-                    return Some(Err(status(e)));
+                    return Some(Err(e));
                 }
             }
         }
@@ -597,6 +546,9 @@ enum Phase {
     /// Committed or rolled back at the client's request: one more message
     /// is answered with an error.
     Finished,
+    /// The session ended under an open transaction: after its rollback the
+    /// stream ends with the session's end error.
+    SessionEnded(Status),
     Closed,
 }
 
@@ -606,6 +558,8 @@ struct Driver {
     inbound: Streaming<pb::TransactRequest>,
     header: String,
     phase: Phase,
+    /// The session, once Begin admitted the stream: what it sends counts.
+    session: Option<Arc<crate::session::SessionEntry>>,
 }
 
 fn out(r: Out) -> Option<Result<pb::TransactResponse, Status>> {
@@ -628,6 +582,7 @@ impl Driver {
     async fn step(&mut self) -> Option<Result<pb::TransactResponse, Status>> {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Closed => None,
+            Phase::SessionEnded(status) => Some(Err(status)),
             Phase::Finished => match self.inbound.next().await {
                 Some(Ok(_)) => out(error_message(&protocol(
                     "TRANSACTION_ENDED",
@@ -668,7 +623,7 @@ impl Driver {
                         let result = tokio::select! {
                             biased;
                             _ = kill.fired() => None,
-                            r = write_in(&self.api.registry, &mut open, &w) => Some(r),
+                            r = write_in(self.api.gate.registry(), &mut open, &w) => Some(r),
                         };
                         match result {
                             None => self.aborted(open).await,
@@ -754,6 +709,9 @@ impl Driver {
             // it rather than wait (the pool discards or rolls it back).
             drop(tx);
         }
+        if let Some(ended) = open.call.ended() {
+            self.phase = Phase::SessionEnded(ended);
+        }
         out(Out::RolledBack(pb::TransactionRolledBack { reason }))
     }
 
@@ -763,8 +721,12 @@ impl Driver {
         } else {
             begin.session_token.clone()
         };
-        let call = self.api.call(&token)?;
-        let o = options(begin.options.as_ref(), &call.policy)?;
+        let call = self
+            .api
+            .gate
+            .admit(&token, Kind::Stream, begin.encoded_len())?;
+        self.session = Some(call.entry.clone());
+        let o = options(begin.options.as_ref(), call.transact())?;
         if o.idempotency_key.is_some() {
             return Err(Error::invalid_argument(
                 "IDEMPOTENCY_NOT_STREAMED",
@@ -774,13 +736,12 @@ impl Driver {
         }
         let slot = self.api.transactions.reserve(
             &call.entry,
-            call.policy.max_open_per_session,
-            call.policy.max_open_per_namespace,
+            call.transact().max_open_per_session,
+            call.transact().max_open_per_namespace,
         )?;
-        let guard = call.entry.begin_operation(true)?;
         let tx = tokio::time::timeout(
             o.timeout,
-            call.outbox.begin(call.ns(), o.isolation, o.timeout),
+            call.handle.begin(call.ns(), o.isolation, o.timeout),
         )
         .await
         .map_err(|_| timed_out(o.timeout))??;
@@ -791,7 +752,6 @@ impl Driver {
             call.backend.name.clone(),
             isolation_name(o.isolation),
             o.timeout,
-            guard,
             self.api.clock,
         ));
         self.api
@@ -818,11 +778,8 @@ async fn write_in(
     open: &mut Open,
     w: &pb::WriteRequest,
 ) -> Result<pb::WriteResponse, Error> {
-    if open.call.entry.state().is_ended() {
-        return Err(Error::unauthenticated(
-            "SESSION_CLOSED",
-            "the session ended; the transaction was rolled back",
-        ));
+    if let Some(ended) = open.call.entry.ended_error() {
+        return Err(ended);
     }
     let same_session = |token: &str| {
         registry

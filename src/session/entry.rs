@@ -39,17 +39,26 @@ impl SessionState {
 
     fn from_u8(v: u8) -> Self {
         match v {
-            0 => SessionState::Active,
-            1 => SessionState::Terminating,
-            2 => SessionState::Closed,
-            _ => SessionState::Expired,
+            ACTIVE => SessionState::Active,
+            TERMINATING => SessionState::Terminating,
+            EXPIRED => SessionState::Expired,
+            _ => SessionState::Closed,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            SessionState::Active => ACTIVE,
+            SessionState::Terminating => TERMINATING,
+            SessionState::Closed => CLOSED,
+            SessionState::Expired => EXPIRED,
         }
     }
 
     /// Moves `state` from `from` to `to`; false if it was not `from`.
     fn transition(state: &AtomicU8, from: SessionState, to: SessionState) -> bool {
         state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from.byte(), to.byte(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 }
@@ -63,6 +72,63 @@ pub enum EndReason {
     /// Its actor kept failing and the supervisor gave up.
     Failed,
     Shutdown,
+}
+
+// The state byte of an entry. An ended session keeps *why* it ended in the
+// same byte, so a stream that sees the end can name it without a lookup and
+// without a second field that could disagree with the state.
+const ACTIVE: u8 = 0;
+const TERMINATING: u8 = 1;
+const CLOSED: u8 = 2;
+const EXPIRED: u8 = 3;
+const FAILED: u8 = 4;
+const SHUTDOWN: u8 = 5;
+
+impl EndReason {
+    fn byte(self) -> u8 {
+        match self {
+            EndReason::Closed => CLOSED,
+            EndReason::Expired => EXPIRED,
+            EndReason::Failed => FAILED,
+            EndReason::Shutdown => SHUTDOWN,
+        }
+    }
+
+    fn from_byte(v: u8) -> Option<Self> {
+        match v {
+            CLOSED => Some(EndReason::Closed),
+            EXPIRED => Some(EndReason::Expired),
+            FAILED => Some(EndReason::Failed),
+            SHUTDOWN => Some(EndReason::Shutdown),
+            _ => None,
+        }
+    }
+
+    /// The error a call or stream of an ended session gets: one per reason,
+    /// so clients can tell an expiry from a close or a failure.
+    pub fn error(self, session_id: &str, at: std::time::SystemTime) -> Error {
+        let (reason, message) = match self {
+            EndReason::Expired => ("SESSION_EXPIRED", "session expired; create a new session"),
+            EndReason::Closed => ("SESSION_CLOSED", "session was closed; create a new session"),
+            EndReason::Failed => (
+                "SESSION_FAILED",
+                "session ended after repeated internal failures; create a new session",
+            ),
+            EndReason::Shutdown => (
+                "SESSION_CLOSED",
+                "session was closed by gateway shutdown; create a new session",
+            ),
+        };
+        let key = if self == EndReason::Expired {
+            "expired_at"
+        } else {
+            "closed_at"
+        };
+        let at = humantime::format_rfc3339_seconds(at);
+        Error::unauthenticated(reason, message)
+            .with("session_id", session_id)
+            .with(key, at.to_string())
+    }
 }
 
 pub struct SessionEntry {
@@ -123,7 +189,7 @@ impl SessionEntry {
             hard_deadline_ms: hard,
             expires_ms: AtomicU64::new(expires),
             last_activity_ms: AtomicU64::new(now),
-            state: AtomicU8::new(SessionState::Active as u8),
+            state: AtomicU8::new(ACTIVE),
             requests: AtomicI64::new(0),
             bytes_sent: AtomicI64::new(0),
             bytes_received: AtomicI64::new(0),
@@ -225,21 +291,44 @@ impl SessionEntry {
         SessionState::transition(&self.state, SessionState::Terminating, SessionState::Active);
     }
 
+    /// Why the session ended; `None` while it is open.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        EndReason::from_byte(self.state.load(Ordering::Acquire))
+    }
+
+    /// The error for a call or stream of this session once it has ended
+    /// (`None` while it is open).
+    pub fn ended_error(&self) -> Option<Error> {
+        let reason = self.end_reason()?;
+        Some(reason.error(&self.id, self.clock.wall_at(self.clock.now_ms())))
+    }
+
     /// Marks the session ended; true only for the caller that ended it.
     pub(crate) fn mark_ended(&self, reason: EndReason) -> bool {
-        let to = match reason {
-            EndReason::Expired => SessionState::Expired,
-            EndReason::Closed | EndReason::Failed | EndReason::Shutdown => SessionState::Closed,
-        };
         loop {
-            let current = self.state();
-            if current.is_ended() {
+            let current = self.state.load(Ordering::Acquire);
+            if EndReason::from_byte(current).is_some() {
                 return false;
             }
-            if SessionState::transition(&self.state, current, to) {
+            if self
+                .state
+                .compare_exchange(current, reason.byte(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
                 self.drained.notify_waiters();
                 return true;
             }
+        }
+    }
+
+    /// Resolves once the session has ended (at once if it already has).
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.state().is_ended() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -253,6 +342,11 @@ impl SessionEntry {
         self.bytes_received
             .fetch_add(received as i64, Ordering::Relaxed);
         self.bytes_sent.fetch_add(sent as i64, Ordering::Relaxed);
+    }
+
+    /// Counts bytes sent on a stream (the stream's request counted once).
+    pub fn record_sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as i64, Ordering::Relaxed);
     }
 
     /// Starts an operation that a draining close waits for. Refused once

@@ -189,33 +189,9 @@ impl SessionRegistry {
 
     fn ended_error(&self, digest: &token::TokenDigest) -> Error {
         match self.ended.get(digest) {
-            Some(t) => {
-                let (reason, message) = match t.reason {
-                    EndReason::Expired => {
-                        ("SESSION_EXPIRED", "session expired; create a new session")
-                    }
-                    EndReason::Closed => {
-                        ("SESSION_CLOSED", "session was closed; create a new session")
-                    }
-                    EndReason::Failed => (
-                        "SESSION_FAILED",
-                        "session ended after repeated internal failures; create a new session",
-                    ),
-                    EndReason::Shutdown => (
-                        "SESSION_CLOSED",
-                        "session was closed by gateway shutdown; create a new session",
-                    ),
-                };
-                let at = humantime::format_rfc3339_seconds(self.clock.wall_at(t.ended_ms));
-                let key = if t.reason == EndReason::Expired {
-                    "expired_at"
-                } else {
-                    "closed_at"
-                };
-                Error::unauthenticated(reason, message)
-                    .with("session_id", t.session_id.clone())
-                    .with(key, at.to_string())
-            }
+            Some(t) => t
+                .reason
+                .error(&t.session_id, self.clock.wall_at(t.ended_ms)),
             None => Error::unauthenticated(
                 "INVALID_SESSION_TOKEN",
                 "session token is not valid; create a session with CreateSession",
