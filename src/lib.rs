@@ -15,8 +15,10 @@
 //! - [`auth`]: API keys (stored as SHA-256), JWT (HS256, RS256), mTLS.
 //! - [`session`]: the session registry — the hot path every RPC checks in
 //!   O(1) — and the lifecycle operations.
-//! - [`actors`]: RootSupervisor → NamespaceSupervisor → SessionActor; expiry
-//!   timers, supervision by progress, observable state.
+//! - [`actors`]: RootSupervisor → NamespaceSupervisor → SessionActor →
+//!   the session's subscriptions and transactions, plus a pool actor per
+//!   backend and a listener per outbox relay; one supervision primitive
+//!   for all of them ([`actors::supervision`]), observable state.
 //! - [`gate`]: the one call gate every data RPC passes (token, authorize,
 //!   pattern, policy, rate limit, backend, operation guard; failing-backend
 //!   report and byte accounting on the way out; the session-ended error).
@@ -30,6 +32,9 @@
 //!   `/admin/actors`); [`metrics`]: the Prometheus counters and exposition.
 //! - [`loadtest`]: the `prism-loadtest` runner (ghz-format scenarios, ghz
 //!   reports, no-op and direct-backend baselines).
+//!
+//! `docs/architecture.md` follows a unary call and a Subscribe stream
+//! through these modules.
 //!
 //! The rule that shapes it: a data RPC never waits on an actor mailbox.
 //! Lifecycle (create, expiry, close, supervision) is message-driven; the hot

@@ -11,8 +11,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
     actors::{
-        subscription::{Crash, Subscriptions},
-        ActorNode, ArbiterPool, Fault, SupervisorSettings, Supervisors,
+        subscription::Subscriptions, ActorNode, ArbiterPool, SupervisionFailure,
+        SupervisorSettings, Supervisors,
     },
     auth::Authenticator,
     backends::Backends,
@@ -36,6 +36,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("admin listener failed: {0}")]
     Admin(std::io::Error),
+    #[error("supervision failed: {0}")]
+    Supervision(String),
 }
 
 /// Everything a running gateway shares between its services and actors.
@@ -79,15 +81,19 @@ impl Gateway {
             registry: registry.clone(),
             pool: pool.clone(),
             interval: config.server.supervision_interval,
-            subscriptions: subscriptions.clone(),
+            max_restarts: config.server.max_restarts,
+            failure: Arc::new(SupervisionFailure::default()),
         };
-        let relays =
-            crate::actors::relay::RelayHandle::start_all(&config, &backends, clock, || pool.next())
-                .map_err(ServeError::Config)?;
+        let relays = crate::actors::relay::configured(&config, &backends, clock)
+            .map_err(ServeError::Config)?;
         let supervisors = Arc::new(Supervisors::start(
-            config.namespaces.keys(),
+            config
+                .namespaces
+                .iter()
+                .map(|(name, ns)| (name, ns.session.max_restarts)),
             &backends,
             relays,
+            subscriptions.clone(),
             settings,
         ));
         let sessions = Arc::new(Sessions::new(
@@ -128,40 +134,11 @@ impl Gateway {
         self.supervisors.observe().await
     }
 
-    /// Makes a namespace's supervisor panic (supervision drills).
-    pub fn crash_supervisor(&self, namespace: &str) -> Result<(), Error> {
-        self.supervisors.crash_supervisor(namespace)
-    }
-
-    /// Makes a subscription's actor (Queue or PubSub) panic (supervision
-    /// drills).
-    pub fn crash_subscription(&self, subscription_id: &str) -> Result<(), Error> {
-        if let Some(handle) = self.subscriptions.get(subscription_id) {
-            handle.addr().do_send(Crash);
-        } else if let Some(entry) = self.subscriptions.pubsub.get(subscription_id) {
-            entry.addr().do_send(Crash);
-        } else {
-            return Err(Error::new(
-                crate::error::ErrorKind::NotFound,
-                "SUBSCRIPTION_NOT_FOUND",
-                format!("no live subscription {subscription_id}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Delivers a deliberate fault to a session's actor (supervision drills).
-    pub async fn inject_fault(&self, session_id: &str, fault: Fault) -> Result<(), Error> {
-        let entry = self.registry.by_id(session_id).ok_or_else(|| {
-            Error::new(
-                crate::error::ErrorKind::NotFound,
-                "SESSION_NOT_FOUND",
-                format!("no open session {session_id}"),
-            )
-        })?;
-        self.supervisors
-            .inject_fault(entry.namespace(), session_id, fault)
-            .await
+    /// Delivers a deliberate fault to the actor with this id (supervision
+    /// drills; compiled for tests only).
+    #[cfg(any(test, feature = "drills"))]
+    pub fn drill(&self, actor_id: &str, fault: crate::actors::Fault) -> Result<(), Error> {
+        self.supervisors.drill(actor_id, fault)
     }
 }
 
@@ -288,7 +265,7 @@ pub async fn run(
             QueueServiceServer::new(QueueApi::new(
                 &gates,
                 gateway.subscriptions.clone(),
-                gateway.pool.clone(),
+                gateway.supervisors.clone(),
                 gateway.config.limits.clone(),
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
@@ -298,7 +275,7 @@ pub async fn run(
             PubSubServiceServer::new(PubSubApi::new(
                 &gates,
                 gateway.subscriptions.clone(),
-                gateway.pool.clone(),
+                gateway.supervisors.clone(),
                 gateway.config.limits.clone(),
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
@@ -313,7 +290,7 @@ pub async fn run(
             TransactServiceServer::new(TransactApi::new(
                 &gates,
                 gateway.subscriptions.transactions.clone(),
-                gateway.pool.clone(),
+                gateway.supervisors.clone(),
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),
@@ -344,9 +321,17 @@ pub async fn run(
     });
 
     let grace = gateway.config.server.shutdown_grace;
+    let failure = gateway.supervisors.failure.clone();
+    let mut supervision_failed = None;
     let mut result = tokio::select! {
         served = &mut grpc => Some(served),
         _ = shutdown => None,
+        // Serving without supervision is worse than stopping: the process
+        // exits non-zero and an orchestrator restarts it.
+        why = failure.failed() => {
+            supervision_failed = Some(why);
+            None
+        }
     };
     if result.is_none() {
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: draining in-flight calls");
@@ -390,6 +375,7 @@ pub async fn run(
             Err(_) => tracing::warn!("admin listener did not stop in time"),
         }
     }
+    gateway.supervisors.failure.stopping();
     let closed = gateway.sessions.close_all();
     gateway.pool.stop();
     // The shutdown's session records reach the audit sink before we return.
@@ -398,6 +384,9 @@ pub async fn run(
         tracing::error!(unwritten, "audit records were not written before shutdown");
     }
     tracing::info!(closed_sessions = closed, "gateway stopped");
+    if let Some(why) = supervision_failed {
+        return Err(ServeError::Supervision(why));
+    }
     match result {
         Some(Ok(Ok(()))) | None => Ok(()),
         Some(Ok(Err(e))) => Err(ServeError::Transport(e)),

@@ -176,7 +176,7 @@ fn a_restarted_actor_shows_its_restart() {
         let page = get_json(&gw, "/admin/actors?kind=pub_sub_subscription").await;
         let id = page["nodes"][0]["id"].as_str().unwrap().to_string();
         assert_eq!(page["nodes"][0]["restarts"], 0);
-        gw.gateway.crash_subscription(&id).unwrap();
+        gw.gateway.drill(&id, prism::actors::Fault::Panic).unwrap();
         wait_until("the supervisor restarts the actor", || async {
             let node = get_json(&gw, &format!("/admin/actors/{id}")).await;
             node["restarts"] == 1 && node["status"] == "running"
@@ -200,7 +200,7 @@ fn a_stuck_actor_shows_the_messages_waiting_in_its_mailbox() {
 
         // The first stall is taken and blocks the actor; three more wait.
         for _ in 0..4 {
-            gw.gateway.inject_fault(&id, Fault::Stall).await.unwrap();
+            gw.gateway.drill(&id, Fault::Stall).unwrap();
         }
         // Observing asks the actor too: that request waits behind them, and
         // the node is described from the actor's saved state.

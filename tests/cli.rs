@@ -91,9 +91,17 @@ fn validate_rejects_a_bad_option_naming_the_field_and_its_range() {
     assert!(ok, "{text}");
     for (options, field, allowed) in [
         ("partitions: \"0\"", "partitions", "from 1 to 1024"),
-        ("visibility_timeout: forever", "visibility_timeout", "from 100ms to 12h"),
+        (
+            "visibility_timeout: forever",
+            "visibility_timeout",
+            "from 100ms to 12h",
+        ),
         ("max_attempts: \"-2\"", "max_attempts", "from 1 to 1000"),
-        ("partitons: \"3\"", "partitons", "the options are partitions"),
+        (
+            "partitons: \"3\"",
+            "partitons",
+            "the options are partitions",
+        ),
     ] {
         let (ok, text) = validate_yaml(&config(options));
         assert!(!ok, "{options}: {text}");

@@ -908,7 +908,9 @@ fn a_crashed_pubsub_subscription_resubscribes_on_the_same_stream() {
             let mut sub = p.subscribe("crash.x").await;
             p.publish("crash.x", b"before").await;
             assert_eq!(sub.next().await.payload, b"before", "{b}");
-            gw.gateway.crash_subscription(&sub.id).unwrap();
+            gw.gateway
+                .drill(&sub.id, prism::actors::Fault::Panic)
+                .unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
                 let tree = gw.gateway.observe().await.unwrap();

@@ -760,7 +760,7 @@ fn a_crashed_subscription_restarts_and_loses_no_committed_message() {
                 .expect("the subscription is in the actor tree")
                 .id
                 .clone();
-            gw.gateway.crash_subscription(&sub).unwrap();
+            gw.gateway.drill(&sub, prism::actors::Fault::Panic).unwrap();
             // Wait (bounded) for the supervisor to restart it.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {

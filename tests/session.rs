@@ -473,7 +473,11 @@ fn inline_configs_are_validated_against_policy_and_interfaces() {
             .create_session(with_option("visibility_timeout", "2s"))
             .await
             .expect("a valid option is accepted");
-        for (name, value) in [("partitions", "0"), ("max_attempts", "lots"), ("colour", "red")] {
+        for (name, value) in [
+            ("partitions", "0"),
+            ("max_attempts", "lots"),
+            ("colour", "red"),
+        ] {
             let err = client
                 .create_session(with_option(name, value))
                 .await
@@ -720,7 +724,7 @@ fn killed_session_actor_is_restarted_and_session_keeps_working() {
         let id = created.session_id.clone();
         let mut events = gw.gateway.registry.subscribe();
 
-        gw.gateway.inject_fault(&id, Fault::Panic).await.unwrap();
+        gw.gateway.drill(&id, Fault::Panic).unwrap();
         let event = TestGateway::wait_event(
             &mut events,
             |e| matches!(e, SessionEvent::ActorRestarted { session_id, .. } if *session_id == id),
@@ -751,7 +755,7 @@ fn killed_session_actor_is_restarted_and_session_keeps_working() {
         assert_eq!(node.parent.as_deref(), Some("namespace/default"));
 
         // A stuck actor (no progress) is restarted too.
-        gw.gateway.inject_fault(&id, Fault::Stall).await.unwrap();
+        gw.gateway.drill(&id, Fault::Stall).unwrap();
         TestGateway::wait_event(&mut events, |e| {
             matches!(e, SessionEvent::ActorRestarted { restarts: 2, .. })
         })
@@ -783,7 +787,7 @@ fn a_dead_namespace_supervisor_is_restarted_and_adopts_its_sessions() {
         let id = created.session_id.clone();
         let mut events = gw.gateway.registry.subscribe();
 
-        gw.gateway.crash_supervisor("default").unwrap();
+        gw.gateway.drill("namespace/default", Fault::Panic).unwrap();
         let event = TestGateway::wait_event(&mut events, |e| {
             matches!(e, SessionEvent::NamespaceSupervisorRestarted { .. })
         })
@@ -804,7 +808,7 @@ fn a_dead_namespace_supervisor_is_restarted_and_adopts_its_sessions() {
             })
             .await
             .unwrap();
-        gw.gateway.inject_fault(&id, Fault::Panic).await.unwrap();
+        gw.gateway.drill(&id, Fault::Panic).unwrap();
         TestGateway::wait_event(
             &mut events,
             |e| matches!(e, SessionEvent::ActorRestarted { session_id, .. } if *session_id == id),
@@ -828,14 +832,14 @@ fn a_session_actor_that_keeps_failing_ends_its_session() {
         let mut events = gw.gateway.registry.subscribe();
         // max_restarts is 3 in the test config: the fourth failure is final.
         for restarts in 1..=3u32 {
-            gw.gateway.inject_fault(&id, Fault::Panic).await.unwrap();
+            gw.gateway.drill(&id, Fault::Panic).unwrap();
             TestGateway::wait_event(
                 &mut events,
                 |e| matches!(e, SessionEvent::ActorRestarted { restarts: r, .. } if *r == restarts),
             )
             .await;
         }
-        gw.gateway.inject_fault(&id, Fault::Panic).await.unwrap();
+        gw.gateway.drill(&id, Fault::Panic).unwrap();
         let ended =
             TestGateway::wait_event(&mut events, |e| matches!(e, SessionEvent::Ended { .. })).await;
         assert!(

@@ -11,10 +11,11 @@ use std::{
 };
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
-use parking_lot::RwLock;
 
 use super::{
-    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+    mailbox::counted,
+    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Mailbox, Observe,
 };
 use crate::{
     backends::{health::CheckNow, Backend, HealthState},
@@ -28,13 +29,10 @@ use crate::{
 struct Tick(u64);
 
 pub struct BackendPoolActor {
+    pool: Arc<PoolShared>,
     backend: Arc<Backend>,
-    /// The gateway's main runtime: backend I/O runs there, so no client
-    /// connection is ever dropped on an arbiter that is shutting down.
-    runtime: tokio::runtime::Handle,
     clock: Clock,
-    vitals: Arc<Vitals>,
-    created: SystemTime,
+    life: ActorLife,
     generation: u64,
     checking: bool,
     consecutive_failures: u32,
@@ -44,27 +42,6 @@ pub struct BackendPoolActor {
 }
 
 impl BackendPoolActor {
-    pub fn new(
-        backend: Arc<Backend>,
-        clock: Clock,
-        runtime: tokio::runtime::Handle,
-        vitals: Arc<Vitals>,
-    ) -> Self {
-        BackendPoolActor {
-            backend,
-            runtime,
-            clock,
-            vitals,
-            created: SystemTime::now(),
-            generation: 0,
-            checking: false,
-            consecutive_failures: 0,
-            next_check_ms: 0,
-            last_sweep_ms: None,
-            swept: 0,
-        }
-    }
-
     /// Delay before the next attempt after `failures` failures in a row.
     pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(20);
@@ -103,7 +80,7 @@ impl BackendPoolActor {
             (connected, swept)
         };
         // Owned by this check: dropping it (the actor stopped) aborts it.
-        let mut task = AbortOnDrop(self.runtime.spawn(work));
+        let mut task = AbortOnDrop(self.pool.runtime.spawn(work));
         let work = async move {
             match (&mut task.0).await {
                 Ok(outcome) => outcome,
@@ -112,7 +89,7 @@ impl BackendPoolActor {
         };
         ctx.spawn(work.into_actor(self).map(move |(connected, swept), act, ctx| {
             act.checking = false;
-            act.vitals.beat(act.clock.now_ms());
+            act.life.vitals.beat(act.clock.now_ms());
             if let Some(result) = swept {
                 act.last_sweep_ms = Some(now);
                 match result {
@@ -155,10 +132,10 @@ impl Actor for BackendPoolActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.vitals.beat(self.clock.now_ms());
+        self.life.vitals.beat(self.clock.now_ms());
         self.backend
             .health
-            .set_checker(Mailbox::new(ctx.address(), self.vitals.clone()).recipient());
+            .set_checker(Mailbox::new(ctx.address(), self.life.vitals.clone()).recipient());
         self.check(ctx);
     }
 }
@@ -167,7 +144,7 @@ impl Handler<Tick> for BackendPoolActor {
     type Result = ();
 
     fn handle(&mut self, Tick(generation): Tick, ctx: &mut Context<Self>) {
-        self.vitals.handled();
+        self.life.vitals.handled();
         if generation == self.generation && !self.checking {
             self.check(ctx);
         }
@@ -181,7 +158,7 @@ impl Handler<CheckNow> for BackendPoolActor {
     /// unless a check is running or the backend is already known down (its
     /// backoff schedule stands).
     fn handle(&mut self, _: CheckNow, ctx: &mut Context<Self>) {
-        self.vitals.handled();
+        self.life.vitals.handled();
         if !self.checking && self.backend.health.state() == HealthState::Up {
             self.generation += 1;
             self.check(ctx);
@@ -189,34 +166,46 @@ impl Handler<CheckNow> for BackendPoolActor {
     }
 }
 
+impl SupervisedActor for BackendPoolActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(BackendPoolActor);
 counted!(BackendPoolActor: CheckNow, Observe);
 
 impl Handler<Observe> for BackendPoolActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.vitals.handled();
+        self.life.vitals.handled();
         observe_pool(
-            &self.backend,
-            &self.vitals,
-            self.created,
-            0,
+            &self.pool,
+            &self.life.vitals,
             ActorStatus::Running,
-            &self.clock,
             Some(self),
         )
     }
 }
 
 fn observe_pool(
-    backend: &Backend,
+    pool: &PoolShared,
     vitals: &Vitals,
-    created: SystemTime,
-    restarts: u64,
     status: ActorStatus,
-    clock: &Clock,
     actor: Option<&BackendPoolActor>,
 ) -> ActorNode {
+    let backend = &pool.backend;
+    let clock = &pool.clock;
+    let created = pool.created;
     let health = &backend.health;
     let now = clock.now_ms();
     ActorNode::leaf(
@@ -228,7 +217,7 @@ fn observe_pool(
             created,
             vitals,
             clock,
-            restarts,
+            restarts: 0,
         },
         serde_json::json!({
             "backend": backend.name,
@@ -255,63 +244,73 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// A pool actor's address, replaced when the root restarts it.
-pub struct PoolHandle {
+/// A backend as a supervised child: what its pool actor works on.
+pub struct PoolShared {
     pub backend: Arc<Backend>,
+    /// The gateway's main runtime: backend I/O runs there, so no client
+    /// connection is ever dropped on an arbiter that is shutting down.
     runtime: tokio::runtime::Handle,
-    addr: RwLock<Mailbox<BackendPoolActor>>,
-    pub restarts: std::sync::atomic::AtomicU64,
+    clock: Clock,
     created: SystemTime,
+    /// `backend/<name>`.
+    id: String,
 }
 
-impl PoolHandle {
+impl PoolShared {
     /// Must be called on the gateway's main runtime.
-    pub fn start(backend: Arc<Backend>, clock: Clock, arbiter: &actix::ArbiterHandle) -> Self {
-        let runtime = tokio::runtime::Handle::current();
-        let addr = Self::spawn(&backend, clock, &runtime, arbiter);
-        PoolHandle {
+    pub fn new(backend: Arc<Backend>, clock: Clock) -> Self {
+        PoolShared {
+            id: format!("backend/{}", backend.name),
             backend,
-            runtime,
-            addr: RwLock::new(addr),
-            restarts: Default::default(),
+            runtime: tokio::runtime::Handle::current(),
+            clock,
             created: SystemTime::now(),
         }
     }
+}
 
-    fn spawn(
-        backend: &Arc<Backend>,
-        clock: Clock,
-        runtime: &tokio::runtime::Handle,
-        arbiter: &actix::ArbiterHandle,
-    ) -> Mailbox<BackendPoolActor> {
-        let vitals = Arc::new(Vitals::default());
-        let actor = BackendPoolActor::new(backend.clone(), clock, runtime.clone(), vitals.clone());
-        Mailbox::new(
-            BackendPoolActor::start_in_arbiter(arbiter, move |_| actor),
-            vitals,
-        )
+impl Child for PoolShared {
+    type Actor = BackendPoolActor;
+    type Env = ();
+    type Key = String;
+
+    fn key(self: &Arc<Self>) -> String {
+        self.id.clone()
     }
 
-    pub fn addr(&self) -> Mailbox<BackendPoolActor> {
-        self.addr.read().clone()
+    fn id(&self) -> &str {
+        &self.id
     }
 
-    pub fn restart(&self, clock: Clock, arbiter: &actix::ArbiterHandle) {
-        *self.addr.write() = Self::spawn(&self.backend, clock, &self.runtime, arbiter);
-        self.restarts.fetch_add(1, Ordering::Relaxed);
+    fn actor(self: &Arc<Self>, _: &Arc<()>, life: ActorLife) -> BackendPoolActor {
+        BackendPoolActor {
+            pool: self.clone(),
+            backend: self.backend.clone(),
+            clock: self.clock,
+            life,
+            generation: 0,
+            checking: false,
+            consecutive_failures: 0,
+            next_check_ms: 0,
+            last_sweep_ms: None,
+            swept: 0,
+        }
     }
 
-    /// The node shown when the actor cannot answer.
-    pub fn failed_node(&self, clock: &Clock) -> ActorNode {
-        observe_pool(
-            &self.backend,
-            self.addr.read().vitals(),
-            self.created,
-            self.restarts.load(Ordering::Relaxed),
-            ActorStatus::Failed,
-            clock,
-            None,
-        )
+    fn is_finished(&self) -> bool {
+        false
+    }
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe_pool(self, vitals, status, None)
+    }
+
+    /// Nothing checks the backend any more: it is marked down, so
+    /// readiness fails and an orchestrator replaces the gateway.
+    fn give_up(&self, _: &Arc<()>, why: &str) {
+        self.backend
+            .health
+            .mark_down(format!("the backend's pool actor kept failing: {why}"));
     }
 }
 

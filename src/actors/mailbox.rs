@@ -15,7 +15,7 @@ use actix::{
     Actor, Addr, Handler, Message, Recipient,
 };
 
-use super::{session::Vitals, ActorNode, Observe, OBSERVE_TIMEOUT};
+use super::{supervision::Vitals, ActorNode, Observe, OBSERVE_TIMEOUT};
 
 /// A message on its way to an actor, counted in that actor's mailbox depth
 /// until it is taken.

@@ -12,11 +12,13 @@
 //!   +- MailboxListenerActor (one per outbox relay)
 //! ```
 //!
-//! Supervision means progress: a supervisor probes each child on every check
-//! and the child beats when it takes the probe; a supervisor that finds a
-//! child dead (a panic closes its mailbox) or silent for several checks
-//! restarts it from the state saved outside the actor, and counts
-//! the restart. Every actor answers [`Observe`] with an [`ActorNode`].
+//! The tree is real: handlers ask a session's actor to start its children,
+//! and a child ends when it is told its session ended. Every kind of child
+//! is supervised with the one primitive in [`supervision`]: progress checks
+//! by probe, a frozen or dead child restarted onto the same handle, panics,
+//! stalls and restarts counted, and a limit after which the supervisor
+//! gives up and says why. Every actor answers [`Observe`] with an
+//! [`ActorNode`].
 
 use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -35,14 +37,16 @@ pub mod relay;
 pub mod root;
 pub mod session;
 pub mod subscription;
+pub mod supervision;
 pub mod transaction;
 
 pub use mailbox::Mailbox;
-pub use namespace::SupervisorSettings;
-pub use namespace::{NamespaceHandle, NamespaceSupervisor};
+pub use namespace::{NamespaceSupervisor, SupervisorSettings};
 pub use observe::{ActorKind, ActorNode, ActorStatus, Life, Observe, OBSERVE_TIMEOUT};
-pub use root::{RootSupervisor, Supervisors};
-pub use session::{Fault, SessionActor};
+pub use root::{RootSupervisor, SupervisionFailure, Supervisors};
+pub use session::SessionActor;
+#[cfg(any(test, feature = "drills"))]
+pub use supervision::Fault;
 
 /// Arbiters (threads with their own event loop) that actors are placed on,
 /// round-robin.

@@ -42,6 +42,8 @@ pub struct ActorNode {
     /// Messages waiting in its mailbox.
     pub mailbox_depth: u64,
     pub restarts: u64,
+    /// Panics, stalls and restarts its supervisor saw, and whether it gave up.
+    pub supervision: super::supervision::Supervision,
     /// Kind-specific state (a session's expiry, a pool's connections, ...).
     pub state: serde_json::Value,
     pub children: Vec<ActorNode>,
@@ -50,7 +52,7 @@ pub struct ActorNode {
 /// What every node says about its actor's life.
 pub struct Life<'a> {
     pub created: SystemTime,
-    pub vitals: &'a super::session::Vitals,
+    pub vitals: &'a super::supervision::Vitals,
     pub clock: &'a crate::session::Clock,
     pub restarts: u64,
 }
@@ -79,6 +81,7 @@ impl ActorNode {
             messages_handled: life.vitals.handled.load(Ordering::Relaxed),
             mailbox_depth: life.vitals.queued.load(Ordering::Relaxed),
             restarts: life.restarts,
+            supervision: Default::default(),
             state,
             children: Vec::new(),
         }

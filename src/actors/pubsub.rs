@@ -7,11 +7,11 @@
 //! Events do not pass through the actor: the backend pushes into the sink
 //! and the gRPC stream takes from it (the hot-path rule). The actor's
 //! observable state is the sink's: buffered, dropped, overflow policy.
-//! [`PubSubSubscriptions`] is the registry: Unsubscribe and
-//! ListSubscriptions read it, Publish counts subscribers with it, and the
-//! root supervisor restarts crashed actors from it (a restarted actor
-//! subscribes again; at-most-once backends lose what was published in
-//! between).
+//! Its session's actor starts it and tells it when the session ends; its
+//! supervisor restarts a crashed or frozen actor from [`PubSubShared`] (a
+//! restarted actor subscribes again; at-most-once backends lose what was
+//! published in between). [`PubSubSubscriptions`] is an index: Unsubscribe
+//! and ListSubscriptions read it, Publish counts subscribers with it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,15 +22,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use super::{
-    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+    mailbox::counted,
+    session::SessionEnded,
+    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
 };
 use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
@@ -39,8 +40,6 @@ use crate::{
     session::{Clock, SessionEntry},
 };
 
-/// How often an actor checks the session and max_duration.
-const TICK: Duration = Duration::from_millis(200);
 /// How long an ended subscription stays listed (inactive).
 const ENDED_RETENTION_MS: u64 = 60_000;
 
@@ -59,14 +58,12 @@ pub struct PubSubShared {
     pub max_messages: Option<u64>,
     /// Session-clock ms at which the stream ends.
     pub deadline_ms: Option<u64>,
-    pub restarts: AtomicU64,
     /// Session-clock ms the subscription ended; 0 while active.
     ended_ms: AtomicU64,
     subscriber: tokio::sync::Mutex<Option<Box<dyn Subscriber>>>,
     ready: watch::Sender<Ready>,
     created: SystemTime,
     clock: Clock,
-    vitals: Arc<Vitals>,
 }
 
 impl PubSubShared {
@@ -89,13 +86,11 @@ impl PubSubShared {
             sink,
             max_messages,
             deadline_ms: max_duration.map(|d| clock.now_ms().saturating_add(d.as_millis() as u64)),
-            restarts: AtomicU64::new(0),
             ended_ms: AtomicU64::new(0),
             subscriber: tokio::sync::Mutex::new(None),
             ready: watch::channel(None).0,
             created: SystemTime::now(),
             clock,
-            vitals: Arc::default(),
         }
     }
 
@@ -146,7 +141,7 @@ impl PubSubShared {
 
 pub struct PubSubSubscriptionActor {
     shared: Arc<PubSubShared>,
-    restarted: bool,
+    life: ActorLife,
 }
 
 impl PubSubSubscriptionActor {
@@ -178,7 +173,7 @@ impl PubSubSubscriptionActor {
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
-        self.shared.vitals.beat(self.shared.clock.now_ms());
+        self.life.vitals.beat(self.shared.clock.now_ms());
         if let Some(end) = self.shared.why_end() {
             self.finish(ctx, end);
         }
@@ -190,7 +185,7 @@ impl Actor for PubSubSubscriptionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
-        let restarted = self.restarted;
+        let restarted = self.life.restarted;
         ctx.spawn(
             async move {
                 let mut slot = shared.subscriber.lock().await;
@@ -219,15 +214,14 @@ impl Actor for PubSubSubscriptionActor {
                 if let Err(e) = result {
                     return act.finish(ctx, SinkEnd::Failed(e));
                 }
-                // Ends promptly when the sink ends; the tick covers the
-                // session and max_duration.
+                // Ends when the sink ends, at max_duration, or when told
+                // the session ended: nothing polls.
                 let sink = act.shared.sink.clone();
                 ctx.spawn(
                     async move { sink.ended().await }
                         .into_actor(act)
                         .map(|_, act, ctx| act.check(ctx)),
                 );
-                ctx.run_interval(TICK, |act, ctx| act.check(ctx));
                 if let Some(deadline) = act.shared.deadline_ms {
                     let left = deadline.saturating_sub(act.shared.clock.now_ms());
                     ctx.run_later(Duration::from_millis(left), |act, ctx| act.check(ctx));
@@ -237,20 +231,42 @@ impl Actor for PubSubSubscriptionActor {
     }
 }
 
-super::subscription::crash_drill!(PubSubSubscriptionActor, "pubsub subscription");
+impl SupervisedActor for PubSubSubscriptionActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
 
-counted!(PubSubSubscriptionActor: Observe);
+    fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(PubSubSubscriptionActor);
+counted!(PubSubSubscriptionActor: Observe, SessionEnded);
+
+impl Handler<SessionEnded> for PubSubSubscriptionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionEnded, ctx: &mut Context<Self>) {
+        self.life.vitals.handled();
+        self.check(ctx);
+    }
+}
 
 impl Handler<Observe> for PubSubSubscriptionActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.shared.vitals.handled();
-        observe(&self.shared, ActorStatus::Running)
+        self.life.vitals.handled();
+        observe(&self.shared, ActorStatus::Running, &self.life.vitals)
     }
 }
 
-fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
+fn observe(shared: &PubSubShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     let sink = &shared.sink;
     ActorNode::leaf(
         ActorKind::PubSubSubscription,
@@ -259,9 +275,9 @@ fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
         status,
         Life {
             created: shared.created,
-            vitals: &shared.vitals,
+            vitals,
             clock: &shared.clock,
-            restarts: shared.restarts.load(Ordering::Relaxed),
+            restarts: 0,
         },
         serde_json::json!({
             "topic_pattern": shared.spec.pattern.as_str(),
@@ -280,33 +296,57 @@ fn observe(shared: &PubSubShared, status: ActorStatus) -> ActorNode {
     )
 }
 
-/// A subscription's actor address, replaced when it is restarted.
-pub struct PubSubEntry {
-    pub shared: Arc<PubSubShared>,
-    addr: RwLock<Mailbox<PubSubSubscriptionActor>>,
-    /// Its key in the subscriber-count trie.
-    key: u64,
+impl Child for PubSubShared {
+    type Actor = PubSubSubscriptionActor;
+    type Env = ();
+    type Key = String;
+
+    fn key(self: &Arc<Self>) -> String {
+        self.spec.id.clone()
+    }
+
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    fn actor(self: &Arc<Self>, _: &Arc<()>, life: ActorLife) -> PubSubSubscriptionActor {
+        PubSubSubscriptionActor {
+            shared: self.clone(),
+            life,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        !self.is_active()
+    }
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe(self, status, vitals)
+    }
+
+    fn give_up(&self, _: &Arc<()>, why: &str) {
+        self.ended_ms
+            .compare_exchange(
+                0,
+                self.clock.now_ms().max(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok();
+        let e = Error::new(
+            crate::error::ErrorKind::Unavailable,
+            "SUBSCRIPTION_FAILED",
+            format!("the subscription's actor kept failing ({why}); subscribe again"),
+        );
+        self.ready.send_replace(Some(Err(e.clone())));
+        self.sink.end(SinkEnd::Failed(e));
+    }
 }
 
-impl PubSubEntry {
-    pub fn addr(&self) -> Mailbox<PubSubSubscriptionActor> {
-        self.addr.read().clone()
-    }
-
-    /// `restarted`: resume from where the last actor stopped.
-    fn spawn(
-        shared: &Arc<PubSubShared>,
-        arbiter: &ArbiterHandle,
-        restarted: bool,
-    ) -> Mailbox<PubSubSubscriptionActor> {
-        let actor_shared = shared.clone();
-        let addr =
-            PubSubSubscriptionActor::start_in_arbiter(arbiter, move |_| PubSubSubscriptionActor {
-                shared: actor_shared,
-                restarted,
-            });
-        Mailbox::new(addr, shared.vitals.clone())
-    }
+/// A subscription in the index, with its key in the subscriber-count trie.
+pub struct PubSubEntry {
+    pub shared: Arc<PubSubShared>,
+    key: u64,
 }
 
 /// A counted subscriber: for queue-group members the group (a group counts
@@ -323,8 +363,9 @@ pub struct PubSubSubscriptions {
 }
 
 impl PubSubSubscriptions {
-    /// Starts the actor; the caller waits on [`PubSubShared::ready`].
-    pub fn start(&self, shared: Arc<PubSubShared>, arbiter: &ArbiterHandle) {
+    /// Files a new subscription (its session's actor starts it; the caller
+    /// waits on [`PubSubShared::ready`]).
+    pub fn record(&self, shared: Arc<PubSubShared>) {
         let key = self.keys.fetch_add(1, Ordering::Relaxed);
         let group = shared
             .spec
@@ -336,14 +377,9 @@ impl PubSubSubscriptions {
             .entry((shared.entry.namespace().to_string(), shared.backend.clone()))
             .or_default()
             .insert(&shared.spec.pattern, key, (group, shared.sink.clone()));
-        let addr = PubSubEntry::spawn(&shared, arbiter, false);
         self.by_id.insert(
             shared.spec.id.clone(),
-            Arc::new(PubSubEntry {
-                shared,
-                addr: RwLock::new(addr),
-                key,
-            }),
+            Arc::new(PubSubEntry { shared, key }),
         );
     }
 
@@ -393,9 +429,9 @@ impl PubSubSubscriptions {
         }
     }
 
-    /// Restarts crashed actors, stops counting ended subscriptions and
-    /// forgets them after a while; run on the root supervisor's tick.
-    pub fn supervise(&self, now_ms: u64, arbiter: impl Fn() -> ArbiterHandle) {
+    /// Stops counting ended subscriptions and forgets them after a while
+    /// (ListSubscriptions shows them as inactive meanwhile).
+    pub fn prune(&self, now_ms: u64) {
         self.by_id.retain(|_, entry| {
             let shared = &entry.shared;
             let ended_ms = shared.ended_ms.load(Ordering::Acquire);
@@ -405,31 +441,7 @@ impl PubSubSubscriptions {
                     && !shared.entry.state().is_ended()
                     && now_ms.saturating_sub(ended_ms) < ENDED_RETENTION_MS;
             }
-            if !entry.addr().connected() {
-                shared.restarts.fetch_add(1, Ordering::AcqRel);
-                tracing::warn!(subscription = %shared.id(), "restarting pubsub subscription actor");
-                *entry.addr.write() = PubSubEntry::spawn(shared, &arbiter(), true);
-            }
             true
         });
-    }
-
-    /// Nodes for every active subscription, for grafting under sessions.
-    pub async fn observe(&self) -> Vec<ActorNode> {
-        let entries: Vec<_> = self
-            .by_id
-            .iter()
-            .filter(|e| e.shared.is_active())
-            .map(|e| e.clone())
-            .collect();
-        let mut nodes = Vec::with_capacity(entries.len());
-        for e in entries {
-            let addr = e.addr();
-            nodes.push(
-                addr.observe_or(|| observe(&e.shared, ActorStatus::Failed))
-                    .await,
-            );
-        }
-        nodes
     }
 }

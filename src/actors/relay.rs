@@ -13,17 +13,17 @@
 //! runtime in tasks the actor owns.
 
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use actix::{
-    Actor, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, Message, WrapFuture,
-};
-use parking_lot::{Mutex, RwLock};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use parking_lot::Mutex;
 
 use super::{
-    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+    mailbox::counted,
+    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Mailbox, Observe,
 };
 use crate::{
     backends::{
@@ -67,16 +67,12 @@ pub struct RelayShared {
     listen_url: Option<String>,
     progress: Mutex<Progress>,
     clock: Clock,
-    vitals: Arc<Vitals>,
     created: SystemTime,
-    pub restarts: std::sync::atomic::AtomicU64,
+    /// `relay/<namespace>/<name>`.
+    id: String,
 }
 
 impl RelayShared {
-    fn id(&self) -> String {
-        format!("relay/{}/{}", self.namespace, self.name)
-    }
-
     /// One round: read a batch, publish it, mark what was acknowledged.
     /// Returns whether a full batch went out (more may be waiting).
     async fn round(self: Arc<Self>) -> Result<bool, Error> {
@@ -188,6 +184,7 @@ impl Drop for AbortOnDrop {
 
 pub struct MailboxListenerActor {
     shared: Arc<RelayShared>,
+    life: ActorLife,
     runtime: tokio::runtime::Handle,
     running: bool,
     again: bool,
@@ -225,7 +222,7 @@ impl MailboxListenerActor {
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.running = false;
-            act.shared.vitals.beat(act.shared.clock.now_ms());
+            act.life.vitals.beat(act.shared.clock.now_ms());
             let mut p = act.shared.progress.lock();
             p.rounds += 1;
             match result {
@@ -285,12 +282,11 @@ impl Actor for MailboxListenerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.shared.vitals.beat(self.shared.clock.now_ms());
-        let mailbox = Mailbox::new(ctx.address(), self.shared.vitals.clone());
+        self.life.vitals.beat(self.shared.clock.now_ms());
+        let mailbox = Mailbox::new(ctx.address(), self.life.vitals.clone());
         let waker = self.shared.clone().waker(mailbox);
         self.waker = Some(AbortOnDrop(self.runtime.spawn(waker)));
         ctx.run_interval(self.shared.spec.poll_interval, |act, ctx| {
-            act.shared.vitals.beat(act.shared.clock.now_ms());
             act.start_round(ctx);
         });
         self.start_round(ctx);
@@ -301,7 +297,7 @@ impl Handler<Wake> for MailboxListenerActor {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        self.shared.vitals.handled();
+        self.life.vitals.handled();
         self.start_round(ctx);
     }
 }
@@ -310,38 +306,51 @@ impl Handler<Retry> for MailboxListenerActor {
     type Result = ();
 
     fn handle(&mut self, _: Retry, ctx: &mut Context<Self>) {
-        self.shared.vitals.handled();
+        self.life.vitals.handled();
         self.backing_off = false;
         self.start_round(ctx);
     }
 }
 
-super::subscription::crash_drill!(MailboxListenerActor, "mailbox listener");
+impl SupervisedActor for MailboxListenerActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
 
+    fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(MailboxListenerActor);
 counted!(MailboxListenerActor: Wake, Observe);
 
 impl Handler<Observe> for MailboxListenerActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.shared.vitals.handled();
-        observe(&self.shared, ActorStatus::Running)
+        self.life.vitals.handled();
+        observe(&self.shared, ActorStatus::Running, &self.life.vitals)
     }
 }
 
-fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
+fn observe(shared: &RelayShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     let p = shared.progress.lock().clone();
     let now = crate::backends::epoch_ms();
     ActorNode::leaf(
         ActorKind::MailboxListener,
-        shared.id(),
+        shared.id.clone(),
         "root".into(),
         status,
         Life {
             created: shared.created,
-            vitals: &shared.vitals,
+            vitals,
             clock: &shared.clock,
-            restarts: shared.restarts.load(Ordering::Relaxed),
+            restarts: 0,
         },
         serde_json::json!({
             "namespace": shared.namespace,
@@ -364,107 +373,95 @@ fn observe(shared: &RelayShared, status: ActorStatus) -> ActorNode {
     )
 }
 
-/// A relay's actor address, replaced when the root restarts it.
-pub struct RelayHandle {
-    pub shared: Arc<RelayShared>,
-    runtime: tokio::runtime::Handle,
-    addr: RwLock<Mailbox<MailboxListenerActor>>,
-}
+impl Child for RelayShared {
+    type Actor = MailboxListenerActor;
+    /// The gateway's main runtime: relay I/O runs there.
+    type Env = tokio::runtime::Handle;
+    type Key = String;
 
-impl RelayHandle {
-    /// One listener per configured relay; must be called on the gateway's
-    /// main runtime.
-    pub fn start_all(
-        config: &GatewayConfig,
-        backends: &Backends,
-        clock: Clock,
-        arbiter: impl Fn() -> ArbiterHandle,
-    ) -> Result<Vec<Arc<RelayHandle>>, String> {
-        let runtime = tokio::runtime::Handle::current();
-        let mut out = Vec::new();
-        for (ns, spec) in &config.namespaces {
-            for (name, relay) in &spec.relays {
-                let source = backends.get(&relay.backend).ok_or_else(|| {
-                    format!("relay `{name}`: backend `{}` is missing", relay.backend)
-                })?;
-                let outbox = source.transact.clone().ok_or_else(|| {
-                    format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
-                })?;
-                let listen_url = (source.kind == BackendKind::Postgres)
-                    .then(|| {
-                        config
-                            .backends
-                            .get(&relay.backend)
-                            .and_then(|b| b.url.clone())
-                    })
-                    .flatten();
-                let shared = Arc::new(RelayShared {
-                    name: name.clone(),
-                    namespace: ns.clone(),
-                    spec: relay.clone(),
-                    outbox,
-                    sink: relay::sink(&relay.to, ns, backends)?,
-                    source_health: source.health.clone(),
-                    listen_url,
-                    progress: Mutex::new(Progress {
-                        status: "starting",
-                        ..Default::default()
-                    }),
-                    clock,
-                    vitals: Arc::default(),
-                    created: SystemTime::now(),
-                    restarts: Default::default(),
-                });
-                let addr = Self::spawn(&shared, &runtime, &arbiter());
-                out.push(Arc::new(RelayHandle {
-                    shared,
-                    runtime: runtime.clone(),
-                    addr: RwLock::new(addr),
-                }));
-            }
-        }
-        Ok(out)
+    fn key(self: &Arc<Self>) -> String {
+        self.id.clone()
     }
 
-    fn spawn(
-        shared: &Arc<RelayShared>,
-        runtime: &tokio::runtime::Handle,
-        arbiter: &ArbiterHandle,
-    ) -> Mailbox<MailboxListenerActor> {
-        let actor_shared = shared.clone();
-        let runtime = runtime.clone();
-        let addr = MailboxListenerActor::start_in_arbiter(arbiter, move |_| MailboxListenerActor {
-            shared: actor_shared,
-            runtime,
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn actor(
+        self: &Arc<Self>,
+        runtime: &Arc<tokio::runtime::Handle>,
+        life: ActorLife,
+    ) -> MailboxListenerActor {
+        MailboxListenerActor {
+            shared: self.clone(),
+            life,
+            runtime: (**runtime).clone(),
             running: false,
             again: false,
             backing_off: false,
             waker: None,
-        });
-        Mailbox::new(addr, shared.vitals.clone())
-    }
-
-    pub fn addr(&self) -> Mailbox<MailboxListenerActor> {
-        self.addr.read().clone()
-    }
-
-    /// Restarts the actor if its mailbox closed (a panic); run on the root
-    /// supervisor's tick.
-    pub fn supervise(&self, arbiter: &ArbiterHandle) {
-        if self.addr().connected() {
-            return;
         }
-        tracing::warn!(relay = %self.shared.name, "restarting mailbox listener");
-        self.shared.restarts.fetch_add(1, Ordering::AcqRel);
-        *self.addr.write() = Self::spawn(&self.shared, &self.runtime, arbiter);
     }
 
-    /// The node for the tree, or a failed one when the actor cannot answer.
-    pub async fn observe(&self) -> ActorNode {
-        self.addr()
-            .observe_or(|| observe(&self.shared, ActorStatus::Failed))
-            .await
+    fn is_finished(&self) -> bool {
+        false
     }
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe(self, status, vitals)
+    }
+
+    /// The mailbox is no longer relayed; the node says why (rows wait in
+    /// the mailbox, nothing is lost; a gateway restart resumes).
+    fn give_up(&self, _: &Arc<tokio::runtime::Handle>, why: &str) {
+        let mut p = self.progress.lock();
+        p.status = "stopped";
+        p.last_error = Some(format!("the relay's actor kept failing: {why}"));
+    }
+}
+
+/// One relay per configured `relays` entry, not yet started.
+pub fn configured(
+    config: &GatewayConfig,
+    backends: &Backends,
+    clock: Clock,
+) -> Result<Vec<Arc<RelayShared>>, String> {
+    let mut out = Vec::new();
+    for (ns, spec) in &config.namespaces {
+        for (name, relay) in &spec.relays {
+            let source = backends
+                .get(&relay.backend)
+                .ok_or_else(|| format!("relay `{name}`: backend `{}` is missing", relay.backend))?;
+            let outbox = source.transact.clone().ok_or_else(|| {
+                format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
+            })?;
+            let listen_url = (source.kind == BackendKind::Postgres)
+                .then(|| {
+                    config
+                        .backends
+                        .get(&relay.backend)
+                        .and_then(|b| b.url.clone())
+                })
+                .flatten();
+            out.push(Arc::new(RelayShared {
+                id: format!("relay/{ns}/{name}"),
+                name: name.clone(),
+                namespace: ns.clone(),
+                spec: relay.clone(),
+                outbox,
+                sink: relay::sink(&relay.to, ns, backends)?,
+                source_health: source.health.clone(),
+                listen_url,
+                progress: Mutex::new(Progress {
+                    status: "starting",
+                    ..Default::default()
+                }),
+                clock,
+                created: SystemTime::now(),
+            }));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

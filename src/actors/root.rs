@@ -1,6 +1,11 @@
-//! RootSupervisor: restarts a dead NamespaceSupervisor (its children survive
-//! in shared state), prunes session tombstones, and answers for the whole
-//! tree. [`Supervisors`] is the handle the services use.
+//! RootSupervisor: the top of the tree. With the one supervision primitive
+//! it checks the namespace supervisors, the backend pool actors and the
+//! outbox relays on every tick; it also prunes session tombstones and the
+//! indexes over sessions' children. If the root itself dies the gateway
+//! must not go on serving unsupervised: [`SupervisionFailure`] tells
+//! `server::run`, which stops and returns an error (the process exits
+//! non-zero, and an orchestrator restarts it). [`Supervisors`] is the
+//! handle the services use.
 
 use std::{
     collections::BTreeMap,
@@ -9,72 +14,156 @@ use std::{
 };
 
 use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use super::{
-    backend_pool::PoolHandle,
-    namespace::{
-        observe_namespace, CrashSupervisor, InjectFault, StartSession, StopSession,
-        SupervisorSettings,
-    },
-    relay::RelayHandle,
-    session::Vitals,
-    ActorKind, ActorNode, ActorStatus, Fault, Mailbox, NamespaceHandle, NamespaceSupervisor,
-    Observe, OBSERVE_TIMEOUT,
+    backend_pool::PoolShared,
+    namespace::{NamespaceShared, StartSession, StopSession, SupervisorSettings},
+    relay::RelayShared,
+    session::{NewChild, SessionChildren, StartChild},
+    subscription::Subscriptions,
+    supervision::{CheckTiming, Children, Supervised, Vitals},
+    ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
 };
 use crate::{
     backends::Backends,
     error::{Error, ErrorKind},
-    session::{SessionEntry, SessionEvent},
+    session::{SessionEntry, SessionRegistry},
 };
 
-pub struct RootSupervisor {
-    namespaces: Vec<Arc<NamespaceHandle>>,
-    pools: Vec<Arc<PoolHandle>>,
-    relays: Vec<Arc<RelayHandle>>,
-    settings: SupervisorSettings,
+/// Set when supervision itself failed (the root died, or a namespace
+/// supervisor could not be kept running); `server::run` waits on it.
+#[derive(Default)]
+pub struct SupervisionFailure {
+    why: Mutex<Option<String>>,
+    notify: Notify,
+    /// The gateway is stopping: actors ending now is expected.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl SupervisionFailure {
+    pub fn fail(&self, why: String) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let mut slot = self.why.lock();
+        if slot.is_none() {
+            tracing::error!(why, "supervision failed; the gateway stops");
+            *slot = Some(why);
+        }
+        drop(slot);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Resolves with the reason once supervision failed.
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(why) = self.why.lock().clone() {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
+    /// The gateway is shutting down; later failures are not failures.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// Held by the root actor: dropped when it stops for any reason, including
+/// a panic (the arbiter drops a panicked actor's context).
+struct RootAlive(Arc<SupervisionFailure>);
+
+impl Drop for RootAlive {
+    fn drop(&mut self) {
+        self.0.fail("the root supervisor stopped".to_string());
+    }
+}
+
+/// What the root watches.
+pub struct Tree {
+    pub namespaces: Children<NamespaceShared>,
+    pub pools: Children<PoolShared>,
+    pub relays: Children<RelayShared>,
+    /// Indexes over sessions' children, pruned on the root's tick.
+    pub subscriptions: Arc<Subscriptions>,
+    settings: Arc<SupervisorSettings>,
+    timing: Mutex<CheckTiming>,
     vitals: Arc<Vitals>,
     created: SystemTime,
 }
 
-impl RootSupervisor {
-    fn supervise(&mut self) {
-        self.vitals.beat(self.settings.registry.clock().now_ms());
-        self.settings.registry.prune_tombstones();
-        let pool = self.settings.pool.clone();
-        let now = self.settings.registry.clock().now_ms();
-        self.settings.subscriptions.supervise(now, || pool.next());
-        for handle in &self.namespaces {
-            if !handle.addr().connected() {
-                tracing::warn!(namespace = %handle.shared.name, "restarting namespace supervisor");
-                let addr =
-                    NamespaceSupervisor::start_with(handle.shared.clone(), self.settings.clone());
-                handle.replace(addr);
-                self.settings
-                    .registry
-                    .emit(SessionEvent::NamespaceSupervisorRestarted {
-                        namespace: handle.shared.name.clone(),
-                        restarts: handle.restarts.load(Ordering::Relaxed),
-                    });
-            }
-        }
-        for pool in &self.pools {
-            if !pool.addr().connected() {
-                tracing::warn!(backend = %pool.backend.name, "restarting backend pool actor");
-                pool.restart(*self.settings.registry.clock(), &self.settings.pool.next());
-            }
-        }
-        for relay in &self.relays {
-            relay.supervise(&self.settings.pool.next());
-        }
+impl Tree {
+    fn supervise(&self) {
+        let registry = &self.settings.registry;
+        let now = registry.clock().now_ms();
+        self.vitals.beat(now);
+        registry.prune_tombstones();
+        self.subscriptions.prune(now);
+        let Some(judge) = self.timing.lock().judge(now) else {
+            return;
+        };
+        let pool = &self.settings.pool;
+        let arbiter = || pool.next();
+        let max = self.settings.max_restarts;
+        self.namespaces.check_all(judge, max, &arbiter);
+        self.pools.check_all(judge, max, &arbiter);
+        self.relays.check_all(judge, max, &arbiter);
     }
+
+    async fn observe(&self) -> ActorNode {
+        let mut namespaces = self.namespaces.observe().await;
+        for node in &mut namespaces {
+            if let Some(ns) = self.namespaces.get(&node.id) {
+                node.children = ns.child.observe_sessions().await;
+                node.state["child_restarts"] =
+                    node.children.iter().map(|s| s.restarts).sum::<u64>().into();
+            }
+        }
+        let pools = self.pools.observe().await;
+        let relays = self.relays.observe().await;
+        let state = serde_json::json!({
+            "namespaces": namespaces.len(),
+            "backend_pools": pools.len(),
+            "mailbox_listeners": relays.len(),
+        });
+        let clock = self.settings.registry.clock();
+        let mut node = ActorNode::leaf(
+            ActorKind::Root,
+            "root".to_string(),
+            String::new(),
+            ActorStatus::Running,
+            Life {
+                created: self.created,
+                vitals: &self.vitals,
+                clock,
+                restarts: 0,
+            },
+            state,
+        );
+        node.parent = None;
+        node.children = namespaces.into_iter().chain(pools).chain(relays).collect();
+        node
+    }
+}
+
+pub struct RootSupervisor {
+    tree: Arc<Tree>,
+    _alive: RootAlive,
 }
 
 impl Actor for RootSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.vitals.beat(self.settings.registry.clock().now_ms());
-        ctx.run_interval(self.settings.interval, |act, _| act.supervise());
+        self.tree
+            .vitals
+            .beat(self.tree.settings.registry.clock().now_ms());
+        ctx.run_interval(self.tree.settings.interval, |act, _| act.tree.supervise());
     }
 }
 
@@ -84,67 +173,30 @@ impl Handler<Observe> for RootSupervisor {
     type Result = ResponseFuture<ActorNode>;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
-        self.vitals.handled();
-        let namespaces = self.namespaces.clone();
-        let pools = self.pools.clone();
-        let relays = self.relays.clone();
-        let vitals = self.vitals.clone();
-        let created = self.created;
-        let clock = *self.settings.registry.clock();
-        Box::pin(async move {
-            let mut children = Vec::with_capacity(namespaces.len());
-            for handle in namespaces {
-                let restarts = handle.restarts.load(Ordering::Relaxed);
-                let answer =
-                    tokio::time::timeout(2 * OBSERVE_TIMEOUT, handle.addr().send(Observe)).await;
-                children.push(match answer {
-                    Ok(Ok(mut node)) => {
-                        node.restarts = restarts;
-                        node
-                    }
-                    _ => {
-                        observe_namespace(handle.shared.clone(), restarts, ActorStatus::Failed)
-                            .await
-                    }
-                });
-            }
-            let namespace_count = children.len();
-            for pool in pools {
-                let mut node = pool.addr().observe_or(|| pool.failed_node(&clock)).await;
-                node.restarts = pool.restarts.load(Ordering::Relaxed);
-                children.push(node);
-            }
-            let pool_count = children.len() - namespace_count;
-            for relay in relays {
-                children.push(relay.observe().await);
-            }
-            ActorNode {
-                kind: ActorKind::Root,
-                id: "root".to_string(),
-                parent: None,
-                status: ActorStatus::Running,
-                created,
-                last_progress: clock.wall_at(vitals.last_progress_ms.load(Ordering::Relaxed)),
-                messages_handled: vitals.handled.load(Ordering::Relaxed),
-                mailbox_depth: vitals.queued.load(Ordering::Relaxed),
-                restarts: 0,
-                state: serde_json::json!({
-                    "namespaces": namespace_count,
-                    "backend_pools": pool_count,
-                    "mailbox_listeners": children.len() - namespace_count - pool_count,
-                }),
-                children,
-            }
-        })
+        self.tree.vitals.handled();
+        let tree = self.tree.clone();
+        Box::pin(async move { tree.observe().await })
     }
 }
+
+#[cfg(any(test, feature = "drills"))]
+impl Handler<super::Fault> for RootSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, fault: super::Fault, _: &mut Context<Self>) {
+        panic!("injected {fault:?} in the root supervisor");
+    }
+}
+
+#[cfg(any(test, feature = "drills"))]
+super::mailbox::counted!(RootSupervisor: super::Fault);
 
 /// The services' handle on the actor tree.
 pub struct Supervisors {
     root: Mailbox<RootSupervisor>,
-    subscriptions: Arc<super::subscription::Subscriptions>,
-    namespaces: BTreeMap<String, Arc<NamespaceHandle>>,
-    pools: Vec<Arc<PoolHandle>>,
+    tree: Arc<Tree>,
+    by_name: BTreeMap<String, Arc<Supervised<NamespaceShared>>>,
+    pub failure: Arc<SupervisionFailure>,
 }
 
 fn unavailable(what: &str) -> Error {
@@ -156,65 +208,77 @@ fn unavailable(what: &str) -> Error {
 }
 
 impl Supervisors {
-    /// Starts the tree; must run inside the actix system.
+    /// Starts the tree; must run inside the actix system, on the gateway's
+    /// main runtime (pools and relays do their I/O there).
     pub fn start<'a>(
-        namespaces: impl IntoIterator<Item = &'a String>,
+        namespaces: impl IntoIterator<Item = (&'a String, u32)>,
         backends: &Backends,
-        relays: Vec<Arc<RelayHandle>>,
+        relays: Vec<Arc<RelayShared>>,
+        subscriptions: Arc<Subscriptions>,
         settings: SupervisorSettings,
     ) -> Self {
-        let namespaces: BTreeMap<String, Arc<NamespaceHandle>> = namespaces
+        let settings = Arc::new(settings);
+        let clock = *settings.registry.clock();
+        let tree = Arc::new(Tree {
+            namespaces: Children::new(settings.clone()),
+            pools: Children::new(Arc::new(())),
+            relays: Children::new(Arc::new(tokio::runtime::Handle::current())),
+            subscriptions,
+            timing: Mutex::new(CheckTiming::new(settings.interval)),
+            vitals: Arc::default(),
+            created: SystemTime::now(),
+            settings: settings.clone(),
+        });
+        let by_name = namespaces
             .into_iter()
-            .map(|n| {
+            .map(|(name, max_restarts)| {
+                let shared = Arc::new(NamespaceShared::new(name, max_restarts, &settings));
                 (
-                    n.clone(),
-                    Arc::new(NamespaceSupervisor::spawn(n, settings.clone())),
+                    name.clone(),
+                    tree.namespaces.start(shared, &settings.pool.next()),
                 )
             })
             .collect();
-        let pools: Vec<Arc<PoolHandle>> = backends
-            .iter()
-            .filter(|b| b.client.is_some())
-            .map(|b| {
-                Arc::new(PoolHandle::start(
-                    b.clone(),
-                    *settings.registry.clock(),
-                    &settings.pool.next(),
-                ))
-            })
-            .collect();
-        let vitals = Arc::new(Vitals::default());
+        for backend in backends.iter().filter(|b| b.client.is_some()) {
+            tree.pools.start(
+                Arc::new(PoolShared::new(backend.clone(), clock)),
+                &settings.pool.next(),
+            );
+        }
+        for relay in relays {
+            tree.relays.start(relay, &settings.pool.next());
+        }
+        let failure = settings.failure.clone();
         let root = RootSupervisor {
-            namespaces: namespaces.values().cloned().collect(),
-            pools: pools.clone(),
-            relays,
-            settings: settings.clone(),
-            vitals: vitals.clone(),
-            created: SystemTime::now(),
+            tree: tree.clone(),
+            _alive: RootAlive(failure.clone()),
         };
         let root = Mailbox::new(
             RootSupervisor::start_in_arbiter(&settings.pool.next(), move |_| root),
-            vitals,
+            tree.vitals.clone(),
         );
         Supervisors {
             root,
-            subscriptions: settings.subscriptions.clone(),
-            namespaces,
-            pools,
+            tree,
+            by_name,
+            failure,
         }
     }
 
-    fn namespace(&self, name: &str) -> Result<&NamespaceHandle, Error> {
-        self.namespaces
+    fn namespace(&self, name: &str) -> Result<&Arc<Supervised<NamespaceShared>>, Error> {
+        self.by_name
             .get(name)
-            .map(|h| h.as_ref())
             .ok_or_else(|| Error::internal(format!("no supervisor for namespace {name}")))
+    }
+
+    pub fn registry(&self) -> &Arc<SessionRegistry> {
+        &self.tree.settings.registry
     }
 
     pub async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
         let handle = self.namespace(entry.namespace())?;
         handle
-            .addr()
+            .mailbox()
             .send(StartSession(entry))
             .await
             .map_err(|_| unavailable("the namespace supervisor"))
@@ -223,84 +287,127 @@ impl Supervisors {
     /// Fire-and-forget: the session has already left the registry.
     pub fn stop_session(&self, namespace: &str, session_id: &str) {
         if let Ok(handle) = self.namespace(namespace) {
-            handle.addr().do_send(StopSession(session_id.to_string()));
+            handle
+                .mailbox()
+                .do_send(StopSession(session_id.to_string()));
         }
     }
 
-    /// Makes a namespace's supervisor panic; fire and forget, since it
-    /// never answers.
-    pub fn crash_supervisor(&self, namespace: &str) -> Result<(), Error> {
-        self.namespace(namespace)?.addr().do_send(CrashSupervisor);
-        Ok(())
+    /// Asks a session's actor to start one of its children, and waits
+    /// until it has.
+    pub async fn start_child(&self, entry: &SessionEntry, child: NewChild) -> Result<(), Error> {
+        let namespace = self.namespace(entry.namespace())?;
+        let session = namespace.child.sessions.get(&entry.id).ok_or_else(|| {
+            entry
+                .ended_error()
+                .unwrap_or_else(|| unavailable("the session's actor"))
+        })?;
+        session
+            .mailbox()
+            .send(StartChild(child))
+            .await
+            .map_err(|_| {
+                entry
+                    .ended_error()
+                    .unwrap_or_else(|| unavailable("the session's actor"))
+            })?
     }
 
-    pub async fn inject_fault(
-        &self,
-        namespace: &str,
-        session_id: &str,
-        fault: Fault,
-    ) -> Result<(), Error> {
-        let handle = self.namespace(namespace)?;
-        handle
-            .addr()
-            .send(InjectFault {
-                session_id: session_id.to_string(),
-                fault,
-            })
-            .await
-            .map_err(|_| unavailable("the namespace supervisor"))?
+    /// A session's children, if it has any.
+    pub fn children_of(&self, entry: &SessionEntry) -> Option<Arc<SessionChildren>> {
+        self.namespace(entry.namespace())
+            .ok()?
+            .child
+            .env()
+            .children_of(&entry.id)
     }
 
     /// The live actor tree.
-    /// The live actor tree; subscriptions appear under their sessions.
     pub async fn observe(&self) -> Result<ActorNode, Error> {
-        let mut tree = self
-            .root
+        self.root
             .send(Observe)
             .await
-            .map_err(|_| unavailable("the root supervisor"))?;
-        let mut children = self.subscriptions.observe().await;
-        children.extend(self.subscriptions.transactions.observe().await);
-        for node in children {
-            let parent = node.parent.clone().unwrap_or_default();
-            if let Some(session) = find_mut(&mut tree, &parent) {
-                session.children.push(node);
-            }
-        }
-        Ok(tree)
+            .map_err(|_| unavailable("the root supervisor"))
     }
 
     /// Supervisors whose mailbox is closed (empty when all run).
     pub fn down_supervisors(&self) -> Vec<String> {
         let mut down: Vec<String> = self
+            .tree
             .namespaces
-            .values()
-            .filter(|h| !h.addr().connected())
-            .map(|h| format!("namespace/{}", h.shared.name))
+            .all()
+            .iter()
+            .filter(|h| !h.mailbox().connected())
+            .map(|h| format!("namespace/{}", h.child.name))
             .collect();
         down.extend(
-            self.pools
+            self.tree
+                .pools
+                .all()
                 .iter()
-                .filter(|p| !p.addr().connected())
-                .map(|p| format!("backend/{}", p.backend.name)),
+                .filter(|p| !p.mailbox().connected())
+                .map(|p| format!("backend/{}", p.child.backend.name)),
         );
         if !self.root.connected() {
             down.push("root".to_string());
         }
+        down.sort();
         down
     }
 
     /// Stops every session actor; used at shutdown after sessions ended.
     pub fn stop_all_sessions(&self) {
-        for handle in self.namespaces.values() {
-            handle.shared.stop_all();
+        self.failure.stopping();
+        for handle in self.by_name.values() {
+            handle.child.stop_all();
         }
     }
-}
 
-fn find_mut<'a>(node: &'a mut ActorNode, id: &str) -> Option<&'a mut ActorNode> {
-    if node.id == id {
-        return Some(node);
+    /// Delivers a deliberate fault to the actor with this id: a session, a
+    /// subscription, a transaction, `namespace/<ns>`, `backend/<name>`,
+    /// `relay/<ns>/<name>` or `root` (supervision drills; tests only).
+    #[cfg(any(test, feature = "drills"))]
+    pub fn drill(&self, id: &str, fault: super::Fault) -> Result<(), Error> {
+        if id == "root" {
+            self.root.do_send(fault);
+            return Ok(());
+        }
+        if let Some(n) = self.tree.namespaces.get(id) {
+            n.mailbox().do_send(fault);
+            return Ok(());
+        }
+        if let Some(p) = self.tree.pools.get(id) {
+            p.mailbox().do_send(fault);
+            return Ok(());
+        }
+        if let Some(r) = self.tree.relays.get(id) {
+            r.mailbox().do_send(fault);
+            return Ok(());
+        }
+        for namespace in self.by_name.values() {
+            if let Some(s) = namespace.child.sessions.get(id) {
+                s.mailbox().do_send(fault);
+                return Ok(());
+            }
+            for children in namespace.child.env().all_children() {
+                if let Some(c) = children.queue.get(id) {
+                    c.mailbox().do_send(fault);
+                    return Ok(());
+                }
+                if let Some(c) = children.pubsub.get(id) {
+                    c.mailbox().do_send(fault);
+                    return Ok(());
+                }
+                if let Some(c) = children.transactions.get(id) {
+                    c.mailbox().do_send(fault);
+                    return Ok(());
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::NotFound,
+            "ACTOR_NOT_FOUND",
+            format!("no live actor `{id}`"),
+        ))
     }
-    node.children.iter_mut().find_map(|c| find_mut(c, id))
 }

@@ -1,74 +1,144 @@
-//! SessionActor: one per session. Owns the session's expiry timer and, in
-//! later issues, its subscriptions and transactions; the session's state
-//! lives in its [`SessionEntry`] so a restarted actor continues where the
-//! old one stopped.
+//! SessionActor: one per session, a child of its namespace's supervisor.
+//! It owns the session's expiry timer and starts the session's children —
+//! Queue and PubSub subscriptions and streaming transactions — when a
+//! handler asks it to; when the session ends it tells each of them. The
+//! session's state lives in its [`SessionEntry`] and its children in
+//! [`SessionChildren`], both outside the actor, so a restarted actor
+//! continues where the old one stopped.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, SystemTime},
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
 };
 
-use actix::{
-    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use parking_lot::Mutex;
+
+use super::{
+    pubsub::PubSubShared,
+    subscription::SubscriptionShared,
+    supervision::{ActorLife, Child, Children, SupervisedActor, Vitals},
+    transaction::TransactionShared,
+    ActorKind, ActorNode, ActorStatus, ArbiterPool, KillSwitch, Life, Observe,
 };
+use crate::session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry};
 
-use super::{ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe};
-use crate::session::{EndReason, SessionEntry, SessionRegistry};
-
-/// Liveness numbers an actor shares with its supervisor, so a check needs no
-/// message round trip (a stuck actor could not answer one).
-#[derive(Default)]
-pub struct Vitals {
-    pub pulse: AtomicU64,
-    pub last_progress_ms: AtomicU64,
-    pub handled: AtomicU64,
-    /// Messages sent to the actor and not yet taken (see [`super::mailbox`]).
-    pub queued: AtomicU64,
+/// What every session actor of a namespace is started with.
+pub struct SessionEnv {
+    pub registry: Arc<SessionRegistry>,
+    pub pool: Arc<ArbiterPool>,
+    /// The children of the sessions that have any, by session id (an idle
+    /// session has none and costs nothing here).
+    pub children: Mutex<HashMap<String, Arc<SessionChildren>>>,
 }
 
-impl Vitals {
-    pub fn beat(&self, now_ms: u64) {
-        self.pulse.fetch_add(1, Ordering::Relaxed);
-        self.last_progress_ms.store(now_ms, Ordering::Relaxed);
+impl SessionEnv {
+    /// A session's children, if it has any.
+    pub fn children_of(&self, session_id: &str) -> Option<Arc<SessionChildren>> {
+        self.children.lock().get(session_id).cloned()
     }
 
-    pub fn handled(&self) {
-        self.handled.fetch_add(1, Ordering::Relaxed);
+    /// Every session's children.
+    pub fn all_children(&self) -> Vec<Arc<SessionChildren>> {
+        self.children.lock().values().cloned().collect()
+    }
+
+    /// Tells the children of an ended session, and forgets them (each
+    /// finishes on its own: it releases what it holds and stops).
+    pub fn end_children(&self, entry: &SessionEntry) {
+        let children = self.children.lock().remove(entry.id.as_str());
+        if let Some(children) = children {
+            children.session_ended();
+        }
     }
 }
 
-pub struct SessionActor {
-    entry: Arc<SessionEntry>,
-    registry: Arc<SessionRegistry>,
-    vitals: Arc<Vitals>,
-    kill: Arc<KillSwitch>,
-    created: SystemTime,
-    restarts: u64,
+/// A session's subscriptions and transactions: the actors its SessionActor
+/// started, supervised by the namespace's supervisor with the one
+/// supervision primitive.
+pub struct SessionChildren {
+    pub queue: Children<SubscriptionShared>,
+    pub pubsub: Children<PubSubShared>,
+    pub transactions: Children<TransactionShared>,
 }
 
-impl SessionActor {
-    pub fn new(
-        entry: Arc<SessionEntry>,
-        registry: Arc<SessionRegistry>,
-        vitals: Arc<Vitals>,
-        kill: Arc<KillSwitch>,
-        restarts: u64,
-    ) -> Self {
-        SessionActor {
-            entry,
-            registry,
-            vitals,
-            kill,
-            created: SystemTime::now(),
-            restarts,
+impl Default for SessionChildren {
+    fn default() -> Self {
+        SessionChildren {
+            queue: Children::new(Arc::new(())),
+            pubsub: Children::new(Arc::new(())),
+            transactions: Children::new(Arc::new(())),
+        }
+    }
+}
+
+impl SessionChildren {
+    /// Tells every child that its session ended.
+    pub(crate) fn session_ended(&self) {
+        for c in self.queue.all() {
+            c.mailbox().do_send(SessionEnded);
+        }
+        for c in self.pubsub.all() {
+            c.mailbox().do_send(SessionEnded);
+        }
+        for c in self.transactions.all() {
+            c.mailbox().do_send(SessionEnded);
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.pubsub.is_empty() && self.transactions.is_empty()
+    }
+
+    /// One supervision pass over every child.
+    pub fn check_all(
+        &self,
+        judge: bool,
+        max_restarts: u32,
+        arbiter: &impl Fn() -> actix::ArbiterHandle,
+    ) -> usize {
+        self.queue.check_all(judge, max_restarts, arbiter)
+            + self.pubsub.check_all(judge, max_restarts, arbiter)
+            + self.transactions.check_all(judge, max_restarts, arbiter)
+    }
+
+    /// Every child's node.
+    pub async fn observe(&self) -> Vec<ActorNode> {
+        let mut nodes = self.queue.observe().await;
+        nodes.extend(self.pubsub.observe().await);
+        nodes.extend(self.transactions.observe().await);
+        nodes
+    }
+}
+
+/// Told to a session's children when it ends: they end too (each reads
+/// why from the session's entry).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SessionEnded;
+
+/// A child a handler asks the session's actor to start.
+pub enum NewChild {
+    Queue(Arc<SubscriptionShared>),
+    PubSub(Arc<PubSubShared>),
+    Transaction(Arc<TransactionShared>),
+}
+
+/// Start a child of this session (the answer comes once it is started).
+#[derive(Message)]
+#[rtype(result = "Result<(), crate::error::Error>")]
+pub struct StartChild(pub NewChild);
+
+pub struct SessionActor {
+    entry: Arc<SessionEntry>,
+    env: Arc<SessionEnv>,
+    life: ActorLife,
+}
+
+impl SessionActor {
     fn beat(&self) {
-        self.vitals.beat(self.registry.clock().now_ms());
+        self.life.vitals.beat(self.env.registry.clock().now_ms());
     }
 
     /// Sleeps until the session's current deadline, then expires it unless
@@ -77,13 +147,13 @@ impl SessionActor {
         let delay = self
             .entry
             .expires_ms()
-            .saturating_sub(self.registry.clock().now_ms());
+            .saturating_sub(self.env.registry.clock().now_ms());
         ctx.run_later(Duration::from_millis(delay), |act, ctx| {
             act.beat();
             if act.entry.state().is_ended() {
                 ctx.stop();
-            } else if act.entry.is_past_expiry(act.registry.clock().now_ms()) {
-                act.registry.end(&act.entry, EndReason::Expired);
+            } else if act.entry.is_past_expiry(act.env.registry.clock().now_ms()) {
+                act.env.registry.end(&act.entry, EndReason::Expired);
                 ctx.stop();
             } else {
                 act.schedule_expiry(ctx);
@@ -99,94 +169,76 @@ impl Actor for SessionActor {
         self.beat();
         self.schedule_expiry(ctx);
     }
-}
 
-/// The supervisor's liveness probe, sent on every check: an actor that
-/// handles it shows progress. (A probe per check, rather than a timer in
-/// every actor, keeps idle sessions from costing CPU: 100,000 sessions with
-/// their own pulse timers kept half a core busy doing nothing.)
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Pulse;
-
-impl Handler<Pulse> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Pulse, _: &mut Context<Self>) {
-        self.beat();
-    }
-}
-
-/// Stop the actor (its session has ended).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
-impl Handler<Stop> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        self.vitals.handled();
-        ctx.stop();
-    }
-}
-
-/// Deliberate faults, for supervision tests and operators' fire drills.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub enum Fault {
-    /// Panic inside the handler: the mailbox closes for good.
-    Panic,
-    /// Stop processing anything (as if stuck on a hung call) until the
-    /// supervisor fires the kill switch.
-    Stall,
-}
-
-impl Handler<Fault> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, fault: Fault, ctx: &mut Context<Self>) {
-        self.vitals.handled();
-        tracing::warn!(session_id = %self.entry.id, ?fault, "injected fault");
-        match fault {
-            Fault::Panic => panic!("injected fault in session actor {}", self.entry.id),
-            Fault::Stall => {
-                let kill = self.kill.clone();
-                ctx.wait(
-                    wrap_future(kill.fired())
-                        .map(|_, _: &mut Self, ctx: &mut Context<Self>| ctx.stop()),
-                );
-            }
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Stopped because the session ended (not replaced by a restart):
+        // its children end with it.
+        if self.entry.state().is_ended() {
+            self.env.end_children(&self.entry);
         }
     }
 }
 
-super::mailbox::counted!(SessionActor: Pulse, Stop, Fault, Observe);
+impl SupervisedActor for SessionActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
+
+    fn clock(&self) -> &Clock {
+        self.env.registry.clock()
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(SessionActor);
+super::mailbox::counted!(SessionActor: StartChild, Observe);
+
+impl Handler<StartChild> for SessionActor {
+    type Result = Result<(), crate::error::Error>;
+
+    fn handle(&mut self, StartChild(child): StartChild, _: &mut Context<Self>) -> Self::Result {
+        self.life.vitals.handled();
+        if let Some(e) = self.entry.ended_error() {
+            return Err(e);
+        }
+        let children = self
+            .env
+            .children
+            .lock()
+            .entry(self.entry.id.clone())
+            .or_default()
+            .clone();
+        let arbiter = self.env.pool.next();
+        match child {
+            NewChild::Queue(shared) => {
+                children.queue.start(shared, &arbiter);
+            }
+            NewChild::PubSub(shared) => {
+                children.pubsub.start(shared, &arbiter);
+            }
+            NewChild::Transaction(shared) => {
+                children.transactions.start(shared, &arbiter);
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Handler<Observe> for SessionActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.vitals.handled();
-        observe_session(
-            &self.entry,
-            &self.vitals,
-            self.created,
-            self.restarts,
-            ActorStatus::Running,
-        )
+        self.life.vitals.handled();
+        observe_session(&self.entry, ActorStatus::Running, &self.life.vitals)
     }
 }
 
-/// A session's node; also used by the supervisor for a child that cannot
-/// answer.
-pub fn observe_session(
-    entry: &SessionEntry,
-    vitals: &Vitals,
-    created: SystemTime,
-    restarts: u64,
-    status: ActorStatus,
-) -> ActorNode {
+/// A session's node (without its children); also used for one whose actor
+/// cannot answer.
+pub fn observe_session(entry: &SessionEntry, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     let clock = &entry.clock;
     ActorNode::leaf(
         ActorKind::Session,
@@ -194,10 +246,10 @@ pub fn observe_session(
         format!("namespace/{}", entry.namespace()),
         status,
         Life {
-            created,
+            created: clock.wall_at(entry.created_ms),
             vitals,
             clock,
-            restarts,
+            restarts: 0,
         },
         serde_json::json!({
             "namespace": entry.namespace(),
@@ -212,4 +264,51 @@ pub fn observe_session(
             "pending_operations": entry.pending_operations(),
         }),
     )
+}
+
+impl Child for SessionEntry {
+    type Actor = SessionActor;
+    type Env = SessionEnv;
+    type Key = ById;
+
+    fn key(self: &Arc<Self>) -> ById {
+        ById(self.clone())
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn actor(self: &Arc<Self>, env: &Arc<SessionEnv>, life: ActorLife) -> SessionActor {
+        SessionActor {
+            entry: self.clone(),
+            env: env.clone(),
+            life,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.state().is_ended()
+    }
+
+    /// An ended session's actor only waits on its timer: stop it.
+    const STOP_WHEN_FINISHED: bool = true;
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe_session(self, status, vitals)
+    }
+
+    /// The actor kept failing: the session ends, and its children with it.
+    fn give_up(&self, env: &Arc<SessionEnv>, _why: &str) {
+        env.registry.end(self, EndReason::Failed);
+        env.end_children(self);
+    }
+
+    fn restarted(&self, env: &Arc<SessionEnv>, restarts: u32) {
+        env.registry.emit(SessionEvent::ActorRestarted {
+            session_id: self.id.clone(),
+            namespace: self.namespace().to_string(),
+            restarts,
+        });
+    }
 }

@@ -5,9 +5,10 @@
 //! going away or the session ending, and then releases its backend consumer
 //! (what it held unacknowledged goes back to the group).
 //!
-//! Its state lives in [`SubscriptionShared`], outside the actor: the root
-//! supervisor restarts a crashed actor from it, rejoining the group at its
-//! committed position, on the same client stream.
+//! Its state lives in [`SubscriptionShared`], outside the actor: its
+//! supervisor restarts a crashed or frozen actor from it, rejoining the
+//! group at its committed position, on the same client stream. Its
+//! session's actor starts it and tells it when the session ends.
 
 use std::{
     sync::{
@@ -18,15 +19,17 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, ArbiterHandle, AsyncContext, Context, Handler, Message,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
 };
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{
-    mailbox::counted, session::Vitals, ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
+    mailbox::counted,
+    session::SessionEnded,
+    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
 };
 use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
@@ -57,12 +60,10 @@ pub struct SubscriptionShared {
     pub delivered: AtomicU64,
     /// The most messages ever waiting in the buffer at once.
     pub buffered_high_water: AtomicUsize,
-    pub restarts: AtomicU64,
     ended: AtomicBool,
     tx: Mutex<Option<MessageSender>>,
     created: SystemTime,
     clock: Clock,
-    vitals: Arc<Vitals>,
 }
 
 impl SubscriptionShared {
@@ -88,12 +89,10 @@ impl SubscriptionShared {
             max_messages,
             delivered: AtomicU64::new(0),
             buffered_high_water: AtomicUsize::new(0),
-            restarts: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             tx: Mutex::new(Some(tx)),
             created: SystemTime::now(),
             clock,
-            vitals: Arc::default(),
         }
     }
 
@@ -165,27 +164,6 @@ pub fn to_proto(m: QueueMessage) -> pb::Message {
 #[rtype(result = "()")]
 struct Pump;
 
-/// Makes the actor panic (supervision drills).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Crash;
-
-/// Lets an actor take [`Crash`]: it panics, closing its mailbox, as a real
-/// fault would.
-macro_rules! crash_drill {
-    ($actor:ty, $what:literal) => {
-        impl actix::Handler<$crate::actors::subscription::Crash> for $actor {
-            type Result = ();
-
-            fn handle(&mut self, _: $crate::actors::subscription::Crash, _: &mut Self::Context) {
-                panic!(concat!("deliberate ", $what, " crash (supervision drill)"));
-            }
-        }
-        $crate::actors::mailbox::counted!($actor: $crate::actors::subscription::Crash);
-    };
-}
-pub(crate) use crash_drill;
-
 enum Step {
     Idle,
     Delivered(usize),
@@ -195,8 +173,9 @@ enum Step {
 pub struct SubscriptionActor {
     shared: Arc<SubscriptionShared>,
     consumer: Option<Box<dyn QueueConsumer>>,
-    /// Restarted by the supervisor: rejoin at the committed position.
-    restarted: bool,
+    /// Its vitals, kill switch, and whether it was restarted (then it
+    /// rejoins at the committed position).
+    life: ActorLife,
 }
 
 impl SubscriptionActor {
@@ -228,8 +207,13 @@ impl Actor for SubscriptionActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
         let mut spec = shared.spec.clone();
-        if self.restarted {
+        if self.life.restarted {
             spec.start = Start::Committed;
+        }
+        // The timeout, if any, ends the stream by itself.
+        if let Some(deadline) = shared.deadline_ms {
+            let left = deadline.saturating_sub(shared.clock.now_ms());
+            ctx.notify_later(Pump, Duration::from_millis(left));
         }
         ctx.spawn(
             async move {
@@ -256,8 +240,8 @@ impl Handler<Pump> for SubscriptionActor {
 
     fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
-        shared.vitals.beat(shared.clock.now_ms());
-        shared.vitals.handled();
+        self.life.vitals.beat(shared.clock.now_ms());
+        self.life.vitals.handled();
         if let Some((why, error)) = shared.why_end() {
             return self.finish(ctx, why, error);
         }
@@ -314,19 +298,48 @@ impl Handler<Pump> for SubscriptionActor {
     }
 }
 
-crash_drill!(SubscriptionActor, "subscription");
-counted!(SubscriptionActor: Observe);
+impl SupervisedActor for SubscriptionActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(SubscriptionActor);
+counted!(SubscriptionActor: Observe, SessionEnded);
+
+/// The session ended: the next pump ends the stream (at once when no
+/// fetch is in flight; else when it returns).
+impl Handler<SessionEnded> for SubscriptionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionEnded, ctx: &mut Context<Self>) {
+        self.life.vitals.handled();
+        ctx.notify(Pump);
+    }
+}
 
 impl Handler<Observe> for SubscriptionActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.shared.vitals.handled();
-        observe_subscription(&self.shared, ActorStatus::Running)
+        self.life.vitals.handled();
+        observe_subscription(&self.shared, ActorStatus::Running, &self.life.vitals)
     }
 }
 
-fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> ActorNode {
+fn observe_subscription(
+    shared: &SubscriptionShared,
+    status: ActorStatus,
+    vitals: &Vitals,
+) -> ActorNode {
     ActorNode::leaf(
         ActorKind::Subscription,
         shared.id.clone(),
@@ -334,9 +347,9 @@ fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> Act
         status,
         Life {
             created: shared.created,
-            vitals: &shared.vitals,
+            vitals,
             clock: &shared.clock,
-            restarts: shared.restarts.load(Ordering::Relaxed),
+            restarts: 0,
         },
         serde_json::json!({
             "topic": shared.spec.topic,
@@ -351,40 +364,52 @@ fn observe_subscription(shared: &SubscriptionShared, status: ActorStatus) -> Act
     )
 }
 
-/// A subscription's actor address, replaced when it is restarted.
-pub struct SubscriptionHandle {
-    pub shared: Arc<SubscriptionShared>,
-    addr: RwLock<Mailbox<SubscriptionActor>>,
-}
+impl Child for SubscriptionShared {
+    type Actor = SubscriptionActor;
+    type Env = ();
+    type Key = String;
 
-impl SubscriptionHandle {
-    pub fn addr(&self) -> Mailbox<SubscriptionActor> {
-        self.addr.read().clone()
+    fn key(self: &Arc<Self>) -> String {
+        self.id.clone()
     }
 
-    /// `restarted`: rejoin at the committed position.
-    fn spawn(
-        shared: &Arc<SubscriptionShared>,
-        arbiter: &ArbiterHandle,
-        restarted: bool,
-    ) -> Mailbox<SubscriptionActor> {
-        let actor_shared = shared.clone();
-        let addr = SubscriptionActor::start_in_arbiter(arbiter, move |_| SubscriptionActor {
-            shared: actor_shared,
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn actor(self: &Arc<Self>, _: &Arc<()>, life: ActorLife) -> SubscriptionActor {
+        SubscriptionActor {
+            shared: self.clone(),
             consumer: None,
-            restarted,
-        });
-        Mailbox::new(addr, shared.vitals.clone())
+            life,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.is_ended()
+    }
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe_subscription(self, status, vitals)
+    }
+
+    fn give_up(&self, _: &Arc<()>, why: &str) {
+        self.end(Some(Error::new(
+            crate::error::ErrorKind::Unavailable,
+            "SUBSCRIPTION_FAILED",
+            format!("the subscription's actor kept failing ({why}); subscribe again"),
+        )));
     }
 }
 
-/// Every live Queue subscription, and which (topic, group) pairs each
-/// session has subscribed to (for Acknowledge); and the PubSub ones.
+/// The gateway's indexes over its sessions' children (the actors
+/// themselves belong to their sessions): the (topic, group) pairs each
+/// session has consumed (for Acknowledge), the PubSub subscriptions (for
+/// subscriber counts and listing) and the open transactions (for limits).
 pub struct Subscriptions {
-    by_id: DashMap<String, Arc<SubscriptionHandle>>,
     groups: DashMap<String, (Arc<SessionEntry>, Vec<TopicGroup>)>,
     pub pubsub: super::pubsub::PubSubSubscriptions,
-    /// Open streaming transactions (also session children).
+    /// Open streaming transactions, counted against their limits.
     pub transactions: Arc<super::transaction::Transactions>,
 }
 
@@ -400,32 +425,22 @@ impl Default for Subscriptions {
 impl Subscriptions {
     pub fn new() -> Self {
         Subscriptions {
-            by_id: DashMap::new(),
             groups: DashMap::new(),
             pubsub: Default::default(),
             transactions: Default::default(),
         }
     }
 
-    pub fn start(&self, shared: Arc<SubscriptionShared>, arbiter: &ArbiterHandle) {
-        {
-            let mut seen = self
-                .groups
-                .entry(shared.entry.id.clone())
-                .or_insert_with(|| (shared.entry.clone(), Vec::new()));
-            let pair = (shared.spec.topic.clone(), shared.spec.group.clone());
-            if !seen.1.contains(&pair) {
-                seen.1.push(pair);
-            }
+    /// Notes the (topic, group) a new subscription consumes.
+    pub fn record(&self, shared: &SubscriptionShared) {
+        let mut seen = self
+            .groups
+            .entry(shared.entry.id.clone())
+            .or_insert_with(|| (shared.entry.clone(), Vec::new()));
+        let pair = (shared.spec.topic.clone(), shared.spec.group.clone());
+        if !seen.1.contains(&pair) {
+            seen.1.push(pair);
         }
-        let addr = SubscriptionHandle::spawn(&shared, arbiter, false);
-        self.by_id.insert(
-            shared.id.clone(),
-            Arc::new(SubscriptionHandle {
-                shared,
-                addr: RwLock::new(addr),
-            }),
-        );
     }
 
     /// The groups a session has consumed `topic` with.
@@ -442,50 +457,11 @@ impl Subscriptions {
             .unwrap_or_default()
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<SubscriptionHandle>> {
-        self.by_id.get(id).map(|h| h.clone())
-    }
-
-    pub fn for_session(&self, session_id: &str) -> Vec<Arc<SubscriptionHandle>> {
-        self.by_id
-            .iter()
-            .filter(|h| h.shared.entry.id == session_id)
-            .map(|h| h.clone())
-            .collect()
-    }
-
-    /// Restarts crashed subscriptions (Queue ones from the committed
-    /// position) and forgets ended ones; run on the root supervisor's tick.
-    pub fn supervise(&self, now_ms: u64, arbiter: impl Fn() -> ArbiterHandle) {
-        self.pubsub.supervise(now_ms, &arbiter);
-        self.transactions.supervise(&arbiter);
-        self.by_id.retain(|_, handle| {
-            let shared = &handle.shared;
-            if shared.is_ended() {
-                return false;
-            }
-            if !handle.addr().connected() {
-                shared.restarts.fetch_add(1, Ordering::AcqRel);
-                tracing::warn!(subscription = %shared.id, "restarting subscription actor");
-                *handle.addr.write() = SubscriptionHandle::spawn(shared, &arbiter(), true);
-            }
-            true
-        });
+    /// Forgets what ended sessions consumed and PubSub subscriptions that
+    /// ended a while ago; run on the root supervisor's tick.
+    pub fn prune(&self, now_ms: u64) {
+        self.pubsub.prune(now_ms);
         self.groups
             .retain(|_, (entry, _)| !entry.state().is_ended());
-    }
-
-    /// Nodes for every subscription, for grafting under their sessions.
-    pub async fn observe(&self) -> Vec<ActorNode> {
-        let handles: Vec<_> = self.by_id.iter().map(|h| h.clone()).collect();
-        let mut nodes = self.pubsub.observe().await;
-        for h in handles {
-            let addr = h.addr();
-            nodes.push(
-                addr.observe_or(|| observe_subscription(&h.shared, ActorStatus::Failed))
-                    .await,
-            );
-        }
-        nodes
     }
 }

@@ -9,9 +9,9 @@
 //! The database transaction itself is driven by the gRPC stream on the
 //! tokio runtime that owns the pool's connections, never through the
 //! actor's mailbox (the hot-path rule); the actor and the stream share
-//! [`TransactionShared`]. [`Transactions`] is the registry: it enforces the
-//! per-session and per-namespace limits, grafts the actors under their
-//! sessions in the tree, and restarts crashed ones.
+//! [`TransactionShared`]. Its session's actor starts it and tells it when
+//! the session ends; its supervisor restarts a crashed or frozen actor.
+//! [`Transactions`] enforces the per-session and per-namespace limits.
 
 use std::{
     collections::HashMap,
@@ -22,21 +22,18 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, ActorContext, ArbiterHandle, AsyncContext, Context, Handler, WrapFuture};
-use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, WrapFuture};
+use parking_lot::Mutex;
 
 use super::{
-    session::Vitals, subscription::Crash, ActorKind, ActorNode, ActorStatus, KillSwitch, Life,
-    Mailbox, Observe,
+    session::SessionEnded,
+    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
 };
 use crate::{
     error::{Error, ErrorKind},
     session::{Clock, SessionEntry},
 };
-
-/// How often an actor checks its session.
-const TICK: Duration = Duration::from_millis(200);
 
 /// Everything a streaming transaction is, apart from its actor and its
 /// database connection.
@@ -50,7 +47,6 @@ pub struct TransactionShared {
     pub timeout: Duration,
     /// Writes applied so far.
     pub writes: AtomicU64,
-    pub restarts: AtomicU64,
     /// Fired to make the stream roll back; `why` says why.
     pub kill: Arc<KillSwitch>,
     why: Mutex<Option<String>>,
@@ -58,7 +54,6 @@ pub struct TransactionShared {
     ended: Arc<KillSwitch>,
     created: SystemTime,
     clock: Clock,
-    vitals: Arc<Vitals>,
 }
 
 impl TransactionShared {
@@ -80,13 +75,11 @@ impl TransactionShared {
                 .saturating_add(timeout.as_millis().min(u64::MAX as u128) as u64),
             timeout,
             writes: AtomicU64::new(0),
-            restarts: AtomicU64::new(0),
             kill: Arc::default(),
             why: Mutex::new(None),
             ended: Arc::default(),
             created: SystemTime::now(),
             clock,
-            vitals: Arc::default(),
         }
     }
 
@@ -115,7 +108,6 @@ impl TransactionShared {
     }
 
     fn check(&self) {
-        self.vitals.beat(self.clock.now_ms());
         if let Some(ended) = self.entry.ended_error() {
             self.abort(format!(
                 "the session ended: {} ({})",
@@ -132,19 +124,22 @@ impl TransactionShared {
 
 pub struct TransactionActor {
     shared: Arc<TransactionShared>,
+    life: ActorLife,
 }
 
 impl Actor for TransactionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Its session may have ended before it started.
+        self.shared.check();
         let ended = self.shared.ended.clone();
         ctx.spawn(
             async move { ended.fired().await }
                 .into_actor(self)
                 .map(|_, _, ctx: &mut Context<Self>| ctx.stop()),
         );
-        ctx.run_interval(TICK, |act, _| act.shared.check());
+        // Its timeout ends it by itself, its session's end by message.
         let left = self
             .shared
             .deadline_ms
@@ -155,20 +150,42 @@ impl Actor for TransactionActor {
 
 use actix::ActorFutureExt as _;
 
-super::subscription::crash_drill!(TransactionActor, "transaction actor");
+impl SupervisedActor for TransactionActor {
+    fn vitals(&self) -> &Vitals {
+        &self.life.vitals
+    }
 
-super::mailbox::counted!(TransactionActor: Observe);
+    fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn kill_switch(&self) -> &Arc<KillSwitch> {
+        &self.life.kill
+    }
+}
+
+super::supervision::supervised_actor!(TransactionActor);
+super::mailbox::counted!(TransactionActor: Observe, SessionEnded);
+
+impl Handler<SessionEnded> for TransactionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: SessionEnded, _: &mut Context<Self>) {
+        self.life.vitals.handled();
+        self.shared.check();
+    }
+}
 
 impl Handler<Observe> for TransactionActor {
     type Result = ActorNode;
 
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
-        self.shared.vitals.handled();
-        observe(&self.shared, ActorStatus::Running)
+        self.life.vitals.handled();
+        observe(&self.shared, ActorStatus::Running, &self.life.vitals)
     }
 }
 
-fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
+fn observe(shared: &TransactionShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     ActorNode::leaf(
         ActorKind::Transaction,
         shared.id.clone(),
@@ -176,9 +193,9 @@ fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
         status,
         Life {
             created: shared.created,
-            vitals: &shared.vitals,
+            vitals,
             clock: &shared.clock,
-            restarts: shared.restarts.load(Ordering::Relaxed),
+            restarts: 0,
         },
         serde_json::json!({
             "backend": shared.backend,
@@ -191,28 +208,45 @@ fn observe(shared: &TransactionShared, status: ActorStatus) -> ActorNode {
     )
 }
 
-struct TransactionEntry {
-    shared: Arc<TransactionShared>,
-    addr: RwLock<Mailbox<TransactionActor>>,
-}
+impl Child for TransactionShared {
+    type Actor = TransactionActor;
+    type Env = ();
+    type Key = String;
 
-impl TransactionEntry {
-    fn spawn(
-        shared: &Arc<TransactionShared>,
-        arbiter: &ArbiterHandle,
-    ) -> Mailbox<TransactionActor> {
-        let actor_shared = shared.clone();
-        let addr = TransactionActor::start_in_arbiter(arbiter, move |_| TransactionActor {
-            shared: actor_shared,
-        });
-        Mailbox::new(addr, shared.vitals.clone())
+    fn key(self: &Arc<Self>) -> String {
+        self.id.clone()
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn actor(self: &Arc<Self>, _: &Arc<()>, life: ActorLife) -> TransactionActor {
+        TransactionActor {
+            shared: self.clone(),
+            life,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.is_ended()
+    }
+
+    fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+        observe(self, status, vitals)
+    }
+
+    /// Without its actor nothing would end it at its timeout: roll it back.
+    fn give_up(&self, _: &Arc<()>, why: &str) {
+        self.abort(format!(
+            "the gateway could not keep watching the transaction ({why})"
+        ));
     }
 }
 
 /// Open streaming transactions of the gateway.
 #[derive(Default)]
 pub struct Transactions {
-    by_id: DashMap<String, Arc<TransactionEntry>>,
     /// Open transactions by namespace and by session.
     open: Mutex<(HashMap<String, usize>, HashMap<String, usize>)>,
 }
@@ -275,71 +309,5 @@ impl Transactions {
             namespace: ns,
             session: entry.id.clone(),
         })
-    }
-
-    pub fn start(&self, shared: Arc<TransactionShared>, arbiter: &ArbiterHandle) {
-        let addr = TransactionEntry::spawn(&shared, arbiter);
-        self.by_id.insert(
-            shared.id.clone(),
-            Arc::new(TransactionEntry {
-                shared,
-                addr: RwLock::new(addr),
-            }),
-        );
-    }
-
-    /// Forgets a transaction whose stream ended.
-    pub fn remove(&self, id: &str) {
-        if let Some((_, entry)) = self.by_id.remove(id) {
-            entry.shared.finish();
-        }
-    }
-
-    /// Open transactions in the gateway.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    /// Makes a transaction's actor panic (supervision drills).
-    pub fn crash(&self, id: &str) -> bool {
-        match self.by_id.get(id) {
-            Some(e) => {
-                e.addr.read().do_send(Crash);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Restarts crashed actors of transactions still open; run on the root
-    /// supervisor's tick.
-    pub fn supervise(&self, arbiter: impl Fn() -> ArbiterHandle) {
-        for entry in self.by_id.iter() {
-            let shared = &entry.shared;
-            if shared.is_ended() || entry.addr.read().connected() {
-                continue;
-            }
-            shared.restarts.fetch_add(1, Ordering::AcqRel);
-            tracing::warn!(transaction = %shared.id, "restarting transaction actor");
-            *entry.addr.write() = TransactionEntry::spawn(shared, &arbiter());
-        }
-    }
-
-    /// Nodes for every open transaction, for grafting under sessions.
-    pub async fn observe(&self) -> Vec<ActorNode> {
-        let entries: Vec<_> = self.by_id.iter().map(|e| e.clone()).collect();
-        let mut nodes = Vec::with_capacity(entries.len());
-        for e in entries {
-            let addr = e.addr.read().clone();
-            nodes.push(
-                addr.observe_or(|| observe(&e.shared, ActorStatus::Failed))
-                    .await,
-            );
-        }
-        nodes
     }
 }

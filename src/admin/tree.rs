@@ -109,6 +109,7 @@ mod tests {
             messages_handled: 0,
             mailbox_depth: 0,
             restarts: 0,
+            supervision: Default::default(),
             state: serde_json::json!({}),
             children,
         }

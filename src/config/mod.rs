@@ -126,6 +126,11 @@ pub struct ServerConfig {
     /// progress.
     #[serde(with = "humantime_serde")]
     pub supervision_interval: Duration,
+    /// Restarts of a backend pool actor, an outbox relay or a namespace
+    /// supervisor before its supervisor gives up on it (a pool is then
+    /// reported down, a relay stopped; a namespace supervisor stops the
+    /// gateway). Sessions have their own: `session.max_restarts`.
+    pub max_restarts: u32,
     /// TLS for the gRPC listener; with `client_ca_file`, mutual TLS.
     pub tls: Option<TlsSpec>,
     /// Key that signs Reader cursors; gateways sharing one accept each
@@ -147,6 +152,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             actor_threads: None,
             supervision_interval: Duration::from_secs(1),
+            max_restarts: 100,
             tls: None,
             cursor_secret: None,
             admin_token: None,

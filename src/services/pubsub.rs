@@ -13,7 +13,8 @@ use super::{optional_max_messages, optional_positive_duration};
 use crate::{
     actors::{
         pubsub::{PubSubShared, PubSubSubscriptions},
-        ArbiterPool,
+        session::NewChild,
+        Supervisors,
     },
     backends::{
         epoch_ms, missing_interface,
@@ -38,7 +39,7 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 pub struct PubSubApi {
     gate: Gate<PubSubHandle>,
     subscriptions: Arc<crate::actors::subscription::Subscriptions>,
-    pool: Arc<ArbiterPool>,
+    supervisors: Arc<Supervisors>,
     limits: Limits,
 }
 
@@ -118,7 +119,7 @@ impl PubSubApi {
     pub fn new(
         gates: &GateState,
         subscriptions: Arc<crate::actors::subscription::Subscriptions>,
-        pool: Arc<ArbiterPool>,
+        supervisors: Arc<Supervisors>,
         limits: Limits,
     ) -> Self {
         PubSubApi {
@@ -129,7 +130,7 @@ impl PubSubApi {
                 |b| b.pubsub.as_ref(),
             ),
             subscriptions,
-            pool,
+            supervisors,
             limits,
         }
     }
@@ -273,7 +274,11 @@ impl PubSubService for PubSubApi {
             max_duration,
             *self.gate.registry().clock(),
         ));
-        self.subs().start(shared.clone(), &self.pool.next());
+        self.supervisors
+            .start_child(&call.entry, NewChild::PubSub(shared.clone()))
+            .await
+            .map_err(|e| call.fail(e))?;
+        self.subs().record(shared.clone());
         let ready = tokio::time::timeout(SUBSCRIBE_WAIT, shared.ready()).await;
         let outcome = match ready {
             Ok(result) => result,

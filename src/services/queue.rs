@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status};
 use super::{optional_max_messages, optional_positive_duration};
 use crate::{
     actors::{
+        session::NewChild,
         subscription::{SubscriptionShared, Subscriptions},
-        ArbiterPool,
+        Supervisors,
     },
     backends::{
         queue::{
@@ -34,7 +35,7 @@ const STREAM_BUFFER: usize = 64;
 pub struct QueueApi {
     gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
-    pool: Arc<ArbiterPool>,
+    supervisors: Arc<Supervisors>,
     limits: Limits,
 }
 
@@ -83,7 +84,7 @@ impl QueueApi {
     pub fn new(
         gates: &GateState,
         subscriptions: Arc<Subscriptions>,
-        pool: Arc<ArbiterPool>,
+        supervisors: Arc<Supervisors>,
         limits: Limits,
     ) -> Self {
         QueueApi {
@@ -91,7 +92,7 @@ impl QueueApi {
                 b.queue.as_ref()
             }),
             subscriptions,
-            pool,
+            supervisors,
             limits,
         }
     }
@@ -297,7 +298,11 @@ impl QueueService for QueueApi {
             timeout,
             *self.gate.registry().clock(),
         ));
-        self.subscriptions.start(shared, &self.pool.next());
+        self.subscriptions.record(&shared);
+        self.supervisors
+            .start_child(&call.entry, NewChild::Queue(shared))
+            .await
+            .map_err(|e| call.fail(e))?;
         Ok(Response::new(call.stream(ReceiverStream::new(rx))))
     }
 

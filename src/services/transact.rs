@@ -17,8 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     actors::{
+        session::NewChild,
         transaction::{Slot, TransactionShared, Transactions},
-        ArbiterPool,
+        Supervisors,
     },
     backends::{
         epoch_ms, timestamp_ms,
@@ -47,7 +48,7 @@ const MAILBOX_CHUNK: usize = 256;
 struct Inner {
     gate: Gate<Arc<dyn TransactOutbox>>,
     transactions: Arc<Transactions>,
-    pool: Arc<ArbiterPool>,
+    supervisors: Arc<Supervisors>,
     clock: Clock,
 }
 
@@ -72,7 +73,11 @@ impl Call {
 }
 
 impl TransactApi {
-    pub fn new(gates: &GateState, transactions: Arc<Transactions>, pool: Arc<ArbiterPool>) -> Self {
+    pub fn new(
+        gates: &GateState,
+        transactions: Arc<Transactions>,
+        supervisors: Arc<Supervisors>,
+    ) -> Self {
         TransactApi {
             inner: Arc::new(Inner {
                 clock: *gates.registry().clock(),
@@ -83,7 +88,7 @@ impl TransactApi {
                     |b| b.transact.as_ref(),
                 ),
                 transactions,
-                pool,
+                supervisors,
             }),
         }
     }
@@ -529,14 +534,13 @@ struct Open {
     call: Call,
     tx: Option<Box<dyn OpenTransaction>>,
     shared: Arc<TransactionShared>,
-    registry: Arc<Transactions>,
     _slot: Slot,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         // Dropping `tx` without commit rolls the transaction back.
-        self.registry.remove(&self.shared.id);
+        self.shared.finish();
     }
 }
 
@@ -754,16 +758,17 @@ impl Driver {
             o.timeout,
             self.api.clock,
         ));
-        self.api
-            .transactions
-            .start(shared.clone(), &self.api.pool.next());
         let open = Open {
             call,
             tx: Some(tx),
-            shared,
-            registry: self.api.transactions.clone(),
+            shared: shared.clone(),
             _slot: slot,
         };
+        // Dropping `open` on failure rolls the transaction back.
+        self.api
+            .supervisors
+            .start_child(&open.call.entry, NewChild::Transaction(shared))
+            .await?;
         let started = Out::Started(pb::TransactionStarted {
             transaction_id: id,
             started_at: Some(timestamp_ms(epoch_ms())),

@@ -208,6 +208,16 @@ impl TestGateway {
             .expect("server ran cleanly");
     }
 
+    /// Waits (bounded) for the server to stop by itself, without asking it
+    /// to; what it returned.
+    pub async fn stopped(mut self) -> Result<(), ServeError> {
+        let server = &mut self.server;
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+    }
+
     /// Waits (bounded) until backend `name` is up; a backend without a
     /// client, or an unknown name, needs no wait.
     pub async fn wait_backend_up(&self, name: &str) {
