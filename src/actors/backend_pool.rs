@@ -14,8 +14,8 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Wrap
 
 use super::{
     mailbox::counted,
-    supervision::{ActorLife, Child, SupervisedActor, Vitals},
-    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Mailbox, Observe,
+    supervision::{ActorLife, Child, Vitals},
+    ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
 };
 use crate::{
     backends::{health::CheckNow, Backend, HealthState},
@@ -166,20 +166,6 @@ impl Handler<CheckNow> for BackendPoolActor {
     }
 }
 
-impl SupervisedActor for BackendPoolActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(BackendPoolActor);
 counted!(BackendPoolActor: CheckNow, Observe);
 
@@ -295,6 +281,10 @@ impl Child for PoolShared {
             last_sweep_ms: None,
             swept: 0,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

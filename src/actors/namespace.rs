@@ -19,8 +19,8 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use super::{
     mailbox::counted,
     session::SessionEnv,
-    supervision::{ActorLife, CheckTiming, Child, Children, SupervisedActor, Vitals},
-    ActorKind, ActorNode, ActorStatus, ArbiterPool, KillSwitch, Observe,
+    supervision::{ActorLife, CheckTiming, Child, Children, Vitals},
+    ActorKind, ActorNode, ActorStatus, ArbiterPool, Observe,
 };
 use crate::session::{Clock, SessionEntry, SessionEvent, SessionRegistry};
 
@@ -184,20 +184,6 @@ impl StreamHandler<Result<SessionEvent, BroadcastStreamRecvError>> for Namespace
     }
 }
 
-impl SupervisedActor for NamespaceSupervisor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.shared.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(NamespaceSupervisor);
 
 /// Start the actor of a session already in the registry.
@@ -263,6 +249,10 @@ impl Child for NamespaceShared {
             settings: env.clone(),
             life,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use super::{
     mailbox::counted,
     session::SessionEnded,
-    supervision::{ActorLife, Child, SupervisedActor, Vitals},
-    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
+    supervision::{ActorLife, Child, Vitals},
+    ActorKind, ActorNode, ActorStatus, Life, Observe,
 };
 use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
@@ -231,20 +231,6 @@ impl Actor for PubSubSubscriptionActor {
     }
 }
 
-impl SupervisedActor for PubSubSubscriptionActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.shared.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(PubSubSubscriptionActor);
 counted!(PubSubSubscriptionActor: Observe, SessionEnded);
 
@@ -314,6 +300,10 @@ impl Child for PubSubShared {
             shared: self.clone(),
             life,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

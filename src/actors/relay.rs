@@ -22,8 +22,8 @@ use parking_lot::Mutex;
 
 use super::{
     mailbox::counted,
-    supervision::{ActorLife, Child, SupervisedActor, Vitals},
-    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Mailbox, Observe,
+    supervision::{ActorLife, Child, Vitals},
+    ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
 };
 use crate::{
     backends::{
@@ -312,20 +312,6 @@ impl Handler<Retry> for MailboxListenerActor {
     }
 }
 
-impl SupervisedActor for MailboxListenerActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.shared.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(MailboxListenerActor);
 counted!(MailboxListenerActor: Wake, Observe);
 
@@ -401,6 +387,10 @@ impl Child for RelayShared {
             backing_off: false,
             waker: None,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use super::{
     pubsub::PubSubShared,
     subscription::SubscriptionShared,
-    supervision::{ActorLife, Child, Children, SupervisedActor, Vitals},
+    supervision::{ActorLife, Child, Children, Vitals},
     transaction::TransactionShared,
-    ActorKind, ActorNode, ActorStatus, ArbiterPool, KillSwitch, Life, Observe,
+    ActorKind, ActorNode, ActorStatus, ArbiterPool, Life, Observe,
 };
 use crate::session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry};
 
@@ -179,20 +179,6 @@ impl Actor for SessionActor {
     }
 }
 
-impl SupervisedActor for SessionActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        self.env.registry.clock()
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(SessionActor);
 super::mailbox::counted!(SessionActor: StartChild, Observe);
 
@@ -285,6 +271,10 @@ impl Child for SessionEntry {
             env: env.clone(),
             life,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

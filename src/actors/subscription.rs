@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use super::{
     mailbox::counted,
     session::SessionEnded,
-    supervision::{ActorLife, Child, SupervisedActor, Vitals},
-    ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
+    supervision::{ActorLife, Child, Vitals},
+    ActorKind, ActorNode, ActorStatus, Life, Observe,
 };
 use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
@@ -298,20 +298,6 @@ impl Handler<Pump> for SubscriptionActor {
     }
 }
 
-impl SupervisedActor for SubscriptionActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.shared.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(SubscriptionActor);
 counted!(SubscriptionActor: Observe, SessionEnded);
 
@@ -383,6 +369,10 @@ impl Child for SubscriptionShared {
             consumer: None,
             life,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {

@@ -96,6 +96,9 @@ pub trait Child: Send + Sync + 'static {
     /// A fresh actor for the child's saved state.
     fn actor(self: &Arc<Self>, env: &Arc<Self::Env>, life: ActorLife) -> Self::Actor;
 
+    /// The clock the child's progress is timed by.
+    fn clock(&self) -> Clock;
+
     /// Finished for good: the supervisor stops watching it.
     fn is_finished(&self) -> bool;
 
@@ -122,6 +125,8 @@ pub struct ActorLife {
     pub kill: Arc<KillSwitch>,
     /// Started again after a failure.
     pub restarted: bool,
+    /// The clock its beats are timed by.
+    pub clock: Clock,
 }
 
 /// What supervising a child has taken, shown in its node.
@@ -202,6 +207,7 @@ where
                 vitals: vitals.clone(),
                 kill: kill.clone(),
                 restarted,
+                clock: child.clock(),
             },
         );
         let addr = C::Actor::start_in_arbiter(arbiter, move |_| actor);
@@ -420,25 +426,17 @@ where
     }
 }
 
-/// What the handlers every supervised actor shares read from it.
-pub trait SupervisedActor: Actor<Context = Context<Self>> {
-    fn vitals(&self) -> &Vitals;
-    fn clock(&self) -> &Clock;
-    /// Fired by the supervisor to end the actor when it is stuck.
-    fn kill_switch(&self) -> &Arc<KillSwitch>;
-}
-
 /// The handlers every supervised actor needs: a [`Pulse`] beats, a
-/// [`Stop`] stops, and (for tests) a [`Fault`] drill. One macro, since a
-/// blanket impl of actix's `Handler` is ruled out by the orphan rule.
+/// [`Stop`] stops, and (for tests) a [`Fault`] drill. The actor keeps its
+/// [`ActorLife`] in a field named `life`. One macro, since a blanket impl
+/// of actix's `Handler` is ruled out by the orphan rule.
 macro_rules! supervised_actor {
     ($actor:ty) => {
         impl actix::Handler<$crate::actors::supervision::Pulse> for $actor {
             type Result = ();
 
             fn handle(&mut self, _: $crate::actors::supervision::Pulse, _: &mut actix::Context<Self>) {
-                use $crate::actors::supervision::SupervisedActor as _;
-                self.vitals().beat(self.clock().now_ms());
+                self.life.vitals.beat(self.life.clock.now_ms());
             }
         }
 
@@ -446,8 +444,7 @@ macro_rules! supervised_actor {
             type Result = ();
 
             fn handle(&mut self, _: $crate::actors::supervision::Stop, ctx: &mut actix::Context<Self>) {
-                use $crate::actors::supervision::SupervisedActor as _;
-                self.vitals().handled();
+                self.life.vitals.handled();
                 actix::ActorContext::stop(ctx);
             }
         }
@@ -467,15 +464,14 @@ macro_rules! supervised_actor {
                 ctx: &mut actix::Context<Self>,
             ) {
                 use actix::{ActorFutureExt as _, AsyncContext as _};
-                use $crate::actors::supervision::SupervisedActor as _;
-                self.vitals().handled();
+                self.life.vitals.handled();
                 tracing::warn!(actor = stringify!($actor), ?fault, "injected fault");
                 match fault {
                     $crate::actors::supervision::Fault::Panic => {
                         panic!(concat!("injected fault in ", stringify!($actor)))
                     }
                     $crate::actors::supervision::Fault::Stall => {
-                        let kill = self.kill_switch().clone();
+                        let kill = self.life.kill.clone();
                         ctx.wait(actix::fut::wrap_future(kill.fired()).map(
                             |_, _: &mut Self, ctx: &mut actix::Context<Self>| {
                                 actix::ActorContext::stop(ctx)
@@ -530,5 +526,226 @@ impl CheckTiming {
         };
         self.last_check_ms = Some(now_ms);
         Some(judge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use actix::{Arbiter, Context};
+
+    use super::*;
+    use crate::actors::{mailbox::counted, ActorKind, Life};
+
+    /// A child with nothing to do but be supervised.
+    struct Toy {
+        clock: Clock,
+        gave_up: Mutex<Option<String>>,
+    }
+
+    struct ToyActor {
+        life: ActorLife,
+    }
+
+    impl Actor for ToyActor {
+        type Context = Context<Self>;
+    }
+
+    supervised_actor!(ToyActor);
+    counted!(ToyActor: Observe);
+
+    impl Handler<Observe> for ToyActor {
+        type Result = ActorNode;
+
+        fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> ActorNode {
+            toy_node(ActorStatus::Running, &self.life.vitals, &self.life.clock)
+        }
+    }
+
+    fn toy_node(status: ActorStatus, vitals: &Vitals, clock: &Clock) -> ActorNode {
+        ActorNode::leaf(
+            ActorKind::Session,
+            "toy".into(),
+            "root".into(),
+            status,
+            Life {
+                created: SystemTime::UNIX_EPOCH,
+                vitals,
+                clock,
+                restarts: 0,
+            },
+            serde_json::json!({}),
+        )
+    }
+
+    impl Child for Toy {
+        type Actor = ToyActor;
+        type Env = ();
+        type Key = String;
+
+        fn key(self: &Arc<Self>) -> String {
+            "toy".into()
+        }
+
+        fn id(&self) -> &str {
+            "toy"
+        }
+
+        fn actor(self: &Arc<Self>, _: &Arc<()>, life: ActorLife) -> ToyActor {
+            ToyActor { life }
+        }
+
+        fn clock(&self) -> Clock {
+            self.clock
+        }
+
+        fn is_finished(&self) -> bool {
+            false
+        }
+
+        fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {
+            toy_node(status, vitals, &self.clock)
+        }
+
+        fn give_up(&self, _: &Arc<()>, why: &str) {
+            *self.gave_up.lock() = Some(why.to_string());
+        }
+    }
+
+    fn toy() -> (Supervised<Toy>, Arc<()>) {
+        let env = Arc::new(());
+        let child = Arc::new(Toy {
+            clock: Clock::new(),
+            gave_up: Mutex::new(None),
+        });
+        (Supervised::start(child, &env, &Arbiter::current()), env)
+    }
+
+    /// Lets the actors on this thread (the test's arbiter) take what was
+    /// sent to them.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn panicked(toy: &Supervised<Toy>) {
+        toy.mailbox().do_send(Fault::Panic);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while toy.mailbox().connected() {
+                settle().await;
+            }
+        })
+        .await
+        .expect("the mailbox closes after the panic");
+    }
+
+    #[actix_rt::test]
+    async fn a_running_child_answers_probes_and_is_left_alone() {
+        let (toy, env) = toy();
+        for _ in 0..5 {
+            assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+            settle().await;
+        }
+        assert_eq!(toy.supervision(), Supervision::default());
+        assert!(toy.vitals().pulse.load(Ordering::Relaxed) >= 4);
+    }
+
+    #[actix_rt::test]
+    async fn a_panicked_child_is_restarted_onto_the_same_handle() {
+        let (toy, env) = toy();
+        let before = toy.vitals();
+        panicked(&toy).await;
+        assert_eq!(
+            toy.check(&env, true, 3, Arbiter::current),
+            Verdict::Restarted("its actor panicked")
+        );
+        assert!(toy.mailbox().connected());
+        assert!(Arc::ptr_eq(&before, &toy.vitals()), "the same vitals");
+        let s = toy.supervision();
+        assert_eq!((s.panics, s.stalls, s.restarts), (1, 0, 1));
+        let node = toy.observe().await;
+        assert_eq!(node.status, ActorStatus::Running);
+        assert_eq!(node.restarts, 1);
+        assert_eq!(node.supervision.panics, 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_frozen_child_is_restarted_after_three_silent_checks() {
+        let (toy, env) = toy();
+        toy.mailbox().do_send(Fault::Stall);
+        settle().await;
+        let old = toy.mailbox();
+        for _ in 0..SILENT_CHECKS_BEFORE_RESTART - 1 {
+            assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+            settle().await;
+        }
+        assert_eq!(
+            toy.check(&env, true, 3, Arbiter::current),
+            Verdict::Restarted("its actor stopped making progress")
+        );
+        settle().await;
+        assert!(
+            !old.connected(),
+            "the frozen actor was ended by its kill switch"
+        );
+        let s = toy.supervision();
+        assert_eq!((s.panics, s.stalls, s.restarts), (0, 1, 1));
+        // The new actor answers its probes.
+        assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+    }
+
+    #[actix_rt::test]
+    async fn silence_does_not_count_when_the_supervisor_ran_late() {
+        let (toy, env) = toy();
+        toy.mailbox().do_send(Fault::Stall);
+        settle().await;
+        for _ in 0..5 {
+            assert_eq!(
+                toy.check(&env, false, 3, Arbiter::current),
+                Verdict::Running
+            );
+        }
+        assert_eq!(toy.supervision().stalls, 0);
+        toy.stop();
+    }
+
+    #[actix_rt::test]
+    async fn after_the_limit_the_supervisor_gives_up_and_says_why() {
+        let (toy, env) = toy();
+        panicked(&toy).await;
+        assert!(matches!(
+            toy.check(&env, true, 1, Arbiter::current),
+            Verdict::Restarted(_)
+        ));
+        panicked(&toy).await;
+        assert_eq!(toy.check(&env, true, 1, Arbiter::current), Verdict::GaveUp);
+        let why = toy
+            .child
+            .gave_up
+            .lock()
+            .clone()
+            .expect("the child was told");
+        assert!(why.contains("panicked") && why.contains("1 times"), "{why}");
+        assert_eq!(toy.supervision().gave_up.as_deref(), Some(why.as_str()));
+    }
+
+    #[test]
+    fn checks_bunched_after_a_stall_only_reset_the_baseline() {
+        let mut timing = CheckTiming::new(Duration::from_millis(100));
+        assert_eq!(
+            timing.judge(1_000),
+            Some(false),
+            "the first check sets the baseline"
+        );
+        assert_eq!(timing.judge(1_100), Some(true));
+        assert_eq!(timing.judge(1_120), None, "too soon after the last one");
+        assert_eq!(
+            timing.judge(2_000),
+            Some(false),
+            "the supervisor itself ran late"
+        );
+        assert_eq!(timing.judge(2_100), Some(true));
     }
 }

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 
 use super::{
     session::SessionEnded,
-    supervision::{ActorLife, Child, SupervisedActor, Vitals},
+    supervision::{ActorLife, Child, Vitals},
     ActorKind, ActorNode, ActorStatus, KillSwitch, Life, Observe,
 };
 use crate::{
@@ -150,20 +150,6 @@ impl Actor for TransactionActor {
 
 use actix::ActorFutureExt as _;
 
-impl SupervisedActor for TransactionActor {
-    fn vitals(&self) -> &Vitals {
-        &self.life.vitals
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.shared.clock
-    }
-
-    fn kill_switch(&self) -> &Arc<KillSwitch> {
-        &self.life.kill
-    }
-}
-
 super::supervision::supervised_actor!(TransactionActor);
 super::mailbox::counted!(TransactionActor: Observe, SessionEnded);
 
@@ -226,6 +212,10 @@ impl Child for TransactionShared {
             shared: self.clone(),
             life,
         }
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn is_finished(&self) -> bool {
