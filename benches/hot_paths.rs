@@ -36,7 +36,9 @@ fn token_validation(c: &mut Criterion) {
     let auth = Authenticator::new(&cfg).unwrap();
     let configs = NamedConfigs::resolve_all(&cfg).unwrap();
     let clock = Clock::new();
-    let registry = SessionRegistry::new(clock, cfg.namespaces.keys());
+    let registry =
+        SessionRegistry::new(clock, cfg.namespaces.iter().map(|(n, ns)| (n, &ns.session)));
+    let namespace = registry.namespace("default").unwrap().clone();
     let principal = auth.api_key("prism-dev-key").unwrap();
     // Sessions beside the one checked, so the lookup is not in a tiny map.
     let mut token_of_last = String::new();
@@ -50,7 +52,7 @@ fn token_validation(c: &mut Criterion) {
             "bench".into(),
             String::new(),
             HashMap::new(),
-            Arc::new(cfg.namespaces["default"].session.clone()),
+            namespace.clone(),
             clock,
         );
         registry.insert(Arc::new(entry)).unwrap();

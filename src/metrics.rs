@@ -1,14 +1,15 @@
 //! Prometheus metrics: a tower layer on the gRPC server counts every call
 //! and its duration by namespace, service, method and status code; the rest
 //! (sessions, subscriptions, transactions, restarts, pools, traffic, relay
-//! lag) is read from the gateway's live state when `/metrics` is scraped.
+//! lag) comes from counters the gateway keeps as things happen, read when
+//! `/metrics` is scraped — no actor is asked and no session visited, so a
+//! scrape costs the same with 100 sessions as with 100,000.
 //!
 //! The namespace of a call is learned where the session is checked
 //! ([`note_namespace`], called by the session registry) and carried to the
 //! layer in a task-local slot, so no handler has to report it.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -22,7 +23,7 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tonic::codegen::http;
 
-use crate::{actors::ActorNode, admin::tree, server::Gateway};
+use crate::{admin::tree, server::Gateway};
 
 /// Histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -203,69 +204,55 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-/// The whole exposition: call counters, then the gateway's live state.
-pub async fn render(gateway: &Gateway) -> String {
+/// The whole exposition: call counters, then the gateway's counters.
+pub fn render(gateway: &Gateway) -> String {
     let mut out = String::new();
     gateway.metrics.render_calls(&mut out);
 
-    let mut per_ns: BTreeMap<String, [u64; 3]> = gateway
-        .config
-        .namespaces
-        .keys()
-        .map(|n| (n.clone(), [0; 3]))
-        .collect();
-    let mut restarts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut lag = Vec::new();
-    let mut lag_age = Vec::new();
-    if let Ok(root) = gateway.observe().await {
-        for (ns, node) in tree::flatten(root) {
-            let ns = ns.unwrap_or_default();
-            count_node(
-                &ns,
-                &node,
-                &mut per_ns,
-                &mut restarts,
-                &mut lag,
-                &mut lag_age,
-            );
-        }
-    }
-    let by_ns = |i: usize| -> Vec<(String, f64)> {
-        per_ns
+    // Gauges from counters kept as things happen: a scrape costs the same
+    // with 100 sessions as with 100,000 (no actor is asked, nothing walks
+    // the sessions).
+    let namespaces: Vec<_> = gateway.registry.namespaces().collect();
+    let by_ns = |value: &dyn Fn(&crate::session::NamespaceSessions) -> f64| -> Vec<(String, f64)> {
+        let mut samples: Vec<(String, f64)> = namespaces
             .iter()
-            .map(|(ns, c)| (labels(&[("namespace", ns)]), c[i] as f64))
-            .collect()
+            .map(|n| (labels(&[("namespace", &n.name)]), value(n)))
+            .collect();
+        samples.sort_by(|a, b| a.0.cmp(&b.0));
+        samples
     };
     family(
         &mut out,
         "prism_sessions_active",
         "gauge",
         "Open sessions.",
-        &by_ns(0),
+        &by_ns(&|n| n.open.load(Ordering::Relaxed) as f64),
     );
     family(
         &mut out,
         "prism_subscriptions_active",
         "gauge",
         "Open Queue and PubSub subscription streams.",
-        &by_ns(1),
+        &by_ns(&|n| n.subscriptions.load(Ordering::Relaxed) as f64),
     );
     family(
         &mut out,
         "prism_transactions_active",
         "gauge",
         "Open streaming transactions.",
-        &by_ns(2),
+        &by_ns(&|n| n.transactions.load(Ordering::Relaxed) as f64),
     );
-    let restarts: Vec<(String, f64)> = restarts
-        .iter()
-        .map(|(kind, n)| (labels(&[("kind", kind)]), *n as f64))
+    let restarts: Vec<(String, f64)> = gateway
+        .supervisors
+        .restarts()
+        .by_kind()
+        .map(|(kind, n)| (labels(&[("kind", &tree::kind_name(kind))]), n as f64))
         .collect();
     family(
         &mut out,
-        "prism_actor_restarts",
-        "gauge",
-        "Restarts of the live actors, by kind.",
+        "prism_actor_restarts_total",
+        "counter",
+        "Actor restarts by kind since the gateway started.",
         &restarts,
     );
 
@@ -314,12 +301,15 @@ pub async fn render(gateway: &Gateway) -> String {
         &idle,
     );
 
-    let mut received = Vec::new();
-    let mut sent = Vec::new();
-    for ns in gateway.config.namespaces.keys() {
-        let (r, s) = gateway.registry.traffic(ns);
-        received.push((labels(&[("namespace", ns)]), r as f64));
-        sent.push((labels(&[("namespace", ns)]), s as f64));
+    let received = by_ns(&|n| n.bytes_received.load(Ordering::Relaxed) as f64);
+    let sent = by_ns(&|n| n.bytes_sent.load(Ordering::Relaxed) as f64);
+    let mut lag = Vec::new();
+    let mut lag_age = Vec::new();
+    for relay in gateway.supervisors.relays() {
+        let l = labels(&[("namespace", &relay.namespace), ("relay", &relay.name)]);
+        let (rows, age) = relay.lag();
+        lag.push((l.clone(), rows as f64));
+        lag_age.push((l, age.map_or(0.0, |a| a.as_secs_f64())));
     }
     family(
         &mut out,
@@ -350,37 +340,6 @@ pub async fn render(gateway: &Gateway) -> String {
         &lag_age,
     );
     out
-}
-
-fn count_node(
-    ns: &str,
-    node: &ActorNode,
-    per_ns: &mut BTreeMap<String, [u64; 3]>,
-    restarts: &mut BTreeMap<String, u64>,
-    lag: &mut Vec<(String, f64)>,
-    lag_age: &mut Vec<(String, f64)>,
-) {
-    use crate::actors::ActorKind as K;
-    *restarts.entry(tree::kind_name(node.kind)).or_default() += node.restarts;
-    let slot = match node.kind {
-        K::Session => Some(0),
-        K::Subscription | K::PubSubSubscription => Some(1),
-        K::Transaction => Some(2),
-        _ => None,
-    };
-    if let (Some(i), Some(c)) = (slot, per_ns.get_mut(ns)) {
-        c[i] += 1;
-    }
-    if node.kind == K::MailboxListener {
-        let relay = node.id.rsplit('/').next().unwrap_or_default();
-        let l = labels(&[("namespace", ns), ("relay", relay)]);
-        let state = &node.state["lag"];
-        lag.push((l.clone(), state["unprocessed"].as_f64().unwrap_or(0.0)));
-        lag_age.push((
-            l,
-            state["oldest_unprocessed_age_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-        ));
-    }
 }
 
 /// The tower layer around the gRPC server: counts every call, runs it in

@@ -67,7 +67,10 @@ impl Gateway {
             NamedConfigs::resolve_all(&config).map_err(|e| ServeError::Config(e.message))?,
         );
         let clock = Clock::new();
-        let registry = Arc::new(SessionRegistry::new(clock, config.namespaces.keys()));
+        let registry = Arc::new(SessionRegistry::new(
+            clock,
+            config.namespaces.iter().map(|(n, ns)| (n, &ns.session)),
+        ));
         let audit = Arc::new(crate::audit::Audit::open(&config.audit).map_err(ServeError::Config)?);
         registry.set_audit(audit.clone());
         let backends = Arc::new(Backends::build(&config, clock).map_err(ServeError::Config)?);
@@ -83,6 +86,7 @@ impl Gateway {
             interval: config.server.supervision_interval,
             max_restarts: config.server.max_restarts,
             failure: Arc::new(SupervisionFailure::default()),
+            restarts: Arc::default(),
         };
         let relays = crate::actors::relay::configured(&config, &backends, clock)
             .map_err(ServeError::Config)?;

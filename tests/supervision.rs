@@ -84,6 +84,14 @@ impl Fixture {
         node
     }
 
+    /// One sample of `/metrics`, e.g. `prism_sessions_active{namespace="default"}`.
+    fn metric(&self, sample: &str) -> f64 {
+        let text = prism::metrics::render(&self.gw.gateway);
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
     async fn stop(self) {
         self.gw.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -141,6 +149,11 @@ fn a_frozen_queue_subscription_is_restarted_on_the_same_stream() {
             .id
             .clone();
 
+        let live = "prism_subscriptions_active{namespace=\"default\"}";
+        let restarts = "prism_actor_restarts_total{kind=\"subscription\"}";
+        assert_eq!(f.metric(live), 1.0);
+        assert_eq!(f.metric(restarts), 0.0);
+
         f.freeze_and_wait_restart(&id).await;
         publish(b"after").await;
         let next = tokio::time::timeout(Duration::from_secs(20), stream.message())
@@ -149,6 +162,26 @@ fn a_frozen_queue_subscription_is_restarted_on_the_same_stream() {
             .unwrap()
             .unwrap();
         assert_eq!(next.payload, b"after");
+        assert_eq!(f.metric(restarts), 1.0, "counted as it happened");
+        assert_eq!(f.metric(live), 1.0, "the same subscription");
+
+        // The session ends: its subscription is told, ends, and leaves the gauge.
+        f.gw.sessions()
+            .close_session(prism::proto::session::v1::CloseSessionRequest {
+                session_token: token,
+                force: true,
+            })
+            .await
+            .unwrap();
+        assert!(
+            stream.message().await.is_err(),
+            "the stream ends with the session's error"
+        );
+        wait_until("the subscription leaves the gauge", || async {
+            f.metric(live) == 0.0
+        })
+        .await;
+        assert_eq!(f.metric(restarts), 1.0, "restarts stay counted");
         f.stop().await;
     });
 }

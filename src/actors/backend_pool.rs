@@ -183,6 +183,24 @@ impl Handler<Observe> for BackendPoolActor {
     }
 }
 
+/// A pool actor's observable state. The actor's own numbers are absent
+/// when it cannot answer.
+#[derive(serde::Serialize)]
+struct PoolState<'a> {
+    backend: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    health: HealthState,
+    last_error: Option<String>,
+    checks: u64,
+    failures: u64,
+    recoveries: u64,
+    consecutive_failures: Option<u32>,
+    next_check_in_ms: Option<u64>,
+    expired_keys_swept: Option<u64>,
+    pool: Option<serde_json::Value>,
+}
+
 fn observe_pool(
     pool: &PoolShared,
     vitals: &Vitals,
@@ -205,19 +223,19 @@ fn observe_pool(
             clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "backend": backend.name,
-            "type": backend.kind.name(),
-            "health": health.state(),
-            "last_error": health.last_error(),
-            "checks": health.checks.load(Ordering::Relaxed),
-            "failures": health.failures.load(Ordering::Relaxed),
-            "recoveries": health.recoveries.load(Ordering::Relaxed),
-            "consecutive_failures": actor.map(|a| a.consecutive_failures),
-            "next_check_in_ms": actor.map(|a| a.next_check_ms.saturating_sub(now)),
-            "expired_keys_swept": actor.map(|a| a.swept),
-            "pool": backend.client.as_ref().map(|c| c.stats()),
-        }),
+        &PoolState {
+            backend: &backend.name,
+            kind: backend.kind.name(),
+            health: health.state(),
+            last_error: health.last_error(),
+            checks: health.checks.load(Ordering::Relaxed),
+            failures: health.failures.load(Ordering::Relaxed),
+            recoveries: health.recoveries.load(Ordering::Relaxed),
+            consecutive_failures: actor.map(|a| a.consecutive_failures),
+            next_check_in_ms: actor.map(|a| a.next_check_ms.saturating_sub(now)),
+            expired_keys_swept: actor.map(|a| a.swept),
+            pool: backend.client.as_ref().map(|c| c.stats()),
+        },
     )
 }
 
@@ -259,6 +277,7 @@ impl Child for PoolShared {
     type Actor = BackendPoolActor;
     type Env = ();
     type Key = String;
+    const KIND: ActorKind = ActorKind::BackendPool;
 
     fn key(self: &Arc<Self>) -> String {
         self.id.clone()

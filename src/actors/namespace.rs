@@ -35,6 +35,8 @@ pub struct SupervisorSettings {
     pub max_restarts: u32,
     /// Told when supervision itself fails; the gateway then stops.
     pub failure: Arc<super::root::SupervisionFailure>,
+    /// Restarts by kind, counted as they happen.
+    pub restarts: Arc<super::supervision::Restarts>,
 }
 
 /// A namespace: its sessions and what survives a restart of its supervisor.
@@ -61,11 +63,15 @@ impl NamespaceShared {
             created: SystemTime::now(),
             clock: *settings.registry.clock(),
             max_restarts,
-            sessions: Children::new(Arc::new(SessionEnv {
-                registry: settings.registry.clone(),
-                pool: settings.pool.clone(),
-                children: Mutex::default(),
-            })),
+            sessions: Children::new(
+                Arc::new(SessionEnv {
+                    registry: settings.registry.clone(),
+                    pool: settings.pool.clone(),
+                    restarts: settings.restarts.clone(),
+                    children: Mutex::default(),
+                }),
+                settings.restarts.clone(),
+            ),
             timing: Mutex::new(CheckTiming::new(settings.interval)),
         }
     }
@@ -132,12 +138,23 @@ impl NamespaceShared {
                 clock: &self.clock,
                 restarts: 0,
             },
-            serde_json::json!({
-                "namespace": self.name,
-                "sessions": self.sessions.len(),
-            }),
+            &NamespaceState {
+                namespace: &self.name,
+                sessions: self.sessions.len(),
+                child_restarts: None,
+            },
         )
     }
+}
+
+/// A namespace supervisor's observable state (`child_restarts` is added
+/// by the root, which sees the sessions' nodes).
+#[derive(serde::Serialize)]
+pub struct NamespaceState<'a> {
+    pub namespace: &'a str,
+    pub sessions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_restarts: Option<u64>,
 }
 
 pub struct NamespaceSupervisor {
@@ -231,6 +248,7 @@ impl Child for NamespaceShared {
     type Actor = NamespaceSupervisor;
     type Env = SupervisorSettings;
     type Key = String;
+    const KIND: ActorKind = ActorKind::NamespaceSupervisor;
 
     fn key(self: &Arc<Self>) -> String {
         self.id.clone()

@@ -19,6 +19,19 @@ pub enum ActorKind {
     MailboxListener,
 }
 
+impl ActorKind {
+    pub const ALL: [ActorKind; 8] = [
+        ActorKind::Root,
+        ActorKind::NamespaceSupervisor,
+        ActorKind::Session,
+        ActorKind::BackendPool,
+        ActorKind::Subscription,
+        ActorKind::PubSubSubscription,
+        ActorKind::Transaction,
+        ActorKind::MailboxListener,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorStatus {
@@ -66,7 +79,7 @@ impl ActorNode {
         parent: String,
         status: ActorStatus,
         life: Life<'_>,
-        state: serde_json::Value,
+        state: &impl Serialize,
     ) -> Self {
         use std::sync::atomic::Ordering;
         ActorNode {
@@ -82,7 +95,9 @@ impl ActorNode {
             mailbox_depth: life.vitals.queued.load(Ordering::Relaxed),
             restarts: life.restarts,
             supervision: Default::default(),
-            state,
+            // Each kind's state is a typed struct; the tree carries it as
+            // JSON for the admin view.
+            state: serde_json::to_value(state).unwrap_or_default(),
             children: Vec::new(),
         }
     }

@@ -37,7 +37,7 @@ use crate::{
     backends::pubsub::{EventSink, PubSubHandle, SinkEnd, Subscriber, SubscriberSpec, Trie},
     error::Error,
     proto::pubsub::v1 as pb,
-    session::{Clock, SessionEntry},
+    session::{Clock, Gauged, SessionEntry},
 };
 
 /// How long an ended subscription stays listed (inactive).
@@ -60,6 +60,8 @@ pub struct PubSubShared {
     pub deadline_ms: Option<u64>,
     /// Session-clock ms the subscription ended; 0 while active.
     ended_ms: AtomicU64,
+    /// Counted in its namespace's live subscriptions until it ends.
+    gauge: Gauged,
     subscriber: tokio::sync::Mutex<Option<Box<dyn Subscriber>>>,
     ready: watch::Sender<Ready>,
     created: SystemTime,
@@ -78,6 +80,7 @@ impl PubSubShared {
         max_duration: Option<Duration>,
         clock: Clock,
     ) -> Self {
+        let gauge = Gauged::new(entry.namespace_sessions.clone(), |n| &n.subscriptions);
         PubSubShared {
             entry,
             backend,
@@ -87,6 +90,7 @@ impl PubSubShared {
             max_messages,
             deadline_ms: max_duration.map(|d| clock.now_ms().saturating_add(d.as_millis() as u64)),
             ended_ms: AtomicU64::new(0),
+            gauge,
             subscriber: tokio::sync::Mutex::new(None),
             ready: watch::channel(None).0,
             created: SystemTime::now(),
@@ -160,6 +164,7 @@ impl PubSubSubscriptionActor {
             return;
         }
         tracing::debug!(subscription = %shared.id(), ?end, "pubsub subscription ends");
+        shared.gauge.release();
         shared.sink.end(end);
         ctx.spawn(
             async move {
@@ -252,6 +257,23 @@ impl Handler<Observe> for PubSubSubscriptionActor {
     }
 }
 
+/// A PubSub subscription actor's observable state: its sink's numbers.
+#[derive(serde::Serialize)]
+struct PubSubState<'a> {
+    topic_pattern: &'a str,
+    queue_group: Option<&'a str>,
+    backend: &'a str,
+    received: u64,
+    delivered: u64,
+    buffered: usize,
+    buffered_high_water: usize,
+    buffer_capacity: usize,
+    overflow_policy: &'static str,
+    dropped: u64,
+    max_messages: Option<u64>,
+    active: bool,
+}
+
 fn observe(shared: &PubSubShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     let sink = &shared.sink;
     ActorNode::leaf(
@@ -265,20 +287,20 @@ fn observe(shared: &PubSubShared, status: ActorStatus, vitals: &Vitals) -> Actor
             clock: &shared.clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "topic_pattern": shared.spec.pattern.as_str(),
-            "queue_group": shared.spec.queue_group,
-            "backend": shared.backend,
-            "received": sink.received.load(Ordering::Relaxed),
-            "delivered": sink.taken.load(Ordering::Relaxed),
-            "buffered": sink.len(),
-            "buffered_high_water": sink.high_water.load(Ordering::Relaxed),
-            "buffer_capacity": sink.capacity(),
-            "overflow_policy": sink.overflow().name(),
-            "dropped": sink.dropped.load(Ordering::Relaxed),
-            "max_messages": shared.max_messages,
-            "active": shared.is_active(),
-        }),
+        &PubSubState {
+            topic_pattern: shared.spec.pattern.as_str(),
+            queue_group: shared.spec.queue_group.as_deref(),
+            backend: &shared.backend,
+            received: sink.received.load(Ordering::Relaxed),
+            delivered: sink.taken.load(Ordering::Relaxed),
+            buffered: sink.len(),
+            buffered_high_water: sink.high_water.load(Ordering::Relaxed),
+            buffer_capacity: sink.capacity(),
+            overflow_policy: sink.overflow().name(),
+            dropped: sink.dropped.load(Ordering::Relaxed),
+            max_messages: shared.max_messages,
+            active: shared.is_active(),
+        },
     )
 }
 
@@ -286,6 +308,7 @@ impl Child for PubSubShared {
     type Actor = PubSubSubscriptionActor;
     type Env = ();
     type Key = String;
+    const KIND: ActorKind = ActorKind::PubSubSubscription;
 
     fn key(self: &Arc<Self>) -> String {
         self.spec.id.clone()
@@ -328,6 +351,7 @@ impl Child for PubSubShared {
             "SUBSCRIPTION_FAILED",
             format!("the subscription's actor kept failing ({why}); subscribe again"),
         );
+        self.gauge.release();
         self.ready.send_replace(Some(Err(e.clone())));
         self.sink.end(SinkEnd::Failed(e));
     }

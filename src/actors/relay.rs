@@ -73,6 +73,17 @@ pub struct RelayShared {
 }
 
 impl RelayShared {
+    /// Its mailbox's unprocessed rows and the age of the oldest, as the
+    /// last round saw them.
+    pub fn lag(&self) -> (u64, Option<Duration>) {
+        let lag = self.progress.lock().lag;
+        let now = crate::backends::epoch_ms();
+        let age = lag
+            .oldest_created_ms
+            .map(|c| Duration::from_millis((now - c).max(0) as u64));
+        (lag.unprocessed, age)
+    }
+
     /// One round: read a batch, publish it, mark what was acknowledged.
     /// Returns whether a full batch went out (more may be waiting).
     async fn round(self: Arc<Self>) -> Result<bool, Error> {
@@ -324,6 +335,30 @@ impl Handler<Observe> for MailboxListenerActor {
     }
 }
 
+/// A relay's observable state.
+#[derive(serde::Serialize)]
+struct RelayState<'a> {
+    namespace: &'a str,
+    mailbox: &'a str,
+    backend: &'a str,
+    target: String,
+    status: &'static str,
+    relayed: u64,
+    last_sequence: Option<i64>,
+    rounds: u64,
+    failures_in_a_row: u32,
+    backoff_ms: u64,
+    last_error: Option<String>,
+    notifications: u64,
+    lag: LagState,
+}
+
+#[derive(serde::Serialize)]
+struct LagState {
+    unprocessed: u64,
+    oldest_unprocessed_age_ms: Option<i64>,
+}
+
 fn observe(shared: &RelayShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     let p = shared.progress.lock().clone();
     let now = crate::backends::epoch_ms();
@@ -338,24 +373,24 @@ fn observe(shared: &RelayShared, status: ActorStatus, vitals: &Vitals) -> ActorN
             clock: &shared.clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "namespace": shared.namespace,
-            "mailbox": shared.spec.mailbox,
-            "backend": shared.spec.backend,
-            "target": shared.spec.to.describe(),
-            "status": p.status,
-            "relayed": p.relayed,
-            "last_sequence": p.last_sequence,
-            "rounds": p.rounds,
-            "failures_in_a_row": p.failures_in_a_row,
-            "backoff_ms": p.backoff_ms,
-            "last_error": p.last_error,
-            "notifications": p.notifications,
-            "lag": {
-                "unprocessed": p.lag.unprocessed,
-                "oldest_unprocessed_age_ms": p.lag.oldest_created_ms.map(|c| (now - c).max(0)),
+        &RelayState {
+            namespace: &shared.namespace,
+            mailbox: &shared.spec.mailbox,
+            backend: &shared.spec.backend,
+            target: shared.spec.to.describe(),
+            status: p.status,
+            relayed: p.relayed,
+            last_sequence: p.last_sequence,
+            rounds: p.rounds,
+            failures_in_a_row: p.failures_in_a_row,
+            backoff_ms: p.backoff_ms,
+            last_error: p.last_error,
+            notifications: p.notifications,
+            lag: LagState {
+                unprocessed: p.lag.unprocessed,
+                oldest_unprocessed_age_ms: p.lag.oldest_created_ms.map(|c| (now - c).max(0)),
             },
-        }),
+        },
     )
 }
 
@@ -364,6 +399,7 @@ impl Child for RelayShared {
     /// The gateway's main runtime: relay I/O runs there.
     type Env = tokio::runtime::Handle;
     type Key = String;
+    const KIND: ActorKind = ActorKind::MailboxListener;
 
     fn key(self: &Arc<Self>) -> String {
         self.id.clone()

@@ -120,17 +120,21 @@ impl Tree {
         for node in &mut namespaces {
             if let Some(ns) = self.namespaces.get(&node.id) {
                 node.children = ns.child.observe_sessions().await;
-                node.state["child_restarts"] =
-                    node.children.iter().map(|s| s.restarts).sum::<u64>().into();
+                let state = super::namespace::NamespaceState {
+                    namespace: &ns.child.name,
+                    sessions: node.children.len(),
+                    child_restarts: Some(node.children.iter().map(|s| s.restarts).sum()),
+                };
+                node.state = serde_json::to_value(&state).unwrap_or_default();
             }
         }
         let pools = self.pools.observe().await;
         let relays = self.relays.observe().await;
-        let state = serde_json::json!({
-            "namespaces": namespaces.len(),
-            "backend_pools": pools.len(),
-            "mailbox_listeners": relays.len(),
-        });
+        let state = RootState {
+            namespaces: namespaces.len(),
+            backend_pools: pools.len(),
+            mailbox_listeners: relays.len(),
+        };
         let clock = self.settings.registry.clock();
         let mut node = ActorNode::leaf(
             ActorKind::Root,
@@ -143,12 +147,20 @@ impl Tree {
                 clock,
                 restarts: 0,
             },
-            state,
+            &state,
         );
         node.parent = None;
         node.children = namespaces.into_iter().chain(pools).chain(relays).collect();
         node
     }
+}
+
+/// The root's observable state.
+#[derive(serde::Serialize)]
+struct RootState {
+    namespaces: usize,
+    backend_pools: usize,
+    mailbox_listeners: usize,
 }
 
 pub struct RootSupervisor {
@@ -220,9 +232,12 @@ impl Supervisors {
         let settings = Arc::new(settings);
         let clock = *settings.registry.clock();
         let tree = Arc::new(Tree {
-            namespaces: Children::new(settings.clone()),
-            pools: Children::new(Arc::new(())),
-            relays: Children::new(Arc::new(tokio::runtime::Handle::current())),
+            namespaces: Children::new(settings.clone(), settings.restarts.clone()),
+            pools: Children::new(Arc::new(()), settings.restarts.clone()),
+            relays: Children::new(
+                Arc::new(tokio::runtime::Handle::current()),
+                settings.restarts.clone(),
+            ),
             subscriptions,
             timing: Mutex::new(CheckTiming::new(settings.interval)),
             vitals: Arc::default(),
@@ -353,6 +368,21 @@ impl Supervisors {
         }
         down.sort();
         down
+    }
+
+    /// Restarts by kind since the gateway started.
+    pub fn restarts(&self) -> &super::supervision::Restarts {
+        &self.tree.settings.restarts
+    }
+
+    /// The outbox relays, for their lag gauges.
+    pub fn relays(&self) -> Vec<Arc<RelayShared>> {
+        self.tree
+            .relays
+            .all()
+            .iter()
+            .map(|r| r.child.clone())
+            .collect()
     }
 
     /// Stops every session actor; used at shutdown after sessions ended.

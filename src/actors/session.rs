@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::{
     pubsub::PubSubShared,
     subscription::SubscriptionShared,
-    supervision::{ActorLife, Child, Children, Vitals},
+    supervision::{ActorLife, Child, Children, Restarts, Vitals},
     transaction::TransactionShared,
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Life, Observe,
 };
@@ -28,6 +28,8 @@ use crate::session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, 
 pub struct SessionEnv {
     pub registry: Arc<SessionRegistry>,
     pub pool: Arc<ArbiterPool>,
+    /// The gateway's restart counters, for the sessions' children.
+    pub restarts: Arc<Restarts>,
     /// The children of the sessions that have any, by session id (an idle
     /// session has none and costs nothing here).
     pub children: Mutex<HashMap<String, Arc<SessionChildren>>>,
@@ -63,17 +65,15 @@ pub struct SessionChildren {
     pub transactions: Children<TransactionShared>,
 }
 
-impl Default for SessionChildren {
-    fn default() -> Self {
+impl SessionChildren {
+    fn new(restarts: &Arc<Restarts>) -> Self {
         SessionChildren {
-            queue: Children::new(Arc::new(())),
-            pubsub: Children::new(Arc::new(())),
-            transactions: Children::new(Arc::new(())),
+            queue: Children::new(Arc::new(()), restarts.clone()),
+            pubsub: Children::new(Arc::new(()), restarts.clone()),
+            transactions: Children::new(Arc::new(()), restarts.clone()),
         }
     }
-}
 
-impl SessionChildren {
     /// Tells every child that its session ended.
     pub(crate) fn session_ended(&self) {
         for c in self.queue.all() {
@@ -195,7 +195,7 @@ impl Handler<StartChild> for SessionActor {
             .children
             .lock()
             .entry(self.entry.id.clone())
-            .or_default()
+            .or_insert_with(|| Arc::new(SessionChildren::new(&self.env.restarts)))
             .clone();
         let arbiter = self.env.pool.next();
         match child {
@@ -222,6 +222,21 @@ impl Handler<Observe> for SessionActor {
     }
 }
 
+/// A session actor's observable state.
+#[derive(serde::Serialize)]
+struct SessionNodeState<'a> {
+    namespace: &'a str,
+    identity: &'a str,
+    config: &'a str,
+    backend: &'a str,
+    state: crate::session::SessionState,
+    expires_at: String,
+    last_activity: String,
+    requests: i64,
+    active_streams: i32,
+    pending_operations: i32,
+}
+
 /// A session's node (without its children); also used for one whose actor
 /// cannot answer.
 pub fn observe_session(entry: &SessionEntry, status: ActorStatus, vitals: &Vitals) -> ActorNode {
@@ -237,18 +252,22 @@ pub fn observe_session(entry: &SessionEntry, status: ActorStatus, vitals: &Vital
             clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "namespace": entry.namespace(),
-            "identity": entry.principal.identity,
-            "config": entry.config.name,
-            "backend": entry.config.backend_name,
-            "state": entry.state(),
-            "expires_at": humantime::format_rfc3339_millis(clock.wall_at(entry.expires_ms())).to_string(),
-            "last_activity": humantime::format_rfc3339_millis(clock.wall_at(entry.last_activity_ms())).to_string(),
-            "requests": entry.requests.load(Ordering::Relaxed),
-            "active_streams": entry.active_streams.load(Ordering::Relaxed),
-            "pending_operations": entry.pending_operations(),
-        }),
+        &SessionNodeState {
+            namespace: entry.namespace(),
+            identity: &entry.principal.identity,
+            config: &entry.config.name,
+            backend: &entry.config.backend_name,
+            state: entry.state(),
+            expires_at: humantime::format_rfc3339_millis(clock.wall_at(entry.expires_ms()))
+                .to_string(),
+            last_activity: humantime::format_rfc3339_millis(
+                clock.wall_at(entry.last_activity_ms()),
+            )
+            .to_string(),
+            requests: entry.requests.load(Ordering::Relaxed),
+            active_streams: entry.active_streams.load(Ordering::Relaxed),
+            pending_operations: entry.pending_operations(),
+        },
     )
 }
 
@@ -256,6 +275,7 @@ impl Child for SessionEntry {
     type Actor = SessionActor;
     type Env = SessionEnv;
     type Key = ById;
+    const KIND: ActorKind = ActorKind::Session;
 
     fn key(self: &Arc<Self>) -> ById {
         ById(self.clone())

@@ -35,7 +35,7 @@ use crate::{
     backends::queue::{ConsumerSpec, QueueConsumer, QueueHandle, QueueMessage, Start},
     error::Error,
     proto::queue::v1 as pb,
-    session::{Clock, SessionEntry},
+    session::{Clock, Gauged, SessionEntry},
 };
 
 /// Most messages fetched from the backend at once.
@@ -61,6 +61,8 @@ pub struct SubscriptionShared {
     /// The most messages ever waiting in the buffer at once.
     pub buffered_high_water: AtomicUsize,
     ended: AtomicBool,
+    /// Counted in its namespace's live subscriptions until it ends.
+    gauge: Gauged,
     tx: Mutex<Option<MessageSender>>,
     created: SystemTime,
     clock: Clock,
@@ -79,6 +81,7 @@ impl SubscriptionShared {
         timeout: Option<Duration>,
         clock: Clock,
     ) -> Self {
+        let gauge = Gauged::new(entry.namespace_sessions.clone(), |n| &n.subscriptions);
         SubscriptionShared {
             id,
             deadline_ms: timeout.map(|t| clock.now_ms().saturating_add(t.as_millis() as u64)),
@@ -90,6 +93,7 @@ impl SubscriptionShared {
             delivered: AtomicU64::new(0),
             buffered_high_water: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
+            gauge,
             tx: Mutex::new(Some(tx)),
             created: SystemTime::now(),
             clock,
@@ -117,6 +121,7 @@ impl SubscriptionShared {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.gauge.release();
         if let Some(tx) = self.tx.lock().take() {
             if let Some(error) = error {
                 let _ = tx.try_send(Err(error));
@@ -321,6 +326,19 @@ impl Handler<Observe> for SubscriptionActor {
     }
 }
 
+/// A Queue subscription actor's observable state.
+#[derive(serde::Serialize)]
+struct SubscriptionState<'a> {
+    topic: &'a str,
+    consumer_group: &'a str,
+    delivered: u64,
+    buffered: usize,
+    buffered_high_water: usize,
+    buffer_capacity: usize,
+    max_messages: Option<u64>,
+    ended: bool,
+}
+
 fn observe_subscription(
     shared: &SubscriptionShared,
     status: ActorStatus,
@@ -337,16 +355,16 @@ fn observe_subscription(
             clock: &shared.clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "topic": shared.spec.topic,
-            "consumer_group": shared.spec.group,
-            "delivered": shared.delivered.load(Ordering::Relaxed),
-            "buffered": shared.buffered(),
-            "buffered_high_water": shared.buffered_high_water.load(Ordering::Relaxed),
-            "buffer_capacity": shared.capacity,
-            "max_messages": shared.max_messages,
-            "ended": shared.is_ended(),
-        }),
+        &SubscriptionState {
+            topic: &shared.spec.topic,
+            consumer_group: &shared.spec.group,
+            delivered: shared.delivered.load(Ordering::Relaxed),
+            buffered: shared.buffered(),
+            buffered_high_water: shared.buffered_high_water.load(Ordering::Relaxed),
+            buffer_capacity: shared.capacity,
+            max_messages: shared.max_messages,
+            ended: shared.is_ended(),
+        },
     )
 }
 
@@ -354,6 +372,7 @@ impl Child for SubscriptionShared {
     type Actor = SubscriptionActor;
     type Env = ();
     type Key = String;
+    const KIND: ActorKind = ActorKind::Subscription;
 
     fn key(self: &Arc<Self>) -> String {
         self.id.clone()

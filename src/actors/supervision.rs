@@ -31,7 +31,7 @@ use actix::{dev::ToEnvelope, Actor, ArbiterHandle, Context, Handler, Message};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{mailbox::Counted, ActorNode, ActorStatus, KillSwitch, Mailbox, Observe};
+use super::{mailbox::Counted, ActorKind, ActorNode, ActorStatus, KillSwitch, Mailbox, Observe};
 use crate::session::Clock;
 
 /// Consecutive checks without a pulse before a child counts as frozen. Each
@@ -88,6 +88,9 @@ pub trait Child: Send + Sync + 'static {
     /// How a supervisor files it: by id, borrowed as a `str`.
     type Key: std::hash::Hash + Eq + std::borrow::Borrow<str> + Clone + Send + Sync + 'static;
 
+    /// Its kind, for the tree and the restart counters.
+    const KIND: ActorKind;
+
     fn key(self: &Arc<Self>) -> Self::Key;
 
     /// The child's id in the tree and in logs.
@@ -127,6 +130,25 @@ pub struct ActorLife {
     pub restarted: bool,
     /// The clock its beats are timed by.
     pub clock: Clock,
+}
+
+/// Restarts by kind of actor since the gateway started, counted as they
+/// happen (`/metrics` reads them; a restarted actor that later ends still
+/// counts).
+#[derive(Default)]
+pub struct Restarts([AtomicU64; ActorKind::ALL.len()]);
+
+impl Restarts {
+    fn add(&self, kind: ActorKind) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (kind, restarts) for every kind.
+    pub fn by_kind(&self) -> impl Iterator<Item = (ActorKind, u64)> + '_ {
+        ActorKind::ALL
+            .iter()
+            .map(|k| (*k, self.0[*k as usize].load(Ordering::Relaxed)))
+    }
 }
 
 /// What supervising a child has taken, shown in its node.
@@ -239,6 +261,7 @@ where
     pub fn check(
         &self,
         env: &Arc<C::Env>,
+        restarts_by_kind: &Restarts,
         judge: bool,
         max_restarts: u32,
         arbiter: impl FnOnce() -> ArbiterHandle,
@@ -291,6 +314,7 @@ where
             return Verdict::GaveUp;
         }
         slot.supervision.restarts += 1;
+        restarts_by_kind.add(C::KIND);
         tracing::warn!(
             child = self.child.id(),
             why,
@@ -332,6 +356,8 @@ where
 pub struct Children<C: Child> {
     pub env: Arc<C::Env>,
     by_id: Mutex<HashMap<C::Key, Arc<Supervised<C>>>>,
+    /// The gateway's restart counters.
+    restarts: Arc<Restarts>,
 }
 
 impl<C: Child> Children<C>
@@ -340,10 +366,11 @@ where
         + ToEnvelope<C::Actor, Counted<Stop>>
         + ToEnvelope<C::Actor, Counted<Observe>>,
 {
-    pub fn new(env: Arc<C::Env>) -> Self {
+    pub fn new(env: Arc<C::Env>, restarts: Arc<Restarts>) -> Self {
         Children {
             env,
             by_id: Mutex::new(HashMap::new()),
+            restarts,
         }
     }
 
@@ -393,7 +420,7 @@ where
         // Checked outside the map's lock: a check may start an actor, and
         // giving up may end a session, which takes it out of this map.
         for child in self.all() {
-            match child.check(&self.env, judge, max_restarts, arbiter) {
+            match child.check(&self.env, &self.restarts, judge, max_restarts, arbiter) {
                 Verdict::Running => {}
                 Verdict::Restarted(_) => restarted += 1,
                 Verdict::Finished | Verdict::GaveUp => {
@@ -575,7 +602,7 @@ mod tests {
                 clock,
                 restarts: 0,
             },
-            serde_json::json!({}),
+            &serde_json::json!({}),
         )
     }
 
@@ -583,6 +610,7 @@ mod tests {
         type Actor = ToyActor;
         type Env = ();
         type Key = String;
+        const KIND: ActorKind = ActorKind::Session;
 
         fn key(self: &Arc<Self>) -> String {
             "toy".into()
@@ -645,7 +673,10 @@ mod tests {
     async fn a_running_child_answers_probes_and_is_left_alone() {
         let (toy, env) = toy();
         for _ in 0..5 {
-            assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+            assert_eq!(
+                toy.check(&env, &Restarts::default(), true, 3, Arbiter::current),
+                Verdict::Running
+            );
             settle().await;
         }
         assert_eq!(toy.supervision(), Supervision::default());
@@ -658,7 +689,7 @@ mod tests {
         let before = toy.vitals();
         panicked(&toy).await;
         assert_eq!(
-            toy.check(&env, true, 3, Arbiter::current),
+            toy.check(&env, &Restarts::default(), true, 3, Arbiter::current),
             Verdict::Restarted("its actor panicked")
         );
         assert!(toy.mailbox().connected());
@@ -678,11 +709,14 @@ mod tests {
         settle().await;
         let old = toy.mailbox();
         for _ in 0..SILENT_CHECKS_BEFORE_RESTART - 1 {
-            assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+            assert_eq!(
+                toy.check(&env, &Restarts::default(), true, 3, Arbiter::current),
+                Verdict::Running
+            );
             settle().await;
         }
         assert_eq!(
-            toy.check(&env, true, 3, Arbiter::current),
+            toy.check(&env, &Restarts::default(), true, 3, Arbiter::current),
             Verdict::Restarted("its actor stopped making progress")
         );
         settle().await;
@@ -693,7 +727,10 @@ mod tests {
         let s = toy.supervision();
         assert_eq!((s.panics, s.stalls, s.restarts), (0, 1, 1));
         // The new actor answers its probes.
-        assert_eq!(toy.check(&env, true, 3, Arbiter::current), Verdict::Running);
+        assert_eq!(
+            toy.check(&env, &Restarts::default(), true, 3, Arbiter::current),
+            Verdict::Running
+        );
     }
 
     #[actix_rt::test]
@@ -703,7 +740,7 @@ mod tests {
         settle().await;
         for _ in 0..5 {
             assert_eq!(
-                toy.check(&env, false, 3, Arbiter::current),
+                toy.check(&env, &Restarts::default(), false, 3, Arbiter::current),
                 Verdict::Running
             );
         }
@@ -716,11 +753,14 @@ mod tests {
         let (toy, env) = toy();
         panicked(&toy).await;
         assert!(matches!(
-            toy.check(&env, true, 1, Arbiter::current),
+            toy.check(&env, &Restarts::default(), true, 1, Arbiter::current),
             Verdict::Restarted(_)
         ));
         panicked(&toy).await;
-        assert_eq!(toy.check(&env, true, 1, Arbiter::current), Verdict::GaveUp);
+        assert_eq!(
+            toy.check(&env, &Restarts::default(), true, 1, Arbiter::current),
+            Verdict::GaveUp
+        );
         let why = toy
             .child
             .gave_up

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     error::{Error, ErrorKind},
-    session::{Clock, SessionEntry},
+    session::{Clock, Gauged, SessionEntry},
 };
 
 /// Everything a streaming transaction is, apart from its actor and its
@@ -52,6 +52,8 @@ pub struct TransactionShared {
     why: Mutex<Option<String>>,
     /// Fired by the stream when it has ended (the actor then stops).
     ended: Arc<KillSwitch>,
+    /// Counted in its namespace's open transactions until it ends.
+    gauge: Gauged,
     created: SystemTime,
     clock: Clock,
 }
@@ -65,6 +67,7 @@ impl TransactionShared {
         timeout: Duration,
         clock: Clock,
     ) -> Self {
+        let gauge = Gauged::new(entry.namespace_sessions.clone(), |n| &n.transactions);
         TransactionShared {
             id,
             entry,
@@ -78,6 +81,7 @@ impl TransactionShared {
             kill: Arc::default(),
             why: Mutex::new(None),
             ended: Arc::default(),
+            gauge,
             created: SystemTime::now(),
             clock,
         }
@@ -100,6 +104,7 @@ impl TransactionShared {
 
     /// The stream has ended; the actor stops.
     pub fn finish(&self) {
+        self.gauge.release();
         self.ended.fire();
     }
 
@@ -171,6 +176,17 @@ impl Handler<Observe> for TransactionActor {
     }
 }
 
+/// A transaction actor's observable state.
+#[derive(serde::Serialize)]
+struct TransactionState<'a> {
+    backend: &'a str,
+    isolation: &'static str,
+    writes: u64,
+    timeout_ms: u64,
+    expires_in_ms: u64,
+    aborting: Option<String>,
+}
+
 fn observe(shared: &TransactionShared, status: ActorStatus, vitals: &Vitals) -> ActorNode {
     ActorNode::leaf(
         ActorKind::Transaction,
@@ -183,14 +199,14 @@ fn observe(shared: &TransactionShared, status: ActorStatus, vitals: &Vitals) -> 
             clock: &shared.clock,
             restarts: 0,
         },
-        serde_json::json!({
-            "backend": shared.backend,
-            "isolation": shared.isolation,
-            "writes": shared.writes.load(Ordering::Relaxed),
-            "timeout_ms": shared.timeout.as_millis() as u64,
-            "expires_in_ms": shared.deadline_ms.saturating_sub(shared.clock.now_ms()),
-            "aborting": shared.abort_reason(),
-        }),
+        &TransactionState {
+            backend: &shared.backend,
+            isolation: shared.isolation,
+            writes: shared.writes.load(Ordering::Relaxed),
+            timeout_ms: shared.timeout.as_millis() as u64,
+            expires_in_ms: shared.deadline_ms.saturating_sub(shared.clock.now_ms()),
+            aborting: shared.abort_reason(),
+        },
     )
 }
 
@@ -198,6 +214,7 @@ impl Child for TransactionShared {
     type Actor = TransactionActor;
     type Env = ();
     type Key = String;
+    const KIND: ActorKind = ActorKind::Transaction;
 
     fn key(self: &Arc<Self>) -> String {
         self.id.clone()

@@ -150,7 +150,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&gateway).await,
+        crate::metrics::render(&gateway),
     )
         .into_response()
 }

@@ -243,6 +243,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
             config_name,
         } => {
             let figures = footprint::measure(&footprint::Plan {
+                admin_token: std::env::var("PRISM_ADMIN_TOKEN").ok(),
                 prism,
                 config,
                 sessions,

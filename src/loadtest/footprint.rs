@@ -1,7 +1,9 @@
 //! Start-to-serving time and idle-session memory of a gateway process:
 //! starts `prism serve` on a loopback port, times the spawn until the gRPC
 //! health check answers SERVING, then opens N sessions and reads the
-//! process's resident memory (`VmRSS`) before and after.
+//! process's resident memory (`VmRSS`) before and after. With the admin
+//! token (`PRISM_ADMIN_TOKEN`) it also times `/metrics` scrapes with 100
+//! sessions open and with N, which must cost about the same.
 
 use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
@@ -18,6 +20,8 @@ use crate::proto::session::v1::{
 };
 
 pub struct Plan {
+    /// The admin token the gateway runs with, to time `/metrics` scrapes.
+    pub admin_token: Option<String>,
     pub prism: PathBuf,
     pub config: Option<PathBuf>,
     pub sessions: u64,
@@ -32,6 +36,8 @@ pub struct Figures {
     pub rss_after: u64,
     pub sessions: u64,
     pub failed: u64,
+    /// Median `/metrics` scrape with 100 sessions open, and with all.
+    pub scrape: Option<(Duration, Duration)>,
 }
 
 impl Figures {
@@ -49,8 +55,76 @@ impl Figures {
             self.sessions,
             self.failed,
             self.per_session()
-        )
+        ) + &self.scrape.map_or(String::new(), |(few, all)| {
+            format!(
+                "\n/metrics scrape: {:.2} ms with 100 sessions, {:.2} ms with {} ({:.2}x)",
+                few.as_secs_f64() * 1e3,
+                all.as_secs_f64() * 1e3,
+                self.sessions + 1,
+                all.as_secs_f64() / few.as_secs_f64().max(1e-9)
+            )
+        })
     }
+}
+
+/// The median of nine `/metrics` scrapes on the admin listener.
+async fn time_scrape(admin: std::net::SocketAddr, token: &str) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let start = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .map_err(|e| format!("cannot reach the admin listener: {e}"))?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.starts_with(b"HTTP/1.1 200") {
+            return Err(format!(
+                "/metrics answered: {}",
+                String::from_utf8_lossy(&response[..response.len().min(80)])
+            ));
+        }
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// Opens `n` sessions with `request` over `channels`; how many failed.
+async fn open_sessions(
+    channels: &Arc<Vec<tonic::transport::Channel>>,
+    request: &CreateSessionRequest,
+    n: u64,
+) -> u64 {
+    let bounds = Bounds {
+        total: Some(n.clamp(1, super::scenario::MAX_TOTAL)),
+        duration: None,
+        concurrency: 64,
+        connections: 4,
+        rps: None,
+        timeout: Duration::from_secs(20),
+    };
+    let outcome = runner::drive(&bounds, |i| CreateWorker {
+        client: SessionServiceClient::new(channels[i % channels.len()].clone()),
+        request: request.clone(),
+    })
+    .await;
+    outcome
+        .samples
+        .iter()
+        .filter(|s| s.code != Code::Ok)
+        .count() as u64
 }
 
 fn rss_bytes(pid: u32) -> Result<u64, String> {
@@ -88,9 +162,10 @@ impl Worker for CreateWorker {
 pub async fn measure(plan: &Plan) -> Result<Figures, String> {
     let port = free_port()?;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let mut cmd = tokio::process::Command::new(&plan.prism);
     cmd.args(["serve", "--listen", &addr.to_string()])
-        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", &admin.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -135,26 +210,23 @@ pub async fn measure(plan: &Plan) -> Result<Figures, String> {
         .map_err(|e| format!("cannot open a session: {e}"))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_bytes(pid)?;
-    let channels = runner::connect(addr, 4).await?;
-    let bounds = Bounds {
-        total: Some(plan.sessions.clamp(1, super::scenario::MAX_TOTAL)),
-        duration: None,
-        concurrency: 64,
-        connections: 4,
-        rps: None,
-        timeout: Duration::from_secs(20),
+    let channels = Arc::new(runner::connect(addr, 4).await?);
+    let mut failed = 0;
+    let few = match &plan.admin_token {
+        Some(token) => {
+            failed += open_sessions(&channels, &request, 99).await;
+            Some(time_scrape(admin, token).await?)
+        }
+        None => None,
     };
-    let channels = Arc::new(channels);
-    let outcome = runner::drive(&bounds, |i| CreateWorker {
-        client: SessionServiceClient::new(channels[i % channels.len()].clone()),
-        request: request.clone(),
-    })
-    .await;
-    let failed = outcome
-        .samples
-        .iter()
-        .filter(|s| s.code != Code::Ok)
-        .count() as u64;
+    let opened = plan
+        .sessions
+        .saturating_sub(if few.is_some() { 99 } else { 0 });
+    failed += open_sessions(&channels, &request, opened).await;
+    let all = match &plan.admin_token {
+        Some(token) => Some(time_scrape(admin, token).await?),
+        None => None,
+    };
     // Let allocator and actors settle before reading.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_bytes(pid)?;
@@ -163,7 +235,8 @@ pub async fn measure(plan: &Plan) -> Result<Figures, String> {
         start_to_serving,
         rss_before,
         rss_after,
-        sessions: outcome.samples.len() as u64 - failed,
+        sessions: plan.sessions - failed,
         failed,
+        scrape: few.zip(all),
     })
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -131,6 +131,71 @@ impl EndReason {
     }
 }
 
+/// What every session of a namespace shares: the namespace's session
+/// policy, and counters kept as things happen, so `/metrics` reads them
+/// without visiting the sessions.
+pub struct NamespaceSessions {
+    pub name: String,
+    pub policy: SessionPolicy,
+    /// Open sessions (bounded by `policy.max_sessions`).
+    pub open: AtomicUsize,
+    /// Message bytes of data calls, open and ended sessions together.
+    pub bytes_received: AtomicI64,
+    pub bytes_sent: AtomicI64,
+    /// Live Queue and PubSub subscriptions, and streaming transactions.
+    pub subscriptions: AtomicI64,
+    pub transactions: AtomicI64,
+}
+
+impl NamespaceSessions {
+    pub fn new(name: &str, policy: SessionPolicy) -> Self {
+        NamespaceSessions {
+            name: name.to_string(),
+            policy,
+            open: AtomicUsize::new(0),
+            bytes_received: AtomicI64::new(0),
+            bytes_sent: AtomicI64::new(0),
+            subscriptions: AtomicI64::new(0),
+            transactions: AtomicI64::new(0),
+        }
+    }
+}
+
+/// One live child counted in a namespace gauge (subscriptions or
+/// transactions) until released — at its end, or when dropped unended.
+pub struct Gauged {
+    namespace: Arc<NamespaceSessions>,
+    gauge: fn(&NamespaceSessions) -> &AtomicI64,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Gauged {
+    pub fn new(
+        namespace: Arc<NamespaceSessions>,
+        gauge: fn(&NamespaceSessions) -> &AtomicI64,
+    ) -> Self {
+        gauge(&namespace).fetch_add(1, Ordering::Relaxed);
+        Gauged {
+            namespace,
+            gauge,
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Stops counting (once).
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            (self.gauge)(&self.namespace).fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 pub struct SessionEntry {
     pub id: String,
     pub token_digest: TokenDigest,
@@ -140,7 +205,8 @@ pub struct SessionEntry {
     pub client_id: String,
     pub client_version: String,
     pub metadata: HashMap<String, String>,
-    pub policy: Arc<SessionPolicy>,
+    /// Its namespace's policy and counters, shared by its sessions.
+    pub namespace_sessions: Arc<NamespaceSessions>,
     pub clock: Clock,
     pub created_ms: u64,
     /// No extension goes past this (created + max lifetime).
@@ -170,9 +236,10 @@ impl SessionEntry {
         client_id: String,
         client_version: String,
         metadata: HashMap<String, String>,
-        policy: Arc<SessionPolicy>,
+        namespace_sessions: Arc<NamespaceSessions>,
         clock: Clock,
     ) -> Self {
+        let policy = &namespace_sessions.policy;
         let now = clock.now_ms();
         let hard = now.saturating_add(ms(policy.max_lifetime));
         let expires = now.saturating_add(ms(policy.idle_timeout)).min(hard);
@@ -183,7 +250,7 @@ impl SessionEntry {
             client_id,
             client_version,
             metadata,
-            policy,
+            namespace_sessions,
             clock,
             created_ms: now,
             hard_deadline_ms: hard,
@@ -230,6 +297,11 @@ impl SessionEntry {
         &self.principal.namespace
     }
 
+    /// Its namespace's session policy.
+    pub fn policy(&self) -> &SessionPolicy {
+        &self.namespace_sessions.policy
+    }
+
     pub fn state(&self) -> SessionState {
         SessionState::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -256,7 +328,7 @@ impl SessionEntry {
     /// backwards. Returns the new expiry.
     pub fn refresh(&self, now_ms: u64, extension: Duration) -> u64 {
         let ext = if extension.is_zero() {
-            self.policy.idle_timeout
+            self.policy().idle_timeout
         } else {
             extension
         };
@@ -270,7 +342,7 @@ impl SessionEntry {
     pub fn status(&self, now_ms: u64) -> SessionStatus {
         match self.state() {
             SessionState::Active => {
-                if self.expires_ms().saturating_sub(now_ms) <= ms(self.policy.expiring_within) {
+                if self.expires_ms().saturating_sub(now_ms) <= ms(self.policy().expiring_within) {
                     SessionStatus::Expiring
                 } else {
                     SessionStatus::Active
@@ -336,17 +408,24 @@ impl SessionEntry {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Counts one request and its sizes.
+    /// Counts one request and its sizes, on the session and its namespace.
     pub fn record_request(&self, received: usize, sent: usize) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_received
             .fetch_add(received as i64, Ordering::Relaxed);
         self.bytes_sent.fetch_add(sent as i64, Ordering::Relaxed);
+        let ns = &self.namespace_sessions;
+        ns.bytes_received
+            .fetch_add(received as i64, Ordering::Relaxed);
+        ns.bytes_sent.fetch_add(sent as i64, Ordering::Relaxed);
     }
 
     /// Counts bytes sent on a stream (the stream's request counted once).
     pub fn record_sent(&self, bytes: usize) {
         self.bytes_sent.fetch_add(bytes as i64, Ordering::Relaxed);
+        self.namespace_sessions
+            .bytes_sent
+            .fetch_add(bytes as i64, Ordering::Relaxed);
     }
 
     /// Starts an operation that a draining close waits for. Refused once

@@ -10,7 +10,7 @@ use crate::{
     auth::{Authenticator, Principal},
     config::{
         resolve::{self, NamedConfigs},
-        GatewayConfig, SessionPolicy,
+        GatewayConfig,
     },
     error::Error,
     proto::config::v1::ClientConfig,
@@ -55,8 +55,6 @@ pub struct Sessions {
     auth: Arc<Authenticator>,
     registry: Arc<SessionRegistry>,
     supervisors: Arc<Supervisors>,
-    /// Each namespace's session policy, shared by its sessions.
-    policies: HashMap<String, Arc<SessionPolicy>>,
 }
 
 impl Sessions {
@@ -67,13 +65,7 @@ impl Sessions {
         registry: Arc<SessionRegistry>,
         supervisors: Arc<Supervisors>,
     ) -> Self {
-        let policies = config
-            .namespaces
-            .iter()
-            .map(|(name, spec)| (name.clone(), Arc::new(spec.session.clone())))
-            .collect();
         Sessions {
-            policies,
             config,
             named,
             auth,
@@ -167,7 +159,7 @@ impl Sessions {
                 ))
             }
         };
-        let policy = self.policies[&principal.namespace].clone();
+        let namespace = self.registry.namespace(&principal.namespace)?.clone();
         let (token, digest) = token::new_token();
         let entry = Arc::new(SessionEntry::new(
             token::new_session_id(),
@@ -177,7 +169,7 @@ impl Sessions {
             request.client_id,
             request.client_version,
             request.metadata,
-            policy,
+            namespace,
             *self.registry.clock(),
         ));
         self.registry.insert(entry.clone())?;
@@ -214,7 +206,7 @@ impl Sessions {
             };
         }
         entry.begin_terminating();
-        let pending = entry.wait_drained(entry.policy.close_drain_timeout).await;
+        let pending = entry.wait_drained(entry.policy().close_drain_timeout).await;
         if entry.state().is_ended() {
             // A forced close, expiry or shutdown ended it while we waited.
             return Closed {
@@ -229,7 +221,7 @@ impl Sessions {
                 success: false,
                 message: format!(
                     "{pending} operations still pending after {}; retry later or close with force",
-                    humantime::format_duration(entry.policy.close_drain_timeout)
+                    humantime::format_duration(entry.policy().close_drain_timeout)
                 ),
                 pending_operations: pending,
             };

@@ -10,6 +10,6 @@ pub mod registry;
 pub mod token;
 
 pub use clock::Clock;
-pub use entry::{EndReason, OperationGuard, SessionEntry, SessionState};
+pub use entry::{EndReason, Gauged, NamespaceSessions, OperationGuard, SessionEntry, SessionState};
 pub use lifecycle::Sessions;
 pub use registry::{SessionEvent, SessionRegistry};

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -16,10 +16,13 @@ use tokio::sync::broadcast;
 
 use super::{
     clock::ms,
-    entry::{ById, EndReason},
+    entry::{ById, EndReason, NamespaceSessions},
     token, Clock, SessionEntry,
 };
-use crate::error::{Error, ErrorKind};
+use crate::{
+    config::SessionPolicy,
+    error::{Error, ErrorKind},
+};
 
 /// A lifecycle event of a session or of the actors that supervise it, for
 /// tests, the audit log and the admin view.
@@ -67,19 +70,19 @@ pub struct SessionRegistry {
     ended: DashMap<token::TokenDigest, Tombstone>,
     tombstone_ttl: Duration,
     last_prune_ms: AtomicU64,
-    /// Open sessions per namespace, for `max_sessions`.
-    counts: HashMap<String, AtomicUsize>,
-    /// Message bytes (received, sent) of ended sessions, per namespace.
-    ended_traffic: HashMap<String, (AtomicI64, AtomicI64)>,
+    /// Each namespace's policy and counters, shared with its sessions.
+    namespaces: HashMap<String, Arc<NamespaceSessions>>,
     /// The audit log (session events); set once at start.
     audit: std::sync::OnceLock<Arc<crate::audit::Audit>>,
     events: broadcast::Sender<SessionEvent>,
 }
 
 impl SessionRegistry {
-    pub fn new<'a>(clock: Clock, namespaces: impl IntoIterator<Item = &'a String>) -> Self {
+    pub fn new<'a>(
+        clock: Clock,
+        namespaces: impl IntoIterator<Item = (&'a String, &'a SessionPolicy)>,
+    ) -> Self {
         let (events, _) = broadcast::channel(1024);
-        let namespaces: Vec<String> = namespaces.into_iter().cloned().collect();
         SessionRegistry {
             clock,
             by_token: DashMap::new(),
@@ -87,13 +90,9 @@ impl SessionRegistry {
             ended: DashMap::new(),
             tombstone_ttl: Duration::from_secs(3600),
             last_prune_ms: AtomicU64::new(0),
-            counts: namespaces
-                .iter()
-                .map(|n| (n.clone(), AtomicUsize::new(0)))
-                .collect(),
-            ended_traffic: namespaces
-                .iter()
-                .map(|n| (n.clone(), Default::default()))
+            namespaces: namespaces
+                .into_iter()
+                .map(|(n, p)| (n.clone(), Arc::new(NamespaceSessions::new(n, p.clone()))))
                 .collect(),
             audit: std::sync::OnceLock::new(),
             events,
@@ -129,13 +128,17 @@ impl SessionRegistry {
         self.by_id.is_empty()
     }
 
+    /// A namespace's policy and counters, shared with its sessions.
+    pub fn namespace(&self, name: &str) -> Result<&Arc<NamespaceSessions>, Error> {
+        self.namespaces
+            .get(name)
+            .ok_or_else(|| Error::internal("session namespace is not configured"))
+    }
+
     /// Adds a session unless its namespace is at `max_sessions`.
     pub fn insert(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
-        let counter = self
-            .counts
-            .get(entry.namespace())
-            .ok_or_else(|| Error::internal("session namespace is not configured"))?;
-        let max = entry.policy.max_sessions;
+        let counter = &entry.namespace_sessions.open;
+        let max = entry.policy().max_sessions;
         counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| {
@@ -220,16 +223,7 @@ impl SessionRegistry {
         }
         self.by_token.remove(&entry.token_digest);
         self.by_id.remove(entry.id.as_str());
-        if let Some(c) = self.counts.get(entry.namespace()) {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Some((r, s)) = self.ended_traffic.get(entry.namespace()) {
-            r.fetch_add(
-                entry.bytes_received.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
-            s.fetch_add(entry.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        entry.namespace_sessions.open.fetch_sub(1, Ordering::AcqRel);
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
         let event = match reason {
             EndReason::Closed => "session.close",
@@ -260,20 +254,19 @@ impl SessionRegistry {
     }
 
     /// Message bytes (received, sent) of a namespace's data calls, open
-    /// and ended sessions together.
+    /// and ended sessions together: counters, not a walk over sessions.
     pub fn traffic(&self, namespace: &str) -> (i64, i64) {
-        let (mut r, mut s) = self.ended_traffic.get(namespace).map_or((0, 0), |(r, s)| {
-            (r.load(Ordering::Relaxed), s.load(Ordering::Relaxed))
-        });
-        for e in self.by_id.iter() {
-            let e = &e.key().0;
-            if e.namespace() != namespace {
-                continue;
-            }
-            r += e.bytes_received.load(Ordering::Relaxed);
-            s += e.bytes_sent.load(Ordering::Relaxed);
-        }
-        (r, s)
+        self.namespaces.get(namespace).map_or((0, 0), |n| {
+            (
+                n.bytes_received.load(Ordering::Relaxed),
+                n.bytes_sent.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Every namespace's counters.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<NamespaceSessions>> {
+        self.namespaces.values()
     }
 
     /// Every open session.
