@@ -94,7 +94,8 @@ impl Ledger {
     }
 }
 
-pub struct KafkaQueue {
+/// The Kafka backend: Queue (this file) and PubSub (`kafka_pubsub.rs`).
+pub struct KafkaBackend {
     pub name: String,
     brokers: String,
     spec: PoolSpec,
@@ -108,9 +109,7 @@ pub struct KafkaQueue {
     relay_producer: RwLock<Option<FutureProducer>>,
 }
 
-crate::queue_interfaces!(KafkaQueue: basic, visibility, groups, replay);
-
-impl QueueVisibility for KafkaQueue {}
+impl QueueVisibility for KafkaBackend {}
 
 /// Runs an rdkafka call that blocks on the blocking pool.
 pub(super) async fn blocking<T: Send + 'static>(
@@ -121,12 +120,12 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|_| Error::internal("a blocking kafka call was cancelled"))
 }
 
-impl KafkaQueue {
+impl KafkaBackend {
     pub fn open(name: &str, brokers: &str, spec: &PoolSpec) -> Result<Self, String> {
         if brokers.trim().is_empty() {
             return Err(format!("backend `{name}`: kafka needs a broker list"));
         }
-        Ok(KafkaQueue {
+        Ok(KafkaBackend {
             name: name.to_string(),
             brokers: brokers.to_string(),
             spec: spec.clone(),
@@ -382,7 +381,7 @@ impl KafkaQueue {
 }
 
 #[async_trait]
-impl QueueBasic for KafkaQueue {
+impl QueueBasic for KafkaBackend {
     async fn publish(
         &self,
         ns: &str,
@@ -607,7 +606,7 @@ impl QueueBasic for KafkaQueue {
 }
 
 #[async_trait]
-impl StreamConsumerGroups for KafkaQueue {
+impl StreamConsumerGroups for KafkaBackend {
     async fn commit(
         &self,
         ns: &str,
@@ -622,7 +621,7 @@ impl StreamConsumerGroups for KafkaQueue {
 }
 
 #[async_trait]
-impl StreamReplay for KafkaQueue {
+impl StreamReplay for KafkaBackend {
     async fn seek(
         &self,
         ns: &str,

@@ -38,7 +38,7 @@ use rdkafka::{
 use tokio::sync::Notify;
 
 use super::{
-    kafka::{blocking, KafkaQueue, META_TIMEOUT},
+    kafka::{blocking, KafkaBackend, META_TIMEOUT},
     pubsub::{
         short_hash, Event, EventSink, Forwarder, PubSubBasic, PubSubPersistent, PubSubWildcards,
         SinkEnd, Subscriber, SubscriberSpec, Token, TopicPattern,
@@ -46,10 +46,8 @@ use super::{
 };
 use crate::error::Error;
 
-crate::pubsub_interfaces!(KafkaQueue: basic, wildcards, persistent);
-
-impl PubSubWildcards for KafkaQueue {}
-impl PubSubPersistent for KafkaQueue {}
+impl PubSubWildcards for KafkaBackend {}
+impl PubSubPersistent for KafkaBackend {}
 
 /// Longest Kafka topic name.
 const MAX_KAFKA_TOPIC: usize = 249;
@@ -200,7 +198,7 @@ fn commit(consumer: &PsConsumer, offsets: HashMap<(String, i32), i64>) {
     }
 }
 
-impl KafkaQueue {
+impl KafkaBackend {
     /// Existing Kafka topics (and partition counts) the pattern matches.
     async fn matching_topics(
         &self,
@@ -222,7 +220,7 @@ impl KafkaQueue {
 }
 
 #[async_trait]
-impl PubSubBasic for KafkaQueue {
+impl PubSubBasic for KafkaBackend {
     async fn publish(&self, ns: &str, partitions: i32, event: &Event) -> Result<(), Error> {
         let name = kafka_topic(ns, &event.topic)?;
         let producer = self.producer()?;

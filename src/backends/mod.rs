@@ -1,10 +1,15 @@
 //! Backends and their thin interfaces (seeds 003/004).
 //!
 //! A backend's capabilities are the interfaces it implements in code, never
-//! flags in config. A backend appears in [`BackendKind::implements`] with an
-//! interface only once that interface's trait is implemented for it and served
-//! end to end, so `prism registry backends` and config validation always tell
-//! the truth about this build.
+//! flags in config, declared in one table ([`capabilities`]): a backend
+//! appears there with an interface only once that interface's trait is
+//! implemented for it and served end to end, so `prism registry backends`
+//! and config validation always tell the truth about this build.
+//!
+//! The backend types, one per kind: [`memory::MemoryBackend`],
+//! [`sql::SqlBackend`] (SQLite and Postgres; Postgres adds
+//! [`pg_queue::PgQueue`]), [`redis::RedisBackend`], [`nats::NatsBackend`]
+//! and [`kafka::KafkaBackend`].
 //!
 //! [`Backends`] holds one [`Backend`] per configured backend: the cloned
 //! client the data path uses, its API surfaces (KeyValue, Queue, PubSub
@@ -16,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{config::GatewayConfig, proto::config::v1 as pb, session::Clock};
 
+pub mod capabilities;
 pub mod health;
 pub mod kafka;
 pub mod kafka_pubsub;
@@ -85,65 +91,6 @@ impl BackendKind {
             BackendKind::Redis => "redis",
             BackendKind::Kafka => "kafka",
             BackendKind::Nats => "nats",
-        }
-    }
-
-    /// The interfaces this kind implements in this build: the traits its
-    /// backend type implements (see `kv_interfaces!`).
-    pub fn implements(self) -> &'static [Interface] {
-        static MEMORY: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                memory::MemoryKv::KV_INTERFACES,
-                memory::MemoryQueue::QUEUE_INTERFACES,
-                memory::MemoryPubSub::PUBSUB_INTERFACES,
-            ]
-            .concat()
-        });
-        static POSTGRES: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                sql::SqlKv::KV_INTERFACES,
-                pg_queue::PgQueue::QUEUE_INTERFACES,
-                sql::SqlKv::READER_INTERFACES,
-                sql::SqlKv::TRANSACT_INTERFACES,
-            ]
-            .concat()
-        });
-        static REDIS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                redis::RedisKv::KV_INTERFACES,
-                redis::RedisKv::PUBSUB_INTERFACES,
-            ]
-            .concat()
-        });
-        static NATS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                nats::NatsQueue::QUEUE_INTERFACES,
-                nats::NatsQueue::PUBSUB_INTERFACES,
-            ]
-            .concat()
-        });
-        static KAFKA: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                kafka::KafkaQueue::QUEUE_INTERFACES,
-                kafka::KafkaQueue::PUBSUB_INTERFACES,
-            ]
-            .concat()
-        });
-        static SQLITE: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [
-                sql::SqlKv::KV_INTERFACES,
-                sql::SqlKv::READER_INTERFACES,
-                sql::SqlKv::TRANSACT_INTERFACES,
-            ]
-            .concat()
-        });
-        match self {
-            BackendKind::Memory => &MEMORY,
-            BackendKind::Postgres => &POSTGRES,
-            BackendKind::Sqlite => &SQLITE,
-            BackendKind::Redis => &REDIS,
-            BackendKind::Nats => &NATS,
-            BackendKind::Kafka => &KAFKA,
         }
     }
 
@@ -274,16 +221,12 @@ pub fn missing_interface(
 /// The client of one configured backend, as the data path uses it.
 #[derive(Clone)]
 pub enum Client {
-    Memory(
-        Arc<memory::MemoryKv>,
-        Arc<memory::MemoryQueue>,
-        Arc<memory::MemoryPubSub>,
-    ),
+    Memory(memory::MemoryBackend),
     /// The SQL key-value engine, and on Postgres the table queue.
-    Sql(Arc<sql::SqlKv>, Option<Arc<pg_queue::PgQueue>>),
-    Redis(Arc<redis::RedisKv>),
-    Nats(Arc<nats::NatsQueue>),
-    Kafka(Arc<kafka::KafkaQueue>),
+    Sql(Arc<sql::SqlBackend>, Option<Arc<pg_queue::PgQueue>>),
+    Redis(Arc<redis::RedisBackend>),
+    Nats(Arc<nats::NatsBackend>),
+    Kafka(Arc<kafka::KafkaBackend>),
 }
 
 impl Client {
@@ -291,7 +234,7 @@ impl Client {
     /// connection manager); idempotent.
     pub async fn connect(&self) -> Result<(), crate::error::Error> {
         match self {
-            Client::Memory(..) => Ok(()),
+            Client::Memory(_) => Ok(()),
             Client::Sql(s, queue) => {
                 if !s.is_migrated() {
                     s.migrate().await?;
@@ -317,7 +260,7 @@ impl Client {
     /// One health round trip.
     pub async fn check(&self) -> Result<(), crate::error::Error> {
         match self {
-            Client::Memory(..) => Ok(()),
+            Client::Memory(_) => Ok(()),
             Client::Sql(s, _) => s.ping().await,
             Client::Redis(r) => r.ping().await,
             Client::Nats(n) => n.ping().await,
@@ -328,7 +271,7 @@ impl Client {
     /// Removes expired data where the backend does not do it itself.
     pub async fn sweep(&self) -> Result<u64, crate::error::Error> {
         match self {
-            Client::Memory(m, ..) => Ok(m.sweep() as u64),
+            Client::Memory(m) => Ok(m.kv.sweep() as u64),
             Client::Sql(s, _) => s.sweep().await,
             Client::Redis(_) | Client::Nats(_) | Client::Kafka(_) => Ok(0),
         }
@@ -337,10 +280,10 @@ impl Client {
     /// Pool figures for the admin view.
     pub fn stats(&self) -> serde_json::Value {
         match self {
-            Client::Memory(m, q, p) => serde_json::json!({
-                "keys": m.len(),
-                "queued_messages": q.len(),
-                "pubsub_subscriptions": p.subscriptions(),
+            Client::Memory(m) => serde_json::json!({
+                "keys": m.kv.len(),
+                "queued_messages": m.queue.len(),
+                "pubsub_subscriptions": m.pubsub.subscriptions(),
             }),
             Client::Sql(s, _) => serde_json::json!({
                 "connections": s.pool.size(),
@@ -356,7 +299,7 @@ impl Client {
     /// The Queue surface, where the backend has one in this build.
     pub fn queue(&self) -> Option<queue::QueueHandle> {
         match self {
-            Client::Memory(_, q, _) => Some(q.queue_handle()),
+            Client::Memory(m) => Some(m.queue.queue_handle()),
             Client::Sql(_, q) => q.as_ref().map(|q| q.queue_handle()),
             Client::Nats(n) => Some(n.queue_handle()),
             Client::Kafka(k) => Some(k.queue_handle()),
@@ -367,7 +310,7 @@ impl Client {
     /// The PubSub surface, where the backend has one in this build.
     pub fn pubsub(&self) -> Option<pubsub::PubSubHandle> {
         match self {
-            Client::Memory(.., p) => Some(p.pubsub_handle()),
+            Client::Memory(m) => Some(m.pubsub.pubsub_handle()),
             Client::Redis(r) => Some(r.pubsub_handle()),
             Client::Nats(n) => Some(n.pubsub_handle()),
             Client::Kafka(k) => Some(k.pubsub_handle()),
@@ -394,7 +337,7 @@ impl Client {
     /// The KeyValue surface, where the backend has one.
     pub fn kv(&self) -> Option<kv::KvHandle> {
         match self {
-            Client::Memory(m, ..) => Some(m.kv_handle()),
+            Client::Memory(m) => Some(m.kv.kv_handle()),
             Client::Sql(s, _) => Some(s.kv_handle()),
             Client::Redis(r) => Some(r.kv_handle()),
             Client::Nats(_) | Client::Kafka(_) => None,
@@ -442,11 +385,7 @@ impl Backends {
         for (name, spec) in &config.backends {
             let url = spec.url.clone().unwrap_or_default();
             let client = match spec.kind {
-                BackendKind::Memory => Some(Client::Memory(
-                    Arc::new(memory::MemoryKv::new(clock)),
-                    Arc::new(memory::MemoryQueue::new(clock)),
-                    Arc::new(memory::MemoryPubSub::new()),
-                )),
+                BackendKind::Memory => Some(Client::Memory(memory::MemoryBackend::new(clock))),
                 BackendKind::Sqlite => {
                     let url = match &spec.path {
                         Some(path) => sqlite::url_for(path),
@@ -470,13 +409,13 @@ impl Backends {
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }
-                BackendKind::Redis => Some(Client::Redis(Arc::new(redis::RedisKv::open(
+                BackendKind::Redis => Some(Client::Redis(Arc::new(redis::RedisBackend::open(
                     name, &url, &spec.pool,
                 )?))),
-                BackendKind::Nats => Some(Client::Nats(Arc::new(nats::NatsQueue::open(
+                BackendKind::Nats => Some(Client::Nats(Arc::new(nats::NatsBackend::open(
                     name, &url, &spec.pool,
                 )?))),
-                BackendKind::Kafka => Some(Client::Kafka(Arc::new(kafka::KafkaQueue::open(
+                BackendKind::Kafka => Some(Client::Kafka(Arc::new(kafka::KafkaBackend::open(
                     name, &url, &spec.pool,
                 )?))),
             };

@@ -33,7 +33,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// A delivered message awaiting acknowledgement, and which member has it.
 type InFlight = DashMap<(String, String, String, i32, i64), (String, jetstream::Message)>;
 
-pub struct NatsQueue {
+/// The NATS backend: Queue on JetStream streams and durable consumers
+/// (this file), PubSub on core NATS subjects (`nats_pubsub.rs`).
+pub struct NatsBackend {
     pub name: String,
     url: String,
     spec: PoolSpec,
@@ -44,9 +46,7 @@ pub struct NatsQueue {
     round_robin: std::sync::atomic::AtomicU64,
 }
 
-crate::queue_interfaces!(NatsQueue: basic, visibility, groups, replay);
-
-impl QueueVisibility for NatsQueue {}
+impl QueueVisibility for NatsBackend {}
 
 fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -69,14 +69,14 @@ fn consumer_name(group: &str) -> String {
     format!("G_{}", short_hash(&[group]))
 }
 
-impl NatsQueue {
+impl NatsBackend {
     pub fn open(name: &str, url: &str, spec: &PoolSpec) -> Result<Self, String> {
         if !(url.starts_with("nats://") || url.starts_with("tls://")) {
             return Err(format!(
                 "backend `{name}`: nats url must start with nats:// or tls://"
             ));
         }
-        Ok(NatsQueue {
+        Ok(NatsBackend {
             name: name.to_string(),
             url: url.to_string(),
             spec: spec.clone(),
@@ -338,7 +338,7 @@ impl NatsQueue {
 }
 
 #[async_trait]
-impl QueueBasic for NatsQueue {
+impl QueueBasic for NatsBackend {
     async fn publish(
         &self,
         ns: &str,
@@ -512,7 +512,7 @@ impl QueueBasic for NatsQueue {
 }
 
 #[async_trait]
-impl StreamReplay for NatsQueue {
+impl StreamReplay for NatsBackend {
     async fn seek(
         &self,
         ns: &str,
@@ -525,7 +525,7 @@ impl StreamReplay for NatsQueue {
 }
 
 #[async_trait]
-impl StreamConsumerGroups for NatsQueue {
+impl StreamConsumerGroups for NatsBackend {
     async fn commit(
         &self,
         ns: &str,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    nats::NatsQueue,
+    nats::NatsBackend,
     pubsub::{
         Event, EventSink, Forwarder, PubSubBasic, PubSubWildcards, SinkEnd, Subscriber,
         SubscriberSpec,
@@ -19,16 +19,14 @@ use super::{
 };
 use crate::error::Error;
 
-crate::pubsub_interfaces!(NatsQueue: basic, wildcards);
-
-impl PubSubWildcards for NatsQueue {}
+impl PubSubWildcards for NatsBackend {}
 
 fn subject(ns: &str, topic: &str) -> String {
     format!("prism-ps.{ns}.{topic}")
 }
 
 #[async_trait]
-impl PubSubBasic for NatsQueue {
+impl PubSubBasic for NatsBackend {
     async fn publish(&self, ns: &str, _partitions: i32, event: &Event) -> Result<(), Error> {
         let client = self.client()?;
         client

@@ -28,7 +28,7 @@ use super::{
         QueueDeadLetter, QueueMessage, QueueVisibility, Start, StreamConsumerGroups, StreamReplay,
         TopicStats,
     },
-    sql::SqlKv,
+    sql::SqlBackend,
 };
 use crate::error::Error;
 
@@ -67,8 +67,6 @@ pub struct PgQueue {
     round_robin: AtomicU64,
 }
 
-crate::queue_interfaces!(PgQueue: basic, visibility, dead_letter, groups, replay);
-
 impl QueueVisibility for PgQueue {}
 impl QueueDeadLetter for PgQueue {}
 
@@ -86,7 +84,7 @@ fn in_group<'q>(
 }
 
 impl PgQueue {
-    pub fn new(kv: &SqlKv) -> Self {
+    pub fn new(kv: &SqlBackend) -> Self {
         PgQueue {
             name: kv.name.clone(),
             pool: kv.pool.clone(),

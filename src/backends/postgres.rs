@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::{any::AnyPoolOptions, Any, Row, Transaction};
 
-use super::sql::{Dialect, SqlKv};
+use super::sql::{Dialect, SqlBackend};
 use crate::config::PoolSpec;
 
 pub const DDL: &[&str] = &[
@@ -60,7 +60,7 @@ pub const DDL: &[&str] = &[
 
 /// A pool that connects on first use; the pool actor runs migrations and
 /// health checks.
-pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlKv, String> {
+pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(pool.max_connections)
@@ -69,7 +69,7 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlKv, String> {
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
-    Ok(SqlKv::new(name, Dialect::Postgres, pool))
+    Ok(SqlBackend::new(name, Dialect::Postgres, pool))
 }
 
 /// Takes transaction-scoped advisory locks, in sorted order (no deadlocks).

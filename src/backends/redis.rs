@@ -72,15 +72,14 @@ end
 return {'OK', joined}
 "#;
 
-pub struct RedisKv {
+/// The Redis backend: KeyValue (this file) and PubSub (`redis_pubsub.rs`).
+pub struct RedisBackend {
     pub name: String,
     client: redis::Client,
     spec: PoolSpec,
     manager: RwLock<Option<ConnectionManager>>,
     write: Script,
 }
-
-crate::kv_interfaces!(RedisKv: basic, scan, ttl, batch, cas, transactional);
 
 fn data_prefix(ns: &str) -> String {
     format!("prism:kv:{ns}:")
@@ -106,11 +105,11 @@ fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
     (pttl >= 0).then(|| Duration::from_millis(pttl as u64))
 }
 
-impl RedisKv {
+impl RedisBackend {
     pub fn open(name: &str, url: &str, spec: &PoolSpec) -> Result<Self, String> {
         let client = redis::Client::open(url)
             .map_err(|e| format!("backend `{name}`: invalid redis url: {e}"))?;
-        Ok(RedisKv {
+        Ok(RedisBackend {
             name: name.to_string(),
             client,
             spec: spec.clone(),
@@ -273,7 +272,7 @@ impl RedisKv {
 }
 
 #[async_trait]
-impl KeyValueBasic for RedisKv {
+impl KeyValueBasic for RedisBackend {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>, Error> {
         Ok(self
             .fetch(ns, std::slice::from_ref(&key.to_string()))
@@ -304,7 +303,7 @@ fn decode_position(cursor: &str) -> Result<(u64, Option<String>), Error> {
 }
 
 #[async_trait]
-impl KeyValueScan for RedisKv {
+impl KeyValueScan for RedisBackend {
     async fn scan(
         &self,
         ns: &str,
@@ -383,7 +382,7 @@ impl KeyValueScan for RedisKv {
 }
 
 #[async_trait]
-impl KeyValueTtl for RedisKv {
+impl KeyValueTtl for RedisBackend {
     async fn expire(&self, ns: &str, key: &str, ttl: Duration) -> Result<bool, Error> {
         let mut conn = self.conn()?;
         let ms = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
@@ -419,7 +418,7 @@ impl KeyValueTtl for RedisKv {
 }
 
 #[async_trait]
-impl KeyValueBatch for RedisKv {
+impl KeyValueBatch for RedisBackend {
     async fn batch_get(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Record>>, Error> {
         self.fetch(ns, keys).await
     }
@@ -430,14 +429,14 @@ impl KeyValueBatch for RedisKv {
 }
 
 #[async_trait]
-impl KeyValueCas for RedisKv {
+impl KeyValueCas for RedisBackend {
     async fn compare_and_swap(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.apply(ns, batch).await
     }
 }
 
 #[async_trait]
-impl KeyValueTransactional for RedisKv {
+impl KeyValueTransactional for RedisBackend {
     async fn transact(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.apply(ns, batch).await
     }

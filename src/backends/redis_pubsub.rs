@@ -18,13 +18,11 @@ use super::{
         short_hash, Event, EventSink, Forwarder, PubSubBasic, PubSubWildcards, SinkEnd, Subscriber,
         SubscriberSpec, Token,
     },
-    redis::{glob_escape, RedisKv},
+    redis::{glob_escape, RedisBackend},
 };
 use crate::error::Error;
 
-crate::pubsub_interfaces!(RedisKv: basic, wildcards);
-
-impl PubSubWildcards for RedisKv {}
+impl PubSubWildcards for RedisBackend {}
 
 /// How long a queue group's claim on an event is kept, ms.
 const CLAIM_MS: u64 = 60_000;
@@ -48,7 +46,7 @@ fn glob(ns: &str, spec: &SubscriberSpec) -> String {
 }
 
 #[async_trait]
-impl PubSubBasic for RedisKv {
+impl PubSubBasic for RedisBackend {
     async fn publish(&self, ns: &str, _partitions: i32, event: &Event) -> Result<(), Error> {
         let mut conn = self.conn()?;
         redis::cmd("PUBLISH")

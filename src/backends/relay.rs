@@ -70,7 +70,7 @@ impl RelaySink for PubSubSink {
 }
 
 struct KafkaSink {
-    kafka: Arc<super::kafka::KafkaQueue>,
+    kafka: Arc<super::kafka::KafkaBackend>,
     topic: String,
 }
 
@@ -82,7 +82,7 @@ impl RelaySink for KafkaSink {
 }
 
 struct NatsSink {
-    nats: Arc<super::nats::NatsQueue>,
+    nats: Arc<super::nats::NatsBackend>,
     subject: String,
 }
 

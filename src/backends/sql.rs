@@ -6,7 +6,7 @@
 //! Every write is one transaction: lock the keys (dialect-specific), replay
 //! or refuse a known idempotency token, read current versions, check
 //! preconditions, write, remember the token, commit. Expired rows are
-//! invisible to reads and removed by [`SqlKv::sweep`], which the pool actor
+//! invisible to reads and removed by [`SqlBackend::sweep`], which the pool actor
 //! runs on a timer.
 
 use std::{
@@ -35,7 +35,10 @@ pub enum Dialect {
     Sqlite,
 }
 
-pub struct SqlKv {
+/// The SQL backend, SQLite or Postgres, on one sqlx pool: KeyValue (this
+/// file), Reader (`sql_reader.rs`) and Transact (`sql_transact.rs`).
+/// Postgres's Queue is [`super::pg_queue::PgQueue`] on the same database.
+pub struct SqlBackend {
     pub name: String,
     pub dialect: Dialect,
     pub pool: AnyPool,
@@ -56,13 +59,11 @@ pub struct SqlKv {
     pub(super) outbox_written: tokio::sync::watch::Sender<u64>,
 }
 
-crate::kv_interfaces!(SqlKv: basic, scan, ttl, batch, cas, transactional);
-
 const LIVE: &str = "(expires_at IS NULL OR expires_at > $3)";
 
-impl SqlKv {
+impl SqlBackend {
     pub fn new(name: &str, dialect: Dialect, pool: AnyPool) -> Self {
-        SqlKv {
+        SqlBackend {
             name: name.to_string(),
             dialect,
             pool,
@@ -396,7 +397,7 @@ fn record_from_row(row: &AnyRow, now: i64) -> Result<Record, Error> {
 }
 
 #[async_trait]
-impl KeyValueBasic for SqlKv {
+impl KeyValueBasic for SqlBackend {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>, Error> {
         self.ready()?;
         let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
@@ -409,7 +410,7 @@ impl KeyValueBasic for SqlKv {
 }
 
 #[async_trait]
-impl KeyValueScan for SqlKv {
+impl KeyValueScan for SqlBackend {
     async fn scan(
         &self,
         ns: &str,
@@ -503,7 +504,7 @@ impl KeyValueScan for SqlKv {
 }
 
 #[async_trait]
-impl KeyValueTtl for SqlKv {
+impl KeyValueTtl for SqlBackend {
     async fn expire(&self, ns: &str, key: &str, ttl: Duration) -> Result<bool, Error> {
         self.ready()?;
         let now = epoch_ms();
@@ -545,7 +546,7 @@ impl KeyValueTtl for SqlKv {
 }
 
 #[async_trait]
-impl KeyValueBatch for SqlKv {
+impl KeyValueBatch for SqlBackend {
     async fn batch_get(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Record>>, Error> {
         self.ready()?;
         let now = epoch_ms();
@@ -563,14 +564,14 @@ impl KeyValueBatch for SqlKv {
 }
 
 #[async_trait]
-impl KeyValueCas for SqlKv {
+impl KeyValueCas for SqlBackend {
     async fn compare_and_swap(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.apply(ns, batch).await
     }
 }
 
 #[async_trait]
-impl KeyValueTransactional for SqlKv {
+impl KeyValueTransactional for SqlBackend {
     async fn transact(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.apply(ns, batch).await
     }

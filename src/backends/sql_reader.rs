@@ -19,13 +19,11 @@ use super::{
         Column, Cond, KeyValue, Kind, Param, Plan, ReadRow, ReaderPaged, ReaderQuery, TableSchema,
         TextOp,
     },
-    sql::{Dialect, SqlKv},
+    sql::{Dialect, SqlBackend},
 };
 use crate::error::{Error, ErrorKind};
 
-crate::reader_interfaces!(SqlKv: paged, query);
-
-impl ReaderQuery for SqlKv {}
+impl ReaderQuery for SqlBackend {}
 
 pub(super) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -309,7 +307,7 @@ fn classify_sqlite(declared: &str) -> Kind {
     }
 }
 
-impl SqlKv {
+impl SqlBackend {
     /// Learns every configured collection's table (at connect); a missing
     /// table is logged, and its calls answer FAILED_PRECONDITION until it
     /// exists.
@@ -372,7 +370,7 @@ impl SqlKv {
 }
 
 #[async_trait]
-impl ReaderPaged for SqlKv {
+impl ReaderPaged for SqlBackend {
     async fn schema(
         &self,
         collection: &str,

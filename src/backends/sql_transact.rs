@@ -18,14 +18,13 @@ use sqlx::{any::AnyRow, Any, Row, Transaction};
 use super::{
     epoch_ms, kv, postgres,
     reader::{value_param, Column, Kind, Param, ReaderPaged, TableSchema},
-    sql::{Dialect, SqlKv},
+    sql::{Dialect, SqlBackend},
     sql_reader::{decode, quote, read_expr, Sql},
     sqlite,
     transact::{
         row_not_found, DataOp, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
         OpenTransaction, TransactOutbox, WriteMode, WriteOp, WriteOutcome,
     },
-    Interface,
 };
 use crate::error::{Error, ErrorKind};
 
@@ -35,9 +34,7 @@ pub const NOTIFY_CHANNEL: &str = "prism_mailbox";
 const MAILBOX_COLUMNS: &str = "message_id, mailbox_id, sequence, message, metadata, message_type, \
                                priority, created_at, processed_at";
 
-impl SqlKv {
-    pub const TRANSACT_INTERFACES: &'static [Interface] = &[Interface::TransactOutbox];
-
+impl SqlBackend {
     pub fn transact_handle(self: &Arc<Self>) -> Arc<dyn TransactOutbox> {
         Arc::new(SqlOutbox(self.clone()))
     }
@@ -66,7 +63,7 @@ impl SqlKv {
 }
 
 /// The Transact surface of one SQL backend.
-pub struct SqlOutbox(Arc<SqlKv>);
+pub struct SqlOutbox(Arc<SqlBackend>);
 
 fn corrupt(_: sqlx::Error) -> Error {
     Error::internal("a stored mailbox row has an unexpected shape")
@@ -232,7 +229,7 @@ impl TransactOutbox for SqlOutbox {
 
 /// An open transaction on a pooled connection.
 struct SqlTransaction {
-    kv: Arc<SqlKv>,
+    kv: Arc<SqlBackend>,
     tx: Transaction<'static, Any>,
     ns: String,
     /// Mailboxes notified in this transaction (once each).

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sqlx::{any::AnyPoolOptions, Any, Executor, Row, Transaction};
 
-use super::sql::{Dialect, SqlKv};
+use super::sql::{Dialect, SqlBackend};
 use crate::config::PoolSpec;
 
 pub const DDL: &[&str] = &[
@@ -62,7 +62,7 @@ pub fn url_for(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
-pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlKv, String> {
+pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(pool.max_connections)
@@ -77,7 +77,7 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlKv, String> {
         })
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid sqlite url: {e}"))?;
-    Ok(SqlKv::new(name, Dialect::Sqlite, pool))
+    Ok(SqlBackend::new(name, Dialect::Sqlite, pool))
 }
 
 /// Takes the database write lock now: a deferred transaction that read

@@ -73,8 +73,6 @@ pub struct MemoryKv {
     idempotency: DashMap<(String, String), Remembered>,
 }
 
-crate::kv_interfaces!(MemoryKv: basic, scan, ttl, batch, cas, transactional);
-
 impl MemoryKv {
     pub fn new(clock: Clock) -> Self {
         MemoryKv {

@@ -9,3 +9,26 @@ pub mod queue;
 pub use kv::MemoryKv;
 pub use pubsub::MemoryPubSub;
 pub use queue::MemoryQueue;
+
+use std::sync::Arc;
+
+use crate::session::Clock;
+
+/// The memory backend: its key-value store, its queue and its PubSub
+/// router, each serving its own thin interfaces.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    pub kv: Arc<MemoryKv>,
+    pub queue: Arc<MemoryQueue>,
+    pub pubsub: Arc<MemoryPubSub>,
+}
+
+impl MemoryBackend {
+    pub fn new(clock: Clock) -> Self {
+        MemoryBackend {
+            kv: Arc::new(MemoryKv::new(clock)),
+            queue: Arc::new(MemoryQueue::new(clock)),
+            pubsub: Arc::new(MemoryPubSub::new()),
+        }
+    }
+}

@@ -62,8 +62,6 @@ pub struct MemoryPubSub {
     router: Arc<Router>,
 }
 
-crate::pubsub_interfaces!(MemoryPubSub: basic, wildcards);
-
 impl PubSubWildcards for MemoryPubSub {}
 
 impl MemoryPubSub {

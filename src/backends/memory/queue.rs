@@ -116,8 +116,6 @@ pub struct MemoryQueue {
     round_robin: AtomicU64,
 }
 
-crate::queue_interfaces!(MemoryQueue: basic, visibility, groups, replay);
-
 impl MemoryQueue {
     pub fn new(clock: Clock) -> Self {
         MemoryQueue {
