@@ -9,6 +9,8 @@
 //!   [`server::run`], which serves already-bound listeners until a shutdown
 //!   future resolves, then drains.
 //! - [`runtime`]: the actix System on a tokio multi-thread runtime.
+//! - [`clock`]: the gateway's monotonic clock (tokio time, so tests pause
+//!   it), shared by sessions, actors and backends.
 //! - [`config`]: the YAML schema, environment overrides, validation
 //!   (`prism validate`) and resolving client configs against namespace
 //!   policy.
@@ -46,6 +48,7 @@ pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gate;

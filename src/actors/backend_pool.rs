@@ -18,9 +18,15 @@ use super::{
     ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
 };
 use crate::{
-    backends::{health::CheckNow, Backend, HealthState},
+    backends::{Backend, HealthState},
     session::{clock::ms, Clock},
 };
+
+/// A call saw the backend fail: check it now (see
+/// [`crate::backends::Health::suspect`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckNow;
 
 /// The next scheduled check; stale generations are ignored, so a check
 /// asked for early replaces the scheduled one instead of doubling it.
@@ -133,9 +139,10 @@ impl Actor for BackendPoolActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.life.vitals.beat(self.clock.now_ms());
+        let checker = Mailbox::new(ctx.address(), self.life.vitals.clone()).recipient();
         self.backend
             .health
-            .set_checker(Mailbox::new(ctx.address(), self.life.vitals.clone()).recipient());
+            .set_checker(Box::new(move || checker.do_send(CheckNow)));
         self.check(ctx);
     }
 }

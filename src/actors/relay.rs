@@ -5,10 +5,11 @@
 //! (consumers dedupe by mailbox id and sequence) but never skips one.
 //!
 //! Rounds never overlap: a wake-up during a round asks for another round
-//! after it. Wake-ups come from three places: a commit in this process
-//! that wrote the mailbox (at once), Postgres `LISTEN prism_mailbox` (a
-//! commit in any gateway), and the poll interval (the fallback, and the
-//! only signal for other writers on SQLite). A failed round backs off
+//! after it. Wake-ups come from the backend's mailbox waiter
+//! (`TransactOutbox::mailbox_waiter`: a commit in this process at once,
+//! and on Postgres a commit in any gateway by LISTEN/NOTIFY) and from the
+//! poll interval (the fallback, and the only signal for other writers on
+//! SQLite). The actor opens no connection of its own. A failed round backs off
 //! exponentially up to `max_backoff`; the backend I/O runs on the main
 //! runtime in tasks the actor owns.
 
@@ -28,9 +29,8 @@ use super::{
 use crate::{
     backends::{
         relay::{self, RelaySink},
-        sql_transact::NOTIFY_CHANNEL,
-        transact::{Lag, MailboxQuery, TransactOutbox},
-        BackendKind, Backends, Health,
+        transact::{Lag, MailboxQuery, MailboxWake, TransactOutbox},
+        Backends, Health,
     },
     config::{GatewayConfig, RelaySpec},
     error::Error,
@@ -63,8 +63,6 @@ pub struct RelayShared {
     outbox: Arc<dyn TransactOutbox>,
     sink: Arc<dyn RelaySink>,
     source_health: Arc<Health>,
-    /// The Postgres URL to LISTEN on (Postgres mailboxes only).
-    listen_url: Option<String>,
     progress: Mutex<Progress>,
     clock: Clock,
     created: SystemTime,
@@ -123,55 +121,19 @@ impl RelayShared {
         }
     }
 
-    /// Wakes the actor on commits in this process and Postgres
-    /// notifications, until the actor drops the task.
+    /// Wakes the actor whenever its mailbox's waiter says rows may be
+    /// waiting, until the actor drops the task.
     async fn waker(self: Arc<Self>, addr: Mailbox<MailboxListenerActor>) {
-        let key = format!("{}/{}", self.namespace, self.spec.mailbox);
-        let mut mark = self.outbox.written_mark();
-        let mut listener: Option<sqlx::postgres::PgListener> = None;
+        let mut waiter = self
+            .outbox
+            .mailbox_waiter(&self.namespace, &self.spec.mailbox);
         loop {
-            if listener.is_none() {
-                if let Some(url) = &self.listen_url {
-                    listener = listen(url).await;
-                    // A notification may have been missed meanwhile.
-                    addr.do_send(Wake);
-                }
+            if waiter.next().await == MailboxWake::Notified {
+                self.progress.lock().notifications += 1;
             }
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => Some(l.recv().await),
-                    None => {
-                        tokio::time::sleep(self.spec.poll_interval).await;
-                        None
-                    }
-                }
-            };
-            tokio::select! {
-                m = self.outbox.written(mark) => {
-                    mark = m;
-                    addr.do_send(Wake);
-                }
-                n = notified => match n {
-                    Some(Ok(n)) if n.payload() == key => {
-                        self.progress.lock().notifications += 1;
-                        addr.do_send(Wake);
-                    }
-                    Some(Ok(_)) | None => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(relay = %self.name, error = %e, "listen connection lost");
-                        listener = None;
-                        tokio::time::sleep(self.spec.poll_interval).await;
-                    }
-                },
-            }
+            addr.do_send(Wake);
         }
     }
-}
-
-async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
-    let mut l = sqlx::postgres::PgListener::connect(url).await.ok()?;
-    l.listen(NOTIFY_CHANNEL).await.ok()?;
-    Some(l)
 }
 
 /// Look for rows now.
@@ -461,14 +423,6 @@ pub fn configured(
             let outbox = source.transact.clone().ok_or_else(|| {
                 format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
             })?;
-            let listen_url = (source.kind == BackendKind::Postgres)
-                .then(|| {
-                    config
-                        .backends
-                        .get(&relay.backend)
-                        .and_then(|b| b.url.clone())
-                })
-                .flatten();
             out.push(Arc::new(RelayShared {
                 id: format!("relay/{ns}/{name}"),
                 name: name.clone(),
@@ -477,7 +431,6 @@ pub fn configured(
                 outbox,
                 sink: relay::sink(&relay.to, ns, backends)?,
                 source_health: source.health.clone(),
-                listen_url,
                 progress: Mutex::new(Progress {
                     status: "starting",
                     ..Default::default()

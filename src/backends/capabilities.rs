@@ -106,8 +106,8 @@ mod tests {
     use super::*;
     use crate::{
         backends::{Backend, Backends},
+        clock::Clock,
         config::{GatewayConfig, Source},
-        session::Clock,
     };
 
     /// The interfaces a built backend's handles actually serve.

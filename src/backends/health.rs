@@ -4,12 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use actix::Message;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::watch;
-
-use crate::actors::mailbox::CountedRecipient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,14 +28,13 @@ impl HealthState {
     }
 }
 
-/// Asks the pool actor to check its backend now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CheckNow;
+/// Asks whoever checks the backend (its pool actor) to check it now; must
+/// not block (it sends a message).
+pub type Checker = Box<dyn Fn() + Send + Sync>;
 
 pub struct Health {
     state: AtomicU8,
-    checker: RwLock<Option<CountedRecipient<CheckNow>>>,
+    checker: RwLock<Option<Checker>>,
     last_error: Mutex<Option<String>>,
     pub checks: AtomicU64,
     pub failures: AtomicU64,
@@ -83,16 +79,16 @@ impl Health {
         self.changed.subscribe()
     }
 
-    /// Registers the pool actor that answers [`Health::suspect`].
-    pub fn set_checker(&self, checker: CountedRecipient<CheckNow>) {
+    /// Registers what answers [`Health::suspect`] (the pool actor).
+    pub fn set_checker(&self, checker: Checker) {
         *self.checker.write() = Some(checker);
     }
 
-    /// A call saw the backend fail: ask the pool actor to check it now
-    /// (fire and forget; the call never waits on the actor).
+    /// A call saw the backend fail: ask for a check now (fire and forget;
+    /// the call never waits on the actor).
     pub fn suspect(&self) {
         if let Some(checker) = self.checker.read().as_ref() {
-            checker.do_send(CheckNow);
+            checker();
         }
     }
 

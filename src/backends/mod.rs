@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::GatewayConfig, proto::config::v1 as pb, session::Clock};
+use crate::{clock::Clock, config::GatewayConfig, proto::config::v1 as pb};
 
 pub mod capabilities;
 pub mod health;

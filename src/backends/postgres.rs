@@ -69,7 +69,9 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
-    Ok(SqlBackend::new(name, Dialect::Postgres, pool))
+    let mut backend = SqlBackend::new(name, Dialect::Postgres, pool);
+    backend.listen_url = Some(url.to_string());
+    Ok(backend)
 }
 
 /// Takes transaction-scoped advisory locks, in sorted order (no deadlocks).

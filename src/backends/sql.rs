@@ -57,6 +57,9 @@ pub struct SqlBackend {
     /// Bumped when a transaction that wrote a mailbox row commits, waking
     /// this process's relays at once (`sql_transact.rs`).
     pub(super) outbox_written: tokio::sync::watch::Sender<u64>,
+    /// Postgres: where mailbox waiters LISTEN for commits of other
+    /// gateways. SQLite has no notifications (waiters rely on polling).
+    pub(super) listen_url: Option<String>,
 }
 
 const LIVE: &str = "(expires_at IS NULL OR expires_at > $3)";
@@ -73,6 +76,7 @@ impl SqlBackend {
             init_sql: Vec::new(),
             collections: Vec::new(),
             outbox_written: tokio::sync::watch::channel(0).0,
+            listen_url: None,
         }
     }
 

@@ -22,8 +22,8 @@ use super::{
     sql_reader::{decode, quote, read_expr, Sql},
     sqlite,
     transact::{
-        row_not_found, DataOp, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
-        OpenTransaction, TransactOutbox, WriteMode, WriteOp, WriteOutcome,
+        row_not_found, DataOp, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow, MailboxWaiter,
+        MailboxWake, OpenTransaction, TransactOutbox, WriteMode, WriteOp, WriteOutcome,
     },
 };
 use crate::error::{Error, ErrorKind};
@@ -212,18 +212,93 @@ impl TransactOutbox for SqlOutbox {
         })
     }
 
-    async fn written(&self, seen: u64) -> u64 {
-        let mut rx = self.0.outbox_written.subscribe();
-        let changed = rx.wait_for(|v| *v != seen).await.map(|v| *v);
-        match changed {
-            Ok(v) => v,
-            // The backend is gone: never resolves.
-            Err(_) => std::future::pending().await,
-        }
+    fn mailbox_waiter(&self, namespace: &str, mailbox: &str) -> Box<dyn MailboxWaiter> {
+        let written = self.0.outbox_written.subscribe();
+        Box::new(SqlMailboxWaiter {
+            key: format!("{namespace}/{mailbox}"),
+            written,
+            listen_url: self.0.listen_url.clone(),
+            listener: None,
+            retry_at: None,
+        })
     }
+}
 
-    fn written_mark(&self) -> u64 {
-        *self.0.outbox_written.borrow()
+/// How long a lost notification connection waits before connecting again.
+const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`MailboxWaiter`] on SQL: the in-process commit mark, and on Postgres a
+/// dedicated `LISTEN prism_mailbox` connection (kept across waits, so no
+/// notification is lost between them).
+struct SqlMailboxWaiter {
+    /// `<namespace>/<mailbox>`, the notifications' payload.
+    key: String,
+    written: tokio::sync::watch::Receiver<u64>,
+    listen_url: Option<String>,
+    listener: Option<sqlx::postgres::PgListener>,
+    /// When to try listening again after the connection was lost.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl SqlMailboxWaiter {
+    async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
+        let mut l = sqlx::postgres::PgListener::connect(url).await.ok()?;
+        l.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(l)
+    }
+}
+
+#[async_trait]
+impl MailboxWaiter for SqlMailboxWaiter {
+    async fn next(&mut self) -> MailboxWake {
+        loop {
+            if self.listener.is_none() {
+                if let Some(url) = self.listen_url.clone() {
+                    let due = self
+                        .retry_at
+                        .is_none_or(|t| tokio::time::Instant::now() >= t);
+                    if due {
+                        self.listener = Self::listen(&url).await;
+                        if self.listener.is_some() {
+                            self.retry_at = None;
+                            return MailboxWake::Listening;
+                        }
+                        self.retry_at = Some(tokio::time::Instant::now() + RELISTEN_AFTER);
+                    }
+                }
+            }
+            let retry_at = self.retry_at;
+            let notified = async {
+                match self.listener.as_mut() {
+                    Some(l) => Some(l.recv().await),
+                    None => {
+                        match retry_at {
+                            Some(t) => tokio::time::sleep_until(t).await,
+                            None => std::future::pending().await,
+                        }
+                        None
+                    }
+                }
+            };
+            tokio::select! {
+                changed = self.written.changed() => {
+                    if changed.is_err() {
+                        // The backend is gone: nothing will commit again.
+                        std::future::pending::<()>().await;
+                    }
+                    return MailboxWake::Committed;
+                }
+                n = notified => match n {
+                    Some(Ok(n)) if n.payload() == self.key => return MailboxWake::Notified,
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(mailbox = %self.key, error = %e, "listen connection lost");
+                        self.listener = None;
+                        self.retry_at = Some(tokio::time::Instant::now() + RELISTEN_AFTER);
+                    }
+                },
+            }
+        }
     }
 }
 

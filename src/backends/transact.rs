@@ -128,13 +128,29 @@ pub trait TransactOutbox: Send + Sync {
 
     async fn lag(&self, ns: &str, mailbox: &str) -> Result<Lag, Error>;
 
-    /// Resolves after a write to any mailbox of this backend committed in
-    /// this process since `seen`; returns the new mark. Writes from other
-    /// processes are seen by notification (Postgres) or polling.
-    async fn written(&self, seen: u64) -> u64;
+    /// Waits for new rows in one mailbox (see [`MailboxWaiter`]).
+    fn mailbox_waiter(&self, namespace: &str, mailbox: &str) -> Box<dyn MailboxWaiter>;
+}
 
-    /// The first mark to wait from.
-    fn written_mark(&self) -> u64;
+/// Why a [`MailboxWaiter`] woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxWake {
+    /// A transaction that wrote a mailbox committed in this process.
+    Committed,
+    /// The database notified a commit to this mailbox (another gateway's
+    /// on Postgres).
+    Notified,
+    /// The notification connection was (re)established: one may have been
+    /// missed meanwhile, so look.
+    Listening,
+}
+
+/// Waits for rows to relay from one mailbox. Commits in this process wake
+/// it at once; on Postgres, so do other gateways' commits (LISTEN/NOTIFY);
+/// anything else is found by the relay's own poll interval.
+#[async_trait]
+pub trait MailboxWaiter: Send {
+    async fn next(&mut self) -> MailboxWake;
 }
 
 /// One open database transaction. Dropping it rolls it back.

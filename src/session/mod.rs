@@ -2,14 +2,15 @@
 //! and the lifecycle operations (create, heartbeat, refresh, close) the
 //! SessionService exposes.
 
-pub mod clock;
 pub mod entry;
 pub mod lifecycle;
 pub mod rate;
 pub mod registry;
 pub mod token;
 
-pub use clock::Clock;
+/// The clock lives below sessions (backends use it too); reachable here as
+/// before.
+pub use crate::clock::{self, Clock};
 pub use entry::{EndReason, Gauged, NamespaceSessions, OperationGuard, SessionEntry, SessionState};
 pub use lifecycle::Sessions;
 pub use registry::{SessionEvent, SessionRegistry};

@@ -12,7 +12,7 @@ pub use queue::MemoryQueue;
 
 use std::sync::Arc;
 
-use crate::session::Clock;
+use crate::clock::Clock;
 
 /// The memory backend: its key-value store, its queue and its PubSub
 /// router, each serving its own thin interfaces.

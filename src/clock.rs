@@ -1,4 +1,4 @@
-//! The session clock: tokio time (so `tokio::time::pause()` drives expiry in
+//! The gateway's clock: tokio time (so `tokio::time::pause()` drives expiry in
 //! tests) as milliseconds since start, plus the wall-clock time of that start
 //! for timestamps shown to clients.
 
