@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::Clock, config::GatewayConfig, proto::config::v1 as pb};
+use crate::{clock::Clock, config::GatewayConfig};
 
 pub mod capabilities;
 pub mod health;
@@ -96,29 +96,6 @@ impl BackendKind {
 
     pub fn has(self, interface: Interface) -> bool {
         self.implements().contains(&interface)
-    }
-
-    pub fn to_proto(self) -> pb::BackendType {
-        match self {
-            BackendKind::Memory => pb::BackendType::Memory,
-            BackendKind::Sqlite => pb::BackendType::Sqlite,
-            BackendKind::Postgres => pb::BackendType::Postgres,
-            BackendKind::Redis => pb::BackendType::Redis,
-            BackendKind::Kafka => pb::BackendType::Kafka,
-            BackendKind::Nats => pb::BackendType::Nats,
-        }
-    }
-
-    pub fn from_proto(t: pb::BackendType) -> Option<Self> {
-        Some(match t {
-            pb::BackendType::Unspecified => return None,
-            pb::BackendType::Memory => BackendKind::Memory,
-            pb::BackendType::Sqlite => BackendKind::Sqlite,
-            pb::BackendType::Postgres => BackendKind::Postgres,
-            pb::BackendType::Redis => BackendKind::Redis,
-            pb::BackendType::Kafka => BackendKind::Kafka,
-            pb::BackendType::Nats => BackendKind::Nats,
-        })
     }
 }
 
@@ -462,13 +439,6 @@ mod tests {
             assert_eq!(Interface::parse(i.name()), Some(*i));
         }
         assert_eq!(Interface::parse("keyvalue_nope"), None);
-    }
-
-    #[test]
-    fn backend_kinds_round_trip_through_proto() {
-        for k in BackendKind::ALL {
-            assert_eq!(BackendKind::from_proto(k.to_proto()), Some(k));
-        }
     }
 
     #[test]

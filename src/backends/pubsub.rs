@@ -51,8 +51,9 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event as a subscriber receives it.
-    pub fn to_proto(&self, subscription_id: &str) -> pb::Event {
+    /// The event as NATS, Redis and Kafka carry it (the subscriber's view is
+    /// built by the PubSub service).
+    fn to_wire(&self, subscription_id: &str) -> pb::Event {
         pb::Event {
             event_id: self.id.clone(),
             topic: self.topic.clone(),
@@ -67,7 +68,7 @@ impl Event {
 
     /// The bytes carried by NATS, Redis and Kafka.
     pub fn encode(&self) -> Vec<u8> {
-        self.to_proto("").encode_to_vec()
+        self.to_wire("").encode_to_vec()
     }
 
     /// Decodes what [`Event::encode`] wrote; `None` for anything else on the

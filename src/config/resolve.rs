@@ -47,6 +47,30 @@ pub fn pattern_to_proto(p: Pattern) -> pb::AccessPattern {
     }
 }
 
+/// A backend kind on the wire (the backends know nothing of the wire).
+pub fn kind_to_proto(kind: BackendKind) -> pb::BackendType {
+    match kind {
+        BackendKind::Memory => pb::BackendType::Memory,
+        BackendKind::Sqlite => pb::BackendType::Sqlite,
+        BackendKind::Postgres => pb::BackendType::Postgres,
+        BackendKind::Redis => pb::BackendType::Redis,
+        BackendKind::Kafka => pb::BackendType::Kafka,
+        BackendKind::Nats => pb::BackendType::Nats,
+    }
+}
+
+pub fn kind_from_proto(t: pb::BackendType) -> Option<BackendKind> {
+    Some(match t {
+        pb::BackendType::Unspecified => return None,
+        pb::BackendType::Memory => BackendKind::Memory,
+        pb::BackendType::Sqlite => BackendKind::Sqlite,
+        pb::BackendType::Postgres => BackendKind::Postgres,
+        pb::BackendType::Redis => BackendKind::Redis,
+        pb::BackendType::Kafka => BackendKind::Kafka,
+        pb::BackendType::Nats => BackendKind::Nats,
+    })
+}
+
 pub fn pattern_from_proto(p: pb::AccessPattern) -> Option<Pattern> {
     Some(match p {
         pb::AccessPattern::Unspecified => return None,
@@ -170,7 +194,7 @@ pub(crate) fn resolve_named_spec(
         version: spec.version.clone(),
         pattern: pattern_to_proto(spec.pattern) as i32,
         backend: Some(pb::BackendConfig {
-            r#type: backend.kind.to_proto() as i32,
+            r#type: kind_to_proto(backend.kind) as i32,
             name: spec.backend.clone(),
             options: spec.options.clone().into_iter().collect(),
             required_interfaces: spec.required_interfaces.clone(),
@@ -275,7 +299,7 @@ pub fn resolve_inline(
     }
     let b = proto.backend.get_or_insert_with(Default::default);
     b.name = backend_name.clone();
-    b.r#type = kind.to_proto() as i32;
+    b.r#type = kind_to_proto(kind) as i32;
     proto.patterns = patterns
         .iter()
         .map(|p| pattern_to_proto(*p) as i32)
@@ -305,7 +329,7 @@ fn pick_backend(
         .ok_or_else(|| unknown_namespace(namespace))?;
     let wanted = pb::BackendType::try_from(backend.r#type)
         .ok()
-        .and_then(BackendKind::from_proto);
+        .and_then(kind_from_proto);
     if !backend.name.is_empty() {
         let spec = cfg.backends.get(&backend.name).ok_or_else(|| {
             Error::new(
@@ -435,4 +459,16 @@ fn check_policy(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_kinds_round_trip_through_proto() {
+        for k in BackendKind::ALL {
+            assert_eq!(kind_from_proto(kind_to_proto(k)), Some(k));
+        }
+    }
 }

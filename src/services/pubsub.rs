@@ -76,6 +76,20 @@ impl Drop for Abandon {
     }
 }
 
+/// An event as a subscriber receives it.
+fn event_to_proto(e: &Event, subscription_id: &str) -> pb::Event {
+    pb::Event {
+        event_id: e.id.clone(),
+        topic: e.topic.clone(),
+        payload: e.payload.clone(),
+        metadata: e.metadata.clone(),
+        timestamp: Some(crate::backends::timestamp_ms(e.timestamp_ms)),
+        correlation_id: e.correlation_id.clone(),
+        reply_to: e.reply_to.clone(),
+        subscription_id: subscription_id.to_string(),
+    }
+}
+
 /// A subscription's events: from its sink until the sink ends or
 /// `max_messages` were sent.
 fn events(
@@ -104,7 +118,7 @@ fn events(
         match st.shared.sink.next().await {
             Ok(Some(event)) => {
                 st.left = st.left.map(|n| n - 1);
-                Some((Ok(event.to_proto(st.shared.id())), st))
+                Some((Ok(event_to_proto(&event, st.shared.id())), st))
             }
             Ok(None) => None,
             Err(e) => {
