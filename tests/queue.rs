@@ -997,3 +997,44 @@ fn closing_the_session_or_dropping_the_stream_stops_the_subscription() {
         finish(gw).await;
     });
 }
+
+/// A subscription ended with its session while it waits on a fetch must
+/// release its consumer, not drop it: what it held goes back to the group
+/// at once, not after the (60 s) visibility timeout. Kafka is left out: a
+/// new member waits for the group to rebalance, which says nothing here.
+#[test]
+fn a_subscription_ended_with_its_session_hands_back_what_it_held() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        for b in backends(Interface::StreamConsumerGroups)
+            .into_iter()
+            .filter(|b| *b != "kafka")
+        {
+            let first = open(&gw, b).await;
+            first.publish("held", b"unacknowledged", None).await;
+            let mut stream = first.subscribe("held", "workers", earliest(), None).await;
+            let held = next(&mut stream).await;
+            assert_eq!(held.payload, b"unacknowledged", "{b}");
+            gw.sessions()
+                .close_session(prism::proto::session::v1::CloseSessionRequest {
+                    session_token: first.token.clone(),
+                    force: true,
+                })
+                .await
+                .unwrap();
+            assert!(
+                stream.message().await.is_err(),
+                "{b}: ends with the session"
+            );
+            let second = open(&gw, b).await;
+            let mut stream = second.subscribe("held", "workers", earliest(), None).await;
+            let again = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("{b}: the held message comes back at once"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(again.payload, b"unacknowledged", "{b}");
+        }
+        finish(gw).await;
+    });
+}

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 use super::{
     mailbox::counted,
-    session::SessionEnv,
+    session::{SessionChildren, SessionEnv},
     supervision::{ActorLife, CheckTiming, Child, Children, Vitals},
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Observe,
 };
@@ -97,19 +97,22 @@ impl NamespaceShared {
         for children in env.all_children() {
             children.check_all(judge, self.max_restarts, &arbiter);
         }
-        // Children of sessions that ended while their actor could not tell
-        // them (it had failed) are told here.
-        let orphaned: Vec<_> = {
-            let mut children = env.children.lock();
-            let ended: Vec<String> = children
-                .keys()
-                .filter(|id| env.registry.by_id(id).is_none())
-                .cloned()
-                .collect();
-            ended.iter().filter_map(|id| children.remove(id)).collect()
-        };
-        for children in orphaned {
-            children.session_ended();
+        // Ended sessions' children leave once they have all finished.
+        // Those whose session's actor could not tell them (it had failed)
+        // are told here; telling twice is harmless.
+        let ended: Vec<(String, Arc<SessionChildren>)> = env
+            .children
+            .lock()
+            .iter()
+            .filter(|(id, _)| env.registry.by_id(id).is_none())
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        for (id, children) in ended {
+            if children.is_empty() {
+                env.children.lock().remove(&id);
+            } else {
+                children.session_ended();
+            }
         }
     }
 

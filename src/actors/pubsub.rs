@@ -189,6 +189,10 @@ impl Actor for PubSubSubscriptionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Its session may have ended before it (re)started.
+        if self.shared.entry.state().is_ended() {
+            return self.check(ctx);
+        }
         let shared = self.shared.clone();
         let restarted = self.life.restarted;
         ctx.spawn(

@@ -211,6 +211,9 @@ pub struct Supervisors {
     pub failure: Arc<SupervisionFailure>,
 }
 
+/// How long a call waits for an actor to start a session or a child.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn unavailable(what: &str) -> Error {
     Error::new(
         ErrorKind::Unavailable,
@@ -292,10 +295,10 @@ impl Supervisors {
 
     pub async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
         let handle = self.namespace(entry.namespace())?;
-        handle
-            .mailbox()
-            .send(StartSession(entry))
+        // Bounded: a stuck supervisor is restarted by the root meanwhile.
+        tokio::time::timeout(START_TIMEOUT, handle.mailbox().send(StartSession(entry)))
             .await
+            .map_err(|_| unavailable("the namespace supervisor"))?
             .map_err(|_| unavailable("the namespace supervisor"))
     }
 
@@ -317,15 +320,17 @@ impl Supervisors {
                 .ended_error()
                 .unwrap_or_else(|| unavailable("the session's actor"))
         })?;
-        session
-            .mailbox()
-            .send(StartChild(child))
-            .await
-            .map_err(|_| {
-                entry
-                    .ended_error()
-                    .unwrap_or_else(|| unavailable("the session's actor"))
-            })?
+        // Bounded: a stuck session actor is restarted by its supervisor.
+        let started =
+            tokio::time::timeout(START_TIMEOUT, session.mailbox().send(StartChild(child)))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        started.ok_or_else(|| {
+            entry
+                .ended_error()
+                .unwrap_or_else(|| unavailable("the session's actor"))
+        })?
     }
 
     /// A session's children, if it has any.

@@ -46,11 +46,12 @@ impl SessionEnv {
         self.children.lock().values().cloned().collect()
     }
 
-    /// Tells the children of an ended session, and forgets them (each
-    /// finishes on its own: it releases what it holds and stops).
+    /// Tells the children of an ended session. Each finishes on its own
+    /// (it releases what it holds and stops); they stay supervised until
+    /// they have, so one that was stuck when told is restarted and, seeing
+    /// its session ended, finishes too.
     pub fn end_children(&self, entry: &SessionEntry) {
-        let children = self.children.lock().remove(entry.id.as_str());
-        if let Some(children) = children {
+        if let Some(children) = self.children_of(&entry.id) {
             children.session_ended();
         }
     }

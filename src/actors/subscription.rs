@@ -178,6 +178,10 @@ enum Step {
 pub struct SubscriptionActor {
     shared: Arc<SubscriptionShared>,
     consumer: Option<Box<dyn QueueConsumer>>,
+    /// A subscribe or a fetch is in flight and owns the consumer: the
+    /// subscription may not end (its consumer would be dropped unreleased)
+    /// until it returns, which pumps again.
+    busy: bool,
     /// Its vitals, kill switch, and whether it was restarted (then it
     /// rejoins at the committed position).
     life: ActorLife,
@@ -215,6 +219,7 @@ impl Actor for SubscriptionActor {
         if self.life.restarted {
             spec.start = Start::Committed;
         }
+        self.busy = true;
         // The timeout, if any, ends the stream by itself.
         if let Some(deadline) = shared.deadline_ms {
             let left = deadline.saturating_sub(shared.clock.now_ms());
@@ -229,12 +234,15 @@ impl Actor for SubscriptionActor {
                     .await
             }
             .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(consumer) => {
-                    act.consumer = Some(consumer);
-                    ctx.notify(Pump);
+            .map(|result, act, ctx| {
+                act.busy = false;
+                match result {
+                    Ok(consumer) => {
+                        act.consumer = Some(consumer);
+                        ctx.notify(Pump);
+                    }
+                    Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
                 }
-                Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
             }),
         );
     }
@@ -247,6 +255,9 @@ impl Handler<Pump> for SubscriptionActor {
         let shared = self.shared.clone();
         self.life.vitals.beat(shared.clock.now_ms());
         self.life.vitals.handled();
+        if self.busy {
+            return;
+        }
         if let Some((why, error)) = shared.why_end() {
             return self.finish(ctx, why, error);
         }
@@ -285,7 +296,9 @@ impl Handler<Pump> for SubscriptionActor {
                 Err(e) => (consumer, Step::Failed(e)),
             }
         };
+        self.busy = true;
         ctx.spawn(step.into_actor(self).map(|(consumer, step), act, ctx| {
+            act.busy = false;
             act.consumer = Some(consumer);
             let shared = &act.shared;
             shared
@@ -386,6 +399,7 @@ impl Child for SubscriptionShared {
         SubscriptionActor {
             shared: self.clone(),
             consumer: None,
+            busy: false,
             life,
         }
     }

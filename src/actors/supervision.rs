@@ -16,8 +16,10 @@
 //!   beating,
 //!
 //! and counts panics, stalls and restarts in the child's observable state.
-//! After `max_restarts` restarts it gives up: the child is told why and
-//! ends ([`Child::give_up`]).
+//! After `max_restarts` restarts without a recovery in between (a child
+//! that ran well for [`RECOVERED_AFTER_CHECKS`] checks starts afresh) it
+//! gives up: the child is told why ([`Child::give_up`]) and stays listed,
+//! unchecked, with the reason in its node.
 
 use std::{
     collections::HashMap,
@@ -39,6 +41,11 @@ use crate::session::Clock;
 /// silent checks mean it has taken none of three probes over several
 /// intervals, not a scheduling hiccup.
 pub const SILENT_CHECKS_BEFORE_RESTART: u32 = 3;
+
+/// On-time checks with progress after which a child counts as recovered:
+/// its earlier restarts no longer count towards the limit, so a
+/// long-lived child that fails now and then is not given up on.
+pub const RECOVERED_AFTER_CHECKS: u32 = 10;
 
 /// Liveness numbers an actor shares with its supervisor, so a check needs no
 /// message round trip (a frozen actor could not answer one).
@@ -172,6 +179,10 @@ struct Slot<A: Actor> {
     /// The pulse count the last judged check saw.
     last_pulse: u64,
     silent_checks: u32,
+    /// Restarts since the child last counted as recovered.
+    recent_restarts: u32,
+    /// Judged checks with progress in a row.
+    healthy_checks: u32,
     supervision: Supervision,
 }
 
@@ -210,6 +221,8 @@ where
                 kill,
                 last_pulse: 0,
                 silent_checks: 0,
+                recent_restarts: 0,
+                healthy_checks: 0,
                 supervision: Supervision::default(),
             }),
         }
@@ -273,12 +286,21 @@ where
             return Verdict::Finished;
         }
         let mut slot = self.slot.lock();
+        if slot.supervision.gave_up.is_some() {
+            return Verdict::GaveUp;
+        }
         let failure = if !slot.mailbox.connected() {
             slot.supervision.panics += 1;
             Some("its actor panicked")
         } else {
             let pulse = slot.vitals.pulse.load(Ordering::Relaxed);
             if !judge || pulse != slot.last_pulse {
+                if judge {
+                    slot.healthy_checks += 1;
+                    if slot.healthy_checks >= RECOVERED_AFTER_CHECKS {
+                        slot.recent_restarts = 0;
+                    }
+                }
                 slot.last_pulse = pulse;
                 slot.silent_checks = 0;
                 None
@@ -298,10 +320,11 @@ where
         slot.kill.fire();
         slot.mailbox.do_send(Stop);
         slot.silent_checks = 0;
-        if slot.supervision.restarts >= max_restarts {
+        slot.healthy_checks = 0;
+        if slot.recent_restarts >= max_restarts {
             let reason = format!(
-                "{why} and it was already restarted {} times (the limit)",
-                slot.supervision.restarts
+                "{why} and it was already restarted {} times without recovering (the limit)",
+                slot.recent_restarts
             );
             tracing::error!(
                 child = self.child.id(),
@@ -314,6 +337,7 @@ where
             return Verdict::GaveUp;
         }
         slot.supervision.restarts += 1;
+        slot.recent_restarts += 1;
         restarts_by_kind.add(C::KIND);
         tracing::warn!(
             child = self.child.id(),
@@ -409,7 +433,8 @@ where
     }
 
     /// Checks every child (see [`Supervised::check`]); forgets the finished
-    /// and the given-up. Returns how many were restarted.
+    /// (a given-up child stays listed with its reason). Returns how many
+    /// were restarted.
     pub fn check_all(
         &self,
         judge: bool,
@@ -421,9 +446,9 @@ where
         // giving up may end a session, which takes it out of this map.
         for child in self.all() {
             match child.check(&self.env, &self.restarts, judge, max_restarts, arbiter) {
-                Verdict::Running => {}
+                Verdict::Running | Verdict::GaveUp => {}
                 Verdict::Restarted(_) => restarted += 1,
-                Verdict::Finished | Verdict::GaveUp => {
+                Verdict::Finished => {
                     let mut by_id = self.by_id.lock();
                     let id = child.child.id();
                     if by_id.get(id).is_some_and(|c| Arc::ptr_eq(c, &child)) {
@@ -768,7 +793,40 @@ mod tests {
             .clone()
             .expect("the child was told");
         assert!(why.contains("panicked") && why.contains("1 times"), "{why}");
+        assert_eq!(
+            toy.check(&env, &Restarts::default(), true, 1, Arbiter::current),
+            Verdict::GaveUp,
+            "given up for good"
+        );
         assert_eq!(toy.supervision().gave_up.as_deref(), Some(why.as_str()));
+    }
+
+    #[actix_rt::test]
+    async fn a_child_that_recovered_starts_its_restart_count_afresh() {
+        let (toy, env) = toy();
+        let restarts = Restarts::default();
+        panicked(&toy).await;
+        assert!(matches!(
+            toy.check(&env, &restarts, true, 1, Arbiter::current),
+            Verdict::Restarted(_)
+        ));
+        for _ in 0..=RECOVERED_AFTER_CHECKS {
+            settle().await;
+            assert_eq!(
+                toy.check(&env, &restarts, true, 1, Arbiter::current),
+                Verdict::Running
+            );
+        }
+        settle().await;
+        panicked(&toy).await;
+        assert!(
+            matches!(
+                toy.check(&env, &restarts, true, 1, Arbiter::current),
+                Verdict::Restarted(_)
+            ),
+            "a recovered child is restarted again, not given up on"
+        );
+        assert_eq!(toy.supervision().restarts, 2);
     }
 
     #[test]

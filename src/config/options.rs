@@ -64,6 +64,8 @@ impl ClientOptions {
     ) -> Result<ClientOptions, Error> {
         let mut parsed = ClientOptions::default();
         for (name, raw) in options {
+            // Names come from clients too: bounded in messages and metadata.
+            let name: String = name.chars().take(64).collect();
             let invalid = |allowed: &str| {
                 Error::invalid_argument(
                     "INVALID_CONFIG",
@@ -124,8 +126,7 @@ impl ClientOptions {
                     return Err(Error::invalid_argument(
                         "INVALID_CONFIG",
                         format!(
-                            "{field}.{} is not an option; the options are {}",
-                            name.chars().take(64).collect::<String>(),
+                            "{field}.{name} is not an option; the options are {}",
                             Self::NAMES.join(", ")
                         ),
                     )

@@ -249,7 +249,17 @@ impl QueueService for QueueApi {
                 }
                 Some(subscribe_request::StartPosition::Timestamp(t)) => {
                     call.need(Interface::StreamReplay, |q| q.replay.as_ref())?;
-                    Start::Timestamp(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    let ms = t
+                        .seconds
+                        .checked_mul(1000)
+                        .and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
+                        .ok_or_else(|| {
+                            Error::invalid_argument(
+                                "INVALID_TIMESTAMP",
+                                "start timestamp is out of range",
+                            )
+                        })?;
+                    Start::Timestamp(ms)
                 }
                 Some(subscribe_request::StartPosition::Position(p)) => {
                     match pb::StartPosition::try_from(p) {

@@ -743,12 +743,7 @@ impl Driver {
             call.transact().max_open_per_session,
             call.transact().max_open_per_namespace,
         )?;
-        let tx = tokio::time::timeout(
-            o.timeout,
-            call.handle.begin(call.ns(), o.isolation, o.timeout),
-        )
-        .await
-        .map_err(|_| timed_out(o.timeout))??;
+        call.entry.record_request(begin.encoded_len(), 0);
         let id = new_transaction_id();
         let shared = Arc::new(TransactionShared::new(
             id.clone(),
@@ -758,17 +753,37 @@ impl Driver {
             o.timeout,
             self.api.clock,
         ));
+        // The actor first: no database transaction is held while its
+        // session's actor is asked; a failure ends the actor's watch.
+        let started = self
+            .api
+            .supervisors
+            .start_child(&call.entry, NewChild::Transaction(shared.clone()))
+            .await;
+        if let Err(e) = started {
+            shared.finish();
+            return Err(e);
+        }
+        let tx = tokio::time::timeout(
+            o.timeout,
+            call.handle.begin(call.ns(), o.isolation, o.timeout),
+        )
+        .await
+        .map_err(|_| timed_out(o.timeout));
+        let tx = match tx.and_then(|r| r) {
+            Ok(tx) => tx,
+            Err(e) => {
+                shared.finish();
+                return Err(e);
+            }
+        };
+        // Dropping `open` rolls the transaction back and ends the actor.
         let open = Open {
             call,
             tx: Some(tx),
-            shared: shared.clone(),
+            shared,
             _slot: slot,
         };
-        // Dropping `open` on failure rolls the transaction back.
-        self.api
-            .supervisors
-            .start_child(&open.call.entry, NewChild::Transaction(shared))
-            .await?;
         let started = Out::Started(pb::TransactionStarted {
             transaction_id: id,
             started_at: Some(timestamp_ms(epoch_ms())),
@@ -803,6 +818,7 @@ async fn write_in(
             "a streaming transaction takes its options at BeginTransaction, not per write",
         ));
     }
+    open.call.entry.record_request(w.encoded_len(), 0);
     let op = write_op(&open.call, w)?;
     let tx = open
         .tx
