@@ -14,7 +14,7 @@ use prism::{
     auth::Authenticator,
     backends::{
         pubsub::{TopicPattern, Trie},
-        reader::{self, Column, Kind, TableSchema},
+        reader::{Column, Kind, TableSchema},
     },
     config::{resolve::NamedConfigs, GatewayConfig, Source},
     proto::reader::v1 as pb,
@@ -156,7 +156,10 @@ fn filter_compilation(c: &mut Criterion) {
         direction: pb::sort::Direction::Desc as i32,
     }];
     c.bench_function("reader filter compilation (4 conditions + sort)", |b| {
-        b.iter(|| reader::plan(&schema, &[], Some(black_box(&filter)), &sort).unwrap())
+        b.iter(|| {
+            prism::services::reader::plan::plan(&schema, &[], Some(black_box(&filter)), &sort)
+                .unwrap()
+        })
     });
 }
 

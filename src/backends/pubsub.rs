@@ -29,10 +29,7 @@ use prost::Message as _;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::{
-    error::{Error, ErrorKind},
-    proto::pubsub::v1 as pb,
-};
+use crate::error::{Error, ErrorKind};
 
 /// Longest topic or pattern accepted, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 200;
@@ -50,11 +47,31 @@ pub struct Event {
     pub reply_to: Option<String>,
 }
 
+/// An event as the brokers carry it: the backends' own format, field for
+/// field compatible with `prism.pubsub.v1.Event` (same tags), so events
+/// written by earlier gateways still decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireEvent {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(string, tag = "2")]
+    topic: String,
+    #[prost(bytes = "vec", tag = "3")]
+    payload: Vec<u8>,
+    #[prost(map = "string, string", tag = "4")]
+    metadata: HashMap<String, String>,
+    #[prost(message, optional, tag = "5")]
+    timestamp: Option<prost_types::Timestamp>,
+    #[prost(string, optional, tag = "6")]
+    correlation_id: Option<String>,
+    #[prost(string, optional, tag = "7")]
+    reply_to: Option<String>,
+}
+
 impl Event {
-    /// The event as NATS, Redis and Kafka carry it (the subscriber's view is
-    /// built by the PubSub service).
-    fn to_wire(&self, subscription_id: &str) -> pb::Event {
-        pb::Event {
+    /// The bytes carried by NATS, Redis and Kafka.
+    pub fn encode(&self) -> Vec<u8> {
+        WireEvent {
             event_id: self.id.clone(),
             topic: self.topic.clone(),
             payload: self.payload.clone(),
@@ -62,19 +79,14 @@ impl Event {
             timestamp: Some(crate::backends::timestamp_ms(self.timestamp_ms)),
             correlation_id: self.correlation_id.clone(),
             reply_to: self.reply_to.clone(),
-            subscription_id: subscription_id.to_string(),
         }
-    }
-
-    /// The bytes carried by NATS, Redis and Kafka.
-    pub fn encode(&self) -> Vec<u8> {
-        self.to_wire("").encode_to_vec()
+        .encode_to_vec()
     }
 
     /// Decodes what [`Event::encode`] wrote; `None` for anything else on the
     /// channel (another producer's bytes are skipped, not delivered).
     pub fn decode(bytes: &[u8]) -> Option<Event> {
-        let e = pb::Event::decode(bytes).ok()?;
+        let e = WireEvent::decode(bytes).ok()?;
         if e.event_id.is_empty() || e.topic.is_empty() {
             return None;
         }

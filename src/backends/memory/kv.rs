@@ -26,8 +26,8 @@ use crate::backends::kv::{
     ScanPage, WriteBatch,
 };
 use crate::{
+    clock::{ms, Clock},
     error::Error,
-    session::{clock::ms, Clock},
 };
 
 struct Stored {

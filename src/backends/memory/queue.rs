@@ -31,8 +31,8 @@ use crate::{
         PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
         QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
     },
+    clock::{ms, Clock},
     error::Error,
-    session::{clock::ms, Clock},
 };
 
 struct Stored {

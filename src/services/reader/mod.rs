@@ -14,8 +14,8 @@ use crate::{
     backends::{
         missing_interface,
         reader::{
-            self, param_for, plan, query_digest, unknown_collection, Cond, Cursors, KeyValue, Op,
-            Plan, Position, ReadRow, ReaderHandle, TableSchema,
+            self, param_for, unknown_collection, Cond, Cursors, KeyValue, Op, Plan, Position,
+            ReadRow, ReaderHandle, TableSchema,
         },
         Interface,
     },
@@ -24,6 +24,10 @@ use crate::{
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::reader::v1::{self as pb, reader_service_server::ReaderService},
 };
+
+pub mod plan;
+
+use plan::{check_filter, plan, query_digest};
 
 pub struct ReaderApi {
     gate: Gate<ReaderHandle>,
@@ -342,7 +346,7 @@ impl ReaderService for ReaderApi {
                 let target = self.target(call, &req.collection).await?;
                 let filter = self.filter(call, req.filter.as_ref())?;
                 let cond = filter
-                    .map(|f| reader::check_filter(&target.schema, f))
+                    .map(|f| check_filter(&target.schema, f))
                     .transpose()?;
                 let count = call
                     .handle
