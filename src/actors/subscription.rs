@@ -66,6 +66,23 @@ pub struct SubscriptionShared {
     tx: Mutex<Option<MessageSender>>,
     created: SystemTime,
     clock: Clock,
+    /// The gateway's main runtime, where the backend's connections live:
+    /// the actor's backend I/O runs there (see [`on_runtime`]).
+    runtime: tokio::runtime::Handle,
+}
+
+/// Runs a backend call on the main runtime and waits for it. An arbiter
+/// that stops mid-call (at shutdown) then drops only the wait, never a
+/// pooled connection outside a runtime; the call itself still finishes.
+fn on_runtime<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, Error>> {
+    let task = runtime.spawn(work);
+    async move {
+        task.await
+            .map_err(|_| Error::internal("a subscription's backend call was cancelled"))
+    }
 }
 
 impl SubscriptionShared {
@@ -97,6 +114,8 @@ impl SubscriptionShared {
             tx: Mutex::new(Some(tx)),
             created: SystemTime::now(),
             clock,
+            // Built by the Subscribe handler, on the main runtime.
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -193,20 +212,17 @@ impl SubscriptionActor {
         self.shared.end(error);
         let consumer = self.consumer.take();
         let shared = self.shared.clone();
-        ctx.spawn(
-            async move {
-                if let Some(mut consumer) = consumer {
-                    consumer.release().await;
-                }
-                if shared.spec.group.starts_with('~') {
-                    let ns = shared.entry.namespace();
-                    let (topic, group) = (&shared.spec.topic, &shared.spec.group);
-                    shared.queue.basic.forget_group(ns, topic, group).await;
-                }
+        let release = on_runtime(&self.shared.runtime, async move {
+            if let Some(mut consumer) = consumer {
+                consumer.release().await;
             }
-            .into_actor(self)
-            .map(|_, _, ctx| ctx.stop()),
-        );
+            if shared.spec.group.starts_with('~') {
+                let ns = shared.entry.namespace();
+                let (topic, group) = (&shared.spec.topic, &shared.spec.group);
+                shared.queue.basic.forget_group(ns, topic, group).await;
+            }
+        });
+        ctx.spawn(release.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
 
@@ -225,26 +241,24 @@ impl Actor for SubscriptionActor {
             let left = deadline.saturating_sub(shared.clock.now_ms());
             ctx.notify_later(Pump, Duration::from_millis(left));
         }
-        ctx.spawn(
-            async move {
-                shared
-                    .queue
-                    .basic
-                    .subscribe(shared.entry.namespace(), spec)
-                    .await
-            }
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                act.busy = false;
-                match result {
-                    Ok(consumer) => {
-                        act.consumer = Some(consumer);
-                        ctx.notify(Pump);
-                    }
-                    Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
+        let runtime = shared.runtime.clone();
+        let subscribe = on_runtime(&runtime, async move {
+            shared
+                .queue
+                .basic
+                .subscribe(shared.entry.namespace(), spec)
+                .await
+        });
+        ctx.spawn(subscribe.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            match result.and_then(|r| r) {
+                Ok(consumer) => {
+                    act.consumer = Some(consumer);
+                    ctx.notify(Pump);
                 }
-            }),
-        );
+                Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
+            }
+        }));
     }
 }
 
@@ -297,8 +311,13 @@ impl Handler<Pump> for SubscriptionActor {
             }
         };
         self.busy = true;
-        ctx.spawn(step.into_actor(self).map(|(consumer, step), act, ctx| {
+        let step = on_runtime(&shared.runtime, step);
+        ctx.spawn(step.into_actor(self).map(|outcome, act, ctx| {
             act.busy = false;
+            let (consumer, step) = match outcome {
+                Ok(done) => done,
+                Err(e) => return act.finish(ctx, "backend call cancelled", Some(e)),
+            };
             act.consumer = Some(consumer);
             let shared = &act.shared;
             shared
