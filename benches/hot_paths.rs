@@ -36,8 +36,7 @@ fn token_validation(c: &mut Criterion) {
     let auth = Authenticator::new(&cfg).unwrap();
     let configs = NamedConfigs::resolve_all(&cfg).unwrap();
     let clock = Clock::new();
-    let registry =
-        SessionRegistry::new(clock, cfg.namespaces.iter().map(|(n, ns)| (n, &ns.session)));
+    let registry = SessionRegistry::new(clock, cfg.namespaces.iter());
     let namespace = registry.namespace("default").unwrap().clone();
     let principal = auth.api_key("prism-dev-key").unwrap();
     // Sessions beside the one checked, so the lookup is not in a tiny map.

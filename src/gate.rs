@@ -24,7 +24,6 @@
 //! end of stream.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -37,7 +36,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     backends::{missing_interface, Backend, Backends, Interface},
-    config::{GatewayConfig, NamespaceSpec, Pattern},
+    config::{NamespaceSpec, Pattern},
     error::{Error, ErrorKind, Service},
     session::{OperationGuard, SessionEntry, SessionRegistry},
 };
@@ -80,26 +79,11 @@ pub fn session_token<'a, T>(field: &'a str, request: &'a Request<T>) -> &'a str 
 pub struct GateState {
     registry: Arc<SessionRegistry>,
     backends: Arc<Backends>,
-    /// Each namespace's rules, by name.
-    policies: Arc<HashMap<String, Arc<NamespaceSpec>>>,
 }
 
 impl GateState {
-    pub fn new(
-        registry: Arc<SessionRegistry>,
-        backends: Arc<Backends>,
-        config: &GatewayConfig,
-    ) -> Self {
-        let policies = config
-            .namespaces
-            .iter()
-            .map(|(name, spec)| (name.clone(), Arc::new(spec.clone())))
-            .collect();
-        GateState {
-            registry,
-            backends,
-            policies: Arc::new(policies),
-        }
+    pub fn new(registry: Arc<SessionRegistry>, backends: Arc<Backends>) -> Self {
+        GateState { registry, backends }
     }
 
     pub fn registry(&self) -> &Arc<SessionRegistry> {
@@ -179,7 +163,7 @@ impl<H: Clone> Gate<H> {
             )
             .with("config", entry.config.name.clone()));
         }
-        let policy = self.policy(&entry)?;
+        self.check_policy(&entry)?;
         entry.check_rate()?;
         let backend = self
             .state
@@ -194,7 +178,6 @@ impl<H: Clone> Gate<H> {
         Ok(Call {
             entry,
             backend,
-            policy,
             handle,
             service: self.service,
             received,
@@ -202,14 +185,11 @@ impl<H: Clone> Gate<H> {
         })
     }
 
-    /// The namespace's rules, which must still allow the session's pattern
-    /// and backend: a config can narrow the namespace, never widen it.
-    fn policy(&self, entry: &SessionEntry) -> Result<Arc<NamespaceSpec>, Error> {
-        let policy = self
-            .state
-            .policies
-            .get(entry.namespace())
-            .ok_or_else(|| Error::internal("the session's namespace is not configured"))?;
+    /// The namespace's rules must still allow the session's pattern and
+    /// backend: a config can narrow the namespace, never widen it. Read
+    /// through the session (no lookup on the hot path).
+    fn check_policy(&self, entry: &SessionEntry) -> Result<(), Error> {
+        let policy = &entry.namespace_sessions.spec;
         if !policy.allowed_patterns.contains(&self.pattern) {
             return Err(Error::permission_denied(
                 "PATTERN_NOT_ALLOWED",
@@ -234,7 +214,7 @@ impl<H: Clone> Gate<H> {
                 ),
             ));
         }
-        Ok(policy.clone())
+        Ok(())
     }
 
     /// A whole unary call: admit, run `body`, then report and account.
@@ -258,8 +238,6 @@ impl<H: Clone> Gate<H> {
 pub struct Call<H> {
     pub entry: Arc<SessionEntry>,
     pub backend: Arc<Backend>,
-    /// The session's namespace's rules.
-    pub policy: Arc<NamespaceSpec>,
     /// The service's handle on the backend.
     pub handle: H,
     service: Service,
@@ -271,6 +249,11 @@ pub struct Call<H> {
 impl<H> Call<H> {
     pub fn ns(&self) -> &str {
         self.entry.namespace()
+    }
+
+    /// The session's namespace's rules.
+    pub fn policy(&self) -> &NamespaceSpec {
+        &self.entry.namespace_sessions.spec
     }
 
     /// A further interface the call needs, or UNIMPLEMENTED naming it.

@@ -67,10 +67,7 @@ impl Gateway {
             NamedConfigs::resolve_all(&config).map_err(|e| ServeError::Config(e.message))?,
         );
         let clock = Clock::new();
-        let registry = Arc::new(SessionRegistry::new(
-            clock,
-            config.namespaces.iter().map(|(n, ns)| (n, &ns.session)),
-        ));
+        let registry = Arc::new(SessionRegistry::new(clock, config.namespaces.iter()));
         let audit = Arc::new(crate::audit::Audit::open(&config.audit).map_err(ServeError::Config)?);
         registry.set_audit(audit.clone());
         let backends = Arc::new(Backends::build(&config, clock).map_err(ServeError::Config)?);
@@ -240,11 +237,7 @@ pub async fn run(
     if let Some(tls) = tls_config(&gateway.config)? {
         builder = builder.tls_config(tls)?;
     }
-    let gates = crate::gate::GateState::new(
-        gateway.registry.clone(),
-        gateway.backends.clone(),
-        &gateway.config,
-    );
+    let gates = crate::gate::GateState::new(gateway.registry.clone(), gateway.backends.clone());
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)

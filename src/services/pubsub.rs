@@ -276,7 +276,7 @@ impl PubSubService for PubSubApi {
             Ok((spec, max_messages, max_duration))
         })();
         let (spec, max_messages, max_duration) = checked.map_err(|e| call.fail(e))?;
-        let policy = &call.policy.pubsub;
+        let policy = &call.policy().pubsub;
         let sink = Arc::new(EventSink::new(policy.buffer, policy.overflow));
         let shared = Arc::new(PubSubShared::new(
             call.entry.clone(),

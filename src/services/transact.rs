@@ -68,7 +68,7 @@ gate::session_token_field!(
 impl Call {
     /// The namespace's Transact rules.
     fn transact(&self) -> &TransactPolicy {
-        &self.policy.transact
+        &self.policy().transact
     }
 }
 

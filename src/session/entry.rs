@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::{clock::ms, rate::RateLimiter, token::TokenDigest, Clock};
 use crate::{
     auth::Principal,
-    config::{resolve::ResolvedConfig, SessionPolicy},
+    config::{resolve::ResolvedConfig, NamespaceSpec, SessionPolicy},
     error::{Error, ErrorKind},
     proto::session::v1::SessionStatus,
 };
@@ -136,7 +136,10 @@ impl EndReason {
 /// without visiting the sessions.
 pub struct NamespaceSessions {
     pub name: String,
-    pub policy: SessionPolicy,
+    /// The namespace's rules (sessions, allowed patterns and backends,
+    /// collections, Transact tables, PubSub buffers), read by the call gate
+    /// through the session with no lookup.
+    pub spec: NamespaceSpec,
     /// Open sessions (bounded by `policy.max_sessions`).
     pub open: AtomicUsize,
     /// Message bytes of data calls, open and ended sessions together.
@@ -148,10 +151,10 @@ pub struct NamespaceSessions {
 }
 
 impl NamespaceSessions {
-    pub fn new(name: &str, policy: SessionPolicy) -> Self {
+    pub fn new(name: &str, spec: NamespaceSpec) -> Self {
         NamespaceSessions {
             name: name.to_string(),
-            policy,
+            spec,
             open: AtomicUsize::new(0),
             bytes_received: AtomicI64::new(0),
             bytes_sent: AtomicI64::new(0),
@@ -239,7 +242,7 @@ impl SessionEntry {
         namespace_sessions: Arc<NamespaceSessions>,
         clock: Clock,
     ) -> Self {
-        let policy = &namespace_sessions.policy;
+        let policy = &namespace_sessions.spec.session;
         let now = clock.now_ms();
         let hard = now.saturating_add(ms(policy.max_lifetime));
         let expires = now.saturating_add(ms(policy.idle_timeout)).min(hard);
@@ -299,7 +302,7 @@ impl SessionEntry {
 
     /// Its namespace's session policy.
     pub fn policy(&self) -> &SessionPolicy {
-        &self.namespace_sessions.policy
+        &self.namespace_sessions.spec.session
     }
 
     pub fn state(&self) -> SessionState {

@@ -20,7 +20,7 @@ use super::{
     token, Clock, SessionEntry,
 };
 use crate::{
-    config::SessionPolicy,
+    config::NamespaceSpec,
     error::{Error, ErrorKind},
 };
 
@@ -80,7 +80,7 @@ pub struct SessionRegistry {
 impl SessionRegistry {
     pub fn new<'a>(
         clock: Clock,
-        namespaces: impl IntoIterator<Item = (&'a String, &'a SessionPolicy)>,
+        namespaces: impl IntoIterator<Item = (&'a String, &'a NamespaceSpec)>,
     ) -> Self {
         let (events, _) = broadcast::channel(1024);
         SessionRegistry {

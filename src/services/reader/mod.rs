@@ -76,7 +76,7 @@ impl ReaderApi {
     async fn target(&self, call: &Call, collection: &str) -> Result<Target, Error> {
         crate::metrics::note_resource(collection);
         let spec = call
-            .policy
+            .policy()
             .collections
             .get(collection)
             .filter(|c| c.backend == call.backend.name)
@@ -105,6 +105,16 @@ impl ReaderApi {
             ));
         }
         Ok(filter)
+    }
+}
+
+/// A count from the request that must not be negative, when set.
+fn non_negative(n: Option<i32>, reason: &'static str, what: &str) -> Result<Option<u64>, Error> {
+    match n {
+        Some(n) => u64::try_from(n)
+            .map(Some)
+            .map_err(|_| Error::invalid_argument(reason, format!("{what} must not be negative"))),
+        None => Ok(None),
     }
 }
 
@@ -248,26 +258,8 @@ impl ReaderService for ReaderApi {
             .map_err(|e| call.fail(e))?;
         let checked = (|| {
             let filter = self.filter(&call, req.filter.as_ref())?;
-            let limit = match req.limit {
-                Some(n) if n < 0 => {
-                    return Err(Error::invalid_argument(
-                        "INVALID_LIMIT",
-                        "limit must not be negative",
-                    ))
-                }
-                Some(n) => n as u64,
-                None => u64::MAX,
-            };
-            let offset = match req.offset {
-                Some(n) if n < 0 => {
-                    return Err(Error::invalid_argument(
-                        "INVALID_OFFSET",
-                        "offset must not be negative",
-                    ))
-                }
-                Some(n) => n as u64,
-                None => 0,
-            };
+            let limit = non_negative(req.limit, "INVALID_LIMIT", "limit")?.unwrap_or(u64::MAX);
+            let offset = non_negative(req.offset, "INVALID_OFFSET", "offset")?.unwrap_or(0);
             let plan = plan(&target.schema, &req.fields, filter, &req.sort)?;
             Ok((limit, offset, plan))
         })();
