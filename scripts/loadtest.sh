@@ -19,7 +19,7 @@ redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || {
   exit 1
 }
 
-cargo build --release --bin prism --bin prism-loadtest
+cargo build --release -p prism -p prism-loadtest
 PRISM=target/release/prism
 LOAD=target/release/prism-loadtest
 WORK=$(mktemp -d)

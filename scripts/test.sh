@@ -4,7 +4,8 @@
 # NATS with JetStream (4222) and the nisshi Kafka broker (9092). Services that
 # are down are started; nisshi is installed when missing (~15 min, once), and
 # Debian's chromium (the admin page test) when missing.
-# Then: cargo fmt --check, cargo clippy -D warnings, cargo test, and a Python
+# Then: cargo fmt --check, cargo clippy -D warnings, cargo test (the whole
+# workspace: gateway, wire contract, load runner), and a Python
 # client generated from proto/ against the binary on its embedded default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,9 +102,9 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"
 
 # A client generated from proto/ alone (Python, grpcio-tools) against the
 # binary on its embedded default config: sessions, KeyValue, PubSub, Reader

@@ -203,15 +203,15 @@ impl Audit {
     }
 
     /// A session event's record.
-    pub fn session(&self, event: &'static str, entry: &crate::session::SessionEntry) {
+    pub fn session(&self, event: &'static str, session: &crate::call::SessionRef) {
         if !self.is_enabled() {
             return;
         }
         self.record(Record {
             event,
-            session_id: entry.id.clone(),
-            identity: entry.principal.identity.clone(),
-            namespace: entry.namespace().to_string(),
+            session_id: session.session_id.clone(),
+            identity: session.identity.clone(),
+            namespace: session.namespace.clone(),
             outcome: "ok".into(),
             ..Default::default()
         });

@@ -429,8 +429,7 @@ impl<T: Message> Stream for GatedStream<T> {
 mod tests {
     use super::*;
     use crate::{
-        backends::{memory::MemoryKv, BackendKind, Health},
-        config::PoolSpec,
+        backends::{memory::MemoryKv, BackendKind, Health, PoolSpec},
         session::Clock,
     };
 

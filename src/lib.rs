@@ -28,12 +28,17 @@
 //! - [`backends`]: backend kinds and the thin interfaces they implement.
 //! - [`error`]: the one error type and its mapping to `tonic::Status`.
 //! - [`audit`]: the audit log (session events, data calls; PII masked).
-//! - [`proto`]: code generated from `proto/` (the wire contract).
+//! - [`proto`]: the wire contract, code generated from `proto/` in its own
+//!   crate (`prism-proto`) that the load runner shares.
 //! - [`telemetry`]: the per-call span, `traceparent`, logs, OTLP export.
+//! - [`call`]: what the call being served is about (its session and
+//!   resource), carried from where it is learned up to the call layer.
 //! - [`admin`]: the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
 //!   `/admin/actors`); [`metrics`]: the Prometheus counters and exposition.
-//! - [`loadtest`]: the `prism-loadtest` runner (ghz-format scenarios, ghz
-//!   reports, no-op and direct-backend baselines).
+//!
+//! The `prism-loadtest` runner (ghz-format scenarios, ghz reports, no-op
+//! and direct-backend baselines, footprint) is its own workspace crate in
+//! `loadtest/`; it talks to the gateway only over the wire.
 //!
 //! `docs/architecture.md` follows a unary call and a Subscribe stream
 //! through these modules.
@@ -47,16 +52,18 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backends;
+pub mod call;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gate;
-pub mod loadtest;
 pub mod metrics;
-pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod session;
 pub mod telemetry;
+
+/// The wire contract (the `prism-proto` crate), at its old path.
+pub use prism_proto as proto;

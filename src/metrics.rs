@@ -5,15 +5,15 @@
 //! `/metrics` is scraped — no actor is asked and no session visited, so a
 //! scrape costs the same with 100 sessions as with 100,000.
 //!
-//! The namespace of a call is learned where the session is checked
-//! ([`note_namespace`], called by the session registry) and carried to the
-//! layer in a task-local slot, so no handler has to report it.
+//! The namespace of a call is learned where the session is checked and
+//! carried to the layer in its [`crate::call`] slot, so no handler has to
+//! report it.
 
 use std::{
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     task::{Context, Poll},
     time::Duration,
@@ -23,44 +23,17 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use tonic::codegen::http;
 
-use crate::{admin::tree, server::Gateway};
+use crate::{
+    actors::{relay::RelayShared, supervision::Restarts},
+    backends::Backends,
+    call::{CallInfo, SessionRef},
+    session::SessionRegistry,
+};
 
 /// Histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-
-/// What the call layer learns about a call while it runs.
-#[derive(Default)]
-struct CallInfo {
-    /// (namespace, session id, identity), from the session check.
-    session: OnceLock<(String, String, String)>,
-    /// The key, topic, collection or table the call is about.
-    resource: OnceLock<String>,
-}
-
-tokio::task_local! {
-    static CALL: Arc<CallInfo>;
-}
-
-/// Records the session of the call being served (first one wins); a no-op
-/// outside a call.
-pub fn note_session(entry: &crate::session::SessionEntry) {
-    let _ = CALL.try_with(|call| {
-        let _ = call.session.set((
-            entry.namespace().to_string(),
-            entry.id.clone(),
-            entry.principal.identity.clone(),
-        ));
-    });
-}
-
-/// Records what the call is about, for the audit log (first one wins).
-pub fn note_resource(resource: &str) {
-    let _ = CALL.try_with(|call| {
-        let _ = call.resource.set(resource.chars().take(256).collect());
-    });
-}
 
 /// Services whose calls are data operations (audited).
 const DATA_SERVICES: [&str; 5] = [
@@ -204,15 +177,29 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+/// What `/metrics` reads: counters kept as things happen, nothing else.
+pub struct Sources {
+    /// Calls by namespace, service, method and code.
+    pub calls: Arc<Metrics>,
+    /// Per-namespace session, subscription, transaction and byte counters.
+    pub registry: Arc<SessionRegistry>,
+    /// Actor restarts by kind.
+    pub restarts: Arc<Restarts>,
+    /// Backend health and pool sizes.
+    pub backends: Arc<Backends>,
+    /// The outbox relays (fixed when the gateway starts), for their lag.
+    pub relays: Vec<Arc<RelayShared>>,
+}
+
 /// The whole exposition: call counters, then the gateway's counters.
-pub fn render(gateway: &Gateway) -> String {
+pub fn render(sources: &Sources) -> String {
     let mut out = String::new();
-    gateway.metrics.render_calls(&mut out);
+    sources.calls.render_calls(&mut out);
 
     // Gauges from counters kept as things happen: a scrape costs the same
     // with 100 sessions as with 100,000 (no actor is asked, nothing walks
     // the sessions).
-    let namespaces: Vec<_> = gateway.registry.namespaces().collect();
+    let namespaces: Vec<_> = sources.registry.namespaces().collect();
     let by_ns = |value: &dyn Fn(&crate::session::NamespaceSessions) -> f64| -> Vec<(String, f64)> {
         let mut samples: Vec<(String, f64)> = namespaces
             .iter()
@@ -242,11 +229,10 @@ pub fn render(gateway: &Gateway) -> String {
         "Open streaming transactions.",
         &by_ns(&|n| n.transactions.load(Ordering::Relaxed) as f64),
     );
-    let restarts: Vec<(String, f64)> = gateway
-        .supervisors
-        .restarts()
+    let restarts: Vec<(String, f64)> = sources
+        .restarts
         .by_kind()
-        .map(|(kind, n)| (labels(&[("kind", &tree::kind_name(kind))]), n as f64))
+        .map(|(kind, n)| (labels(&[("kind", kind.name())]), n as f64))
         .collect();
     family(
         &mut out,
@@ -260,7 +246,7 @@ pub fn render(gateway: &Gateway) -> String {
     let mut size = Vec::new();
     let mut idle = Vec::new();
     let mut failures = Vec::new();
-    for b in gateway.backends.iter().filter(|b| b.client.is_some()) {
+    for b in sources.backends.iter().filter(|b| b.client.is_some()) {
         let l = labels(&[("backend", &b.name), ("type", b.kind.name())]);
         up.push((l.clone(), f64::from(u8::from(b.health.is_up()))));
         failures.push((l.clone(), b.health.failures.load(Ordering::Relaxed) as f64));
@@ -305,7 +291,7 @@ pub fn render(gateway: &Gateway) -> String {
     let sent = by_ns(&|n| n.bytes_sent.load(Ordering::Relaxed) as f64);
     let mut lag = Vec::new();
     let mut lag_age = Vec::new();
-    for relay in gateway.supervisors.relays() {
+    for relay in &sources.relays {
         let l = labels(&[("namespace", &relay.namespace), ("relay", &relay.name)]);
         let (rows, age) = relay.lag();
         lag.push((l.clone(), rows as f64));
@@ -392,7 +378,7 @@ where
         let audit = self.audit.clone();
         let info: Arc<CallInfo> = Arc::default();
         let span = crate::telemetry::rpc_span(&service, &method, req.headers());
-        let call = CALL.scope(
+        let call = crate::call::scope(
             info.clone(),
             tracing::Instrument::instrument(self.inner.call(req), span),
         );
@@ -408,7 +394,11 @@ where
                     .map_or("OK", |c| crate::error::code_name(tonic::Code::from(c))),
                 Err(_) => "UNKNOWN",
             };
-            let (namespace, session_id, identity) = info.session.get().cloned().unwrap_or_default();
+            let SessionRef {
+                namespace,
+                session_id,
+                identity,
+            } = info.session().cloned().unwrap_or_default();
             if audit.is_enabled() && DATA_SERVICES.iter().any(|s| service.starts_with(s)) {
                 audit.record(crate::audit::Record {
                     event: "data",
@@ -416,7 +406,7 @@ where
                     identity,
                     namespace: namespace.clone(),
                     operation: format!("{service}/{method}"),
-                    resource: info.resource.get().cloned().unwrap_or_default(),
+                    resource: info.resource().unwrap_or_default().to_string(),
                     outcome: if code == "OK" {
                         "ok".into()
                     } else {

@@ -70,7 +70,10 @@ impl Gateway {
         let registry = Arc::new(SessionRegistry::new(clock, config.namespaces.iter()));
         let audit = Arc::new(crate::audit::Audit::open(&config.audit).map_err(ServeError::Config)?);
         registry.set_audit(audit.clone());
-        let backends = Arc::new(Backends::build(&config, clock).map_err(ServeError::Config)?);
+        let backends = Arc::new(
+            Backends::build(&config.backends, |name| config.collections_on(name), clock)
+                .map_err(ServeError::Config)?,
+        );
         let threads = config
             .server
             .actor_threads
@@ -128,6 +131,27 @@ impl Gateway {
                     .is_none_or(|b| b.client.is_none() || b.health.is_up())
             })
         })
+    }
+
+    /// What `/metrics` reads.
+    pub fn metrics_sources(&self) -> crate::metrics::Sources {
+        crate::metrics::Sources {
+            calls: self.metrics.clone(),
+            registry: self.registry.clone(),
+            restarts: self.supervisors.restarts().clone(),
+            backends: self.backends.clone(),
+            relays: self.supervisors.relays(),
+        }
+    }
+
+    /// What the admin listener reads and does.
+    pub fn admin_state(&self) -> crate::admin::AdminState {
+        crate::admin::AdminState {
+            token: self.config.server.admin_token.clone(),
+            metrics: self.metrics_sources(),
+            supervisors: self.supervisors.clone(),
+            sessions: self.sessions.clone(),
+        }
     }
 
     /// The live actor tree.
@@ -247,7 +271,10 @@ pub async fn run(
         )))
         .add_service(
             proto::admin::v1::admin_service_server::AdminServiceServer::new(
-                crate::services::admin::AdminApi::new(gateway.clone()),
+                crate::services::admin::AdminApi::new(
+                    gateway.config.server.admin_token.clone(),
+                    gateway.supervisors.clone(),
+                ),
             ),
         )
         .add_service(ConfigServiceServer::new(ConfigApi::new(
@@ -312,7 +339,7 @@ pub async fn run(
         }
         tokio::spawn(crate::admin::serve(
             listener,
-            gateway.clone(),
+            Arc::new(gateway.admin_state()),
             signal(stop_rx.clone()),
         ))
     });

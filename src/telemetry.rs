@@ -16,8 +16,6 @@ use tracing::{field::Empty, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::session::SessionEntry;
-
 /// The W3C trace context of a call: (trace id, parent span id), when the
 /// `traceparent` header is well formed.
 pub fn traceparent(headers: &HeaderMap) -> Option<(String, String)> {
@@ -72,15 +70,6 @@ pub fn rpc_span(service: &str, method: &str, headers: &HeaderMap) -> Span {
         let _ = span.set_parent(cx);
     }
     span
-}
-
-/// Records the session a call runs in on its span (called where the
-/// session is checked).
-pub fn note_session(entry: &SessionEntry) {
-    let span = Span::current();
-    span.record("namespace", entry.namespace());
-    span.record("session_id", entry.id.as_str());
-    span.record("backend", entry.config.backend_name.as_str());
 }
 
 /// Log line format.

@@ -30,6 +30,21 @@ impl ActorKind {
         ActorKind::Transaction,
         ActorKind::MailboxListener,
     ];
+
+    /// The kind as the admin API and metrics name it (`session`,
+    /// `mailbox_listener`, ...), the same as its JSON form.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorKind::Root => "root",
+            ActorKind::NamespaceSupervisor => "namespace_supervisor",
+            ActorKind::Session => "session",
+            ActorKind::BackendPool => "backend_pool",
+            ActorKind::Subscription => "subscription",
+            ActorKind::PubSubSubscription => "pub_sub_subscription",
+            ActorKind::Transaction => "transaction",
+            ActorKind::MailboxListener => "mailbox_listener",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,3 +140,15 @@ pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Message)]
 #[rtype(result = "ActorNode")]
 pub struct Observe;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_json_names() {
+        for kind in ActorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
+    }
+}

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     backends::Backends,
     error::{Error, ErrorKind},
-    session::{SessionEntry, SessionRegistry},
+    session::{SessionEntry, SessionHost, SessionRegistry},
 };
 
 /// Set when supervision itself failed (the root died, or a namespace
@@ -222,6 +222,34 @@ fn unavailable(what: &str) -> Error {
     )
 }
 
+#[async_trait::async_trait]
+impl SessionHost for Supervisors {
+    async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
+        let handle = self.namespace(entry.namespace())?;
+        // Bounded: a stuck supervisor is restarted by the root meanwhile.
+        tokio::time::timeout(START_TIMEOUT, handle.mailbox().send(StartSession(entry)))
+            .await
+            .map_err(|_| unavailable("the namespace supervisor"))?
+            .map_err(|_| unavailable("the namespace supervisor"))
+    }
+
+    /// Fire-and-forget: the session has already left the registry.
+    fn stop_session(&self, namespace: &str, session_id: &str) {
+        if let Ok(handle) = self.namespace(namespace) {
+            handle
+                .mailbox()
+                .do_send(StopSession(session_id.to_string()));
+        }
+    }
+
+    fn stop_all_sessions(&self) {
+        self.failure.stopping();
+        for handle in self.by_name.values() {
+            handle.child.stop_all();
+        }
+    }
+}
+
 impl Supervisors {
     /// Starts the tree; must run inside the actix system, on the gateway's
     /// main runtime (pools and relays do their I/O there).
@@ -293,24 +321,6 @@ impl Supervisors {
         &self.tree.settings.registry
     }
 
-    pub async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
-        let handle = self.namespace(entry.namespace())?;
-        // Bounded: a stuck supervisor is restarted by the root meanwhile.
-        tokio::time::timeout(START_TIMEOUT, handle.mailbox().send(StartSession(entry)))
-            .await
-            .map_err(|_| unavailable("the namespace supervisor"))?
-            .map_err(|_| unavailable("the namespace supervisor"))
-    }
-
-    /// Fire-and-forget: the session has already left the registry.
-    pub fn stop_session(&self, namespace: &str, session_id: &str) {
-        if let Ok(handle) = self.namespace(namespace) {
-            handle
-                .mailbox()
-                .do_send(StopSession(session_id.to_string()));
-        }
-    }
-
     /// Asks a session's actor to start one of its children, and waits
     /// until it has.
     pub async fn start_child(&self, entry: &SessionEntry, child: NewChild) -> Result<(), Error> {
@@ -376,7 +386,7 @@ impl Supervisors {
     }
 
     /// Restarts by kind since the gateway started.
-    pub fn restarts(&self) -> &super::supervision::Restarts {
+    pub fn restarts(&self) -> &Arc<super::supervision::Restarts> {
         &self.tree.settings.restarts
     }
 
@@ -388,14 +398,6 @@ impl Supervisors {
             .iter()
             .map(|r| r.child.clone())
             .collect()
-    }
-
-    /// Stops every session actor; used at shutdown after sessions ended.
-    pub fn stop_all_sessions(&self) {
-        self.failure.stopping();
-        for handle in self.by_name.values() {
-            handle.child.stop_all();
-        }
     }
 
     /// Delivers a deliberate fault to the actor with this id: a session, a

@@ -28,9 +28,20 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::server::Gateway;
+use crate::{actors::Supervisors, metrics, session::Sessions};
 
 pub mod tree;
+
+/// What the admin listener reads and does: the token it checks, the
+/// counters `/metrics` renders, the actor tree it shows and the sessions
+/// it may close.
+pub struct AdminState {
+    /// `server.admin_token`; `None` disables every protected endpoint.
+    pub token: Option<String>,
+    pub metrics: metrics::Sources,
+    pub supervisors: Arc<Supervisors>,
+    pub sessions: Arc<Sessions>,
+}
 
 /// The header (besides `Authorization: Bearer`) that may carry the token.
 pub const TOKEN_HEADER: &str = "x-admin-token";
@@ -78,12 +89,9 @@ fn request_token(req: &Request) -> Option<String> {
     })
 }
 
-async fn require_token(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let given = request_token(&req);
-    match check_token(
-        gateway.config.server.admin_token.as_deref(),
-        given.as_deref(),
-    ) {
+    match check_token(admin.token.as_deref(), given.as_deref()) {
         None => next.run(req).await,
         Some((code, why)) => {
             tracing::warn!(path = %req.uri().path(), %why, "admin request refused");
@@ -92,7 +100,7 @@ async fn require_token(State(gateway): State<Arc<Gateway>>, req: Request, next: 
     }
 }
 
-pub fn router(gateway: Arc<Gateway>) -> Router {
+pub fn router(admin: Arc<AdminState>) -> Router {
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -101,20 +109,18 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/actors", get(actors))
         .route("/admin/actors/{*id}", get(actor))
         .route("/admin/sessions/{id}/close", post(close_session))
-        .route_layer(middleware::from_fn_with_state(
-            gateway.clone(),
-            require_token,
-        ));
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(protected)
-        .with_state(gateway)
+        .with_state(admin)
 }
 
-async fn readyz(State(gateway): State<Arc<Gateway>>) -> (StatusCode, String) {
-    let mut down = gateway.supervisors.down_supervisors();
+async fn readyz(State(admin): State<Arc<AdminState>>) -> (StatusCode, String) {
+    let mut down = admin.supervisors.down_supervisors();
     down.extend(
-        gateway
+        admin
+            .metrics
             .backends
             .iter()
             .filter(|b| b.client.is_some() && !b.health.is_up())
@@ -144,13 +150,13 @@ async fn page() -> Response {
         .into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(admin): State<Arc<AdminState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&gateway),
+        metrics::render(&admin.metrics),
     )
         .into_response()
 }
@@ -167,8 +173,8 @@ fn unavailable(e: crate::error::Error) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message)).into_response()
 }
 
-async fn actors(State(gateway): State<Arc<Gateway>>, Query(p): Query<ActorsParams>) -> Response {
-    let tree = match gateway.observe().await {
+async fn actors(State(admin): State<Arc<AdminState>>, Query(p): Query<ActorsParams>) -> Response {
+    let tree = match admin.supervisors.observe().await {
         Ok(t) => t,
         Err(e) => return unavailable(e),
     };
@@ -190,8 +196,8 @@ async fn actors(State(gateway): State<Arc<Gateway>>, Query(p): Query<ActorsParam
     .into_response()
 }
 
-async fn actor(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
-    let tree = match gateway.observe().await {
+async fn actor(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let tree = match admin.supervisors.observe().await {
         Ok(t) => t,
         Err(e) => return unavailable(e),
     };
@@ -201,11 +207,11 @@ async fn actor(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> R
     }
 }
 
-async fn close_session(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
-    let Some(entry) = gateway.registry.by_id(&id) else {
+async fn close_session(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let Some(entry) = admin.sessions.registry().by_id(&id) else {
         return (StatusCode::NOT_FOUND, format!("no open session `{id}`\n")).into_response();
     };
-    let closed = gateway.sessions.close(&entry, true).await;
+    let closed = admin.sessions.close(&entry, true).await;
     tracing::info!(
         target: "prism::audit",
         event = "admin_close_session",
@@ -223,10 +229,10 @@ async fn close_session(State(gateway): State<Arc<Gateway>>, Path(id): Path<Strin
 
 pub async fn serve(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    admin: Arc<AdminState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway))
+    axum::serve(listener, router(admin))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -28,14 +28,6 @@ pub struct Page {
     pub nodes: Vec<ActorNode>,
 }
 
-/// A node's kind as the API names it (`session`, `mailbox_listener`, ...).
-pub fn kind_name(kind: crate::actors::ActorKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// The namespace a node belongs to: its namespace supervisor's, or a
 /// relay's own; backend pools and the root belong to none.
 fn own_namespace(node: &ActorNode) -> Option<String> {
@@ -81,7 +73,7 @@ pub fn page(tree: ActorNode, q: &TreeQuery) -> Page {
                 .is_none_or(|want| ns.as_ref() == Some(want))
                 && q.kind
                     .as_ref()
-                    .is_none_or(|want| kind_name(node.kind) == *want)
+                    .is_none_or(|want| node.kind.name() == want.as_str())
         })
         .map(|(_, node)| node)
         .collect();

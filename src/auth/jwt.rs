@@ -22,33 +22,10 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(spec: &JwtIssuerSpec) -> Result<Self, String> {
-        let (algorithm, key) = match spec.algorithm {
-            JwtAlgorithm::HS256 => {
-                let secret = spec
-                    .secret
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .ok_or("HS256 needs `secret` (e.g. secret: ${PRISM_JWT_SECRET})")?;
-                (
-                    Algorithm::HS256,
-                    DecodingKey::from_secret(secret.as_bytes()),
-                )
-            }
-            JwtAlgorithm::RS256 => {
-                let pem = match (&spec.public_key_pem, &spec.public_key_file) {
-                    (Some(pem), _) => pem.clone(),
-                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                        format!("cannot read public_key_file {}: {e}", path.display())
-                    })?,
-                    (None, None) => {
-                        return Err("RS256 needs `public_key_pem` or `public_key_file`".into())
-                    }
-                };
-                let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
-                    format!("RS256 public key is not a valid PEM RSA public key: {e}")
-                })?;
-                (Algorithm::RS256, key)
-            }
+        let key = spec.decoding_key()?;
+        let algorithm = match spec.algorithm {
+            JwtAlgorithm::HS256 => Algorithm::HS256,
+            JwtAlgorithm::RS256 => Algorithm::RS256,
         };
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[&spec.issuer]);

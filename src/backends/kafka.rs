@@ -36,7 +36,8 @@ use super::queue::{
     PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
     QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
 };
-use crate::{config::PoolSpec, error::Error};
+use super::PoolSpec;
+use crate::error::Error;
 
 pub(super) const META_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::Clock, config::GatewayConfig};
+use crate::clock::Clock;
 
 pub mod capabilities;
 pub mod health;
@@ -37,6 +37,7 @@ pub mod reader;
 pub mod redis;
 pub mod redis_pubsub;
 pub mod relay;
+pub mod spec;
 pub mod sql;
 pub mod sql_reader;
 pub mod sql_transact;
@@ -44,6 +45,7 @@ pub mod sqlite;
 pub mod transact;
 
 pub use health::{Health, HealthState};
+pub use spec::{BackendSpec, PoolSpec};
 
 /// Milliseconds since the Unix epoch: stored expiry and publish times are
 /// wall-clock time, shared by every gateway using a backend.
@@ -322,23 +324,14 @@ impl Client {
     }
 }
 
-/// The Reader collections configured on backend `name`: (collection,
-/// table, id column).
-fn collections_on(config: &GatewayConfig, name: &str) -> Vec<(String, String, String)> {
-    config
-        .namespaces
-        .values()
-        .flat_map(|ns| ns.collections.iter())
-        .filter(|(_, c)| c.backend == name)
-        .map(|(n, c)| (n.clone(), c.table.clone(), c.id.clone()))
-        .collect()
-}
+/// A Reader collection served by a backend: (collection, table, id column).
+pub type CollectionTable = (String, String, String);
 
 /// One configured backend.
 pub struct Backend {
     pub name: String,
     pub kind: BackendKind,
-    pub spec: crate::config::PoolSpec,
+    pub spec: PoolSpec,
     /// `None` for kinds with no client in this build (kafka, nats).
     pub client: Option<Client>,
     pub kv: Option<kv::KvHandle>,
@@ -356,10 +349,15 @@ pub struct Backends {
 
 impl Backends {
     /// Builds clients without connecting (pool actors connect); fails only
-    /// on configuration that cannot work (a malformed URL).
-    pub fn build(config: &GatewayConfig, clock: Clock) -> Result<Self, String> {
+    /// on configuration that cannot work (a malformed URL). `collections_on`
+    /// names the Reader collections each SQL backend serves.
+    pub fn build(
+        specs: &BTreeMap<String, BackendSpec>,
+        collections_on: impl Fn(&str) -> Vec<CollectionTable>,
+        clock: Clock,
+    ) -> Result<Self, String> {
         let mut by_name = BTreeMap::new();
-        for (name, spec) in &config.backends {
+        for (name, spec) in specs {
             let url = spec.url.clone().unwrap_or_default();
             let client = match spec.kind {
                 BackendKind::Memory => Some(Client::Memory(memory::MemoryBackend::new(clock))),
@@ -370,7 +368,7 @@ impl Backends {
                     };
                     let mut kv = sqlite::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    kv.collections = collections_on(config, name);
+                    kv.collections = collections_on(name);
                     kv.dir = spec
                         .path
                         .as_ref()
@@ -382,7 +380,7 @@ impl Backends {
                 BackendKind::Postgres => {
                     let mut kv = postgres::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    kv.collections = collections_on(config, name);
+                    kv.collections = collections_on(name);
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }

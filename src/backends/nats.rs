@@ -25,7 +25,8 @@ use super::queue::{
     PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
     QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
 };
-use crate::{config::PoolSpec, error::Error};
+use super::PoolSpec;
+use crate::error::Error;
 
 /// How often an idle consumer asks for new messages.
 const POLL: Duration = Duration::from_millis(50);

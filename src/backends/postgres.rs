@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::{any::AnyPoolOptions, Any, Row, Transaction};
 
 use super::sql::{Dialect, SqlBackend};
-use crate::config::PoolSpec;
+use super::PoolSpec;
 
 pub const DDL: &[&str] = &[
     // Serialises concurrent migrations from several gateways.

@@ -21,7 +21,8 @@ use super::kv::{
     KeyValueScan, KeyValueTransactional, KeyValueTtl, Precondition, Record, ScanItem, ScanPage,
     WriteBatch,
 };
-use crate::{config::PoolSpec, error::Error};
+use super::PoolSpec;
+use crate::error::Error;
 
 const VERSION_KEY: &str = "prism:kvmeta:version";
 

@@ -11,9 +11,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
 use super::{pubsub::PubSubHandle, transact::MailboxRow, Backends};
-use crate::{config::RelayTarget, error::Error};
+use crate::error::Error;
 
 /// Header / metadata keys every relayed message carries.
 pub const HEADER_MAILBOX: &str = "prism-mailbox-id";
@@ -90,6 +91,38 @@ struct NatsSink {
 impl RelaySink for NatsSink {
     async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
         self.nats.relay(&self.subject, rows).await
+    }
+}
+
+/// Where a relay publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RelayTarget {
+    /// A Prism PubSub topic of the namespace, on a pubsub backend.
+    Pubsub { backend: String, topic: String },
+    /// A Kafka topic (created when missing), acknowledged by the broker.
+    Kafka { backend: String, topic: String },
+    /// A NATS subject, published through JetStream (a stream capturing the
+    /// subject is created when missing) so the broker acknowledges it.
+    Nats { backend: String, subject: String },
+}
+
+impl RelayTarget {
+    pub fn backend(&self) -> &str {
+        match self {
+            RelayTarget::Pubsub { backend, .. }
+            | RelayTarget::Kafka { backend, .. }
+            | RelayTarget::Nats { backend, .. } => backend,
+        }
+    }
+
+    /// `kind:destination`, for logs and the actor tree.
+    pub fn describe(&self) -> String {
+        match self {
+            RelayTarget::Pubsub { topic, .. } => format!("pubsub:{topic}"),
+            RelayTarget::Kafka { topic, .. } => format!("kafka:{topic}"),
+            RelayTarget::Nats { subject, .. } => format!("nats:{subject}"),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use sqlx::{any::AnyPoolOptions, Any, Executor, Row, Transaction};
 
 use super::sql::{Dialect, SqlBackend};
-use crate::config::PoolSpec;
+use super::PoolSpec;
 
 pub const DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS prism_kv (

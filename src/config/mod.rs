@@ -14,6 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::backends::{relay::RelayTarget, BackendSpec, PoolSpec};
 use crate::backends::{BackendKind, Interface};
 
 pub mod options;
@@ -168,61 +169,6 @@ pub struct TlsSpec {
     pub key_file: PathBuf,
     /// CA that signs client certificates; enables mTLS when set.
     pub client_ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendSpec {
-    #[serde(rename = "type")]
-    pub kind: BackendKind,
-    /// Connection address (postgres://, redis://, nats://, kafka host:port list).
-    pub url: Option<String>,
-    /// File path (sqlite).
-    pub path: Option<PathBuf>,
-    /// Connections, health checks and reconnection.
-    #[serde(default)]
-    pub pool: PoolSpec,
-    /// SQL statements run at connect, after Prism's own tables (e.g. to
-    /// create a collection's table; make them idempotent).
-    #[serde(default)]
-    pub init_sql: Vec<String>,
-}
-
-/// How a backend's pool actor manages its connections.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoolSpec {
-    /// Most connections (SQL backends).
-    pub max_connections: u32,
-    /// How long a connection attempt, or a wait for a pooled connection,
-    /// may take before the call fails UNAVAILABLE.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How often a healthy backend is checked.
-    #[serde(with = "humantime_serde")]
-    pub health_interval: Duration,
-    /// First delay before reconnecting a failed backend; doubles per
-    /// failure up to `backoff_max`.
-    #[serde(with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// How often expired keys are deleted (SQL and memory backends).
-    #[serde(with = "humantime_serde")]
-    pub sweep_interval: Duration,
-}
-
-impl Default for PoolSpec {
-    fn default() -> Self {
-        PoolSpec {
-            max_connections: 10,
-            connect_timeout: Duration::from_secs(3),
-            health_interval: Duration::from_secs(5),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            sweep_interval: Duration::from_secs(30),
-        }
-    }
 }
 
 /// An access pattern, i.e. which client API a config is for.
@@ -391,38 +337,6 @@ impl RelaySpec {
     }
     fn default_backoff() -> Duration {
         Duration::from_secs(10)
-    }
-}
-
-/// Where a relay publishes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum RelayTarget {
-    /// A Prism PubSub topic of the namespace, on a pubsub backend.
-    Pubsub { backend: String, topic: String },
-    /// A Kafka topic (created when missing), acknowledged by the broker.
-    Kafka { backend: String, topic: String },
-    /// A NATS subject, published through JetStream (a stream capturing the
-    /// subject is created when missing) so the broker acknowledges it.
-    Nats { backend: String, subject: String },
-}
-
-impl RelayTarget {
-    pub fn backend(&self) -> &str {
-        match self {
-            RelayTarget::Pubsub { backend, .. }
-            | RelayTarget::Kafka { backend, .. }
-            | RelayTarget::Nats { backend, .. } => backend,
-        }
-    }
-
-    /// `kind:destination`, for logs and the actor tree.
-    pub fn describe(&self) -> String {
-        match self {
-            RelayTarget::Pubsub { topic, .. } => format!("pubsub:{topic}"),
-            RelayTarget::Kafka { topic, .. } => format!("kafka:{topic}"),
-            RelayTarget::Nats { subject, .. } => format!("nats:{subject}"),
-        }
     }
 }
 
@@ -623,6 +537,37 @@ pub struct JwtIssuerSpec {
     pub leeway: Duration,
 }
 
+impl JwtIssuerSpec {
+    /// The key that verifies this issuer's signatures, from the secret, the
+    /// PEM text or the file. Validation calls it to report a bad key;
+    /// the JWT verifier calls it again when the gateway starts.
+    pub fn decoding_key(&self) -> Result<jsonwebtoken::DecodingKey, String> {
+        match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                let secret = self
+                    .secret
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .ok_or("HS256 needs `secret` (e.g. secret: ${PRISM_JWT_SECRET})")?;
+                Ok(jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()))
+            }
+            JwtAlgorithm::RS256 => {
+                let pem = match (&self.public_key_pem, &self.public_key_file) {
+                    (Some(pem), _) => pem.clone(),
+                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                        format!("cannot read public_key_file {}: {e}", path.display())
+                    })?,
+                    (None, None) => {
+                        return Err("RS256 needs `public_key_pem` or `public_key_file`".into())
+                    }
+                };
+                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| format!("RS256 public key is not a valid PEM RSA public key: {e}"))
+            }
+        }
+    }
+}
+
 fn default_namespace_claim() -> String {
     "namespace".to_string()
 }
@@ -672,6 +617,17 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 impl GatewayConfig {
+    /// The Reader collections configured on backend `name`: (collection,
+    /// table, id column).
+    pub fn collections_on(&self, name: &str) -> Vec<crate::backends::CollectionTable> {
+        self.namespaces
+            .values()
+            .flat_map(|ns| ns.collections.iter())
+            .filter(|(_, c)| c.backend == name)
+            .map(|(n, c)| (n.clone(), c.table.clone(), c.id.clone()))
+            .collect()
+    }
+
     /// The embedded default, with environment overrides.
     pub fn embedded(env: &dyn Env) -> Result<Self, ConfigError> {
         Self::from_yaml(EMBEDDED_DEFAULT, &Source::Embedded, env)

@@ -7,20 +7,21 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    actors::ActorNode,
+    actors::{ActorNode, Supervisors},
     admin::{self, tree},
     backends::sql_reader::json_to_value,
     proto::admin::v1::{self as pb, admin_service_server::AdminService},
-    server::Gateway,
 };
 
 pub struct AdminApi {
-    gateway: Arc<Gateway>,
+    /// `server.admin_token`.
+    token: Option<String>,
+    supervisors: Arc<Supervisors>,
 }
 
 impl AdminApi {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        AdminApi { gateway }
+    pub fn new(token: Option<String>, supervisors: Arc<Supervisors>) -> Self {
+        AdminApi { token, supervisors }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -30,7 +31,7 @@ impl AdminApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        match admin::check_token(self.gateway.config.server.admin_token.as_deref(), given) {
+        match admin::check_token(self.token.as_deref(), given) {
             None => Ok(()),
             Some((code, why)) if code == axum::http::StatusCode::UNAUTHORIZED => {
                 Err(Status::unauthenticated(why))
@@ -40,7 +41,7 @@ impl AdminApi {
     }
 
     async fn tree(&self) -> Result<ActorNode, Status> {
-        self.gateway
+        self.supervisors
             .observe()
             .await
             .map_err(|e| Status::unavailable(e.message))
@@ -53,7 +54,7 @@ fn node(n: ActorNode) -> pb::ActorNode {
         _ => None,
     };
     pb::ActorNode {
-        kind: tree::kind_name(n.kind),
+        kind: n.kind.name().to_string(),
         id: n.id,
         parent: n.parent.unwrap_or_default(),
         status: format!("{:?}", n.status).to_lowercase(),

@@ -73,7 +73,7 @@ impl KeyValueApi {
     }
 
     fn check_key(&self, key: &str) -> Result<(), Error> {
-        crate::metrics::note_resource(key);
+        crate::call::note_resource(key);
         if key.is_empty() {
             return Err(Error::invalid_argument(
                 "INVALID_KEY",

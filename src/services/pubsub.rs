@@ -236,7 +236,7 @@ impl PubSubService for PubSubApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                crate::metrics::note_resource(&req.topic);
+                crate::call::note_resource(&req.topic);
                 let partitions = call.entry.config.options.partitions;
                 let event = self.event(req)?;
                 let count = self
@@ -263,7 +263,7 @@ impl PubSubService for PubSubApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let call = self.gate.open(&request, Kind::Stream)?;
         let req = request.into_inner();
-        crate::metrics::note_resource(&req.topic_pattern);
+        crate::call::note_resource(&req.topic_pattern);
         let checked = (|| {
             let spec = self.spec(&call, &req)?;
             let options = req.options.unwrap_or_default();

@@ -120,7 +120,7 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                crate::metrics::note_resource(&req.topic);
+                crate::call::note_resource(&req.topic);
                 check_topic(&req.topic)?;
                 self.check_payload(&req.payload)?;
                 let item = PublishItem {

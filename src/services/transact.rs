@@ -177,7 +177,7 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
         .map(|d| d.table.as_str())
         .or(w.mailbox.as_ref().map(|m| m.mailbox_id.as_str()))
     {
-        crate::metrics::note_resource(resource);
+        crate::call::note_resource(resource);
     }
     let data = match &w.data {
         None => None,

@@ -300,6 +300,15 @@ impl SessionEntry {
         &self.principal.namespace
     }
 
+    /// Who and where, for an audit record.
+    pub fn session_ref(&self) -> crate::call::SessionRef {
+        crate::call::SessionRef {
+            namespace: self.namespace().to_string(),
+            session_id: self.id.clone(),
+            identity: self.principal.identity.clone(),
+        }
+    }
+
     /// Its namespace's session policy.
     pub fn policy(&self) -> &SessionPolicy {
         &self.namespace_sessions.spec.session

@@ -6,7 +6,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{token, EndReason, SessionEntry, SessionRegistry};
 use crate::{
-    actors::Supervisors,
     auth::{Authenticator, Principal},
     config::{
         resolve::{self, NamedConfigs},
@@ -49,12 +48,25 @@ pub struct Closed {
     pub pending_operations: i32,
 }
 
+/// Where session actors live. The actor tree implements it
+/// (`actors::Supervisors`); the lifecycle only asks it to start and stop
+/// them, so the session layer sits below the actors that serve it.
+#[async_trait::async_trait]
+pub trait SessionHost: Send + Sync {
+    /// Starts the session's actor under its namespace supervisor.
+    async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error>;
+    /// Stops a session's actor; the session has already left the registry.
+    fn stop_session(&self, namespace: &str, session_id: &str);
+    /// Stops every session actor (shutdown, after every session ended).
+    fn stop_all_sessions(&self);
+}
+
 pub struct Sessions {
     config: Arc<GatewayConfig>,
     named: Arc<NamedConfigs>,
     auth: Arc<Authenticator>,
     registry: Arc<SessionRegistry>,
-    supervisors: Arc<Supervisors>,
+    host: Arc<dyn SessionHost>,
 }
 
 impl Sessions {
@@ -63,14 +75,14 @@ impl Sessions {
         named: Arc<NamedConfigs>,
         auth: Arc<Authenticator>,
         registry: Arc<SessionRegistry>,
-        supervisors: Arc<Supervisors>,
+        host: Arc<dyn SessionHost>,
     ) -> Self {
         Sessions {
             config,
             named,
             auth,
             registry,
-            supervisors,
+            host,
         }
     }
 
@@ -173,7 +185,7 @@ impl Sessions {
             *self.registry.clock(),
         ));
         self.registry.insert(entry.clone())?;
-        if let Err(e) = self.supervisors.start_session(entry.clone()).await {
+        if let Err(e) = self.host.start_session(entry.clone()).await {
             self.registry.end(&entry, EndReason::Failed);
             return Err(e);
         }
@@ -236,7 +248,7 @@ impl Sessions {
 
     fn end(&self, entry: &SessionEntry, reason: EndReason) {
         if self.registry.end(entry, reason) {
-            self.supervisors.stop_session(entry.namespace(), &entry.id);
+            self.host.stop_session(entry.namespace(), &entry.id);
         }
     }
 
@@ -257,7 +269,7 @@ impl Sessions {
             Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
         };
         let expires = entry.refresh(self.registry.clock().now_ms(), extension);
-        self.registry.audit().session("session.refresh", entry);
+        self.registry.audit_session("session.refresh", entry);
         Ok(expires)
     }
 
@@ -269,7 +281,7 @@ impl Sessions {
             .iter()
             .filter(|entry| self.registry.end(entry, EndReason::Shutdown))
             .count();
-        self.supervisors.stop_all_sessions();
+        self.host.stop_all_sessions();
         closed
     }
 

@@ -12,5 +12,5 @@ pub mod token;
 /// before.
 pub use crate::clock::{self, Clock};
 pub use entry::{EndReason, Gauged, NamespaceSessions, OperationGuard, SessionEntry, SessionState};
-pub use lifecycle::Sessions;
+pub use lifecycle::{SessionHost, Sessions};
 pub use registry::{SessionEvent, SessionRegistry};

@@ -111,6 +111,15 @@ impl SessionRegistry {
         self.audit.get().map_or(&NONE, |a| a.as_ref())
     }
 
+    /// Writes a session event's audit record (nothing is built when the
+    /// audit log is off).
+    pub fn audit_session(&self, event: &'static str, entry: &SessionEntry) {
+        let audit = self.audit();
+        if audit.is_enabled() {
+            audit.session(event, &entry.session_ref());
+        }
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
@@ -150,7 +159,7 @@ impl SessionRegistry {
             })?;
         self.by_token.insert(entry.token_digest, entry.clone());
         self.by_id.insert(ById(entry.clone()));
-        self.audit().session("session.create", &entry);
+        self.audit_session("session.create", &entry);
         self.emit(SessionEvent::Created {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),
@@ -185,8 +194,12 @@ impl SessionRegistry {
             return Err(self.ended_error(&digest));
         }
         entry.touch(now);
-        crate::metrics::note_session(&entry);
-        crate::telemetry::note_session(&entry);
+        crate::call::note_session(
+            entry.namespace(),
+            &entry.id,
+            &entry.principal.identity,
+            &entry.config.backend_name,
+        );
         Ok(entry)
     }
 
@@ -231,7 +244,7 @@ impl SessionRegistry {
             EndReason::Failed => "session.fail",
             EndReason::Shutdown => "session.shutdown",
         };
-        self.audit().session(event, entry);
+        self.audit_session(event, entry);
         self.emit(SessionEvent::Ended {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kv;
+pub mod serve;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -463,49 +464,11 @@ impl RedisServer {
     }
 }
 
-/// `prism serve` as a child process (killed on drop) with `args` and
-/// `envs`, once it listens: the child and its gRPC address.
+/// `prism serve` (this package's binary) as a child process; see
+/// [`serve::spawn_serve`].
 pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &std::ffi::OsStr)],
 ) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_prism"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .args(args)
-    .env("NO_COLOR", "1")
-    .env("RUST_LOG", "info")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("prism serve starts");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line
-                .find("127.0.0.1:")
-                .filter(|_| line.contains("grpc listening"))
-            {
-                return line[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect::<String>();
-            }
-        }
-        panic!("serve ended before listening");
-    })
-    .await
-    .expect("serve listens in time");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    serve::spawn_serve(env!("CARGO_BIN_EXE_prism").as_ref(), args, envs).await
 }

@@ -74,7 +74,7 @@ impl ReaderApi {
     }
 
     async fn target(&self, call: &Call, collection: &str) -> Result<Target, Error> {
-        crate::metrics::note_resource(collection);
+        crate::call::note_resource(collection);
         let spec = call
             .policy()
             .collections

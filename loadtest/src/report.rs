@@ -323,7 +323,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::loadtest::runner::{EndReason, Sample};
+    use crate::runner::{EndReason, Sample};
 
     #[test]
     fn figures_are_computed_as_ghz_computes_them() {

@@ -226,8 +226,7 @@ mod tests {
     use super::*;
 
     fn method() -> prost_reflect::MethodDescriptor {
-        let pool =
-            prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = prost_reflect::DescriptorPool::decode(prism_proto::FILE_DESCRIPTOR_SET).unwrap();
         pool.get_service_by_name("prism.keyvalue.v1.KeyValueService")
             .unwrap()
             .methods()

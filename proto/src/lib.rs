@@ -1,4 +1,7 @@
-//! Code generated from `proto/` (the wire contract), one module per package.
+//! The wire contract: code generated from `proto/prism/**/*.proto` (seed
+//! 002's packages, messages and field numbers), one module per package.
+//! Its own crate so the gateway and the load runner share it, and a client
+//! needs only this.
 
 #![allow(clippy::all, missing_docs)]
 

@@ -1,18 +1,18 @@
-//! Generates the gRPC code from `proto/` with a vendored `protoc`, so a fresh
-//! machine builds with cargo alone.
+//! Generates the gRPC code from `prism/**/*.proto` with a vendored `protoc`,
+//! so a fresh machine builds with cargo alone.
 
 use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
-    "proto/prism/config/v1/client_config.proto",
-    "proto/prism/config/v1/config_service.proto",
-    "proto/prism/session/v1/session.proto",
-    "proto/prism/keyvalue/v1/keyvalue.proto",
-    "proto/prism/queue/v1/queue.proto",
-    "proto/prism/pubsub/v1/pubsub.proto",
-    "proto/prism/reader/v1/reader.proto",
-    "proto/prism/transact/v1/transact.proto",
-    "proto/prism/admin/v1/admin.proto",
+    "prism/config/v1/client_config.proto",
+    "prism/config/v1/config_service.proto",
+    "prism/session/v1/session.proto",
+    "prism/keyvalue/v1/keyvalue.proto",
+    "prism/queue/v1/queue.proto",
+    "prism/pubsub/v1/pubsub.proto",
+    "prism/reader/v1/reader.proto",
+    "prism/transact/v1/transact.proto",
+    "prism/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,9 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("prism_descriptor.bin"))
         .compile_protos(
             &PROTOS.iter().map(PathBuf::from).collect::<Vec<_>>(),
-            &[PathBuf::from("proto"), include],
+            &[PathBuf::from("."), include],
         )?;
 
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=prism");
     Ok(())
 }

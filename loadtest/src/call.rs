@@ -58,7 +58,7 @@ impl Decoder for BytesCodec {
 
 /// Prism's services and messages, for calls named in scenario files.
 pub fn descriptors() -> DescriptorPool {
-    DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+    DescriptorPool::decode(prism_proto::FILE_DESCRIPTOR_SET)
         .expect("the descriptor set compiled into the binary decodes")
 }
 

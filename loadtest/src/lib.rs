@@ -28,12 +28,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-use crate::proto::session::v1::{
+use call::Call;
+use prism_proto::session::v1::{
     create_session_request::{Auth, Config},
     session_service_client::SessionServiceClient,
     CloseSessionRequest, CreateSessionRequest,
 };
-use call::Call;
 use report::Report;
 use scenario::{Bounds, Scenario};
 

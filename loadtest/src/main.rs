@@ -1,10 +1,10 @@
-//! `prism-loadtest`: Prism's ghz-compatible load runner (see
-//! `prism::loadtest` and loadtest/README.md).
+//! `prism-loadtest`: Prism's ghz-compatible load runner (the library of
+//! this crate does the work; loadtest/README.md shows the commands).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use prism::loadtest::{self, footprint, scenario::Scenario, Comparison, Overrides};
+use prism_loadtest::{self as loadtest, footprint, scenario::Scenario, Comparison, Overrides};
 
 #[derive(Parser)]
 #[command(

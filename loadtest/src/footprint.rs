@@ -15,7 +15,7 @@ use super::{
     runner::{self, Worker},
     scenario::Bounds,
 };
-use crate::proto::session::v1::{
+use prism_proto::session::v1::{
     session_service_client::SessionServiceClient, CreateSessionRequest,
 };
 

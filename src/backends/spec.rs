@@ -1,0 +1,63 @@
+//! What a backend is configured with: its kind and address, and how its
+//! pool actor manages connections (the `backends:` section of the config).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::BackendKind;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    #[serde(rename = "type")]
+    pub kind: BackendKind,
+    /// Connection address (postgres://, redis://, nats://, kafka host:port list).
+    pub url: Option<String>,
+    /// File path (sqlite).
+    pub path: Option<PathBuf>,
+    /// Connections, health checks and reconnection.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// SQL statements run at connect, after Prism's own tables (e.g. to
+    /// create a collection's table; make them idempotent).
+    #[serde(default)]
+    pub init_sql: Vec<String>,
+}
+
+/// How a backend's pool actor manages its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSpec {
+    /// Most connections (SQL backends).
+    pub max_connections: u32,
+    /// How long a connection attempt, or a wait for a pooled connection,
+    /// may take before the call fails UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often a healthy backend is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// First delay before reconnecting a failed backend; doubles per
+    /// failure up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How often expired keys are deleted (SQL and memory backends).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(3),
+            health_interval: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
