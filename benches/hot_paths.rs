@@ -32,7 +32,11 @@ fn config() -> GatewayConfig {
 }
 
 fn token_validation(c: &mut Criterion) {
-    let cfg = config();
+    let mut cfg = config();
+    // Every session below is the one principal's.
+    if let Some(ns) = cfg.namespaces.get_mut("default") {
+        ns.session.max_sessions_per_principal = ns.session.max_sessions;
+    }
     let auth = Authenticator::new(&cfg).unwrap();
     let configs = NamedConfigs::resolve_all(&cfg).unwrap();
     let clock = Clock::new();

@@ -5,15 +5,21 @@
 //! `/metrics` is scraped — no actor is asked and no session visited, so a
 //! scrape costs the same with 100 sessions as with 100,000.
 //!
+//! Every label value comes from a closed set — the methods this binary
+//! serves (any other path counts as `unknown`), the configured namespaces,
+//! the status codes — so the number of series is bounded by the
+//! configuration, never by what clients send.
+//!
 //! The namespace of a call is learned where the session is checked and
 //! carried to the layer in its [`crate::call`] slot, so no handler has to
 //! report it.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, LazyLock,
     },
     task::{Context, Poll},
     time::Duration,
@@ -44,11 +50,53 @@ const DATA_SERVICES: [&str; 5] = [
     "prism.transact.v1.",
 ];
 
+/// The label value of a path this gateway does not serve.
+pub const UNKNOWN: &str = "unknown";
+
+/// The gRPC methods this gateway serves, by request path
+/// (`/package.Service/Method`) — Prism's packages, health and reflection —
+/// with their service and method names: the only label values a call can
+/// have. Built once from the descriptor sets compiled into the binary.
+static METHODS: LazyLock<HashMap<String, (&'static str, &'static str)>> = LazyLock::new(|| {
+    use prost::Message as _;
+    let mut out = HashMap::new();
+    for encoded in [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+            continue;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                // Leaked once, for a set fixed at build time.
+                let name: &'static str = Box::leak(name.into_boxed_str());
+                for method in &service.method {
+                    let m: &'static str = Box::leak(method.name().to_string().into_boxed_str());
+                    out.insert(format!("/{name}/{m}"), (name, m));
+                }
+            }
+        }
+    }
+    out
+});
+
+/// The (service, method) labels of a request path; `unknown` for both when
+/// the gateway serves no such method, so made-up paths cannot grow the
+/// series, the spans or the logs.
+pub fn method_labels(path: &str) -> (&'static str, &'static str) {
+    METHODS.get(path).copied().unwrap_or((UNKNOWN, UNKNOWN))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct CallKey {
+    /// A configured namespace (learned from the session), or empty.
     namespace: String,
-    service: String,
-    method: String,
+    service: &'static str,
+    method: &'static str,
     code: &'static str,
 }
 
@@ -154,8 +202,8 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 fn call_labels(k: &CallKey, le: Option<&str>) -> String {
     let mut pairs = vec![
         ("namespace", k.namespace.as_str()),
-        ("service", k.service.as_str()),
-        ("method", k.method.as_str()),
+        ("service", k.service),
+        ("method", k.method),
         ("code", k.code),
     ];
     if let Some(le) = le {
@@ -370,14 +418,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // `/package.Service/Method`
-        let path = req.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let (service, method) = (service.to_string(), method.to_string());
+        let (service, method) = method_labels(req.uri().path());
         let metrics = self.metrics.clone();
         let audit = self.audit.clone();
         let info: Arc<CallInfo> = Arc::default();
-        let span = crate::telemetry::rpc_span(&service, &method, req.headers());
+        let span = crate::telemetry::rpc_span(service, method, req.headers());
         let call = crate::call::scope(
             info.clone(),
             tracing::Instrument::instrument(self.inner.call(req), span),

@@ -254,7 +254,19 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let mut builder = Server::builder().layer(crate::metrics::MetricsLayer {
+    let limits = &gateway.config.server.connections;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .tcp_keepalive(Some(limits.keepalive_interval));
+    if let Some(age) = limits.max_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(gateway.config.server.shutdown_grace);
+    }
+    let mut builder = builder.layer(crate::metrics::MetricsLayer {
         metrics: gateway.metrics.clone(),
         audit: gateway.audit.clone(),
     });
@@ -269,14 +281,6 @@ pub async fn run(
         .add_service(SessionServiceServer::new(SessionApi::new(
             gateway.sessions.clone(),
         )))
-        .add_service(
-            proto::admin::v1::admin_service_server::AdminServiceServer::new(
-                crate::services::admin::AdminApi::new(
-                    gateway.config.server.admin_token.clone(),
-                    gateway.supervisors.clone(),
-                ),
-            ),
-        )
         .add_service(ConfigServiceServer::new(ConfigApi::new(
             gateway.named.clone(),
         )))

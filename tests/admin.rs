@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{http, wait_until, TestGateway, ADMIN_TOKEN};
+use common::{http, parse_exposition, wait_until, TestGateway, ADMIN_TOKEN};
 use prism::{
     actors::Fault,
     proto::admin::v1::{self as admin, admin_service_client::AdminServiceClient},
@@ -63,7 +63,7 @@ fn admin_endpoints_refuse_a_missing_or_wrong_token() {
         let (status, _) = http(gw.admin_addr, "POST", "/admin/sessions/sess-x/close", &[]).await;
         assert_eq!(status, 401);
 
-        let mut client = AdminServiceClient::new(gw.channel.clone());
+        let mut client = AdminServiceClient::new(gw.admin_channel().await);
         let err = client
             .get_actor_tree(admin::GetActorTreeRequest::default())
             .await
@@ -114,8 +114,8 @@ fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
         let page = get_json(&gw, "/admin/actors?kind=session&limit=1").await;
         assert_eq!(page["nodes"].as_array().unwrap().len(), 1, "{page}");
 
-        // The same over gRPC.
-        let mut client = AdminServiceClient::new(gw.channel.clone());
+        // The same over gRPC, on the admin listener.
+        let mut client = AdminServiceClient::new(gw.admin_channel().await);
         let mut req = tonic::Request::new(admin::GetActorRequest {
             id: session.session_id.clone(),
         });
@@ -261,55 +261,6 @@ namespaces:
         wait_until("readyz recovers", || async { readyz().await.0 == 200 }).await;
         gw.stop().await;
     });
-}
-
-/// Parses Prometheus text exposition strictly enough to catch a malformed
-/// line: every sample belongs to a family with HELP and TYPE, label sets
-/// are well quoted, values are numbers. Returns sample → value.
-fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
-    let mut typed = std::collections::HashSet::new();
-    let mut samples = std::collections::HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert!(
-                ["counter", "gauge", "histogram"].contains(&kind),
-                "bad type: {line}"
-            );
-            typed.insert(name.to_string());
-            continue;
-        }
-        if line.starts_with("# HELP ") || line.is_empty() {
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unknown comment: {line}");
-        let (series, value) = line.rsplit_once(' ').expect("sample value");
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value: {line}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "bad name: {line}"
-        );
-        if let Some(l) = series.strip_prefix(name) {
-            if !l.is_empty() {
-                assert!(l.starts_with('{') && l.ends_with('}'), "bad labels: {line}");
-                for pair in l[1..l.len() - 1].split("\",") {
-                    let (k, v) = pair.split_once("=\"").expect("label k=\"v\"");
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-                    assert!(!v.trim_end_matches('"').contains('"') || v.contains("\\\""));
-                }
-            }
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
-            .unwrap_or(name);
-        assert!(typed.contains(family), "sample without TYPE: {line}");
-        samples.insert(series.to_string(), value);
-    }
-    samples
 }
 
 #[test]

@@ -62,7 +62,8 @@ fn the_admin_page_renders_the_tree_in_headless_chromium() {
             .open_inline(prism::proto::config::v1::AccessPattern::Pubsub, "memory")
             .await;
         let _stream = gw.subscribe(&session.session_token, "page.>").await;
-        let url = format!("http://{}/admin/?token={ADMIN_TOKEN}", gw.admin_addr);
+        // The token in the fragment: the page sends it as a header.
+        let url = format!("http://{}/admin/#token={ADMIN_TOKEN}", gw.admin_addr);
 
         // The DOM after the page's scripts ran: the tree is rendered.
         let (dom, log) = run_chromium(&url, &["--dump-dom"]).await;
@@ -91,8 +92,19 @@ fn the_admin_page_renders_the_tree_in_headless_chromium() {
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
 
-        // Without the token the page is refused.
-        let (status, _) = common::http(gw.admin_addr, "GET", "/admin/", &[]).await;
+        // Without a token the page asks for one and shows nothing.
+        let bare = format!("http://{}/admin/", gw.admin_addr);
+        let (dom, log) = run_chromium(&bare, &["--dump-dom"]).await;
+        assert!(dom.contains("data-state=\"login\""), "{dom}\n{log}");
+        assert!(!dom.contains(&session.session_id), "{dom}");
+        // A token in the query string is not read.
+        let (status, _) = common::http(
+            gw.admin_addr,
+            "GET",
+            &format!("/admin/actors?token={ADMIN_TOKEN}"),
+            &[],
+        )
+        .await;
         assert_eq!(status, 401);
         gw.stop().await;
     });

@@ -1,5 +1,6 @@
-//! JWT authentication over gRPC: HS256 and RS256; valid, expired, wrong
-//! audience, bad signature, unknown issuer, missing namespace claim.
+//! JWT authentication over gRPC: HS256 and RS256; valid, expired, not yet
+//! valid, wrong audience, bad signature, unknown issuer, missing namespace
+//! claim.
 
 mod common;
 
@@ -80,6 +81,27 @@ fn jwt_hs256_and_rs256() {
             .await
             .unwrap_err();
         assert_error(&err, Code::Unauthenticated, "JWT_EXPIRED", Service::Session);
+
+        // Not valid for another hour: refused (the test issuer has no leeway).
+        let mut early = valid.clone();
+        early["nbf"] = json!(now() + 3600);
+        let err = client
+            .create_session(request(hs256(early, HS256_SECRET)))
+            .await
+            .unwrap_err();
+        assert_error(
+            &err,
+            Code::Unauthenticated,
+            "JWT_NOT_YET_VALID",
+            Service::Session,
+        );
+        // Valid from a second ago: accepted.
+        let mut started = valid.clone();
+        started["nbf"] = json!(now() - 1);
+        client
+            .create_session(request(hs256(started, HS256_SECRET)))
+            .await
+            .unwrap();
 
         let mut wrong_aud = valid.clone();
         wrong_aud["aud"] = json!("someone-else");

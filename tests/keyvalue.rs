@@ -657,8 +657,20 @@ fn namespaces_are_isolated() {
     block_on_multi_thread(async {
         let h = Harness::start().await;
         for b in h.backends(Interface::KeyValueBasic) {
+            // `kv<run>` and `kv<run>.o`: one name prefixes the other.
             let mine = h.client(b).await;
             let theirs = h.client_as(OTHER_KEY, &format!("{b}-other")).await;
+            // Keys that a join of namespace and key could confuse.
+            mine.set(".o:k", b"mine").await.unwrap();
+            mine.set("o.k", b"mine").await.unwrap();
+            theirs.set("k", b"theirs").await.unwrap();
+            assert_eq!(theirs.value("k").await.unwrap(), b"theirs", "{b}");
+            assert!(theirs.value(".o:k").await.is_none(), "{b}");
+            assert!(mine.value("k").await.is_none(), "{b}");
+            for k in [".o:k", "o.k", "k"] {
+                let _ = mine.delete(k).await;
+                let _ = theirs.delete(k).await;
+            }
             mine.set("shared-name", b"mine").await.unwrap();
             assert!(
                 theirs.value("shared-name").await.is_none(),

@@ -32,6 +32,10 @@ const BACKENDS: [(&str, BackendKind); 4] = [
 const PUSH_BACKENDS: [&str; 3] = ["memory", "nats", "redis"];
 
 const THIRD_KEY: &str = "third-key";
+/// Keys of namespaces `iso<run>` and `iso<run>.x`, whose names prefix each
+/// other.
+const ISO_KEY: &str = "iso-key";
+const ISO_X_KEY: &str = "iso-x-key";
 
 /// Namespaces `ps<run>` (test-key), `psdrop<run>` (other-key; buffer 8,
 /// drop_oldest) and `psend<run>` (third-key; buffer 8, end_stream); per
@@ -40,12 +44,20 @@ fn config() -> GatewayConfig {
     let run = common::kv::run_id();
     let mut configs = String::new();
     for (name, _) in BACKENDS {
-        for (suffix, ns) in [("", "ps"), ("-drop", "psdrop"), ("-end", "psend")] {
+        for (suffix, ns) in [
+            ("", "ps"),
+            ("-drop", "psdrop"),
+            ("-end", "psend"),
+            ("-iso", "iso"),
+        ] {
             configs.push_str(&format!(
                 "  {name}{suffix}:\n    namespace: {ns}{run}\n    pattern: pubsub\n    \
                  backend: {name}\n    options: {{ partitions: \"4\" }}\n"
             ));
         }
+        configs.push_str(&format!(
+            "  {name}-isox:\n    namespace: iso{run}.x\n    pattern: pubsub\n    backend: {name}\n"
+        ));
     }
     let namespace = |prefix: &str, key: &str, pubsub: &str| {
         format!(
@@ -65,7 +77,7 @@ backends:
   redis: {{ type: redis, url: "{redis}", pool: {pool} }}
   postgres: {{ type: postgres, url: "{pg}", pool: {pool} }}
 namespaces:
-{ns}{drop}{end}
+{ns}{drop}{end}{iso}{iso_x}
 configs:
 {configs}
 "#,
@@ -77,6 +89,12 @@ configs:
         ns = namespace("ps", TEST_KEY, "{ buffer: 256 }"),
         drop = namespace("psdrop", OTHER_KEY, "{ buffer: 8, overflow: drop_oldest }"),
         end = namespace("psend", THIRD_KEY, "{ buffer: 8, overflow: end_stream }"),
+        iso = namespace("iso", ISO_KEY, "{ buffer: 256 }"),
+        iso_x = namespace("iso", ISO_X_KEY, "{ buffer: 256 }").replacen(
+            &format!("iso{run}:"),
+            &format!("iso{run}.x:"),
+            1
+        ),
     );
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap()
 }
@@ -363,6 +381,54 @@ fn patterns_route_the_same_on_every_backend() {
                 assert_eq!(got.len(), expected.len(), "{b}: {pattern}: no duplicates");
                 assert!(got.iter().all(|e| e.payload == e.topic.as_bytes()), "{b}");
             }
+        }
+        finish(gw).await;
+    });
+}
+
+#[test]
+fn namespaces_whose_names_prefix_each_other_are_isolated_on_every_backend() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        for b in backends() {
+            // `iso<run>` + `x.a` and `iso<run>.x` + `a` would meet on one
+            // broker name if names were joined with dots.
+            let outer = open_as(&gw, ISO_KEY, &format!("{b}-iso")).await;
+            let inner = open_as(&gw, ISO_X_KEY, &format!("{b}-isox")).await;
+            outer.warm(&["x.a"]).await;
+            inner.warm(&["a"]).await;
+            let mut outer_sub = outer.subscribe(">").await;
+            let mut inner_sub = inner.subscribe(">").await;
+            assert_eq!(
+                outer.publish("x.a", b"outer").await.subscriber_count,
+                1,
+                "{b}"
+            );
+            assert_eq!(
+                inner.publish("a", b"inner").await.subscriber_count,
+                1,
+                "{b}"
+            );
+            let mut got_outer = outer_sub.take(1).await;
+            let mut got_inner = inner_sub.take(1).await;
+            got_outer.extend(close(&outer, outer_sub).await);
+            got_inner.extend(close(&inner, inner_sub).await);
+            let seen = |events: &[pb::Event]| -> Vec<(String, Vec<u8>)> {
+                events
+                    .iter()
+                    .map(|e| (e.topic.clone(), e.payload.clone()))
+                    .collect()
+            };
+            assert_eq!(
+                seen(&got_outer),
+                [("x.a".to_string(), b"outer".to_vec())],
+                "{b}"
+            );
+            assert_eq!(
+                seen(&got_inner),
+                [("a".to_string(), b"inner".to_vec())],
+                "{b}"
+            );
         }
         finish(gw).await;
     });

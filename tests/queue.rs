@@ -26,6 +26,9 @@ const BACKENDS: [(&str, BackendKind); 4] = [
     ("kafka", BackendKind::Kafka),
 ];
 
+/// The key of namespace `<ns>.x`, whose name the test namespace prefixes.
+const ISO_KEY: &str = "iso-key";
+
 fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
 }
@@ -43,7 +46,8 @@ fn config() -> GatewayConfig {
             "  {name}:\n    namespace: {ns}\n    pattern: queue\n    backend: {name}\n    \
              options: {{ partitions: \"3\", visibility_timeout: 60s }}\n  \
              {name}-hasty:\n    namespace: {ns}\n    pattern: queue\n    backend: {name}\n    \
-             options: {{ partitions: \"3\", visibility_timeout: 400ms, max_attempts: \"3\" }}\n"
+             options: {{ partitions: \"3\", visibility_timeout: 400ms, max_attempts: \"3\" }}\n  \
+             {name}-isox:\n    namespace: {ns}.x\n    pattern: queue\n    backend: {name}\n"
         ));
     }
     let yaml = format!(
@@ -60,6 +64,10 @@ namespaces:
     allowed_backends: [memory, postgres, nats, kafka, redis]
     allowed_patterns: [queue]
     api_keys: [{{ name: test, sha256: "{key}" }}]
+  {ns}.x:
+    allowed_backends: [memory, postgres, nats, kafka, redis]
+    allowed_patterns: [queue]
+    api_keys: [{{ name: iso, sha256: "{iso_key}" }}]
 configs:
 {configs}
 "#,
@@ -68,7 +76,8 @@ configs:
         kafka = kafka_brokers(),
         redis = common::kv::redis_url(),
         pool = common::kv::FAST_POOL,
-        key = prism::auth::api_key_digest(TEST_KEY)
+        key = prism::auth::api_key_digest(TEST_KEY),
+        iso_key = prism::auth::api_key_digest(ISO_KEY),
     );
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap()
 }
@@ -110,7 +119,7 @@ async fn finish(gw: TestGateway) {
                     i.config.subjects.iter().any(|s| {
                         namespaces
                             .iter()
-                            .any(|ns| s.starts_with(&format!("prism.{ns}.")))
+                            .any(|ns| s.starts_with(&format!("prism.{}.", ns.replace('.', "~"))))
                     })
                 });
                 if mine {
@@ -144,11 +153,16 @@ struct Q {
 }
 
 async fn open(gw: &TestGateway, config: &str) -> Q {
+    open_as(gw, TEST_KEY, config).await
+}
+
+async fn open_as(gw: &TestGateway, key: &str, config: &str) -> Q {
     // Configs are named after their backends; wait for it to be up.
-    gw.wait_backend_up(config).await;
+    gw.wait_backend_up(config.split('-').next().unwrap_or(config))
+        .await;
     let s = gw
         .sessions()
-        .create_session(api_key_request(TEST_KEY, config))
+        .create_session(api_key_request(key, config))
         .await
         .unwrap()
         .into_inner();
@@ -316,6 +330,38 @@ fn publish_then_subscribe_from_earliest_and_topic_info() {
                 5,
                 "{b}"
             );
+        }
+        finish(gw).await;
+    });
+}
+
+#[test]
+fn namespaces_whose_names_prefix_each_other_are_isolated_on_every_backend() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        for b in backends(Interface::QueueBasic) {
+            // `<ns>` + `x.a` and `<ns>.x` + `a` would meet on one broker
+            // name if names were joined with dots.
+            let outer = open(&gw, b).await;
+            let inner = open_as(&gw, ISO_KEY, &format!("{b}-isox")).await;
+            outer.publish("x.a", b"outer", None).await;
+            inner.publish("a", b"inner", None).await;
+            for (q, topic, payload) in [(&outer, "x.a", b"outer"), (&inner, "a", b"inner")] {
+                let info = q
+                    .client
+                    .clone()
+                    .get_topic_info(pb::GetTopicInfoRequest {
+                        session_token: q.token.clone(),
+                        topic: topic.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(info.message_count, 1, "{b}: {topic}");
+                let got = drain(q.subscribe(topic, "", earliest(), Some(1)).await).await;
+                assert_eq!(got.len(), 1, "{b}: {topic}");
+                assert_eq!(got[0].payload, payload.to_vec(), "{b}: {topic}");
+            }
         }
         finish(gw).await;
     });

@@ -88,7 +88,7 @@ impl PubSubShared {
             spec,
             sink,
             max_messages,
-            deadline_ms: max_duration.map(|d| clock.now_ms().saturating_add(d.as_millis() as u64)),
+            deadline_ms: max_duration.map(|d| clock.now_ms().saturating_add(crate::clock::ms(d))),
             ended_ms: AtomicU64::new(0),
             gauge,
             subscriber: tokio::sync::Mutex::new(None),

@@ -101,7 +101,7 @@ impl SubscriptionShared {
         let gauge = Gauged::new(entry.namespace_sessions.clone(), |n| &n.subscriptions);
         SubscriptionShared {
             id,
-            deadline_ms: timeout.map(|t| clock.now_ms().saturating_add(t.as_millis() as u64)),
+            deadline_ms: timeout.map(|t| clock.now_ms().saturating_add(crate::clock::ms(t))),
             entry,
             queue,
             spec,

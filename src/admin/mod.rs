@@ -1,18 +1,23 @@
-//! The admin HTTP listener (default 127.0.0.1:8981), apart from gRPC.
-//! `/healthz` (the process is alive) is open; everything else needs the
-//! admin token (`server.admin_token`) as `Authorization: Bearer <token>`,
-//! `X-Admin-Token: <token>`, or — for the page a browser opens — a `token`
-//! query parameter:
+//! The admin listener (default 127.0.0.1:8981), apart from the public gRPC
+//! port: the only place any admin surface is served. `/healthz` (the
+//! process is alive) and the static page are open; everything else needs
+//! the admin token (`server.admin_token`) in a header — `Authorization:
+//! Bearer <token>` or `X-Admin-Token: <token>` — never in the URL, where
+//! proxies and logs would keep it:
 //!
 //! - `/readyz`: every supervisor runs and every backend with a client is up;
 //!   names what is not
 //! - `/metrics`: Prometheus text exposition ([`crate::metrics`])
 //! - `/admin/`: a page that renders the tree and the main counters
-//!   (everything served from the binary)
+//!   (everything served from the binary; it holds no data itself and asks
+//!   for the token, which it keeps in the URL fragment and sends as a
+//!   header)
 //! - `/admin/actors`: the live actor tree as JSON; `namespace`, `kind`,
 //!   `offset` and `limit` make it a flat page of matching nodes
 //! - `/admin/actors/{id}`: one node with its children
 //! - `POST /admin/sessions/{id}/close`: closes a session (audited)
+//! - `prism.admin.v1.AdminService` over gRPC (HTTP/2 on the same port,
+//!   [`grpc`])
 
 use std::{future::Future, sync::Arc};
 
@@ -28,8 +33,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::{actors::Supervisors, metrics, session::Sessions};
+use crate::{
+    actors::Supervisors, metrics, proto::admin::v1::admin_service_server::AdminServiceServer,
+    session::Sessions,
+};
 
+pub mod grpc;
 pub mod tree;
 
 /// What the admin listener reads and does: the token it checks, the
@@ -68,7 +77,8 @@ pub fn check_token(configured: Option<&str>, given: Option<&str>) -> Option<(Sta
     None
 }
 
-/// The token a request carries, from a header or the `token` parameter.
+/// The token a request carries in a header (a `token` query parameter is
+/// not read: URLs end up in logs).
 fn request_token(req: &Request) -> Option<String> {
     let headers = req.headers();
     if let Some(bearer) = headers
@@ -78,15 +88,10 @@ fn request_token(req: &Request) -> Option<String> {
     {
         return Some(bearer.trim().to_string());
     }
-    if let Some(v) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_string());
-    }
-    req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| v.to_string())
-    })
+    headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
 }
 
 async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
@@ -101,19 +106,25 @@ async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next:
 }
 
 pub fn router(admin: Arc<AdminState>) -> Router {
+    let grpc = tonic::service::Routes::new(AdminServiceServer::new(grpc::AdminApi::new(
+        admin.token.clone(),
+        admin.supervisors.clone(),
+    )))
+    .into_axum_router();
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/admin", get(page))
-        .route("/admin/", get(page))
         .route("/admin/actors", get(actors))
         .route("/admin/actors/{*id}", get(actor))
         .route("/admin/sessions/{id}/close", post(close_session))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/admin", get(page))
+        .route("/admin/", get(page))
         .merge(protected)
         .with_state(admin)
+        .merge(grpc)
 }
 
 async fn readyz(State(admin): State<Arc<AdminState>>) -> (StatusCode, String) {

@@ -31,6 +31,8 @@ impl JwtVerifier {
         validation.set_issuer(&[&spec.issuer]);
         validation.set_audience(&[&spec.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // A token that is not valid yet is refused (within the leeway).
+        validation.validate_nbf = true;
         validation.leeway = spec.leeway.as_secs();
         Ok(JwtVerifier {
             issuer: spec.issuer.clone(),
@@ -83,6 +85,10 @@ pub fn verify(verifiers: &[JwtVerifier], token: &str) -> Result<Principal, Error
         JwtErrorKind::ExpiredSignature => {
             invalid("JWT_EXPIRED", "jwt has expired; obtain a fresh token")
         }
+        JwtErrorKind::ImmatureSignature => invalid(
+            "JWT_NOT_YET_VALID",
+            "jwt is not valid yet (`nbf` is in the future); check the issuer's clock",
+        ),
         JwtErrorKind::InvalidAudience => {
             invalid("JWT_INVALID_AUDIENCE", "jwt audience is not this gateway's")
         }

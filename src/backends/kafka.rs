@@ -42,11 +42,11 @@ use crate::error::Error;
 pub(super) const META_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn kafka_topic(ns: &str, topic: &str) -> String {
-    format!("prism.{ns}.{topic}")
+    format!("{}{topic}", super::kafka_ns_prefix("prism", ns))
 }
 
 fn kafka_group(ns: &str, group: &str) -> String {
-    format!("prism.{ns}.{group}")
+    format!("{}{group}", super::kafka_ns_prefix("prism", ns))
 }
 
 struct Held {

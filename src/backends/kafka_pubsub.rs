@@ -88,7 +88,7 @@ fn unescape(name: &str) -> Option<String> {
 }
 
 fn prefix(ns: &str) -> String {
-    format!("prism-ps.{ns}.")
+    super::kafka_ns_prefix("prism-ps", ns)
 }
 
 fn kafka_topic(ns: &str, topic: &str) -> Result<String, Error> {

@@ -324,6 +324,34 @@ impl Client {
     }
 }
 
+/// A namespace as one token of a dotted broker name (NATS subjects, Redis
+/// channels). Namespace names may hold dots, which those brokers read as
+/// separators: with `t` and `t.x` both configured, `t` + `x.a` and `t.x` +
+/// `a` would meet on one name. A dot is written as `~`, which namespace
+/// names never hold, so the namespace token ends at the first dot and no
+/// two (namespace, name) pairs share a broker name. Dot-free names are
+/// kept as they are.
+pub fn ns_token(ns: &str) -> std::borrow::Cow<'_, str> {
+    if ns.contains('.') {
+        std::borrow::Cow::Owned(ns.replace('.', "~"))
+    } else {
+        std::borrow::Cow::Borrowed(ns)
+    }
+}
+
+/// The start of a Kafka name for `kind` (`prism`, `prism-ps`) in a
+/// namespace: `<kind>.<ns>.`. Kafka names allow only letters, digits,
+/// `.`, `_` and `-`, all of which namespace names use, so a namespace with
+/// dots is written with its length instead — `<kind>-<len>.<ns>.` — which
+/// no dot-free form starts with, and which says where the namespace ends.
+pub fn kafka_ns_prefix(kind: &str, ns: &str) -> String {
+    if ns.contains('.') {
+        format!("{kind}-{}.{ns}.", ns.len())
+    } else {
+        format!("{kind}.{ns}.")
+    }
+}
+
 /// A Reader collection served by a backend: (collection, table, id column).
 pub type CollectionTable = (String, String, String);
 
@@ -430,6 +458,30 @@ impl Backends {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_that_prefix_each_other_never_share_a_broker_name() {
+        // (namespace, name) pairs that a plain dotted join would merge.
+        let pairs = [
+            ("t", "x.a"),
+            ("t.x", "a"),
+            ("t", "x~a"),
+            ("t.x.a", ""),
+            ("t-3", "t.x.a"),
+        ];
+        let dotted: std::collections::BTreeSet<String> = pairs
+            .iter()
+            .map(|(ns, name)| format!("prism-ps.{}.{name}", ns_token(ns)))
+            .collect();
+        assert_eq!(dotted.len(), pairs.len(), "{dotted:?}");
+        let kafka: std::collections::BTreeSet<String> = pairs
+            .iter()
+            .map(|(ns, name)| format!("{}{name}", kafka_ns_prefix("prism", ns)))
+            .collect();
+        assert_eq!(kafka.len(), pairs.len(), "{kafka:?}");
+        assert_eq!(kafka_ns_prefix("prism", "orders"), "prism.orders.");
+        assert_eq!(ns_token("orders"), "orders");
+    }
 
     #[test]
     fn interface_names_round_trip() {

@@ -63,7 +63,7 @@ fn stream_name(ns: &str, topic: &str, partition: i32) -> String {
 }
 
 fn subject(ns: &str, topic: &str, partition: i32) -> String {
-    format!("prism.{ns}.{topic}.{partition}")
+    format!("prism.{}.{topic}.{partition}", super::ns_token(ns))
 }
 
 fn consumer_name(group: &str) -> String {

@@ -22,7 +22,7 @@ use crate::error::Error;
 impl PubSubWildcards for NatsBackend {}
 
 fn subject(ns: &str, topic: &str) -> String {
-    format!("prism-ps.{ns}.{topic}")
+    format!("prism-ps.{}.{topic}", super::ns_token(ns))
 }
 
 #[async_trait]

@@ -28,7 +28,7 @@ impl PubSubWildcards for RedisBackend {}
 const CLAIM_MS: u64 = 60_000;
 
 fn channel(ns: &str, topic: &str) -> String {
-    format!("prism-ps.{ns}.{topic}")
+    format!("prism-ps.{}.{topic}", super::ns_token(ns))
 }
 
 /// The glob covering a pattern (a superset; the gateway filters).
@@ -42,7 +42,7 @@ fn glob(ns: &str, spec: &SubscriberSpec) -> String {
             Token::One | Token::Rest => "*".to_string(),
         })
         .collect();
-    format!("prism-ps.{ns}.{}", tokens.join("."))
+    format!("prism-ps.{}.{}", super::ns_token(ns), tokens.join("."))
 }
 
 #[async_trait]

@@ -151,24 +151,37 @@ impl TransactOutbox for SqlOutbox {
         rows.iter().map(mailbox_row).collect()
     }
 
-    async fn process(&self, ns: &str, message_ids: &[String]) -> Result<Vec<String>, Error> {
+    async fn process(
+        &self,
+        ns: &str,
+        mailbox: Option<&str>,
+        message_ids: &[String],
+    ) -> Result<Vec<String>, Error> {
         let kv = &self.0;
         kv.ready()?;
         let now = epoch_ms();
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         let mut unknown = Vec::new();
-        for id in message_ids {
-            let found = sqlx::query(
+        let sql = match mailbox {
+            None => {
                 "UPDATE prism_mailbox SET processed_at = COALESCE(processed_at, $3) \
-                 WHERE namespace = $1 AND message_id = $2",
-            )
-            .bind(ns)
-            .bind(id.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| kv.db_error(e))?
-            .rows_affected();
+                 WHERE namespace = $1 AND message_id = $2"
+            }
+            Some(_) => {
+                "UPDATE prism_mailbox SET processed_at = COALESCE(processed_at, $3) \
+                 WHERE namespace = $1 AND message_id = $2 AND mailbox_id = $4"
+            }
+        };
+        for id in message_ids {
+            let mut query = sqlx::query(sql).bind(ns).bind(id.as_str()).bind(now);
+            if let Some(mailbox) = mailbox {
+                query = query.bind(mailbox);
+            }
+            let found = query
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| kv.db_error(e))?
+                .rows_affected();
             if found == 0 {
                 unknown.push(id.clone());
             }

@@ -120,8 +120,13 @@ pub trait TransactOutbox: Send + Sync {
 
     /// Marks the rows with these message ids processed (already processed
     /// ones stay as they are); returns the ids that are not in the
-    /// namespace's mailboxes.
-    async fn process(&self, ns: &str, message_ids: &[String]) -> Result<Vec<String>, Error>;
+    /// namespace's mailboxes — or, with `mailbox`, not in that one.
+    async fn process(
+        &self,
+        ns: &str,
+        mailbox: Option<&str>,
+        message_ids: &[String],
+    ) -> Result<Vec<String>, Error>;
 
     /// Marks a mailbox's rows up to `through` processed (a relay's progress).
     async fn mark_relayed(&self, ns: &str, mailbox: &str, through: i64) -> Result<u64, Error>;

@@ -18,6 +18,7 @@ pub use crate::backends::{relay::RelayTarget, BackendSpec, PoolSpec};
 use crate::backends::{BackendKind, Interface};
 
 pub mod options;
+pub mod policy;
 pub mod resolve;
 pub mod validate;
 
@@ -137,12 +138,48 @@ pub struct ServerConfig {
     /// Key that signs Reader cursors; gateways sharing one accept each
     /// other's cursors. Absent: a random key per process.
     pub cursor_secret: Option<String>,
-    /// The admin token: the admin HTTP endpoints (all but `/healthz`) and
-    /// the gRPC AdminService require it. Absent: they are refused.
+    /// The admin token: the admin listener's endpoints (all but `/healthz`
+    /// and the page's HTML) and its AdminService require it, in a header.
+    /// Absent: they are refused.
     pub admin_token: Option<String>,
     /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
     /// absent: `OTEL_EXPORTER_OTLP_ENDPOINT`, else nothing is exported.
     pub otlp_endpoint: Option<String>,
+    /// How client connections to the gRPC port are held.
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold, and how dead ones are found.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// HTTP/2 streams open at once on one connection; further ones wait.
+    pub max_concurrent_streams: u32,
+    /// Bytes of one request's header list (metadata included).
+    pub max_header_list_bytes: u32,
+    /// A ping every this long on an idle connection...
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// ...that must be answered within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Connections are closed after this long (after their streams end,
+    /// within `shutdown_grace`), so clients spread over replicas again;
+    /// absent: never.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_age: None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -158,6 +195,7 @@ impl Default for ServerConfig {
             cursor_secret: None,
             admin_token: None,
             otlp_endpoint: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -258,6 +296,10 @@ pub struct NamespaceSpec {
     /// MailboxListenerActor.
     #[serde(default)]
     pub relays: BTreeMap<String, RelaySpec>,
+    /// Rules every client config of the namespace is held to, named or
+    /// inline: roles, rate ceilings, option caps ([`policy`]).
+    #[serde(default)]
+    pub rules: Vec<policy::PolicyRule>,
 }
 
 /// How the namespace's Transact service writes.
@@ -412,6 +454,19 @@ pub struct SessionPolicy {
     pub close_drain_timeout: Duration,
     /// Sessions open at once in the namespace.
     pub max_sessions: usize,
+    /// Sessions one principal (API key, JWT subject, certificate) may hold
+    /// open at once, so no one caller takes the namespace's whole share
+    /// (`max_sessions` still bounds them all).
+    pub max_sessions_per_principal: usize,
+    /// Entries of a session's `metadata`.
+    pub max_metadata_entries: usize,
+    /// Bytes of a session's `metadata`, keys and values together.
+    pub max_metadata_bytes: usize,
+    /// Bytes of `client_id` and of `client_version`.
+    pub max_client_id_bytes: usize,
+    /// Streams one session may hold open at once (Subscribe, Scan, Read,
+    /// Query, ReadMailbox, Transaction, all services together).
+    pub max_streams_per_session: i32,
     /// Restarts of one session actor before the supervisor gives up and
     /// closes the session.
     pub max_restarts: u32,
@@ -425,6 +480,11 @@ impl Default for SessionPolicy {
             expiring_within: Duration::from_secs(60),
             close_drain_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
+            max_sessions_per_principal: 1_000,
+            max_metadata_entries: 32,
+            max_metadata_bytes: 4096,
+            max_client_id_bytes: 256,
+            max_streams_per_session: 64,
             max_restarts: 5,
         }
     }

@@ -27,10 +27,15 @@ pub struct ClientOptions {
     pub visibility_timeout: Duration,
     /// Queue: deliveries before a message is dead-lettered; default 5.
     pub max_attempts: u32,
-    /// The Reader collection the config is meant for (shown to clients).
+    /// The only Reader collection the config's sessions may read, when
+    /// set.
     pub collection: Option<String>,
-    /// The Transact mailbox the config is meant for (shown to clients).
+    /// The only Transact mailbox the config's sessions may write, read or
+    /// process, when set.
     pub mailbox: Option<String>,
+    /// The only Transact tables the config's sessions may write, when set
+    /// (comma-separated in the option).
+    pub tables: Option<Vec<String>>,
 }
 
 impl Default for ClientOptions {
@@ -41,18 +46,20 @@ impl Default for ClientOptions {
             max_attempts: 5,
             collection: None,
             mailbox: None,
+            tables: None,
         }
     }
 }
 
 impl ClientOptions {
     /// The option names a config may set.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "partitions",
         "visibility_timeout",
         "max_attempts",
         "collection",
         "mailbox",
+        "tables",
     ];
 
     /// Parses `options`; `field` names where they came from (e.g.
@@ -122,6 +129,19 @@ impl ClientOptions {
                     };
                     *slot = Some(raw.clone());
                 }
+                "tables" => {
+                    let tables: Vec<String> =
+                        raw.split(',').map(|t| t.trim().to_string()).collect();
+                    if tables.is_empty()
+                        || tables.len() > 64
+                        || tables.iter().any(|t| t.is_empty() || t.len() > 200)
+                    {
+                        return Err(invalid(
+                            "a comma-separated list of 1 to 64 table names of 1 to 200 bytes",
+                        ));
+                    }
+                    parsed.tables = Some(tables);
+                }
                 _ => {
                     return Err(Error::invalid_argument(
                         "INVALID_CONFIG",
@@ -136,6 +156,44 @@ impl ClientOptions {
         }
         Ok(parsed)
     }
+
+    /// Refuses a collection other than the config's own, when it names one.
+    pub fn allow_collection(&self, collection: &str) -> Result<(), Error> {
+        allow("collection", self.collection.as_slice(), collection)
+    }
+
+    /// Refuses a mailbox other than the config's own, when it names one.
+    pub fn allow_mailbox(&self, mailbox: &str) -> Result<(), Error> {
+        allow("mailbox", self.mailbox.as_slice(), mailbox)
+    }
+
+    /// Refuses a table the config's `tables` does not list, when it has one.
+    pub fn allow_table(&self, table: &str) -> Result<(), Error> {
+        allow("tables", self.tables.as_deref().unwrap_or_default(), table)
+    }
+}
+
+/// PERMISSION_DENIED `<WHAT>_NOT_ALLOWED` when `allowed` is set and does
+/// not hold `name`.
+fn allow(option: &'static str, allowed: &[String], name: &str) -> Result<(), Error> {
+    if allowed.is_empty() || allowed.iter().any(|a| a == name) {
+        return Ok(());
+    }
+    let reason = match option {
+        "collection" => "COLLECTION_NOT_ALLOWED",
+        "mailbox" => "MAILBOX_NOT_ALLOWED",
+        _ => "TABLE_NOT_ALLOWED",
+    };
+    let shown: String = name.chars().take(64).collect();
+    Err(Error::permission_denied(
+        reason,
+        format!(
+            "this session's config is limited to {option} {}; `{shown}` is not one of them",
+            allowed.join(", ")
+        ),
+    )
+    .with("option", option)
+    .with("allowed", allowed.join(",")))
 }
 
 #[cfg(test)]

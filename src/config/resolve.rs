@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use super::{options::ClientOptions, Consistency, GatewayConfig, NamedConfigSpec, Pattern};
+use super::{
+    options::ClientOptions, policy, Consistency, GatewayConfig, NamedConfigSpec, NamespaceSpec,
+    Pattern,
+};
 use crate::{
     backends::{BackendKind, Interface},
     error::{Error, ErrorKind},
@@ -21,8 +24,10 @@ pub struct ResolvedConfig {
     pub backend_kind: BackendKind,
     /// Primary pattern first.
     pub patterns: Vec<Pattern>,
-    /// Roles allowed to use the config (any of); empty = anyone in the namespace.
-    pub roles: Vec<String>,
+    /// Role sets a session of this config needs, one role of each: the
+    /// named config's own `roles` and those of the namespace rules that
+    /// cover it. Empty = anyone in the namespace.
+    pub role_sets: Vec<Vec<String>>,
     /// The config's options, parsed and checked.
     pub options: ClientOptions,
     /// What the client is shown.
@@ -30,6 +35,14 @@ pub struct ResolvedConfig {
 }
 
 impl ResolvedConfig {
+    /// The first role set `roles` has none of, if any.
+    pub fn missing_roles(&self, roles: &[String]) -> Option<&[String]> {
+        self.role_sets
+            .iter()
+            .find(|set| !set.iter().any(|r| roles.contains(r)))
+            .map(Vec::as_slice)
+    }
+
     /// Feature names for `supported_features`: the interfaces the session's
     /// backend implements, e.g. `keyvalue_ttl`.
     pub fn interfaces(&self) -> impl Iterator<Item = Interface> + '_ {
@@ -172,7 +185,7 @@ pub(crate) fn resolve_named_spec(
     let mut patterns = vec![spec.pattern];
     patterns.extend(spec.also.iter().copied().filter(|p| *p != spec.pattern));
     let required = parse_interfaces(&spec.required_interfaces)?;
-    let options = ClientOptions::parse(&format!("configs.{name}.options"), &spec.options)?;
+    let mut options = ClientOptions::parse(&format!("configs.{name}.options"), &spec.options)?;
     check_cache_and_rate(
         &format!("config `{name}`"),
         spec.cache.as_ref().is_some_and(|c| c.enabled),
@@ -180,7 +193,7 @@ pub(crate) fn resolve_named_spec(
             .as_ref()
             .map(|r| (r.requests_per_second, r.burst)),
     )?;
-    check_policy(
+    let ns = check_policy(
         cfg,
         &spec.namespace,
         &spec.backend,
@@ -188,6 +201,22 @@ pub(crate) fn resolve_named_spec(
         &patterns,
         &required,
     )?;
+    let mut bounds = policy::bound(
+        &ns.rules,
+        &spec.backend,
+        &patterns,
+        &mut options,
+        |name| spec.options.contains_key(name),
+        &format!("configs.{name}.options"),
+        policy::rate_of(
+            spec.rate_limit
+                .as_ref()
+                .map(|r| (r.requests_per_second, r.burst)),
+        ),
+    )?;
+    if !spec.roles.is_empty() {
+        bounds.role_sets.insert(0, spec.roles.clone());
+    }
 
     let proto = pb::ClientConfig {
         name: name.to_string(),
@@ -212,10 +241,7 @@ pub(crate) fn resolve_named_spec(
             ttl: c.ttl.map(duration_to_proto),
             max_entries: c.max_entries,
         }),
-        rate_limit: spec.rate_limit.as_ref().map(|r| pb::RateLimitConfig {
-            requests_per_second: r.requests_per_second,
-            burst: r.burst,
-        }),
+        rate_limit: rate_to_proto(bounds.rate),
         namespace: spec.namespace.clone(),
         patterns: patterns
             .iter()
@@ -228,7 +254,7 @@ pub(crate) fn resolve_named_spec(
         backend_name: spec.backend.clone(),
         backend_kind: backend.kind,
         patterns,
-        roles: spec.roles.clone(),
+        role_sets: bounds.role_sets,
         options,
         proto,
     })
@@ -278,7 +304,7 @@ pub fn resolve_inline(
     let backend = inline.backend.clone().unwrap_or_default();
     let (backend_name, kind) = pick_backend(cfg, namespace, &backend)?;
     let required = parse_interfaces(&backend.required_interfaces)?;
-    let options = ClientOptions::parse("inline_config.backend.options", &backend.options)?;
+    let mut options = ClientOptions::parse("inline_config.backend.options", &backend.options)?;
     check_cache_and_rate(
         "inline_config",
         inline.cache.as_ref().is_some_and(|c| c.enabled),
@@ -287,9 +313,24 @@ pub fn resolve_inline(
             .as_ref()
             .map(|r| (r.requests_per_second, r.burst)),
     )?;
-    check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
+    let ns = check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
+    let bounds = policy::bound(
+        &ns.rules,
+        &backend_name,
+        &patterns,
+        &mut options,
+        |name| backend.options.contains_key(name),
+        "inline_config.backend.options",
+        policy::rate_of(
+            inline
+                .rate_limit
+                .as_ref()
+                .map(|r| (r.requests_per_second, r.burst)),
+        ),
+    )?;
 
     let mut proto = inline.clone();
+    proto.rate_limit = rate_to_proto(bounds.rate);
     proto.namespace = namespace.to_string();
     if proto.name.is_empty() {
         proto.name = "inline".to_string();
@@ -310,7 +351,7 @@ pub fn resolve_inline(
         backend_name,
         backend_kind: kind,
         patterns,
-        roles: Vec::new(),
+        role_sets: bounds.role_sets,
         options,
         proto,
     })
@@ -389,6 +430,14 @@ fn pick_backend(
     }
 }
 
+/// The rate a session is held to, as the client is shown it.
+fn rate_to_proto(rate: policy::Rate) -> Option<pb::RateLimitConfig> {
+    rate.map(|(requests_per_second, burst)| pb::RateLimitConfig {
+        requests_per_second,
+        burst,
+    })
+}
+
 fn unknown_namespace(namespace: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
@@ -415,15 +464,16 @@ fn parse_interfaces(names: &[String]) -> Result<Vec<Interface>, Error> {
         .collect()
 }
 
-/// The namespace policy and interface checks every config must pass.
-fn check_policy(
-    cfg: &GatewayConfig,
+/// The namespace policy and interface checks every config must pass; the
+/// namespace, for the rules that bound the config next.
+fn check_policy<'c>(
+    cfg: &'c GatewayConfig,
     namespace: &str,
     backend_name: &str,
     kind: BackendKind,
     patterns: &[Pattern],
     required: &[Interface],
-) -> Result<(), Error> {
+) -> Result<&'c NamespaceSpec, Error> {
     let ns = cfg
         .namespaces
         .get(namespace)
@@ -458,7 +508,7 @@ fn check_policy(
             ));
         }
     }
-    Ok(())
+    Ok(ns)
 }
 
 #[cfg(test)]

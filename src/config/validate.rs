@@ -76,6 +76,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     }
     check_namespaces(&mut r, cfg);
     check_limits(&mut r, &cfg.limits);
+    check_connections(&mut r, &cfg.server.connections);
     check_audit(&mut r, &cfg.audit);
     for (name, spec) in &cfg.configs {
         let subject = format!("config {name}");
@@ -218,6 +219,37 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
                 );
             }
         }
+        for (i, rule) in ns.rules.iter().enumerate() {
+            // A rule naming a backend the namespace cannot use would
+            // silently cover nothing.
+            for b in rule
+                .backends
+                .iter()
+                .filter(|b| !ns.allowed_backends.contains(b))
+            {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!("rules[{i}] names backend `{b}`, which is not in allowed_backends"),
+                );
+            }
+            let bad_rate = rule
+                .rate_limit
+                .as_ref()
+                .is_some_and(|l| l.requests_per_second < 0 || l.burst < 0);
+            let bad_cap = rule.max_attempts == Some(0)
+                || rule.max_partitions.is_some_and(|p| p < 1)
+                || rule.max_visibility_timeout.is_some_and(|d| d.is_zero());
+            if bad_rate || bad_cap {
+                ok = false;
+                r.fail(
+                    &subject,
+                    format!(
+                        "rules[{i}]: rate_limit values must not be negative and option caps must be positive"
+                    ),
+                );
+            }
+        }
         if ns.allowed_patterns.is_empty() {
             ok = false;
             r.fail(
@@ -243,6 +275,24 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
         if s.max_sessions == 0 {
             ok = false;
             r.fail(&subject, "session.max_sessions must be at least 1");
+        }
+        if s.max_sessions_per_principal == 0 {
+            ok = false;
+            r.fail(
+                &subject,
+                "session.max_sessions_per_principal must be at least 1",
+            );
+        }
+        if s.max_streams_per_session < 1 {
+            ok = false;
+            r.fail(
+                &subject,
+                "session.max_streams_per_session must be at least 1",
+            );
+        }
+        if s.max_client_id_bytes == 0 {
+            ok = false;
+            r.fail(&subject, "session.max_client_id_bytes must be at least 1");
         }
         for (name, c) in &ns.collections {
             let what = format!("collection `{name}`");
@@ -331,6 +381,21 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
                 ),
             );
         }
+    }
+}
+
+fn check_connections(r: &mut Report, c: &super::ConnectionLimits) {
+    if c.max_concurrent_streams == 0
+        || c.max_header_list_bytes < 1024
+        || c.keepalive_interval.is_zero()
+        || c.keepalive_timeout.is_zero()
+        || c.max_age.is_some_and(|a| a.is_zero())
+    {
+        r.fail(
+            "server.connections",
+            "max_concurrent_streams must be at least 1, max_header_list_bytes at least 1024, \
+             and keepalive_interval, keepalive_timeout and max_age positive",
+        );
     }
 }
 

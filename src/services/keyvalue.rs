@@ -334,7 +334,7 @@ fn positive_duration(d: &prost_types::Duration) -> Result<Duration, Error> {
             "ttl must be a positive duration of at least 1ms and at most 100 years",
         )
     };
-    let d = Duration::try_from(*d).map_err(|_| invalid())?;
+    let d = super::duration(d).ok_or_else(invalid)?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(100 * 365 * 24 * 3600) {
         return Err(invalid());
     }

@@ -4,7 +4,6 @@
 
 use crate::error::Error;
 
-pub mod admin;
 pub mod config;
 pub mod keyvalue;
 pub mod pubsub;
@@ -13,8 +12,18 @@ pub mod reader;
 pub mod session;
 pub mod transact;
 
+/// A client's duration, when it is not negative and its nanos are in
+/// range; checked before any arithmetic (prost's conversion negates the
+/// seconds of a negative one, which overflows for `i64::MIN`).
+pub fn duration(d: &prost_types::Duration) -> Option<std::time::Duration> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    Some(std::time::Duration::new(seconds, nanos))
+}
+
 /// An optional stream bound given as a duration (Subscribe's timeout or
-/// max_duration): unset is `None`; zero or negative is INVALID_ARGUMENT.
+/// max_duration): unset is `None`; under a millisecond, negative or
+/// malformed is INVALID_ARGUMENT.
 pub fn optional_positive_duration(
     d: Option<prost_types::Duration>,
     reason: &'static str,
@@ -22,12 +31,11 @@ pub fn optional_positive_duration(
 ) -> Result<Option<std::time::Duration>, Error> {
     match d {
         None => Ok(None),
-        Some(d) => std::time::Duration::try_from(d)
-            .ok()
-            .filter(|d| !d.is_zero())
+        Some(d) => duration(&d)
+            .filter(|d| *d >= std::time::Duration::from_millis(1))
             .map(Some)
             .ok_or_else(|| {
-                Error::invalid_argument(reason, format!("{what} must be positive when set"))
+                Error::invalid_argument(reason, format!("{what} must be at least 1ms when set"))
             }),
     }
 }

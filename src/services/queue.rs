@@ -249,14 +249,15 @@ impl QueueService for QueueApi {
                 }
                 Some(subscribe_request::StartPosition::Timestamp(t)) => {
                     call.need(Interface::StreamReplay, |q| q.replay.as_ref())?;
-                    let ms = t
-                        .seconds
-                        .checked_mul(1000)
+                    // At or after 1970, nanos in range, milliseconds in i64.
+                    let ms = (t.seconds >= 0 && (0..1_000_000_000).contains(&t.nanos))
+                        .then(|| t.seconds.checked_mul(1000))
+                        .flatten()
                         .and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
                         .ok_or_else(|| {
                             Error::invalid_argument(
                                 "INVALID_TIMESTAMP",
-                                "start timestamp is out of range",
+                                "start timestamp must be a valid time at or after 1970-01-01",
                             )
                         })?;
                     Start::Timestamp(ms)

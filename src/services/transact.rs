@@ -179,9 +179,11 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
     {
         crate::call::note_resource(resource);
     }
+    let options = &call.entry.config.options;
     let data = match &w.data {
         None => None,
         Some(d) => {
+            options.allow_table(&d.table)?;
             let spec = call
                 .transact()
                 .tables
@@ -237,6 +239,7 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
                     "mailbox.mailbox_id must be 1 to 255 bytes",
                 ));
             }
+            options.allow_mailbox(&m.mailbox_id)?;
             Some(MailboxOp {
                 mailbox: m.mailbox_id.clone(),
                 message: m.message.clone(),
@@ -419,6 +422,19 @@ impl TransactService for TransactApi {
                 "mailbox_id is required",
             )));
         }
+        if let Err(e) = call.entry.config.options.allow_mailbox(&req.mailbox_id) {
+            return Err(call.fail(e));
+        }
+        let since = match req.since_sequence {
+            None => 0,
+            Some(n) if n >= 0 => n,
+            Some(_) => {
+                return Err(call.fail(Error::invalid_argument(
+                    "INVALID_SEQUENCE",
+                    "since_sequence must not be negative",
+                )))
+            }
+        };
         let limit = match req.limit {
             None => usize::MAX,
             Some(n) if n > 0 => n as usize,
@@ -434,7 +450,7 @@ impl TransactService for TransactApi {
             ns: call.ns().to_string(),
             query: MailboxQuery {
                 mailbox: req.mailbox_id,
-                after: req.since_sequence.unwrap_or(0).max(0),
+                after: since,
                 limit: 0,
                 unprocessed_only: req.unprocessed_only.unwrap_or(false),
             },
@@ -465,7 +481,8 @@ impl TransactService for TransactApi {
             let mut ids = req.message_ids;
             ids.sort();
             ids.dedup();
-            let failed = call.handle.process(call.ns(), &ids).await?;
+            let mailbox = call.entry.config.options.mailbox.as_deref();
+            let failed = call.handle.process(call.ns(), mailbox, &ids).await?;
             Ok(pb::ProcessMailboxResponse {
                 processed_count: (ids.len() - failed.len()) as i32,
                 failed_ids: failed,

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use super::{clock::ms, rate::RateLimiter, token::TokenDigest, Clock};
@@ -148,6 +149,10 @@ pub struct NamespaceSessions {
     /// Live Queue and PubSub subscriptions, and streaming transactions.
     pub subscriptions: AtomicI64,
     pub transactions: AtomicI64,
+    /// Open sessions by principal identity (bounded by
+    /// `session.max_sessions_per_principal`); a principal with none has no
+    /// entry.
+    pub by_principal: DashMap<String, usize>,
 }
 
 impl NamespaceSessions {
@@ -160,6 +165,7 @@ impl NamespaceSessions {
             bytes_sent: AtomicI64::new(0),
             subscriptions: AtomicI64::new(0),
             transactions: AtomicI64::new(0),
+            by_principal: DashMap::new(),
         }
     }
 }
@@ -451,10 +457,25 @@ impl SessionEntry {
             )
             .with("session_id", self.id.clone()));
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         if stream {
-            self.active_streams.fetch_add(1, Ordering::AcqRel);
+            let max = self.policy().max_streams_per_session;
+            self.active_streams
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::ResourceExhausted,
+                        "TOO_MANY_STREAMS",
+                        format!(
+                            "this session already has its maximum of {max} open streams; \
+                             end one or open another session"
+                        ),
+                    )
+                    .with("limit", "session.max_streams_per_session")
+                })?;
         }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(OperationGuard {
             entry: self.clone(),
             stream,

@@ -9,7 +9,7 @@ use crate::{
     auth::{Authenticator, Principal},
     config::{
         resolve::{self, NamedConfigs},
-        GatewayConfig,
+        GatewayConfig, SessionPolicy,
     },
     error::Error,
     proto::config::v1::ClientConfig,
@@ -38,6 +38,55 @@ pub struct NewSession<'a> {
     pub client_id: String,
     pub client_version: String,
     pub metadata: HashMap<String, String>,
+}
+
+/// What a session keeps of the client's own strings is bounded by its
+/// namespace's policy: INVALID_ARGUMENT naming the limit otherwise.
+fn check_client_fields(
+    policy: &SessionPolicy,
+    client_id: &str,
+    client_version: &str,
+    metadata: &HashMap<String, String>,
+) -> Result<(), Error> {
+    let too_large = |reason: &'static str, limit: &'static str, message: String| {
+        Error::invalid_argument(reason, message).with("limit", limit)
+    };
+    for (field, value) in [("client_id", client_id), ("client_version", client_version)] {
+        if value.len() > policy.max_client_id_bytes {
+            return Err(too_large(
+                "CLIENT_ID_TOO_LONG",
+                "session.max_client_id_bytes",
+                format!(
+                    "{field} has {} bytes; at most {} are allowed",
+                    value.len(),
+                    policy.max_client_id_bytes
+                ),
+            ));
+        }
+    }
+    if metadata.len() > policy.max_metadata_entries {
+        return Err(too_large(
+            "METADATA_TOO_LARGE",
+            "session.max_metadata_entries",
+            format!(
+                "metadata has {} entries; at most {} are allowed",
+                metadata.len(),
+                policy.max_metadata_entries
+            ),
+        ));
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > policy.max_metadata_bytes {
+        return Err(too_large(
+            "METADATA_TOO_LARGE",
+            "session.max_metadata_bytes",
+            format!(
+                "metadata has {bytes} bytes of keys and values; at most {} are allowed",
+                policy.max_metadata_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Outcome of CloseSession.
@@ -146,17 +195,6 @@ impl Sessions {
                         ),
                     ));
                 }
-                if !resolved.roles.is_empty()
-                    && !resolved.roles.iter().any(|r| principal.roles.contains(r))
-                {
-                    return Err(Error::permission_denied(
-                        "ROLE_NOT_ALLOWED",
-                        format!(
-                            "config `{name}` needs one of the roles: {}",
-                            resolved.roles.join(", ")
-                        ),
-                    ));
-                }
                 resolved
             }
             Some(ConfigChoice::Inline(inline)) => Arc::new(resolve::resolve_inline(
@@ -171,7 +209,23 @@ impl Sessions {
                 ))
             }
         };
+        if let Some(needed) = resolved.missing_roles(&principal.roles) {
+            return Err(Error::permission_denied(
+                "ROLE_NOT_ALLOWED",
+                format!(
+                    "config `{}` needs one of the roles: {}",
+                    resolved.name,
+                    needed.join(", ")
+                ),
+            ));
+        }
         let namespace = self.registry.namespace(&principal.namespace)?.clone();
+        check_client_fields(
+            &namespace.spec.session,
+            &request.client_id,
+            &request.client_version,
+            &request.metadata,
+        )?;
         let (token, digest) = token::new_token();
         let entry = Arc::new(SessionEntry::new(
             token::new_session_id(),

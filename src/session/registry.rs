@@ -144,11 +144,13 @@ impl SessionRegistry {
             .ok_or_else(|| Error::internal("session namespace is not configured"))
     }
 
-    /// Adds a session unless its namespace is at `max_sessions`.
+    /// Adds a session unless its namespace is at `max_sessions` or its
+    /// principal at `max_sessions_per_principal`.
     pub fn insert(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
-        let counter = &entry.namespace_sessions.open;
-        let max = entry.policy().max_sessions;
-        counter
+        let ns = &entry.namespace_sessions;
+        let policy = entry.policy();
+        let max = policy.max_sessions;
+        ns.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| {
                 Error::new(
@@ -156,7 +158,32 @@ impl SessionRegistry {
                     "TOO_MANY_SESSIONS",
                     format!("namespace `{}` already has its maximum of {max} sessions; close unused sessions", entry.namespace()),
                 )
+                .with("limit", "session.max_sessions")
             })?;
+        let per_principal = policy.max_sessions_per_principal;
+        let admitted = {
+            let mut held = ns
+                .by_principal
+                .entry(entry.principal.identity.clone())
+                .or_insert(0);
+            let admitted = *held < per_principal;
+            if admitted {
+                *held += 1;
+            }
+            admitted
+        };
+        if !admitted {
+            ns.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                "TOO_MANY_SESSIONS_FOR_PRINCIPAL",
+                format!(
+                    "these credentials already hold their maximum of {per_principal} sessions in namespace `{}`; close unused sessions",
+                    entry.namespace()
+                ),
+            )
+            .with("limit", "session.max_sessions_per_principal"));
+        }
         self.by_token.insert(entry.token_digest, entry.clone());
         self.by_id.insert(ById(entry.clone()));
         self.audit_session("session.create", &entry);
@@ -237,6 +264,13 @@ impl SessionRegistry {
         self.by_token.remove(&entry.token_digest);
         self.by_id.remove(entry.id.as_str());
         entry.namespace_sessions.open.fetch_sub(1, Ordering::AcqRel);
+        entry.namespace_sessions.by_principal.remove_if_mut(
+            &entry.principal.identity,
+            |_, held| {
+                *held = held.saturating_sub(1);
+                *held == 0
+            },
+        );
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
         let event = match reason {
             EndReason::Closed => "session.close",

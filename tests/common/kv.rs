@@ -38,12 +38,13 @@ pub fn run_id() -> String {
 pub const FAST_POOL: &str =
     "{ connect_timeout: 1s, health_interval: 200ms, backoff_initial: 50ms, backoff_max: 500ms, sweep_interval: 200ms }";
 
-/// A config with namespaces `kv<run>` (key test-key) and `kvo<run>` (key
-/// other-key) and, per backend, configs `<backend>` and `<backend>-other`.
+/// A config with namespaces `kv<run>` (key test-key) and `kv<run>.o` (key
+/// other-key; the first's name prefixes it) and, per backend, configs
+/// `<backend>` and `<backend>-other`.
 pub fn kv_config(run: &str, postgres_url: &str, redis_url: &str) -> GatewayConfig {
     let sqlite = std::env::temp_dir().join(format!("prism-kv-{run}.db"));
     let ns = format!("kv{run}");
-    let other = format!("kvo{run}");
+    let other = format!("kv{run}.o");
     let mut configs = String::new();
     for (name, _) in BACKENDS {
         configs.push_str(&format!(

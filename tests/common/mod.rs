@@ -188,6 +188,15 @@ impl TestGateway {
         }
     }
 
+    /// A gRPC connection to the admin listener (AdminService lives there).
+    pub async fn admin_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.admin_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the admin listener")
+    }
+
     pub fn sessions(&self) -> SessionServiceClient<Channel> {
         SessionServiceClient::new(self.channel.clone())
     }
@@ -471,4 +480,62 @@ pub async fn spawn_serve(
     envs: &[(&str, &std::ffi::OsStr)],
 ) -> (tokio::process::Child, String) {
     serve::spawn_serve(env!("CARGO_BIN_EXE_prism").as_ref(), args, envs).await
+}
+
+/// Parses Prometheus text exposition strictly enough to catch a malformed
+/// line: every sample belongs to a family with HELP and TYPE, label sets
+/// are well quoted, values are numbers. Returns sample → value.
+pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "bad type: {line}"
+            );
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment: {line}");
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+        if let Some(l) = series.strip_prefix(name) {
+            if !l.is_empty() {
+                assert!(l.starts_with('{') && l.ends_with('}'), "bad labels: {line}");
+                for pair in l[1..l.len() - 1].split("\",") {
+                    let (k, v) = pair.split_once("=\"").expect("label k=\"v\"");
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(!v.trim_end_matches('"').contains('"') || v.contains("\\\""));
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "sample without TYPE: {line}");
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+/// Scrapes the admin listener's `/metrics` (with the admin token): sample
+/// → value.
+pub async fn scrape_metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (status, body) = http(admin, "GET", "/metrics", &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200, "{body}");
+    parse_exposition(&body)
 }

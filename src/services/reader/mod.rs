@@ -75,6 +75,7 @@ impl ReaderApi {
 
     async fn target(&self, call: &Call, collection: &str) -> Result<Target, Error> {
         crate::call::note_resource(collection);
+        call.entry.config.options.allow_collection(collection)?;
         let spec = call
             .policy()
             .collections

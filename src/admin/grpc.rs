@@ -1,6 +1,7 @@
 //! `prism.admin.v1.AdminService`: the live actor tree over gRPC, the same
-//! answers as the admin HTTP listener's `/admin/actors`. Calls carry the
-//! admin token as `authorization: Bearer <token>` metadata.
+//! answers as `/admin/actors`. Served only on the admin listener (HTTP/2
+//! beside its HTTP/1 endpoints), never on the public gRPC port. Calls carry
+//! the admin token as `authorization: Bearer <token>` metadata.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     actors::{ActorNode, Supervisors},
-    admin::{self, tree},
+    admin::{check_token, tree},
     backends::sql_reader::json_to_value,
     proto::admin::v1::{self as pb, admin_service_server::AdminService},
 };
@@ -31,7 +32,7 @@ impl AdminApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        match admin::check_token(self.token.as_deref(), given) {
+        match check_token(self.token.as_deref(), given) {
             None => Ok(()),
             Some((code, why)) if code == axum::http::StatusCode::UNAUTHORIZED => {
                 Err(Status::unauthenticated(why))

@@ -1,0 +1,525 @@
+//! The abuse suite: what a hostile or buggy client holding a valid key (or
+//! none) tries, and the rule that stops it. Each test names the behaviour
+//! it keeps from regressing. (Checks that belong with a feature live with
+//! it: a JWT that is not valid yet in `auth_jwt.rs`.)
+
+mod common;
+
+use common::{scrape_metrics, TestGateway};
+use prism::runtime::block_on_multi_thread;
+use tonic::{codegen::http::uri::PathAndQuery, Code};
+
+/// One unary call with an empty message to any path.
+async fn call_path(channel: tonic::transport::Channel, path: &str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(()),
+        PathAndQuery::try_from(path).unwrap(),
+        tonic_prost::ProstCodec::<(), ()>::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+#[test]
+fn made_up_method_paths_do_not_grow_the_metrics() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        let before = scrape_metrics(gw.admin_addr).await;
+        const CALLS: usize = 200;
+        for i in 0..CALLS {
+            let path = match i % 3 {
+                0 => format!("/evil.Service{i}/Method{i}"),
+                // A real service with a method it does not have.
+                1 => format!("/prism.keyvalue.v1.KeyValueService/Nope{i}"),
+                _ => format!("/x{i}"),
+            };
+            let status = call_path(gw.channel.clone(), &path).await;
+            assert_eq!(status.code(), Code::Unimplemented, "{path}");
+        }
+        let after = scrape_metrics(gw.admin_addr).await;
+        let unknown = "prism_requests_total{namespace=\"\",service=\"unknown\",method=\"unknown\",code=\"UNIMPLEMENTED\"}";
+        assert_eq!(
+            after.get(unknown).copied().unwrap_or(0.0)
+                - before.get(unknown).copied().unwrap_or(0.0),
+            CALLS as f64,
+            "every made-up call is counted once, as unknown"
+        );
+        let new_series: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+        // The unknown counter and its histogram (14 buckets, +Inf, sum,
+        // count) at most: nothing per path.
+        assert!(new_series.len() <= 18, "{new_series:#?}");
+        assert!(
+            after
+                .keys()
+                .all(|k| !k.contains("evil") && !k.contains("Nope")),
+            "a client-made name reached the metrics"
+        );
+        gw.stop().await;
+    });
+}
+
+#[test]
+fn the_admin_api_is_served_only_on_the_admin_listener_with_a_header_token() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start().await;
+        // Not on the public port, whatever the credentials.
+        let mut public = prism::proto::admin::v1::admin_service_client::AdminServiceClient::new(
+            gw.channel.clone(),
+        );
+        let mut req = tonic::Request::new(prism::proto::admin::v1::GetActorTreeRequest::default());
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", common::ADMIN_TOKEN).parse().unwrap(),
+        );
+        let err = public.get_actor_tree(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+        // On the admin listener, the token in a URL is not read.
+        for path in ["/metrics", "/admin/actors", "/readyz"] {
+            let (status, _) = common::http(
+                gw.admin_addr,
+                "GET",
+                &format!("{path}?token={}", common::ADMIN_TOKEN),
+                &[],
+            )
+            .await;
+            assert_eq!(status, 401, "{path}");
+        }
+        gw.stop().await;
+    });
+}
+
+mod policy {
+    //! Namespace policy holds against inline configs, and the session limits.
+
+    use std::collections::HashMap;
+
+    use prism::{
+        config::{GatewayConfig, Source},
+        error::Service,
+        proto::{
+            config::v1::{self as cfg, AccessPattern},
+            keyvalue::v1::{key_value_service_client::KeyValueServiceClient, GetRequest},
+            reader::v1::{reader_service_client::ReaderServiceClient, GetRequest as RowRequest},
+            session::v1::{
+                create_session_request::{Auth, Config},
+                CreateSessionRequest,
+            },
+            transact::v1::{
+                transact_service_client::TransactServiceClient, DataWrite, MailboxWrite,
+                ProcessMailboxRequest, ReadMailboxRequest, WriteRequest,
+            },
+        },
+        runtime::block_on_multi_thread,
+    };
+    use tonic::Code;
+
+    use super::common::{assert_error, wait_until, TestGateway};
+
+    const READER: &str = "abuse-reader-key";
+    const WRITER: &str = "abuse-writer-key";
+
+    fn gateway_config() -> GatewayConfig {
+        let db =
+            std::env::temp_dir().join(format!("prism-abuse-{}.db", super::common::kv::run_id()));
+        let yaml = format!(
+            r#"
+server: {{ shutdown_grace: 5s, supervision_interval: 100ms, actor_threads: 2 }}
+backends:
+  memory: {{ type: memory }}
+  db:
+    type: sqlite
+    path: "{db}"
+    init_sql:
+      - "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, note TEXT)"
+      - "CREATE TABLE IF NOT EXISTS secrets (id INTEGER PRIMARY KEY, note TEXT)"
+namespaces:
+  shop:
+    allowed_backends: [memory, db]
+    allowed_patterns: [key_value, queue, pubsub, reader, transact]
+    session:
+      max_streams_per_session: 2
+      max_sessions: 10
+      max_sessions_per_principal: 3
+      max_metadata_entries: 4
+      max_metadata_bytes: 64
+      max_client_id_bytes: 16
+    api_keys:
+      - {{ name: reader, sha256: "{reader}" }}
+      - {{ name: writer, sha256: "{writer}", roles: [writer] }}
+    collections:
+      orders: {{ backend: db, table: orders }}
+      secrets: {{ backend: db, table: secrets }}
+    transact:
+      tables:
+        orders: {{ backend: db }}
+        secrets: {{ backend: db }}
+    rules:
+      - {{ patterns: [key_value], backends: [memory], roles: [writer], rate_limit: {{ requests_per_second: 5, burst: 5 }} }}
+      - {{ patterns: [queue], max_attempts: 3 }}
+configs:
+  kv-open: {{ namespace: shop, pattern: key_value, backend: memory }}
+  orders-only: {{ namespace: shop, pattern: reader, backend: db, options: {{ collection: orders }} }}
+"#,
+            db = db.display(),
+            reader = prism::auth::api_key_digest(READER),
+            writer = prism::auth::api_key_digest(WRITER),
+        );
+        GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap()
+    }
+
+    fn inline(
+        key: &str,
+        pattern: AccessPattern,
+        backend: &str,
+        options: &[(&str, &str)],
+        rate: Option<(i32, i32)>,
+    ) -> CreateSessionRequest {
+        CreateSessionRequest {
+            auth: Some(Auth::ApiKey(key.to_string())),
+            config: Some(Config::InlineConfig(cfg::ClientConfig {
+                pattern: pattern as i32,
+                backend: Some(cfg::BackendConfig {
+                    name: backend.to_string(),
+                    options: options
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                rate_limit: rate.map(|(requests_per_second, burst)| cfg::RateLimitConfig {
+                    requests_per_second,
+                    burst,
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn named(key: &str, config: &str) -> CreateSessionRequest {
+        CreateSessionRequest {
+            auth: Some(Auth::ApiKey(key.to_string())),
+            config: Some(Config::ConfigName(config.to_string())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_inline_config_cannot_escape_the_namespace_rules() {
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let mut sessions = gw.sessions();
+
+            // The rule needs `writer` for KeyValue on memory: inline and
+            // named configs alike.
+            for request in [
+                inline(READER, AccessPattern::KeyValue, "memory", &[], None),
+                named(READER, "kv-open"),
+            ] {
+                let err = sessions.create_session(request).await.unwrap_err();
+                assert_error(
+                    &err,
+                    Code::PermissionDenied,
+                    "ROLE_NOT_ALLOWED",
+                    Service::Session,
+                );
+                assert!(err.message().contains("writer"), "{}", err.message());
+            }
+
+            // A writer gets the rule's rate, whatever the config asked for:
+            // none, or more than the rule allows.
+            for rate in [None, Some((10_000, 10_000))] {
+                let session = sessions
+                    .create_session(inline(WRITER, AccessPattern::KeyValue, "memory", &[], rate))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let shown = session.config.unwrap().rate_limit.unwrap();
+                assert_eq!((shown.requests_per_second, shown.burst), (5, 5));
+                let mut kv = KeyValueServiceClient::new(gw.channel.clone());
+                let mut refused = 0;
+                for _ in 0..20 {
+                    let got = kv
+                        .get(GetRequest {
+                            session_token: session.session_token.clone(),
+                            key: "k".into(),
+                        })
+                        .await;
+                    if let Err(e) = got {
+                        assert_error(
+                            &e,
+                            Code::ResourceExhausted,
+                            "RATE_LIMITED",
+                            Service::KeyValue,
+                        );
+                        refused += 1;
+                    }
+                }
+                assert!(refused >= 10, "{refused} of 20 calls refused at 5/s");
+            }
+
+            // An option above the rule's cap is refused; left unset, the
+            // default is lowered to the cap.
+            let err = sessions
+                .create_session(inline(
+                    READER,
+                    AccessPattern::Queue,
+                    "memory",
+                    &[("max_attempts", "10")],
+                    None,
+                ))
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::PermissionDenied,
+                "OPTION_NOT_ALLOWED",
+                Service::Session,
+            );
+            let capped = sessions
+                .create_session(inline(READER, AccessPattern::Queue, "memory", &[], None))
+                .await
+                .unwrap()
+                .into_inner();
+            let entry = gw.gateway.registry.by_id(&capped.session_id).unwrap();
+            assert_eq!(entry.config.options.max_attempts, 3);
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_config_limited_to_a_collection_table_or_mailbox_touches_nothing_else() {
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            gw.wait_backend_up("db").await;
+            let mut sessions = gw.sessions();
+
+            let reader = sessions
+                .create_session(named(READER, "orders-only"))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut rows = ReaderServiceClient::new(gw.channel.clone());
+            let get = |collection: &str| RowRequest {
+                session_token: reader.session_token.clone(),
+                collection: collection.to_string(),
+                id: "1".into(),
+                ..Default::default()
+            };
+            let err = rows.get(get("secrets")).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::PermissionDenied,
+                "COLLECTION_NOT_ALLOWED",
+                Service::Reader,
+            );
+            // Its own collection answers (no such row yet).
+            let own = rows.get(get("orders")).await;
+            assert!(
+                own.as_ref()
+                    .map_or_else(|e| e.code() == Code::NotFound, |_| true),
+                "{own:?}"
+            );
+
+            let writer = sessions
+                .create_session(inline(
+                    WRITER,
+                    AccessPattern::Transact,
+                    "db",
+                    &[("tables", "orders"), ("mailbox", "outbox")],
+                    None,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut tx = TransactServiceClient::new(gw.channel.clone());
+            let row = |table: &str| DataWrite {
+                table: table.to_string(),
+                record: HashMap::from([(
+                    "note".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue("x".into())),
+                    },
+                )]),
+                mode: 1,
+                ..Default::default()
+            };
+            let mail = |mailbox: &str| MailboxWrite {
+                mailbox_id: mailbox.to_string(),
+                message: b"m".to_vec(),
+                ..Default::default()
+            };
+            let write = |data: Option<DataWrite>, mailbox: Option<MailboxWrite>| WriteRequest {
+                session_token: writer.session_token.clone(),
+                data,
+                mailbox,
+                ..Default::default()
+            };
+            let err = tx
+                .write(write(Some(row("secrets")), None))
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::PermissionDenied,
+                "TABLE_NOT_ALLOWED",
+                Service::Transact,
+            );
+            let err = tx
+                .write(write(None, Some(mail("elsewhere"))))
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::PermissionDenied,
+                "MAILBOX_NOT_ALLOWED",
+                Service::Transact,
+            );
+            let written = tx
+                .write(write(Some(row("orders")), Some(mail("outbox"))))
+                .await
+                .unwrap()
+                .into_inner();
+            let err = tx
+                .read_mailbox(ReadMailboxRequest {
+                    session_token: writer.session_token.clone(),
+                    mailbox_id: "elsewhere".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::PermissionDenied,
+                "MAILBOX_NOT_ALLOWED",
+                Service::Transact,
+            );
+
+            // A message of another mailbox, written by an unlimited
+            // session, cannot be processed through the limited one.
+            let open = sessions
+                .create_session(inline(WRITER, AccessPattern::Transact, "db", &[], None))
+                .await
+                .unwrap()
+                .into_inner();
+            let other = tx
+                .write(WriteRequest {
+                    session_token: open.session_token.clone(),
+                    mailbox: Some(mail("elsewhere")),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let own_id = written.mailbox_result.unwrap().message_id;
+            let other_id = other.mailbox_result.unwrap().message_id;
+            let processed = tx
+                .process_mailbox(ProcessMailboxRequest {
+                    session_token: writer.session_token.clone(),
+                    message_ids: vec![own_id, other_id.clone()],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(processed.processed_count, 1);
+            assert_eq!(processed.failed_ids, vec![other_id]);
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn one_principal_cannot_take_the_namespace_and_client_strings_are_bounded() {
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let mut sessions = gw.sessions();
+            let open = || inline(READER, AccessPattern::Queue, "memory", &[], None);
+            for _ in 0..3 {
+                sessions.create_session(open()).await.unwrap();
+            }
+            let err = sessions.create_session(open()).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::ResourceExhausted,
+                "TOO_MANY_SESSIONS_FOR_PRINCIPAL",
+                Service::Session,
+            );
+            // Another principal still gets in.
+            sessions
+                .create_session(inline(WRITER, AccessPattern::Queue, "memory", &[], None))
+                .await
+                .unwrap();
+
+            let writer = || inline(WRITER, AccessPattern::Queue, "memory", &[], None);
+            let mut many = writer();
+            many.metadata = (0..5).map(|i| (format!("k{i}"), "v".into())).collect();
+            let mut large = writer();
+            large.metadata = HashMap::from([("k".to_string(), "v".repeat(64))]);
+            for request in [many, large] {
+                let err = sessions.create_session(request).await.unwrap_err();
+                assert_error(
+                    &err,
+                    Code::InvalidArgument,
+                    "METADATA_TOO_LARGE",
+                    Service::Session,
+                );
+            }
+            let mut long_id = writer();
+            long_id.client_id = "c".repeat(17);
+            let err = sessions.create_session(long_id).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::InvalidArgument,
+                "CLIENT_ID_TOO_LONG",
+                Service::Session,
+            );
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_session_holds_only_so_many_streams() {
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let session = gw
+                .sessions()
+                .create_session(inline(WRITER, AccessPattern::Pubsub, "memory", &[], None))
+                .await
+                .unwrap()
+                .into_inner();
+            let token = session.session_token;
+            let first = gw.subscribe(&token, "a.>").await;
+            let _second = gw.subscribe(&token, "b.>").await;
+            let mut client =
+                prism::proto::pubsub::v1::pub_sub_service_client::PubSubServiceClient::new(
+                    gw.channel.clone(),
+                );
+            let third = || prism::proto::pubsub::v1::SubscribeRequest {
+                session_token: token.clone(),
+                topic_pattern: "c.>".into(),
+                ..Default::default()
+            };
+            let err = client.subscribe(third()).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::ResourceExhausted,
+                "TOO_MANY_STREAMS",
+                Service::PubSub,
+            );
+            // One ends: there is room again.
+            drop(first);
+            let entry = gw.gateway.registry.by_id(&session.session_id).unwrap();
+            wait_until("the ended stream is released", || async {
+                entry
+                    .active_streams
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    < 2
+            })
+            .await;
+            client.subscribe(third()).await.unwrap();
+            gw.stop().await;
+        });
+    }
+}
