@@ -3,8 +3,9 @@
 //! identity, namespace, operation, resource, `ok` or the gRPC code, time)
 //! as JSON lines on stdout or in a file (`audit:` in the config). Fields
 //! listed in `audit.pii_fields` are masked — in audit records and in the
-//! gateway's own log lines — as `sha256:<12 hex>`, a stable pseudonym that
-//! still lets records of one identity be matched.
+//! gateway's own log lines — as `hmac:<16 hex>`, a stable pseudonym keyed
+//! with `audit.pseudonym_key`: records of one identity still match, and
+//! without the key a guessed value cannot be checked against them.
 //!
 //! Records go to a writer thread through a channel, so no call waits on the
 //! disk; nothing is dropped (the channel is unbounded and its depth is
@@ -18,8 +19,9 @@ use std::{
     },
 };
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// Where audit records go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -40,7 +42,13 @@ pub struct AuditConfig {
     pub path: Option<std::path::PathBuf>,
     /// Record fields to mask: any of `identity`, `session_id`, `resource`.
     pub pii_fields: Vec<String>,
+    /// The HMAC key of the pseudonyms (at least 16 bytes; use
+    /// `${PRISM_AUDIT_KEY}`); required when `pii_fields` is set.
+    pub pseudonym_key: Option<String>,
 }
+
+/// The shortest `pseudonym_key` accepted.
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// The record fields that may be marked PII.
 pub const MASKABLE: [&str; 3] = ["identity", "session_id", "resource"];
@@ -74,36 +82,59 @@ pub struct Audit {
     mask_identity: bool,
     mask_session: bool,
     mask_resource: bool,
+    /// The pseudonyms' HMAC key.
+    key: Arc<[u8]>,
     /// Records handed to the writer and not yet written.
     pending: Arc<AtomicU64>,
 }
 
-/// A stable pseudonym for a PII value.
-pub fn mask(value: &str) -> String {
+/// A stable pseudonym for a PII value under `key`: `hmac:` and the first
+/// 16 hex digits of HMAC-SHA256(key, value).
+pub fn pseudonym(key: &[u8], value: &str) -> String {
     if value.is_empty() {
         return String::new();
     }
-    format!(
-        "sha256:{}",
-        &hex::encode(Sha256::digest(value.as_bytes()))[..12]
-    )
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(value.as_bytes());
+    format!("hmac:{}", &hex::encode(mac.finalize().into_bytes())[..16])
 }
 
 impl Audit {
     /// No sink: records are not kept; masking of log lines still applies.
-    pub fn disabled(pii: &[String]) -> Self {
+    pub fn disabled(config: &AuditConfig) -> Self {
+        let pii = &config.pii_fields;
         Audit {
             tx: None,
             mask_identity: pii.iter().any(|f| f == "identity"),
             mask_session: pii.iter().any(|f| f == "session_id"),
             mask_resource: pii.iter().any(|f| f == "resource"),
+            key: config
+                .pseudonym_key
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes()
+                .into(),
             pending: Arc::default(),
         }
     }
 
+    fn mask(&self, value: &str) -> String {
+        pseudonym(&self.key, value)
+    }
+
     /// Opens the configured sink and starts its writer thread.
     pub fn open(config: &AuditConfig) -> Result<Self, String> {
-        let mut audit = Self::disabled(&config.pii_fields);
+        if !config.pii_fields.is_empty()
+            && config
+                .pseudonym_key
+                .as_ref()
+                .is_none_or(|k| k.len() < MIN_KEY_BYTES)
+        {
+            return Err(format!(
+                "audit.pii_fields needs audit.pseudonym_key of at least {MIN_KEY_BYTES} bytes"
+            ));
+        }
+        let mut audit = Self::disabled(config);
         let mut out: Box<dyn Write + Send> = match config.sink {
             Sink::None => return Ok(audit),
             Sink::Stdout => Box::new(std::io::stdout()),
@@ -153,7 +184,7 @@ impl Audit {
     /// An identity as logs and records show it.
     pub fn identity(&self, identity: &str) -> String {
         if self.mask_identity {
-            mask(identity)
+            self.mask(identity)
         } else {
             identity.to_string()
         }
@@ -189,10 +220,10 @@ impl Audit {
         }
         r.identity = self.identity(&r.identity);
         if self.mask_session {
-            r.session_id = mask(&r.session_id);
+            r.session_id = self.mask(&r.session_id);
         }
         if self.mask_resource {
-            r.resource = mask(&r.resource);
+            r.resource = self.mask(&r.resource);
         }
         let line = serde_json::to_string(&r).unwrap_or_default();
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -223,14 +254,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_are_stable_pseudonyms() {
-        assert_eq!(mask("api-key:test"), mask("api-key:test"));
-        assert_ne!(mask("api-key:test"), mask("api-key:other"));
-        assert!(mask("x").starts_with("sha256:"));
-        assert_eq!(mask("x").len(), "sha256:".len() + 12);
-        assert_eq!(mask(""), "");
-        let audit = Audit::disabled(&["identity".into()]);
-        assert_eq!(audit.identity("alice"), mask("alice"));
-        assert_eq!(Audit::disabled(&[]).identity("alice"), "alice");
+    fn masks_are_stable_keyed_pseudonyms() {
+        let key = b"0123456789abcdef";
+        assert_eq!(
+            pseudonym(key, "api-key:test"),
+            pseudonym(key, "api-key:test")
+        );
+        assert_ne!(
+            pseudonym(key, "api-key:test"),
+            pseudonym(key, "api-key:other")
+        );
+        assert_ne!(
+            pseudonym(key, "api-key:test"),
+            pseudonym(b"another key of 16", "api-key:test"),
+            "the key decides the pseudonym"
+        );
+        assert!(pseudonym(key, "x").starts_with("hmac:"));
+        assert_eq!(pseudonym(key, "x").len(), "hmac:".len() + 16);
+        assert_eq!(pseudonym(key, ""), "");
+        let config = AuditConfig {
+            pii_fields: vec!["identity".into()],
+            pseudonym_key: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Audit::disabled(&config).identity("alice"),
+            pseudonym(key, "alice")
+        );
+        assert_eq!(
+            Audit::disabled(&AuditConfig::default()).identity("alice"),
+            "alice"
+        );
+        let unkeyed = AuditConfig {
+            pseudonym_key: None,
+            ..config
+        };
+        assert!(Audit::open(&unkeyed).is_err(), "masking needs a key");
     }
 }

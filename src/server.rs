@@ -319,6 +319,7 @@ pub async fn run(
                 &gates,
                 gateway.subscriptions.transactions.clone(),
                 gateway.supervisors.clone(),
+                gateway.config.limits.transaction_begin_timeout,
             ))
             .max_decoding_message_size(gateway.config.limits.max_message_bytes)
             .max_encoding_message_size(gateway.config.limits.max_message_bytes),

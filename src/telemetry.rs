@@ -93,13 +93,53 @@ impl Telemetry {
     }
 }
 
+/// `text` with its control characters written as escapes (`\n`,
+/// `\u{1b}`, ...).
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// How text logs write fields: every value with its control characters
+/// escaped, so a client's string in a field or a message (a topic, a
+/// config name, a request path) can neither start a forged log line nor
+/// send terminal escapes. JSON logs are escaped by their encoder.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
+{
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_controls(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
 /// Installs the global subscriber: `RUST_LOG` filter (default `info`),
 /// text or JSON lines on stdout, and OTLP export to `otlp_endpoint` when
 /// given. Must run inside the tokio runtime when exporting.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(escaped_fields())
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     let provider = match otlp_endpoint {
@@ -136,6 +176,36 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_strings_cannot_forge_log_lines() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        let hostile = "orders\n2026-01-01T00:00:00Z  INFO forged line \u{1b}[31m";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(topic = %hostile, name = hostile, "published {hostile}");
+        });
+        let text = String::from_utf8(captured.0.lock().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "one event, one line: {text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("topic=orders\\n2026"), "{text}");
+    }
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -127,6 +127,7 @@ mod policy {
         let yaml = format!(
             r#"
 server: {{ shutdown_grace: 5s, supervision_interval: 100ms, actor_threads: 2 }}
+limits: {{ transaction_begin_timeout: 300ms }}
 backends:
   memory: {{ type: memory }}
   db:
@@ -519,6 +520,115 @@ configs:
             })
             .await;
             client.subscribe(third()).await.unwrap();
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_transaction_stream_that_never_begins_is_ended() {
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let mut tx = TransactServiceClient::new(gw.channel.clone());
+            // Opened, and nothing sent: not even a session token.
+            let mut stream = tx
+                .transaction(futures::stream::pending::<
+                    prism::proto::transact::v1::TransactRequest,
+                >())
+                .await
+                .unwrap()
+                .into_inner();
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+                .await
+                .expect("the gateway ends the stream");
+            let err = ended.unwrap_err();
+            assert_error(
+                &err,
+                Code::DeadlineExceeded,
+                "BEGIN_TIMEOUT",
+                Service::Transact,
+            );
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_filter_never_binds_more_values_than_a_database_accepts() {
+        use prism::proto::reader::v1::{
+            composite_filter::LogicalOperator, field_filter::Operator, filter, CompositeFilter,
+            FieldFilter, Filter, ReadRequest,
+        };
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            gw.wait_backend_up("db").await;
+            let session = gw
+                .sessions()
+                .create_session(named(READER, "orders-only"))
+                .await
+                .unwrap()
+                .into_inner();
+            let in_list = |from: i32| Filter {
+                filter: Some(filter::Filter::Field(FieldFilter {
+                    field: "id".into(),
+                    op: Operator::In as i32,
+                    value: Some(prost_types::Value {
+                        kind: Some(prost_types::value::Kind::ListValue(
+                            prost_types::ListValue {
+                                values: (from..from + 1000)
+                                    .map(|n| prost_types::Value {
+                                        kind: Some(prost_types::value::Kind::NumberValue(
+                                            f64::from(n),
+                                        )),
+                                    })
+                                    .collect(),
+                            },
+                        )),
+                    }),
+                })),
+            };
+            // Eleven lists of 1,000: each allowed alone, too many together.
+            let filter = Filter {
+                filter: Some(filter::Filter::Composite(CompositeFilter {
+                    op: LogicalOperator::Or as i32,
+                    filters: (0..11).map(|i| in_list(i * 1000)).collect(),
+                })),
+            };
+            let mut reader = ReaderServiceClient::new(gw.channel.clone());
+            let err = reader
+                .read(ReadRequest {
+                    session_token: session.session_token.clone(),
+                    collection: "orders".into(),
+                    page_size: 10,
+                    filter: Some(filter),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_error(
+                &err,
+                Code::InvalidArgument,
+                "FILTER_TOO_COMPLEX",
+                Service::Reader,
+            );
+            // Ten lists are within the limit, and the database takes them.
+            let filter = Filter {
+                filter: Some(filter::Filter::Composite(CompositeFilter {
+                    op: LogicalOperator::Or as i32,
+                    filters: (0..10).map(|i| in_list(i * 1000)).collect(),
+                })),
+            };
+            let mut pages = reader
+                .read(ReadRequest {
+                    session_token: session.session_token.clone(),
+                    collection: "orders".into(),
+                    page_size: 10,
+                    filter: Some(filter),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let first = pages.message().await;
+            assert!(first.is_ok(), "{first:?}");
             gw.stop().await;
         });
     }

@@ -23,13 +23,16 @@ fn read_records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The audit's pseudonym key in these tests.
+const PSEUDONYM_KEY: &str = "audit-test-key-0123456789";
+
 #[test]
 fn session_events_and_data_calls_are_audited_with_pii_masked() {
     block_on_multi_thread(async {
         let dir = std::env::temp_dir().join(format!("prism-audit-{}", common::kv::run_id()));
         let path = dir.join("audit.log");
         let yaml = format!(
-            "{}\naudit:\n  sink: file\n  path: {}\n  pii_fields: [identity]\n",
+            "{}\naudit:\n  sink: file\n  path: {}\n  pii_fields: [identity]\n  pseudonym_key: {PSEUDONYM_KEY}\n",
             test_config_yaml(),
             path.display()
         );
@@ -100,7 +103,7 @@ fn session_events_and_data_calls_are_audited_with_pii_masked() {
             !text.contains("api-key:test"),
             "identity not masked:\n{text}"
         );
-        let masked = prism::audit::mask("api-key:test");
+        let masked = prism::audit::pseudonym(PSEUDONYM_KEY.as_bytes(), "api-key:test");
 
         let create = records
             .iter()

@@ -194,6 +194,20 @@ fn jwt_hs256_and_rs256() {
             vec!["reader".to_string(), "writer".to_string()]
         );
 
+        // The RS issuer may name only `default`.
+        let mut elsewhere = rs_claims.clone();
+        elsewhere["namespace"] = json!("other");
+        let err = client
+            .create_session(request(rs256(elsewhere, "jwt_rs256_private.pem")))
+            .await
+            .unwrap_err();
+        assert_error(
+            &err,
+            Code::PermissionDenied,
+            "JWT_NAMESPACE_NOT_ALLOWED",
+            Service::Session,
+        );
+
         let err = client
             .create_session(request(rs256(
                 rs_claims.clone(),

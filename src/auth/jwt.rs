@@ -18,6 +18,8 @@ pub struct JwtVerifier {
     validation: Validation,
     namespace_claim: String,
     roles_claim: String,
+    /// Namespaces its tokens may name; empty = any.
+    namespaces: Vec<String>,
 }
 
 impl JwtVerifier {
@@ -40,6 +42,7 @@ impl JwtVerifier {
             validation,
             namespace_claim: spec.namespace_claim.clone(),
             roles_claim: spec.roles_claim.clone(),
+            namespaces: spec.namespaces.clone(),
         })
     }
 }
@@ -123,6 +126,16 @@ pub fn verify(verifiers: &[JwtVerifier], token: &str) -> Result<Principal, Error
             )
         })?
         .to_string();
+    if !verifier.namespaces.is_empty() && !verifier.namespaces.contains(&namespace) {
+        return Err(Error::permission_denied(
+            "JWT_NAMESPACE_NOT_ALLOWED",
+            format!(
+                "issuer `{}` may not name namespace `{}`",
+                verifier.issuer,
+                namespace.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
     let roles = match claims.get(&verifier.roles_claim) {
         Some(Value::Array(items)) => items
             .iter()

@@ -97,6 +97,10 @@ pub struct Limits {
     /// token may be).
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// How long a Transaction stream may stay open before its
+    /// BeginTransaction (then DEADLINE_EXCEEDED `BEGIN_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub transaction_begin_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -107,6 +111,7 @@ impl Default for Limits {
             max_batch_ops: 1000,
             max_message_bytes: 16 * 1024 * 1024,
             idempotency_window: Duration::from_secs(3600),
+            transaction_begin_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -593,6 +598,10 @@ pub struct JwtIssuerSpec {
     /// Claim listing roles (array of strings or space-separated string).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// The namespaces this issuer's tokens may name; empty = any
+    /// configured namespace. A token naming another is refused.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
 }

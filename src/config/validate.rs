@@ -412,6 +412,8 @@ fn check_limits(r: &mut Report, limits: &Limits) {
         ))
     } else if limits.idempotency_window.is_zero() {
         Some("limits.idempotency_window must be positive".to_string())
+    } else if limits.transaction_begin_timeout.is_zero() {
+        Some("limits.transaction_begin_timeout must be positive".to_string())
     } else {
         None
     };
@@ -436,6 +438,16 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
                 format!("{:?}, audience {}", issuer.algorithm, issuer.audience),
             ),
             Err(e) => r.fail(subject, e),
+        }
+        for ns in issuer
+            .namespaces
+            .iter()
+            .filter(|ns| !cfg.namespaces.contains_key(*ns))
+        {
+            r.fail(
+                format!("jwt issuer {}", issuer.issuer),
+                format!("namespaces names `{ns}`, which is not configured"),
+            );
         }
         if issuer.algorithm == JwtAlgorithm::HS256
             && issuer.secret.as_ref().is_some_and(|s| s.len() < 32)
@@ -488,6 +500,21 @@ fn check_audit(r: &mut Report, audit: &crate::audit::AuditConfig) {
                 ),
             );
         }
+    }
+    if !audit.pii_fields.is_empty()
+        && audit
+            .pseudonym_key
+            .as_ref()
+            .is_none_or(|k| k.len() < crate::audit::MIN_KEY_BYTES)
+    {
+        r.fail(
+            "audit",
+            format!(
+                "pii_fields needs pseudonym_key of at least {} bytes (e.g. ${{PRISM_AUDIT_KEY}}): \
+                 without a key a pseudonym is a hash anyone can check a guess against",
+                crate::audit::MIN_KEY_BYTES
+            ),
+        );
     }
     if audit.sink == crate::audit::Sink::File && audit.path.is_none() {
         r.fail("audit", "sink `file` needs a `path`");

@@ -50,6 +50,8 @@ struct Inner {
     transactions: Arc<Transactions>,
     supervisors: Arc<Supervisors>,
     clock: Clock,
+    /// How long a Transaction stream may wait for its BeginTransaction.
+    begin_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -77,6 +79,7 @@ impl TransactApi {
         gates: &GateState,
         transactions: Arc<Transactions>,
         supervisors: Arc<Supervisors>,
+        begin_timeout: Duration,
     ) -> Self {
         TransactApi {
             inner: Arc::new(Inner {
@@ -89,6 +92,7 @@ impl TransactApi {
                 ),
                 transactions,
                 supervisors,
+                begin_timeout,
             }),
         }
     }
@@ -611,22 +615,37 @@ impl Driver {
                 ))),
                 _ => None,
             },
-            Phase::AwaitBegin => match self.inbound.next().await {
-                Some(Ok(pb::TransactRequest {
-                    request: Some(In::Begin(begin)),
-                })) => match self.begin(begin).await {
-                    Ok((open, started)) => {
-                        self.phase = Phase::Open(Box::new(open));
-                        out(started)
-                    }
-                    Err(e) => out(error_message(&e)),
-                },
-                Some(Ok(_)) => out(error_message(&protocol(
-                    "BEGIN_FIRST",
-                    "a Transaction stream starts with a BeginTransaction message",
-                ))),
-                _ => None,
-            },
+            Phase::AwaitBegin => {
+                match tokio::time::timeout(self.api.begin_timeout, self.inbound.next()).await {
+                    // A stream that never begins holds nothing for long.
+                    Err(_) => Some(Err(Error::new(
+                        ErrorKind::DeadlineExceeded,
+                        "BEGIN_TIMEOUT",
+                        format!(
+                            "no BeginTransaction within {}; send it first",
+                            humantime::format_duration(self.api.begin_timeout)
+                        ),
+                    )
+                    .with("limit", "limits.transaction_begin_timeout")
+                    .to_status(Service::Transact))),
+                    Ok(next) => match next {
+                        Some(Ok(pb::TransactRequest {
+                            request: Some(In::Begin(begin)),
+                        })) => match self.begin(begin).await {
+                            Ok((open, started)) => {
+                                self.phase = Phase::Open(Box::new(open));
+                                out(started)
+                            }
+                            Err(e) => out(error_message(&e)),
+                        },
+                        Some(Ok(_)) => out(error_message(&protocol(
+                            "BEGIN_FIRST",
+                            "a Transaction stream starts with a BeginTransaction message",
+                        ))),
+                        _ => None,
+                    },
+                }
+            }
             Phase::Open(mut open) => {
                 let kill = open.shared.kill.clone();
                 let next = tokio::select! {

@@ -107,7 +107,7 @@ impl SessionRegistry {
     /// The audit log (a disabled one until set).
     pub fn audit(&self) -> &crate::audit::Audit {
         static NONE: std::sync::LazyLock<crate::audit::Audit> =
-            std::sync::LazyLock::new(|| crate::audit::Audit::disabled(&[]));
+            std::sync::LazyLock::new(|| crate::audit::Audit::disabled(&Default::default()));
         self.audit.get().map_or(&NONE, |a| a.as_ref())
     }
 

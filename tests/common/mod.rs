@@ -96,6 +96,7 @@ auth:
       algorithm: RS256
       public_key_file: {public_key}
       leeway: 0s
+      namespaces: [default]
 "#,
         test = digest(TEST_KEY),
         other = digest(OTHER_KEY),

@@ -16,21 +16,47 @@ use crate::{
 /// Most nodes a filter may have, and how deep it may nest.
 const MAX_FILTER_NODES: usize = 256;
 const MAX_FILTER_DEPTH: usize = 16;
+/// Values one filter binds, all nodes together: far below what SQLite
+/// (32,766) and Postgres (65,535) accept in one statement, with room for
+/// the cursor and page bounds.
+pub const MAX_FILTER_VALUES: usize = 10_000;
 
 /// Checks a filter against the schema.
 pub fn check_filter(schema: &TableSchema, filter: &pb::Filter) -> Result<Cond, Error> {
-    let mut nodes = 0;
-    check_node(schema, filter, 0, &mut nodes)
+    let mut budget = Budget::default();
+    check_node(schema, filter, 0, &mut budget)
+}
+
+/// What a filter has used so far of its limits.
+#[derive(Default)]
+struct Budget {
+    nodes: usize,
+    values: usize,
+}
+
+impl Budget {
+    /// Counts `n` more bound values: FILTER_TOO_COMPLEX past the limit.
+    fn bind(&mut self, n: usize) -> Result<(), Error> {
+        self.values = self.values.saturating_add(n);
+        if self.values > MAX_FILTER_VALUES {
+            return Err(bad(
+                "FILTER_TOO_COMPLEX",
+                format!("a filter binds at most {MAX_FILTER_VALUES} values, IN lists included"),
+            )
+            .with("limit", MAX_FILTER_VALUES.to_string()));
+        }
+        Ok(())
+    }
 }
 
 fn check_node(
     schema: &TableSchema,
     filter: &pb::Filter,
     depth: usize,
-    nodes: &mut usize,
+    budget: &mut Budget,
 ) -> Result<Cond, Error> {
-    *nodes += 1;
-    if *nodes > MAX_FILTER_NODES || depth > MAX_FILTER_DEPTH {
+    budget.nodes += 1;
+    if budget.nodes > MAX_FILTER_NODES || depth > MAX_FILTER_DEPTH {
         return Err(bad(
             "FILTER_TOO_COMPLEX",
             format!(
@@ -50,7 +76,7 @@ fn check_node(
             let children = c
                 .filters
                 .iter()
-                .map(|f| check_node(schema, f, depth + 1, nodes))
+                .map(|f| check_node(schema, f, depth + 1, budget))
                 .collect::<Result<Vec<_>, _>>()?;
             match L::try_from(c.op) {
                 Ok(L::And) => Ok(Cond::And(children)),
@@ -73,17 +99,19 @@ fn check_node(
             let value = f.value.clone().unwrap_or_default();
             let is_null = matches!(value.kind, Some(V::NullValue(_)) | None);
             let op = O::try_from(f.op).unwrap_or(O::Unspecified);
-            let cmp =
-                |op: Op| -> Result<Cond, Error> { Ok(Cond::Cmp(i, op, param_for(c, &value)?)) };
+            let cmp = |budget: &mut Budget, op: Op| -> Result<Cond, Error> {
+                budget.bind(1)?;
+                Ok(Cond::Cmp(i, op, param_for(c, &value)?))
+            };
             match op {
                 O::Equals if is_null => Ok(Cond::IsNull(i, true)),
                 O::NotEquals if is_null => Ok(Cond::IsNull(i, false)),
-                O::Equals => cmp(Op::Eq),
-                O::NotEquals => cmp(Op::Ne),
-                O::GreaterThan => cmp(Op::Gt),
-                O::GreaterThanOrEquals => cmp(Op::Ge),
-                O::LessThan => cmp(Op::Lt),
-                O::LessThanOrEquals => cmp(Op::Le),
+                O::Equals => cmp(budget, Op::Eq),
+                O::NotEquals => cmp(budget, Op::Ne),
+                O::GreaterThan => cmp(budget, Op::Gt),
+                O::GreaterThanOrEquals => cmp(budget, Op::Ge),
+                O::LessThan => cmp(budget, Op::Lt),
+                O::LessThanOrEquals => cmp(budget, Op::Le),
                 O::In | O::NotIn => {
                     let Some(V::ListValue(list)) = &value.kind else {
                         return Err(bad(
@@ -97,6 +125,7 @@ fn check_node(
                             "IN lists hold at most 1000 values".into(),
                         ));
                     }
+                    budget.bind(list.values.len())?;
                     let params = list
                         .values
                         .iter()
@@ -122,6 +151,7 @@ fn check_node(
                         O::StartsWith => TextOp::StartsWith,
                         _ => TextOp::EndsWith,
                     };
+                    budget.bind(1)?;
                     Ok(Cond::Text(i, op, s.clone()))
                 }
                 O::Unspecified => Err(bad(
