@@ -72,6 +72,13 @@ done
   --concurrency 8 --connections 1 --name "KV Get hot (Redis) at 1,000 req/s" \
   -o "$OUT/kv_get_redis_1k.report.json" --compare-out "$OUT/kv_get_redis_1k.json"
 
+# One session's Gets, alone and beside a neighbour session of the same
+# namespace walking its keys (Count, full Scan, BatchGet) all the while.
+keys=100000
+[ -n "${QUICK:-}" ] && keys=10000
+"$LOAD" neighbour loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18980 \
+  --duration "$dur" --keys "$keys" | tee "$WORK/neighbour.txt"
+
 kill "${pids[@]}" 2>/dev/null || true
 pids=()
 
@@ -93,6 +100,7 @@ table=$("$LOAD" table $(ls "$OUT"/*.json | grep -v '\.report\.json$'))
   echo
   echo '```text'
   cat "$WORK/footprint.txt"
+  sed '/^$/d' "$WORK/neighbour.txt"
   echo '```'
   echo "<!-- loadtest:end -->"
 } >"$WORK/figures.md"

@@ -127,7 +127,7 @@ mod policy {
         let yaml = format!(
             r#"
 server: {{ shutdown_grace: 5s, supervision_interval: 100ms, actor_threads: 2 }}
-limits: {{ transaction_begin_timeout: 300ms }}
+limits: {{ transaction_begin_timeout: 300ms, max_value_bytes: 65536, max_message_bytes: 200000 }}
 backends:
   memory: {{ type: memory }}
   db:
@@ -629,6 +629,53 @@ configs:
                 .into_inner();
             let first = pages.message().await;
             assert!(first.is_ok(), "{first:?}");
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_reply_no_client_could_receive_is_refused_before_it_is_built() {
+        use prism::proto::keyvalue::v1::{BatchGetRequest, BatchSetRequest, Entry};
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let session = gw
+                .sessions()
+                .create_session(inline(WRITER, AccessPattern::KeyValue, "memory", &[], None))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut kv = KeyValueServiceClient::new(gw.channel.clone());
+            // Four values of 60 KB, each within the limits, set two at a time.
+            for pair in [["a", "b"], ["c", "d"]] {
+                kv.batch_set(BatchSetRequest {
+                    session_token: session.session_token.clone(),
+                    entries: pair
+                        .iter()
+                        .map(|k| Entry {
+                            key: k.to_string(),
+                            value: vec![b'x'; 60_000],
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            let get = |keys: &[&str]| BatchGetRequest {
+                session_token: session.session_token.clone(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+            };
+            // Together they exceed limits.max_message_bytes (200,000).
+            let err = kv.batch_get(get(&["a", "b", "c", "d"])).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::ResourceExhausted,
+                "RESPONSE_TOO_LARGE",
+                Service::KeyValue,
+            );
+            let some = kv.batch_get(get(&["a", "b"])).await.unwrap().into_inner();
+            assert_eq!(some.items.len(), 2);
             gw.stop().await;
         });
     }

@@ -10,6 +10,7 @@
 pub mod baseline;
 pub mod call;
 pub mod footprint;
+pub mod neighbour;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -106,6 +106,21 @@ enum Command {
         #[arg(long, value_parser = loadtest::scenario::parse_duration, default_value = "10m")]
         hold: Duration,
     },
+    /// Time the scenario's calls alone, then beside another session of
+    /// the same namespace running the heaviest KeyValue calls (Count, full
+    /// Scan, BatchGet) over `--keys` keys.
+    Neighbour {
+        scenario: PathBuf,
+        #[command(flatten)]
+        limits: Limits,
+        /// Keys the neighbour writes first (at most 1,000,000).
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value = "prism-dev-key")]
+        api_key: String,
+        #[arg(long, default_value = "user-profiles")]
+        config_name: String,
+    },
     /// Print the markdown table of saved comparisons.
     Table { comparisons: Vec<PathBuf> },
     /// Start a gateway binary and measure start-to-serving and the memory
@@ -223,6 +238,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
             // after its namespace's idle timeout.
             Ok(())
         }
+        Command::Neighbour {
+            scenario,
+            limits,
+            keys,
+            api_key,
+            config_name,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            let prepared = loadtest::prepare(scenario, &limits.overrides()).await?;
+            let measured = loadtest::neighbour::measure(
+                &prepared,
+                &loadtest::neighbour::Neighbour {
+                    api_key,
+                    config_name,
+                    keys,
+                },
+            )
+            .await;
+            prepared.finish().await;
+            let (comparison, heavy) = measured?;
+            print!("{}", neighbour_table(&comparison, &heavy));
+            Ok(())
+        }
         Command::Table { comparisons } => {
             let mut rows = Vec::new();
             for path in comparisons {
@@ -255,4 +293,31 @@ async fn dispatch(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The neighbour run as printed (and pasted into the figures).
+fn neighbour_table(c: &Comparison, heavy: &loadtest::neighbour::Heavy) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let row = |name: &str, s: &loadtest::Summary| {
+        format!(
+            "  {name:<22}{:>10.0}{:>10.3}{:>10.3}{:>8}\n",
+            s.rps, s.p50_ms, s.p99_ms, s.failures
+        )
+    };
+    let mut out = format!(
+        "\n{}\n  {:<22}{:>10}{:>10}{:>10}{:>8}\n",
+        c.scenario, "run", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    if let Some(alone) = &c.noop {
+        out.push_str(&row("alone", alone));
+    }
+    out.push_str(&row("beside the neighbour", &c.gateway));
+    out.push_str(&format!(
+        "  the neighbour meanwhile: {} Counts, {} full Scans, {} BatchGets of 1,000 keys, {} errors\n",
+        heavy.counts.load(Relaxed),
+        heavy.scans.load(Relaxed),
+        heavy.batch_gets.load(Relaxed),
+        heavy.errors.load(Relaxed)
+    ));
+    out
 }

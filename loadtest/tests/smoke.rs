@@ -252,6 +252,30 @@ async fn the_binary_reports_compares_prepares_and_measures() {
     let (report, _) = prepared.run().await;
     assert_eq!(report.failures(), 0, "{:?}", report.error_distribution);
     prepared.finish().await;
+
+    // Gets alone and beside a neighbour walking a few thousand keys.
+    let stdout = prism_loadtest(
+        &[
+            "neighbour".as_ref(),
+            kv.as_os_str(),
+            "--host".as_ref(),
+            addr.as_ref(),
+            "-n".as_ref(),
+            "300".as_ref(),
+            "--keys".as_ref(),
+            "3000".as_ref(),
+        ],
+        &[],
+    )
+    .await;
+    for text in [
+        "alone",
+        "beside the neighbour",
+        "the neighbour meanwhile:",
+        " 0 errors",
+    ] {
+        assert!(stdout.contains(text), "`{text}` in\n{stdout}");
+    }
     child.kill().await.unwrap();
 
     // Footprint of a fresh gateway with a few hundred idle sessions.

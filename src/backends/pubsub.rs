@@ -373,12 +373,48 @@ pub enum SinkEnd {
 
 struct SinkState {
     events: VecDeque<Arc<Event>>,
+    /// What the buffered events hold, by [`Event::size`].
+    bytes: usize,
     end: Option<SinkEnd>,
+}
+
+impl SinkState {
+    /// Whether `incoming` more bytes would overfill a buffer of `capacity`
+    /// events and `max_bytes` (an empty buffer always takes one event).
+    fn full(&self, capacity: usize, max_bytes: usize, incoming: usize) -> bool {
+        !self.events.is_empty()
+            && (self.events.len() >= capacity || self.bytes.saturating_add(incoming) > max_bytes)
+    }
+
+    fn pop(&mut self) -> Option<Arc<Event>> {
+        let e = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(e.size());
+        Some(e)
+    }
+}
+
+impl Event {
+    /// About what the event holds in memory: payload, topic, ids and
+    /// metadata.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.topic.len()
+            + self.id.len()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self.correlation_id.as_ref().map_or(0, String::len)
+            + self.reply_to.as_ref().map_or(0, String::len)
+    }
 }
 
 /// A subscription's bounded buffer between its backend and its gRPC stream.
 pub struct EventSink {
     capacity: usize,
+    /// Bytes the buffer may hold (see [`Event::size`]).
+    max_bytes: usize,
     overflow: Overflow,
     state: Mutex<SinkState>,
     /// Wakes the stream when an event arrives or the sink ends.
@@ -397,12 +433,15 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+    /// A buffer of at most `capacity` events and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize, overflow: Overflow) -> Self {
         EventSink {
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             overflow,
             state: Mutex::new(SinkState {
                 events: VecDeque::new(),
+                bytes: 0,
                 end: None,
             }),
             readable: Notify::new(),
@@ -447,10 +486,11 @@ impl EventSink {
             if s.end.is_some() {
                 return false;
             }
-            if s.events.len() >= self.capacity {
+            let size = event.size();
+            while s.full(self.capacity, self.max_bytes, size) {
                 match self.overflow {
                     Overflow::DropOldest => {
-                        s.events.pop_front();
+                        s.pop();
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Overflow::EndStream => {
@@ -459,13 +499,14 @@ impl EventSink {
                                 ErrorKind::ResourceExhausted,
                                 "SUBSCRIBER_TOO_SLOW",
                                 format!(
-                                    "the subscription's buffer of {} events is full and the \
-                                     namespace's overflow policy is end_stream; read faster or \
-                                     subscribe again",
-                                    self.capacity
+                                    "the subscription's buffer ({} events, {} bytes) is full and \
+                                     the namespace's overflow policy is end_stream; read faster \
+                                     or subscribe again",
+                                    self.capacity, self.max_bytes
                                 ),
                             )
-                            .with("buffer", self.capacity.to_string()),
+                            .with("buffer", self.capacity.to_string())
+                            .with("buffer_bytes", self.max_bytes.to_string()),
                         ));
                         drop(s);
                         self.wake();
@@ -473,6 +514,7 @@ impl EventSink {
                     }
                 }
             }
+            s.bytes += size;
             s.events.push_back(event);
             self.high_water.fetch_max(s.events.len(), Ordering::Relaxed);
         }
@@ -491,7 +533,9 @@ impl EventSink {
                 if s.end.is_some() {
                     return false;
                 }
-                if s.events.len() < self.capacity {
+                // Room for at least a small event; a large one may still
+                // wait in the backend's hands, never beyond one buffer.
+                if !s.full(self.capacity, self.max_bytes, 0) {
                     return true;
                 }
             }
@@ -506,7 +550,7 @@ impl EventSink {
             let notified = self.readable.notified();
             {
                 let mut s = self.state.lock();
-                if let Some(e) = s.events.pop_front() {
+                if let Some(e) = s.pop() {
                     drop(s);
                     self.taken.fetch_add(1, Ordering::Relaxed);
                     self.writable.notify_one();
@@ -549,6 +593,7 @@ impl EventSink {
         {
             let mut s = self.state.lock();
             s.events.clear();
+            s.bytes = 0;
             if s.end.is_none() {
                 s.end = Some(SinkEnd::Done(why));
             }
@@ -805,7 +850,7 @@ mod tests {
                 reply_to: None,
             })
         };
-        let sink = EventSink::new(2, Overflow::DropOldest);
+        let sink = EventSink::new(2, usize::MAX, Overflow::DropOldest);
         for i in 0..5 {
             assert!(sink.push(ev(i)));
         }
@@ -813,7 +858,7 @@ mod tests {
         assert_eq!(sink.next().await.unwrap().unwrap().payload, vec![3]);
         assert_eq!(sink.next().await.unwrap().unwrap().payload, vec![4]);
 
-        let sink = EventSink::new(2, Overflow::EndStream);
+        let sink = EventSink::new(2, usize::MAX, Overflow::EndStream);
         assert!(sink.push(ev(0)) && sink.push(ev(1)));
         assert!(!sink.push(ev(2)), "the third overflows");
         assert!(sink.next().await.unwrap().is_some());
@@ -821,5 +866,38 @@ mod tests {
         let err = sink.next().await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::ResourceExhausted);
         assert!(!sink.room().await, "an ended sink has no room");
+    }
+
+    #[tokio::test]
+    async fn a_buffer_is_bounded_in_bytes_as_well_as_events() {
+        let ev = |n: usize| {
+            Arc::new(Event {
+                id: String::new(),
+                topic: "t".into(),
+                payload: vec![0; n],
+                metadata: HashMap::new(),
+                timestamp_ms: 0,
+                correlation_id: None,
+                reply_to: None,
+            })
+        };
+        // 100 events may wait, but only 1,000 bytes.
+        let sink = EventSink::new(100, 1000, Overflow::DropOldest);
+        for _ in 0..5 {
+            assert!(sink.push(ev(399)));
+        }
+        assert_eq!(sink.len(), 2, "two 400-byte events fit in 1,000 bytes");
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
+        // One event larger than the whole buffer is still taken, alone.
+        assert!(sink.push(ev(5000)));
+        assert_eq!(sink.len(), 1);
+        assert_eq!(sink.next().await.unwrap().unwrap().payload.len(), 5000);
+
+        let sink = EventSink::new(100, 1000, Overflow::EndStream);
+        assert!(sink.push(ev(599)));
+        assert!(!sink.push(ev(599)), "over the bytes: the stream ends");
+        assert!(sink.next().await.unwrap().is_some());
+        let err = sink.next().await.unwrap_err();
+        assert_eq!(err.reason, "SUBSCRIBER_TOO_SLOW");
     }
 }

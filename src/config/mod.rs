@@ -427,6 +427,8 @@ impl CollectionSpec {
 pub struct PubSubPolicy {
     /// Events buffered per subscription between backend and client.
     pub buffer: usize,
+    /// Bytes those events may hold (payloads, topics, metadata).
+    pub buffer_bytes: usize,
     /// What push-only backends (memory, NATS core, Redis) do when a
     /// subscription's buffer is full: `drop_oldest` (counted) or
     /// `end_stream` (RESOURCE_EXHAUSTED). Kafka waits instead.
@@ -437,6 +439,7 @@ impl Default for PubSubPolicy {
     fn default() -> Self {
         PubSubPolicy {
             buffer: 1024,
+            buffer_bytes: 8 * 1024 * 1024,
             overflow: crate::backends::pubsub::Overflow::DropOldest,
         }
     }

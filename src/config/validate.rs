@@ -346,6 +346,10 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(&subject, "pubsub.buffer must be 1 to 1000000 events");
         }
+        if ns.pubsub.buffer_bytes < 1024 {
+            ok = false;
+            r.fail(&subject, "pubsub.buffer_bytes must be at least 1024");
+        }
         for key in &ns.api_keys {
             let valid = key.sha256.len() == 64 && key.sha256.chars().all(|c| c.is_ascii_hexdigit());
             if !valid {

@@ -587,6 +587,26 @@ impl KeyValueService for KeyValueApi {
                 let batch = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
                 self.check_keys(req.keys.iter().map(String::as_str))?;
                 let records = batch.batch_get(call.ns(), &req.keys).await?;
+                // The reply is sized before it is built: one that no
+                // client could receive is refused, not encoded.
+                let bytes: usize = req
+                    .keys
+                    .iter()
+                    .zip(&records)
+                    .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
+                    .sum();
+                if bytes > self.limits.max_message_bytes {
+                    return Err(Error::new(
+                        ErrorKind::ResourceExhausted,
+                        "RESPONSE_TOO_LARGE",
+                        format!(
+                            "the values of these keys add up to more than {} bytes \
+                             (limits.max_message_bytes); ask for fewer keys at once",
+                            self.limits.max_message_bytes
+                        ),
+                    )
+                    .with("limit", self.limits.max_message_bytes.to_string()));
+                }
                 let items = req
                     .keys
                     .iter()

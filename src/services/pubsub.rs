@@ -277,7 +277,11 @@ impl PubSubService for PubSubApi {
         })();
         let (spec, max_messages, max_duration) = checked.map_err(|e| call.fail(e))?;
         let policy = &call.policy().pubsub;
-        let sink = Arc::new(EventSink::new(policy.buffer, policy.overflow));
+        let sink = Arc::new(EventSink::new(
+            policy.buffer,
+            policy.buffer_bytes,
+            policy.overflow,
+        ));
         let shared = Arc::new(PubSubShared::new(
             call.entry.clone(),
             call.backend.name.clone(),

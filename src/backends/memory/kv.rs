@@ -276,6 +276,16 @@ enum Gate<'a> {
     Exclusive(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
 }
 
+/// Runs a walk over a namespace's keys on tokio's blocking pool, so the
+/// async workers keep serving other calls meanwhile.
+async fn off_workers<T: Send + 'static>(
+    walk: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(walk)
+        .await
+        .map_err(|e| Error::internal(format!("a key walk failed: {e}")))
+}
+
 #[async_trait]
 impl KeyValueBasic for MemoryKv {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>, Error> {
@@ -299,48 +309,65 @@ impl KeyValueScan for MemoryKv {
     ) -> Result<ScanPage, Error> {
         let after = kv::cursor_key(cursor)?;
         let space = self.space(ns);
-        let _gate = space.gate.read();
         let now = self.clock.now_ms();
-        let mut keys: Vec<String> = space
-            .map
-            .iter()
-            .filter(|e| {
-                e.key().starts_with(prefix)
-                    && e.value().live(now)
-                    && after.as_deref().is_none_or(|a| e.key().as_str() > a)
-            })
-            .map(|e| e.key().clone())
-            .collect();
-        keys.sort_unstable();
-        keys.truncate(limit);
-        let items = keys
-            .into_iter()
-            .filter_map(|key| {
-                let stored = space.map.get(&key)?;
-                Some(ScanItem {
-                    cursor: kv::encode_cursor(key.as_bytes()),
-                    value: if keys_only {
-                        Vec::new()
-                    } else {
-                        stored.value.clone()
-                    },
-                    version: stored.version,
-                    key,
+        let prefix = prefix.to_string();
+        // A walk over the whole namespace runs on the blocking pool, so no
+        // async worker — and no other session — waits for it; it keeps the
+        // `limit` smallest keys, never all of them. A page is not a
+        // snapshot across concurrent batches: each key is read as it is.
+        off_workers(move || {
+            let mut smallest: std::collections::BinaryHeap<String> =
+                std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
+            for e in space.map.iter() {
+                let key = e.key();
+                if !key.starts_with(&prefix)
+                    || !e.value().live(now)
+                    || after.as_deref().is_some_and(|a| key.as_str() <= a)
+                {
+                    continue;
+                }
+                if smallest.len() < limit {
+                    smallest.push(key.clone());
+                } else if smallest.peek().is_some_and(|largest| key < largest) {
+                    smallest.pop();
+                    smallest.push(key.clone());
+                }
+            }
+            let items = smallest
+                .into_sorted_vec()
+                .into_iter()
+                .filter_map(|key| {
+                    let stored = space.map.get(&key)?;
+                    Some(ScanItem {
+                        cursor: kv::encode_cursor(key.as_bytes()),
+                        value: if keys_only {
+                            Vec::new()
+                        } else {
+                            stored.value.clone()
+                        },
+                        version: stored.version,
+                        key,
+                    })
                 })
-            })
-            .collect();
-        Ok(ScanPage { items })
+                .collect();
+            ScanPage { items }
+        })
+        .await
     }
 
     async fn count(&self, ns: &str, prefix: &str) -> Result<u64, Error> {
         let space = self.space(ns);
-        let _gate = space.gate.read();
         let now = self.clock.now_ms();
-        Ok(space
-            .map
-            .iter()
-            .filter(|e| e.key().starts_with(prefix) && e.value().live(now))
-            .count() as u64)
+        let prefix = prefix.to_string();
+        // A walk over the whole namespace: on the blocking pool (see scan).
+        off_workers(move || {
+            space
+                .map
+                .iter()
+                .filter(|e| e.key().starts_with(&prefix) && e.value().live(now))
+                .count() as u64
+        })
+        .await
     }
 }
 
