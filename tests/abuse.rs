@@ -200,6 +200,18 @@ configs:
         }
     }
 
+    /// A session the request must open.
+    async fn open(
+        gw: &TestGateway,
+        request: CreateSessionRequest,
+    ) -> prism::proto::session::v1::CreateSessionResponse {
+        gw.sessions()
+            .create_session(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     fn named(key: &str, config: &str) -> CreateSessionRequest {
         CreateSessionRequest {
             auth: Some(Auth::ApiKey(key.to_string())),
@@ -484,12 +496,11 @@ configs:
     fn a_session_holds_only_so_many_streams() {
         block_on_multi_thread(async {
             let gw = TestGateway::start_with(gateway_config()).await;
-            let session = gw
-                .sessions()
-                .create_session(inline(WRITER, AccessPattern::Pubsub, "memory", &[], None))
-                .await
-                .unwrap()
-                .into_inner();
+            let session = open(
+                &gw,
+                inline(WRITER, AccessPattern::Pubsub, "memory", &[], None),
+            )
+            .await;
             let token = session.session_token;
             let first = gw.subscribe(&token, "a.>").await;
             let _second = gw.subscribe(&token, "b.>").await;
@@ -560,12 +571,7 @@ configs:
         block_on_multi_thread(async {
             let gw = TestGateway::start_with(gateway_config()).await;
             gw.wait_backend_up("db").await;
-            let session = gw
-                .sessions()
-                .create_session(named(READER, "orders-only"))
-                .await
-                .unwrap()
-                .into_inner();
+            let session = open(&gw, named(READER, "orders-only")).await;
             let in_list = |from: i32| Filter {
                 filter: Some(filter::Filter::Field(FieldFilter {
                     field: "id".into(),
@@ -638,12 +644,11 @@ configs:
         use prism::proto::keyvalue::v1::{BatchGetRequest, BatchSetRequest, Entry};
         block_on_multi_thread(async {
             let gw = TestGateway::start_with(gateway_config()).await;
-            let session = gw
-                .sessions()
-                .create_session(inline(WRITER, AccessPattern::KeyValue, "memory", &[], None))
-                .await
-                .unwrap()
-                .into_inner();
+            let session = open(
+                &gw,
+                inline(WRITER, AccessPattern::KeyValue, "memory", &[], None),
+            )
+            .await;
             let mut kv = KeyValueServiceClient::new(gw.channel.clone());
             // Four values of 60 KB, each within the limits, set two at a time.
             for pair in [["a", "b"], ["c", "d"]] {

@@ -580,6 +580,69 @@ fn commit_then_resubscribe_resumes_after_the_commit() {
 }
 
 #[test]
+fn commit_and_seek_refuse_positions_past_the_end_of_the_log() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        for b in backends(Interface::StreamConsumerGroups) {
+            let q = open(&gw, b).await;
+            q.publish_log(2).await;
+            let commit = |offset: i64| pb::CommitRequest {
+                session_token: q.token.clone(),
+                topic: "log".into(),
+                consumer_group: "parkers".into(),
+                offsets: vec![pb::PartitionOffset {
+                    partition: 0,
+                    offset,
+                }],
+            };
+            // Past the end: the group would skip every future message.
+            let err = q.client.clone().commit(commit(i64::MAX)).await.unwrap_err();
+            assert_error(
+                &err,
+                Code::InvalidArgument,
+                "OFFSET_OUT_OF_RANGE",
+                Service::Queue,
+            );
+            // Up to the end is fine: everything read.
+            let done = q
+                .client
+                .clone()
+                .commit(commit(2))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(done.committed[0].offset, 2, "{b}");
+            if BACKENDS
+                .iter()
+                .any(|(n, k)| *n == b && k.has(Interface::StreamReplay))
+            {
+                let err = q
+                    .client
+                    .clone()
+                    .seek(pb::SeekRequest {
+                        session_token: q.token.clone(),
+                        topic: "log".into(),
+                        consumer_group: "parkers".into(),
+                        positions: vec![pb::PartitionOffset {
+                            partition: 0,
+                            offset: 3,
+                        }],
+                    })
+                    .await
+                    .unwrap_err();
+                assert_error(
+                    &err,
+                    Code::InvalidArgument,
+                    "OFFSET_OUT_OF_RANGE",
+                    Service::Queue,
+                );
+            }
+        }
+        finish(gw).await;
+    });
+}
+
+#[test]
 fn seek_replays_from_an_offset() {
     block_on_multi_thread(async {
         let gw = TestGateway::start_with(config()).await;

@@ -201,30 +201,21 @@ mod tests {
         );
         assert_eq!(b.rate, Some((100, 50)));
         // A config's own lower limit stays; a higher one is lowered.
-        let own = rate_of(Some((10, 0)));
-        let b = bound(
-            &rules,
-            "db",
-            &[Pattern::KeyValue],
-            &mut options,
-            |_| false,
-            "f",
-            own,
-        )
-        .unwrap();
-        assert_eq!(b.rate, Some((10, 10)));
-        let own = rate_of(Some((10_000, 20_000)));
-        let b = bound(
-            &rules,
-            "db",
-            &[Pattern::KeyValue],
-            &mut options,
-            |_| false,
-            "f",
-            own,
-        )
-        .unwrap();
-        assert_eq!(b.rate, Some((100, 50)));
+        let mut with_own = |own: Option<(i32, i32)>| {
+            bound(
+                &rules,
+                "db",
+                &[Pattern::KeyValue],
+                &mut options,
+                |_| false,
+                "f",
+                rate_of(own),
+            )
+            .unwrap()
+            .rate
+        };
+        assert_eq!(with_own(Some((10, 0))), Some((10, 10)));
+        assert_eq!(with_own(Some((10_000, 20_000))), Some((100, 50)));
     }
 
     #[test]
