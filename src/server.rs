@@ -245,10 +245,26 @@ pub async fn run(
     ));
 
     // Both reflection versions: ghz and older grpcurl speak only v1alpha.
+    // They list what this port serves; AdminService (in the same
+    // descriptors) lives on the admin listener.
+    use tonic::server::NamedService as _;
+    let public = [
+        SessionServiceServer::<SessionApi>::NAME,
+        ConfigServiceServer::<ConfigApi>::NAME,
+        KeyValueServiceServer::<KeyValueApi>::NAME,
+        QueueServiceServer::<QueueApi>::NAME,
+        PubSubServiceServer::<PubSubApi>::NAME,
+        ReaderServiceServer::<ReaderApi>::NAME,
+        TransactServiceServer::<TransactApi>::NAME,
+        "grpc.health.v1.Health",
+    ];
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        public.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
     };
     let reflection_error = |e| ServeError::Config(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;

@@ -83,6 +83,8 @@ fn reflection_v1_and_v1alpha_list_services() {
         for expected in [
             "prism.session.v1.SessionService",
             "prism.config.v1.ConfigService",
+            "prism.keyvalue.v1.KeyValueService",
+            "prism.transact.v1.TransactService",
             "grpc.health.v1.Health",
         ] {
             assert!(
@@ -90,6 +92,11 @@ fn reflection_v1_and_v1alpha_list_services() {
                 "{expected} missing from {names:?}"
             );
         }
+        // The admin API is served (and listed) only on the admin listener.
+        assert!(
+            !names.iter().any(|n| n.contains("AdminService")),
+            "{names:?}"
+        );
 
         use tonic_reflection::pb::v1::{
             server_reflection_client::ServerReflectionClient as V1Client,
