@@ -103,10 +103,7 @@ mod policy {
             config::v1::{self as cfg, AccessPattern},
             keyvalue::v1::{key_value_service_client::KeyValueServiceClient, GetRequest},
             reader::v1::{reader_service_client::ReaderServiceClient, GetRequest as RowRequest},
-            session::v1::{
-                create_session_request::{Auth, Config},
-                CreateSessionRequest,
-            },
+            session::v1::{create_session_request::Config, CreateSessionRequest},
             transact::v1::{
                 transact_service_client::TransactServiceClient, DataWrite, MailboxWrite,
                 ProcessMailboxRequest, ReadMailboxRequest, WriteRequest,
@@ -116,7 +113,7 @@ mod policy {
     };
     use tonic::Code;
 
-    use super::common::{assert_error, wait_until, TestGateway};
+    use super::common::{api_key_request, assert_error, inline_request, wait_until, TestGateway};
 
     const READER: &str = "abuse-reader-key";
     const WRITER: &str = "abuse-writer-key";
@@ -171,6 +168,7 @@ configs:
         GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap()
     }
 
+    /// The shared inline request, with backend options and a rate limit.
     fn inline(
         key: &str,
         pattern: AccessPattern,
@@ -178,26 +176,20 @@ configs:
         options: &[(&str, &str)],
         rate: Option<(i32, i32)>,
     ) -> CreateSessionRequest {
-        CreateSessionRequest {
-            auth: Some(Auth::ApiKey(key.to_string())),
-            config: Some(Config::InlineConfig(cfg::ClientConfig {
-                pattern: pattern as i32,
-                backend: Some(cfg::BackendConfig {
-                    name: backend.to_string(),
-                    options: options
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                rate_limit: rate.map(|(requests_per_second, burst)| cfg::RateLimitConfig {
-                    requests_per_second,
-                    burst,
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
+        let mut request = inline_request(key, pattern, backend);
+        if let Some(Config::InlineConfig(config)) = &mut request.config {
+            if let Some(b) = &mut config.backend {
+                b.options = options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            }
+            config.rate_limit = rate.map(|(requests_per_second, burst)| cfg::RateLimitConfig {
+                requests_per_second,
+                burst,
+            });
         }
+        request
     }
 
     /// A session the request must open.
@@ -212,14 +204,6 @@ configs:
             .into_inner()
     }
 
-    fn named(key: &str, config: &str) -> CreateSessionRequest {
-        CreateSessionRequest {
-            auth: Some(Auth::ApiKey(key.to_string())),
-            config: Some(Config::ConfigName(config.to_string())),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn an_inline_config_cannot_escape_the_namespace_rules() {
         block_on_multi_thread(async {
@@ -230,7 +214,7 @@ configs:
             // named configs alike.
             for request in [
                 inline(READER, AccessPattern::KeyValue, "memory", &[], None),
-                named(READER, "kv-open"),
+                api_key_request(READER, "kv-open"),
             ] {
                 let err = sessions.create_session(request).await.unwrap_err();
                 assert_error(
@@ -311,7 +295,7 @@ configs:
             let mut sessions = gw.sessions();
 
             let reader = sessions
-                .create_session(named(READER, "orders-only"))
+                .create_session(api_key_request(READER, "orders-only"))
                 .await
                 .unwrap()
                 .into_inner();
@@ -571,7 +555,7 @@ configs:
         block_on_multi_thread(async {
             let gw = TestGateway::start_with(gateway_config()).await;
             gw.wait_backend_up("db").await;
-            let session = open(&gw, named(READER, "orders-only")).await;
+            let session = open(&gw, api_key_request(READER, "orders-only")).await;
             let in_list = |from: i32| Filter {
                 filter: Some(filter::Filter::Field(FieldFilter {
                     field: "id".into(),

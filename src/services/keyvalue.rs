@@ -6,6 +6,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use futures::StreamExt as _;
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -271,59 +272,41 @@ impl KeyValueApi {
             limit
         } as usize;
         let chunk = if keys_only { 512 } else { 16 };
-        struct State {
-            scan: Arc<dyn crate::backends::kv::KeyValueScan>,
-            ns: String,
-            prefix: String,
-            cursor: String,
-            remaining: usize,
-            buffered: std::vec::IntoIter<ScanItem>,
-            exhausted: bool,
-        }
-        let state = State {
+        let source = ScanSource {
             scan,
             ns: call.ns().to_string(),
             prefix,
             cursor,
-            remaining,
-            buffered: Vec::new().into_iter(),
-            exhausted: false,
+            keys_only,
         };
-        let items = futures::stream::unfold(state, move |mut st| async move {
-            if st.remaining == 0 {
-                return None;
-            }
-            if let Some(item) = st.buffered.next() {
-                st.remaining -= 1;
-                return Some((Ok(map(item)), st));
-            }
-            if st.exhausted {
-                return None;
-            }
-            let want = st.remaining.min(chunk);
-            match st
-                .scan
-                .scan(&st.ns, &st.prefix, &st.cursor, want, keys_only)
-                .await
-            {
-                Ok(page) => {
-                    st.exhausted = page.items.len() < want;
-                    if let Some(last) = page.items.last() {
-                        st.cursor = last.cursor.clone();
-                    }
-                    let mut items = page.items.into_iter();
-                    let first = items.next()?;
-                    st.buffered = items;
-                    st.remaining -= 1;
-                    Some((Ok(map(first)), st))
-                }
-                Err(e) => {
-                    st.remaining = 0;
-                    Some((Err(e), st))
-                }
-            }
-        });
+        let items = super::chunked(source, remaining, chunk).map(move |r| r.map(map));
         Ok(call.stream(items))
+    }
+}
+
+/// What Scan and ScanKeys stream: a namespace's keys from a cursor on,
+/// read a chunk at a time (see [`super::chunked`]).
+struct ScanSource {
+    scan: Arc<dyn crate::backends::kv::KeyValueScan>,
+    ns: String,
+    prefix: String,
+    cursor: String,
+    keys_only: bool,
+}
+
+#[tonic::async_trait]
+impl super::Chunks for ScanSource {
+    type Item = ScanItem;
+
+    async fn next_chunk(&mut self, want: usize) -> Result<Vec<ScanItem>, Error> {
+        let page = self
+            .scan
+            .scan(&self.ns, &self.prefix, &self.cursor, want, self.keys_only)
+            .await?;
+        if let Some(last) = page.items.last() {
+            self.cursor = last.cursor.clone();
+        }
+        Ok(page.items)
     }
 }
 

@@ -2,6 +2,8 @@
 //! state in `Arc`s; every data call enters through [`crate::gate`], so a
 //! service holds only request validation, the backend call and the reply.
 
+use futures::Stream;
+
 use crate::error::Error;
 
 pub mod config;
@@ -50,4 +52,60 @@ pub fn optional_max_messages(n: Option<i32>) -> Result<Option<u64>, Error> {
         )),
         other => Ok(other.map(|n| n as u64)),
     }
+}
+
+/// A source a stream reads in chunks (see [`chunked`]).
+#[tonic::async_trait]
+pub trait Chunks: Send + 'static {
+    type Item: Send;
+
+    /// Up to `want` items after those already given, moving past them;
+    /// fewer than `want` means the source has no more.
+    async fn next_chunk(&mut self, want: usize) -> Result<Vec<Self::Item>, Error>;
+}
+
+/// Up to `limit` items of `source`, read `chunk` at a time, each chunk only
+/// once the client has taken the previous one (backpressure). An error is
+/// sent, then the stream ends.
+pub fn chunked<C: Chunks>(
+    source: C,
+    limit: usize,
+    chunk: usize,
+) -> impl Stream<Item = Result<C::Item, Error>> + Send {
+    struct State<C: Chunks> {
+        source: C,
+        buffered: std::vec::IntoIter<C::Item>,
+        left: usize,
+        exhausted: bool,
+    }
+    let state = State {
+        source,
+        buffered: Vec::new().into_iter(),
+        left: limit,
+        exhausted: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        if st.left == 0 {
+            return None;
+        }
+        if st.buffered.len() == 0 {
+            if st.exhausted {
+                return None;
+            }
+            let want = st.left.min(chunk);
+            match st.source.next_chunk(want).await {
+                Ok(items) => {
+                    st.exhausted = items.len() < want;
+                    st.buffered = items.into_iter();
+                }
+                Err(e) => {
+                    st.left = 0;
+                    return Some((Err(e), st));
+                }
+            }
+        }
+        let item = st.buffered.next()?;
+        st.left -= 1;
+        Some((Ok(item), st))
+    })
 }

@@ -449,7 +449,7 @@ impl TransactService for TransactApi {
                 )))
             }
         };
-        let state = MailboxReader {
+        let source = MailboxReader {
             outbox: call.handle.clone(),
             ns: call.ns().to_string(),
             query: MailboxQuery {
@@ -458,14 +458,8 @@ impl TransactService for TransactApi {
                 limit: 0,
                 unprocessed_only: req.unprocessed_only.unwrap_or(false),
             },
-            left: limit,
-            buffered: std::collections::VecDeque::new(),
-            exhausted: false,
         };
-        let stream = futures::stream::unfold(state, |mut s| async move {
-            let item = s.next().await?;
-            Some((item, s))
-        });
+        let stream = super::chunked(source, limit, MAILBOX_CHUNK).map(|r| r.map(mailbox_message));
         Ok(Response::new(call.stream(stream)))
     }
 
@@ -497,42 +491,25 @@ impl TransactService for TransactApi {
     }
 }
 
-/// ReadMailbox's state: rows are fetched a chunk at a time, when the
-/// stream is polled for them.
+/// What ReadMailbox streams: a mailbox in sequence order, read a chunk at
+/// a time (see [`super::chunked`]).
 struct MailboxReader {
     outbox: Arc<dyn TransactOutbox>,
     ns: String,
     query: MailboxQuery,
-    left: usize,
-    buffered: std::collections::VecDeque<MailboxRow>,
-    exhausted: bool,
 }
 
-impl MailboxReader {
-    async fn next(&mut self) -> Option<Result<pb::MailboxMessage, Error>> {
-        if self.left == 0 {
-            return None;
+#[tonic::async_trait]
+impl super::Chunks for MailboxReader {
+    type Item = MailboxRow;
+
+    async fn next_chunk(&mut self, want: usize) -> Result<Vec<MailboxRow>, Error> {
+        self.query.limit = want;
+        let rows = self.outbox.read_mailbox(&self.ns, &self.query).await?;
+        if let Some(last) = rows.last() {
+            self.query.after = last.sequence;
         }
-        if self.buffered.is_empty() {
-            if self.exhausted {
-                return None;
-            }
-            self.query.limit = self.left.min(MAILBOX_CHUNK);
-            match self.outbox.read_mailbox(&self.ns, &self.query).await {
-                Ok(rows) => {
-                    self.exhausted = rows.len() < self.query.limit;
-                    self.buffered.extend(rows);
-                }
-                Err(e) => {
-                    self.left = 0;
-                    return Some(Err(e));
-                }
-            }
-        }
-        let row = self.buffered.pop_front()?;
-        self.left -= 1;
-        self.query.after = row.sequence;
-        Some(Ok(mailbox_message(row)))
+        Ok(rows)
     }
 }
 

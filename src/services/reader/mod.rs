@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -144,6 +145,40 @@ fn cut_to_bytes(rows: &mut Vec<pb::Row>, keys: &mut Vec<Vec<KeyValue>>, max_byte
     false
 }
 
+/// What Query streams: a plan's rows in key order, read in keyset chunks
+/// after an initial OFFSET (see [`super::chunked`]).
+struct QuerySource {
+    reader: ReaderHandle,
+    target: Target,
+    plan: Plan,
+    /// The last row's key, once a chunk was read.
+    after: Option<Vec<KeyValue>>,
+    /// Rows to skip first; only the first chunk skips.
+    offset: u64,
+}
+
+#[tonic::async_trait]
+impl super::Chunks for QuerySource {
+    type Item = ReadRow;
+
+    async fn next_chunk(&mut self, want: usize) -> Result<Vec<ReadRow>, Error> {
+        let rows = self
+            .reader
+            .paged
+            .rows(
+                &self.target.schema,
+                &self.plan,
+                self.after.as_deref(),
+                self.offset,
+                want,
+            )
+            .await?;
+        self.offset = 0;
+        self.after = rows.last().map(|r| r.key.clone());
+        Ok(rows)
+    }
+}
+
 #[tonic::async_trait]
 impl ReaderService for ReaderApi {
     type ReadStream = GatedStream<pb::Page>;
@@ -266,67 +301,15 @@ impl ReaderService for ReaderApi {
         })();
         let (limit, offset, plan) = checked.map_err(|e| call.fail(e))?;
         let chunk = target.spec.max_page_size;
-        struct State {
-            reader: ReaderHandle,
-            target: Target,
-            plan: Plan,
-            buffered: std::vec::IntoIter<ReadRow>,
-            after: Option<Vec<KeyValue>>,
-            offset: u64,
-            left: u64,
-            exhausted: bool,
-        }
-        let state = State {
+        let source = QuerySource {
             reader: call.handle.clone(),
             target,
             plan,
-            buffered: Vec::new().into_iter(),
             after: None,
             offset,
-            left: limit,
-            exhausted: false,
         };
-        let rows = futures::stream::unfold(state, move |mut st| async move {
-            if st.left == 0 {
-                return None;
-            }
-            if let Some(r) = st.buffered.next() {
-                st.left -= 1;
-                return Some((Ok(row(r)), st));
-            }
-            if st.exhausted {
-                return None;
-            }
-            // The next chunk, only now that the previous one was taken.
-            let want = (chunk as u64).min(st.left) as usize;
-            let fetched = st
-                .reader
-                .paged
-                .rows(
-                    &st.target.schema,
-                    &st.plan,
-                    st.after.as_deref(),
-                    st.offset,
-                    want,
-                )
-                .await;
-            match fetched {
-                Err(e) => {
-                    st.left = 0;
-                    Some((Err(e), st))
-                }
-                Ok(rows) => {
-                    st.offset = 0;
-                    st.exhausted = rows.len() < want;
-                    st.after = rows.last().map(|r| r.key.clone());
-                    let mut it = rows.into_iter();
-                    let first = it.next()?;
-                    st.buffered = it;
-                    st.left -= 1;
-                    Some((Ok(row(first)), st))
-                }
-            }
-        });
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let rows = super::chunked(source, limit, chunk).map(|r| r.map(row));
         Ok(Response::new(call.stream(rows)))
     }
 
