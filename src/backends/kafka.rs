@@ -32,8 +32,8 @@ use rdkafka::{
 };
 
 use super::queue::{
-    bad_partition, check_positions, choose_partition, topic_not_found, ConsumerSpec,
-    PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
+    bad_partition, check_positions, check_within_log, choose_partition, topic_not_found,
+    ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
     QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
 };
 use super::PoolSpec;
@@ -336,6 +336,28 @@ impl KafkaBackend {
             .await?
             .ok_or_else(|| topic_not_found(topic))?;
         check_positions(topic, count, offsets)?;
+        // Every offset is checked against its partition's high watermark
+        // before anything moves.
+        let producer = self.producer()?;
+        let (marks_name, wanted) = (name.clone(), offsets.to_vec());
+        let marks = blocking(move || {
+            wanted
+                .iter()
+                .map(|&(p, _)| {
+                    producer
+                        .client()
+                        .fetch_watermarks(&marks_name, p, META_TIMEOUT)
+                        .map(|(_, high)| (p, high))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|e| self.unavailable(e))?;
+        let mut ends = vec![i64::MAX; count as usize];
+        for (p, high) in marks {
+            ends[p as usize] = high;
+        }
+        check_within_log(&ends, offsets)?;
         let mut tpl = TopicPartitionList::new();
         for &(p, o) in offsets {
             tpl.add_partition_offset(&name, p, Offset::Offset(o))

@@ -21,8 +21,8 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 
 use super::queue::{
-    bad_partition, check_positions, choose_partition, topic_not_found, ConsumerSpec,
-    PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
+    bad_partition, check_positions, check_within_log, choose_partition, topic_not_found,
+    ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
     QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
 };
 use super::PoolSpec;
@@ -304,6 +304,17 @@ impl NatsBackend {
             .await?
             .ok_or_else(|| topic_not_found(topic))?;
         check_positions(topic, count, positions)?;
+        // Every position is checked against its log's end before any moves.
+        let mut ends = vec![i64::MAX; count as usize];
+        for &(p, _) in positions {
+            let mut stream = js
+                .get_stream(stream_name(ns, topic, p))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let info = stream.info().await.map_err(|e| self.unavailable(e))?;
+            ends[p as usize] = info.state.last_sequence as i64;
+        }
+        check_within_log(&ends, positions)?;
         for &(p, o) in positions {
             let stream = js
                 .get_stream(stream_name(ns, topic, p))

@@ -23,10 +23,10 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use super::{
     epoch_ms,
     queue::{
-        bad_partition, check_positions, choose_partition, dead_letter_topic, topic_not_found,
-        ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer,
-        QueueDeadLetter, QueueMessage, QueueVisibility, Start, StreamConsumerGroups, StreamReplay,
-        TopicStats,
+        bad_partition, check_positions, check_within_log, choose_partition, dead_letter_topic,
+        topic_not_found, ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic,
+        QueueConsumer, QueueDeadLetter, QueueMessage, QueueVisibility, Start, StreamConsumerGroups,
+        StreamReplay, TopicStats,
     },
     sql::SqlBackend,
 };
@@ -448,9 +448,9 @@ impl StreamConsumerGroups for PgQueue {
             .ok_or_else(|| topic_not_found(topic))?;
         check_positions(topic, count, offsets)?;
         let ends = self.next_offsets(&mut tx, ns, topic).await?;
+        check_within_log(&ends, offsets)?;
         let mut stored = Vec::with_capacity(offsets.len());
         for &(p, o) in offsets {
-            let o = o.min(ends[p as usize]);
             in_group("INSERT INTO prism_queue_groups (namespace, topic, grp, partition, cursor, committed) \
                  VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (namespace, topic, grp, partition) \
                  DO UPDATE SET committed = $5, cursor = GREATEST(prism_queue_groups.cursor, $5)", ns, topic, group)
@@ -495,8 +495,8 @@ impl StreamReplay for PgQueue {
             .ok_or_else(|| topic_not_found(topic))?;
         check_positions(topic, count, positions)?;
         let ends = self.next_offsets(&mut tx, ns, topic).await?;
+        check_within_log(&ends, positions)?;
         for &(p, o) in positions {
-            let o = o.min(ends[p as usize]);
             let moved = in_group(
                 "UPDATE prism_queue_groups SET cursor = $5, committed = $5 \
                  WHERE namespace = $1 AND topic = $2 AND grp = $3 AND partition = $4",

@@ -292,6 +292,30 @@ pub fn check_positions(topic: &str, count: i32, positions: &[(i32, i64)]) -> Res
     Ok(())
 }
 
+/// Refuses a position past the end of its partition's log: `ends[p]` is
+/// the next offset to be written, the furthest a group may commit or seek
+/// to. INVALID_ARGUMENT `OFFSET_OUT_OF_RANGE` — never a group silently
+/// parked beyond every future message. Call after [`check_positions`].
+pub fn check_within_log(ends: &[i64], positions: &[(i32, i64)]) -> Result<(), Error> {
+    for &(p, o) in positions {
+        let Some(&latest) = usize::try_from(p).ok().and_then(|i| ends.get(i)) else {
+            continue;
+        };
+        if o > latest {
+            return Err(Error::invalid_argument(
+                "OFFSET_OUT_OF_RANGE",
+                format!(
+                    "offset {o} for partition {p} is past the end of its log (the next offset \
+                     is {latest})"
+                ),
+            )
+            .with("partition", p.to_string())
+            .with("latest", latest.to_string()));
+        }
+    }
+    Ok(())
+}
+
 /// The partition for a message: explicit, by key hash, or round-robin.
 pub fn choose_partition(item: &PublishItem, count: i32, round_robin: u64) -> i32 {
     if let Some(p) = item.partition {

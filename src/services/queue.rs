@@ -80,39 +80,6 @@ fn offsets(list: &[pb::PartitionOffset]) -> Result<Vec<(i32, i64)>, Error> {
     Ok(list.iter().map(|po| (po.partition, po.offset)).collect())
 }
 
-/// Refuses a position past the end of its partition's log (the next
-/// offset to be written is the furthest a group may commit or seek to):
-/// INVALID_ARGUMENT `OFFSET_OUT_OF_RANGE`, never a group silently parked
-/// beyond every future message. Unknown partitions are left to the
-/// backend's own check.
-async fn within_log(
-    call: &gate::Call<QueueHandle>,
-    topic: &str,
-    positions: &[(i32, i64)],
-) -> Result<(), Error> {
-    let stats = call.handle.basic.topic_stats(call.ns(), topic).await?;
-    for &(p, o) in positions {
-        if let Some(latest) = stats
-            .partitions
-            .iter()
-            .find(|s| s.partition == p)
-            .map(|s| s.latest)
-            .filter(|latest| o > *latest)
-        {
-            return Err(Error::invalid_argument(
-                "OFFSET_OUT_OF_RANGE",
-                format!(
-                    "offset {o} for partition {p} is past the end of its log (the next offset \
-                     is {latest})"
-                ),
-            )
-            .with("partition", p.to_string())
-            .with("latest", latest.to_string()));
-        }
-    }
-    Ok(())
-}
-
 impl QueueApi {
     pub fn new(
         gates: &GateState,
@@ -399,7 +366,6 @@ impl QueueService for QueueApi {
                 check_topic(&req.topic)?;
                 require_group(&req.consumer_group)?;
                 let offsets = offsets(&req.offsets)?;
-                within_log(call, &req.topic, &offsets).await?;
                 let stored = groups
                     .commit(call.ns(), &req.topic, &req.consumer_group, &offsets)
                     .await?;
@@ -424,7 +390,6 @@ impl QueueService for QueueApi {
                 check_topic(&req.topic)?;
                 require_group(&req.consumer_group)?;
                 let positions = offsets(&req.positions)?;
-                within_log(call, &req.topic, &positions).await?;
                 replay
                     .seek(call.ns(), &req.topic, &req.consumer_group, &positions)
                     .await?;

@@ -27,9 +27,9 @@ use tokio::sync::Notify;
 
 use crate::{
     backends::queue::{
-        bad_partition, check_positions, choose_partition, topic_not_found, ConsumerSpec,
-        PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer, QueueMessage,
-        QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
+        bad_partition, check_positions, check_within_log, choose_partition, topic_not_found,
+        ConsumerSpec, PartitionStats, PublishItem, Published, QueueBasic, QueueConsumer,
+        QueueMessage, QueueVisibility, Start, StreamConsumerGroups, StreamReplay, TopicStats,
     },
     clock::{ms, Clock},
     error::Error,
@@ -335,13 +335,13 @@ impl StreamConsumerGroups for MemoryQueue {
         let count = inner.logs.len();
         check_positions(&state.name, count as i32, offsets)?;
         let ends: Vec<i64> = inner.logs.iter().map(|l| l.len() as i64).collect();
+        check_within_log(&ends, offsets)?;
         let g = inner
             .groups
             .entry(group.to_string())
             .or_insert_with(|| Group::new(count));
         let mut stored = Vec::with_capacity(offsets.len());
         for &(p, o) in offsets {
-            let o = o.min(ends[p as usize]);
             g.committed[p as usize] = o;
             g.advance(p as usize);
             stored.push((p, g.committed[p as usize]));
@@ -366,12 +366,12 @@ impl StreamReplay for MemoryQueue {
             let count = inner.logs.len();
             check_positions(&state.name, count as i32, positions)?;
             let ends: Vec<i64> = inner.logs.iter().map(|l| l.len() as i64).collect();
+            check_within_log(&ends, positions)?;
             let g = inner
                 .groups
                 .get_mut(group)
                 .ok_or_else(|| missing_group(topic, group))?;
             for &(p, o) in positions {
-                let o = o.min(ends[p as usize]);
                 // The group consumes from `o` again: position and commit.
                 g.cursor[p as usize] = o;
                 g.committed[p as usize] = o;
