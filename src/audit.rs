@@ -50,6 +50,25 @@ pub struct AuditConfig {
 /// The shortest `pseudonym_key` accepted.
 pub const MIN_KEY_BYTES: usize = 16;
 
+impl AuditConfig {
+    /// Why the config cannot mask PII, if it cannot: `pii_fields` without a
+    /// `pseudonym_key` of at least [`MIN_KEY_BYTES`] would make pseudonyms
+    /// hashes anyone can check a guess against.
+    pub fn key_problem(&self) -> Option<String> {
+        let keyed = self
+            .pseudonym_key
+            .as_ref()
+            .is_some_and(|k| k.len() >= MIN_KEY_BYTES);
+        (!self.pii_fields.is_empty() && !keyed).then(|| {
+            format!(
+                "pii_fields needs pseudonym_key of at least {MIN_KEY_BYTES} bytes \
+                 (e.g. ${{PRISM_AUDIT_KEY}}): without a key a pseudonym is a hash anyone can \
+                 check a guess against"
+            )
+        })
+    }
+}
+
 /// The record fields that may be marked PII.
 pub const MASKABLE: [&str; 3] = ["identity", "session_id", "resource"];
 
@@ -124,15 +143,8 @@ impl Audit {
 
     /// Opens the configured sink and starts its writer thread.
     pub fn open(config: &AuditConfig) -> Result<Self, String> {
-        if !config.pii_fields.is_empty()
-            && config
-                .pseudonym_key
-                .as_ref()
-                .is_none_or(|k| k.len() < MIN_KEY_BYTES)
-        {
-            return Err(format!(
-                "audit.pii_fields needs audit.pseudonym_key of at least {MIN_KEY_BYTES} bytes"
-            ));
+        if let Some(problem) = config.key_problem() {
+            return Err(format!("audit: {problem}"));
         }
         let mut audit = Self::disabled(config);
         let mut out: Box<dyn Write + Send> = match config.sink {

@@ -51,7 +51,7 @@ const DATA_SERVICES: [&str; 5] = [
 ];
 
 /// The label value of a path this gateway does not serve.
-pub const UNKNOWN: &str = "unknown";
+const UNKNOWN: &str = "unknown";
 
 /// The gRPC methods this gateway serves, by request path
 /// (`/package.Service/Method`) — Prism's packages, health and reflection —

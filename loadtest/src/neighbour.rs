@@ -90,8 +90,14 @@ pub async fn measure(
     ));
     let (beside, _) = prepared.run().await;
     stop.store(true, Ordering::Relaxed);
-    // The loop ends after its current call.
-    let _ = tokio::time::timeout(Duration::from_secs(60), looping).await;
+    // The loop ends after its current call; one stuck longer is stopped.
+    let abort = looping.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(60), looping)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
     Ok((
         Comparison {
             scenario: format!(

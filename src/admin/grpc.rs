@@ -1,7 +1,8 @@
 //! `prism.admin.v1.AdminService`: the live actor tree over gRPC, the same
 //! answers as `/admin/actors`. Served only on the admin listener (HTTP/2
 //! beside its HTTP/1 endpoints), never on the public gRPC port. Calls carry
-//! the admin token as `authorization: Bearer <token>` metadata.
+//! the admin token as `authorization: Bearer <token>` (or
+//! `x-admin-token`) metadata, checked by the listener like any request.
 
 use std::sync::Arc;
 
@@ -9,36 +10,20 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     actors::{ActorNode, Supervisors},
-    admin::{check_token, tree},
+    admin::tree,
     backends::sql_reader::json_to_value,
     proto::admin::v1::{self as pb, admin_service_server::AdminService},
 };
 
+/// The service; the admin listener's token check runs before it (see
+/// [`super::router`]).
 pub struct AdminApi {
-    /// `server.admin_token`.
-    token: Option<String>,
     supervisors: Arc<Supervisors>,
 }
 
 impl AdminApi {
-    pub fn new(token: Option<String>, supervisors: Arc<Supervisors>) -> Self {
-        AdminApi { token, supervisors }
-    }
-
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match check_token(self.token.as_deref(), given) {
-            None => Ok(()),
-            Some((code, why)) if code == axum::http::StatusCode::UNAUTHORIZED => {
-                Err(Status::unauthenticated(why))
-            }
-            Some((_, why)) => Err(Status::permission_denied(why)),
-        }
+    pub fn new(supervisors: Arc<Supervisors>) -> Self {
+        AdminApi { supervisors }
     }
 
     async fn tree(&self) -> Result<ActorNode, Status> {
@@ -75,7 +60,6 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetActorTreeRequest>,
     ) -> Result<Response<pb::GetActorTreeResponse>, Status> {
-        self.authorize(&request)?;
         let r = request.into_inner();
         if r.offset < 0 || r.limit < 0 {
             return Err(Status::invalid_argument(
@@ -108,7 +92,6 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetActorRequest>,
     ) -> Result<Response<pb::ActorNode>, Status> {
-        self.authorize(&request)?;
         let id = request.into_inner().id;
         let tree = self.tree().await?;
         match tree.find(&id) {

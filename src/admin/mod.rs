@@ -78,7 +78,7 @@ pub fn check_token(configured: Option<&str>, given: Option<&str>) -> Option<(Sta
 }
 
 /// The token a request carries in a header (a `token` query parameter is
-/// not read: URLs end up in logs).
+/// not read: URLs end up in logs). gRPC metadata are headers too.
 fn request_token(req: &Request) -> Option<String> {
     let headers = req.headers();
     if let Some(bearer) = headers
@@ -100,17 +100,31 @@ async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next:
         None => next.run(req).await,
         Some((code, why)) => {
             tracing::warn!(path = %req.uri().path(), %why, "admin request refused");
-            (code, format!("{why}\n")).into_response()
+            let grpc = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if !grpc {
+                return (code, format!("{why}\n")).into_response();
+            }
+            // AdminService callers hear it as a gRPC status.
+            let status = if code == StatusCode::UNAUTHORIZED {
+                tonic::Status::unauthenticated(why)
+            } else {
+                tonic::Status::permission_denied(why)
+            };
+            status.into_http()
         }
     }
 }
 
 pub fn router(admin: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(AdminServiceServer::new(grpc::AdminApi::new(
-        admin.token.clone(),
         admin.supervisors.clone(),
     )))
-    .into_axum_router();
+    .into_axum_router()
+    .layer(middleware::from_fn_with_state(admin.clone(), require_token));
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

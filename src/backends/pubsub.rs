@@ -372,7 +372,8 @@ pub enum SinkEnd {
 }
 
 struct SinkState {
-    events: VecDeque<Arc<Event>>,
+    /// Each event with its [`Event::size`], counted once on the way in.
+    events: VecDeque<(Arc<Event>, usize)>,
     /// What the buffered events hold, by [`Event::size`].
     bytes: usize,
     end: Option<SinkEnd>,
@@ -387,8 +388,8 @@ impl SinkState {
     }
 
     fn pop(&mut self) -> Option<Arc<Event>> {
-        let e = self.events.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(e.size());
+        let (e, size) = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(size);
         Some(e)
     }
 }
@@ -481,12 +482,12 @@ impl EventSink {
     /// Offers an event (push backends). Returns false once the sink has
     /// ended: the backend should stop delivering.
     pub fn push(&self, event: Arc<Event>) -> bool {
+        let size = event.size();
         {
             let mut s = self.state.lock();
             if s.end.is_some() {
                 return false;
             }
-            let size = event.size();
             while s.full(self.capacity, self.max_bytes, size) {
                 match self.overflow {
                     Overflow::DropOldest => {
@@ -515,7 +516,7 @@ impl EventSink {
                 }
             }
             s.bytes += size;
-            s.events.push_back(event);
+            s.events.push_back((event, size));
             self.high_water.fetch_max(s.events.len(), Ordering::Relaxed);
         }
         self.received.fetch_add(1, Ordering::Relaxed);

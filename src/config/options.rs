@@ -132,10 +132,7 @@ impl ClientOptions {
                 "tables" => {
                     let tables: Vec<String> =
                         raw.split(',').map(|t| t.trim().to_string()).collect();
-                    if tables.is_empty()
-                        || tables.len() > 64
-                        || tables.iter().any(|t| t.is_empty() || t.len() > 200)
-                    {
+                    if tables.len() > 64 || tables.iter().any(|t| t.is_empty() || t.len() > 200) {
                         return Err(invalid(
                             "a comma-separated list of 1 to 64 table names of 1 to 200 bytes",
                         ));
@@ -159,31 +156,46 @@ impl ClientOptions {
 
     /// Refuses a collection other than the config's own, when it names one.
     pub fn allow_collection(&self, collection: &str) -> Result<(), Error> {
-        allow("collection", self.collection.as_slice(), collection)
+        allow(
+            "collection",
+            "COLLECTION_NOT_ALLOWED",
+            self.collection.as_slice(),
+            collection,
+        )
     }
 
     /// Refuses a mailbox other than the config's own, when it names one.
     pub fn allow_mailbox(&self, mailbox: &str) -> Result<(), Error> {
-        allow("mailbox", self.mailbox.as_slice(), mailbox)
+        allow(
+            "mailbox",
+            "MAILBOX_NOT_ALLOWED",
+            self.mailbox.as_slice(),
+            mailbox,
+        )
     }
 
     /// Refuses a table the config's `tables` does not list, when it has one.
     pub fn allow_table(&self, table: &str) -> Result<(), Error> {
-        allow("tables", self.tables.as_deref().unwrap_or_default(), table)
+        allow(
+            "tables",
+            "TABLE_NOT_ALLOWED",
+            self.tables.as_deref().unwrap_or_default(),
+            table,
+        )
     }
 }
 
-/// PERMISSION_DENIED `<WHAT>_NOT_ALLOWED` when `allowed` is set and does
-/// not hold `name`.
-fn allow(option: &'static str, allowed: &[String], name: &str) -> Result<(), Error> {
+/// PERMISSION_DENIED `reason` when `allowed` is set and does not hold
+/// `name`.
+fn allow(
+    option: &'static str,
+    reason: &'static str,
+    allowed: &[String],
+    name: &str,
+) -> Result<(), Error> {
     if allowed.is_empty() || allowed.iter().any(|a| a == name) {
         return Ok(());
     }
-    let reason = match option {
-        "collection" => "COLLECTION_NOT_ALLOWED",
-        "mailbox" => "MAILBOX_NOT_ALLOWED",
-        _ => "TABLE_NOT_ALLOWED",
-    };
     let shown: String = name.chars().take(64).collect();
     Err(Error::permission_denied(
         reason,

@@ -75,9 +75,9 @@ pub struct Bounds {
 /// Holds one config to the `rules` that cover it: checks the options it
 /// set against their caps (PERMISSION_DENIED `OPTION_NOT_ALLOWED` naming
 /// the option and the cap), lowers the defaults it left to the caps, and
-/// gives the roles and rate its sessions are held to. `set` says whether
-/// the config set an option itself; `field` names where its options came
-/// from, for the error.
+/// gives the roles and rate its sessions are held to, starting from the
+/// config's own (`own`). `set` says whether the config set an option
+/// itself; `field` names where its options came from, for the error.
 pub fn bound(
     rules: &[PolicyRule],
     backend: &str,
@@ -85,12 +85,9 @@ pub fn bound(
     options: &mut ClientOptions,
     set: impl Fn(&str) -> bool,
     field: &str,
-    own_rate: Rate,
+    own: Bounds,
 ) -> Result<Bounds, Error> {
-    let mut bounds = Bounds {
-        role_sets: Vec::new(),
-        rate: own_rate,
-    };
+    let mut bounds = own;
     for rule in rules.iter().filter(|r| r.covers(backend, patterns)) {
         if !rule.roles.is_empty() && !bounds.role_sets.contains(&rule.roles) {
             bounds.role_sets.push(rule.roles.clone());
@@ -192,7 +189,7 @@ mod tests {
             &mut options,
             |_| false,
             "f",
-            None,
+            Bounds::default(),
         )
         .unwrap();
         assert_eq!(
@@ -209,7 +206,10 @@ mod tests {
                 &mut options,
                 |_| false,
                 "f",
-                rate_of(own),
+                Bounds {
+                    role_sets: Vec::new(),
+                    rate: rate_of(own),
+                },
             )
             .unwrap()
             .rate
@@ -229,7 +229,7 @@ mod tests {
             &mut options,
             |_| false,
             "f",
-            None,
+            Bounds::default(),
         )
         .unwrap();
         assert_eq!(options.visibility_timeout, Duration::from_secs(10));
@@ -246,7 +246,7 @@ mod tests {
             &mut options,
             |name| name == "max_attempts",
             "inline_config.backend.options",
-            None,
+            Bounds::default(),
         )
         .unwrap_err();
         assert_eq!(err.reason, "OPTION_NOT_ALLOWED");

@@ -186,12 +186,14 @@ pub(crate) fn resolve_named_spec(
     patterns.extend(spec.also.iter().copied().filter(|p| *p != spec.pattern));
     let required = parse_interfaces(&spec.required_interfaces)?;
     let mut options = ClientOptions::parse(&format!("configs.{name}.options"), &spec.options)?;
+    let own_rate = spec
+        .rate_limit
+        .as_ref()
+        .map(|r| (r.requests_per_second, r.burst));
     check_cache_and_rate(
         &format!("config `{name}`"),
         spec.cache.as_ref().is_some_and(|c| c.enabled),
-        spec.rate_limit
-            .as_ref()
-            .map(|r| (r.requests_per_second, r.burst)),
+        own_rate,
     )?;
     let ns = check_policy(
         cfg,
@@ -201,22 +203,22 @@ pub(crate) fn resolve_named_spec(
         &patterns,
         &required,
     )?;
-    let mut bounds = policy::bound(
+    let bounds = policy::bound(
         &ns.rules,
         &spec.backend,
         &patterns,
         &mut options,
         |name| spec.options.contains_key(name),
         &format!("configs.{name}.options"),
-        policy::rate_of(
-            spec.rate_limit
-                .as_ref()
-                .map(|r| (r.requests_per_second, r.burst)),
-        ),
+        policy::Bounds {
+            role_sets: [&spec.roles]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .collect(),
+            rate: policy::rate_of(own_rate),
+        },
     )?;
-    if !spec.roles.is_empty() {
-        bounds.role_sets.insert(0, spec.roles.clone());
-    }
 
     let proto = pb::ClientConfig {
         name: name.to_string(),
@@ -305,13 +307,14 @@ pub fn resolve_inline(
     let (backend_name, kind) = pick_backend(cfg, namespace, &backend)?;
     let required = parse_interfaces(&backend.required_interfaces)?;
     let mut options = ClientOptions::parse("inline_config.backend.options", &backend.options)?;
+    let own_rate = inline
+        .rate_limit
+        .as_ref()
+        .map(|r| (r.requests_per_second, r.burst));
     check_cache_and_rate(
         "inline_config",
         inline.cache.as_ref().is_some_and(|c| c.enabled),
-        inline
-            .rate_limit
-            .as_ref()
-            .map(|r| (r.requests_per_second, r.burst)),
+        own_rate,
     )?;
     let ns = check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
     let bounds = policy::bound(
@@ -321,12 +324,10 @@ pub fn resolve_inline(
         &mut options,
         |name| backend.options.contains_key(name),
         "inline_config.backend.options",
-        policy::rate_of(
-            inline
-                .rate_limit
-                .as_ref()
-                .map(|r| (r.requests_per_second, r.burst)),
-        ),
+        policy::Bounds {
+            role_sets: Vec::new(),
+            rate: policy::rate_of(own_rate),
+        },
     )?;
 
     let mut proto = inline.clone();

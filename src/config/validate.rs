@@ -505,20 +505,8 @@ fn check_audit(r: &mut Report, audit: &crate::audit::AuditConfig) {
             );
         }
     }
-    if !audit.pii_fields.is_empty()
-        && audit
-            .pseudonym_key
-            .as_ref()
-            .is_none_or(|k| k.len() < crate::audit::MIN_KEY_BYTES)
-    {
-        r.fail(
-            "audit",
-            format!(
-                "pii_fields needs pseudonym_key of at least {} bytes (e.g. ${{PRISM_AUDIT_KEY}}): \
-                 without a key a pseudonym is a hash anyone can check a guess against",
-                crate::audit::MIN_KEY_BYTES
-            ),
-        );
+    if let Some(problem) = audit.key_problem() {
+        r.fail("audit", problem);
     }
     if audit.sink == crate::audit::Sink::File && audit.path.is_none() {
         r.fail("audit", "sink `file` needs a `path`");

@@ -594,6 +594,20 @@ impl Driver {
             },
             Phase::AwaitBegin => {
                 match tokio::time::timeout(self.api.begin_timeout, self.inbound.next()).await {
+                    Ok(Some(Ok(pb::TransactRequest {
+                        request: Some(In::Begin(begin)),
+                    }))) => match self.begin(begin).await {
+                        Ok((open, started)) => {
+                            self.phase = Phase::Open(Box::new(open));
+                            out(started)
+                        }
+                        Err(e) => out(error_message(&e)),
+                    },
+                    Ok(Some(Ok(_))) => out(error_message(&protocol(
+                        "BEGIN_FIRST",
+                        "a Transaction stream starts with a BeginTransaction message",
+                    ))),
+                    Ok(_) => None,
                     // A stream that never begins holds nothing for long.
                     Err(_) => Some(Err(Error::new(
                         ErrorKind::DeadlineExceeded,
@@ -605,22 +619,6 @@ impl Driver {
                     )
                     .with("limit", "limits.transaction_begin_timeout")
                     .to_status(Service::Transact))),
-                    Ok(next) => match next {
-                        Some(Ok(pb::TransactRequest {
-                            request: Some(In::Begin(begin)),
-                        })) => match self.begin(begin).await {
-                            Ok((open, started)) => {
-                                self.phase = Phase::Open(Box::new(open));
-                                out(started)
-                            }
-                            Err(e) => out(error_message(&e)),
-                        },
-                        Some(Ok(_)) => out(error_message(&protocol(
-                            "BEGIN_FIRST",
-                            "a Transaction stream starts with a BeginTransaction message",
-                        ))),
-                        _ => None,
-                    },
                 }
             }
             Phase::Open(mut open) => {

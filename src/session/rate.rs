@@ -19,13 +19,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// The bucket for a config's limit, full; `None` when it sets none.
     pub fn new(limit: Option<&RateLimitConfig>, now_ms: u64) -> Option<RateLimiter> {
-        let limit = limit.filter(|l| l.requests_per_second > 0)?;
-        let rate = f64::from(limit.requests_per_second);
-        let capacity = if limit.burst > 0 {
-            f64::from(limit.burst)
-        } else {
-            rate
-        };
+        let (rps, burst) =
+            crate::config::policy::rate_of(limit.map(|l| (l.requests_per_second, l.burst)))?;
+        let (rate, capacity) = (f64::from(rps), f64::from(burst));
         Some(RateLimiter {
             per_ms: rate / 1000.0,
             capacity,

@@ -300,17 +300,6 @@ impl SessionRegistry {
         self.ended.retain(|_, t| t.ended_ms >= cutoff);
     }
 
-    /// Message bytes (received, sent) of a namespace's data calls, open
-    /// and ended sessions together: counters, not a walk over sessions.
-    pub fn traffic(&self, namespace: &str) -> (i64, i64) {
-        self.namespaces.get(namespace).map_or((0, 0), |n| {
-            (
-                n.bytes_received.load(Ordering::Relaxed),
-                n.bytes_sent.load(Ordering::Relaxed),
-            )
-        })
-    }
-
     /// Every namespace's counters.
     pub fn namespaces(&self) -> impl Iterator<Item = &Arc<NamespaceSessions>> {
         self.namespaces.values()
