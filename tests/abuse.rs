@@ -91,6 +91,59 @@ fn the_admin_api_is_served_only_on_the_admin_listener_with_a_header_token() {
     });
 }
 
+#[test]
+fn connections_and_their_streams_are_bounded_and_others_keep_being_served() {
+    use prism::proto::transact::v1::{
+        transact_service_client::TransactServiceClient, TransactRequest,
+    };
+    use std::time::Duration;
+    block_on_multi_thread(async {
+        let mut config = common::test_config();
+        config.server.connections.max_connections = 2;
+        config.server.connections.max_concurrent_streams = 2;
+        let gw = TestGateway::start_with(config).await;
+        let connect = || {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+                .unwrap()
+                .connect_lazy()
+        };
+        // A call that is served answers at once (UNIMPLEMENTED).
+        let served = |channel: tonic::transport::Channel, wait: u64| async move {
+            tokio::time::timeout(Duration::from_millis(wait), call_path(channel, "/x/y"))
+                .await
+                .is_ok()
+        };
+        let second = connect();
+        assert!(served(second.clone(), 20_000).await);
+        // Two streams that wait for Begin fill the second connection...
+        let mut tx = TransactServiceClient::new(second.clone());
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let stream = tx
+                .transaction(futures::stream::pending::<TransactRequest>())
+                .await
+                .unwrap();
+            open.push(stream);
+        }
+        // ...so a third call on it waits, while the first connection serves.
+        assert!(
+            !served(second.clone(), 300).await,
+            "a third stream on a full connection"
+        );
+        assert!(served(gw.channel.clone(), 20_000).await);
+        // A third connection waits for a place.
+        let third = connect();
+        assert!(!served(third.clone(), 300).await, "a third connection");
+        // A stream ends: its connection has room again.
+        open.pop();
+        assert!(served(second.clone(), 20_000).await);
+        // A connection closes: the waiting one is served.
+        drop((open, tx, second));
+        assert!(served(third, 20_000).await);
+        gw.stop().await;
+    });
+}
+
 mod policy {
     //! Namespace policy holds against inline configs, and the session limits.
 
@@ -144,6 +197,7 @@ namespaces:
       max_metadata_entries: 4
       max_metadata_bytes: 64
       max_client_id_bytes: 16
+    queue: {{ buffer: 64, buffer_bytes: 4096 }}
     api_keys:
       - {{ name: reader, sha256: "{reader}" }}
       - {{ name: writer, sha256: "{writer}", roles: [writer] }}
@@ -665,6 +719,97 @@ configs:
             );
             let some = kv.batch_get(get(&["a", "b"])).await.unwrap().into_inner();
             assert_eq!(some.items.len(), 2);
+            gw.stop().await;
+        });
+    }
+
+    #[test]
+    fn a_stream_buffer_is_bounded_in_bytes_and_loses_nothing() {
+        use prism::proto::queue::v1::{
+            self as pb, queue_service_client::QueueServiceClient, subscribe_request::StartPosition,
+        };
+        block_on_multi_thread(async {
+            let gw = TestGateway::start_with(gateway_config()).await;
+            let session = open(
+                &gw,
+                inline(WRITER, AccessPattern::Queue, "memory", &[], None),
+            )
+            .await;
+            let token = session.session_token;
+            // A client whose HTTP/2 windows hold little, so that what it
+            // does not read stays in the gateway.
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+                .unwrap()
+                .initial_stream_window_size(Some(16 * 1024))
+                .initial_connection_window_size(Some(16 * 1024))
+                .connect()
+                .await
+                .unwrap();
+            let mut queue = QueueServiceClient::new(channel);
+            // 200 messages of 1,000 bytes fit the 64-message buffer, not its
+            // 4,096 bytes; the last, larger than the budget, travels alone.
+            let mut sent = Vec::new();
+            for i in 0..201u8 {
+                let payload = vec![i; if i == 200 { 10_000 } else { 1_000 }];
+                queue
+                    .publish(pb::PublishRequest {
+                        session_token: token.clone(),
+                        topic: "big".into(),
+                        payload: payload.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                sent.push(payload);
+            }
+            let mut stream = queue
+                .subscribe(pb::SubscribeRequest {
+                    session_token: token.clone(),
+                    topic: "big".into(),
+                    consumer_group: "slow".into(),
+                    start_position: Some(StartPosition::Position(
+                        pb::StartPosition::Earliest as i32,
+                    )),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let next = async |stream: &mut tonic::Streaming<pb::Message>| {
+                tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+                    .await
+                    .expect("a message in time")
+                    .unwrap()
+                    .expect("the stream is open")
+            };
+            let mut received = vec![next(&mut stream).await.payload];
+            // The client stops reading; the subscription fills its buffer
+            // up to the byte budget and waits there.
+            let state = async || {
+                let tree = gw.gateway.observe().await.unwrap();
+                let node = tree
+                    .walk()
+                    .into_iter()
+                    .find(|n| n.state["topic"] == "big")
+                    .cloned();
+                node.map(|n| n.state).unwrap_or_default()
+            };
+            wait_until("the buffer fills to its byte budget", || async {
+                state().await["buffered"].as_u64() == Some(3)
+            })
+            .await;
+            let full = state().await;
+            assert!(full["buffered_bytes"].as_u64().unwrap() <= 4096, "{full}");
+            assert_eq!(full["buffer_bytes"], 4096, "{full}");
+            while received.len() < sent.len() {
+                received.push(next(&mut stream).await.payload);
+            }
+            assert_eq!(received, sent, "every message, in order, none lost");
+            let after = state().await;
+            assert!(
+                after["buffered_bytes_high_water"].as_u64().unwrap() <= 4096,
+                "{after}"
+            );
             gw.stop().await;
         });
     }

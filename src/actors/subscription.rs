@@ -1,7 +1,7 @@
 //! SubscriptionActor: one per Subscribe stream, a child of its session. It
-//! pulls from the backend only while the stream's bounded buffer has room
-//! (demand-driven backpressure: a slow client slows consumption and memory
-//! stays bounded), ends the stream on `max_messages`, `timeout`, the client
+//! pulls from the backend only while the stream's buffer has room, in
+//! messages and in bytes (demand-driven backpressure: a slow client slows
+//! consumption and memory stays bounded; nothing is dropped), ends the stream on `max_messages`, `timeout`, the client
 //! going away or the session ending, and then releases its backend consumer
 //! (what it held unacknowledged goes back to the group).
 //!
@@ -23,7 +23,8 @@ use actix::{
 };
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     mailbox::counted,
@@ -44,7 +45,64 @@ const FETCH_BATCH: usize = 64;
 /// the end conditions again.
 const STEP_WAIT: Duration = Duration::from_millis(200);
 
-pub type MessageSender = mpsc::Sender<Result<pb::Message, Error>>;
+/// What a Subscribe stream's buffer carries: a message (or the stream's
+/// ending error) and, for a message, its share of the buffer's byte budget,
+/// given back when the client's stream takes it out.
+pub struct Buffered {
+    pub item: Result<pb::Message, Error>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+pub type MessageSender = mpsc::Sender<Buffered>;
+
+/// A stream buffer's bound in bytes, as permits of a semaphore: each
+/// buffered message holds its encoded size (at most the whole budget, so
+/// one message larger than the budget still travels, alone).
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    high_water: AtomicUsize,
+}
+
+impl ByteBudget {
+    /// `capacity` is at most `config::validate::MAX_BUFFER_BYTES`.
+    pub fn new(capacity: usize) -> Self {
+        ByteBudget {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            high_water: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes buffered now.
+    pub fn used(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    /// The most bytes ever buffered at once.
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// Waits until some bytes are free.
+    async fn room(&self) {
+        // Never closed, so this only waits.
+        let _ = self.permits.acquire().await;
+    }
+
+    /// Waits until `message` fits, then holds its bytes until the client's
+    /// stream takes it.
+    async fn hold(&self, message: pb::Message) -> Buffered {
+        let cost = message.encoded_len().clamp(1, self.capacity);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let bytes = self.permits.clone().acquire_many_owned(cost).await.ok();
+        self.high_water.fetch_max(self.used(), Ordering::Relaxed);
+        Buffered {
+            item: Ok(message),
+            _bytes: bytes,
+        }
+    }
+}
 
 /// Everything a subscription is, apart from its actor.
 pub struct SubscriptionShared {
@@ -54,6 +112,8 @@ pub struct SubscriptionShared {
     pub spec: ConsumerSpec,
     /// Slots in the stream's buffer.
     pub capacity: usize,
+    /// Bytes the stream's buffer may hold.
+    pub bytes: ByteBudget,
     pub max_messages: Option<u64>,
     /// Session-clock ms at which the stream ends.
     pub deadline_ms: Option<u64>,
@@ -94,6 +154,7 @@ impl SubscriptionShared {
         spec: ConsumerSpec,
         tx: MessageSender,
         capacity: usize,
+        buffer_bytes: usize,
         max_messages: Option<u64>,
         timeout: Option<Duration>,
         clock: Clock,
@@ -106,6 +167,7 @@ impl SubscriptionShared {
             queue,
             spec,
             capacity,
+            bytes: ByteBudget::new(buffer_bytes),
             max_messages,
             delivered: AtomicU64::new(0),
             buffered_high_water: AtomicUsize::new(0),
@@ -143,7 +205,10 @@ impl SubscriptionShared {
         self.gauge.release();
         if let Some(tx) = self.tx.lock().take() {
             if let Some(error) = error {
-                let _ = tx.try_send(Err(error));
+                let _ = tx.try_send(Buffered {
+                    item: Err(error),
+                    _bytes: None,
+                });
             }
         }
     }
@@ -279,15 +344,21 @@ impl Handler<Pump> for SubscriptionActor {
             return;
         };
         let remaining = shared.max_messages.map_or(usize::MAX, |m| {
-            m.saturating_sub(shared.delivered.load(Ordering::Acquire)) as usize
+            usize::try_from(m.saturating_sub(shared.delivered.load(Ordering::Acquire)))
+                .unwrap_or(usize::MAX)
         });
+        let budget = shared.clone();
         let step = async move {
-            // Backpressure: fetch only once the buffer has room, and only as
-            // much as fits.
+            // Backpressure: fetch only once the buffer has room, in slots and
+            // in bytes, and only as many messages as there are free slots.
             let permit = match tokio::time::timeout(STEP_WAIT, tx.reserve()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_)) | Err(_) => return (consumer, Step::Idle),
             };
+            let bytes = &budget.bytes;
+            if tokio::time::timeout(STEP_WAIT, bytes.room()).await.is_err() {
+                return (consumer, Step::Idle);
+            }
             let room = 1 + tx.capacity();
             let want = room.min(FETCH_BATCH).min(remaining).max(1);
             match consumer.fetch(want, STEP_WAIT).await {
@@ -295,13 +366,13 @@ impl Handler<Pump> for SubscriptionActor {
                 Ok(batch) => {
                     let n = batch.len();
                     let mut messages = batch.into_iter().map(to_proto);
+                    // Waiting for bytes here is backpressure too, never a drop.
                     if let Some(first) = messages.next() {
-                        permit.send(Ok(first));
+                        permit.send(bytes.hold(first).await);
                     }
                     for m in messages {
-                        // Room was counted above; waiting here is backpressure
-                        // too, never a drop.
-                        if tx.send(Ok(m)).await.is_err() {
+                        let held = bytes.hold(m).await;
+                        if tx.send(held).await.is_err() {
                             break;
                         }
                     }
@@ -367,6 +438,9 @@ struct SubscriptionState<'a> {
     buffered: usize,
     buffered_high_water: usize,
     buffer_capacity: usize,
+    buffered_bytes: usize,
+    buffered_bytes_high_water: usize,
+    buffer_bytes: usize,
     max_messages: Option<u64>,
     ended: bool,
 }
@@ -394,6 +468,9 @@ fn observe_subscription(
             buffered: shared.buffered(),
             buffered_high_water: shared.buffered_high_water.load(Ordering::Relaxed),
             buffer_capacity: shared.capacity,
+            buffered_bytes: shared.bytes.used(),
+            buffered_bytes_high_water: shared.bytes.high_water(),
+            buffer_bytes: shared.bytes.capacity,
             max_messages: shared.max_messages,
             ended: shared.is_ended(),
         },

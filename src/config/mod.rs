@@ -158,6 +158,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
+    /// gRPC connections open at once; further clients wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
     /// HTTP/2 streams open at once on one connection; further ones wait.
     pub max_concurrent_streams: u32,
     /// Bytes of one request's header list (metadata included).
@@ -178,6 +181,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
+            max_connections: 10_000,
             max_concurrent_streams: 256,
             max_header_list_bytes: 16 * 1024,
             keepalive_interval: Duration::from_secs(30),
@@ -289,6 +293,8 @@ pub struct NamespaceSpec {
     pub session: SessionPolicy,
     #[serde(default)]
     pub api_keys: Vec<ApiKeySpec>,
+    #[serde(default)]
+    pub queue: QueuePolicy,
     #[serde(default)]
     pub pubsub: PubSubPolicy,
     /// Reader collections: name → table on one of the namespace's backends.
@@ -418,6 +424,28 @@ impl CollectionSpec {
     }
     fn default_max_page_bytes() -> usize {
         4 * 1024 * 1024
+    }
+}
+
+/// How a namespace's Queue Subscribe streams buffer messages. A full
+/// buffer is backpressure: the subscription stops fetching until the
+/// client takes messages; nothing is dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuePolicy {
+    /// Messages buffered per Subscribe stream between backend and client.
+    pub buffer: usize,
+    /// Bytes those messages may hold (encoded size). One message larger
+    /// than this still travels, alone.
+    pub buffer_bytes: usize,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            buffer: 64,
+            buffer_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 

@@ -6,6 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm, Limits};
 use crate::backends::BackendKind;
 
+/// Largest Queue stream buffer in bytes: its permits are counted in `u32`.
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
@@ -198,12 +201,7 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
     for (name, ns) in &cfg.namespaces {
         let subject = format!("namespace {name}");
         let mut ok = true;
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid_name {
+        if !valid_namespace_name(name) {
             ok = false;
             r.fail(
                 &subject,
@@ -350,6 +348,17 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(&subject, "pubsub.buffer_bytes must be at least 1024");
         }
+        if !(1..=65_536).contains(&ns.queue.buffer) {
+            ok = false;
+            r.fail(&subject, "queue.buffer must be 1 to 65536 messages");
+        }
+        if !(1024..=MAX_BUFFER_BYTES).contains(&ns.queue.buffer_bytes) {
+            ok = false;
+            r.fail(
+                &subject,
+                "queue.buffer_bytes must be 1024 to 1073741824 (1 GiB)",
+            );
+        }
         for key in &ns.api_keys {
             let valid = key.sha256.len() == 64 && key.sha256.chars().all(|c| c.is_ascii_hexdigit());
             if !valid {
@@ -388,7 +397,20 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
     }
 }
 
+/// Namespace names are 1 to 64 of A-Z a-z 0-9 - _ . (they scope stored
+/// keys and broker names).
+pub fn valid_namespace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn check_connections(r: &mut Report, c: &super::ConnectionLimits) {
+    if !(1..=1_000_000).contains(&c.max_connections) {
+        r.fail("server.connections", "max_connections must be 1 to 1000000");
+    }
     if c.max_concurrent_streams == 0
         || c.max_header_list_bytes < 1024
         || c.keepalive_interval.is_zero()
@@ -682,14 +704,21 @@ configs:
 backends:
   mem: { type: memory, pool: { backoff_initial: 5s, backoff_max: 1s } }
 namespaces:
-  "bad:name": { allowed_backends: [mem], allowed_patterns: [key_value] }
+  "bad:name":
+    allowed_backends: [mem]
+    allowed_patterns: [key_value]
+    queue: { buffer: 0, buffer_bytes: 2147483648 }
 limits: { max_value_bytes: 1000000, max_message_bytes: 1000000 }
+server: { connections: { max_connections: 0 } }
 "#,
         );
         let text = validate(&cfg).failures_text();
         assert!(text.contains("pool.backoff_initial"), "{text}");
         assert!(text.contains("namespace names"), "{text}");
         assert!(text.contains("limits.max_message_bytes"), "{text}");
+        assert!(text.contains("queue.buffer must"), "{text}");
+        assert!(text.contains("queue.buffer_bytes must"), "{text}");
+        assert!(text.contains("max_connections must"), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -28,9 +29,6 @@ use crate::{
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
 };
-
-/// Messages buffered per Subscribe stream.
-const STREAM_BUFFER: usize = 64;
 
 pub struct QueueApi {
     gate: Gate<QueueHandle>,
@@ -297,14 +295,16 @@ impl QueueService for QueueApi {
         if spec.group.is_empty() {
             spec.group = format!("~{id}");
         }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let buffer = call.policy().queue.clone();
+        let (tx, rx) = mpsc::channel(buffer.buffer);
         let shared = Arc::new(SubscriptionShared::new(
             id,
             call.entry.clone(),
             call.handle.clone(),
             spec,
             tx,
-            STREAM_BUFFER,
+            buffer.buffer,
+            buffer.buffer_bytes,
             max,
             timeout,
             *self.gate.registry().clock(),
@@ -314,7 +314,9 @@ impl QueueService for QueueApi {
             .start_child(&call.entry, NewChild::Queue(shared))
             .await
             .map_err(|e| call.fail(e))?;
-        Ok(Response::new(call.stream(ReceiverStream::new(rx))))
+        // Taking a message out of the buffer gives its bytes back.
+        let messages = ReceiverStream::new(rx).map(|buffered| buffered.item);
+        Ok(Response::new(call.stream(messages)))
     }
 
     async fn acknowledge(

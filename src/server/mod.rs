@@ -2,11 +2,11 @@
 //! [`run`] serves gRPC (and the admin listener) on already-bound listeners
 //! until the shutdown future resolves, then drains and closes sessions.
 
+mod connections;
+
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
@@ -342,12 +342,7 @@ pub async fn run(
         );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
-    // Small HTTP/2 frames must not wait for Nagle's algorithm.
-    let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
+    let incoming = connections::incoming(listeners.grpc, limits.max_connections);
     let mut grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())));
     if let Some(addr) = grpc_addr {
