@@ -101,6 +101,7 @@ fn connections_and_their_streams_are_bounded_and_others_keep_being_served() {
         let mut config = common::test_config();
         config.server.connections.max_connections = 2;
         config.server.connections.max_concurrent_streams = 2;
+        config.server.connections.handshake_timeout = Duration::from_millis(500);
         let gw = TestGateway::start_with(config).await;
         let connect = || {
             tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
@@ -113,8 +114,19 @@ fn connections_and_their_streams_are_bounded_and_others_keep_being_served() {
                 .await
                 .is_ok()
         };
+        // A socket that never speaks takes the second place only until the
+        // handshake timeout: then it is closed and the place is free.
+        let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         let second = connect();
         assert!(served(second.clone(), 20_000).await);
+        // The gateway spoke first (its HTTP/2 settings), then hung up.
+        let mut heard = Vec::new();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut heard),
+        )
+        .await;
+        assert!(closed.is_ok(), "the silent socket is closed");
         // Two streams that wait for Begin fill the second connection...
         let mut tx = TransactServiceClient::new(second.clone());
         let mut open = Vec::new();

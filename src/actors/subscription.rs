@@ -1,9 +1,13 @@
 //! SubscriptionActor: one per Subscribe stream, a child of its session. It
 //! pulls from the backend only while the stream's buffer has room, in
-//! messages and in bytes (demand-driven backpressure: a slow client slows
-//! consumption and memory stays bounded; nothing is dropped), ends the stream on `max_messages`, `timeout`, the client
-//! going away or the session ending, and then releases its backend consumer
-//! (what it held unacknowledged goes back to the group).
+//! messages and in bytes, and only as many messages as that room holds
+//! (demand-driven backpressure: a slow client slows consumption and memory
+//! stays bounded; nothing is dropped). Fetched messages wait in the actor
+//! until they fit, a bounded wait at a time, so the actor keeps checking
+//! its end conditions however slowly the client reads. It ends the stream
+//! on `max_messages`, `timeout`, the client going away or the session
+//! ending, and then releases its backend consumer (what it held
+//! unacknowledged, pending messages included, goes back to the group).
 //!
 //! Its state lives in [`SubscriptionShared`], outside the actor: its
 //! supervisor restarts a crashed or frozen actor from it, rejoining the
@@ -11,6 +15,7 @@
 //! session's actor starts it and tells it when the session ends.
 
 use std::{
+    collections::VecDeque,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
@@ -67,6 +72,7 @@ pub struct ByteBudget {
 impl ByteBudget {
     /// `capacity` is at most `config::validate::MAX_BUFFER_BYTES`.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         ByteBudget {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -84,25 +90,33 @@ impl ByteBudget {
         self.high_water.load(Ordering::Relaxed)
     }
 
-    /// Waits until some bytes are free.
-    async fn room(&self) {
-        // Never closed, so this only waits.
-        let _ = self.permits.acquire().await;
+    /// Bytes free now.
+    fn free(&self) -> usize {
+        self.permits.available_permits()
     }
 
-    /// Waits until `message` fits, then holds its bytes until the client's
-    /// stream takes it.
-    async fn hold(&self, message: pb::Message) -> Buffered {
+    /// What `message` costs: its encoded size, at most the whole budget.
+    fn cost(&self, message: &pb::Message) -> u32 {
         let cost = message.encoded_len().clamp(1, self.capacity);
-        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-        let bytes = self.permits.clone().acquire_many_owned(cost).await.ok();
+        u32::try_from(cost).unwrap_or(u32::MAX)
+    }
+
+    /// Waits until `cost` bytes are free and takes them (cancel-safe: a
+    /// wait given up takes nothing).
+    async fn take(&self, cost: u32) -> Option<OwnedSemaphorePermit> {
+        let held = self.permits.clone().acquire_many_owned(cost).await.ok();
         self.high_water.fetch_max(self.used(), Ordering::Relaxed);
-        Buffered {
-            item: Ok(message),
-            _bytes: bytes,
-        }
+        held
     }
 }
+
+/// Messages fetched but not yet in the stream's buffer: the pump hands them
+/// over as room appears, a wait at a time, so the actor is never stuck
+/// behind a client that stopped reading.
+type Pending = VecDeque<pb::Message>;
+
+/// Encoded size a message is assumed to have before any was seen.
+const ASSUMED_MESSAGE_BYTES: usize = 1024;
 
 /// Everything a subscription is, apart from its actor.
 pub struct SubscriptionShared {
@@ -254,14 +268,21 @@ pub fn to_proto(m: QueueMessage) -> pb::Message {
 struct Pump;
 
 enum Step {
+    /// Nothing moved: no room, or no messages.
     Idle,
-    Delivered(usize),
+    /// Messages went into the stream's buffer: how many, and their bytes.
+    Delivered(usize, usize),
     Failed(Error),
 }
 
 pub struct SubscriptionActor {
     shared: Arc<SubscriptionShared>,
     consumer: Option<Box<dyn QueueConsumer>>,
+    pending: Pending,
+    /// Recent messages' average encoded size: a fetch asks for as many as
+    /// the free bytes hold, so what waits in `pending` stays near the
+    /// budget too.
+    average_bytes: usize,
     /// A subscribe or a fetch is in flight and owns the consumer: the
     /// subscription may not end (its consumer would be dropped unreleased)
     /// until it returns, which pumps again.
@@ -347,63 +368,100 @@ impl Handler<Pump> for SubscriptionActor {
             usize::try_from(m.saturating_sub(shared.delivered.load(Ordering::Acquire)))
                 .unwrap_or(usize::MAX)
         });
+        let (pending, average) = (std::mem::take(&mut self.pending), self.average_bytes);
         let budget = shared.clone();
         let step = async move {
-            // Backpressure: fetch only once the buffer has room, in slots and
-            // in bytes, and only as many messages as there are free slots.
-            let permit = match tokio::time::timeout(STEP_WAIT, tx.reserve()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) | Err(_) => return (consumer, Step::Idle),
-            };
             let bytes = &budget.bytes;
-            if tokio::time::timeout(STEP_WAIT, bytes.room()).await.is_err() {
-                return (consumer, Step::Idle);
-            }
-            let room = 1 + tx.capacity();
-            let want = room.min(FETCH_BATCH).min(remaining).max(1);
-            match consumer.fetch(want, STEP_WAIT).await {
-                Ok(batch) if batch.is_empty() => (consumer, Step::Idle),
-                Ok(batch) => {
-                    let n = batch.len();
-                    let mut messages = batch.into_iter().map(to_proto);
-                    // Waiting for bytes here is backpressure too, never a drop.
-                    if let Some(first) = messages.next() {
-                        permit.send(bytes.hold(first).await);
+            let mut pending = pending;
+            if pending.is_empty() {
+                // Backpressure: fetch only once the buffer has room, and only
+                // as many messages as its free slots and bytes hold.
+                let slots = match tokio::time::timeout(STEP_WAIT, tx.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        drop(permit);
+                        tx.capacity()
                     }
-                    for m in messages {
-                        let held = bytes.hold(m).await;
-                        if tx.send(held).await.is_err() {
-                            break;
-                        }
-                    }
-                    (consumer, Step::Delivered(n))
+                    Ok(Err(_)) | Err(_) => return (consumer, pending, Step::Idle),
+                };
+                let fit = bytes.free() / average.max(1);
+                let want = slots.min(fit).min(FETCH_BATCH).min(remaining).max(1);
+                match consumer.fetch(want, STEP_WAIT).await {
+                    Ok(batch) => pending.extend(batch.into_iter().map(to_proto)),
+                    Err(e) => return (consumer, pending, Step::Failed(e)),
                 }
-                Err(e) => (consumer, Step::Failed(e)),
             }
+            let (sent, sent_bytes) = hand_over(&tx, bytes, &mut pending).await;
+            let step = if sent == 0 {
+                Step::Idle
+            } else {
+                Step::Delivered(sent, sent_bytes)
+            };
+            (consumer, pending, step)
         };
         self.busy = true;
         let step = on_runtime(&shared.runtime, step);
         ctx.spawn(step.into_actor(self).map(|outcome, act, ctx| {
             act.busy = false;
-            let (consumer, step) = match outcome {
+            let (consumer, pending, step) = match outcome {
                 Ok(done) => done,
                 Err(e) => return act.finish(ctx, "backend call cancelled", Some(e)),
             };
             act.consumer = Some(consumer);
+            act.pending = pending;
             let shared = &act.shared;
             shared
                 .buffered_high_water
                 .fetch_max(shared.buffered(), Ordering::Relaxed);
             match step {
                 Step::Idle => ctx.notify(Pump),
-                Step::Delivered(n) => {
+                Step::Delivered(n, bytes) => {
                     shared.delivered.fetch_add(n as u64, Ordering::AcqRel);
+                    // A moving average, so one odd message moves it little.
+                    let recent = (bytes / n).max(1);
+                    act.average_bytes = (act.average_bytes.saturating_mul(3) + recent) / 4;
                     ctx.notify(Pump);
                 }
                 Step::Failed(e) => act.finish(ctx, "backend failed", Some(e)),
             }
         }));
     }
+}
+
+/// Moves pending messages into the stream's buffer while it has room, in
+/// slots and in bytes, waiting at most [`STEP_WAIT`] for each; what does
+/// not fit stays pending. Returns how many moved, and their bytes.
+async fn hand_over(
+    tx: &MessageSender,
+    bytes: &ByteBudget,
+    pending: &mut Pending,
+) -> (usize, usize) {
+    let (mut sent, mut sent_bytes) = (0, 0);
+    while let Some(message) = pending.pop_front() {
+        let cost = bytes.cost(&message);
+        let moved = tokio::time::timeout(STEP_WAIT, async {
+            let slot = tx.reserve().await.ok()?;
+            let held = bytes.take(cost).await;
+            Some((slot, held))
+        })
+        .await;
+        match moved {
+            Ok(Some((slot, held))) => {
+                slot.send(Buffered {
+                    item: Ok(message),
+                    _bytes: held,
+                });
+                sent += 1;
+                sent_bytes += cost as usize;
+            }
+            // The client went away: the subscription ends on its next pump.
+            Ok(None) => break,
+            Err(_) => {
+                pending.push_front(message);
+                break;
+            }
+        }
+    }
+    (sent, sent_bytes)
 }
 
 super::supervision::supervised_actor!(SubscriptionActor);
@@ -495,6 +553,8 @@ impl Child for SubscriptionShared {
         SubscriptionActor {
             shared: self.clone(),
             consumer: None,
+            pending: Pending::new(),
+            average_bytes: ASSUMED_MESSAGE_BYTES,
             busy: false,
             life,
         }
@@ -535,6 +595,9 @@ pub struct Subscriptions {
 /// A (topic, consumer group) pair.
 type TopicGroup = (String, String);
 
+/// (topic, group) pairs a session's Acknowledge looks in, the latest kept.
+const GROUPS_PER_SESSION: usize = 1024;
+
 impl Default for Subscriptions {
     fn default() -> Self {
         Self::new()
@@ -550,15 +613,27 @@ impl Subscriptions {
         }
     }
 
-    /// Notes the (topic, group) a new subscription consumes.
+    /// Notes the (topic, group) a new subscription consumes. A session
+    /// keeps the latest [`GROUPS_PER_SESSION`]; a private group is
+    /// forgotten when its stream ends (see [`Subscriptions::forget`]).
     pub fn record(&self, shared: &SubscriptionShared) {
         let mut seen = self
             .groups
             .entry(shared.entry.id.clone())
             .or_insert_with(|| (shared.entry.clone(), Vec::new()));
         let pair = (shared.spec.topic.clone(), shared.spec.group.clone());
-        if !seen.1.contains(&pair) {
-            seen.1.push(pair);
+        seen.1.retain(|p| *p != pair);
+        seen.1.push(pair);
+        if seen.1.len() > GROUPS_PER_SESSION {
+            seen.1.remove(0);
+        }
+    }
+
+    /// Forgets a (topic, group) of a session: a private group whose stream
+    /// ended can take no more acknowledgements.
+    pub fn forget(&self, session_id: &str, topic: &str, group: &str) {
+        if let Some(mut seen) = self.groups.get_mut(session_id) {
+            seen.1.retain(|(t, g)| t != topic || g != group);
         }
     }
 

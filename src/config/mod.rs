@@ -171,6 +171,10 @@ pub struct ConnectionLimits {
     /// ...that must be answered within this, or the connection is closed.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// A new connection must send its first bytes, and finish its TLS
+    /// handshake, within this, or it is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// Connections are closed after this long (after their streams end,
     /// within `shutdown_grace`), so clients spread over replicas again;
     /// absent: never.
@@ -186,6 +190,7 @@ impl Default for ConnectionLimits {
             max_header_list_bytes: 16 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_age: None,
         }
     }

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm, Limits};
 use crate::backends::BackendKind;
 
-/// Largest Queue stream buffer in bytes: its permits are counted in `u32`.
+/// Largest stream buffer in bytes (Queue and PubSub): a Queue buffer's
+/// permits are counted in `u32`.
 pub const MAX_BUFFER_BYTES: usize = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,9 +345,12 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(&subject, "pubsub.buffer must be 1 to 1000000 events");
         }
-        if ns.pubsub.buffer_bytes < 1024 {
+        if !(1024..=MAX_BUFFER_BYTES).contains(&ns.pubsub.buffer_bytes) {
             ok = false;
-            r.fail(&subject, "pubsub.buffer_bytes must be at least 1024");
+            r.fail(
+                &subject,
+                format!("pubsub.buffer_bytes must be 1024 to {MAX_BUFFER_BYTES} (1 GiB)"),
+            );
         }
         if !(1..=65_536).contains(&ns.queue.buffer) {
             ok = false;
@@ -356,7 +360,7 @@ fn check_namespaces(r: &mut Report, cfg: &GatewayConfig) {
             ok = false;
             r.fail(
                 &subject,
-                "queue.buffer_bytes must be 1024 to 1073741824 (1 GiB)",
+                format!("queue.buffer_bytes must be 1024 to {MAX_BUFFER_BYTES} (1 GiB)"),
             );
         }
         for key in &ns.api_keys {
@@ -415,12 +419,13 @@ fn check_connections(r: &mut Report, c: &super::ConnectionLimits) {
         || c.max_header_list_bytes < 1024
         || c.keepalive_interval.is_zero()
         || c.keepalive_timeout.is_zero()
+        || c.handshake_timeout.is_zero()
         || c.max_age.is_some_and(|a| a.is_zero())
     {
         r.fail(
             "server.connections",
             "max_concurrent_streams must be at least 1, max_header_list_bytes at least 1024, \
-             and keepalive_interval, keepalive_timeout and max_age positive",
+             and keepalive_interval, keepalive_timeout, handshake_timeout and max_age positive",
         );
     }
 }

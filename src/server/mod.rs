@@ -180,10 +180,12 @@ fn tls_config(config: &GatewayConfig) -> Result<Option<ServerTlsConfig>, ServeEr
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
     };
-    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(&tls.cert_file)?,
-        read(&tls.key_file)?,
-    ));
+    let mut tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        ))
+        .timeout(config.server.connections.handshake_timeout);
     if let Some(ca) = &tls.client_ca_file {
         // Optional so API-key and JWT clients connect without a certificate;
         // a certificate that is presented must verify against this CA.
@@ -275,8 +277,7 @@ pub async fn run(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .tcp_keepalive(Some(limits.keepalive_interval));
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
     if let Some(age) = limits.max_age {
         builder = builder
             .max_connection_age(age)
@@ -342,7 +343,7 @@ pub async fn run(
         );
 
     let grpc_addr = listeners.grpc.local_addr().ok();
-    let incoming = connections::incoming(listeners.grpc, limits.max_connections);
+    let incoming = connections::incoming(listeners.grpc, limits);
     let mut grpc =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())));
     if let Some(addr) = grpc_addr {

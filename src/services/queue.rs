@@ -292,9 +292,11 @@ impl QueueService for QueueApi {
             .await
             .map_err(|e| call.fail(e))?;
         let id = format!("sub-{}", hex::encode(rand::random::<[u8; 8]>()));
-        if spec.group.is_empty() {
+        let private = spec.group.is_empty();
+        if private {
             spec.group = format!("~{id}");
         }
+        let (topic, group) = (spec.topic.clone(), spec.group.clone());
         let buffer = call.policy().queue.clone();
         let (tx, rx) = mpsc::channel(buffer.buffer);
         let shared = Arc::new(SubscriptionShared::new(
@@ -314,8 +316,18 @@ impl QueueService for QueueApi {
             .start_child(&call.entry, NewChild::Queue(shared))
             .await
             .map_err(|e| call.fail(e))?;
+        // A private group takes no acknowledgements once its stream is gone.
+        let forget = private.then(|| Forget {
+            subscriptions: self.subscriptions.clone(),
+            session: call.entry.id.clone(),
+            topic: topic.clone(),
+            group: group.clone(),
+        });
         // Taking a message out of the buffer gives its bytes back.
-        let messages = ReceiverStream::new(rx).map(|buffered| buffered.item);
+        let messages = ReceiverStream::new(rx).map(move |buffered| {
+            let _ = &forget;
+            buffered.item
+        });
         Ok(Response::new(call.stream(messages)))
     }
 
@@ -426,6 +438,21 @@ impl QueueService for QueueApi {
                 })
             })
             .await
+    }
+}
+
+/// Forgets a private group's (topic, group) when its stream is dropped.
+struct Forget {
+    subscriptions: Arc<Subscriptions>,
+    session: String,
+    topic: String,
+    group: String,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.subscriptions
+            .forget(&self.session, &self.topic, &self.group);
     }
 }
 
