@@ -113,13 +113,27 @@ enum Command {
         scenario: PathBuf,
         #[command(flatten)]
         limits: Limits,
-        /// Keys the neighbour writes first (at most 1,000,000).
+        /// Keys the KeyValue neighbour writes first (at most 1,000,000);
+        /// the Queue neighbour's log and the Reader's table get a tenth as
+        /// many messages and rows.
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
         #[arg(long, default_value = "prism-dev-key")]
         api_key: String,
         #[arg(long, default_value = "user-profiles")]
-        config_name: String,
+        key_value_config: String,
+        #[arg(long, default_value = "orders-queue")]
+        queue_config: String,
+        #[arg(long, default_value = "events")]
+        pubsub_config: String,
+        /// A config with the Reader and Transact patterns on one SQL backend.
+        #[arg(long, default_value = "orders-db")]
+        database_config: String,
+        /// Its collection and table (columns as the embedded default's).
+        #[arg(long, default_value = "orders")]
+        table: String,
+        #[arg(long, default_value = "order-events")]
+        mailbox: String,
     },
     /// Print the markdown table of saved comparisons.
     Table { comparisons: Vec<PathBuf> },
@@ -243,22 +257,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
             limits,
             keys,
             api_key,
-            config_name,
+            key_value_config,
+            queue_config,
+            pubsub_config,
+            database_config,
+            table,
+            mailbox,
         } => {
             let scenario = Scenario::load(&scenario)?;
             let prepared = loadtest::prepare(scenario, &limits.overrides()).await?;
-            let measured = loadtest::neighbour::measure(
-                &prepared,
-                &loadtest::neighbour::Neighbour {
-                    api_key,
-                    config_name,
-                    keys,
-                },
-            )
-            .await;
+            let neighbour = loadtest::neighbour::Neighbour {
+                api_key,
+                key_value_config,
+                queue_config,
+                pubsub_config,
+                database_config,
+                table,
+                mailbox,
+                keys,
+            };
+            let measured = loadtest::neighbour::measure(&prepared, &neighbour).await;
+            let title = prepared.scenario.title();
             prepared.finish().await;
-            let (comparison, heavy) = measured?;
-            print!("{}", neighbour_table(&comparison, &heavy));
+            print!("{}", neighbour_table(&title, keys, &measured?));
             Ok(())
         }
         Command::Table { comparisons } => {
@@ -296,28 +317,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
 }
 
 /// The neighbour run as printed (and pasted into the figures).
-fn neighbour_table(c: &Comparison, heavy: &loadtest::neighbour::Heavy) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let row = |name: &str, s: &loadtest::Summary| {
-        format!(
+fn neighbour_table(title: &str, keys: u64, runs: &[loadtest::neighbour::Run]) -> String {
+    let mut out = format!(
+        "\n{title}: alone, then beside a neighbour session running one API's heaviest calls\n\
+         ({keys} keys; {} queue messages and table rows)\n  {:<22}{:>10}{:>10}{:>10}{:>8}\n",
+        keys / 10,
+        "run",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors"
+    );
+    for run in runs {
+        let s = &run.summary;
+        let name = run
+            .beside
+            .map_or("alone".to_string(), |api| format!("beside {}", api.name()));
+        out.push_str(&format!(
             "  {name:<22}{:>10.0}{:>10.3}{:>10.3}{:>8}\n",
             s.rps, s.p50_ms, s.p99_ms, s.failures
-        )
-    };
-    let mut out = format!(
-        "\n{}\n  {:<22}{:>10}{:>10}{:>10}{:>8}\n",
-        c.scenario, "run", "req/s", "p50 ms", "p99 ms", "errors"
-    );
-    if let Some(alone) = &c.noop {
-        out.push_str(&row("alone", alone));
+        ));
+        if !run.work.is_empty() {
+            out.push_str(&format!("    meanwhile: {}\n", run.work));
+        }
     }
-    out.push_str(&row("beside the neighbour", &c.gateway));
-    out.push_str(&format!(
-        "  the neighbour meanwhile: {} Counts, {} full Scans, {} BatchGets of 1,000 keys, {} errors\n",
-        heavy.counts.load(Relaxed),
-        heavy.scans.load(Relaxed),
-        heavy.batch_gets.load(Relaxed),
-        heavy.errors.load(Relaxed)
-    ));
     out
 }

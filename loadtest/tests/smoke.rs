@@ -253,7 +253,7 @@ async fn the_binary_reports_compares_prepares_and_measures() {
     assert_eq!(report.failures(), 0, "{:?}", report.error_distribution);
     prepared.finish().await;
 
-    // Gets alone and beside a neighbour walking a few thousand keys.
+    // Gets alone and beside each API's neighbour (a few thousand keys).
     let stdout = prism_loadtest(
         &[
             "neighbour".as_ref(),
@@ -270,12 +270,23 @@ async fn the_binary_reports_compares_prepares_and_measures() {
     .await;
     for text in [
         "alone",
-        "beside the neighbour",
-        "the neighbour meanwhile:",
-        " 0 errors",
+        "beside KeyValue",
+        "beside Queue",
+        "beside PubSub",
+        "beside Reader",
+        "beside Transact",
     ] {
         assert!(stdout.contains(text), "`{text}` in\n{stdout}");
     }
+    let meanwhile: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("meanwhile:"))
+        .collect();
+    assert_eq!(meanwhile.len(), 5, "{stdout}");
+    assert!(
+        meanwhile.iter().all(|l| l.ends_with(" 0 errors")),
+        "{stdout}"
+    );
     child.kill().await.unwrap();
 
     // Footprint of a fresh gateway with a few hundred idle sessions.
