@@ -435,12 +435,7 @@ async fn server_stream(channel: Channel, path: &'static str, message: Vec<u8>) -
         PathAndQuery::from_static(path),
         Raw,
     );
-    let outcome = match tokio::time::timeout(UNARY_BOUND, call).await {
-        Err(_) => panic!("{path}: no answer within {UNARY_BOUND:?}"),
-        Ok(Ok(stream)) => read(path, stream.into_inner()).await,
-        Ok(Err(status)) => check(path, &status),
-    };
-    (outcome, None)
+    streamed(path, call).await
 }
 
 async fn bidi(channel: Channel, path: &'static str, messages: Vec<Vec<u8>>) -> Reply {
@@ -452,6 +447,14 @@ async fn bidi(channel: Channel, path: &'static str, messages: Vec<Vec<u8>>) -> R
         PathAndQuery::from_static(path),
         Raw,
     );
+    streamed(path, call).await
+}
+
+/// A streaming call's answer: its stream, read for a while, or its status.
+async fn streamed(
+    path: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<Vec<u8>>>, Status>>,
+) -> Reply {
     let outcome = match tokio::time::timeout(UNARY_BOUND, call).await {
         Err(_) => panic!("{path}: no answer within {UNARY_BOUND:?}"),
         Ok(Ok(stream)) => read(path, stream.into_inner()).await,

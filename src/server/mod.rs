@@ -291,6 +291,15 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let gates = crate::gate::GateState::new(gateway.registry.clone(), gateway.backends.clone());
+    // Data services take messages up to limits.max_message_bytes each way.
+    let max = gateway.config.limits.max_message_bytes;
+    macro_rules! sized {
+        ($service:expr) => {
+            $service
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+        };
+    }
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -301,46 +310,32 @@ pub async fn run(
         .add_service(ConfigServiceServer::new(ConfigApi::new(
             gateway.named.clone(),
         )))
-        .add_service(
-            KeyValueServiceServer::new(KeyValueApi::new(&gates, gateway.config.limits.clone()))
-                .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-                .max_encoding_message_size(gateway.config.limits.max_message_bytes),
-        )
-        .add_service(
-            QueueServiceServer::new(QueueApi::new(
-                &gates,
-                gateway.subscriptions.clone(),
-                gateway.supervisors.clone(),
-                gateway.config.limits.clone(),
-            ))
-            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
-        )
-        .add_service(
-            PubSubServiceServer::new(PubSubApi::new(
-                &gates,
-                gateway.subscriptions.clone(),
-                gateway.supervisors.clone(),
-                gateway.config.limits.clone(),
-            ))
-            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
-        )
-        .add_service(
-            ReaderServiceServer::new(ReaderApi::new(&gates, &gateway.config))
-                .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-                .max_encoding_message_size(gateway.config.limits.max_message_bytes),
-        )
-        .add_service(
-            TransactServiceServer::new(TransactApi::new(
-                &gates,
-                gateway.subscriptions.transactions.clone(),
-                gateway.supervisors.clone(),
-                gateway.config.limits.transaction_begin_timeout,
-            ))
-            .max_decoding_message_size(gateway.config.limits.max_message_bytes)
-            .max_encoding_message_size(gateway.config.limits.max_message_bytes),
-        );
+        .add_service(sized!(KeyValueServiceServer::new(KeyValueApi::new(
+            &gates,
+            gateway.config.limits.clone()
+        ))))
+        .add_service(sized!(QueueServiceServer::new(QueueApi::new(
+            &gates,
+            gateway.subscriptions.clone(),
+            gateway.supervisors.clone(),
+            gateway.config.limits.clone(),
+        ))))
+        .add_service(sized!(PubSubServiceServer::new(PubSubApi::new(
+            &gates,
+            gateway.subscriptions.clone(),
+            gateway.supervisors.clone(),
+            gateway.config.limits.clone(),
+        ))))
+        .add_service(sized!(ReaderServiceServer::new(ReaderApi::new(
+            &gates,
+            &gateway.config
+        ))))
+        .add_service(sized!(TransactServiceServer::new(TransactApi::new(
+            &gates,
+            gateway.subscriptions.transactions.clone(),
+            gateway.supervisors.clone(),
+            gateway.config.limits.transaction_begin_timeout,
+        ))));
 
     let grpc_addr = listeners.grpc.local_addr().ok();
     let incoming = connections::incoming(listeners.grpc, limits);
