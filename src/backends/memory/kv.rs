@@ -7,8 +7,17 @@
 //! rely on the DashMap shard lock for the key; multi-key batches take the
 //! gate exclusively, so no reader sees half a batch. No lock is held across
 //! an `.await` (every method body is synchronous).
+//!
+//! Each namespace also keeps its keys in order (a `BTreeSet` beside the
+//! map), so a Scan page costs its own size plus a lookup, not a walk over
+//! the namespace. The index is changed only under the key's map entry
+//! (a new key, a removed one); a scan reads it in short batches and looks
+//! each key up after letting go of it, so the two locks are never taken in
+//! opposite orders.
 
 use std::{
+    collections::BTreeSet,
+    ops::Bound,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -56,8 +65,78 @@ impl Stored {
 #[derive(Default)]
 struct Space {
     map: DashMap<String, Stored>,
+    /// The map's keys in order (see the module's notes).
+    index: RwLock<BTreeSet<String>>,
     /// Read: single-key calls. Write: multi-key batches.
     gate: RwLock<()>,
+}
+
+impl Space {
+    /// Stores `stored` under `key`, filing a new key in the index while
+    /// the key's entry is held.
+    fn put(&self, key: &str, stored: Stored) {
+        match self.map.entry(key.to_string()) {
+            MapEntry::Occupied(mut e) => {
+                e.insert(stored);
+            }
+            MapEntry::Vacant(e) => {
+                self.index.write().insert(key.to_string());
+                e.insert(stored);
+            }
+        }
+    }
+
+    /// Removes `key`; returns what it held.
+    fn remove(&self, key: &str) -> Option<Stored> {
+        match self.map.entry(key.to_string()) {
+            MapEntry::Occupied(e) => {
+                self.index.write().remove(key);
+                Some(e.remove())
+            }
+            MapEntry::Vacant(_) => None,
+        }
+    }
+
+    /// Up to `limit` live keys starting with `prefix`, after `after`, in
+    /// order.
+    fn keys_from(&self, prefix: &str, after: Option<&str>, limit: usize, now: u64) -> Vec<String> {
+        /// Keys taken from the index at a time, its lock let go between.
+        const BATCH: usize = 256;
+        let mut out = Vec::new();
+        let mut from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        while out.len() < limit {
+            let batch: Vec<String> = {
+                let index = self.index.read();
+                let range = (from.as_ref().map(String::as_str), Bound::Unbounded);
+                index
+                    .range::<str, _>(range)
+                    .take_while(|k| k.starts_with(prefix))
+                    .take(BATCH)
+                    .cloned()
+                    .collect()
+            };
+            let Some(last) = batch.last() else {
+                break;
+            };
+            from = Bound::Excluded(last.clone());
+            let full = batch.len() == BATCH;
+            for key in batch {
+                if out.len() == limit {
+                    break;
+                }
+                if self.map.get(&key).is_some_and(|s| s.live(now)) {
+                    out.push(key);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        out
+    }
 }
 
 struct Remembered {
@@ -204,6 +283,7 @@ impl MemoryKv {
                         e.insert(stored);
                     }
                     MapEntry::Vacant(e) => {
+                        space.index.write().insert(op.key.clone());
                         e.insert(stored);
                     }
                 }
@@ -211,6 +291,7 @@ impl MemoryKv {
             }
             (Action::Delete, MapEntry::Occupied(e)) => {
                 let existed = e.get().live(now);
+                space.index.write().remove(&op.key);
                 e.remove();
                 u64::from(existed)
             }
@@ -230,8 +311,8 @@ impl MemoryKv {
         match action {
             Action::Put { value, ttl } => {
                 let v = self.next_version();
-                space.map.insert(
-                    key.to_string(),
+                space.put(
+                    key,
                     Stored {
                         value: value.clone(),
                         version: v,
@@ -240,10 +321,7 @@ impl MemoryKv {
                 );
                 v
             }
-            Action::Delete => space
-                .map
-                .remove(key)
-                .map_or(0, |(_, s)| u64::from(s.live(now))),
+            Action::Delete => space.remove(key).map_or(0, |s| u64::from(s.live(now))),
         }
     }
 
@@ -254,7 +332,13 @@ impl MemoryKv {
         let mut removed = 0;
         for space in self.spaces.iter() {
             let before = space.map.len();
-            space.map.retain(|_, s| s.live(now));
+            space.map.retain(|key, s| {
+                let live = s.live(now);
+                if !live {
+                    space.index.write().remove(key);
+                }
+                live
+            });
             removed += before.saturating_sub(space.map.len());
         }
         self.idempotency.retain(|_, r| r.until_ms > now);
@@ -311,30 +395,13 @@ impl KeyValueScan for MemoryKv {
         let space = self.space(ns);
         let now = self.clock.now_ms();
         let prefix = prefix.to_string();
-        // A walk over the whole namespace runs on the blocking pool, so no
-        // async worker — and no other session — waits for it; it keeps the
-        // `limit` smallest keys, never all of them. A page is not a
-        // snapshot across concurrent batches: each key is read as it is.
+        // From the ordered index: the page's keys and a lookup each. On the
+        // blocking pool all the same, so a large page never holds an async
+        // worker. A page is not a snapshot across concurrent batches: each
+        // key is read as it is.
         off_workers(move || {
-            let mut smallest: std::collections::BinaryHeap<String> =
-                std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
-            for e in space.map.iter() {
-                let key = e.key();
-                if !key.starts_with(&prefix)
-                    || !e.value().live(now)
-                    || after.as_deref().is_some_and(|a| key.as_str() <= a)
-                {
-                    continue;
-                }
-                if smallest.len() < limit {
-                    smallest.push(key.clone());
-                } else if smallest.peek().is_some_and(|largest| key < largest) {
-                    smallest.pop();
-                    smallest.push(key.clone());
-                }
-            }
-            let items = smallest
-                .into_sorted_vec()
+            let items = space
+                .keys_from(&prefix, after.as_deref(), limit, now)
                 .into_iter()
                 .filter_map(|key| {
                     let stored = space.map.get(&key)?;
@@ -480,5 +547,58 @@ mod tests {
         assert_eq!(kv.sweep(), 1, "the sweeper removes it");
         assert_eq!(kv.len(), 1);
         assert!(kv.get("ns", "kept").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scans_page_through_the_ordered_index_skipping_dead_keys() {
+        let kv = MemoryKv::new(Clock::new());
+        // 1,000 keys under `p/` (more than one index batch), others around.
+        for i in 0..1000 {
+            kv.write("ns", set(&format!("p/{i:04}"), None))
+                .await
+                .unwrap();
+        }
+        for key in ["o", "p", "q/1"] {
+            kv.write("ns", set(key, None)).await.unwrap();
+        }
+        // Dead keys: deleted, and expired but not swept yet.
+        let delete = WriteBatch::single(
+            WriteOp {
+                key: "p/0001".into(),
+                action: Action::Delete,
+                precondition: None,
+            },
+            None,
+        );
+        kv.write("ns", delete).await.unwrap();
+        for i in 2..300 {
+            kv.write(
+                "ns",
+                set(&format!("p/{i:04}"), Some(Duration::from_secs(1))),
+            )
+            .await
+            .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = kv.scan("ns", "p/", &cursor, 100, true).await.unwrap();
+            let Some(last) = page.items.last() else { break };
+            cursor = last.cursor.clone();
+            seen.extend(page.items.into_iter().map(|i| i.key));
+        }
+        let expected: Vec<String> = std::iter::once(0)
+            .chain(300..1000)
+            .map(|i| format!("p/{i:04}"))
+            .collect();
+        assert_eq!(seen, expected, "every live key once, in order");
+        assert_eq!(kv.sweep(), 298);
+        assert_eq!(
+            kv.space("ns").index.read().len(),
+            kv.len(),
+            "the index follows the map"
+        );
     }
 }
