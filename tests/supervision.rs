@@ -33,6 +33,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
+        Self::start_tuned(|_| {}).await
+    }
+
+    /// The embedded default, changed by `tune` first.
+    async fn start_tuned(tune: impl FnOnce(&mut GatewayConfig)) -> Fixture {
         let dir = std::env::temp_dir().join(format!(
             "prism-supervision-{}",
             hex::encode(rand::random::<[u8; 8]>())
@@ -45,6 +50,7 @@ impl Fixture {
         )
         .unwrap();
         config.server.supervision_interval = Duration::from_millis(100);
+        tune(&mut config);
         let gw = TestGateway::start_with(config).await;
         gw.wait_backend_up("orders-sqlite").await;
         Fixture { gw, dir }
@@ -96,6 +102,97 @@ impl Fixture {
         self.gw.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+#[test]
+fn a_subscription_given_up_with_a_full_buffer_still_ends_with_its_error() {
+    block_on_multi_thread(async {
+        let f = Fixture::start_tuned(|config| {
+            let ns = config.namespaces.get_mut("default").unwrap();
+            ns.session.max_restarts = 0;
+            ns.queue.buffer = 2;
+        })
+        .await;
+        let token = f.token("orders-queue").await;
+        let mut queue = QueueServiceClient::new(f.gw.channel.clone());
+        for i in 0..200u8 {
+            queue
+                .publish(q::PublishRequest {
+                    session_token: token.clone(),
+                    topic: "full".into(),
+                    payload: vec![i; 1000],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        // A client whose HTTP/2 windows hold little, and which stops reading.
+        let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", f.gw.addr))
+            .unwrap()
+            .initial_stream_window_size(Some(16 * 1024))
+            .initial_connection_window_size(Some(16 * 1024))
+            .connect()
+            .await
+            .unwrap();
+        let mut stream = QueueServiceClient::new(narrow)
+            .subscribe(q::SubscribeRequest {
+                session_token: token.clone(),
+                topic: "full".into(),
+                consumer_group: "stalled".into(),
+                start_position: Some(q::subscribe_request::StartPosition::Position(
+                    q::StartPosition::Earliest as i32,
+                )),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let tree = f.gw.gateway.observe().await.unwrap();
+        let id = tree
+            .walk()
+            .into_iter()
+            .find(|n| n.kind == prism::actors::ActorKind::Subscription)
+            .expect("the subscription's node")
+            .id
+            .clone();
+        wait_until("the stream's buffer is full", || async {
+            f.node(&id).await.state["buffered"] == 2
+        })
+        .await;
+        // With no restarts allowed, the first panic makes the supervisor
+        // give up on the subscription while its buffer is full.
+        f.gw.gateway.drill(&id, Fault::Panic).unwrap();
+        wait_until("the supervisor gives up (the node may be gone)", || async {
+            let tree = f.gw.gateway.observe().await.unwrap();
+            tree.find(&id)
+                .is_none_or(|n| n.supervision.gave_up.is_some())
+        })
+        .await;
+        let mut received = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => received += 1,
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+        .await
+        .expect("the stream ends in time");
+        let status = ended.expect("the stream ends with an error, not quietly");
+        common::assert_error(
+            &status,
+            tonic::Code::Unavailable,
+            "SUBSCRIPTION_FAILED",
+            prism::error::Service::Queue,
+        );
+        assert!(
+            received >= 2,
+            "the buffered messages come first ({received})"
+        );
+        f.stop().await;
+    });
 }
 
 #[test]

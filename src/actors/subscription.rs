@@ -138,6 +138,9 @@ pub struct SubscriptionShared {
     /// Counted in its namespace's live subscriptions until it ends.
     gauge: Gauged,
     tx: Mutex<Option<MessageSender>>,
+    /// Why the subscription failed, for the client once it has taken what
+    /// was buffered (never lost to a full buffer).
+    ending: Mutex<Option<Error>>,
     created: SystemTime,
     clock: Clock,
     /// The gateway's main runtime, where the backend's connections live:
@@ -188,6 +191,7 @@ impl SubscriptionShared {
             ended: AtomicBool::new(false),
             gauge,
             tx: Mutex::new(Some(tx)),
+            ending: Mutex::new(None),
             created: SystemTime::now(),
             clock,
             // Built by the Subscribe handler, on the main runtime.
@@ -211,20 +215,21 @@ impl SubscriptionShared {
         self.tx.lock().clone()
     }
 
-    /// Ends the subscription for good: the stream closes once drained.
+    /// Ends the subscription for good: the stream closes once drained,
+    /// with `error` after the last buffered message if there is one.
     fn end(&self, error: Option<Error>) {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
         self.gauge.release();
-        if let Some(tx) = self.tx.lock().take() {
-            if let Some(error) = error {
-                let _ = tx.try_send(Buffered {
-                    item: Err(error),
-                    _bytes: None,
-                });
-            }
-        }
+        *self.ending.lock() = error;
+        self.tx.lock().take();
+    }
+
+    /// The error the subscription ended with, once (the client's stream
+    /// asks when it has taken everything buffered).
+    pub fn take_ending(&self) -> Option<Error> {
+        self.ending.lock().take()
     }
 
     /// Why the subscription should end now, if it should. When the session

@@ -313,7 +313,7 @@ impl QueueService for QueueApi {
         ));
         self.subscriptions.record(&shared);
         self.supervisors
-            .start_child(&call.entry, NewChild::Queue(shared))
+            .start_child(&call.entry, NewChild::Queue(shared.clone()))
             .await
             .map_err(|e| call.fail(e))?;
         // A private group takes no acknowledgements once its stream is gone.
@@ -323,11 +323,17 @@ impl QueueService for QueueApi {
             topic: topic.clone(),
             group: group.clone(),
         });
-        // Taking a message out of the buffer gives its bytes back.
-        let messages = ReceiverStream::new(rx).map(move |buffered| {
-            let _ = &forget;
-            buffered.item
-        });
+        // Taking a message out of the buffer gives its bytes back; after the
+        // last one, the error the subscription failed with, if it did.
+        let ending = shared.clone();
+        let messages = ReceiverStream::new(rx)
+            .map(move |buffered| {
+                let _ = &forget;
+                buffered.item
+            })
+            .chain(futures::stream::iter(std::iter::from_fn(move || {
+                ending.take_ending().map(Err)
+            })));
         Ok(Response::new(call.stream(messages)))
     }
 
