@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{api_key_request, assert_error, TestGateway, TEST_KEY};
+use common::{api_key_request, assert_error, wait_until, TestGateway, TEST_KEY};
 use prism::{
     backends::{BackendKind, Interface},
     config::{GatewayConfig, Source},
@@ -1111,6 +1111,90 @@ fn closing_the_session_or_dropping_the_stream_stops_the_subscription() {
 /// release its consumer, not drop it: what it held goes back to the group
 /// at once, not after the (60 s) visibility timeout. Kafka is left out: a
 /// new member waits for the group to rebalance, which says nothing here.
+#[test]
+fn an_out_of_order_acknowledgement_never_skips_what_was_not_acknowledged() {
+    block_on_multi_thread(async {
+        let shared = config();
+        let gw = TestGateway::start_with(shared.clone()).await;
+        // A second gateway on the same brokers and namespace: it has
+        // delivered nothing of the group before, as after a restart.
+        let other = TestGateway::start_with(shared).await;
+        for b in backends(Interface::StreamConsumerGroups) {
+            let q = open(&gw, b).await;
+            // The group's earlier messages, consumed and committed.
+            for payload in [b"a", b"b"] {
+                q.publish("out-of-order", payload, Some("one")).await;
+            }
+            let mut stream = q.subscribe("out-of-order", "ooo", None, None).await;
+            let (_, last) = (next(&mut stream).await, next(&mut stream).await);
+            drop(stream);
+            q.client
+                .clone()
+                .commit(pb::CommitRequest {
+                    session_token: q.token.clone(),
+                    topic: "out-of-order".into(),
+                    consumer_group: "ooo".into(),
+                    offsets: vec![pb::PartitionOffset {
+                        partition: last.partition,
+                        offset: last.offset + 1,
+                    }],
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{b}: commit: {e:?}"));
+            // Memory is not shared between gateways: it stays on the first.
+            let q = if b == "memory" {
+                q
+            } else {
+                open(&other, b).await
+            };
+            for payload in [b"0", b"1", b"2"] {
+                q.publish("out-of-order", payload, Some("one")).await;
+            }
+            let mut stream = q.subscribe("out-of-order", "ooo", None, None).await;
+            let mut first = Vec::new();
+            for _ in 0..3 {
+                first.push(next(&mut stream).await);
+            }
+            let payloads: Vec<&[u8]> = first.iter().map(|m| m.payload.as_slice()).collect();
+            assert_eq!(payloads, [b"0", b"1", b"2"], "{b}");
+            // Only the last is acknowledged; the subscriber leaves.
+            let acked = q.ack(vec![first[2].message_id.clone()]).await;
+            assert_eq!(acked.acknowledged_count, 1, "{b}");
+            drop(stream);
+            // The subscriber is gone (its consumer released) before the
+            // group comes back.
+            let served_by = if b == "memory" { &gw } else { &other };
+            wait_until("the subscription has ended", || async {
+                let tree = served_by.gateway.observe().await.unwrap();
+                !tree
+                    .walk()
+                    .iter()
+                    .any(|n| n.kind == prism::actors::ActorKind::Subscription)
+            })
+            .await;
+            // The group comes back: the first two again, attempt counted,
+            // and never the acknowledged one.
+            let mut stream = q.subscribe("out-of-order", "ooo", None, None).await;
+            let mut again = Vec::new();
+            while again.len() < 2 {
+                let m = next(&mut stream).await;
+                assert_ne!(m.payload, b"2", "{b}: the acknowledged message came back");
+                assert!(m.attempt.unwrap_or(1) >= 2, "{b}: attempt {:?}", m.attempt);
+                q.ack(vec![m.message_id.clone()]).await;
+                again.push(m.payload);
+            }
+            again.sort();
+            assert_eq!(again, [b"0".to_vec(), b"1".to_vec()], "{b}");
+            // What comes next is new, not the acknowledged third.
+            q.publish("out-of-order", b"3", Some("one")).await;
+            let m = next(&mut stream).await;
+            assert_eq!(m.payload, b"3", "{b}");
+        }
+        finish(other).await;
+        finish(gw).await;
+    });
+}
+
 #[test]
 fn a_subscription_ended_with_its_session_hands_back_what_it_held() {
     block_on_multi_thread(async {

@@ -68,20 +68,30 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// Notes where a partition's deliveries begin: the first offset this
+    /// gateway receives in it is where the group stood (its committed
+    /// offset, or where its start position put it), so the acknowledged
+    /// prefix is counted from there.
+    fn note_position(&mut self, (partition, offset): (i32, i64)) {
+        self.committed.entry(partition).or_insert(offset);
+    }
+
     fn done(&self, key: (i32, i64)) -> bool {
         self.acked.contains(&key) || self.committed.get(&key.0).is_some_and(|c| key.1 < *c)
     }
 
-    /// Offsets to commit: per partition, past the contiguous acked prefix.
+    /// Offsets to commit: per partition, past the contiguous acked prefix
+    /// that starts where the group stood (see [`Ledger::note_position`]).
     fn advance(&mut self) -> Vec<(i32, i64)> {
         let mut out = Vec::new();
         let partitions: BTreeSet<i32> = self.acked.iter().map(|k| k.0).collect();
         for p in partitions {
-            let mut next = *self
-                .committed
-                .entry(p)
-                .or_insert_with(|| self.acked.iter().find(|k| k.0 == p).map_or(0, |k| k.1));
-            let start = next;
+            // Without a known position nothing is committed: an acked
+            // offset past unacknowledged ones must not move the group on.
+            let Some(&start) = self.committed.get(&p) else {
+                continue;
+            };
+            let mut next = start;
             while self.acked.remove(&(p, next)) {
                 self.attempts.remove(&(p, next));
                 next += 1;
@@ -767,6 +777,7 @@ impl QueueConsumer for KafkaConsumer {
             };
             drop(received);
             let mut l = self.ledger.lock();
+            l.note_position(key);
             // After a rebalance Kafka may hand over what another member
             // holds, or what was acknowledged but not yet committed.
             if l.done(key) || l.held.contains_key(&key) {
@@ -826,5 +837,29 @@ impl Drop for KafkaConsumer {
                 rt.spawn_blocking(move || drop(consumer));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_prefix_starts_where_the_group_stood() {
+        let mut l = Ledger::default();
+        for offset in 5..8 {
+            l.note_position((0, offset));
+        }
+        // Only the last of three delivered is acknowledged: nothing moves.
+        l.acked.insert((0, 7));
+        assert!(l.advance().is_empty());
+        assert!(!l.done((0, 5)) && !l.done((0, 6)));
+        // The first two follow: all three are committed at once.
+        l.acked.insert((0, 5));
+        l.acked.insert((0, 6));
+        assert_eq!(l.advance(), vec![(0, 8)]);
+        // An acknowledgement in a partition never delivered moves nothing.
+        l.acked.insert((1, 3));
+        assert!(l.advance().is_empty());
     }
 }
