@@ -106,6 +106,23 @@ fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
     (pttl >= 0).then(|| Duration::from_millis(pttl as u64))
 }
 
+/// A condition that passes: the server unreachable, timing out, still
+/// loading its dataset, failing over (MASTERDOWN, READONLY, TRYAGAIN,
+/// CLUSTERDOWN) — UNAVAILABLE, so the client retries; anything else is the
+/// operation's own failure.
+fn transient(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod as R;
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.retry_method(),
+            R::WaitAndRetry | R::RefreshSlotsAndRetry | R::Reconnect | R::RetryImmediately
+        )
+}
+
 impl RedisBackend {
     pub fn open(name: &str, url: &str, spec: &PoolSpec) -> Result<Self, String> {
         let client = redis::Client::open(url)
@@ -163,13 +180,11 @@ impl RedisBackend {
     }
 
     pub fn redis_error(&self, e: redis::RedisError) -> Error {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
-        {
-            return kv::unavailable(&self.name, "cannot reach the server");
+        if transient(&e) {
+            return kv::unavailable(
+                &self.name,
+                "cannot reach the server, or it cannot serve yet",
+            );
         }
         tracing::error!(backend = %self.name, error = %e, "redis error");
         Error::internal(format!(
@@ -445,6 +460,26 @@ impl KeyValueTransactional for RedisBackend {
 
 #[cfg(test)]
 mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn passing_server_conditions_are_transient_and_others_are_not() {
+        for kind in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+        ] {
+            let e = RedisError::from((ErrorKind::Server(kind), "passing"));
+            assert!(super::transient(&e), "{kind:?}");
+        }
+        for kind in [ServerErrorKind::ResponseError, ServerErrorKind::NoScript] {
+            let e = RedisError::from((ErrorKind::Server(kind), "the operation's own"));
+            assert!(!super::transient(&e), "{kind:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
