@@ -116,13 +116,7 @@ impl Fixture {
             .await
             .expect("create session")
             .into_inner();
-        let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-            .unwrap()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .unwrap();
+        let narrow = gw.narrow_channel(65_535).await;
         Fixture {
             gw,
             token: created.session_token,

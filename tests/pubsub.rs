@@ -150,13 +150,7 @@ async fn open_as(gw: &TestGateway, key: &str, config: &str) -> P {
 /// unary calls still get through on the shared connection.
 async fn open_narrow(gw: &TestGateway, key: &str, config: &str) -> P {
     let mut p = open_as(gw, key, config).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
+    let channel = gw.narrow_channel(65_535).await;
     p.streams = PubSubServiceClient::new(channel);
     p
 }

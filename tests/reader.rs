@@ -777,13 +777,7 @@ fn closing_the_session_ends_a_read_at_its_next_page() {
         for b in BACKENDS {
             let r = f.client(b).await;
             // A 64 KiB window: the gateway runs ahead by a few pages only.
-            let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", f.gw.addr))
-                .unwrap()
-                .initial_stream_window_size(65_535)
-                .initial_connection_window_size(65_535)
-                .connect()
-                .await
-                .unwrap();
+            let narrow = f.gw.narrow_channel(65_535).await;
             let mut stream = ReaderServiceClient::new(narrow)
                 .read(r.read_request(10, vec![], None))
                 .await

@@ -73,6 +73,17 @@ impl Fixture {
             .clone()
     }
 
+    /// The id of the (one) Queue subscription in the tree.
+    async fn subscription_id(&self) -> String {
+        let tree = self.gw.gateway.observe().await.unwrap();
+        tree.walk()
+            .into_iter()
+            .find(|n| n.kind == prism::actors::ActorKind::Subscription)
+            .expect("the subscription's node")
+            .id
+            .clone()
+    }
+
     /// Freezes the actor `id` and waits until its supervisor has restarted
     /// it once for the stall; returns its node then.
     async fn freeze_and_wait_restart(&self, id: &str) -> ActorNode {
@@ -127,13 +138,7 @@ fn a_subscription_given_up_with_a_full_buffer_still_ends_with_its_error() {
                 .unwrap();
         }
         // A client whose HTTP/2 windows hold little, and which stops reading.
-        let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", f.gw.addr))
-            .unwrap()
-            .initial_stream_window_size(Some(16 * 1024))
-            .initial_connection_window_size(Some(16 * 1024))
-            .connect()
-            .await
-            .unwrap();
+        let narrow = f.gw.narrow_channel(16 * 1024).await;
         let mut stream = QueueServiceClient::new(narrow)
             .subscribe(q::SubscribeRequest {
                 session_token: token.clone(),
@@ -147,14 +152,7 @@ fn a_subscription_given_up_with_a_full_buffer_still_ends_with_its_error() {
             .await
             .unwrap()
             .into_inner();
-        let tree = f.gw.gateway.observe().await.unwrap();
-        let id = tree
-            .walk()
-            .into_iter()
-            .find(|n| n.kind == prism::actors::ActorKind::Subscription)
-            .expect("the subscription's node")
-            .id
-            .clone();
+        let id = f.subscription_id().await;
         wait_until("the stream's buffer is full", || async {
             f.node(&id).await.state["buffered"] == 2
         })
@@ -237,14 +235,7 @@ fn a_frozen_queue_subscription_is_restarted_on_the_same_stream() {
             })
             .await
             .unwrap();
-        let tree = f.gw.gateway.observe().await.unwrap();
-        let id = tree
-            .walk()
-            .into_iter()
-            .find(|n| n.kind == prism::actors::ActorKind::Subscription)
-            .expect("the subscription's node")
-            .id
-            .clone();
+        let id = f.subscription_id().await;
 
         let live = "prism_subscriptions_active{namespace=\"default\"}";
         let restarts = "prism_actor_restarts_total{kind=\"subscription\"}";

@@ -443,9 +443,11 @@ async fn hand_over(
     let (mut sent, mut sent_bytes) = (0, 0);
     while let Some(message) = pending.pop_front() {
         let cost = bytes.cost(&message);
+        // Bytes first, then a slot: a slot is never held while its message
+        // waits for bytes, so `buffered` counts only messages in the buffer.
         let moved = tokio::time::timeout(STEP_WAIT, async {
-            let slot = tx.reserve().await.ok()?;
             let held = bytes.take(cost).await;
+            let slot = tx.reserve().await.ok()?;
             Some((slot, held))
         })
         .await;

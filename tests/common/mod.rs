@@ -189,6 +189,18 @@ impl TestGateway {
         }
     }
 
+    /// Another connection whose HTTP/2 windows (stream and connection) hold
+    /// `window` bytes: what its client does not read stays in the gateway.
+    pub async fn narrow_channel(&self, window: u32) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await
+            .expect("connect to gateway")
+    }
+
     /// A gRPC connection to the admin listener (AdminService lives there).
     pub async fn admin_channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.admin_addr))
