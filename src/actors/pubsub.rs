@@ -138,7 +138,9 @@ impl PubSubShared {
             queue_group: self.spec.queue_group.clone(),
             created_at: Some(self.created.into()),
             messages_received: self.sink.received.load(Ordering::Relaxed) as i64,
-            active: self.is_active(),
+            // Ended as soon as its sink is (Unsubscribe), not only once the
+            // actor has finished.
+            active: self.is_active() && !self.sink.is_ended(),
         }
     }
 }
