@@ -107,33 +107,14 @@ enum Command {
         hold: Duration,
     },
     /// Time the scenario's calls alone, then beside another session of
-    /// the same namespace running the heaviest KeyValue calls (Count, full
-    /// Scan, BatchGet) over `--keys` keys.
+    /// the same namespace running the heaviest calls of each API in turn
+    /// (KeyValue, Queue, PubSub, Reader, Transact).
     Neighbour {
         scenario: PathBuf,
         #[command(flatten)]
         limits: Limits,
-        /// Keys the KeyValue neighbour writes first (at most 1,000,000);
-        /// the Queue neighbour's log and the Reader's table get a tenth as
-        /// many messages and rows.
-        #[arg(long, default_value_t = 100_000)]
-        keys: u64,
-        #[arg(long, default_value = "prism-dev-key")]
-        api_key: String,
-        #[arg(long, default_value = "user-profiles")]
-        key_value_config: String,
-        #[arg(long, default_value = "orders-queue")]
-        queue_config: String,
-        #[arg(long, default_value = "events")]
-        pubsub_config: String,
-        /// A config with the Reader and Transact patterns on one SQL backend.
-        #[arg(long, default_value = "orders-db")]
-        database_config: String,
-        /// Its collection and table (columns as the embedded default's).
-        #[arg(long, default_value = "orders")]
-        table: String,
-        #[arg(long, default_value = "order-events")]
-        mailbox: String,
+        #[command(flatten)]
+        neighbour: loadtest::neighbour::Neighbour,
     },
     /// Print the markdown table of saved comparisons.
     Table { comparisons: Vec<PathBuf> },
@@ -255,31 +236,14 @@ async fn dispatch(command: Command) -> Result<(), String> {
         Command::Neighbour {
             scenario,
             limits,
-            keys,
-            api_key,
-            key_value_config,
-            queue_config,
-            pubsub_config,
-            database_config,
-            table,
-            mailbox,
+            neighbour,
         } => {
             let scenario = Scenario::load(&scenario)?;
             let prepared = loadtest::prepare(scenario, &limits.overrides()).await?;
-            let neighbour = loadtest::neighbour::Neighbour {
-                api_key,
-                key_value_config,
-                queue_config,
-                pubsub_config,
-                database_config,
-                table,
-                mailbox,
-                keys,
-            };
             let measured = loadtest::neighbour::measure(&prepared, &neighbour).await;
             let title = prepared.scenario.title();
             prepared.finish().await;
-            print!("{}", neighbour_table(&title, keys, &measured?));
+            print!("{}", neighbour_table(&title, neighbour.keys, &measured?));
             Ok(())
         }
         Command::Table { comparisons } => {

@@ -66,20 +66,31 @@ const WRITERS: usize = 4;
 /// Largest message the neighbours send or take.
 const MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Who the neighbour is: its key, and the named config of each API.
-#[derive(Debug, Clone)]
+/// Who the neighbour is: its key, and the named config of each API (the
+/// `neighbour` command's options).
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "neighbour-options")]
 pub struct Neighbour {
+    #[arg(long, default_value = "prism-dev-key")]
     pub api_key: String,
+    #[arg(long, default_value = "user-profiles")]
     pub key_value_config: String,
+    #[arg(long, default_value = "orders-queue")]
     pub queue_config: String,
+    #[arg(long, default_value = "events")]
     pub pubsub_config: String,
     /// A config with the Reader and Transact patterns on one SQL backend.
+    #[arg(long, default_value = "orders-db")]
     pub database_config: String,
-    /// Reader collection and Transact table (columns as the embedded
-    /// default's `orders`).
+    /// Its collection and table (columns as the embedded default's).
+    #[arg(long, default_value = "orders")]
     pub table: String,
+    #[arg(long, default_value = "order-events")]
     pub mailbox: String,
-    /// Keys written for KeyValue; a tenth as many queue messages and rows.
+    /// Keys the KeyValue neighbour writes first (at most 1,000,000); the
+    /// Queue neighbour's log and the Reader's table get a tenth as many
+    /// messages and rows.
+    #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
 }
 
