@@ -94,7 +94,15 @@ impl Error {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let details = ErrorDetails::with_error_info(self.reason, service.domain(), metadata);
+        let retry = metadata
+            .get("retry_after_ms")
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis);
+        let mut details = ErrorDetails::with_error_info(self.reason, service.domain(), metadata);
+        // `retry_after_ms` is also said the standard way (RetryInfo).
+        if retry.is_some() {
+            details.set_retry_info(retry);
+        }
         Status::with_error_details(self.kind.code(), self.message.clone(), details)
     }
 }

@@ -174,6 +174,9 @@ impl<H: Clone> Gate<H> {
         let handle = (self.pick)(&backend)
             .cloned()
             .ok_or_else(|| missing_interface(&backend.name, backend.kind, self.interface))?;
+        if let Some(down) = backend.health.refusal(&backend.name) {
+            return Err(down);
+        }
         let guard = entry.begin_operation(kind == Kind::Stream)?;
         Ok(Call {
             entry,

@@ -339,10 +339,12 @@ pub fn render(sources: &Sources) -> String {
     let sent = by_ns(&|n| n.bytes_sent.load(Ordering::Relaxed) as f64);
     let mut lag = Vec::new();
     let mut lag_age = Vec::new();
+    let mut dead = Vec::new();
     for relay in &sources.relays {
         let l = labels(&[("namespace", &relay.namespace), ("relay", &relay.name)]);
         let (rows, age) = relay.lag();
         lag.push((l.clone(), rows as f64));
+        dead.push((l.clone(), relay.dead_lettered() as f64));
         lag_age.push((l, age.map_or(0.0, |a| a.as_secs_f64())));
     }
     family(
@@ -363,15 +365,22 @@ pub fn render(sources: &Sources) -> String {
         &mut out,
         "prism_relay_lag_messages",
         "gauge",
-        "Unprocessed rows of each relayed mailbox.",
+        "Rows of each relay's mailbox it has yet to publish.",
         &lag,
     );
     family(
         &mut out,
         "prism_relay_lag_seconds",
         "gauge",
-        "Age of the oldest unprocessed row of each relayed mailbox.",
+        "Age of the oldest row each relay has yet to publish.",
         &lag_age,
+    );
+    family(
+        &mut out,
+        "prism_relay_dead_lettered_total",
+        "counter",
+        "Rows each relay moved aside (the broker kept refusing them) since the gateway started.",
+        &dead,
     );
     out
 }

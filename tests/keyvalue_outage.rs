@@ -12,7 +12,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
-    assert_error, free_port,
+    free_port,
     kv::{database_url, kv_config, redis_url, run_id, Harness, Kv},
     RedisServer,
 };
@@ -33,14 +33,17 @@ async fn expect_unavailable(kv: &Kv) {
     loop {
         match kv.set("during-outage", b"x").await {
             Err(status) if status.code() == Code::Unavailable => {
-                assert_error(
-                    &status,
-                    Code::Unavailable,
-                    "BACKEND_UNAVAILABLE",
-                    Service::KeyValue,
-                );
+                // The first calls find the server gone; once the pool actor
+                // has seen it fail, calls are refused at the gate.
                 let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+                assert!(
+                    ["BACKEND_UNAVAILABLE", "BACKEND_DOWN"].contains(&info.reason.as_str()),
+                    "{status:?}"
+                );
+                assert_eq!(info.domain, Service::KeyValue.domain());
                 assert!(info.metadata.contains_key("backend"), "{status:?}");
+                let retry = tonic_types::StatusExt::get_details_retry_info(&status);
+                assert!(retry.is_some_and(|r| r.retry_delay.is_some()), "{status:?}");
                 return;
             }
             other => {

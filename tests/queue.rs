@@ -1241,3 +1241,60 @@ fn a_subscription_ended_with_its_session_hands_back_what_it_held() {
         finish(gw).await;
     });
 }
+
+#[test]
+fn headers_nats_cannot_carry_are_refused_and_the_gateway_goes_on() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        let q = open(&gw, "nats").await;
+        let bad = [
+            [("bad key".to_string(), "v".to_string())],
+            [("colon:key".to_string(), "v".to_string())],
+            [("key".to_string(), "line\r\nbreak".to_string())],
+        ];
+        for headers in bad {
+            let e = q
+                .client
+                .clone()
+                .publish(pb::PublishRequest {
+                    session_token: q.token.clone(),
+                    topic: "headers".into(),
+                    payload: b"x".to_vec(),
+                    headers: headers.clone().into(),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("NATS cannot carry the header");
+            assert_error(&e, Code::InvalidArgument, "MESSAGE_REFUSED", Service::Queue);
+        }
+        // Nothing broke: the same session publishes and reads back.
+        q.publish("headers", b"fine", None).await;
+        let got = drain(q.subscribe("headers", "", earliest(), Some(1)).await).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"fine");
+        finish(gw).await;
+    });
+}
+
+#[test]
+fn a_subscription_at_latest_gets_what_is_published_once_it_answered() {
+    block_on_multi_thread(async {
+        let gw = TestGateway::start_with(config()).await;
+        for b in backends(Interface::QueueBasic) {
+            let q = open(&gw, b).await;
+            q.publish("latest", b"before", None).await;
+            for i in 0..3 {
+                let latest = Some(Sp::Position(pb::StartPosition::Latest as i32));
+                let mut s = q.subscribe("latest", "", latest, Some(1)).await;
+                let payload = format!("after-{i}");
+                q.publish("latest", payload.as_bytes(), None).await;
+                let got = tokio::time::timeout(Duration::from_secs(20), s.message())
+                    .await
+                    .unwrap_or_else(|_| panic!("{b}: the message published after Subscribe"));
+                let got = got.unwrap().expect("the stream is open");
+                assert_eq!(got.payload, payload.as_bytes(), "{b}");
+            }
+        }
+        finish(gw).await;
+    });
+}

@@ -107,7 +107,12 @@ async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
     let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
         .execute(pool)
         .await;
-    for t in ["prism_mailbox", "prism_mailbox_sequence"] {
+    for t in [
+        "prism_mailbox",
+        "prism_mailbox_sequence",
+        "prism_relay_progress",
+        "prism_mailbox_dead_letter",
+    ] {
         let _ = sqlx::query(&format!("DELETE FROM {t} WHERE namespace = $1"))
             .bind(ns)
             .execute(pool)
@@ -115,13 +120,17 @@ async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
     }
 }
 
+/// Rows of the namespace's mailbox after relay `out`'s cursor.
 async fn unprocessed(pool: &AnyPool, ns: &str) -> i64 {
-    sqlx::query("SELECT COUNT(*) FROM prism_mailbox WHERE namespace = $1 AND processed_at IS NULL")
-        .bind(ns)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-        .get::<i64, _>(0)
+    sqlx::query(
+        "SELECT COUNT(*) FROM prism_mailbox WHERE namespace = $1 AND sequence > COALESCE( \
+         (SELECT through FROM prism_relay_progress WHERE namespace = $1 AND relay = 'out'), 0)",
+    )
+    .bind(ns)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get::<i64, _>(0)
 }
 
 /// `WRITES` Writes (a row and a mailbox message each) from 8 clients.
@@ -190,7 +199,7 @@ fn assert_complete_in_order(seen: &[i64], count: i64) {
     assert_eq!(next, count + 1, "relayed up to {} of {count}", next - 1);
 }
 
-/// Waits (bounded) until no row of the namespace's mailbox is unprocessed.
+/// Waits (bounded) until relay `out` has passed every row of the mailbox.
 async fn wait_relayed(pool: &AnyPool, ns: &str) {
     common::wait_until("every mailbox row is relayed", || async {
         unprocessed(pool, ns).await == 0
@@ -585,5 +594,269 @@ fn the_embedded_default_relays_order_events_to_pubsub() {
 
         gw.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// One Write of a row and a mailbox message; its message id.
+async fn write_one(
+    gw: &TestGateway,
+    token: &str,
+    table: &str,
+    message: Vec<u8>,
+    metadata: &[(&str, &str)],
+) -> Result<String, tonic::Status> {
+    let mut client = pb::transact_service_client::TransactServiceClient::new(gw.channel.clone());
+    let r = client
+        .write(pb::WriteRequest {
+            session_token: token.to_string(),
+            data: Some(pb::DataWrite {
+                table: table.to_string(),
+                record: [(
+                    "customer".to_string(),
+                    Value {
+                        kind: Some(V::StringValue("c".into())),
+                    },
+                )]
+                .into(),
+                mode: WriteMode::Insert as i32,
+                id_field: None,
+            }),
+            mailbox: Some(pb::MailboxWrite {
+                mailbox_id: MAILBOX.into(),
+                message,
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            options: None,
+        })
+        .await?;
+    Ok(r.into_inner().mailbox_result.unwrap().message_id)
+}
+
+/// The whole mailbox as ReadMailbox streams it.
+async fn read_mailbox(gw: &TestGateway, token: &str) -> Vec<pb::MailboxMessage> {
+    let mut client = pb::transact_service_client::TransactServiceClient::new(gw.channel.clone());
+    let mut stream = client
+        .read_mailbox(pb::ReadMailboxRequest {
+            session_token: token.to_string(),
+            mailbox_id: MAILBOX.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.next().await {
+        out.push(m.unwrap());
+    }
+    out
+}
+
+async fn session(gw: &TestGateway) -> String {
+    gw.sessions()
+        .create_session(api_key_request(TEST_KEY, "postgres"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token
+}
+
+#[test]
+fn a_client_processing_rows_never_hides_them_from_the_relay() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_p_{run}");
+        let subject = format!("prism.processed.{run}");
+        let stream = format!("PROCESSED_{run}");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("prism-nats-{run}"));
+        let url = format!("nats://127.0.0.1:{port}");
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        // The relay's broker is not up yet, so every row waits for it.
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let config = GatewayConfig::from_yaml(
+            &relay_yaml(&run, &table, &to, &url),
+            &Source::Inline,
+            &[("_", "_"); 0],
+        )
+        .unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("postgres").await;
+        let token = session(&gw).await;
+        for i in 0..50 {
+            write_one(&gw, &token, &table, format!("m{i}").into_bytes(), &[])
+                .await
+                .unwrap();
+        }
+        // A consumer of the mailbox marks every row processed at once.
+        let ids: Vec<String> = read_mailbox(&gw, &token)
+            .await
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect();
+        assert_eq!(ids.len(), 50);
+        let processed = pb::transact_service_client::TransactServiceClient::new(gw.channel.clone())
+            .process_mailbox(pb::ProcessMailboxRequest {
+                session_token: token.clone(),
+                message_ids: ids,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(processed.processed_count, 50);
+
+        // The broker comes up: the relay still publishes all 50.
+        let _server = nats_server(port, &dir);
+        let js = async_nats::jetstream::new(connect_retrying(&url).await);
+        capture(&js, &stream, &subject).await;
+        wait_relayed(&pool, &ns).await;
+        let seen = stream_sequences(&js, &stream).await;
+        assert_complete_in_order(&seen, 50);
+        // Clients' processed marks are theirs: still set.
+        assert!(read_mailbox(&gw, &token).await.iter().all(|m| m.processed));
+
+        gw.stop().await;
+        cleanup(&pool, &table, &ns).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn a_row_the_broker_refuses_is_moved_aside_and_the_rest_flow_on() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_d_{run}");
+        let subject = format!("prism.dead.{run}");
+        let stream = format!("DEAD_{run}");
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        // The destination stream takes messages up to 1,000 bytes.
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject.clone()],
+            max_message_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let yaml = relay_yaml(&run, &table, &to, &nats_url()).replace(
+            "max_backoff: 500ms",
+            "max_backoff: 200ms\n        max_attempts: 2",
+        );
+        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
+        let gw = TestGateway::start_with(config).await;
+        gw.wait_backend_up("postgres").await;
+        gw.wait_backend_up("nats").await;
+        let token = session(&gw).await;
+
+        // Metadata no NATS header can carry is refused at Write time, and
+        // nothing is written.
+        let e = write_one(&gw, &token, &table, b"x".to_vec(), &[("bad key", "v")])
+            .await
+            .expect_err("a message the relay could never publish");
+        common::assert_error(
+            &e,
+            tonic::Code::InvalidArgument,
+            "MAILBOX_MESSAGE_UNRELAYABLE",
+            prism::error::Service::Transact,
+        );
+        // Sequence 1 flows; 2 is larger than the stream takes (the broker
+        // refuses it each time); 3 flows after it.
+        write_one(&gw, &token, &table, b"one".to_vec(), &[])
+            .await
+            .unwrap();
+        write_one(&gw, &token, &table, vec![b'x'; 2000], &[])
+            .await
+            .unwrap();
+        write_one(&gw, &token, &table, b"three".to_vec(), &[])
+            .await
+            .unwrap();
+        // Rows written before the Write check existed (or by another writer):
+        // 4 has a header NATS cannot carry, 5 is fine.
+        for (seq, metadata) in [(4, r#"{"bad key":"v"}"#), (5, "{}")] {
+            sqlx::query(
+                "INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, \
+                 message, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(ns.as_str())
+            .bind(MAILBOX)
+            .bind(seq)
+            .bind(format!("msg-{run}-{seq}"))
+            .bind(format!("m{seq}").into_bytes())
+            .bind(metadata)
+            .bind(prism::backends::epoch_ms())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        wait_relayed(&pool, &ns).await;
+
+        let seen = stream_sequences(&js, &stream).await;
+        let distinct: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+        assert_eq!(distinct, [1, 3, 5].into(), "{seen:?}");
+        let rows = read_mailbox(&gw, &token).await;
+        assert_eq!(rows.len(), 5);
+        let dead = |seq: usize| &rows[seq - 1].metadata;
+        assert_eq!(dead(2)["prism-dead-letter-relay"], "out");
+        assert_eq!(dead(2)["prism-dead-letter-attempts"], "2");
+        assert!(dead(2)["prism-dead-letter-error"].contains("refused"));
+        assert_eq!(dead(4)["prism-dead-letter-attempts"], "0");
+        assert!(dead(4)["prism-dead-letter-error"].contains("bad key"));
+        for seq in [1, 3, 5] {
+            assert!(!dead(seq).contains_key("prism-dead-letter-relay"));
+        }
+        let s = relay_state(&gw, &ns).await;
+        assert_eq!(s["dead_lettered"], 2, "{s}");
+        assert_eq!(s["last_dead_letter"]["sequence"], 4, "{s}");
+        let metrics = prism::metrics::render(&gw.gateway.metrics_sources());
+        let sample =
+            format!("prism_relay_dead_lettered_total{{namespace=\"{ns}\",relay=\"out\"}} 2");
+        assert!(metrics.lines().any(|l| l == sample), "{metrics}");
+
+        gw.stop().await;
+        js.delete_stream(&stream).await.unwrap();
+        cleanup(&pool, &table, &ns).await;
+    });
+}
+
+#[test]
+fn a_message_larger_than_kafka_takes_is_refused_at_write_time() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_b_{run}");
+        let topic = format!("prism-relay-big-{run}");
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ kafka: {{ backend: kafka, topic: {topic} }} }}");
+        let gw = start(&run, &table, &to, &nats_url(), "kafka").await;
+        let token = session(&gw).await;
+        let e = write_one(&gw, &token, &table, vec![0; 1_100_000], &[])
+            .await
+            .expect_err("larger than a Kafka record may be");
+        common::assert_error(
+            &e,
+            tonic::Code::InvalidArgument,
+            "MAILBOX_MESSAGE_UNRELAYABLE",
+            prism::error::Service::Transact,
+        );
+        assert!(
+            read_mailbox(&gw, &token).await.is_empty(),
+            "nothing was written"
+        );
+        write_one(&gw, &token, &table, vec![0; 900_000], &[])
+            .await
+            .unwrap();
+        wait_relayed(&pool, &ns).await;
+        gw.stop().await;
+        cleanup(&pool, &table, &ns).await;
     });
 }

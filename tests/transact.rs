@@ -73,6 +73,11 @@ impl Fixture {
 
     /// `transact_extra` is added under the namespace's `transact:` block.
     async fn start_with(transact_extra: &str) -> Fixture {
+        Self::start_tuned(transact_extra, common::kv::FAST_POOL).await
+    }
+
+    /// As [`Fixture::start_with`], both backends on pool settings `pool`.
+    async fn start_tuned(transact_extra: &str, pool: &str) -> Fixture {
         let run = common::kv::run_id();
         let tables: HashMap<&str, String> = BACKENDS
             .iter()
@@ -117,7 +122,6 @@ configs:
 "#,
             sqlite = sqlite_path.display(),
             pg = common::kv::database_url(),
-            pool = common::kv::FAST_POOL,
             key = prism::auth::api_key_digest(TEST_KEY),
             sqlite_table = tables["sqlite"],
             pg_table = tables["postgres"],
@@ -1021,5 +1025,77 @@ fn a_serialization_failure_is_aborted_and_retryable() {
         assert_eq!(fx.mailbox("postgres").await, vec![(1, b"1".to_vec())]);
         drop((tx1, rx1, tx2, rx2));
         fx.finish().await;
+    });
+}
+
+#[test]
+fn open_transactions_never_take_every_connection() {
+    block_on_multi_thread(async {
+        // Four connections: three transactions at most, one kept back.
+        let pool = common::kv::FAST_POOL.replace(" }", ", max_connections: 4 }");
+        let f = Fixture::start_tuned("", &pool).await;
+        for b in BACKENDS {
+            let mut holders = Vec::new();
+            let mut streams = Vec::new();
+            for _ in 0..2 {
+                let mut t = f.client(b).await;
+                for _ in 0..2 {
+                    if streams.len() < 3 {
+                        streams.push(begun(&mut t, 60_000).await);
+                    }
+                }
+                holders.push(t);
+            }
+            // A fourth transaction waits for a place, then is refused.
+            let mut t = f.client(b).await;
+            let (tx, mut rx) = t.open_stream().await;
+            tx.send(t.begin(60_000)).await.unwrap();
+            match next(&mut rx).await {
+                Out::Error(e) => {
+                    assert_eq!(e.code, "RESOURCE_EXHAUSTED", "{b}");
+                    assert!(e.message.contains("TRANSACTIONS_EXHAUSTED"), "{b}: {e:?}");
+                }
+                other => panic!("{b}: expected no place, got {other:?}"),
+            }
+            // Everything else on the backend is served, and its health
+            // check is not queued behind the transactions.
+            assert!(t.read_mailbox(None, None, false).await.len() < 1_000, "{b}");
+            let health = f.gw.gateway.backends.get(b).unwrap().health.clone();
+            assert!(health.is_up(), "{b}: the backend looks down");
+            // One ends; a new transaction finds its place.
+            let (tx1, mut rx1, _) = streams.remove(0);
+            tx1.send(commit()).await.unwrap();
+            assert!(matches!(next(&mut rx1).await, Out::Committed(_)), "{b}");
+            let (tx2, mut rx2, _) = begun(&mut holders[0], 60_000).await;
+            tx2.send(commit()).await.unwrap();
+            assert!(matches!(next(&mut rx2).await, Out::Committed(_)), "{b}");
+            drop(streams);
+            wait_no_transaction(&f.gw).await;
+        }
+        f.finish().await;
+    });
+}
+
+#[test]
+fn a_sqlite_transaction_that_began_and_waits_blocks_no_writer() {
+    block_on_multi_thread(async {
+        let f = Fixture::start().await;
+        let mut t = f.client("sqlite").await;
+        let (tx, mut rx, _) = begun(&mut t, 60_000).await;
+        // Another writer goes ahead at once (it would wait out SQLite's
+        // busy timeout and fail if BEGIN had taken the write lock).
+        let mut other = f.client("sqlite").await;
+        let written = tokio::time::timeout(Duration::from_secs(4), other.insert("bob", "b"))
+            .await
+            .expect("the write does not wait for the idle transaction");
+        assert!(written.mailbox_result.is_some());
+        // The waiting transaction then writes and commits after it.
+        tx.send(t.streamed_write("carol", "c")).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Out::WriteResult(_)));
+        tx.send(commit()).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Out::Committed(_)));
+        let sequences: Vec<i64> = f.mailbox("sqlite").await.iter().map(|m| m.0).collect();
+        assert_eq!(sequences, vec![1, 2]);
+        f.finish().await;
     });
 }

@@ -126,7 +126,7 @@ impl BackendPoolActor {
                         retry_in = %humantime::format_duration(delay),
                         "backend check failed"
                     );
-                    health.mark_down(error);
+                    health.mark_down(error, delay);
                     act.schedule(ctx, delay);
                 }
             }
@@ -324,9 +324,10 @@ impl Child for PoolShared {
     /// Nothing checks the backend any more: it is marked down, so
     /// readiness fails and an orchestrator replaces the gateway.
     fn give_up(&self, _: &Arc<()>, why: &str) {
-        self.backend
-            .health
-            .mark_down(format!("the backend's pool actor kept failing: {why}"));
+        self.backend.health.mark_down(
+            format!("the backend's pool actor kept failing: {why}"),
+            std::time::Duration::from_secs(60),
+        );
     }
 }
 

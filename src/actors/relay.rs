@@ -1,8 +1,13 @@
 //! MailboxListenerActor: one per configured outbox relay. It reads a
-//! mailbox's unprocessed rows in sequence order, publishes them to the
-//! relay's broker destination, and marks rows processed only once the
+//! mailbox's rows after its own cursor in sequence order, publishes them
+//! to the relay's broker destination, and moves the cursor only once the
 //! broker acknowledged them — so a crash between the two sends rows again
-//! (consumers dedupe by mailbox id and sequence) but never skips one.
+//! (consumers dedupe by mailbox id and sequence) but never skips one. The
+//! cursor is the relay's alone (`prism_relay_progress`): a client marking
+//! rows processed with ProcessMailbox never hides one from it. A row the
+//! broker keeps refusing is moved aside after `max_attempts`
+//! (`prism_mailbox_dead_letter`, shown by ReadMailbox, the actor tree and
+//! `/metrics`) so the rows after it flow on.
 //!
 //! Rounds never overlap: a wake-up during a round asks for another round
 //! after it. Wake-ups come from the backend's mailbox waiter
@@ -14,6 +19,7 @@
 //! runtime in tasks the actor owns.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -29,7 +35,7 @@ use super::{
 use crate::{
     backends::{
         relay::{self, RelaySink},
-        transact::{Lag, MailboxQuery, MailboxWake, TransactOutbox},
+        transact::{Lag, MailboxQuery, MailboxWake, RelayCursor, TransactOutbox},
         Backends, Health,
     },
     config::{GatewayConfig, RelaySpec},
@@ -52,6 +58,19 @@ struct Progress {
     backoff_ms: u64,
     lag: Lag,
     notifications: u64,
+    /// Every row up to this sequence was published or moved aside.
+    through: i64,
+    dead_lettered: u64,
+    last_dead_letter: Option<DeadLetterState>,
+}
+
+/// The last row a relay moved aside, for the actor tree.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DeadLetterState {
+    sequence: i64,
+    message_id: String,
+    attempts: u32,
+    error: String,
 }
 
 /// A relay's configuration and progress, shared by its actor and the tasks
@@ -82,43 +101,113 @@ impl RelayShared {
         (lag.unprocessed, age)
     }
 
-    /// One round: read a batch, publish it, mark what was acknowledged.
-    /// Returns whether a full batch went out (more may be waiting).
+    /// Whether this relay's destination could ever take the message.
+    pub fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
+        self.sink.check(message, headers)
+    }
+
+    /// Rows this relay moved aside since the gateway started.
+    pub fn dead_lettered(&self) -> u64 {
+        self.progress.lock().dead_lettered
+    }
+
+    /// One round: read a batch after the relay's cursor, publish it, move
+    /// the cursor past what the broker acknowledged. A row the broker
+    /// refuses (too large, malformed) is tried `max_attempts` times and
+    /// then moved aside, so the rows after it flow on; a row the
+    /// destination could never take is moved aside at once. Returns
+    /// whether more rows may be waiting.
     async fn round(self: Arc<Self>) -> Result<bool, Error> {
+        let (ns, mailbox) = (&self.namespace, &self.spec.mailbox);
+        let cursor = self.outbox.relay_cursor(ns, &self.name, mailbox).await?;
         let batch = self.spec.batch_size;
         let rows = self
             .outbox
             .read_mailbox(
-                &self.namespace,
+                ns,
                 &MailboxQuery {
-                    mailbox: self.spec.mailbox.clone(),
-                    after: 0,
+                    mailbox: mailbox.clone(),
+                    after: cursor.through,
                     limit: batch,
-                    unprocessed_only: true,
+                    unprocessed_only: false,
+                    with_dead_letters: false,
                 },
             )
             .await?;
-        let (sent, failed) = if rows.is_empty() {
+        // A row the destination can never take ends the batch before it.
+        let never = rows.iter().enumerate().find_map(|(i, row)| {
+            self.sink
+                .check(&row.message, &relay::headers(row))
+                .err()
+                .map(|e| (i, e))
+        });
+        let sendable = never.as_ref().map_or(rows.len(), |(i, _)| *i);
+        let (sent, failed) = if sendable == 0 {
             (0, None)
         } else {
-            self.sink.publish(&rows).await
+            self.sink.publish(&rows[..sendable]).await
         };
+        let mut through = cursor.through;
+        let mut attempts = cursor.attempts;
         if sent > 0 {
-            let through = rows[sent - 1].sequence;
-            self.outbox
-                .mark_relayed(&self.namespace, &self.spec.mailbox, through)
-                .await?;
+            through = rows[sent - 1].sequence;
+            attempts = 0;
+            self.outbox.advance_relay(ns, &self.name, through).await?;
             let mut p = self.progress.lock();
             p.relayed += sent as u64;
             p.last_sequence = Some(through);
         }
-        if let Ok(lag) = self.outbox.lag(&self.namespace, &self.spec.mailbox).await {
+        let mut more = rows.len() == batch;
+        let stopped = match failed {
+            Some(e) => Some((e, false)),
+            None => never.filter(|_| sent == sendable).map(|(_, e)| (e, true)),
+        };
+        let result = match stopped {
+            None => Ok(()),
+            Some((e, _)) if !relay::is_refused(&e) => Err(e),
+            Some((e, never)) => {
+                let row = &rows[sent];
+                let attempts = if never { attempts } else { attempts + 1 };
+                if never || attempts >= self.spec.max_attempts {
+                    self.outbox
+                        .dead_letter(ns, &self.name, row, attempts, &e.message)
+                        .await?;
+                    through = row.sequence;
+                    tracing::warn!(
+                        relay = %self.name,
+                        mailbox = %mailbox,
+                        sequence = row.sequence,
+                        attempts,
+                        error = %e.message,
+                        "relay moved a row aside (dead letter)"
+                    );
+                    let mut p = self.progress.lock();
+                    p.dead_lettered += 1;
+                    p.last_dead_letter = Some(DeadLetterState {
+                        sequence: row.sequence,
+                        message_id: row.message_id.clone(),
+                        attempts,
+                        error: e.message.clone(),
+                    });
+                    more = true;
+                    Ok(())
+                } else {
+                    let at = RelayCursor { through, attempts };
+                    self.outbox
+                        .relay_refused(ns, &self.name, at, &e.message)
+                        .await?;
+                    Err(e)
+                }
+            }
+        };
+        {
+            let mut p = self.progress.lock();
+            p.through = through;
+        }
+        if let Ok(lag) = self.outbox.lag(ns, mailbox, through).await {
             self.progress.lock().lag = lag;
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(rows.len() == batch),
-        }
+        result.map(|()| more)
     }
 
     /// Wakes the actor whenever its mailbox's waiter says rows may be
@@ -312,6 +401,10 @@ struct RelayState<'a> {
     backoff_ms: u64,
     last_error: Option<String>,
     notifications: u64,
+    through: i64,
+    max_attempts: u32,
+    dead_lettered: u64,
+    last_dead_letter: Option<DeadLetterState>,
     lag: LagState,
 }
 
@@ -348,6 +441,10 @@ fn observe(shared: &RelayShared, status: ActorStatus, vitals: &Vitals) -> ActorN
             backoff_ms: p.backoff_ms,
             last_error: p.last_error,
             notifications: p.notifications,
+            through: p.through,
+            max_attempts: shared.spec.max_attempts,
+            dead_lettered: p.dead_lettered,
+            last_dead_letter: p.last_dead_letter,
             lag: LagState {
                 unprocessed: p.lag.unprocessed,
                 oldest_unprocessed_age_ms: p.lag.oldest_created_ms.map(|c| (now - c).max(0)),

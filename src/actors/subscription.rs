@@ -29,7 +29,7 @@ use actix::{
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{
     mailbox::counted,
@@ -141,6 +141,10 @@ pub struct SubscriptionShared {
     /// Why the subscription failed, for the client once it has taken what
     /// was buffered (never lost to a full buffer).
     ending: Mutex<Option<Error>>,
+    /// Told once the backend has positioned the consumer (or failed to):
+    /// Subscribe answers only then, so a message published after the call
+    /// returns is never before a LATEST start.
+    positioned: Mutex<Option<oneshot::Sender<Result<(), Error>>>>,
     created: SystemTime,
     clock: Clock,
     /// The gateway's main runtime, where the backend's connections live:
@@ -192,10 +196,26 @@ impl SubscriptionShared {
             gauge,
             tx: Mutex::new(Some(tx)),
             ending: Mutex::new(None),
+            positioned: Mutex::new(None),
             created: SystemTime::now(),
             clock,
             // Built by the Subscribe handler, on the main runtime.
             runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Resolves once the consumer is positioned, with the error if the
+    /// backend refused the subscription (closed if the subscription went
+    /// away first).
+    pub fn positioned(&self) -> oneshot::Receiver<Result<(), Error>> {
+        let (tx, rx) = oneshot::channel();
+        *self.positioned.lock() = Some(tx);
+        rx
+    }
+
+    fn tell_positioned(&self, result: Result<(), Error>) {
+        if let Some(tx) = self.positioned.lock().take() {
+            let _ = tx.send(result);
         }
     }
 
@@ -345,9 +365,13 @@ impl Actor for SubscriptionActor {
             match result.and_then(|r| r) {
                 Ok(consumer) => {
                     act.consumer = Some(consumer);
+                    act.shared.tell_positioned(Ok(()));
                     ctx.notify(Pump);
                 }
-                Err(e) => act.finish(ctx, "subscribe failed", Some(e)),
+                Err(e) => {
+                    act.shared.tell_positioned(Err(e.clone()));
+                    act.finish(ctx, "subscribe failed", Some(e))
+                }
             }
         }));
     }

@@ -1,12 +1,18 @@
 //! A backend's health as its pool actor last saw it, readable without locks
 //! by the data path and the admin view, with a watch channel that the
-//! readiness reporter follows.
+//! readiness reporter follows. While a backend is known down, calls on it
+//! are refused at the gate at once ([`Health::refusal`]).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::watch;
+
+use crate::error::{Error, ErrorKind};
+
+/// The shortest retry delay a refusal suggests.
+const MIN_RETRY_MS: u64 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +46,8 @@ pub struct Health {
     pub failures: AtomicU64,
     /// Times the backend came back after being down.
     pub recoveries: AtomicU64,
+    /// While down: when (epoch ms) the pool actor checks again.
+    next_check_ms: AtomicU64,
     changed: watch::Sender<HealthState>,
 }
 
@@ -58,6 +66,7 @@ impl Health {
             checks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            next_check_ms: AtomicU64::new(0),
             changed: watch::channel(HealthState::Connecting).0,
         }
     }
@@ -100,11 +109,49 @@ impl Health {
         }
     }
 
-    pub fn mark_down(&self, error: String) {
+    /// The backend failed its check; the pool actor checks again in
+    /// `retry_in`.
+    pub fn mark_down(&self, error: String, retry_in: std::time::Duration) {
+        let at = crate::backends::epoch_ms().max(0) as u64;
+        self.next_check_ms.store(
+            at.saturating_add(crate::clock::ms(retry_in)),
+            Ordering::Relaxed,
+        );
         self.checks.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = Some(error);
         self.set(HealthState::Down);
+    }
+
+    /// While the backend is known down, the answer for a call on it: at
+    /// once UNAVAILABLE, with the last check's error and when to retry
+    /// (the pool actor's next check), rather than waiting out a connect
+    /// timeout per call.
+    pub fn refusal(&self, backend: &str) -> Option<Error> {
+        if self.state() != HealthState::Down {
+            return None;
+        }
+        let now = crate::backends::epoch_ms().max(0) as u64;
+        let wait = self
+            .next_check_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
+            .max(MIN_RETRY_MS);
+        let why = self
+            .last_error()
+            .unwrap_or_else(|| "its check failed".into());
+        Some(
+            Error::new(
+                ErrorKind::Unavailable,
+                "BACKEND_DOWN",
+                format!(
+                    "backend `{backend}` is down ({why}); it is checked again within {wait} ms, \
+                     retry then"
+                ),
+            )
+            .with("backend", backend)
+            .with("retry_after_ms", wait.to_string()),
+        )
     }
 
     fn set(&self, state: HealthState) -> HealthState {

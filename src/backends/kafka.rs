@@ -26,6 +26,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
     message::{Header, Headers, Message as _, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     ClientConfig, Offset, TopicPartitionList,
@@ -105,6 +106,48 @@ impl Ledger {
     }
 }
 
+/// The largest record the gateway's producers send (librdkafka's
+/// `message.max.bytes`, set explicitly); brokers' default limit is about
+/// the same (1 MiB).
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// What a record costs beyond its key, value and headers (batch and record
+/// framing), counted generously.
+const RECORD_OVERHEAD: usize = 256;
+
+/// Why the brokers refused a record itself, or None for a condition of the
+/// brokers (down, timed out, queue full) that may pass.
+fn refusal(e: &KafkaError) -> Option<String> {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::MessageSizeTooLarge | C::InvalidMessageSize => {
+            Some("it is larger than the brokers accept".into())
+        }
+        C::InvalidMessage | C::InvalidRecord | C::BadMessage => Some(format!("{e}")),
+        _ => None,
+    }
+}
+
+/// Whether a relayed record of this message and headers fits the
+/// producer's record limit (the mailbox id is its key as well).
+pub fn check_record(message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
+    let key = headers
+        .get(super::relay::HEADER_MAILBOX)
+        .map_or(0, String::len);
+    let size = headers
+        .iter()
+        .fold(message.len() + key + RECORD_OVERHEAD, |n, (k, v)| {
+            n.saturating_add(k.len() + v.len() + 8)
+        });
+    if size > MAX_RECORD_BYTES {
+        return Err(super::relay::refused(format!(
+            "the message and its metadata come to about {size} bytes as a Kafka record; the \
+             relay's producer sends at most {MAX_RECORD_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// The Kafka backend: Queue (this file) and PubSub (`kafka_pubsub.rs`).
 pub struct KafkaBackend {
     pub name: String,
@@ -157,6 +200,7 @@ impl KafkaBackend {
                 self.spec.connect_timeout.as_millis().max(1000).to_string(),
             )
             .set("message.timeout.ms", "10000")
+            .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
             // Topics are created by Publish only: a metadata lookup or a
             // subscription must not create them as a side effect.
             .set("allow.auto.create.topics", "false");
@@ -166,6 +210,22 @@ impl KafkaBackend {
     pub(super) fn unavailable(&self, e: impl std::fmt::Display) -> Error {
         tracing::warn!(backend = %self.name, error = %e, "kafka error");
         super::kv::unavailable(&self.name, "cannot reach the brokers")
+    }
+
+    /// A failed send: the broker refusing the record itself (INVALID_ARGUMENT
+    /// with `reason`; sending it again fails again), or the brokers'
+    /// condition (UNAVAILABLE).
+    fn send_error(&self, e: KafkaError, reason: &'static str) -> Error {
+        match refusal(&e) {
+            Some(why) => Error::invalid_argument(
+                reason,
+                format!(
+                    "the Kafka brokers of backend `{}` refused the record: {why}",
+                    self.name
+                ),
+            ),
+            None => self.unavailable(e),
+        }
     }
 
     pub async fn connect(&self) -> Result<(), Error> {
@@ -253,7 +313,7 @@ impl KafkaBackend {
                     .send(record, Duration::from_secs(10))
                     .await
                     .map(|_| ())
-                    .map_err(|(e, _)| self.unavailable(e))
+                    .map_err(|(e, _)| self.send_error(e, super::relay::REFUSED))
             }
         });
         let results = futures::future::join_all(sends).await;
@@ -467,7 +527,7 @@ impl QueueBasic for KafkaBackend {
                         offset: delivery.offset,
                         timestamp_ms: now,
                     }),
-                    Err((e, _)) => Err(self.unavailable(e)),
+                    Err((e, _)) => Err(self.send_error(e, "MESSAGE_REFUSED")),
                 }
             }
         });
@@ -502,8 +562,12 @@ impl QueueBasic for KafkaBackend {
         let consumer = blocking(
             move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
                 let consumer: StreamConsumer = config.create()?;
-                // A new group (nothing committed) starts where asked.
-                if let Start::Offset(_) | Start::Timestamp(_) = start {
+                // A new group (nothing committed) starts where asked, fixed
+                // now by a commit: "latest" is the end of the log as
+                // Subscribe answers, not when the broker gets round to
+                // assigning partitions (a message published in between
+                // would be missed).
+                if let Start::Offset(_) | Start::Timestamp(_) | Start::Latest = start {
                     let mut tpl = TopicPartitionList::new();
                     for p in 0..count {
                         tpl.add_partition(&topic_name, p);
@@ -515,6 +579,15 @@ impl QueueBasic for KafkaBackend {
                         .all(|e| !matches!(e.offset(), Offset::Offset(_)));
                     if fresh {
                         let positions = match start {
+                            Start::Latest => {
+                                let mut tpl = TopicPartitionList::new();
+                                for p in 0..count {
+                                    let (_, high) =
+                                        consumer.fetch_watermarks(&topic_name, p, META_TIMEOUT)?;
+                                    tpl.add_partition_offset(&topic_name, p, Offset::Offset(high))?;
+                                }
+                                tpl
+                            }
                             Start::Offset(o) => {
                                 let mut tpl = TopicPartitionList::new();
                                 for p in 0..count {
@@ -536,7 +609,9 @@ impl QueueBasic for KafkaBackend {
                                 }
                                 consumer.offsets_for_times(tpl, META_TIMEOUT)?
                             }
-                            _ => unreachable!("only offset and timestamp starts reach here"),
+                            _ => {
+                                unreachable!("only latest, offset and timestamp starts reach here")
+                            }
                         };
                         let mut fixed = TopicPartitionList::new();
                         for e in positions.elements() {

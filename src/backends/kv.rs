@@ -197,7 +197,11 @@ pub fn unavailable(backend: &str, detail: impl std::fmt::Display) -> Error {
         format!("backend `{backend}` is unavailable ({detail}); retry with backoff"),
     )
     .with("backend", backend)
+    .with("retry_after_ms", UNAVAILABLE_RETRY_MS.to_string())
 }
+
+/// The first retry delay an UNAVAILABLE backend error suggests.
+pub const UNAVAILABLE_RETRY_MS: u64 = 200;
 
 // ---- the thin interfaces ---------------------------------------------------
 

@@ -11,7 +11,7 @@
 //! Seek recreate the group's consumer at the offset (subscribers skip the
 //! partition for the moment it is missing). Idle consumers poll.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
@@ -129,12 +129,26 @@ impl NatsBackend {
         }
     }
 
+    /// The JetStream context, while the client is connected: a call made
+    /// while it reconnects is UNAVAILABLE at once instead of waiting in
+    /// the client's buffer for the server to return.
     fn js(&self) -> Result<jetstream::Context, Error> {
-        self.conn
+        self.connected().map(|(_, js)| js)
+    }
+
+    fn connected(&self) -> Result<(async_nats::Client, jetstream::Context), Error> {
+        let conn = self
+            .conn
             .read()
-            .as_ref()
-            .map(|(_, js)| js.clone())
-            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+            .clone()
+            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))?;
+        match conn.0.connection_state() {
+            async_nats::connection::State::Connected => Ok(conn),
+            _ => Err(super::kv::unavailable(
+                &self.name,
+                "the connection to the server is lost; reconnecting",
+            )),
+        }
     }
 
     /// Publishes outbox rows to `subject` through JetStream, in order, each
@@ -170,12 +184,22 @@ impl NatsBackend {
             }
         }
         let mut acks = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut headers = async_nats::HeaderMap::new();
-            for (k, v) in super::relay::headers(row) {
-                headers.insert(k.as_str(), v.as_str());
-            }
-            headers.insert("Nats-Msg-Id", row.message_id.as_str());
+        for (i, row) in rows.iter().enumerate() {
+            let mut fields = super::relay::headers(row);
+            fields.insert("Nats-Msg-Id".into(), row.message_id.clone());
+            let headers = match self
+                .check_message(&row.message, &fields)
+                .and_then(|()| header_map(&fields).map_err(super::relay::refused))
+            {
+                Ok(h) => h,
+                // The rows before it go out; this one is refused.
+                Err(e) => {
+                    return match self.acknowledged(acks).await {
+                        Ok(()) => (i, Some(e)),
+                        Err((n, failed)) => (n, Some(failed)),
+                    }
+                }
+            };
             let sent = js
                 .publish_with_headers(subject.to_string(), headers, row.message.clone().into())
                 .await;
@@ -187,21 +211,61 @@ impl NatsBackend {
                 }
             }
         }
+        match self.acknowledged(acks).await {
+            Ok(()) => (rows.len(), None),
+            Err((n, failed)) => (n, Some(failed)),
+        }
+    }
+
+    /// Waits for JetStream's acknowledgements in order: Err carries how
+    /// many came before the first that failed, and why.
+    async fn acknowledged(
+        &self,
+        acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    ) -> Result<(), (usize, Error)> {
         for (i, ack) in acks.into_iter().enumerate() {
             if let Err(e) = ack.await {
-                return (i, Some(self.unavailable(e)));
+                let failed = match ack_refusal(&e) {
+                    Some(why) => super::relay::refused(format!(
+                        "the NATS server of backend `{}` refused the message: {why}",
+                        self.name
+                    )),
+                    None => self.unavailable(e),
+                };
+                return Err((i, failed));
             }
         }
-        (rows.len(), None)
+        Ok(())
+    }
+
+    /// Whether the server could ever take a message of this payload and
+    /// headers: header names and values it can carry, and a size within
+    /// its `max_payload` (known once connected).
+    pub fn check_message(
+        &self,
+        message: &[u8],
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        header_map(headers).map_err(super::relay::refused)?;
+        if let Ok(client) = self.client() {
+            let size = headers.iter().fold(message.len() + 14, |n, (k, v)| {
+                n.saturating_add(k.len() + v.len() + 4)
+            });
+            let max = client.max_payload();
+            if size > max {
+                return Err(super::relay::refused(format!(
+                    "the message and its headers come to {size} bytes; the NATS server of \
+                     backend `{}` takes at most {max}",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The core NATS client (PubSub).
     pub(super) fn client(&self) -> Result<async_nats::Client, Error> {
-        self.conn
-            .read()
-            .as_ref()
-            .map(|(c, _)| c.clone())
-            .ok_or_else(|| super::kv::unavailable(&self.name, "not connected yet"))
+        self.connected().map(|(c, _)| c)
     }
 
     pub(super) fn unavailable(&self, e: impl std::fmt::Display) -> Error {
@@ -376,10 +440,17 @@ impl QueueBasic for NatsBackend {
                 results.push(Err(bad_partition(topic, p, count)));
                 continue;
             }
-            let mut headers = async_nats::HeaderMap::new();
-            for (k, v) in &item.headers {
-                headers.insert(k.as_str(), v.as_str());
-            }
+            let fields = item.headers.into_iter().collect();
+            let headers = match self
+                .check_message(&item.payload, &fields)
+                .and_then(|()| header_map(&fields).map_err(super::relay::refused))
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    results.push(Err(Error::invalid_argument("MESSAGE_REFUSED", e.message)));
+                    continue;
+                }
+            };
             let now = super::epoch_ms();
             let acked = async {
                 js.publish_with_headers(subject(ns, topic, p), headers, item.payload.into())
@@ -666,5 +737,48 @@ impl QueueConsumer for NatsConsumer {
                 let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
             }
         }
+    }
+}
+
+/// Client-given header pairs as NATS headers, or why NATS cannot carry
+/// them (a name that is empty or has a control character, a space, a
+/// non-ASCII character or ':'; a value with a line break).
+pub(super) fn header_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<async_nats::HeaderMap, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in pairs {
+        let name = async_nats::header::HeaderName::from_str(k)
+            .ok()
+            .filter(|_| !k.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "`{}` cannot be a NATS header name (printable ASCII without ':' or spaces)",
+                    k.escape_debug().take(64).collect::<String>()
+                )
+            })?;
+        let value = async_nats::HeaderValue::from_str(v).map_err(|_| {
+            format!(
+                "the value of header `{}` has a line break, which NATS headers cannot carry",
+                k.escape_debug().take(64).collect::<String>()
+            )
+        })?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+/// Why JetStream refused a message itself (larger than the stream or the
+/// server takes), or None for the server's condition (down, timed out).
+fn ack_refusal(e: &jetstream::context::PublishError) -> Option<String> {
+    use std::error::Error as _;
+    match e.kind() {
+        jetstream::context::PublishErrorKind::MaxPayloadExceeded => Some(e.to_string()),
+        jetstream::context::PublishErrorKind::Other => e
+            .source()?
+            .downcast_ref::<jetstream::Error>()
+            .filter(|j| j.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+            .map(ToString::to_string),
+        _ => None,
     }
 }

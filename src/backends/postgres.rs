@@ -49,6 +49,27 @@ pub const DDL: &[&str] = &[
         mailbox_id TEXT NOT NULL,
         last_sequence BIGINT NOT NULL,
         PRIMARY KEY (namespace, mailbox_id))",
+    // Each relay's own progress through its mailbox, and the rows it moved
+    // aside (see `sql_transact.rs`).
+    "CREATE TABLE IF NOT EXISTS prism_relay_progress (
+        namespace TEXT NOT NULL,
+        relay TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        through BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        last_error TEXT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, relay))",
+    "CREATE TABLE IF NOT EXISTS prism_mailbox_dead_letter (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        relay TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        error TEXT NOT NULL,
+        dead_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, mailbox_id, sequence, relay))",
     "CREATE TABLE IF NOT EXISTS prism_transact_idempotency (
         namespace TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -62,6 +83,7 @@ pub const DDL: &[&str] = &[
 /// health checks.
 pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
     sqlx::any::install_default_drivers();
+    let spec = pool;
     let pool = AnyPoolOptions::new()
         .max_connections(pool.max_connections)
         .min_connections(0)
@@ -69,7 +91,7 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
-    let mut backend = SqlBackend::new(name, Dialect::Postgres, pool);
+    let mut backend = SqlBackend::new(name, Dialect::Postgres, pool, url, spec);
     backend.listen_url = Some(url.to_string());
     Ok(backend)
 }

@@ -4,7 +4,10 @@
 //!
 //! Layout: a key is a hash `prism:kv:<namespace>:<key>` with fields `v`
 //! (value) and `ver` (version); versions come from one counter
-//! (`prism:kvmeta:version`); idempotency outcomes live in
+//! (`prism:kvmeta:version`), never below the Redis server's clock in
+//! microseconds — so they keep growing even across a restart that lost the
+//! counter (a Redis without persistence), and a CompareAndSwap can never
+//! match a version handed out before the loss; idempotency outcomes live in
 //! `prism:kvidem:<namespace>:<token>` with an expiry. Every write — Set,
 //! Delete, CompareAndSwap, batches, transactions — is one Lua script, so
 //! preconditions, writes and the idempotency record apply atomically.
@@ -48,19 +51,25 @@ for i = 1, n do
     local want = ARGV[base + 5]
     local ok
     if kind == 'V' then ok = (cur == tonumber(want)) else ok = ((cur ~= 0) == (want == '1')) end
-    if not ok then return {'CONFLICT', tostring(i - 1), tostring(cur)} end
+    if not ok then return {'CONFLICT', tostring(i - 1), string.format('%d', cur)} end
   end
 end
 local res = {}
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
 for i = 1, n do
   local base = 3 + (i - 1) * 5
   if ARGV[base + 1] == 'P' then
     local v = redis.call('INCR', KEYS[n + 2])
+    if v < floor then
+      v = floor
+      redis.call('SET', KEYS[n + 2], string.format('%d', v))
+    end
     redis.call('DEL', KEYS[i])
-    redis.call('HSET', KEYS[i], 'v', ARGV[base + 2], 'ver', v)
+    redis.call('HSET', KEYS[i], 'v', ARGV[base + 2], 'ver', string.format('%d', v))
     local ttl = tonumber(ARGV[base + 3])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
-    res[i] = tostring(v)
+    res[i] = string.format('%d', v)
   else
     res[i] = tostring(redis.call('DEL', KEYS[i]))
   end

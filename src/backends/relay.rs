@@ -22,6 +22,27 @@ pub const HEADER_SEQUENCE: &str = "prism-sequence";
 pub const HEADER_MESSAGE_ID: &str = "prism-message-id";
 pub const HEADER_MESSAGE_TYPE: &str = "prism-message-type";
 
+/// ReadMailbox metadata on a row a relay moved aside: the relays, their
+/// attempts and their errors (comma-separated when several gave up).
+pub const DEAD_LETTER_RELAY: &str = "prism-dead-letter-relay";
+pub const DEAD_LETTER_ATTEMPTS: &str = "prism-dead-letter-attempts";
+pub const DEAD_LETTER_ERROR: &str = "prism-dead-letter-error";
+
+/// The reason of an error that says the broker refused a message itself
+/// (too large, malformed): sending it again fails again. Anything else
+/// (the broker down, a timeout) is the broker's condition, not the row's.
+pub const REFUSED: &str = "RELAY_REFUSED";
+
+/// The broker refused this message itself.
+pub fn refused(why: impl Into<String>) -> Error {
+    Error::invalid_argument(REFUSED, why)
+}
+
+/// Whether an error is the message's own fault (see [`REFUSED`]).
+pub fn is_refused(e: &Error) -> bool {
+    e.reason == REFUSED
+}
+
 /// A row's headers: its own metadata, then Prism's keys (which win).
 pub fn headers(row: &MailboxRow) -> BTreeMap<String, String> {
     let mut h = row.metadata.clone();
@@ -40,6 +61,37 @@ pub trait RelaySink: Send + Sync {
     /// Publishes `rows` in order; returns how many leading rows the broker
     /// acknowledged, and the error that stopped the rest.
     async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>);
+
+    /// Whether the destination could ever take this message (its size, its
+    /// headers); a [`refused`] error says why not. Checked when a Write
+    /// adds a row to a relayed mailbox, and again before a relay sends one
+    /// written earlier.
+    fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
+        let _ = (message, headers);
+        Ok(())
+    }
+}
+
+/// The headers a Write's row will carry when relayed: its metadata and
+/// Prism's keys, with the longest values they can take (for size checks).
+pub fn planned_headers(
+    mailbox: &str,
+    metadata: &BTreeMap<String, String>,
+    message_type: Option<&str>,
+) -> BTreeMap<String, String> {
+    headers(&MailboxRow {
+        // As long as the ids the SQL outbox gives (`msg-` and 24 hex digits).
+        message_id: format!("msg-{}", "0".repeat(24)),
+        mailbox: mailbox.to_string(),
+        sequence: i64::MAX,
+        message: Vec::new(),
+        metadata: metadata.clone(),
+        message_type: message_type.map(str::to_string),
+        priority: None,
+        created_ms: 0,
+        processed_ms: None,
+        dead_letters: Vec::new(),
+    })
 }
 
 /// A Prism PubSub topic in the relay's namespace.
@@ -80,6 +132,10 @@ impl RelaySink for KafkaSink {
     async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
         self.kafka.relay(&self.topic, rows).await
     }
+
+    fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
+        super::kafka::check_record(message, headers)
+    }
 }
 
 struct NatsSink {
@@ -91,6 +147,10 @@ struct NatsSink {
 impl RelaySink for NatsSink {
     async fn publish(&self, rows: &[MailboxRow]) -> (usize, Option<Error>) {
         self.nats.relay(&self.subject, rows).await
+    }
+
+    fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
+        self.nats.check_message(message, headers)
     }
 }
 

@@ -47,6 +47,22 @@ pub struct PoolSpec {
     /// How often expired keys are deleted (SQL and memory backends).
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Transactions open at once on a SQL backend (each holds a pooled
+    /// connection while open); by default a quarter of `max_connections`
+    /// (at least one) stays free for every other call. A transaction that
+    /// finds none free within `connect_timeout` is RESOURCE_EXHAUSTED.
+    pub max_transactions: Option<u32>,
+}
+
+impl PoolSpec {
+    /// The transaction cap: `max_transactions`, or `max_connections`
+    /// less a quarter (at least one kept back when there are two or more).
+    pub fn transactions(&self) -> u32 {
+        self.max_transactions.unwrap_or_else(|| {
+            let kept = (self.max_connections / 4).max(1);
+            self.max_connections.saturating_sub(kept).max(1)
+        })
+    }
 }
 
 impl Default for PoolSpec {
@@ -56,8 +72,9 @@ impl Default for PoolSpec {
             connect_timeout: Duration::from_secs(3),
             health_interval: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
+            max_transactions: None,
         }
     }
 }

@@ -10,7 +10,10 @@
 //! runs on a timer.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -24,7 +27,7 @@ use super::{
         KeyValueBatch, KeyValueCas, KeyValueScan, KeyValueTransactional, KeyValueTtl, Record,
         ScanItem, ScanPage, WriteBatch,
     },
-    postgres, sqlite,
+    postgres, sqlite, PoolSpec,
 };
 use crate::error::{Error, ErrorKind};
 
@@ -60,13 +63,29 @@ pub struct SqlBackend {
     /// Postgres: where mailbox waiters LISTEN for commits of other
     /// gateways. SQLite has no notifications (waiters rely on polling).
     pub(super) listen_url: Option<String>,
+    /// Places for open transactions (`pool.max_transactions`): fewer than
+    /// the pool's connections, so other calls always find one.
+    pub(super) transactions: Arc<tokio::sync::Semaphore>,
+    transactions_cap: u32,
+    /// How long a transaction, or a health check, waits for its place or
+    /// connection.
+    pub(super) wait: std::time::Duration,
+    /// Health checks run on a connection of their own, never queued behind
+    /// the pool's callers; dropped after a failure and made again.
+    health: tokio::sync::Mutex<Option<AnyConnection>>,
+    url: String,
 }
 
 const LIVE: &str = "(expires_at IS NULL OR expires_at > $3)";
 
 impl SqlBackend {
-    pub fn new(name: &str, dialect: Dialect, pool: AnyPool) -> Self {
+    pub fn new(name: &str, dialect: Dialect, pool: AnyPool, url: &str, spec: &PoolSpec) -> Self {
         SqlBackend {
+            transactions: Arc::new(tokio::sync::Semaphore::new(spec.transactions() as usize)),
+            transactions_cap: spec.transactions(),
+            wait: spec.connect_timeout,
+            health: tokio::sync::Mutex::new(None),
+            url: url.to_string(),
             name: name.to_string(),
             dialect,
             pool,
@@ -78,6 +97,11 @@ impl SqlBackend {
             outbox_written: tokio::sync::watch::channel(0).0,
             listen_url: None,
         }
+    }
+
+    /// The backend's cap on open transactions.
+    pub fn transactions_allowed(&self) -> u32 {
+        self.transactions_cap
     }
 
     pub fn is_migrated(&self) -> bool {
@@ -112,12 +136,28 @@ impl SqlBackend {
     }
 
     /// A trivial round trip, for health checks.
+    /// One health round trip on the health connection (made when missing),
+    /// bounded by `connect_timeout`.
     pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.db_error(e))
+        use sqlx::Connection as _;
+        let mut health = self.health.lock().await;
+        let checked = tokio::time::timeout(self.wait, async {
+            if health.is_none() {
+                *health = Some(AnyConnection::connect(&self.url).await?);
+            }
+            match health.as_mut() {
+                Some(conn) => sqlx::query("SELECT 1").execute(conn).await.map(|_| ()),
+                None => Err(sqlx::Error::PoolClosed),
+            }
+        })
+        .await;
+        let failed = match checked {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => self.db_error(e),
+            Err(_) => kv::unavailable(&self.name, "the health check timed out"),
+        };
+        *health = None;
+        Err(failed)
     }
 
     /// Deletes expired keys and forgotten idempotency tokens.

@@ -6,8 +6,11 @@
 //!
 //! Postgres transactions run at the requested isolation with a statement
 //! timeout, and `pg_notify('prism_mailbox', '<ns>/<mailbox>')` wakes relays
-//! in every gateway at commit. SQLite takes the database write lock at
-//! BEGIN: every transaction is serializable whatever was asked.
+//! in every gateway at commit. SQLite takes the database write lock at a
+//! transaction's first statement (not at BEGIN, so a stream that began and
+//! waits blocks no writer): every transaction is serializable whatever was
+//! asked. Open transactions per backend are capped below the pool's size
+//! (`pool.max_transactions`) so other calls always find a connection.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -22,8 +25,9 @@ use super::{
     sql_reader::{decode, quote, read_expr, Sql},
     sqlite,
     transact::{
-        row_not_found, DataOp, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow, MailboxWaiter,
-        MailboxWake, OpenTransaction, TransactOutbox, WriteMode, WriteOp, WriteOutcome,
+        row_not_found, DataOp, DeadLetterNote, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
+        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, TransactOutbox, WriteMode,
+        WriteOp, WriteOutcome,
     },
 };
 use crate::error::{Error, ErrorKind};
@@ -84,6 +88,7 @@ fn mailbox_row(r: &AnyRow) -> Result<MailboxRow, Error> {
             .map(|p| p as i32),
         created_ms: r.try_get(7).map_err(corrupt)?,
         processed_ms: r.try_get(8).map_err(corrupt)?,
+        dead_letters: Vec::new(),
     })
 }
 
@@ -97,6 +102,24 @@ impl TransactOutbox for SqlOutbox {
     ) -> Result<Box<dyn OpenTransaction>, Error> {
         let kv = &self.0;
         kv.ready()?;
+        let place = tokio::time::timeout(kv.wait, kv.transactions.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ResourceExhausted,
+                    "TRANSACTIONS_EXHAUSTED",
+                    format!(
+                        "backend `{}` has as many transactions open as it allows \
+                         (pool.max_transactions, {}); none ended within {}; retry later",
+                        kv.name,
+                        kv.transactions_allowed(),
+                        humantime::format_duration(kv.wait)
+                    ),
+                )
+                .with("backend", kv.name.as_str())
+            })?;
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         match kv.dialect {
             Dialect::Postgres => {
@@ -118,13 +141,18 @@ impl TransactOutbox for SqlOutbox {
                     .await
                     .map_err(|e| kv.db_error(e))?;
             }
-            Dialect::Sqlite => sqlite::lock(&mut tx).await.map_err(|e| kv.db_error(e))?,
+            // SQLite takes the write lock at the transaction's first
+            // statement (`SqlTransaction::lock`), not at BEGIN: a stream
+            // that began and waits holds no lock.
+            Dialect::Sqlite => {}
         }
         Ok(Box::new(SqlTransaction {
             kv: kv.clone(),
             tx,
             ns: ns.to_string(),
             notified: Vec::new(),
+            locked: kv.dialect != Dialect::Sqlite,
+            _place: place,
         }))
     }
 
@@ -148,7 +176,14 @@ impl TransactOutbox for SqlOutbox {
         .fetch_all(&kv.pool)
         .await
         .map_err(|e| kv.db_error(e))?;
-        rows.iter().map(mailbox_row).collect()
+        let mut rows = rows
+            .iter()
+            .map(mailbox_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if q.with_dead_letters {
+            self.note_dead_letters(ns, &q.mailbox, &mut rows).await?;
+        }
+        Ok(rows)
     }
 
     async fn process(
@@ -190,32 +225,127 @@ impl TransactOutbox for SqlOutbox {
         Ok(unknown)
     }
 
-    async fn mark_relayed(&self, ns: &str, mailbox: &str, through: i64) -> Result<u64, Error> {
+    async fn relay_cursor(
+        &self,
+        ns: &str,
+        relay: &str,
+        mailbox: &str,
+    ) -> Result<RelayCursor, Error> {
         let kv = &self.0;
         kv.ready()?;
-        Ok(sqlx::query(
-            "UPDATE prism_mailbox SET processed_at = $4 \
-             WHERE namespace = $1 AND mailbox_id = $2 AND sequence <= $3 AND processed_at IS NULL",
+        // A new relay starts before the first unprocessed row: where a
+        // relay that marked rows processed (before relays kept their own
+        // progress) stopped.
+        sqlx::query(
+            "INSERT INTO prism_relay_progress \
+               (namespace, relay, mailbox_id, through, attempts, updated_at) \
+             SELECT $1, $2, $3, COALESCE( \
+                 (SELECT MIN(sequence) - 1 FROM prism_mailbox \
+                  WHERE namespace = $1 AND mailbox_id = $3 AND processed_at IS NULL), \
+                 (SELECT MAX(sequence) FROM prism_mailbox \
+                  WHERE namespace = $1 AND mailbox_id = $3), \
+                 0), 0, $4 \
+             ON CONFLICT (namespace, relay) DO NOTHING",
         )
         .bind(ns)
+        .bind(relay)
         .bind(mailbox)
-        .bind(through)
         .bind(epoch_ms())
         .execute(&kv.pool)
         .await
-        .map_err(|e| kv.db_error(e))?
-        .rows_affected())
+        .map_err(|e| kv.db_error(e))?;
+        let row = sqlx::query(
+            "SELECT through, attempts FROM prism_relay_progress \
+             WHERE namespace = $1 AND relay = $2",
+        )
+        .bind(ns)
+        .bind(relay)
+        .fetch_one(&kv.pool)
+        .await
+        .map_err(|e| kv.db_error(e))?;
+        Ok(RelayCursor {
+            through: row.try_get(0).map_err(corrupt)?,
+            attempts: u32::try_from(row.try_get::<i64, _>(1).map_err(corrupt)?).unwrap_or(u32::MAX),
+        })
     }
 
-    async fn lag(&self, ns: &str, mailbox: &str) -> Result<Lag, Error> {
+    async fn advance_relay(&self, ns: &str, relay: &str, through: i64) -> Result<(), Error> {
+        let kv = &self.0;
+        kv.ready()?;
+        advance(&kv.pool, ns, relay, through)
+            .await
+            .map_err(|e| kv.db_error(e))
+    }
+
+    async fn relay_refused(
+        &self,
+        ns: &str,
+        relay: &str,
+        cursor: RelayCursor,
+        error: &str,
+    ) -> Result<(), Error> {
+        let kv = &self.0;
+        kv.ready()?;
+        sqlx::query(
+            "UPDATE prism_relay_progress SET attempts = $4, last_error = $5, updated_at = $6 \
+             WHERE namespace = $1 AND relay = $2 AND through = $3",
+        )
+        .bind(ns)
+        .bind(relay)
+        .bind(cursor.through)
+        .bind(i64::from(cursor.attempts))
+        .bind(error)
+        .bind(epoch_ms())
+        .execute(&kv.pool)
+        .await
+        .map_err(|e| kv.db_error(e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        ns: &str,
+        relay: &str,
+        row: &MailboxRow,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), Error> {
+        let kv = &self.0;
+        kv.ready()?;
+        let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
+        sqlx::query(
+            "INSERT INTO prism_mailbox_dead_letter \
+               (namespace, mailbox_id, sequence, relay, message_id, attempts, error, dead_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (namespace, mailbox_id, sequence, relay) DO NOTHING",
+        )
+        .bind(ns)
+        .bind(row.mailbox.as_str())
+        .bind(row.sequence)
+        .bind(relay)
+        .bind(row.message_id.as_str())
+        .bind(i64::from(attempts))
+        .bind(error)
+        .bind(epoch_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| kv.db_error(e))?;
+        advance(&mut *tx, ns, relay, row.sequence)
+            .await
+            .map_err(|e| kv.db_error(e))?;
+        tx.commit().await.map_err(|e| kv.db_error(e))
+    }
+
+    async fn lag(&self, ns: &str, mailbox: &str, after: i64) -> Result<Lag, Error> {
         let kv = &self.0;
         kv.ready()?;
         let row = sqlx::query(
             "SELECT COUNT(*), MIN(created_at) FROM prism_mailbox \
-             WHERE namespace = $1 AND mailbox_id = $2 AND processed_at IS NULL",
+             WHERE namespace = $1 AND mailbox_id = $2 AND sequence > $3",
         )
         .bind(ns)
         .bind(mailbox)
+        .bind(after)
         .fetch_one(&kv.pool)
         .await
         .map_err(|e| kv.db_error(e))?;
@@ -234,6 +364,64 @@ impl TransactOutbox for SqlOutbox {
             listener: None,
             retry_at: None,
         })
+    }
+}
+
+/// Moves a relay's cursor forward to `through` (never back) and clears
+/// the next row's failed attempts.
+async fn advance<'e, E>(db: E, ns: &str, relay: &str, through: i64) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    sqlx::query(
+        "UPDATE prism_relay_progress SET through = $3, attempts = 0, last_error = NULL, \
+         updated_at = $4 WHERE namespace = $1 AND relay = $2 AND through < $3",
+    )
+    .bind(ns)
+    .bind(relay)
+    .bind(through)
+    .bind(epoch_ms())
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+impl SqlOutbox {
+    /// Attaches to each row the relays that moved it aside.
+    async fn note_dead_letters(
+        &self,
+        ns: &str,
+        mailbox: &str,
+        rows: &mut [MailboxRow],
+    ) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(());
+        };
+        let kv = &self.0;
+        let notes = sqlx::query(
+            "SELECT sequence, relay, attempts, error FROM prism_mailbox_dead_letter \
+             WHERE namespace = $1 AND mailbox_id = $2 AND sequence BETWEEN $3 AND $4 \
+             ORDER BY sequence, relay",
+        )
+        .bind(ns)
+        .bind(mailbox)
+        .bind(first.sequence)
+        .bind(last.sequence)
+        .fetch_all(&kv.pool)
+        .await
+        .map_err(|e| kv.db_error(e))?;
+        for n in &notes {
+            let sequence: i64 = n.try_get(0).map_err(corrupt)?;
+            if let Ok(i) = rows.binary_search_by_key(&sequence, |r| r.sequence) {
+                rows[i].dead_letters.push(DeadLetterNote {
+                    relay: n.try_get(1).map_err(corrupt)?,
+                    attempts: u32::try_from(n.try_get::<i64, _>(2).map_err(corrupt)?)
+                        .unwrap_or(u32::MAX),
+                    error: n.try_get(3).map_err(corrupt)?,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -322,11 +510,28 @@ struct SqlTransaction {
     ns: String,
     /// Mailboxes notified in this transaction (once each).
     notified: Vec<String>,
+    /// SQLite: whether this transaction holds the write lock yet.
+    locked: bool,
+    /// Its place among the backend's open transactions.
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl SqlTransaction {
     fn err(&self, e: sqlx::Error) -> Error {
         self.kv.db_error(e)
+    }
+
+    /// SQLite: takes the database write lock before the transaction's
+    /// first statement (a deferred transaction that read first could not
+    /// upgrade while another writer holds it); waits out `busy_timeout`.
+    async fn lock(&mut self) -> Result<(), Error> {
+        if !self.locked {
+            sqlite::lock(&mut self.tx)
+                .await
+                .map_err(|e| self.kv.db_error(e))?;
+            self.locked = true;
+        }
+        Ok(())
     }
 
     /// Runs a built statement in the transaction; rows affected.
@@ -561,6 +766,7 @@ impl SqlTransaction {
 #[async_trait]
 impl OpenTransaction for SqlTransaction {
     async fn replay(&mut self, key: &str, fingerprint: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.lock().await?;
         if self.kv.dialect == Dialect::Postgres {
             let lock = [format!("txidem/{}/{key}", self.ns)];
             postgres::lock(&mut self.tx, &lock)
@@ -586,6 +792,7 @@ impl OpenTransaction for SqlTransaction {
     }
 
     async fn write(&mut self, op: &WriteOp) -> Result<WriteOutcome, Error> {
+        self.lock().await?;
         let mut outcome = match &op.data {
             Some(data) => self.data(data).await?,
             None => WriteOutcome::default(),

@@ -48,6 +48,27 @@ pub const DDL: &[&str] = &[
         mailbox_id TEXT NOT NULL,
         last_sequence INTEGER NOT NULL,
         PRIMARY KEY (namespace, mailbox_id))",
+    // Each relay's own progress through its mailbox, and the rows it moved
+    // aside (see `sql_transact.rs`).
+    "CREATE TABLE IF NOT EXISTS prism_relay_progress (
+        namespace TEXT NOT NULL,
+        relay TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        through INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, relay))",
+    "CREATE TABLE IF NOT EXISTS prism_mailbox_dead_letter (
+        namespace TEXT NOT NULL,
+        mailbox_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        relay TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        dead_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, mailbox_id, sequence, relay))",
     "CREATE TABLE IF NOT EXISTS prism_transact_idempotency (
         namespace TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -64,6 +85,7 @@ pub fn url_for(path: &Path) -> String {
 
 pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
     sqlx::any::install_default_drivers();
+    let spec = pool;
     let pool = AnyPoolOptions::new()
         .max_connections(pool.max_connections)
         .min_connections(0)
@@ -77,7 +99,7 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         })
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid sqlite url: {e}"))?;
-    Ok(SqlBackend::new(name, Dialect::Sqlite, pool))
+    Ok(SqlBackend::new(name, Dialect::Sqlite, pool, url, spec))
 }
 
 /// Takes the database write lock now: a deferred transaction that read

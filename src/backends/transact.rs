@@ -80,6 +80,8 @@ pub struct MailboxQuery {
     pub after: i64,
     pub limit: usize,
     pub unprocessed_only: bool,
+    /// Note on each row the relays that moved it aside (client reads).
+    pub with_dead_letters: bool,
 }
 
 /// A stored mailbox row.
@@ -94,9 +96,30 @@ pub struct MailboxRow {
     pub priority: Option<i32>,
     pub created_ms: i64,
     pub processed_ms: Option<i64>,
+    /// The relays that gave up on this row (read by clients, never sent).
+    pub dead_letters: Vec<DeadLetterNote>,
 }
 
-/// A mailbox's backlog: unprocessed rows and the oldest one's creation time.
+/// A relay that moved a row aside, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterNote {
+    pub relay: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// Where a relay stands in its mailbox: its own progress, apart from the
+/// `processed` mark clients set with ProcessMailbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayCursor {
+    /// Every row up to this sequence was published or moved aside.
+    pub through: i64,
+    /// Failed attempts at the next row that were that row's own fault.
+    pub attempts: u32,
+}
+
+/// A relay's backlog: rows after its cursor and the oldest one's creation
+/// time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lag {
     pub unprocessed: u64,
@@ -128,10 +151,44 @@ pub trait TransactOutbox: Send + Sync {
         message_ids: &[String],
     ) -> Result<Vec<String>, Error>;
 
-    /// Marks a mailbox's rows up to `through` processed (a relay's progress).
-    async fn mark_relayed(&self, ns: &str, mailbox: &str, through: i64) -> Result<u64, Error>;
+    /// Where relay `relay` stands in `mailbox`. A relay seen for the first
+    /// time starts before the mailbox's first unprocessed row (where a
+    /// relay of an earlier version, which marked rows processed, stopped).
+    async fn relay_cursor(
+        &self,
+        ns: &str,
+        relay: &str,
+        mailbox: &str,
+    ) -> Result<RelayCursor, Error>;
 
-    async fn lag(&self, ns: &str, mailbox: &str) -> Result<Lag, Error>;
+    /// Records that the relay published every row up to `through` (its
+    /// cursor never moves back); the next row has had no failed attempt.
+    async fn advance_relay(&self, ns: &str, relay: &str, through: i64) -> Result<(), Error>;
+
+    /// Records a failed attempt at the row after `cursor.through` that was
+    /// the row's own fault (the broker refused it).
+    async fn relay_refused(
+        &self,
+        ns: &str,
+        relay: &str,
+        cursor: RelayCursor,
+        error: &str,
+    ) -> Result<(), Error>;
+
+    /// Moves a row aside for good: records it as a dead letter of `relay`
+    /// and advances the relay past it, in one transaction.
+    async fn dead_letter(
+        &self,
+        ns: &str,
+        relay: &str,
+        row: &MailboxRow,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), Error>;
+
+    /// The rows of `mailbox` after sequence `after`: how many, and the
+    /// oldest one's creation time.
+    async fn lag(&self, ns: &str, mailbox: &str, after: i64) -> Result<Lag, Error>;
 
     /// Waits for new rows in one mailbox (see [`MailboxWaiter`]).
     fn mailbox_waiter(&self, namespace: &str, mailbox: &str) -> Box<dyn MailboxWaiter>;

@@ -363,8 +363,8 @@ pub struct TransactTable {
     pub id: String,
 }
 
-/// An outbox relay: unprocessed rows of one mailbox, in sequence order, to
-/// one broker destination.
+/// An outbox relay: the rows of one mailbox, in sequence order, to one
+/// broker destination; its progress is its own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySpec {
@@ -384,6 +384,11 @@ pub struct RelaySpec {
     /// The longest wait between attempts while the broker is down.
     #[serde(default = "RelaySpec::default_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Sends of one row the broker refuses (too large, malformed) before
+    /// the relay moves it aside as a dead letter and goes on with the next.
+    /// Failures while the broker is down do not count.
+    #[serde(default = "RelaySpec::default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 impl RelaySpec {
@@ -395,6 +400,9 @@ impl RelaySpec {
     }
     fn default_backoff() -> Duration {
         Duration::from_secs(10)
+    }
+    fn default_max_attempts() -> u32 {
+        5
     }
 }
 

@@ -173,6 +173,14 @@ fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
         Some("pool.backoff_initial must be positive and at most pool.backoff_max")
     } else if p.sweep_interval.is_zero() {
         Some("pool.sweep_interval must be positive")
+    } else if p
+        .max_transactions
+        .is_some_and(|t| t == 0 || (t >= p.max_connections && p.max_connections > 1))
+    {
+        Some(
+            "pool.max_transactions must be at least 1 and below pool.max_connections, so \
+             open transactions never take every connection",
+        )
     } else {
         None
     };
@@ -612,10 +620,17 @@ fn check_transact(
                 ),
             );
         }
-        if relay.mailbox.is_empty() || relay.batch_size == 0 || relay.poll_interval.is_zero() {
+        if relay.mailbox.is_empty()
+            || relay.batch_size == 0
+            || relay.poll_interval.is_zero()
+            || relay.max_attempts == 0
+        {
             fail(
                 r,
-                format!("{what}: needs a mailbox, a positive batch_size and poll_interval"),
+                format!(
+                    "{what}: needs a mailbox, a positive batch_size, poll_interval and \
+                     max_attempts"
+                ),
             );
         }
         let target = relay.to.backend();

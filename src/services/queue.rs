@@ -312,10 +312,18 @@ impl QueueService for QueueApi {
             *self.gate.registry().clock(),
         ));
         self.subscriptions.record(&shared);
+        let positioned = shared.positioned();
         self.supervisors
             .start_child(&call.entry, NewChild::Queue(shared.clone()))
             .await
             .map_err(|e| call.fail(e))?;
+        // Answer once the consumer stands where it was asked to start, so a
+        // message published after this call returns is delivered; a backend
+        // that refused the subscription fails the call itself. (If the
+        // subscription went away first, the stream says why.)
+        if let Ok(Err(e)) = positioned.await {
+            return Err(call.fail(e));
+        }
         // A private group takes no acknowledgements once its stream is gone.
         let forget = private.then(|| Forget {
             subscriptions: self.subscriptions.clone(),

@@ -17,12 +17,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     actors::{
+        relay::RelayShared,
         session::NewChild,
         transaction::{Slot, TransactionShared, Transactions},
         Supervisors,
     },
     backends::{
-        epoch_ms, timestamp_ms,
+        epoch_ms, relay, timestamp_ms,
         transact::{
             DataOp, Isolation, MailboxOp, MailboxQuery, MailboxRow, OpenTransaction,
             TransactOutbox, WriteMode, WriteOp, WriteOutcome,
@@ -37,7 +38,7 @@ use crate::{
         transact_response::Response as Out, transact_service_server::TransactService,
         transaction_options::IsolationLevel as PbIsolation,
     },
-    session::{Clock, SessionRegistry},
+    session::Clock,
 };
 
 /// Most message ids one ProcessMailbox may name.
@@ -49,6 +50,9 @@ struct Inner {
     gate: Gate<Arc<dyn TransactOutbox>>,
     transactions: Arc<Transactions>,
     supervisors: Arc<Supervisors>,
+    /// The outbox relays (fixed at start): a Write to a mailbox one of them
+    /// relays must be a message its destination can take.
+    relays: Vec<Arc<RelayShared>>,
     clock: Clock,
     /// How long a Transaction stream may wait for its BeginTransaction.
     begin_timeout: Duration,
@@ -91,6 +95,7 @@ impl TransactApi {
                     |b| b.transact.as_ref(),
                 ),
                 transactions,
+                relays: supervisors.relays(),
                 supervisors,
                 begin_timeout,
             }),
@@ -174,7 +179,11 @@ fn isolation_name(i: Isolation) -> &'static str {
 }
 
 /// The write a request asks for, checked against the namespace's tables.
-fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
+fn write_op(
+    call: &Call,
+    w: &pb::WriteRequest,
+    relays: &[Arc<RelayShared>],
+) -> Result<WriteOp, Error> {
     if let Some(resource) = w
         .data
         .as_ref()
@@ -244,7 +253,7 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
                 ));
             }
             options.allow_mailbox(&m.mailbox_id)?;
-            Some(MailboxOp {
+            let op = MailboxOp {
                 mailbox: m.mailbox_id.clone(),
                 message: m.message.clone(),
                 metadata: m
@@ -254,7 +263,9 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
                     .collect(),
                 message_type: m.message_type.clone(),
                 priority: m.priority,
-            })
+            };
+            relayable(call, relays, &op)?;
+            Some(op)
         }
     };
     if data.is_none() && mailbox.is_none() {
@@ -264,6 +275,37 @@ fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
         ));
     }
     Ok(WriteOp { data, mailbox })
+}
+
+/// Refuses a mailbox message that a relay of its mailbox could never
+/// publish (too large for the destination, metadata its headers cannot
+/// carry): written, it would only be moved aside later.
+fn relayable(call: &Call, relays: &[Arc<RelayShared>], op: &MailboxOp) -> Result<(), Error> {
+    let mut headers = None;
+    for r in relays.iter().filter(|r| {
+        r.namespace == call.ns()
+            && r.spec.backend == call.backend.name
+            && r.spec.mailbox == op.mailbox
+    }) {
+        let headers = headers.get_or_insert_with(|| {
+            relay::planned_headers(&op.mailbox, &op.metadata, op.message_type.as_deref())
+        });
+        r.check(&op.message, headers).map_err(|e| {
+            Error::invalid_argument(
+                "MAILBOX_MESSAGE_UNRELAYABLE",
+                format!(
+                    "mailbox `{}` is relayed by `{}` to {}, which could never take this message: \
+                     {}; nothing was written",
+                    op.mailbox,
+                    r.name,
+                    r.spec.to.describe(),
+                    e.message
+                ),
+            )
+            .with("relay", r.name.as_str())
+        })?;
+    }
+    Ok(())
 }
 
 /// What an idempotency key stands for: the write's content, in a stable
@@ -380,7 +422,7 @@ impl TransactService for TransactApi {
         let call = self.inner.gate.open(&request, Kind::Unary)?;
         let req = request.into_inner();
         let result = async {
-            let op = write_op(&call, &req)?;
+            let op = write_op(&call, &req, &self.inner.relays)?;
             let o = options(req.options.as_ref(), call.transact())?;
             write_once(&call, &op, &o).await
         }
@@ -457,6 +499,7 @@ impl TransactService for TransactApi {
                 after: since,
                 limit: 0,
                 unprocessed_only: req.unprocessed_only.unwrap_or(false),
+                with_dead_letters: true,
             },
         };
         let stream = super::chunked(source, limit, MAILBOX_CHUNK).map(|r| r.map(mailbox_message));
@@ -513,13 +556,33 @@ impl super::Chunks for MailboxReader {
     }
 }
 
+/// A stored row for ReadMailbox. A row a relay moved aside carries, in its
+/// metadata, which relays gave up on it, after how many attempts and why
+/// (`prism-dead-letter-*`; the wire contract has no field for it).
 pub fn mailbox_message(row: MailboxRow) -> pb::MailboxMessage {
+    let mut metadata: std::collections::HashMap<String, String> =
+        row.metadata.into_iter().collect();
+    if !row.dead_letters.is_empty() {
+        let join = |f: &dyn Fn(&crate::backends::transact::DeadLetterNote) -> String| {
+            row.dead_letters
+                .iter()
+                .map(f)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        metadata.insert(relay::DEAD_LETTER_RELAY.into(), join(&|n| n.relay.clone()));
+        metadata.insert(
+            relay::DEAD_LETTER_ATTEMPTS.into(),
+            join(&|n| n.attempts.to_string()),
+        );
+        metadata.insert(relay::DEAD_LETTER_ERROR.into(), join(&|n| n.error.clone()));
+    }
     pb::MailboxMessage {
         message_id: row.message_id,
         mailbox_id: row.mailbox,
         sequence: row.sequence,
         message: row.message,
-        metadata: row.metadata.into_iter().collect(),
+        metadata,
         message_type: row.message_type,
         created_at: Some(timestamp_ms(row.created_ms)),
         processed: row.processed_ms.is_some(),
@@ -638,7 +701,7 @@ impl Driver {
                         let result = tokio::select! {
                             biased;
                             _ = kill.fired() => None,
-                            r = write_in(self.api.gate.registry(), &mut open, &w) => Some(r),
+                            r = write_in(&self.api, &mut open, &w) => Some(r),
                         };
                         match result {
                             None => self.aborted(open).await,
@@ -805,7 +868,7 @@ impl Driver {
 
 /// One write inside a streaming transaction.
 async fn write_in(
-    registry: &SessionRegistry,
+    api: &Inner,
     open: &mut Open,
     w: &pb::WriteRequest,
 ) -> Result<pb::WriteResponse, Error> {
@@ -813,7 +876,8 @@ async fn write_in(
         return Err(ended);
     }
     let same_session = |token: &str| {
-        registry
+        api.gate
+            .registry()
             .authorize(token)
             .is_ok_and(|e| e.id == open.call.entry.id)
     };
@@ -830,7 +894,7 @@ async fn write_in(
         ));
     }
     open.call.entry.record_request(w.encoded_len(), 0);
-    let op = write_op(&open.call, w)?;
+    let op = write_op(&open.call, w, &api.relays)?;
     let tx = open
         .tx
         .as_mut()

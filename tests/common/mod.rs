@@ -5,6 +5,7 @@
 
 pub mod kv;
 pub mod serve;
+pub mod servers;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

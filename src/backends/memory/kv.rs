@@ -303,8 +303,20 @@ impl MemoryKv {
         })
     }
 
+    /// The next version: one more than the last, and never below the clock
+    /// in microseconds, so a gateway restarted (its data gone) never hands
+    /// out a version a client saw before.
     fn next_version(&self) -> u64 {
-        self.version.fetch_add(1, Ordering::AcqRel) + 1
+        let floor = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let previous = self
+            .version
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(1).max(floor))
+            })
+            .unwrap_or_else(|v| v);
+        previous.saturating_add(1).max(floor)
     }
 
     fn write_one(&self, space: &Space, key: &str, action: &Action, now: u64) -> u64 {
