@@ -82,52 +82,11 @@ configs:
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap()
 }
 
-/// Stops the gateway and deletes what the test left on the shared servers:
-/// its namespace's Postgres rows and NATS streams.
+/// Stops the gateway and deletes what the test left on the shared servers.
 async fn finish(gw: TestGateway) {
     let namespaces: Vec<String> = gw.gateway.config.namespaces.keys().cloned().collect();
     gw.stop().await;
-    sqlx::any::install_default_drivers();
-    if let Ok(pool) = sqlx::AnyPool::connect(&common::kv::database_url()).await {
-        for ns in &namespaces {
-            for table in [
-                "prism_queue_deliveries",
-                "prism_queue_groups",
-                "prism_queue_messages",
-                "prism_queue_partitions",
-                "prism_queue_topics",
-            ] {
-                let _ = sqlx::query(&format!("DELETE FROM {table} WHERE namespace = $1"))
-                    .bind(ns.as_str())
-                    .execute(&pool)
-                    .await;
-            }
-        }
-        pool.close().await;
-    }
-    if let Ok(client) = async_nats::connect(nats_url()).await {
-        use futures::StreamExt;
-        let js = async_nats::jetstream::new(client);
-        let names: Vec<String> = js
-            .stream_names()
-            .filter_map(|n| async move { n.ok() })
-            .collect()
-            .await;
-        for name in names.into_iter().filter(|n| n.starts_with("PRISM_")) {
-            if let Ok(mut stream) = js.get_stream(&name).await {
-                let mine = stream.info().await.is_ok_and(|i| {
-                    i.config.subjects.iter().any(|s| {
-                        namespaces
-                            .iter()
-                            .any(|ns| s.starts_with(&format!("prism.{}.", ns.replace('.', "~"))))
-                    })
-                });
-                if mine {
-                    let _ = js.delete_stream(&name).await;
-                }
-            }
-        }
-    }
+    common::forget_queue_namespaces(&namespaces).await;
 }
 
 /// The backends to run against; prints why the others are skipped.

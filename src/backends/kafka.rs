@@ -6,7 +6,9 @@
 //! delivery ack. A consumer group is the Kafka group `prism.<namespace>.<group>`
 //! with auto-commit off. Kafka knows offsets, not per-message acks, so the
 //! gateway keeps a ledger per group: delivered messages wait there for
-//! Acknowledge (redelivered after the visibility timeout, attempts counted),
+//! Acknowledge (redelivered after the visibility timeout, attempts counted;
+//! the highest offset delivered per partition rides along as commit
+//! metadata, so a gateway started after a crash counts on from there),
 //! and a member commits the contiguous acknowledged prefix to Kafka. A group
 //! that Kafka rebalances never hands one member a message another member
 //! holds. Commit and Seek go through a member's consumer when one is
@@ -65,6 +67,14 @@ struct Ledger {
     /// Next offset to commit per partition, as far as this gateway knows.
     committed: HashMap<i32, i64>,
     attempts: HashMap<(i32, i64), i32>,
+    /// Per partition, the highest offset ever delivered to the group: kept
+    /// with the group's committed offsets in Kafka (commit metadata), so a
+    /// gateway started after a crash knows which messages it redelivers
+    /// (their `attempt` counts on from 2).
+    delivered: HashMap<i32, i64>,
+    /// Positions advanced by an acknowledgement whose commit failed: the
+    /// next commit carries them.
+    unconfirmed: HashMap<i32, i64>,
     members: HashMap<u64, Arc<StreamConsumer>>,
 }
 
@@ -75,6 +85,20 @@ impl Ledger {
     /// prefix is counted from there.
     fn note_position(&mut self, (partition, offset): (i32, i64)) {
         self.committed.entry(partition).or_insert(offset);
+    }
+
+    /// The commit metadata for a partition: what was delivered so far.
+    fn metadata(&self, partition: i32) -> String {
+        self.delivered
+            .get(&partition)
+            .map_or_else(String::new, |d| format!("{DELIVERED_PREFIX}{d}"))
+    }
+
+    /// Attempts before this delivery of `key`: what this gateway counted,
+    /// or 1 when an earlier one (a gateway that died) delivered it.
+    fn attempts_before(&mut self, key: (i32, i64)) -> &mut i32 {
+        let before = i32::from(self.delivered.get(&key.0).is_some_and(|d| key.1 <= *d));
+        self.attempts.entry(key).or_insert(before)
     }
 
     fn done(&self, key: (i32, i64)) -> bool {
@@ -104,6 +128,15 @@ impl Ledger {
         }
         out
     }
+}
+
+/// Commit metadata: `prism-delivered:<offset>`, the highest offset
+/// delivered to the group in that partition.
+const DELIVERED_PREFIX: &str = "prism-delivered:";
+
+/// The delivered offset a committed offset's metadata carries.
+fn delivered_from(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(DELIVERED_PREFIX)?.parse().ok()
 }
 
 /// The largest record the gateway's producers send (librdkafka's
@@ -199,7 +232,12 @@ impl KafkaBackend {
                 "socket.timeout.ms",
                 self.spec.connect_timeout.as_millis().max(1000).to_string(),
             )
-            .set("message.timeout.ms", "10000")
+            // A publish the brokers cannot take answers UNAVAILABLE within
+            // the connect timeout rather than waiting in librdkafka's queue.
+            .set(
+                "message.timeout.ms",
+                self.spec.connect_timeout.as_millis().max(1000).to_string(),
+            )
             .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
             // Topics are created by Publish only: a metadata lookup or a
             // subscription must not create them as a side effect.
@@ -428,21 +466,28 @@ impl KafkaBackend {
             ends[p as usize] = high;
         }
         check_within_log(&ends, offsets)?;
-        let mut tpl = TopicPartitionList::new();
-        for &(p, o) in offsets {
-            tpl.add_partition_offset(&name, p, Offset::Offset(o))
-                .map_err(|e| self.unavailable(e))?;
-        }
         let ledger = self.ledger(ns, topic, group);
-        let members: Vec<Arc<StreamConsumer>> = {
+        let (tpl, members) = {
             let mut l = ledger.lock();
+            let mut tpl = TopicPartitionList::new();
             for &(p, o) in offsets {
                 l.committed.insert(p, o);
                 l.held.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
                 l.acked.retain(|k| k.0 != p || (!seek && k.1 >= o));
                 l.attempts.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
+                if seek {
+                    // Replayed messages are delivered afresh.
+                    l.delivered.remove(&p);
+                }
+                let metadata = l.metadata(p);
+                tpl.add_partition_offset(&name, p, Offset::Offset(o))
+                    .map_err(|e| self.unavailable(e))?;
+                if let Some(mut e) = tpl.find_partition(&name, p) {
+                    e.set_metadata(metadata);
+                }
             }
-            l.members.values().cloned().collect()
+            let members: Vec<Arc<StreamConsumer>> = l.members.values().cloned().collect();
+            (tpl, members)
         };
         let config = self.config();
         let group_id = kafka_group(ns, group);
@@ -521,13 +566,20 @@ impl QueueBasic for KafkaBackend {
                 if let Some(key) = &item.partition_key {
                     record = record.key(key.as_str());
                 }
-                match producer.send(record, Duration::from_secs(10)).await {
-                    Ok(delivery) => Ok(Published {
+                // Bounded by the connect timeout: with the brokers gone the
+                // caller hears UNAVAILABLE then (the outcome is unknown, as
+                // for any UNAVAILABLE publish), not at librdkafka's leisure.
+                let limit = self.spec.connect_timeout.max(Duration::from_secs(1));
+                match tokio::time::timeout(limit, producer.send(record, limit)).await {
+                    Ok(Ok(delivery)) => Ok(Published {
                         partition: delivery.partition,
                         offset: delivery.offset,
                         timestamp_ms: now,
                     }),
-                    Err((e, _)) => Err(self.send_error(e, "MESSAGE_REFUSED")),
+                    Ok(Err((e, _))) => Err(self.send_error(e, "MESSAGE_REFUSED")),
+                    Err(_) => {
+                        Err(self.unavailable("no delivery report within the connect timeout"))
+                    }
                 }
             }
         });
@@ -560,7 +612,7 @@ impl QueueBasic for KafkaBackend {
         let topic_name = name.clone();
         let start = spec.start;
         let consumer = blocking(
-            move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+            move || -> Result<(StreamConsumer, Vec<(i32, i64)>), rdkafka::error::KafkaError> {
                 let consumer: StreamConsumer = config.create()?;
                 // A new group (nothing committed) starts where asked, fixed
                 // now by a commit: "latest" is the end of the log as
@@ -631,18 +683,37 @@ impl QueueBasic for KafkaBackend {
                         consumer.commit(&fixed, CommitMode::Sync)?;
                     }
                 }
+                // What earlier gateways delivered (commit metadata).
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..count {
+                    tpl.add_partition(&topic_name, p);
+                }
+                let delivered: Vec<(i32, i64)> = consumer
+                    .committed_offsets(tpl, META_TIMEOUT)?
+                    .elements()
+                    .iter()
+                    .filter_map(|e| Some((e.partition(), delivered_from(e.metadata())?)))
+                    .collect();
                 consumer.subscribe(&[&topic_name])?;
-                Ok(consumer)
+                Ok((consumer, delivered))
             },
         )
         .await?
         .map_err(|e| self.unavailable(e))?;
+        let (consumer, delivered) = consumer;
         let consumer = Arc::new(consumer);
         let member = self
             .members
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ledger = self.ledger(ns, &spec.topic, &spec.group);
-        ledger.lock().members.insert(member, consumer.clone());
+        {
+            let mut l = ledger.lock();
+            l.members.insert(member, consumer.clone());
+            for (p, d) in delivered {
+                let known = l.delivered.entry(p).or_insert(d);
+                *known = (*known).max(d);
+            }
+        }
         Ok(Box::new(KafkaConsumer {
             consumer: Some(consumer),
             ledger,
@@ -668,11 +739,41 @@ impl QueueBasic for KafkaBackend {
         else {
             return Ok(false);
         };
-        let mut l = ledger.lock();
-        if l.held.remove(&(partition, offset)).is_none() {
-            return Ok(false);
+        // The acknowledgement is durable before it is answered: when it
+        // completes the acknowledged prefix, the new position is committed
+        // now (a gateway that dies later redelivers none of it). One past
+        // an unacknowledged message waits in the ledger for the prefix.
+        let (offsets, commit, member) = {
+            let mut l = ledger.lock();
+            if l.held.remove(&(partition, offset)).is_none() {
+                return Ok(false);
+            }
+            l.acked.insert((partition, offset));
+            let name = kafka_topic(ns, topic);
+            let offsets = l.advance();
+            let mut tpl = TopicPartitionList::new();
+            for &(p, o) in &offsets {
+                if tpl
+                    .add_partition_offset(&name, p, Offset::Offset(o))
+                    .is_ok()
+                {
+                    if let Some(mut e) = tpl.find_partition(&name, p) {
+                        e.set_metadata(l.metadata(p));
+                    }
+                }
+            }
+            (offsets, tpl, l.members.values().next().cloned())
+        };
+        let Some(member) = member.filter(|_| !offsets.is_empty()) else {
+            return Ok(true);
+        };
+        let committed = blocking(move || member.commit(&commit, CommitMode::Sync)).await;
+        if !matches!(committed, Ok(Ok(()))) {
+            // The acknowledgement stands in the ledger; the next fetch
+            // commits it (a gateway crash before then redelivers it).
+            tracing::warn!(backend = %self.name, "kafka: committing an acknowledgement failed");
+            ledger.lock().unconfirmed.extend(offsets);
         }
-        l.acked.insert((partition, offset));
         Ok(true)
     }
 
@@ -760,15 +861,68 @@ impl KafkaConsumer {
         super::epoch_ms().max(0) as u64
     }
 
+    /// Records with the group (a synchronous commit of its unchanged
+    /// positions, carrying the delivered offsets as metadata) that these
+    /// partitions delivered further. A failure is logged: the messages go
+    /// out regardless, and a crash before the next commit would redeliver
+    /// them counted as first attempts.
+    async fn note_delivered(&self, consumer: &Arc<StreamConsumer>, partitions: &BTreeSet<i32>) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        {
+            let l = self.ledger.lock();
+            for p in partitions {
+                let Some(&at) = l.committed.get(p) else {
+                    continue;
+                };
+                if tpl
+                    .add_partition_offset(&self.topic_name, *p, Offset::Offset(at))
+                    .is_ok()
+                {
+                    if let Some(mut e) = tpl.find_partition(&self.topic_name, *p) {
+                        e.set_metadata(l.metadata(*p));
+                    }
+                }
+            }
+        }
+        let consumer = consumer.clone();
+        match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "kafka: recording deliveries failed"),
+            Err(e) => tracing::warn!(error = %e.message, "kafka: recording deliveries failed"),
+        }
+    }
+
     /// Commits what the group acknowledged contiguously.
     fn commit_acked(&self, consumer: &StreamConsumer) {
-        let offsets = self.ledger.lock().advance();
+        let mut l = self.ledger.lock();
+        let mut offsets: HashMap<i32, i64> = l.unconfirmed.drain().collect();
+        for (p, o) in l.advance() {
+            let at = offsets.entry(p).or_insert(o);
+            *at = (*at).max(o);
+        }
+        let offsets: Vec<(i32, i64)> = offsets.into_iter().collect();
+        self.commit(consumer, &l, &offsets);
+    }
+
+    /// Commits these positions (async), each with what the group was
+    /// delivered in its partition as metadata.
+    fn commit(&self, consumer: &StreamConsumer, l: &Ledger, offsets: &[(i32, i64)]) {
         if offsets.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets {
-            let _ = tpl.add_partition_offset(&self.topic_name, p, Offset::Offset(o));
+        for &(p, o) in offsets {
+            if tpl
+                .add_partition_offset(&self.topic_name, p, Offset::Offset(o))
+                .is_ok()
+            {
+                if let Some(mut e) = tpl.find_partition(&self.topic_name, p) {
+                    e.set_metadata(l.metadata(p));
+                }
+            }
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "kafka commit deferred");
@@ -789,8 +943,8 @@ impl KafkaConsumer {
         let mut out = Vec::with_capacity(due.len());
         for key in due {
             let attempt = {
-                let a = l.attempts.entry(key).or_insert(1);
-                *a += 1;
+                let a = l.attempts_before(key);
+                *a = (*a).max(1) + 1;
                 *a
             };
             if let Some(h) = l.held.get_mut(&key) {
@@ -812,6 +966,7 @@ impl QueueConsumer for KafkaConsumer {
         };
         self.commit_acked(&consumer);
         let mut out = self.redeliveries(max);
+        let mut newly = BTreeSet::new();
         let until = tokio::time::Instant::now() + wait;
         while out.len() < max {
             let remaining = until.saturating_duration_since(tokio::time::Instant::now());
@@ -859,10 +1014,16 @@ impl QueueConsumer for KafkaConsumer {
                 continue;
             }
             let attempt = {
-                let a = l.attempts.entry(key).or_insert(0);
+                let a = l.attempts_before(key);
                 *a += 1;
                 *a
             };
+            // Kept with the group (commit metadata, below) before the
+            // client sees it, so a crash after this counts it delivered.
+            if l.delivered.get(&key.0).is_none_or(|d| key.1 > *d) {
+                l.delivered.insert(key.0, key.1);
+                newly.insert(key.0);
+            }
             let message = QueueMessage { attempt, ..message };
             l.held.insert(
                 key,
@@ -874,6 +1035,7 @@ impl QueueConsumer for KafkaConsumer {
             );
             out.push(message);
         }
+        self.note_delivered(&consumer, &newly).await;
         Ok(out)
     }
 
@@ -936,5 +1098,24 @@ mod tests {
         // An acknowledgement in a partition never delivered moves nothing.
         l.acked.insert((1, 3));
         assert!(l.advance().is_empty());
+    }
+
+    #[test]
+    fn what_an_earlier_gateway_delivered_counts_as_an_attempt() {
+        let mut l = Ledger::default();
+        // A new gateway reads the group's commit metadata.
+        l.delivered
+            .insert(0, delivered_from("prism-delivered:41").unwrap());
+        assert_eq!(l.metadata(0), "prism-delivered:41");
+        assert_eq!(delivered_from(""), None);
+        assert_eq!(delivered_from("prism-delivered:x"), None);
+        // Offsets up to 41 were delivered before: their next delivery is
+        // the second; later ones are first deliveries.
+        *l.attempts_before((0, 41)) += 1;
+        *l.attempts_before((0, 42)) += 1;
+        *l.attempts_before((1, 0)) += 1;
+        assert_eq!(l.attempts[&(0, 41)], 2);
+        assert_eq!(l.attempts[&(0, 42)], 1);
+        assert_eq!(l.attempts[&(1, 0)], 1);
     }
 }

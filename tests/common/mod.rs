@@ -553,3 +553,53 @@ pub async fn scrape_metrics(admin: SocketAddr) -> std::collections::HashMap<Stri
     assert_eq!(status, 200, "{body}");
     parse_exposition(&body)
 }
+
+/// Deletes what Queue tests left on the shared servers for these
+/// namespaces: their Postgres queue rows and NATS streams.
+pub async fn forget_queue_namespaces(namespaces: &[String]) {
+    sqlx::any::install_default_drivers();
+    if let Ok(pool) = sqlx::AnyPool::connect(&kv::database_url()).await {
+        for ns in namespaces {
+            for table in [
+                "prism_queue_deliveries",
+                "prism_queue_groups",
+                "prism_queue_messages",
+                "prism_queue_partitions",
+                "prism_queue_topics",
+            ] {
+                let _ = sqlx::query(&format!("DELETE FROM {table} WHERE namespace = $1"))
+                    .bind(ns.as_str())
+                    .execute(&pool)
+                    .await;
+            }
+        }
+        pool.close().await;
+    }
+    if let Ok(client) = async_nats::connect(
+        std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+    )
+    .await
+    {
+        use futures::StreamExt;
+        let js = async_nats::jetstream::new(client);
+        let names: Vec<String> = js
+            .stream_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect()
+            .await;
+        for name in names.into_iter().filter(|n| n.starts_with("PRISM_")) {
+            if let Ok(mut stream) = js.get_stream(&name).await {
+                let mine = stream.info().await.is_ok_and(|i| {
+                    i.config.subjects.iter().any(|s| {
+                        namespaces
+                            .iter()
+                            .any(|ns| s.starts_with(&format!("prism.{}.", ns.replace('.', "~"))))
+                    })
+                });
+                if mine {
+                    let _ = js.delete_stream(&name).await;
+                }
+            }
+        }
+    }
+}
