@@ -5,8 +5,9 @@
 //! owes its clients — acknowledged writes lost: 0; messages lost: 0;
 //! redeliveries carry a growing `attempt`; every failure meanwhile is
 //! `UNAVAILABLE`, never `INTERNAL`; service resumes with no gateway restart —
-//! and prints its figures on a `FAULT` line (the README's table). The
-//! machine's shared services on the standard ports are never touched.
+//! and prints its figures on a `FAULT` line (the README's table). Only
+//! processes these tests started are killed: the gateway-kill test keeps
+//! its queues on the machine's shared services and never stops them.
 
 mod common;
 

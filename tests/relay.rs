@@ -110,7 +110,7 @@ async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
     for t in [
         "prism_mailbox",
         "prism_mailbox_sequence",
-        "prism_relay_progress",
+        "prism_relay_cursor",
         "prism_mailbox_dead_letter",
     ] {
         let _ = sqlx::query(&format!("DELETE FROM {t} WHERE namespace = $1"))
@@ -124,7 +124,7 @@ async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
 async fn unprocessed(pool: &AnyPool, ns: &str) -> i64 {
     sqlx::query(
         "SELECT COUNT(*) FROM prism_mailbox WHERE namespace = $1 AND sequence > COALESCE( \
-         (SELECT through FROM prism_relay_progress WHERE namespace = $1 AND relay = 'out'), 0)",
+         (SELECT through FROM prism_relay_cursor WHERE namespace = $1 AND relay = 'out'), 0)",
     )
     .bind(ns)
     .fetch_one(pool)

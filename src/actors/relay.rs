@@ -3,7 +3,7 @@
 //! to the relay's broker destination, and moves the cursor only once the
 //! broker acknowledged them — so a crash between the two sends rows again
 //! (consumers dedupe by mailbox id and sequence) but never skips one. The
-//! cursor is the relay's alone (`prism_relay_progress`): a client marking
+//! cursor is the relay's alone (`prism_relay_cursor`): a client marking
 //! rows processed with ProcessMailbox never hides one from it. A row the
 //! broker keeps refusing is moved aside after `max_attempts`
 //! (`prism_mailbox_dead_letter`, shown by ReadMailbox, the actor tree and
@@ -35,7 +35,7 @@ use super::{
 use crate::{
     backends::{
         relay::{self, RelaySink},
-        transact::{Lag, MailboxQuery, MailboxWake, RelayCursor, TransactOutbox},
+        transact::{Lag, MailboxQuery, MailboxWake, RelayCursor, RelayId, TransactOutbox},
         Backends, Health,
     },
     config::{GatewayConfig, RelaySpec},
@@ -80,6 +80,8 @@ pub struct RelayShared {
     pub namespace: String,
     pub spec: RelaySpec,
     outbox: Arc<dyn TransactOutbox>,
+    /// How its cursor is keyed.
+    key: RelayId,
     sink: Arc<dyn RelaySink>,
     source_health: Arc<Health>,
     progress: Mutex<Progress>,
@@ -119,7 +121,7 @@ impl RelayShared {
     /// whether more rows may be waiting.
     async fn round(self: Arc<Self>) -> Result<bool, Error> {
         let (ns, mailbox) = (&self.namespace, &self.spec.mailbox);
-        let cursor = self.outbox.relay_cursor(ns, &self.name, mailbox).await?;
+        let cursor = self.outbox.relay_cursor(&self.key).await?;
         let batch = self.spec.batch_size;
         let rows = self
             .outbox
@@ -152,7 +154,7 @@ impl RelayShared {
         if sent > 0 {
             through = rows[sent - 1].sequence;
             attempts = 0;
-            self.outbox.advance_relay(ns, &self.name, through).await?;
+            self.outbox.advance_relay(&self.key, through).await?;
             let mut p = self.progress.lock();
             p.relayed += sent as u64;
             p.last_sequence = Some(through);
@@ -170,7 +172,7 @@ impl RelayShared {
                 let attempts = if never { attempts } else { attempts + 1 };
                 if never || attempts >= self.spec.max_attempts {
                     self.outbox
-                        .dead_letter(ns, &self.name, row, attempts, &e.message)
+                        .dead_letter(&self.key, row, attempts, &e.message)
                         .await?;
                     through = row.sequence;
                     tracing::warn!(
@@ -193,9 +195,7 @@ impl RelayShared {
                     Ok(())
                 } else {
                     let at = RelayCursor { through, attempts };
-                    self.outbox
-                        .relay_refused(ns, &self.name, at, &e.message)
-                        .await?;
+                    self.outbox.relay_refused(&self.key, at, &e.message).await?;
                     Err(e)
                 }
             }
@@ -526,6 +526,11 @@ pub fn configured(
                 namespace: ns.clone(),
                 spec: relay.clone(),
                 outbox,
+                key: RelayId {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    mailbox: relay.mailbox.clone(),
+                },
                 sink: relay::sink(&relay.to, ns, backends)?,
                 source_health: source.health.clone(),
                 progress: Mutex::new(Progress {

@@ -205,8 +205,8 @@ impl SubscriptionShared {
     }
 
     /// Resolves once the consumer is positioned, with the error if the
-    /// backend refused the subscription (closed if the subscription went
-    /// away first).
+    /// backend refused the subscription (closed if the subscription ended
+    /// first).
     pub fn positioned(&self) -> oneshot::Receiver<Result<(), Error>> {
         let (tx, rx) = oneshot::channel();
         *self.positioned.lock() = Some(tx);
@@ -244,6 +244,9 @@ impl SubscriptionShared {
         self.gauge.release();
         *self.ending.lock() = error;
         self.tx.lock().take();
+        // A Subscribe still waiting for the position answers now: the
+        // stream tells why it ended.
+        self.positioned.lock().take();
     }
 
     /// The error the subscription ended with, once (the client's stream

@@ -162,7 +162,7 @@ kafka: {{ type: kafka, url: "127.0.0.1:9092" }}
         let specs: std::collections::BTreeMap<String, BackendSpec> =
             serde_yaml::from_str(&yaml).unwrap();
         // Building makes clients and handles without connecting.
-        let backends = Backends::build(&specs, |_| Vec::new(), Clock::new()).unwrap();
+        let backends = Backends::build(&specs, |_| Default::default(), Clock::new()).unwrap();
         for kind in BackendKind::ALL {
             let backend = backends.get(kind.name()).unwrap();
             let declared: BTreeSet<Interface> = kind.implements().iter().copied().collect();

@@ -144,10 +144,7 @@ impl Health {
             Error::new(
                 ErrorKind::Unavailable,
                 "BACKEND_DOWN",
-                format!(
-                    "backend `{backend}` is down ({why}); it is checked again within {wait} ms, \
-                     retry then"
-                ),
+                format!("backend `{backend}` is down ({why}); retry in {wait} ms"),
             )
             .with("backend", backend)
             .with("retry_after_ms", wait.to_string()),

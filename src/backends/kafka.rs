@@ -72,10 +72,14 @@ struct Ledger {
     /// gateway started after a crash knows which messages it redelivers
     /// (their `attempt` counts on from 2).
     delivered: HashMap<i32, i64>,
-    /// Positions advanced by an acknowledgement whose commit failed: the
-    /// next commit carries them.
+    /// Positions advanced but not yet confirmed committed (no member to
+    /// commit through, or the commit failed): the next commit carries them.
     unconfirmed: HashMap<i32, i64>,
     members: HashMap<u64, Arc<StreamConsumer>>,
+    /// The group's commits go one at a time, each built from the ledger
+    /// when its turn comes ([`commit_pending`]): an earlier, lower position
+    /// can never land after a later one.
+    commits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Ledger {
@@ -99,6 +103,31 @@ impl Ledger {
     fn attempts_before(&mut self, key: (i32, i64)) -> &mut i32 {
         let before = i32::from(self.delivered.get(&key.0).is_some_and(|d| key.1 <= *d));
         self.attempts.entry(key).or_insert(before)
+    }
+
+    /// What to commit now: positions not yet confirmed, the acknowledged
+    /// prefix's advance, and the current position of each partition in
+    /// `delivered_in` (to record its delivered mark) — per partition the
+    /// furthest.
+    fn pending(&mut self, delivered_in: &BTreeSet<i32>) -> Vec<(i32, i64)> {
+        let mut out: BTreeMap<i32, i64> = self.unconfirmed.drain().collect();
+        let advanced = self.advance();
+        let current = delivered_in
+            .iter()
+            .filter_map(|p| Some((*p, *self.committed.get(p)?)));
+        for (p, o) in advanced.into_iter().chain(current) {
+            let at = out.entry(p).or_insert(o);
+            *at = (*at).max(o);
+        }
+        out.into_iter().collect()
+    }
+
+    /// Positions whose commit could not be made: kept for the next one.
+    fn unconfirm(&mut self, offsets: &[(i32, i64)]) {
+        for &(p, o) in offsets {
+            let at = self.unconfirmed.entry(p).or_insert(o);
+            *at = (*at).max(o);
+        }
     }
 
     fn done(&self, key: (i32, i64)) -> bool {
@@ -127,6 +156,57 @@ impl Ledger {
             }
         }
         out
+    }
+}
+
+/// Commits what the group has pending ([`Ledger::pending`]) through
+/// `member` (synchronously, on the blocking pool), its turn taken in the
+/// group's commit queue. Without a member, or when the commit fails, the
+/// positions stay pending for the next commit; returns whether everything
+/// pending was committed.
+async fn commit_pending(
+    ledger: &Arc<Mutex<Ledger>>,
+    topic_name: &str,
+    member: Option<Arc<StreamConsumer>>,
+    delivered_in: &BTreeSet<i32>,
+) -> bool {
+    let gate = ledger.lock().commits.clone();
+    let _turn = gate.lock().await;
+    let (offsets, tpl) = {
+        let mut l = ledger.lock();
+        let offsets = l.pending(delivered_in);
+        let Some(_) = member.as_ref().filter(|_| !offsets.is_empty()) else {
+            l.unconfirm(&offsets);
+            return offsets.is_empty();
+        };
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in &offsets {
+            if tpl
+                .add_partition_offset(topic_name, p, Offset::Offset(o))
+                .is_ok()
+            {
+                if let Some(mut e) = tpl.find_partition(topic_name, p) {
+                    e.set_metadata(l.metadata(p));
+                }
+            }
+        }
+        (offsets, tpl)
+    };
+    let Some(member) = member else {
+        return false;
+    };
+    match blocking(move || member.commit(&tpl, CommitMode::Sync)).await {
+        Ok(Ok(())) => true,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.message,
+                Ok(Ok(())) => String::new(),
+            };
+            tracing::warn!(topic = topic_name, error = %why, "kafka commit failed; kept for the next");
+            ledger.lock().unconfirm(&offsets);
+            false
+        }
     }
 }
 
@@ -467,11 +547,14 @@ impl KafkaBackend {
         }
         check_within_log(&ends, offsets)?;
         let ledger = self.ledger(ns, topic, group);
+        let gate = ledger.lock().commits.clone();
+        let _turn = gate.lock().await;
         let (tpl, members) = {
             let mut l = ledger.lock();
             let mut tpl = TopicPartitionList::new();
             for &(p, o) in offsets {
                 l.committed.insert(p, o);
+                l.unconfirmed.remove(&p);
                 l.held.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
                 l.acked.retain(|k| k.0 != p || (!seek && k.1 >= o));
                 l.attempts.retain(|k, _| k.0 != p || (!seek && k.1 >= o));
@@ -739,41 +822,22 @@ impl QueueBasic for KafkaBackend {
         else {
             return Ok(false);
         };
-        // The acknowledgement is durable before it is answered: when it
-        // completes the acknowledged prefix, the new position is committed
+        // The acknowledgement is durable before it is answered when it
+        // completes the acknowledged prefix: the new position is committed
         // now (a gateway that dies later redelivers none of it). One past
-        // an unacknowledged message waits in the ledger for the prefix.
-        let (offsets, commit, member) = {
+        // an unacknowledged message waits in the ledger for the prefix; a
+        // commit that fails is retried with the next (a gateway crash before
+        // then redelivers those messages, counted as attempts).
+        let member = {
             let mut l = ledger.lock();
             if l.held.remove(&(partition, offset)).is_none() {
                 return Ok(false);
             }
             l.acked.insert((partition, offset));
-            let name = kafka_topic(ns, topic);
-            let offsets = l.advance();
-            let mut tpl = TopicPartitionList::new();
-            for &(p, o) in &offsets {
-                if tpl
-                    .add_partition_offset(&name, p, Offset::Offset(o))
-                    .is_ok()
-                {
-                    if let Some(mut e) = tpl.find_partition(&name, p) {
-                        e.set_metadata(l.metadata(p));
-                    }
-                }
-            }
-            (offsets, tpl, l.members.values().next().cloned())
+            l.members.values().next().cloned()
         };
-        let Some(member) = member.filter(|_| !offsets.is_empty()) else {
-            return Ok(true);
-        };
-        let committed = blocking(move || member.commit(&commit, CommitMode::Sync)).await;
-        if !matches!(committed, Ok(Ok(()))) {
-            // The acknowledgement stands in the ledger; the next fetch
-            // commits it (a gateway crash before then redelivers it).
-            tracing::warn!(backend = %self.name, "kafka: committing an acknowledgement failed");
-            ledger.lock().unconfirmed.extend(offsets);
-        }
+        let name = kafka_topic(ns, topic);
+        commit_pending(&ledger, &name, member, &BTreeSet::new()).await;
         Ok(true)
     }
 
@@ -861,72 +925,18 @@ impl KafkaConsumer {
         super::epoch_ms().max(0) as u64
     }
 
-    /// Records with the group (a synchronous commit of its unchanged
-    /// positions, carrying the delivered offsets as metadata) that these
-    /// partitions delivered further. A failure is logged: the messages go
-    /// out regardless, and a crash before the next commit would redeliver
-    /// them counted as first attempts.
-    async fn note_delivered(&self, consumer: &Arc<StreamConsumer>, partitions: &BTreeSet<i32>) {
-        if partitions.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        {
-            let l = self.ledger.lock();
-            for p in partitions {
-                let Some(&at) = l.committed.get(p) else {
-                    continue;
-                };
-                if tpl
-                    .add_partition_offset(&self.topic_name, *p, Offset::Offset(at))
-                    .is_ok()
-                {
-                    if let Some(mut e) = tpl.find_partition(&self.topic_name, *p) {
-                        e.set_metadata(l.metadata(*p));
-                    }
-                }
-            }
-        }
-        let consumer = consumer.clone();
-        match blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "kafka: recording deliveries failed"),
-            Err(e) => tracing::warn!(error = %e.message, "kafka: recording deliveries failed"),
-        }
-    }
-
-    /// Commits what the group acknowledged contiguously.
-    fn commit_acked(&self, consumer: &StreamConsumer) {
-        let mut l = self.ledger.lock();
-        let mut offsets: HashMap<i32, i64> = l.unconfirmed.drain().collect();
-        for (p, o) in l.advance() {
-            let at = offsets.entry(p).or_insert(o);
-            *at = (*at).max(o);
-        }
-        let offsets: Vec<(i32, i64)> = offsets.into_iter().collect();
-        self.commit(consumer, &l, &offsets);
-    }
-
-    /// Commits these positions (async), each with what the group was
-    /// delivered in its partition as metadata.
-    fn commit(&self, consumer: &StreamConsumer, l: &Ledger, offsets: &[(i32, i64)]) {
-        if offsets.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for &(p, o) in offsets {
-            if tpl
-                .add_partition_offset(&self.topic_name, p, Offset::Offset(o))
-                .is_ok()
-            {
-                if let Some(mut e) = tpl.find_partition(&self.topic_name, p) {
-                    e.set_metadata(l.metadata(p));
-                }
-            }
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "kafka commit deferred");
-        }
+    /// Commits what is pending, recording that `delivered_in` delivered
+    /// further (the delivered marks ride along as commit metadata). A
+    /// failure is logged and kept for the next commit: the messages go out
+    /// regardless.
+    async fn commit(&self, consumer: &Arc<StreamConsumer>, delivered_in: &BTreeSet<i32>) {
+        commit_pending(
+            &self.ledger,
+            &self.topic_name,
+            Some(consumer.clone()),
+            delivered_in,
+        )
+        .await;
     }
 
     fn redeliveries(&self, max: usize) -> Vec<QueueMessage> {
@@ -964,7 +974,7 @@ impl QueueConsumer for KafkaConsumer {
         let Some(consumer) = self.consumer.clone() else {
             return Ok(Vec::new());
         };
-        self.commit_acked(&consumer);
+        self.commit(&consumer, &BTreeSet::new()).await;
         let mut out = self.redeliveries(max);
         let mut newly = BTreeSet::new();
         let until = tokio::time::Instant::now() + wait;
@@ -1035,7 +1045,9 @@ impl QueueConsumer for KafkaConsumer {
             );
             out.push(message);
         }
-        self.note_delivered(&consumer, &newly).await;
+        if !newly.is_empty() {
+            self.commit(&consumer, &newly).await;
+        }
         Ok(out)
     }
 
@@ -1043,7 +1055,7 @@ impl QueueConsumer for KafkaConsumer {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        self.commit_acked(&consumer);
+        self.commit(&consumer, &BTreeSet::new()).await;
         {
             let mut l = self.ledger.lock();
             l.members.remove(&self.member);

@@ -197,6 +197,13 @@ pub fn missing_interface(
     .with("interface", interface.name())
 }
 
+/// What a SQL backend serves beyond KeyValue (see [`Backends::build`]).
+#[derive(Debug, Clone, Default)]
+pub struct SqlUses {
+    pub collections: Vec<CollectionTable>,
+    pub relays: Vec<transact::RelayId>,
+}
+
 /// The client of one configured backend, as the data path uses it.
 #[derive(Clone)]
 pub enum Client {
@@ -377,11 +384,12 @@ pub struct Backends {
 
 impl Backends {
     /// Builds clients without connecting (pool actors connect); fails only
-    /// on configuration that cannot work (a malformed URL). `collections_on`
-    /// names the Reader collections each SQL backend serves.
+    /// on configuration that cannot work (a malformed URL). `uses` says what
+    /// each SQL backend serves beyond KeyValue: Reader collections, and the
+    /// relays of its mailboxes (their cursors are made at migration).
     pub fn build(
         specs: &BTreeMap<String, BackendSpec>,
-        collections_on: impl Fn(&str) -> Vec<CollectionTable>,
+        uses: impl Fn(&str) -> SqlUses,
         clock: Clock,
     ) -> Result<Self, String> {
         let mut by_name = BTreeMap::new();
@@ -396,7 +404,12 @@ impl Backends {
                     };
                     let mut kv = sqlite::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    kv.collections = collections_on(name);
+                    let SqlUses {
+                        collections,
+                        relays,
+                    } = uses(name);
+                    kv.collections = collections;
+                    kv.relays = relays;
                     kv.dir = spec
                         .path
                         .as_ref()
@@ -408,7 +421,12 @@ impl Backends {
                 BackendKind::Postgres => {
                     let mut kv = postgres::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    kv.collections = collections_on(name);
+                    let SqlUses {
+                        collections,
+                        relays,
+                    } = uses(name);
+                    kv.collections = collections;
+                    kv.relays = relays;
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }

@@ -51,7 +51,7 @@ pub const DDL: &[&str] = &[
         PRIMARY KEY (namespace, mailbox_id))",
     // Each relay's own progress through its mailbox, and the rows it moved
     // aside (see `sql_transact.rs`).
-    "CREATE TABLE IF NOT EXISTS prism_relay_progress (
+    "CREATE TABLE IF NOT EXISTS prism_relay_cursor (
         namespace TEXT NOT NULL,
         relay TEXT NOT NULL,
         mailbox_id TEXT NOT NULL,
@@ -59,7 +59,7 @@ pub const DDL: &[&str] = &[
         attempts BIGINT NOT NULL,
         last_error TEXT,
         updated_at BIGINT NOT NULL,
-        PRIMARY KEY (namespace, relay))",
+        PRIMARY KEY (namespace, relay, mailbox_id))",
     "CREATE TABLE IF NOT EXISTS prism_mailbox_dead_letter (
         namespace TEXT NOT NULL,
         mailbox_id TEXT NOT NULL,

@@ -149,8 +149,12 @@ impl RelaySink for NatsSink {
         self.nats.relay(&self.subject, rows).await
     }
 
+    /// As published: with `Nats-Msg-Id` (the message id) added.
     fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
-        self.nats.check_message(message, headers)
+        let mut sent = headers.clone();
+        let id = headers.get(HEADER_MESSAGE_ID).cloned().unwrap_or_default();
+        sent.insert("Nats-Msg-Id".into(), id);
+        self.nats.check_message(message, &sent)
     }
 }
 

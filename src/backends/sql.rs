@@ -57,6 +57,9 @@ pub struct SqlBackend {
     /// Reader collections on this backend: (collection, table, id column),
     /// learned at connect.
     pub collections: Vec<(String, String, String)>,
+    /// The relays of this backend's mailboxes: their cursors are made at
+    /// migration, before any client call (`sql_transact::start_cursor`).
+    pub relays: Vec<super::transact::RelayId>,
     /// Bumped when a transaction that wrote a mailbox row commits, waking
     /// this process's relays at once (`sql_transact.rs`).
     pub(super) outbox_written: tokio::sync::watch::Sender<u64>,
@@ -94,6 +97,7 @@ impl SqlBackend {
             schemas: dashmap::DashMap::new(),
             init_sql: Vec::new(),
             collections: Vec::new(),
+            relays: Vec::new(),
             outbox_written: tokio::sync::watch::channel(0).0,
             listen_url: None,
         }
@@ -130,12 +134,16 @@ impl SqlBackend {
                 .await
                 .map_err(|e| self.db_error(e))?;
         }
+        for relay in &self.relays {
+            super::sql_transact::start_cursor(&mut *tx, relay)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
         tx.commit().await.map_err(|e| self.db_error(e))?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// A trivial round trip, for health checks.
     /// One health round trip on the health connection (made when missing),
     /// bounded by `connect_timeout`.
     pub async fn ping(&self) -> Result<(), Error> {

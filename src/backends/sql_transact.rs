@@ -10,7 +10,8 @@
 //! transaction's first statement (not at BEGIN, so a stream that began and
 //! waits blocks no writer): every transaction is serializable whatever was
 //! asked. Open transactions per backend are capped below the pool's size
-//! (`pool.max_transactions`) so other calls always find a connection.
+//! (`pool.max_transactions`) so other calls find a connection (when the
+//! pool has more than one).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -26,8 +27,8 @@ use super::{
     sqlite,
     transact::{
         row_not_found, DataOp, DeadLetterNote, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
-        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, TransactOutbox, WriteMode,
-        WriteOp, WriteOutcome,
+        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, RelayId, TransactOutbox,
+        WriteMode, WriteOp, WriteOutcome,
     },
 };
 use crate::error::{Error, ErrorKind};
@@ -225,73 +226,61 @@ impl TransactOutbox for SqlOutbox {
         Ok(unknown)
     }
 
-    async fn relay_cursor(
-        &self,
-        ns: &str,
-        relay: &str,
-        mailbox: &str,
-    ) -> Result<RelayCursor, Error> {
+    async fn relay_cursor(&self, relay: &RelayId) -> Result<RelayCursor, Error> {
         let kv = &self.0;
         kv.ready()?;
-        // A new relay starts before the first unprocessed row: where a
-        // relay that marked rows processed (before relays kept their own
-        // progress) stopped.
-        sqlx::query(
-            "INSERT INTO prism_relay_progress \
-               (namespace, relay, mailbox_id, through, attempts, updated_at) \
-             SELECT $1, $2, $3, COALESCE( \
-                 (SELECT MIN(sequence) - 1 FROM prism_mailbox \
-                  WHERE namespace = $1 AND mailbox_id = $3 AND processed_at IS NULL), \
-                 (SELECT MAX(sequence) FROM prism_mailbox \
-                  WHERE namespace = $1 AND mailbox_id = $3), \
-                 0), 0, $4 \
-             ON CONFLICT (namespace, relay) DO NOTHING",
-        )
-        .bind(ns)
-        .bind(relay)
-        .bind(mailbox)
-        .bind(epoch_ms())
-        .execute(&kv.pool)
-        .await
-        .map_err(|e| kv.db_error(e))?;
-        let row = sqlx::query(
-            "SELECT through, attempts FROM prism_relay_progress \
-             WHERE namespace = $1 AND relay = $2",
-        )
-        .bind(ns)
-        .bind(relay)
-        .fetch_one(&kv.pool)
-        .await
-        .map_err(|e| kv.db_error(e))?;
+        let read = || {
+            sqlx::query(
+                "SELECT through, attempts FROM prism_relay_cursor \
+                 WHERE namespace = $1 AND relay = $2 AND mailbox_id = $3",
+            )
+            .bind(relay.namespace.as_str())
+            .bind(relay.name.as_str())
+            .bind(relay.mailbox.as_str())
+        };
+        let mut row = read()
+            .fetch_optional(&kv.pool)
+            .await
+            .map_err(|e| kv.db_error(e))?;
+        if row.is_none() {
+            start_cursor(&kv.pool, relay)
+                .await
+                .map_err(|e| kv.db_error(e))?;
+            row = read()
+                .fetch_optional(&kv.pool)
+                .await
+                .map_err(|e| kv.db_error(e))?;
+        }
+        let row = row.ok_or_else(|| Error::internal("a relay cursor vanished as it was made"))?;
         Ok(RelayCursor {
             through: row.try_get(0).map_err(corrupt)?,
             attempts: u32::try_from(row.try_get::<i64, _>(1).map_err(corrupt)?).unwrap_or(u32::MAX),
         })
     }
 
-    async fn advance_relay(&self, ns: &str, relay: &str, through: i64) -> Result<(), Error> {
+    async fn advance_relay(&self, relay: &RelayId, through: i64) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
-        advance(&kv.pool, ns, relay, through)
+        advance(&kv.pool, relay, through)
             .await
             .map_err(|e| kv.db_error(e))
     }
 
     async fn relay_refused(
         &self,
-        ns: &str,
-        relay: &str,
+        relay: &RelayId,
         cursor: RelayCursor,
         error: &str,
     ) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
         sqlx::query(
-            "UPDATE prism_relay_progress SET attempts = $4, last_error = $5, updated_at = $6 \
-             WHERE namespace = $1 AND relay = $2 AND through = $3",
+            "UPDATE prism_relay_cursor SET attempts = $5, last_error = $6, updated_at = $7 \
+             WHERE namespace = $1 AND relay = $2 AND mailbox_id = $3 AND through = $4",
         )
-        .bind(ns)
-        .bind(relay)
+        .bind(relay.namespace.as_str())
+        .bind(relay.name.as_str())
+        .bind(relay.mailbox.as_str())
         .bind(cursor.through)
         .bind(i64::from(cursor.attempts))
         .bind(error)
@@ -304,8 +293,7 @@ impl TransactOutbox for SqlOutbox {
 
     async fn dead_letter(
         &self,
-        ns: &str,
-        relay: &str,
+        relay: &RelayId,
         row: &MailboxRow,
         attempts: u32,
         error: &str,
@@ -319,10 +307,10 @@ impl TransactOutbox for SqlOutbox {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (namespace, mailbox_id, sequence, relay) DO NOTHING",
         )
-        .bind(ns)
+        .bind(relay.namespace.as_str())
         .bind(row.mailbox.as_str())
         .bind(row.sequence)
-        .bind(relay)
+        .bind(relay.name.as_str())
         .bind(row.message_id.as_str())
         .bind(i64::from(attempts))
         .bind(error)
@@ -330,7 +318,7 @@ impl TransactOutbox for SqlOutbox {
         .execute(&mut *tx)
         .await
         .map_err(|e| kv.db_error(e))?;
-        advance(&mut *tx, ns, relay, row.sequence)
+        advance(&mut *tx, relay, row.sequence)
             .await
             .map_err(|e| kv.db_error(e))?;
         tx.commit().await.map_err(|e| kv.db_error(e))
@@ -369,17 +357,48 @@ impl TransactOutbox for SqlOutbox {
 
 /// Moves a relay's cursor forward to `through` (never back) and clears
 /// the next row's failed attempts.
-async fn advance<'e, E>(db: E, ns: &str, relay: &str, through: i64) -> Result<(), sqlx::Error>
+async fn advance<'e, E>(db: E, relay: &RelayId, through: i64) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
     sqlx::query(
-        "UPDATE prism_relay_progress SET through = $3, attempts = 0, last_error = NULL, \
-         updated_at = $4 WHERE namespace = $1 AND relay = $2 AND through < $3",
+        "UPDATE prism_relay_cursor SET through = $4, attempts = 0, last_error = NULL, \
+         updated_at = $5 WHERE namespace = $1 AND relay = $2 AND mailbox_id = $3 AND through < $4",
     )
-    .bind(ns)
-    .bind(relay)
+    .bind(relay.namespace.as_str())
+    .bind(relay.name.as_str())
+    .bind(relay.mailbox.as_str())
     .bind(through)
+    .bind(epoch_ms())
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Makes a relay's cursor if it has none. A new relay starts before its
+/// mailbox's first unprocessed row — where a relay of an earlier version
+/// (which marked rows processed as it published them) stopped; on a
+/// mailbox with none, after its last row. Cursors are made when the
+/// backend is migrated, before any client can mark a row processed, so
+/// clients never move where a relay starts.
+pub(super) async fn start_cursor<'e, E>(db: E, relay: &RelayId) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    sqlx::query(
+        "INSERT INTO prism_relay_cursor \
+           (namespace, relay, mailbox_id, through, attempts, updated_at) \
+         SELECT $1, $2, $3, COALESCE( \
+             (SELECT MIN(sequence) - 1 FROM prism_mailbox \
+              WHERE namespace = $1 AND mailbox_id = $3 AND processed_at IS NULL), \
+             (SELECT MAX(sequence) FROM prism_mailbox \
+              WHERE namespace = $1 AND mailbox_id = $3), \
+             0), 0, $4 \
+         ON CONFLICT (namespace, relay, mailbox_id) DO NOTHING",
+    )
+    .bind(relay.namespace.as_str())
+    .bind(relay.name.as_str())
+    .bind(relay.mailbox.as_str())
     .bind(epoch_ms())
     .execute(db)
     .await

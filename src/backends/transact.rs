@@ -108,6 +108,16 @@ pub struct DeadLetterNote {
     pub error: String,
 }
 
+/// A configured relay, as its cursor is keyed: namespace, relay name and
+/// the mailbox it relays (a relay pointed at another mailbox starts a new
+/// cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayId {
+    pub namespace: String,
+    pub name: String,
+    pub mailbox: String,
+}
+
 /// Where a relay stands in its mailbox: its own progress, apart from the
 /// `processed` mark clients set with ProcessMailbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,36 +161,29 @@ pub trait TransactOutbox: Send + Sync {
         message_ids: &[String],
     ) -> Result<Vec<String>, Error>;
 
-    /// Where relay `relay` stands in `mailbox`. A relay seen for the first
-    /// time starts before the mailbox's first unprocessed row (where a
-    /// relay of an earlier version, which marked rows processed, stopped).
-    async fn relay_cursor(
-        &self,
-        ns: &str,
-        relay: &str,
-        mailbox: &str,
-    ) -> Result<RelayCursor, Error>;
+    /// Where a relay stands in its mailbox. A relay's cursor is made when
+    /// its backend is migrated (see [`RelayId`]); one seen for the first
+    /// time here starts at the same place.
+    async fn relay_cursor(&self, relay: &RelayId) -> Result<RelayCursor, Error>;
 
     /// Records that the relay published every row up to `through` (its
     /// cursor never moves back); the next row has had no failed attempt.
-    async fn advance_relay(&self, ns: &str, relay: &str, through: i64) -> Result<(), Error>;
+    async fn advance_relay(&self, relay: &RelayId, through: i64) -> Result<(), Error>;
 
     /// Records a failed attempt at the row after `cursor.through` that was
     /// the row's own fault (the broker refused it).
     async fn relay_refused(
         &self,
-        ns: &str,
-        relay: &str,
+        relay: &RelayId,
         cursor: RelayCursor,
         error: &str,
     ) -> Result<(), Error>;
 
-    /// Moves a row aside for good: records it as a dead letter of `relay`
+    /// Moves a row aside for good: records it as a dead letter of the relay
     /// and advances the relay past it, in one transaction.
     async fn dead_letter(
         &self,
-        ns: &str,
-        relay: &str,
+        relay: &RelayId,
         row: &MailboxRow,
         attempts: u32,
         error: &str,

@@ -732,13 +732,29 @@ impl<const N: usize> Env for [(&str, &str); N] {
 impl GatewayConfig {
     /// The Reader collections configured on backend `name`: (collection,
     /// table, id column).
-    pub fn collections_on(&self, name: &str) -> Vec<crate::backends::CollectionTable> {
-        self.namespaces
-            .values()
-            .flat_map(|ns| ns.collections.iter())
-            .filter(|(_, c)| c.backend == name)
-            .map(|(n, c)| (n.clone(), c.table.clone(), c.id.clone()))
-            .collect()
+    /// What SQL backend `name` serves beyond KeyValue: its Reader
+    /// collections and the relays of its mailboxes.
+    pub fn sql_uses(&self, name: &str) -> crate::backends::SqlUses {
+        crate::backends::SqlUses {
+            collections: self
+                .namespaces
+                .values()
+                .flat_map(|ns| ns.collections.iter())
+                .filter(|(_, c)| c.backend == name)
+                .map(|(n, c)| (n.clone(), c.table.clone(), c.id.clone()))
+                .collect(),
+            relays: self
+                .namespaces
+                .iter()
+                .flat_map(|(ns, spec)| spec.relays.iter().map(move |r| (ns, r)))
+                .filter(|(_, (_, r))| r.backend == name)
+                .map(|(ns, (relay, r))| crate::backends::transact::RelayId {
+                    namespace: ns.clone(),
+                    name: relay.clone(),
+                    mailbox: r.mailbox.clone(),
+                })
+                .collect(),
+        }
     }
 
     /// The embedded default, with environment overrides.

@@ -71,7 +71,7 @@ impl Gateway {
         let audit = Arc::new(crate::audit::Audit::open(&config.audit).map_err(ServeError::Config)?);
         registry.set_audit(audit.clone());
         let backends = Arc::new(
-            Backends::build(&config.backends, |name| config.collections_on(name), clock)
+            Backends::build(&config.backends, |name| config.sql_uses(name), clock)
                 .map_err(ServeError::Config)?,
         );
         let threads = config

@@ -30,6 +30,9 @@ use crate::{
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
 };
 
+/// The longest Subscribe waits for the backend to position its consumer.
+const POSITION_WAIT: Duration = Duration::from_secs(30);
+
 pub struct QueueApi {
     gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
@@ -321,7 +324,9 @@ impl QueueService for QueueApi {
         // message published after this call returns is delivered; a backend
         // that refused the subscription fails the call itself. (If the
         // subscription went away first, the stream says why.)
-        if let Ok(Err(e)) = positioned.await {
+        // (Bounded: a backend that neither positions nor fails in time gets
+        // the stream answered anyway; the actor goes on.)
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(POSITION_WAIT, positioned).await {
             return Err(call.fail(e));
         }
         // A private group takes no acknowledgements once its stream is gone.

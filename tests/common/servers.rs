@@ -167,6 +167,12 @@ impl Server {
     pub async fn restart(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?} did not start; see {}",
+                self.kind,
+                self.dir.join("server.log").display()
+            );
             let mut child = self
                 .command()
                 .spawn()
