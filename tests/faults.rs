@@ -513,56 +513,39 @@ where
     );
 }
 
+/// A Queue on `kind` served by the private `server`: the server is killed
+/// under a subscriber holding messages (a Publish meanwhile must answer
+/// UNAVAILABLE) and started again.
+async fn broker_fault(kind: &str, mut server: Server) {
+    let ns = format!("f{}", run_id());
+    let yaml = queue_yaml(&ns, kind, &server.url());
+    let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
+    let gw = TestGateway::start_with(config).await;
+    gw.wait_backend_up("q").await;
+    let channel = gw.channel.clone();
+    let label = format!("{kind}, its server killed");
+    queue_fault(&label, channel.clone(), Attempts::Counted, || async {
+        server.kill9().await;
+        publish_while_down(&channel, kind).await;
+        server.restart().await;
+        channel
+    })
+    .await;
+    gw.stop().await;
+    common::forget_queue_namespaces(&[ns]).await;
+}
+
 #[test]
 fn a_nats_queue_loses_nothing_when_the_broker_is_killed() {
     block_on_multi_thread(async {
-        let mut server = Server::start(Kind::Nats).await;
-        let ns = format!("f{}", run_id());
-        let yaml = queue_yaml(&ns, "nats", &server.url());
-        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("q").await;
-        let channel = gw.channel.clone();
-        queue_fault(
-            "nats, broker killed",
-            channel.clone(),
-            Attempts::Counted,
-            || async {
-                server.kill9().await;
-                publish_while_down(&channel, "nats").await;
-                server.restart().await;
-                channel
-            },
-        )
-        .await;
-        gw.stop().await;
-        common::forget_queue_namespaces(&[ns]).await;
+        broker_fault("nats", Server::start(Kind::Nats).await).await;
     });
 }
 
 #[test]
 fn a_postgres_queue_loses_nothing_when_the_database_is_killed() {
     block_on_multi_thread(async {
-        let mut server = Server::start(Kind::Postgres).await;
-        let ns = format!("f{}", run_id());
-        let yaml = queue_yaml(&ns, "postgres", &server.url());
-        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("q").await;
-        let channel = gw.channel.clone();
-        queue_fault(
-            "postgres, database killed",
-            channel.clone(),
-            Attempts::Counted,
-            || async {
-                server.kill9().await;
-                publish_while_down(&channel, "postgres").await;
-                server.restart().await;
-                channel
-            },
-        )
-        .await;
-        gw.stop().await;
+        broker_fault("postgres", Server::start(Kind::Postgres).await).await;
     });
 }
 
@@ -572,27 +555,7 @@ fn a_kafka_queue_loses_nothing_when_the_broker_is_killed() {
         // nisshi keeps its log in a private Postgres, so a killed broker
         // restarts with it.
         let store = Server::start(Kind::Postgres).await;
-        let mut server = Server::start_nisshi(&store.url()).await;
-        let ns = format!("f{}", run_id());
-        let yaml = queue_yaml(&ns, "kafka", &server.url());
-        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
-        let gw = TestGateway::start_with(config).await;
-        gw.wait_backend_up("q").await;
-        let channel = gw.channel.clone();
-        queue_fault(
-            "kafka, broker killed",
-            channel.clone(),
-            Attempts::Counted,
-            || async {
-                server.kill9().await;
-                publish_while_down(&channel, "kafka").await;
-                server.restart().await;
-                channel
-            },
-        )
-        .await;
-        gw.stop().await;
-        common::forget_queue_namespaces(&[ns]).await;
+        broker_fault("kafka", Server::start_nisshi(&store.url()).await).await;
     });
 }
 

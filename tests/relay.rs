@@ -860,3 +860,132 @@ fn a_message_larger_than_kafka_takes_is_refused_at_write_time() {
         cleanup(&pool, &table, &ns).await;
     });
 }
+
+/// The high watermark of partition 0 of `topic`: how many records it holds.
+fn records_in(topic: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", "prism-relay-watermarks")
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
+
+#[test]
+fn two_gateways_relay_each_row_once() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_c_{run}");
+        let topic = format!("prism-relay-c-{run}");
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ kafka: {{ backend: kafka, topic: {topic} }} }}");
+        // One config, two gateways: both run the relay's actor.
+        let a = start(&run, &table, &to, &nats_url(), "kafka").await;
+        let b = start(&run, &table, &to, &nats_url(), "kafka").await;
+        write_all(&a, &table, 250).await;
+        write_all(&b, &table, 250).await;
+        wait_relayed(&pool, &ns).await;
+
+        let (sa, sb) = (relay_state(&a, &ns).await, relay_state(&b, &ns).await);
+        let relayed = sa["relayed"].as_u64().unwrap() + sb["relayed"].as_u64().unwrap();
+        assert_eq!(relayed, 500, "each row published by one gateway: {sa} {sb}");
+        assert!(
+            [&sa, &sb]
+                .iter()
+                .any(|s| s["status"] == "standby" && s["relayed"] == 0),
+            "one gateway stood by: {sa} {sb}"
+        );
+        assert_eq!(records_in(&topic), 500, "no row twice in the topic");
+
+        a.stop().await;
+        b.stop().await;
+        cleanup(&pool, &table, &ns).await;
+    });
+}
+
+#[test]
+fn a_standby_gateway_takes_over_when_the_relaying_one_is_killed() {
+    block_on_multi_thread(async {
+        let run = common::kv::run_id();
+        let ns = format!("r{run}");
+        let table = format!("prism_relay_f_{run}");
+        let subject = format!("prism.failover.{run}");
+        let stream = format!("FAILOVER_{run}");
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        capture(&js, &stream, &subject).await;
+        let pool = pg().await;
+        create_table(&pool, &table).await;
+        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
+        let yaml =
+            relay_yaml(&run, &table, &to, &nats_url()).replace("batch_size: 50", "batch_size: 5");
+        let path = std::env::temp_dir().join(format!("prism-failover-{run}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+
+        let mut first = serve(&path).await;
+        common::wait_until("the relay's cursor exists", || async {
+            sqlx::query("SELECT COUNT(*) FROM prism_relay_cursor WHERE namespace = $1")
+                .bind(ns.as_str())
+                .fetch_one(&pool)
+                .await
+                .is_ok_and(|r| r.get::<i64, _>(0) == 1)
+        })
+        .await;
+        let mut tx = pool.begin().await.unwrap();
+        for seq in 1..=WRITES {
+            sqlx::query(
+                "INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, message, \
+                 metadata, created_at) VALUES ($1, $2, $3, $4, $5, '{}', $6)",
+            )
+            .bind(ns.as_str())
+            .bind(MAILBOX)
+            .bind(seq)
+            .bind(format!("msg-{run}-{seq}"))
+            .bind(format!("m{seq}").into_bytes())
+            .bind(prism::backends::epoch_ms())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let js_stream = js.get_stream(&stream).await.unwrap();
+        let stored = || {
+            let mut s = js_stream.clone();
+            async move { s.info().await.unwrap().state.messages }
+        };
+        common::wait_until("the first gateway relays", || async {
+            stored().await >= 100
+        })
+        .await;
+        // A second gateway on the same config stands by; the first is killed.
+        let second = serve(&path).await;
+        first.kill().await.unwrap();
+        let killed = tokio::time::Instant::now();
+        let at_kill = stored().await;
+        common::wait_until("the second gateway takes over", || async {
+            stored().await > at_kill
+        })
+        .await;
+        let takeover = killed.elapsed();
+        wait_relayed(&pool, &ns).await;
+        let seen = stream_sequences(&js, &stream).await;
+        assert_complete_in_order(&seen, WRITES);
+        // JetStream drops a resend inside its duplicate window (Nats-Msg-Id):
+        // the stream holds each row once.
+        assert_eq!(seen.len() as i64, WRITES, "a row stored twice");
+        println!(
+            "FAULT relay: the relaying gateway killed at {at_kill} of {WRITES} rows; the standby \
+             published again {:.0} ms later; {} rows stored, each once",
+            takeover.as_secs_f64() * 1000.0,
+            seen.len()
+        );
+        drop(second);
+        js.delete_stream(&stream).await.unwrap();
+        cleanup(&pool, &table, &ns).await;
+        let _ = std::fs::remove_file(&path);
+    });
+}

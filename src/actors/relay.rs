@@ -7,7 +7,11 @@
 //! rows processed with ProcessMailbox never hides one from it. A row the
 //! broker keeps refusing is moved aside after `max_attempts`
 //! (`prism_mailbox_dead_letter`, shown by ReadMailbox, the actor tree and
-//! `/metrics`) so the rows after it flow on.
+//! `/metrics`) so the rows after it flow on. In a cluster every gateway
+//! runs the actor but only the one holding the relay's lease
+//! (`TransactOutbox::relay_lease`: a Postgres advisory lock on a
+//! connection of its own) publishes; the others stand by and take over at
+//! their next round once that gateway's connection is gone.
 //!
 //! Rounds never overlap: a wake-up during a round asks for another round
 //! after it. Wake-ups come from the backend's mailbox waiter
@@ -35,7 +39,9 @@ use super::{
 use crate::{
     backends::{
         relay::{self, RelaySink},
-        transact::{Lag, MailboxQuery, MailboxWake, RelayCursor, RelayId, TransactOutbox},
+        transact::{
+            Lag, MailboxQuery, MailboxWake, RelayCursor, RelayId, RelayLease, TransactOutbox,
+        },
         Backends, Health,
     },
     config::{GatewayConfig, RelaySpec},
@@ -82,6 +88,8 @@ pub struct RelayShared {
     outbox: Arc<dyn TransactOutbox>,
     /// How its cursor is keyed.
     key: RelayId,
+    /// Held by the one gateway of a cluster that runs this relay.
+    lease: tokio::sync::Mutex<Box<dyn RelayLease>>,
     sink: Arc<dyn RelaySink>,
     source_health: Arc<Health>,
     progress: Mutex<Progress>,
@@ -117,9 +125,13 @@ impl RelayShared {
     /// the cursor past what the broker acknowledged. A row the broker
     /// refuses (too large, malformed) is tried `max_attempts` times and
     /// then moved aside, so the rows after it flow on; a row the
-    /// destination could never take is moved aside at once. Returns
-    /// whether more rows may be waiting.
-    async fn round(self: Arc<Self>) -> Result<bool, Error> {
+    /// destination could never take is moved aside at once. Only the
+    /// gateway holding the relay's lease does any of this; the others stand
+    /// by and ask again each round.
+    async fn round(self: Arc<Self>) -> Result<Round, Error> {
+        if !self.lease.lock().await.hold().await? {
+            return Ok(Round::Standby);
+        }
         let (ns, mailbox) = (&self.namespace, &self.spec.mailbox);
         let cursor = self.outbox.relay_cursor(&self.key).await?;
         let batch = self.spec.batch_size;
@@ -207,7 +219,7 @@ impl RelayShared {
         if let Ok(lag) = self.outbox.lag(ns, mailbox, through).await {
             self.progress.lock().lag = lag;
         }
-        result.map(|()| more)
+        result.map(|()| if more { Round::More } else { Round::Done })
     }
 
     /// Wakes the actor whenever its mailbox's waiter says rows may be
@@ -223,6 +235,16 @@ impl RelayShared {
             addr.do_send(Wake);
         }
     }
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// A full batch went out: more may be waiting.
+    More,
+    Done,
+    /// Another gateway holds the relay's lease.
+    Standby,
 }
 
 /// Look for rows now.
@@ -288,13 +310,16 @@ impl MailboxListenerActor {
             let mut p = act.shared.progress.lock();
             p.rounds += 1;
             match result {
-                Ok(full) => {
+                Ok(round) => {
                     p.failures_in_a_row = 0;
                     p.backoff_ms = 0;
                     p.last_error = None;
-                    p.status = "idle";
+                    p.status = match round {
+                        Round::Standby => "standby",
+                        Round::More | Round::Done => "idle",
+                    };
                     drop(p);
-                    if full || act.again {
+                    if round == Round::More || act.again {
                         act.start_round(ctx);
                     }
                 }
@@ -324,7 +349,7 @@ impl MailboxListenerActor {
 }
 
 /// The round's task, aborted if the actor stops while it runs.
-struct RoundTask(Option<tokio::task::JoinHandle<Result<bool, Error>>>);
+struct RoundTask(Option<tokio::task::JoinHandle<Result<Round, Error>>>);
 
 impl Drop for RoundTask {
     fn drop(&mut self) {
@@ -520,17 +545,19 @@ pub fn configured(
             let outbox = source.transact.clone().ok_or_else(|| {
                 format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
             })?;
+            let key = RelayId {
+                namespace: ns.clone(),
+                name: name.clone(),
+                mailbox: relay.mailbox.clone(),
+            };
             out.push(Arc::new(RelayShared {
+                lease: tokio::sync::Mutex::new(outbox.relay_lease(&key)),
                 id: format!("relay/{ns}/{name}"),
                 name: name.clone(),
                 namespace: ns.clone(),
                 spec: relay.clone(),
                 outbox,
-                key: RelayId {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    mailbox: relay.mailbox.clone(),
-                },
+                key,
                 sink: relay::sink(&relay.to, ns, backends)?,
                 source_health: source.health.clone(),
                 progress: Mutex::new(Progress {

@@ -404,12 +404,7 @@ impl Backends {
                     };
                     let mut kv = sqlite::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    let SqlUses {
-                        collections,
-                        relays,
-                    } = uses(name);
-                    kv.collections = collections;
-                    kv.relays = relays;
+                    kv.serve(uses(name));
                     kv.dir = spec
                         .path
                         .as_ref()
@@ -421,12 +416,7 @@ impl Backends {
                 BackendKind::Postgres => {
                     let mut kv = postgres::open(name, &url, &spec.pool)?;
                     kv.init_sql = spec.init_sql.clone();
-                    let SqlUses {
-                        collections,
-                        relays,
-                    } = uses(name);
-                    kv.collections = collections;
-                    kv.relays = relays;
+                    kv.serve(uses(name));
                     let queue = pg_queue::PgQueue::new(&kv);
                     Some(Client::Sql(Arc::new(kv), Some(Arc::new(queue))))
                 }

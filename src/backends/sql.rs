@@ -103,6 +103,12 @@ impl SqlBackend {
         }
     }
 
+    /// What the backend serves beyond KeyValue (set before it connects).
+    pub fn serve(&mut self, uses: super::SqlUses) {
+        self.collections = uses.collections;
+        self.relays = uses.relays;
+    }
+
     /// The backend's cap on open transactions.
     pub fn transactions_allowed(&self) -> u32 {
         self.transactions_cap

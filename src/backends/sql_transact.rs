@@ -27,8 +27,8 @@ use super::{
     sqlite,
     transact::{
         row_not_found, DataOp, DeadLetterNote, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
-        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, RelayId, TransactOutbox,
-        WriteMode, WriteOp, WriteOutcome,
+        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, RelayId, RelayLease,
+        TransactOutbox, WriteMode, WriteOp, WriteOutcome,
     },
 };
 use crate::error::{Error, ErrorKind};
@@ -343,6 +343,23 @@ impl TransactOutbox for SqlOutbox {
         })
     }
 
+    fn relay_lease(&self, relay: &RelayId) -> Box<dyn RelayLease> {
+        match &self.0.listen_url {
+            Some(url) => Box::new(PgRelayLease {
+                url: url.clone(),
+                key: format!(
+                    "prism-relay/{}/{}/{}",
+                    relay.namespace, relay.name, relay.mailbox
+                ),
+                wait: self.0.wait,
+                conn: None,
+                held: false,
+                backend: self.0.name.clone(),
+            }),
+            None => Box::new(OneHost),
+        }
+    }
+
     fn mailbox_waiter(&self, namespace: &str, mailbox: &str) -> Box<dyn MailboxWaiter> {
         let written = self.0.outbox_written.subscribe();
         Box::new(SqlMailboxWaiter {
@@ -441,6 +458,77 @@ impl SqlOutbox {
             }
         }
         Ok(())
+    }
+}
+
+/// A relay's lease on Postgres: `pg_try_advisory_lock` on a connection of
+/// its own, kept while held (see [`RelayLease`]).
+struct PgRelayLease {
+    url: String,
+    /// `prism-relay/<namespace>/<relay>/<mailbox>`, hashed by the server.
+    key: String,
+    /// Bounds each step (connect, query) by the pool's connect timeout.
+    wait: Duration,
+    conn: Option<sqlx::postgres::PgConnection>,
+    held: bool,
+    backend: String,
+}
+
+impl PgRelayLease {
+    async fn try_hold(&mut self) -> Result<bool, sqlx::Error> {
+        use sqlx::Connection as _;
+        if self.conn.is_none() {
+            self.held = false;
+            self.conn = Some(sqlx::postgres::PgConnection::connect(&self.url).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
+        if self.held {
+            // Still ours while the connection lives.
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+            return Ok(true);
+        }
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(self.key.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+        self.held = taken;
+        Ok(taken)
+    }
+}
+
+#[async_trait]
+impl RelayLease for PgRelayLease {
+    async fn hold(&mut self) -> Result<bool, Error> {
+        match tokio::time::timeout(self.wait, self.try_hold()).await {
+            Ok(Ok(held)) => Ok(held),
+            failed => {
+                // The connection (and any lock it held) is gone: the next
+                // round starts over.
+                self.conn = None;
+                self.held = false;
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                Err(kv::unavailable(
+                    &self.backend,
+                    format!("the relay lease connection failed: {why}"),
+                ))
+            }
+        }
+    }
+}
+
+/// A SQLite relay's lease: the file is one host's, so always held.
+struct OneHost;
+
+#[async_trait]
+impl RelayLease for OneHost {
+    async fn hold(&mut self) -> Result<bool, Error> {
+        Ok(true)
     }
 }
 

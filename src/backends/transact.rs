@@ -195,6 +195,23 @@ pub trait TransactOutbox: Send + Sync {
 
     /// Waits for new rows in one mailbox (see [`MailboxWaiter`]).
     fn mailbox_waiter(&self, namespace: &str, mailbox: &str) -> Box<dyn MailboxWaiter>;
+
+    /// The lease that lets one gateway of a cluster run a relay (see
+    /// [`RelayLease`]).
+    fn relay_lease(&self, relay: &RelayId) -> Box<dyn RelayLease>;
+}
+
+/// Exactly one gateway runs a relay: the one holding its lease. On
+/// Postgres the lease is a session advisory lock held on a connection of
+/// its own — released by the server the moment that gateway's connection
+/// ends, however it ends (a crash included), so another takes over at its
+/// next round. A SQLite file is one host's: its relays need no lease.
+#[async_trait]
+pub trait RelayLease: Send {
+    /// Whether this gateway holds the lease now: takes it when free,
+    /// checks it is still held when already taken; false while another
+    /// gateway holds it.
+    async fn hold(&mut self) -> Result<bool, Error>;
 }
 
 /// Why a [`MailboxWaiter`] woke.
