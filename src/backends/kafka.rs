@@ -87,23 +87,8 @@ impl Ledger {
     /// gateway receives in it is where the group stood (its committed
     /// offset, or where its start position put it), so the acknowledged
     /// prefix is counted from there.
-    ///
-    /// A delivery past the known position with nothing of this gateway's in
-    /// between (nothing held, nothing acknowledged) means the group moved
-    /// on without it — another gateway's member committed while it held
-    /// the partition, or retention deleted those records — so the position
-    /// moves there: waiting for acknowledgements of messages this gateway
-    /// never delivered would stall the group's commits for good.
     fn note_position(&mut self, (partition, offset): (i32, i64)) {
-        let known = *self.committed.entry(partition).or_insert(offset);
-        if offset > known {
-            let between = (partition, known)..(partition, offset);
-            let ours = self.held.range(between.clone()).next().is_some()
-                || self.acked.range(between).next().is_some();
-            if !ours {
-                self.committed.insert(partition, offset);
-            }
-        }
+        self.committed.entry(partition).or_insert(offset);
     }
 
     /// The commit metadata for a partition: what was delivered so far.
@@ -1108,65 +1093,23 @@ impl Drop for KafkaConsumer {
 mod tests {
     use super::*;
 
-    /// What a fetch does with a received message: note it, hold it.
-    fn deliver(l: &mut Ledger, partition: i32, offset: i64) {
-        l.note_position((partition, offset));
-        let message = QueueMessage {
-            topic: "t".into(),
-            partition,
-            offset,
-            payload: Vec::new(),
-            headers: HashMap::new(),
-            timestamp_ms: 0,
-            attempt: 1,
-        };
-        let held = Held {
-            member: 0,
-            deadline_ms: 0,
-            message,
-        };
-        l.held.insert((partition, offset), held);
-    }
-
-    /// What Acknowledge does.
-    fn ack(l: &mut Ledger, partition: i32, offset: i64) {
-        l.held.remove(&(partition, offset));
-        l.acked.insert((partition, offset));
-    }
-
     #[test]
     fn the_committed_prefix_starts_where_the_group_stood() {
         let mut l = Ledger::default();
         for offset in 5..8 {
-            deliver(&mut l, 0, offset);
+            l.note_position((0, offset));
         }
         // Only the last of three delivered is acknowledged: nothing moves.
-        ack(&mut l, 0, 7);
+        l.acked.insert((0, 7));
         assert!(l.advance().is_empty());
         assert!(!l.done((0, 5)) && !l.done((0, 6)));
         // The first two follow: all three are committed at once.
-        ack(&mut l, 0, 5);
-        ack(&mut l, 0, 6);
+        l.acked.insert((0, 5));
+        l.acked.insert((0, 6));
         assert_eq!(l.advance(), vec![(0, 8)]);
         // An acknowledgement in a partition never delivered moves nothing.
         l.acked.insert((1, 3));
         assert!(l.advance().is_empty());
-    }
-
-    #[test]
-    fn a_position_the_group_moved_past_without_us_is_followed() {
-        let mut l = Ledger::default();
-        deliver(&mut l, 0, 5);
-        // Offset 9 arrives while 5 is held: 5..9 are ours, nothing moves.
-        l.note_position((0, 9));
-        assert_eq!(l.committed[&0], 5);
-        // The partition went to another gateway, which committed up to 40;
-        // nothing of ours lies between: the position follows.
-        l.held.clear();
-        deliver(&mut l, 0, 40);
-        assert_eq!(l.committed[&0], 40);
-        ack(&mut l, 0, 40);
-        assert_eq!(l.advance(), vec![(0, 41)]);
     }
 
     #[test]
