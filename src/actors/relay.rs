@@ -111,6 +111,15 @@ impl RelayShared {
         (lag.unprocessed, age)
     }
 
+    /// Lets the relay's lease go, unless a round is using it (the round
+    /// then ends with it; a failed or given-up relay must not keep other
+    /// gateways from relaying).
+    fn release_lease(&self) {
+        if let Ok(mut lease) = self.lease.try_lock() {
+            lease.release();
+        }
+    }
+
     /// Whether this relay's destination could ever take the message.
     pub fn check(&self, message: &[u8], headers: &BTreeMap<String, String>) -> Result<(), Error> {
         self.sink.check(message, headers)
@@ -334,6 +343,9 @@ impl MailboxListenerActor {
                     if e.kind == crate::error::ErrorKind::Unavailable {
                         act.shared.source_health.suspect();
                     }
+                    // A gateway that cannot relay lets another try while it
+                    // backs off (it may retake the lease after).
+                    act.shared.release_lease();
                     tracing::warn!(
                         relay = %act.shared.name,
                         error = %e.message,
@@ -524,6 +536,7 @@ impl Child for RelayShared {
     /// The mailbox is no longer relayed; the node says why (rows wait in
     /// the mailbox, nothing is lost; a gateway restart resumes).
     fn give_up(&self, _: &Arc<tokio::runtime::Handle>, why: &str) {
+        self.release_lease();
         let mut p = self.progress.lock();
         p.status = "stopped";
         p.last_error = Some(format!("the relay's actor kept failing: {why}"));

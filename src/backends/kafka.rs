@@ -164,12 +164,33 @@ impl Ledger {
 /// group's commit queue. Without a member, or when the commit fails, the
 /// positions stay pending for the next commit; returns whether everything
 /// pending was committed.
+///
+/// The work runs in a task of its own that the caller awaits: an
+/// Acknowledge whose client goes away mid-commit must not give up its turn
+/// (or its positions) while the commit is still in flight. The task ends
+/// when the commit does (librdkafka bounds it).
 async fn commit_pending(
     ledger: &Arc<Mutex<Ledger>>,
     topic_name: &str,
     member: Option<Arc<StreamConsumer>>,
     delivered_in: &BTreeSet<i32>,
 ) -> bool {
+    let work = commit_in_turn(
+        ledger.clone(),
+        topic_name.to_string(),
+        member,
+        delivered_in.clone(),
+    );
+    tokio::spawn(work).await.unwrap_or(false)
+}
+
+async fn commit_in_turn(
+    ledger: Arc<Mutex<Ledger>>,
+    topic_name: String,
+    member: Option<Arc<StreamConsumer>>,
+    delivered_in: BTreeSet<i32>,
+) -> bool {
+    let (ledger, topic_name, delivered_in) = (&ledger, topic_name.as_str(), &delivered_in);
     let gate = ledger.lock().commits.clone();
     let _turn = gate.lock().await;
     let (offsets, tpl) = {

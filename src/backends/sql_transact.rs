@@ -479,7 +479,22 @@ impl PgRelayLease {
         use sqlx::Connection as _;
         if self.conn.is_none() {
             self.held = false;
-            self.conn = Some(sqlx::postgres::PgConnection::connect(&self.url).await?);
+            let mut conn = sqlx::postgres::PgConnection::connect(&self.url).await?;
+            // A gateway whose host dies sends no FIN: the server drops its
+            // session (and the lock) once keepalives go unanswered, about
+            // 11 s, not the kernel's default two hours.
+            for set in [
+                "SET tcp_keepalives_idle = 5",
+                "SET tcp_keepalives_interval = 2",
+                "SET tcp_keepalives_count = 3",
+                "SET tcp_user_timeout = 10000",
+            ] {
+                // (Best effort: an older server lacks tcp_user_timeout.)
+                if let Err(e) = sqlx::query(set).execute(&mut conn).await {
+                    tracing::debug!(error = %e, set, "relay lease connection setting");
+                }
+            }
+            self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
@@ -501,6 +516,12 @@ impl PgRelayLease {
 
 #[async_trait]
 impl RelayLease for PgRelayLease {
+    fn release(&mut self) {
+        // Closing the connection ends the session and its lock.
+        self.conn = None;
+        self.held = false;
+    }
+
     async fn hold(&mut self) -> Result<bool, Error> {
         match tokio::time::timeout(self.wait, self.try_hold()).await {
             Ok(Ok(held)) => Ok(held),
@@ -527,6 +548,8 @@ struct OneHost;
 
 #[async_trait]
 impl RelayLease for OneHost {
+    fn release(&mut self) {}
+
     async fn hold(&mut self) -> Result<bool, Error> {
         Ok(true)
     }

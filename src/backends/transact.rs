@@ -212,6 +212,9 @@ pub trait RelayLease: Send {
     /// checks it is still held when already taken; false while another
     /// gateway holds it.
     async fn hold(&mut self) -> Result<bool, Error>;
+
+    /// Lets the lease go (another gateway may take it at once).
+    fn release(&mut self);
 }
 
 /// Why a [`MailboxWaiter`] woke.
