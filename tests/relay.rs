@@ -426,38 +426,44 @@ async fn serve(config: &std::path::Path) -> tokio::process::Child {
         .0
 }
 
-#[test]
-fn killing_the_gateway_mid_relay_loses_nothing() {
-    block_on_multi_thread(async {
+/// A relay from Postgres to NATS (batches of 5, so a kill lands mid-way)
+/// served by a `prism serve` process, its mailbox filled at once with
+/// `WRITES` rows written directly (as after an outage).
+struct Crash {
+    ns: String,
+    table: String,
+    stream: String,
+    js: async_nats::jetstream::Context,
+    pool: AnyPool,
+    path: std::path::PathBuf,
+}
+
+impl Crash {
+    async fn start(name: &str) -> (Crash, tokio::process::Child) {
         let run = common::kv::run_id();
         let ns = format!("r{run}");
-        let table = format!("prism_relay_x_{run}");
-        let subject = format!("prism.crash.{run}");
-        let stream = format!("CRASH_{run}");
+        let table = format!("prism_relay_{name}_{run}");
+        let subject = format!("prism.{name}.{run}");
+        let stream = format!("{}_{run}", name.to_uppercase());
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
         capture(&js, &stream, &subject).await;
         let pool = pg().await;
         create_table(&pool, &table).await;
-        // Small batches so the relay is surely mid-way when it is killed.
         let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
         let yaml =
             relay_yaml(&run, &table, &to, &nats_url()).replace("batch_size: 50", "batch_size: 5");
         let path = std::env::temp_dir().join(format!("prism-relay-{run}.yaml"));
         std::fs::write(&path, yaml).unwrap();
-
-        let mut first = serve(&path).await;
-        // The gateway creates the mailbox tables when it connects.
-        common::wait_until("the mailbox table exists", || async {
-            sqlx::query("SELECT CAST(to_regclass('prism_mailbox') AS TEXT)")
+        let first = serve(&path).await;
+        // The gateway makes the tables and the relay's cursor when it connects.
+        common::wait_until("the relay's cursor exists", || async {
+            sqlx::query("SELECT COUNT(*) FROM prism_relay_cursor WHERE namespace = $1")
+                .bind(ns.as_str())
                 .fetch_one(&pool)
                 .await
-                .unwrap()
-                .get::<Option<String>, _>(0)
-                .is_some()
+                .is_ok_and(|r| r.get::<i64, _>(0) == 1)
         })
         .await;
-        // The mailbox fills at once (as after an outage): 1,000 rows in one
-        // transaction, written directly.
         let mut tx = pool.begin().await.unwrap();
         for seq in 1..=WRITES {
             sqlx::query(
@@ -475,31 +481,54 @@ fn killing_the_gateway_mid_relay_loses_nothing() {
             .unwrap();
         }
         tx.commit().await.unwrap();
+        let crash = Crash {
+            ns,
+            table,
+            stream,
+            js,
+            pool,
+            path,
+        };
+        (crash, first)
+    }
+
+    /// Messages in the destination stream now.
+    async fn stored(&self) -> u64 {
+        let mut s = self.js.get_stream(&self.stream).await.unwrap();
+        s.info().await.unwrap().state.messages
+    }
+
+    async fn finish(self) {
+        self.js.delete_stream(&self.stream).await.unwrap();
+        cleanup(&self.pool, &self.table, &self.ns).await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn killing_the_gateway_mid_relay_loses_nothing() {
+    block_on_multi_thread(async {
+        let (c, mut first) = Crash::start("crash").await;
 
         // Kill -9 once some, not all, have gone out.
-        let js_stream = js.get_stream(&stream).await.unwrap();
-        common::wait_until("the relay has sent 100", || {
-            let mut js_stream = js_stream.clone();
-            async move { js_stream.info().await.unwrap().state.messages >= 100 }
+        common::wait_until("the relay has sent 100", || async {
+            c.stored().await >= 100
         })
         .await;
         first.kill().await.unwrap();
-        let left = unprocessed(&pool, &ns).await;
+        let left = unprocessed(&c.pool, &c.ns).await;
         assert!(
             left > 0,
             "the relay finished before the kill; nothing was tested"
         );
 
         // A new gateway on the same config finishes the job.
-        let second = serve(&path).await;
-        wait_relayed(&pool, &ns).await;
-        let seen = stream_sequences(&js, &stream).await;
+        let second = serve(&c.path).await;
+        wait_relayed(&c.pool, &c.ns).await;
+        let seen = stream_sequences(&c.js, &c.stream).await;
         assert_complete_in_order(&seen, WRITES);
         drop(second);
-
-        js.delete_stream(&stream).await.unwrap();
-        cleanup(&pool, &table, &ns).await;
-        let _ = std::fs::remove_file(&path);
+        c.finish().await;
     });
 }
 
@@ -911,68 +940,23 @@ fn two_gateways_relay_each_row_once() {
 #[test]
 fn a_standby_gateway_takes_over_when_the_relaying_one_is_killed() {
     block_on_multi_thread(async {
-        let run = common::kv::run_id();
-        let ns = format!("r{run}");
-        let table = format!("prism_relay_f_{run}");
-        let subject = format!("prism.failover.{run}");
-        let stream = format!("FAILOVER_{run}");
-        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-        capture(&js, &stream, &subject).await;
-        let pool = pg().await;
-        create_table(&pool, &table).await;
-        let to = format!("{{ nats: {{ backend: nats, subject: {subject} }} }}");
-        let yaml =
-            relay_yaml(&run, &table, &to, &nats_url()).replace("batch_size: 50", "batch_size: 5");
-        let path = std::env::temp_dir().join(format!("prism-failover-{run}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-
-        let mut first = serve(&path).await;
-        common::wait_until("the relay's cursor exists", || async {
-            sqlx::query("SELECT COUNT(*) FROM prism_relay_cursor WHERE namespace = $1")
-                .bind(ns.as_str())
-                .fetch_one(&pool)
-                .await
-                .is_ok_and(|r| r.get::<i64, _>(0) == 1)
-        })
-        .await;
-        let mut tx = pool.begin().await.unwrap();
-        for seq in 1..=WRITES {
-            sqlx::query(
-                "INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, message, \
-                 metadata, created_at) VALUES ($1, $2, $3, $4, $5, '{}', $6)",
-            )
-            .bind(ns.as_str())
-            .bind(MAILBOX)
-            .bind(seq)
-            .bind(format!("msg-{run}-{seq}"))
-            .bind(format!("m{seq}").into_bytes())
-            .bind(prism::backends::epoch_ms())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        }
-        tx.commit().await.unwrap();
-        let js_stream = js.get_stream(&stream).await.unwrap();
-        let stored = || {
-            let mut s = js_stream.clone();
-            async move { s.info().await.unwrap().state.messages }
-        };
+        let (c, mut first) = Crash::start("failover").await;
         common::wait_until("the first gateway relays", || async {
-            stored().await >= 100
+            c.stored().await >= 100
         })
         .await;
         // A second gateway on the same config stands by; the first is killed.
-        let second = serve(&path).await;
+        let second = serve(&c.path).await;
         first.kill().await.unwrap();
         let killed = tokio::time::Instant::now();
-        let at_kill = stored().await;
+        let at_kill = c.stored().await;
         common::wait_until("the second gateway takes over", || async {
-            stored().await > at_kill
+            c.stored().await > at_kill
         })
         .await;
         let takeover = killed.elapsed();
-        wait_relayed(&pool, &ns).await;
-        let seen = stream_sequences(&js, &stream).await;
+        wait_relayed(&c.pool, &c.ns).await;
+        let seen = stream_sequences(&c.js, &c.stream).await;
         assert_complete_in_order(&seen, WRITES);
         // JetStream drops a resend inside its duplicate window (Nats-Msg-Id):
         // the stream holds each row once.
@@ -984,8 +968,6 @@ fn a_standby_gateway_takes_over_when_the_relaying_one_is_killed() {
             seen.len()
         );
         drop(second);
-        js.delete_stream(&stream).await.unwrap();
-        cleanup(&pool, &table, &ns).await;
-        let _ = std::fs::remove_file(&path);
+        c.finish().await;
     });
 }
