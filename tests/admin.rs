@@ -6,7 +6,11 @@
 
 mod common;
 
-use common::{http, parse_exposition, wait_until, TestGateway, ADMIN_TOKEN};
+use common::{
+    http, parse_exposition,
+    servers::{Kind, Server},
+    wait_until, TestGateway, ADMIN_TOKEN,
+};
 use prism::{
     actors::Fault,
     proto::admin::v1::{self as admin, admin_service_client::AdminServiceClient},
@@ -217,18 +221,18 @@ fn a_stuck_actor_shows_the_messages_waiting_in_its_mailbox() {
 #[test]
 fn readyz_fails_while_a_backend_is_down_and_recovers() {
     block_on_multi_thread(async {
-        let port = common::free_port();
-        let redis = common::RedisServer::start(port).await;
+        let mut redis = Server::start(Kind::RedisVolatile).await;
         let yaml = format!(
             r#"
 server: {{ admin_token: {ADMIN_TOKEN}, supervision_interval: 100ms, actor_threads: 2 }}
 backends:
-  cache: {{ type: redis, url: "redis://127.0.0.1:{port}", pool: {pool} }}
+  cache: {{ type: redis, url: "{url}", pool: {pool} }}
 namespaces:
   ready:
     allowed_backends: [cache]
     allowed_patterns: [key_value]
 "#,
+            url = redis.url(),
             pool = common::kv::FAST_POOL
         );
         let config = prism::config::GatewayConfig::from_yaml(
@@ -250,14 +254,14 @@ namespaces:
         };
         assert_eq!(readyz().await.0, 200);
 
-        redis.stop().await;
+        redis.kill9().await;
         wait_until("readyz reports the backend down", || async {
             let (status, body) = readyz().await;
             status == 503 && body.contains("backend cache")
         })
         .await;
 
-        let _redis = common::RedisServer::start(port).await;
+        redis.restart().await;
         wait_until("readyz recovers", || async { readyz().await.0 == 200 }).await;
         gw.stop().await;
     });

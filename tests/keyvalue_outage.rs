@@ -12,9 +12,8 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
-    free_port,
     kv::{database_url, kv_config, redis_url, run_id, Harness, Kv},
-    RedisServer,
+    servers::{Kind, Server},
 };
 use prism::{backends::HealthState, error::Service, runtime::block_on_multi_thread};
 use tokio::{
@@ -95,10 +94,9 @@ async fn wait_namespace_health(h: &Harness, service: &str, want: ServingStatus) 
 #[test]
 fn redis_outage_is_unavailable_then_recovers_without_restart() {
     block_on_multi_thread(async {
-        let port = free_port();
-        let server = RedisServer::start(port).await;
+        let mut server = Server::start(Kind::RedisVolatile).await;
         let run = run_id();
-        let config = kv_config(&run, &database_url(), &format!("redis://127.0.0.1:{port}"));
+        let config = kv_config(&run, &database_url(), &server.url());
         let h = Harness::start_with(config).await;
         let kv = h.client("redis").await;
         kv.set("before", b"1").await.unwrap();
@@ -108,7 +106,7 @@ fn redis_outage_is_unavailable_then_recovers_without_restart() {
             ServingStatus::Serving
         );
 
-        server.stop().await;
+        server.kill9().await;
         expect_unavailable(&kv).await;
         h.wait_health("redis", HealthState::Down).await;
         wait_namespace_health(&h, &namespace, ServingStatus::NotServing).await;
@@ -116,7 +114,7 @@ fn redis_outage_is_unavailable_then_recovers_without_restart() {
         let pool = tree.find("backend/redis").unwrap();
         assert_eq!(pool.state["health"], "down", "{}", pool.state);
 
-        let _server = RedisServer::start(port).await;
+        server.restart().await;
         h.wait_health("redis", HealthState::Up).await;
         wait_namespace_health(&h, &namespace, ServingStatus::Serving).await;
         // The restarted server kept nothing (no persistence); the gateway

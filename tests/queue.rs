@@ -1066,10 +1066,6 @@ fn closing_the_session_or_dropping_the_stream_stops_the_subscription() {
     });
 }
 
-/// A subscription ended with its session while it waits on a fetch must
-/// release its consumer, not drop it: what it held goes back to the group
-/// at once, not after the (60 s) visibility timeout. Kafka is left out: a
-/// new member waits for the group to rebalance, which says nothing here.
 #[test]
 fn an_out_of_order_acknowledgement_never_skips_what_was_not_acknowledged() {
     block_on_multi_thread(async {
@@ -1164,6 +1160,10 @@ fn an_out_of_order_acknowledgement_never_skips_what_was_not_acknowledged() {
     });
 }
 
+/// A subscription ended with its session while it waits on a fetch must
+/// release its consumer, not drop it: what it held goes back to the group
+/// at once, not after the (60 s) visibility timeout. Kafka is left out: a
+/// new member waits for the group to rebalance, which says nothing here.
 #[test]
 fn a_subscription_ended_with_its_session_hands_back_what_it_held() {
     block_on_multi_thread(async {

@@ -1,16 +1,20 @@
 //! Outbox relay tests (MailboxListenerActor) on real servers: Writes on
 //! Postgres relayed to Kafka (nisshi) and to NATS JetStream arrive complete
-//! and in sequence order; a NATS outage (a private nats-server, really
-//! stopped and restarted) delays but loses nothing; a gateway killed
+//! and in sequence order; a NATS outage (a private nats-server,
+//! `common::servers`, really killed and restarted) delays but loses nothing; a gateway killed
 //! mid-relay and started again loses nothing (duplicates allowed, gaps not);
 //! the embedded default relays `order-events` to PubSub with no other
 //! service.
 
 mod common;
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use common::{api_key_request, free_port, TestGateway, TEST_KEY};
+use common::{
+    api_key_request,
+    servers::{Kind, Server},
+    TestGateway, TEST_KEY,
+};
 use futures::StreamExt;
 use prism::{
     config::{GatewayConfig, Source},
@@ -322,23 +326,6 @@ fn a_thousand_writes_reach_nats_complete_and_in_order() {
     });
 }
 
-/// A private nats-server with JetStream on `port`, storing in `dir`.
-fn nats_server(port: u16, dir: &std::path::Path) -> tokio::process::Child {
-    let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
-        "/usr/sbin/nats-server"
-    } else {
-        "nats-server"
-    };
-    tokio::process::Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server is installed")
-}
-
 async fn connect_retrying(url: &str) -> async_nats::Client {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -369,10 +356,8 @@ fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
         let table = format!("prism_relay_o_{run}");
         let subject = format!("prism.outage.{run}");
         let stream = format!("OUTAGE_{run}");
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("prism-nats-{run}"));
-        let url = format!("nats://127.0.0.1:{port}");
-        let mut server = nats_server(port, &dir);
+        let mut server = Server::start(Kind::Nats).await;
+        let url = server.url();
         let js = async_nats::jetstream::new(connect_retrying(&url).await);
         capture(&js, &stream, &subject).await;
 
@@ -384,7 +369,7 @@ fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
         wait_relayed(&pool, &ns).await;
 
         // The broker goes away; writes still commit.
-        server.kill().await.unwrap();
+        server.kill9().await;
         write_all(&gw, &table, 100).await;
         assert!(unprocessed(&pool, &ns).await > 0);
         // The listener fails and backs off (its state says so). Each failed
@@ -401,8 +386,7 @@ fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
         assert!(s["lag"]["unprocessed"].as_u64().unwrap() > 0, "{s}");
 
         // The broker returns (same port, same store): everything arrives.
-        let _server = nats_server(port, &dir);
-        connect_retrying(&url).await;
+        server.restart().await;
         wait_relayed(&pool, &ns).await;
         let s = relay_state(&gw, &ns).await;
         assert_eq!(s["lag"]["unprocessed"], 0, "{s}");
@@ -411,7 +395,6 @@ fn with_the_broker_down_writes_commit_and_the_relay_catches_up() {
 
         gw.stop().await;
         cleanup(&pool, &table, &ns).await;
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
@@ -701,9 +684,8 @@ fn a_client_processing_rows_never_hides_them_from_the_relay() {
         let table = format!("prism_relay_p_{run}");
         let subject = format!("prism.processed.{run}");
         let stream = format!("PROCESSED_{run}");
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("prism-nats-{run}"));
-        let url = format!("nats://127.0.0.1:{port}");
+        let mut server = Server::prepare(Kind::Nats).await;
+        let url = server.url();
         let pool = pg().await;
         create_table(&pool, &table).await;
         // The relay's broker is not up yet, so every row waits for it.
@@ -740,7 +722,7 @@ fn a_client_processing_rows_never_hides_them_from_the_relay() {
         assert_eq!(processed.processed_count, 50);
 
         // The broker comes up: the relay still publishes all 50.
-        let _server = nats_server(port, &dir);
+        server.restart().await;
         let js = async_nats::jetstream::new(connect_retrying(&url).await);
         capture(&js, &stream, &subject).await;
         wait_relayed(&pool, &ns).await;
@@ -751,7 +733,6 @@ fn a_client_processing_rows_never_hides_them_from_the_relay() {
 
         gw.stop().await;
         cleanup(&pool, &table, &ns).await;
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 

@@ -102,6 +102,12 @@ impl PubSubShared {
         &self.spec.id
     }
 
+    /// Still delivering, as a client sees it: ended as soon as its sink
+    /// is (Unsubscribe), not only once the actor has finished.
+    pub fn is_live(&self) -> bool {
+        self.is_active() && !self.sink.is_ended()
+    }
+
     pub fn is_active(&self) -> bool {
         self.ended_ms.load(Ordering::Acquire) == 0
     }
@@ -138,9 +144,7 @@ impl PubSubShared {
             queue_group: self.spec.queue_group.clone(),
             created_at: Some(self.created.into()),
             messages_received: self.sink.received.load(Ordering::Relaxed) as i64,
-            // Ended as soon as its sink is (Unsubscribe), not only once the
-            // actor has finished.
-            active: self.is_active() && !self.sink.is_ended(),
+            active: self.is_live(),
         }
     }
 }

@@ -471,7 +471,8 @@ async fn hand_over(
     while let Some(message) = pending.pop_front() {
         let cost = bytes.cost(&message);
         // Bytes first, then a slot: a slot is never held while its message
-        // waits for bytes, so `buffered` counts only messages in the buffer.
+        // waits for bytes, so `buffered` counts only messages in the buffer
+        // (`buffered_bytes` may count one still waiting for its slot).
         let moved = tokio::time::timeout(STEP_WAIT, async {
             let held = bytes.take(cost).await;
             let slot = tx.reserve().await.ok()?;

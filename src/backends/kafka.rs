@@ -175,6 +175,13 @@ async fn commit_pending(
     member: Option<Arc<StreamConsumer>>,
     delivered_in: &BTreeSet<i32>,
 ) -> bool {
+    // Nothing that could be pending: no task, no turn (every fetch asks).
+    {
+        let l = ledger.lock();
+        if l.unconfirmed.is_empty() && l.acked.is_empty() && delivered_in.is_empty() {
+            return true;
+        }
+    }
     let work = commit_in_turn(
         ledger.clone(),
         topic_name.to_string(),

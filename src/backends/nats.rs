@@ -187,10 +187,7 @@ impl NatsBackend {
         for (i, row) in rows.iter().enumerate() {
             let mut fields = super::relay::headers(row);
             fields.insert("Nats-Msg-Id".into(), row.message_id.clone());
-            let headers = match self
-                .check_message(&row.message, &fields)
-                .and_then(|()| header_map(&fields).map_err(super::relay::refused))
-            {
+            let headers = match self.message_headers(&row.message, &fields) {
                 Ok(h) => h,
                 // The rows before it go out; this one is refused.
                 Err(e) => {
@@ -238,15 +235,15 @@ impl NatsBackend {
         Ok(())
     }
 
-    /// Whether the server could ever take a message of this payload and
-    /// headers: header names and values it can carry, and a size within
-    /// its `max_payload` (known once connected).
-    pub fn check_message(
+    /// The NATS headers for a message, if the server could ever take it:
+    /// header names and values it can carry, and a size within its
+    /// `max_payload` (known once connected); else a refusal saying why.
+    pub fn message_headers(
         &self,
         message: &[u8],
         headers: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), Error> {
-        header_map(headers).map_err(super::relay::refused)?;
+    ) -> Result<async_nats::HeaderMap, Error> {
+        let map = header_map(headers).map_err(super::relay::refused)?;
         if let Ok(client) = self.client() {
             let size = headers.iter().fold(message.len() + 14, |n, (k, v)| {
                 n.saturating_add(k.len() + v.len() + 4)
@@ -260,7 +257,7 @@ impl NatsBackend {
                 )));
             }
         }
-        Ok(())
+        Ok(map)
     }
 
     /// The core NATS client (PubSub).
@@ -441,10 +438,7 @@ impl QueueBasic for NatsBackend {
                 continue;
             }
             let fields = item.headers.into_iter().collect();
-            let headers = match self
-                .check_message(&item.payload, &fields)
-                .and_then(|()| header_map(&fields).map_err(super::relay::refused))
-            {
+            let headers = match self.message_headers(&item.payload, &fields) {
                 Ok(h) => h,
                 Err(e) => {
                     results.push(Err(Error::invalid_argument("MESSAGE_REFUSED", e.message)));

@@ -126,10 +126,7 @@ fn transient(e: &redis::RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
-        || matches!(
-            e.retry_method(),
-            R::WaitAndRetry | R::RefreshSlotsAndRetry | R::Reconnect | R::RetryImmediately
-        )
+        || matches!(e.retry_method(), R::WaitAndRetry | R::RefreshSlotsAndRetry)
 }
 
 impl RedisBackend {

@@ -154,7 +154,7 @@ impl RelaySink for NatsSink {
         let mut sent = headers.clone();
         let id = headers.get(HEADER_MESSAGE_ID).cloned().unwrap_or_default();
         sent.insert("Nats-Msg-Id".into(), id);
-        self.nats.check_message(message, &sent)
+        self.nats.message_headers(message, &sent).map(|_| ())
     }
 }
 

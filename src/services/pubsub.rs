@@ -336,7 +336,7 @@ impl PubSubService for PubSubApi {
                     .with("subscription_id", req.subscription_id.clone()),
                 )
             })?;
-        let was_active = entry.shared.is_active() && !entry.shared.sink.is_ended();
+        let was_active = entry.shared.is_live();
         entry.shared.sink.end(SinkEnd::Done("unsubscribed"));
         Ok(call.reply(pb::UnsubscribeResponse {
             success: was_active,

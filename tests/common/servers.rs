@@ -1,4 +1,4 @@
-//! Private backend servers for fault tests: a Postgres cluster (initdb), a
+//! Private backend servers for outage and fault tests: a Postgres cluster (initdb), a
 //! redis-server, a nats-server with JetStream and a nisshi Kafka broker,
 //! each on a free loopback port with its data in a directory of its own.
 //! A test kills one with SIGKILL (by the PID it started, never by name) and
@@ -75,21 +75,33 @@ impl Server {
     }
 
     async fn start_with(kind: Kind, store: Option<String>) -> Server {
+        let mut server = Self::prepare_with(kind, store).await;
+        server.restart().await;
+        server
+    }
+
+    /// A server of `kind` with its port and data chosen, not running yet
+    /// (a test that needs its backend down first); [`Server::restart`]
+    /// starts it.
+    pub async fn prepare(kind: Kind) -> Server {
+        assert!(kind != Kind::Nisshi, "nisshi needs a store: start_nisshi");
+        Self::prepare_with(kind, None).await
+    }
+
+    async fn prepare_with(kind: Kind, store: Option<String>) -> Server {
         let name = format!("{kind:?}").to_lowercase();
         let dir = std::env::temp_dir().join(format!("prism-fault-{name}-{}", super::kv::run_id()));
         std::fs::create_dir_all(&dir).unwrap();
         if kind == Kind::Postgres {
             init_postgres(&dir).await;
         }
-        let mut server = Server {
+        Server {
             kind,
             port: super::free_port(),
             dir,
             store,
             child: None,
-        };
-        server.restart().await;
-        server
+        }
     }
 
     /// Its URL as the gateway's config takes it.
