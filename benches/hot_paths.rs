@@ -62,10 +62,14 @@ fn token_validation(c: &mut Criterion) {
         token_of_last = tok;
     }
     c.bench_function("session token check (registry authorize)", |b| {
-        b.iter(|| registry.authorize(black_box(&token_of_last)).unwrap())
+        b.iter(|| {
+            futures::executor::block_on(registry.authorize(black_box(&token_of_last))).unwrap()
+        })
     });
     c.bench_function("session token check, unknown token", |b| {
-        b.iter(|| registry.authorize(black_box("prism_not-a-token")).is_err())
+        b.iter(|| {
+            futures::executor::block_on(registry.authorize(black_box("prism_not-a-token"))).is_err()
+        })
     });
     c.bench_function("api key verification", |b| {
         b.iter(|| auth.api_key(black_box("prism-dev-key")).unwrap())

@@ -3,7 +3,8 @@
 # talk to answers on loopback: Postgres (5432, database `test`), Redis (6379),
 # NATS with JetStream (4222) and the nisshi Kafka broker (9092). Services that
 # are down are started; nisshi is installed when missing (~15 min, once), and
-# Debian's chromium (the admin page test) when missing.
+# Debian's chromium (the admin page test) and haproxy (the cluster test) when
+# missing.
 # Then: cargo fmt --check, cargo clippy -D warnings, cargo test (the whole
 # workspace: gateway, wire contract, load runner), and a Python
 # client generated from proto/ against the binary on its embedded default.
@@ -73,6 +74,12 @@ ensure_chromium() {
   apt_install chromium
 }
 
+ensure_haproxy() {
+  # The cluster test balances three gateways with Debian's HAProxy.
+  if command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; then log "haproxy present"; return; fi
+  apt_install haproxy
+}
+
 ensure_kafka() {
   if port_open 9092; then log "kafka (nisshi) is up on 127.0.0.1:9092"; return; fi
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -93,6 +100,12 @@ ensure_redis
 ensure_nats
 ensure_kafka
 ensure_chromium
+ensure_haproxy
+# tests/deploy.rs validates the Kubernetes manifests offline.
+if ! command -v kubernetes-validate >/dev/null; then
+  log "installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

@@ -40,6 +40,23 @@ impl Clock {
     pub fn timestamp_at(&self, ms: u64) -> prost_types::Timestamp {
         self.wall_at(ms).into()
     }
+
+    /// Milliseconds since the Unix epoch at `ms` on this clock: how times
+    /// are written where other processes read them (the session store).
+    pub fn epoch_ms(&self, ms: u64) -> u64 {
+        epoch_ms(self.wall_at(ms))
+    }
+
+    /// This clock's milliseconds at `epoch` ms since the Unix epoch; a time
+    /// before this clock started reads as its start.
+    pub fn from_epoch_ms(&self, epoch: u64) -> u64 {
+        epoch.saturating_sub(epoch_ms(self.base_wall))
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, ms)
 }
 
 pub fn ms(d: Duration) -> u64 {

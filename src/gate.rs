@@ -136,20 +136,21 @@ impl<H: Clone> Gate<H> {
     }
 
     /// Admits a request (token from its field or header).
-    pub fn open<T: Message + SessionToken>(
+    pub async fn open<T: Message + SessionToken>(
         &self,
         request: &Request<T>,
         kind: Kind,
     ) -> Result<Call<H>, Status> {
         let token = session_token(request.get_ref().session_token(), request);
         self.admit(token, kind, request.get_ref().encoded_len())
+            .await
             .map_err(|e| e.to_status(self.service))
     }
 
     /// Admits a call by its token; `received` is the request's size. Every
     /// step of the gate, in order (see the module's doc).
-    pub fn admit(&self, token: &str, kind: Kind, received: usize) -> Result<Call<H>, Error> {
-        let entry = self.state.registry.authorize(token)?;
+    pub async fn admit(&self, token: &str, kind: Kind, received: usize) -> Result<Call<H>, Error> {
+        let entry = self.state.registry.authorize(token).await?;
         let pattern = self.pattern;
         if !entry.config.patterns.contains(&pattern) {
             return Err(Error::new(
@@ -230,7 +231,7 @@ impl<H: Clone> Gate<H> {
         Req: Message + SessionToken,
         Resp: Message,
     {
-        let call = self.open(&request, Kind::Unary)?;
+        let call = self.open(&request, Kind::Unary).await?;
         let result = body(&call, request.into_inner()).await;
         call.finish(result)
     }

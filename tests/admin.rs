@@ -42,6 +42,12 @@ fn admin_endpoints_refuse_a_missing_or_wrong_token() {
         let gw = TestGateway::start().await;
         let (status, _) = http(gw.admin_addr, "GET", "/healthz", &[]).await;
         assert_eq!(status, 200, "healthz is open");
+        // The probe path answers without a token and says nothing more.
+        let (status, body) = http(gw.admin_addr, "GET", "/ready", &[]).await;
+        assert!(
+            (status == 200 && body == "ready\n") || (status == 503 && body == "not ready\n"),
+            "/ready: {status} {body:?}"
+        );
         for path in ["/readyz", "/admin/actors", "/admin/actors/root"] {
             let (status, body) = http(gw.admin_addr, "GET", path, &[]).await;
             assert_eq!(status, 401, "{path}: {body}");

@@ -746,6 +746,7 @@ fn client_disconnect_mid_transaction_rolls_back_and_ends_the_actor() {
                 .gateway
                 .registry
                 .authorize(&t.token)
+                .await
                 .unwrap()
                 .id
                 .clone();

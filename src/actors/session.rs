@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
+};
 use parking_lot::Mutex;
 
 use super::{
@@ -23,6 +25,9 @@ use super::{
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Life, Observe,
 };
 use crate::session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry};
+
+/// How soon an expiry the session store could not settle is tried again.
+const RETRY_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What every session actor of a namespace is started with.
 pub struct SessionEnv {
@@ -149,17 +154,42 @@ impl SessionActor {
             .entry
             .expires_ms()
             .saturating_sub(self.env.registry.clock().now_ms());
-        ctx.run_later(Duration::from_millis(delay), |act, ctx| {
+        self.check_expiry_in(ctx, Duration::from_millis(delay));
+    }
+
+    fn check_expiry_in(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        ctx.run_later(delay, |act, ctx| {
             act.beat();
             if act.entry.state().is_ended() {
                 ctx.stop();
             } else if act.entry.is_past_expiry(act.env.registry.clock().now_ms()) {
-                act.env.registry.end(&act.entry, EndReason::Expired);
-                ctx.stop();
+                act.expire(ctx);
             } else {
                 act.schedule_expiry(ctx);
             }
         });
+    }
+
+    /// The deadline passed. One instance alone ends the session; in a
+    /// cluster the store decides (activity elsewhere may have moved the
+    /// deadline) and, if it cannot be reached, the check is retried.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        let registry = self.env.registry.clone();
+        let Some(cluster) = registry.cluster().cloned() else {
+            registry.end(&self.entry, EndReason::Expired);
+            ctx.stop();
+            return;
+        };
+        let entry = self.entry.clone();
+        let settle = async move { cluster.settle_expiry(&registry, &entry).await };
+        ctx.spawn(settle.into_actor(self).map(|open, act, ctx| match open {
+            Ok(true) => act.schedule_expiry(ctx),
+            Ok(false) => ctx.stop(),
+            Err(e) => {
+                tracing::warn!(error = %e.message, session_id = %act.entry.id, "session expiry not settled; retrying");
+                act.check_expiry_in(ctx, RETRY_EXPIRY);
+            }
+        }));
     }
 }
 
@@ -248,7 +278,7 @@ pub fn observe_session(entry: &SessionEntry, status: ActorStatus, vitals: &Vital
         format!("namespace/{}", entry.namespace()),
         status,
         Life {
-            created: clock.wall_at(entry.created_ms),
+            created: entry.created_at,
             vitals,
             clock,
             restarts: 0,

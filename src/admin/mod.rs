@@ -1,6 +1,7 @@
 //! The admin listener (default 127.0.0.1:8981), apart from the public gRPC
 //! port: the only place any admin surface is served. `/healthz` (the
-//! process is alive) and the static page are open; everything else needs
+//! process is alive), `/ready` (ready or not, no details: for Kubernetes
+//! probes) and the static page are open; everything else needs
 //! the admin token (`server.admin_token`) in a header — `Authorization:
 //! Bearer <token>` or `X-Admin-Token: <token>` — never in the URL, where
 //! proxies and logs would keep it:
@@ -134,11 +135,21 @@ pub fn router(admin: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
         .route("/admin", get(page))
         .route("/admin/", get(page))
         .merge(protected)
         .with_state(admin)
         .merge(grpc)
+}
+
+/// Readiness for orchestrators (no token): the status of `/readyz` and
+/// nothing else, so an open probe port tells nobody what is down.
+async fn ready(state: State<Arc<AdminState>>) -> (StatusCode, &'static str) {
+    match readyz(state).await.0 {
+        StatusCode::OK => (StatusCode::OK, "ready\n"),
+        code => (code, "not ready\n"),
+    }
 }
 
 async fn readyz(State(admin): State<Arc<AdminState>>) -> (StatusCode, String) {
@@ -236,7 +247,12 @@ async fn close_session(State(admin): State<Arc<AdminState>>, Path(id): Path<Stri
     let Some(entry) = admin.sessions.registry().by_id(&id) else {
         return (StatusCode::NOT_FOUND, format!("no open session `{id}`\n")).into_response();
     };
-    let closed = admin.sessions.close(&entry, true).await;
+    let closed = match admin.sessions.close(&entry, true).await {
+        Ok(closed) => closed,
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message)).into_response()
+        }
+    };
     tracing::info!(
         target: "prism::audit",
         event = "admin_close_session",

@@ -14,7 +14,7 @@ pub mod jwt;
 pub mod mtls;
 
 /// How a principal proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     ApiKey,

@@ -79,6 +79,10 @@ pub struct GatewayConfig {
     /// The audit log's sink and PII fields.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Where sessions live: this process (one instance) or a store the
+    /// instances of a cluster share.
+    #[serde(default)]
+    pub sessions: crate::session::store::StoreConfig,
 }
 
 /// Limits on what clients may send to the data APIs.

@@ -82,6 +82,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     check_limits(&mut r, &cfg.limits);
     check_connections(&mut r, &cfg.server.connections);
     check_audit(&mut r, &cfg.audit);
+    check_sessions(&mut r, cfg);
     for (name, spec) in &cfg.configs {
         let subject = format!("config {name}");
         match resolve::resolve_named_spec(cfg, name, spec) {
@@ -528,6 +529,80 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
 }
 
 /// The audit sink and its PII fields.
+/// The session store: a shared one needs its URL, a flush interval well
+/// inside every idle timeout; and with one, what each instance keeps to
+/// itself is named.
+fn check_sessions(r: &mut Report, cfg: &GatewayConfig) {
+    use crate::session::store::StoreKind;
+    let sessions = &cfg.sessions;
+    let subject = "sessions";
+    let url = sessions.url.as_deref().unwrap_or("");
+    match sessions.store {
+        StoreKind::InProcess => {
+            if sessions.url.is_some() {
+                r.push(
+                    Outcome::Note,
+                    subject,
+                    "`url` is ignored with `store: in_process`",
+                );
+            }
+            return;
+        }
+        StoreKind::Redis if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+            r.fail(subject, "`store: redis` needs `url: redis://host:port`");
+        }
+        StoreKind::Postgres
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+        {
+            r.fail(
+                subject,
+                "`store: postgres` needs `url: postgres://user@host:port/db`",
+            );
+        }
+        kind => r.pass(
+            subject,
+            format!("sessions are shared by every instance through {kind:?} (a cluster)"),
+        ),
+    }
+    let flush = sessions.flush_interval;
+    if flush < std::time::Duration::from_millis(50) || flush > std::time::Duration::from_secs(60) {
+        r.fail(subject, "`flush_interval` must be between 50ms and 60s");
+    }
+    if sessions.timeout.is_zero() {
+        r.fail(subject, "`timeout` must be more than zero");
+    }
+    for (name, ns) in &cfg.namespaces {
+        if ns.session.idle_timeout <= flush * 2 {
+            r.fail(
+                format!("namespace {name}"),
+                format!(
+                    "session.idle_timeout ({}) must exceed twice sessions.flush_interval ({}): \
+                     activity reaches the shared store once per flush interval",
+                    humantime::format_duration(ns.session.idle_timeout),
+                    humantime::format_duration(flush)
+                ),
+            );
+        }
+    }
+    for (name, spec) in &cfg.backends {
+        let what = match spec.kind {
+            BackendKind::Memory => "keeps its data in each instance's memory",
+            BackendKind::Sqlite => "is a file on each instance's disk",
+            _ => continue,
+        };
+        r.push(
+            Outcome::Note,
+            format!("backend {name}"),
+            format!(
+                "{what}: with a shared session store, sessions move between instances but \
+                 this backend's data does not (each instance has its own; a Queue message \
+                 delivered by one instance can only be acknowledged there). Use Postgres, \
+                 Redis, NATS or Kafka for data a cluster shares"
+            ),
+        );
+    }
+}
+
 fn check_audit(r: &mut Report, audit: &crate::audit::AuditConfig) {
     for f in &audit.pii_fields {
         if !crate::audit::MASKABLE.contains(&f.as_str()) {
@@ -784,5 +859,45 @@ configs:
         assert!(text.contains("config `cached`: `cache.enabled`"), "{text}");
         assert!(text.contains("config `negative`: rate_limit"), "{text}");
         assert!(!text.contains("`fine`"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_session_store_names_what_each_instance_keeps_to_itself() {
+        let cfg = parse(
+            r#"
+sessions: { store: redis, url: "redis://127.0.0.1:6379", flush_interval: 1s }
+backends:
+  mem: { type: memory }
+  file: { type: sqlite, path: x.db }
+  pg: { type: postgres, url: "postgres://u@h/d" }
+namespaces:
+  quick: { allowed_backends: [mem, file, pg], allowed_patterns: [key_value], session: { idle_timeout: 2s } }
+  fine: { allowed_backends: [pg], allowed_patterns: [key_value] }
+"#,
+        );
+        let report = validate(&cfg);
+        let notes: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Note)
+            .map(|c| c.subject.as_str())
+            .collect();
+        assert_eq!(notes, ["backend file", "backend mem"], "{}", report.text());
+        let text = report.failures_text();
+        assert!(
+            text.contains("namespace quick: session.idle_timeout (2s) must exceed"),
+            "{text}"
+        );
+        assert!(!text.contains("namespace fine"), "{text}");
+
+        let cfg = parse("sessions: { store: postgres }\nnamespaces: { ns: { allowed_backends: [], allowed_patterns: [key_value] } }\n");
+        let text = validate(&cfg).failures_text();
+        assert!(text.contains("`store: postgres` needs `url"), "{text}");
+        // One instance (the default) notes nothing.
+        let cfg = parse("backends: { mem: { type: memory } }\nnamespaces: { ns: { allowed_backends: [mem], allowed_patterns: [key_value] } }\n");
+        assert!(validate(&cfg)
+            .checks
+            .iter()
+            .all(|c| c.outcome != Outcome::Note || !c.subject.starts_with("backend")));
     }
 }

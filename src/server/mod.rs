@@ -100,12 +100,14 @@ impl Gateway {
             subscriptions.clone(),
             settings,
         ));
+        let store = crate::session::store::open(&config.sessions).map_err(ServeError::Config)?;
         let sessions = Arc::new(Sessions::new(
             config.clone(),
             named.clone(),
             auth,
             registry.clone(),
             supervisors.clone(),
+            store,
         ));
         Ok(Gateway {
             config,
@@ -412,7 +414,7 @@ pub async fn run(
         }
     }
     gateway.supervisors.failure.stopping();
-    let closed = gateway.sessions.close_all();
+    let closed = gateway.sessions.close_all().await;
     gateway.pool.stop();
     // The shutdown's session records reach the audit sink before we return.
     let unwritten = gateway.audit.wait_written(Duration::from_secs(5)).await;

@@ -455,7 +455,7 @@ impl KeyValueService for KeyValueApi {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         let stream = self.stream_scan(call, req.prefix, req.cursor, req.limit, false, |i| {
             pb::ScanResponse {
@@ -474,7 +474,7 @@ impl KeyValueService for KeyValueApi {
         &self,
         request: Request<pb::ScanKeysRequest>,
     ) -> Result<Response<Self::ScanKeysStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         let stream = self.stream_scan(call, req.prefix, req.cursor, req.limit, true, |i| {
             pb::KeyResponse {

@@ -261,7 +261,7 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         crate::call::note_resource(&req.topic_pattern);
         let checked = (|| {
@@ -316,7 +316,7 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
-        let call = self.gate.open(&request, Kind::Unary)?;
+        let call = self.gate.open(&request, Kind::Unary).await?;
         let req = request.into_inner();
         let entry = self
             .subs()
@@ -347,7 +347,7 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let call = self.gate.open(&request, Kind::Unary)?;
+        let call = self.gate.open(&request, Kind::Unary).await?;
         let subscriptions = self
             .subs()
             .for_session(&call.entry.id)

@@ -25,7 +25,7 @@ use crate::{
         Interface,
     },
     config::{Limits, Pattern},
-    error::{Error, Service},
+    error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
 };
@@ -229,7 +229,7 @@ impl QueueService for QueueApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         let run = || -> Result<(ConsumerSpec, Option<u64>, Option<Duration>), Error> {
             check_topic(&req.topic)?;
@@ -363,10 +363,17 @@ impl QueueService for QueueApi {
                     ));
                 }
                 let mut response = pb::AcknowledgeResponse::default();
+                // Ids of topics this session never consumed on this
+                // instance: in a cluster, delivered by another instance.
+                let mut not_here = Vec::new();
                 for id in &req.message_ids {
                     let mut acked = false;
                     if let Some((topic, p, o)) = parse_message_id(id) {
-                        for group in self.subscriptions.groups_for(&call.entry.id, topic) {
+                        let groups = self.subscriptions.groups_for(&call.entry.id, topic);
+                        if groups.is_empty() {
+                            not_here.push(id.as_str());
+                        }
+                        for group in groups {
                             if call
                                 .handle
                                 .basic
@@ -383,6 +390,12 @@ impl QueueService for QueueApi {
                     } else {
                         response.failed_ids.push(id.clone());
                     }
+                }
+                if response.acknowledged_count == 0
+                    && !not_here.is_empty()
+                    && self.gate.registry().cluster().is_some()
+                {
+                    return Err(not_delivered_here(&not_here));
                 }
                 Ok(response)
             })
@@ -493,4 +506,22 @@ fn require_group(group: &str) -> Result<(), Error> {
         ));
     }
     check_group(group)
+}
+
+/// FAILED_PRECONDITION `NOT_DELIVERED_HERE`: in a cluster, an acknowledgement
+/// reached an instance where this session has no subscription to the
+/// message's topic. Nothing is lost: unacknowledged, the message is
+/// delivered again.
+fn not_delivered_here(ids: &[&str]) -> Error {
+    Error::new(
+        ErrorKind::FailedPrecondition,
+        "NOT_DELIVERED_HERE",
+        "this gateway instance did not deliver these messages (another instance of the \
+         cluster holds the subscription); acknowledge over the connection that carries the \
+         Subscribe stream, or the messages are delivered again after the ack timeout",
+    )
+    .with(
+        "message_ids",
+        ids.iter().take(10).copied().collect::<Vec<_>>().join(","),
+    )
 }

@@ -86,7 +86,7 @@ impl SessionService for SessionApi {
         let response = CreateSessionResponse {
             session_token: token,
             session_id: entry.id.clone(),
-            created_at: Some(clock.timestamp_at(entry.created_ms)),
+            created_at: Some(entry.created_at.into()),
             expires_at: Some(clock.timestamp_at(entry.expires_ms())),
             config: Some(entry.config.proto.clone()),
             supported_features,
@@ -103,8 +103,13 @@ impl SessionService for SessionApi {
             .sessions
             .registry()
             .authorize(session_token(&request.get_ref().session_token, &request))
+            .await
             .map_err(status(Service::Session))?;
-        let closed = self.sessions.close(&entry, request.get_ref().force).await;
+        let closed = self
+            .sessions
+            .close(&entry, request.get_ref().force)
+            .await
+            .map_err(status(Service::Session))?;
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), force = request.get_ref().force, success = closed.success, "close session");
         Ok(Response::new(CloseSessionResponse {
             success: closed.success,
@@ -120,6 +125,11 @@ impl SessionService for SessionApi {
         let registry = self.sessions.registry();
         let entry = registry
             .authorize(session_token(&request.get_ref().session_token, &request))
+            .await
+            .map_err(status(Service::Session))?;
+        self.sessions
+            .sync(&entry)
+            .await
             .map_err(status(Service::Session))?;
         let now = registry.clock().now_ms();
         let response = HeartbeatResponse {
@@ -139,6 +149,11 @@ impl SessionService for SessionApi {
         let registry = self.sessions.registry();
         let entry = registry
             .authorize(session_token(&request.get_ref().session_token, &request))
+            .await
+            .map_err(status(Service::Session))?;
+        self.sessions
+            .sync(&entry)
+            .await
             .map_err(status(Service::Session))?;
         // Count this request before reporting, so the figures include it.
         entry.record_request(request.get_ref().encoded_len(), 0);
@@ -147,7 +162,7 @@ impl SessionService for SessionApi {
         let response = GetSessionResponse {
             session_id: entry.id.clone(),
             status: entry.status(now) as i32,
-            created_at: Some(clock.timestamp_at(entry.created_ms)),
+            created_at: Some(entry.created_at.into()),
             expires_at: Some(clock.timestamp_at(entry.expires_ms())),
             last_activity: Some(clock.timestamp_at(entry.last_activity_ms())),
             config: Some(entry.config.proto.clone()),
@@ -172,10 +187,12 @@ impl SessionService for SessionApi {
             .sessions
             .registry()
             .authorize(session_token(&request.get_ref().session_token, &request))
+            .await
             .map_err(status(Service::Session))?;
         let new_expiry = self
             .sessions
             .refresh(&entry, request.get_ref().extension)
+            .await
             .map_err(status(Service::Session))?;
         let response = RefreshSessionResponse {
             new_expires_at: Some(entry.clock.timestamp_at(new_expiry)),

@@ -419,7 +419,7 @@ impl TransactService for TransactApi {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let call = self.inner.gate.open(&request, Kind::Unary)?;
+        let call = self.inner.gate.open(&request, Kind::Unary).await?;
         let req = request.into_inner();
         let result = async {
             let op = write_op(&call, &req, &self.inner.relays)?;
@@ -460,7 +460,7 @@ impl TransactService for TransactApi {
         &self,
         request: Request<pb::ReadMailboxRequest>,
     ) -> Result<Response<Self::ReadMailboxStream>, Status> {
-        let call = self.inner.gate.open(&request, Kind::Stream)?;
+        let call = self.inner.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         if req.mailbox_id.is_empty() {
             return Err(call.fail(Error::invalid_argument(
@@ -510,7 +510,7 @@ impl TransactService for TransactApi {
         &self,
         request: Request<pb::ProcessMailboxRequest>,
     ) -> Result<Response<pb::ProcessMailboxResponse>, Status> {
-        let call = self.inner.gate.open(&request, Kind::Unary)?;
+        let call = self.inner.gate.open(&request, Kind::Unary).await?;
         let req = request.into_inner();
         let result = async {
             if req.message_ids.len() > MAX_PROCESS_IDS {
@@ -802,7 +802,8 @@ impl Driver {
         let call = self
             .api
             .gate
-            .admit(&token, Kind::Stream, begin.encoded_len())?;
+            .admit(&token, Kind::Stream, begin.encoded_len())
+            .await?;
         self.session = Some(call.entry.clone());
         let o = options(begin.options.as_ref(), call.transact())?;
         if o.idempotency_key.is_some() {
@@ -875,13 +876,10 @@ async fn write_in(
     if let Some(ended) = open.call.entry.ended_error() {
         return Err(ended);
     }
-    let same_session = |token: &str| {
-        api.gate
-            .registry()
-            .authorize(token)
-            .is_ok_and(|e| e.id == open.call.entry.id)
-    };
-    if !w.session_token.is_empty() && !same_session(&w.session_token) {
+    // The stream's session is checked above; a write may only name it.
+    if !w.session_token.is_empty()
+        && crate::session::token::digest(&w.session_token) != open.call.entry.token_digest
+    {
         return Err(Error::invalid_argument(
             "SESSION_MISMATCH",
             "a write in a Transaction stream belongs to the session that began it",

@@ -217,7 +217,8 @@ pub struct SessionEntry {
     /// Its namespace's policy and counters, shared by its sessions.
     pub namespace_sessions: Arc<NamespaceSessions>,
     pub clock: Clock,
-    pub created_ms: u64,
+    /// When the session was created (on whichever instance created it).
+    pub created_at: std::time::SystemTime,
     /// No extension goes past this (created + max lifetime).
     pub hard_deadline_ms: u64,
     expires_ms: AtomicU64,
@@ -233,6 +234,9 @@ pub struct SessionEntry {
     drained: Notify,
     /// The config's `rate_limit`, when it sets one.
     limiter: Option<Box<RateLimiter>>,
+    /// Activity not yet written to a shared session store (only used with
+    /// one; see `session::cluster`).
+    pub(crate) unflushed: std::sync::atomic::AtomicBool,
 }
 
 impl SessionEntry {
@@ -261,7 +265,7 @@ impl SessionEntry {
             metadata,
             namespace_sessions,
             clock,
-            created_ms: now,
+            created_at: clock.wall_at(now),
             hard_deadline_ms: hard,
             expires_ms: AtomicU64::new(expires),
             last_activity_ms: AtomicU64::new(now),
@@ -274,7 +278,29 @@ impl SessionEntry {
             drained: Notify::new(),
             limiter: RateLimiter::new(config.proto.rate_limit.as_ref(), now).map(Box::new),
             config,
+            unflushed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same session as another instance created it: its creation time,
+    /// maximum lifetime and current expiry come from the session store.
+    pub fn restored(
+        mut self,
+        created_at: std::time::SystemTime,
+        hard_deadline_ms: u64,
+        expires_ms: u64,
+    ) -> Self {
+        self.created_at = created_at;
+        self.hard_deadline_ms = hard_deadline_ms;
+        *self.expires_ms.get_mut() = expires_ms.min(hard_deadline_ms);
+        self
+    }
+
+    /// Moves the deadline to `expires_ms` (learnt from the session store:
+    /// activity on another instance) unless it is already later.
+    pub fn extend_to(&self, expires_ms: u64) {
+        self.expires_ms
+            .fetch_max(expires_ms.min(self.hard_deadline_ms), Ordering::AcqRel);
     }
 
     /// Counts a data call against the config's `rate_limit`:

@@ -119,13 +119,28 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The sessions of this instance; with a shared `store`, this instance
+    /// joins the cluster that shares it (its background work starts on the
+    /// current runtime).
     pub fn new(
         config: Arc<GatewayConfig>,
         named: Arc<NamedConfigs>,
         auth: Arc<Authenticator>,
         registry: Arc<SessionRegistry>,
         host: Arc<dyn SessionHost>,
+        store: Option<Arc<dyn super::store::SessionStore>>,
     ) -> Self {
+        if let Some(store) = store {
+            let cluster = Arc::new(super::cluster::Cluster::new(
+                store,
+                config.sessions.clone(),
+                host.clone(),
+                config.clone(),
+                named.clone(),
+            ));
+            registry.join(cluster.clone());
+            cluster.start(&registry);
+        }
         Sessions {
             config,
             named,
@@ -183,6 +198,11 @@ impl Sessions {
                 return Err(e);
             }
         };
+        let stored_config = request
+            .config
+            .as_ref()
+            .filter(|_| self.registry.cluster().is_some())
+            .map(super::cluster::stored_config);
         let resolved = match request.config {
             Some(ConfigChoice::Named(name)) => {
                 let resolved = self.named.get(name)?.clone();
@@ -238,9 +258,14 @@ impl Sessions {
             namespace,
             *self.registry.clock(),
         ));
-        self.registry.insert(entry.clone())?;
+        match (self.registry.cluster(), stored_config) {
+            (Some(cluster), Some(stored)) => cluster.create(&self.registry, &entry, stored).await?,
+            _ => self.registry.insert(entry.clone())?,
+        }
         if let Err(e) = self.host.start_session(entry.clone()).await {
-            self.registry.end(&entry, EndReason::Failed);
+            if let Err(lost) = self.end(&entry, EndReason::Failed).await {
+                tracing::warn!(error = %lost.message, session_id = %entry.id, "a session whose actor did not start is left to expire in the store");
+            }
             return Err(e);
         }
         tracing::info!(
@@ -256,60 +281,87 @@ impl Sessions {
     /// Closes a session. Without `force`, new operations are refused and the
     /// close waits (up to the namespace's drain timeout) for pending ones;
     /// if some remain, the session stays open and the count is reported.
-    pub async fn close(&self, entry: &Arc<SessionEntry>, force: bool) -> Closed {
+    /// In a cluster the close waits for this instance's operations; the
+    /// other instances cancel theirs when the end reaches them.
+    pub async fn close(&self, entry: &Arc<SessionEntry>, force: bool) -> Result<Closed, Error> {
         if force {
             let pending = entry.pending_operations();
-            self.end(entry, EndReason::Closed);
+            self.end(entry, EndReason::Closed).await?;
             let message = if pending == 0 {
                 "session closed".to_string()
             } else {
                 format!("session closed; {pending} pending operations were cancelled")
             };
-            return Closed {
+            return Ok(Closed {
                 success: true,
                 message,
                 pending_operations: pending,
-            };
+            });
         }
         entry.begin_terminating();
         let pending = entry.wait_drained(entry.policy().close_drain_timeout).await;
         if entry.state().is_ended() {
             // A forced close, expiry or shutdown ended it while we waited.
-            return Closed {
+            return Ok(Closed {
                 success: true,
                 message: "session was closed while draining".to_string(),
                 pending_operations: pending,
-            };
+            });
         }
         if pending > 0 {
             entry.resume_active();
-            return Closed {
+            return Ok(Closed {
                 success: false,
                 message: format!(
                     "{pending} operations still pending after {}; retry later or close with force",
                     humantime::format_duration(entry.policy().close_drain_timeout)
                 ),
                 pending_operations: pending,
-            };
+            });
         }
-        self.end(entry, EndReason::Closed);
-        Closed {
+        if let Err(e) = self.end(entry, EndReason::Closed).await {
+            entry.resume_active();
+            return Err(e);
+        }
+        Ok(Closed {
             success: true,
             message: "session closed".to_string(),
             pending_operations: 0,
-        }
+        })
     }
 
-    fn end(&self, entry: &SessionEntry, reason: EndReason) {
+    /// Ends a session: in a cluster in the store first (so every instance
+    /// refuses it), then here; the store being unavailable leaves it open.
+    async fn end(&self, entry: &Arc<SessionEntry>, reason: EndReason) -> Result<(), Error> {
+        if let Some(cluster) = self.registry.cluster() {
+            return cluster.end(&self.registry, entry, reason).await;
+        }
         if self.registry.end(entry, reason) {
             self.host.stop_session(entry.namespace(), &entry.id);
+        }
+        Ok(())
+    }
+
+    /// In a cluster, writes the session's expiry to the store and reads
+    /// back where it stands (Heartbeat, Refresh and GetSession are seen by
+    /// every instance at once); an end found there is this call's error.
+    pub async fn sync(&self, entry: &Arc<SessionEntry>) -> Result<(), Error> {
+        let Some(cluster) = self.registry.cluster() else {
+            return Ok(());
+        };
+        if cluster.sync(&self.registry, entry).await? {
+            Ok(())
+        } else {
+            Err(entry
+                .ended_error()
+                .unwrap_or_else(|| self.registry.ended_error(&entry.token_digest)))
         }
     }
 
     /// Extends a session; the new expiry never passes its maximum lifetime.
-    pub fn refresh(
+    pub async fn refresh(
         &self,
-        entry: &SessionEntry,
+        entry: &Arc<SessionEntry>,
         extension: Option<prost_types::Duration>,
     ) -> Result<u64, Error> {
         let extension = match extension {
@@ -323,12 +375,20 @@ impl Sessions {
             Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
         };
         let expires = entry.refresh(self.registry.clock().now_ms(), extension);
+        self.sync(entry).await?;
         self.registry.audit_session("session.refresh", entry);
-        Ok(expires)
+        Ok(expires.max(entry.expires_ms()))
     }
 
-    /// Ends every session (gateway shutdown).
-    pub fn close_all(&self) -> usize {
+    /// Ends every session (gateway shutdown). In a cluster the sessions stay
+    /// open for the other instances: activity is written, activations
+    /// dropped.
+    pub async fn close_all(&self) -> usize {
+        if let Some(cluster) = self.registry.cluster() {
+            let left = cluster.leave(&self.registry).await;
+            self.host.stop_all_sessions();
+            return left;
+        }
         let closed = self
             .registry
             .all()

@@ -2,10 +2,12 @@
 //! and the lifecycle operations (create, heartbeat, refresh, close) the
 //! SessionService exposes.
 
+pub mod cluster;
 pub mod entry;
 pub mod lifecycle;
 pub mod rate;
 pub mod registry;
+pub mod store;
 pub mod token;
 
 /// The clock lives below sessions (backends use it too); reachable here as

@@ -74,6 +74,9 @@ pub struct SessionRegistry {
     namespaces: HashMap<String, Arc<NamespaceSessions>>,
     /// The audit log (session events); set once at start.
     audit: std::sync::OnceLock<Arc<crate::audit::Audit>>,
+    /// The shared session store and what serves it, when this instance is
+    /// one of a cluster; set once at start.
+    cluster: std::sync::OnceLock<Arc<super::cluster::Cluster>>,
     events: broadcast::Sender<SessionEvent>,
 }
 
@@ -95,6 +98,7 @@ impl SessionRegistry {
                 .map(|(n, p)| (n.clone(), Arc::new(NamespaceSessions::new(n, p.clone()))))
                 .collect(),
             audit: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             events,
         }
     }
@@ -102,6 +106,17 @@ impl SessionRegistry {
     /// Attaches the audit log (once; later calls are ignored).
     pub fn set_audit(&self, audit: Arc<crate::audit::Audit>) {
         let _ = self.audit.set(audit);
+    }
+
+    /// Makes this registry one instance of a cluster (once; later calls are
+    /// ignored).
+    pub fn join(&self, cluster: Arc<super::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this instance serves in, if any.
+    pub fn cluster(&self) -> Option<&Arc<super::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// The audit log (a disabled one until set).
@@ -151,15 +166,10 @@ impl SessionRegistry {
         let policy = entry.policy();
         let max = policy.max_sessions;
         ns.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::ResourceExhausted,
-                    "TOO_MANY_SESSIONS",
-                    format!("namespace `{}` already has its maximum of {max} sessions; close unused sessions", entry.namespace()),
-                )
-                .with("limit", "session.max_sessions")
-            })?;
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| too_many_sessions(entry.namespace(), max))?;
         let per_principal = policy.max_sessions_per_principal;
         let admitted = {
             let mut held = ns
@@ -174,24 +184,66 @@ impl SessionRegistry {
         };
         if !admitted {
             ns.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(
-                ErrorKind::ResourceExhausted,
-                "TOO_MANY_SESSIONS_FOR_PRINCIPAL",
-                format!(
-                    "these credentials already hold their maximum of {per_principal} sessions in namespace `{}`; close unused sessions",
-                    entry.namespace()
-                ),
-            )
-            .with("limit", "session.max_sessions_per_principal"));
+            return Err(too_many_for_principal(entry.namespace(), per_principal));
         }
         self.by_token.insert(entry.token_digest, entry.clone());
         self.by_id.insert(ById(entry.clone()));
-        self.audit_session("session.create", &entry);
+        self.created(&entry);
+        Ok(())
+    }
+
+    /// The audit record and event of a new session.
+    pub(crate) fn created(&self, entry: &SessionEntry) {
+        self.audit_session("session.create", entry);
         self.emit(SessionEvent::Created {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),
         });
-        Ok(())
+    }
+
+    /// Holds a session the cluster's store admitted (limits are the
+    /// store's, cluster-wide). If this instance holds it already (two calls
+    /// activating one token at once), answers that one and false.
+    pub fn adopt(&self, entry: Arc<SessionEntry>) -> (Arc<SessionEntry>, bool) {
+        match self.by_token.entry(entry.token_digest) {
+            dashmap::Entry::Occupied(held) => (held.get().clone(), false),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(entry.clone());
+                let ns = &entry.namespace_sessions;
+                ns.open.fetch_add(1, Ordering::AcqRel);
+                *ns.by_principal
+                    .entry(entry.principal.identity.clone())
+                    .or_insert(0) += 1;
+                self.by_id.insert(ById(entry.clone()));
+                (entry, true)
+            }
+        }
+    }
+
+    /// The session held here for a token digest.
+    pub fn by_token(&self, digest: &token::TokenDigest) -> Option<Arc<SessionEntry>> {
+        self.by_token.get(digest).map(|e| e.value().clone())
+    }
+
+    /// Remembers why a token stopped working (an end learnt from the
+    /// cluster's store), bounded like every tombstone.
+    pub fn tombstone(
+        &self,
+        digest: token::TokenDigest,
+        session_id: &str,
+        reason: EndReason,
+        ended_ms: u64,
+    ) {
+        if self.ended.len() < MAX_TOMBSTONES && !self.ended.contains_key(&digest) {
+            self.ended.insert(
+                digest,
+                Tombstone {
+                    session_id: session_id.to_string(),
+                    reason,
+                    ended_ms,
+                },
+            );
+        }
     }
 
     pub fn by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
@@ -200,8 +252,9 @@ impl SessionRegistry {
 
     /// The hot path: the live session for `token`, with activity recorded.
     /// A session past its expiry is expired here even if its actor's timer
-    /// has not fired yet.
-    pub fn authorize(&self, token: &str) -> Result<Arc<SessionEntry>, Error> {
+    /// has not fired yet. In a cluster, a token first seen here is
+    /// activated from the store, and an expiry is the store's to decide.
+    pub async fn authorize(&self, token: &str) -> Result<Arc<SessionEntry>, Error> {
         if token.is_empty() {
             return Err(Error::unauthenticated(
                 "MISSING_SESSION_TOKEN",
@@ -209,18 +262,34 @@ impl SessionRegistry {
             ));
         }
         let digest = token::digest(token);
-        let Some(entry) = self.by_token.get(&digest).map(|e| e.value().clone()) else {
-            return Err(self.ended_error(&digest));
+        let entry = match self.by_token.get(&digest).map(|e| e.value().clone()) {
+            Some(entry) => entry,
+            None => match self.cluster.get() {
+                Some(cluster) if !self.ended.contains_key(&digest) => {
+                    cluster.activate(self, digest).await?
+                }
+                _ => return Err(self.ended_error(&digest)),
+            },
         };
-        let now = self.clock.now_ms();
         if entry.state().is_ended() {
             return Err(self.ended_error(&digest));
         }
-        if entry.is_past_expiry(now) {
-            self.end(&entry, EndReason::Expired);
-            return Err(self.ended_error(&digest));
+        if entry.is_past_expiry(self.clock.now_ms()) {
+            let open = match self.cluster.get() {
+                Some(cluster) => cluster.settle_expiry(self, &entry).await?,
+                None => {
+                    self.end(&entry, EndReason::Expired);
+                    false
+                }
+            };
+            if !open {
+                return Err(self.ended_error(&digest));
+            }
         }
-        entry.touch(now);
+        entry.touch(self.clock.now_ms());
+        if let Some(cluster) = self.cluster.get() {
+            cluster.note_activity(&entry);
+        }
         crate::call::note_session(
             entry.namespace(),
             &entry.id,
@@ -230,7 +299,8 @@ impl SessionRegistry {
         Ok(entry)
     }
 
-    fn ended_error(&self, digest: &token::TokenDigest) -> Error {
+    /// Why a token does not work: its tombstone's reason, else unknown.
+    pub(crate) fn ended_error(&self, digest: &token::TokenDigest) -> Error {
         match self.ended.get(digest) {
             Some(t) => t
                 .reason
@@ -245,6 +315,16 @@ impl SessionRegistry {
     /// Ends a session: it disappears from the hot path at once and leaves a
     /// tombstone. Returns false if it had already ended.
     pub fn end(&self, entry: &SessionEntry, reason: EndReason) -> bool {
+        self.end_here(entry, reason, true)
+    }
+
+    /// Ends this instance's activation of a session another instance (or
+    /// the store) ended: no audit record, which the ending instance wrote.
+    pub fn end_quietly(&self, entry: &SessionEntry, reason: EndReason) -> bool {
+        self.end_here(entry, reason, false)
+    }
+
+    fn end_here(&self, entry: &SessionEntry, reason: EndReason, audit: bool) -> bool {
         if !entry.mark_ended(reason) {
             return false;
         }
@@ -271,20 +351,26 @@ impl SessionRegistry {
                 *held == 0
             },
         );
-        tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, "session ended");
-        let event = match reason {
-            EndReason::Closed => "session.close",
-            EndReason::Expired => "session.expire",
-            EndReason::Failed => "session.fail",
-            EndReason::Shutdown => "session.shutdown",
-        };
-        self.audit_session(event, entry);
+        tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, audit, "session ended");
+        if audit {
+            self.audit_end(entry, reason);
+        }
         self.emit(SessionEvent::Ended {
             session_id: entry.id.clone(),
             namespace: entry.namespace().to_string(),
             reason,
         });
         true
+    }
+
+    /// The audit record of a session's end.
+    fn audit_end(&self, entry: &SessionEntry, reason: EndReason) {
+        self.audit_session(end_event(reason), entry);
+    }
+
+    /// The audit log itself, when one is attached.
+    pub(crate) fn audit_log(&self) -> Option<Arc<crate::audit::Audit>> {
+        self.audit.get().cloned()
     }
 
     /// Drops tombstones older than their retention; called from supervisor
@@ -308,5 +394,37 @@ impl SessionRegistry {
     /// Every open session.
     pub fn all(&self) -> Vec<Arc<SessionEntry>> {
         self.by_id.iter().map(|e| e.key().0.clone()).collect()
+    }
+}
+
+/// RESOURCE_EXHAUSTED `TOO_MANY_SESSIONS`: the namespace holds its maximum.
+pub(crate) fn too_many_sessions(namespace: &str, max: usize) -> Error {
+    Error::new(
+        ErrorKind::ResourceExhausted,
+        "TOO_MANY_SESSIONS",
+        format!("namespace `{namespace}` already has its maximum of {max} sessions; close unused sessions"),
+    )
+    .with("limit", "session.max_sessions")
+}
+
+/// RESOURCE_EXHAUSTED `TOO_MANY_SESSIONS_FOR_PRINCIPAL`.
+pub(crate) fn too_many_for_principal(namespace: &str, max: usize) -> Error {
+    Error::new(
+        ErrorKind::ResourceExhausted,
+        "TOO_MANY_SESSIONS_FOR_PRINCIPAL",
+        format!(
+            "these credentials already hold their maximum of {max} sessions in namespace `{namespace}`; close unused sessions"
+        ),
+    )
+    .with("limit", "session.max_sessions_per_principal")
+}
+
+/// The audit event of a session's end.
+pub(crate) fn end_event(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Closed => "session.close",
+        EndReason::Expired => "session.expire",
+        EndReason::Failed => "session.fail",
+        EndReason::Shutdown => "session.shutdown",
     }
 }

@@ -187,7 +187,7 @@ impl ReaderService for ReaderApi {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         let target = self
             .target(&call, &req.collection)
@@ -286,7 +286,7 @@ impl ReaderService for ReaderApi {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let call = self.gate.open(&request, Kind::Stream)?;
+        let call = self.gate.open(&request, Kind::Stream).await?;
         let req = request.into_inner();
         let target = self
             .target(&call, &req.collection)
