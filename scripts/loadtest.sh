@@ -8,6 +8,7 @@
 #
 #   bash scripts/loadtest.sh            # full figures (about 5 minutes)
 #   QUICK=1 bash scripts/loadtest.sh    # 1,000 requests per scenario
+#   ONLY=cluster bash scripts/loadtest.sh   # the cluster table alone (needs haproxy)
 #
 # Only loopback addresses are loaded; every run is bounded by its total or
 # its duration.
@@ -25,7 +26,7 @@ LOAD=target/release/prism-loadtest
 WORK=$(mktemp -d)
 OUT=loadtest/results
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+if [ "${ONLY:-}" = cluster ]; then rm -f "$OUT"/cluster-*.json; else rm -f "$OUT"/*.json; fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -40,6 +41,93 @@ wait_port() {
   exit 1
 }
 
+
+limit=()
+dur=10s
+if [ -n "${QUICK:-}" ]; then limit=(-n 1000); dur=2s; fi
+
+# The cluster: KeyValue Get (Redis) through HAProxy in front of 1, 2 and 3
+# gateways sharing sessions in Redis (loadtest/cluster.yaml), and the
+# session store's cost: the same Gets on one gateway with in-process
+# sessions (loadtest/bench.yaml) and with Redis-stored ones. The gateways
+# and the load generator share this machine's cores, so read the ratio.
+cluster_figures() {
+  local ports=(18900 18901 18902) cpids=() hp
+  for p in "${ports[@]}"; do
+    PRISM_ADMIN_TOKEN=bench RUST_LOG=warn "$PRISM" serve --config loadtest/cluster.yaml \
+      --listen "127.0.0.1:$p" --admin-listen "127.0.0.1:$((p + 50))" >"$WORK/cluster-$p.log" 2>&1 &
+    cpids+=($!)
+  done
+  PRISM_ADMIN_TOKEN=bench RUST_LOG=warn "$PRISM" serve --config loadtest/bench.yaml \
+    --listen 127.0.0.1:18990 --admin-listen 127.0.0.1:18991 >"$WORK/bench2.log" 2>&1 &
+  cpids+=($!)
+  for p in "${ports[@]}" 18990; do wait_port "$p"; done
+  local runs=(-n 20000)
+  [ -n "${QUICK:-}" ] && runs=(-n 2000)
+  "$LOAD" run loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18990 "${runs[@]}" \
+    --name "one gateway, in-process sessions" -o "$OUT/cluster-inprocess.report.json" >/dev/null
+  "$LOAD" run loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18900 "${runs[@]}" \
+    --name "one gateway, sessions in Redis" -o "$OUT/cluster-redis-store.report.json" >/dev/null
+  for n in 1 2 3; do
+    { printf 'global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 1s\n'
+      printf '  timeout client 60s\n  timeout server 60s\nfrontend grpc\n'
+      printf '  bind 127.0.0.1:18909 proto h2\n  default_backend gateways\n'
+      printf 'backend gateways\n  balance roundrobin\n'
+      for i in $(seq 0 $((n - 1))); do
+        printf '  server g%s 127.0.0.1:%s proto h2\n' "$i" "${ports[$i]}"
+      done; } >"$WORK/haproxy-$n.cfg"
+    haproxy -db -f "$WORK/haproxy-$n.cfg" >"$WORK/haproxy-$n.log" 2>&1 &
+    hp=$!
+    wait_port 18909
+    "$LOAD" run loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18909 "${runs[@]}" \
+      --name "HAProxy, $n gateway(s)" -o "$OUT/cluster-$n.report.json" >/dev/null
+    kill "$hp"; wait "$hp" 2>/dev/null || true
+  done
+  kill "${cpids[@]}" 2>/dev/null || true
+  python3 - "$OUT" >"$WORK/cluster.txt" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def row(name):
+    r = json.loads((out / f"{name}.report.json").read_text())
+    lat = {l["percentage"]: l["latency"] / 1e6 for l in r["latencyDistribution"]}
+    errors = sum(r["errorDistribution"].values())
+    return r["name"], r["rps"], lat.get(50), lat.get(99), errors
+rows = [row(n) for n in ["cluster-inprocess", "cluster-redis-store", "cluster-1", "cluster-2", "cluster-3"]]
+print("| KV Get hot (Redis), 16 workers, 2 connections | requests/s | vs first | p50 ms | p99 ms | errors |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, rps, p50, p99, errors in rows:
+    print(f"| {name} | {rps:,.0f} | {rps / rows[0][1]:.2f}x | {p50:.2f} | {p99:.2f} | {errors} |")
+PY
+  {
+    echo "<!-- cluster:begin -->"
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=cluster\` for this table alone) on $(nproc) cores."
+    echo
+    cat "$WORK/cluster.txt"
+    echo "<!-- cluster:end -->"
+  } >"$WORK/cluster.md"
+  replace_between cluster loadtest/README.md "$WORK/cluster.md"
+}
+
+# Replaces the text between `<!-- $1:begin -->` and `<!-- $1:end -->` in
+# file $2 with the contents of file $3.
+replace_between() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+mark, doc, figures = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().rstrip("\n")
+text = open(doc).read()
+pattern = re.compile(rf"<!-- {mark}:begin -->.*?<!-- {mark}:end -->", re.S)
+if not pattern.search(text):
+    sys.exit(f"{doc}: no {mark} markers")
+open(doc, "w").write(pattern.sub(lambda _: figures, text))
+PY
+}
+
+if [ "${ONLY:-}" = cluster ]; then
+  cluster_figures
+  echo "figures written to loadtest/README.md"
+  exit 0
+fi
+
 PRISM_SQLITE_PATH="$WORK/orders.db" RUST_LOG=warn \
   "$PRISM" serve --listen 127.0.0.1:18980 --admin-listen 127.0.0.1:18981 >"$WORK/default.log" 2>&1 &
 pids+=($!)
@@ -49,10 +137,6 @@ PRISM_ADMIN_TOKEN=bench RUST_LOG=warn \
 pids+=($!)
 wait_port 18980
 wait_port 18990
-
-limit=()
-dur=10s
-if [ -n "${QUICK:-}" ]; then limit=(-n 1000); dur=2s; fi
 
 for s in loadtest/scenarios/*.json; do
   name=$(basename "$s" .json)
@@ -82,6 +166,8 @@ keys=100000
 kill "${pids[@]}" 2>/dev/null || true
 pids=()
 
+cluster_figures
+
 sessions=100000
 [ -n "${QUICK:-}" ] && sessions=5000
 PRISM_ADMIN_TOKEN=bench "$LOAD" footprint --prism "$PRISM" --config loadtest/bench.yaml \
@@ -106,14 +192,6 @@ table=$("$LOAD" table $(ls "$OUT"/*.json | grep -v '\.report\.json$'))
 } >"$WORK/figures.md"
 
 for doc in loadtest/README.md README.md; do
-  python3 - "$doc" "$WORK/figures.md" <<'PY'
-import re, sys
-doc, figures = sys.argv[1], open(sys.argv[2]).read().rstrip("\n")
-text = open(doc).read()
-pattern = re.compile(r"<!-- loadtest:begin -->.*?<!-- loadtest:end -->", re.S)
-if not pattern.search(text):
-    sys.exit(f"{doc}: no loadtest markers")
-open(doc, "w").write(pattern.sub(lambda _: figures, text))
-PY
+  replace_between loadtest "$doc" "$WORK/figures.md"
 done
 echo "figures written to loadtest/README.md and README.md"

@@ -20,6 +20,7 @@ use crate::backends::{BackendKind, Interface};
 pub mod options;
 pub mod policy;
 pub mod resolve;
+pub mod sessions;
 pub mod validate;
 
 /// The configuration compiled into the binary, used when no file is given.
@@ -82,7 +83,7 @@ pub struct GatewayConfig {
     /// Where sessions live: this process (one instance) or a store the
     /// instances of a cluster share.
     #[serde(default)]
-    pub sessions: crate::session::store::StoreConfig,
+    pub sessions: sessions::StoreConfig,
 }
 
 /// Limits on what clients may send to the data APIs.

@@ -533,7 +533,7 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
 /// inside every idle timeout; and with one, what each instance keeps to
 /// itself is named.
 fn check_sessions(r: &mut Report, cfg: &GatewayConfig) {
-    use crate::session::store::StoreKind;
+    use super::sessions::StoreKind;
     let sessions = &cfg.sessions;
     let subject = "sessions";
     let url = sessions.url.as_deref().unwrap_or("");
