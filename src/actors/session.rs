@@ -341,7 +341,22 @@ impl Child for SessionEntry {
 
     /// The actor kept failing: the session ends, and its children with it.
     fn give_up(&self, env: &Arc<SessionEnv>, _why: &str) {
-        env.registry.end(self, EndReason::Failed);
+        // In a cluster the store ends it everywhere (and audits); the
+        // local end follows at once either way.
+        if let (Some(cluster), Some(entry)) = (
+            env.registry.cluster().cloned(),
+            env.registry.by_id(&self.id),
+        ) {
+            let registry = env.registry.clone();
+            actix::spawn(async move {
+                if let Err(e) = cluster.end(&registry, &entry, EndReason::Failed).await {
+                    tracing::warn!(error = %e.message, session_id = %entry.id, "failed session left to expire in the store");
+                }
+            });
+            env.registry.end_quietly(self, EndReason::Failed);
+        } else {
+            env.registry.end(self, EndReason::Failed);
+        }
         env.end_children(self);
     }
 

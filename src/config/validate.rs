@@ -528,7 +528,6 @@ fn check_auth(r: &mut Report, cfg: &GatewayConfig) {
     }
 }
 
-/// The audit sink and its PII fields.
 /// The session store: a shared one needs its URL, a flush interval well
 /// inside every idle timeout; and with one, what each instance keeps to
 /// itself is named.
@@ -603,6 +602,7 @@ fn check_sessions(r: &mut Report, cfg: &GatewayConfig) {
     }
 }
 
+/// The audit sink and its PII fields.
 fn check_audit(r: &mut Report, audit: &crate::audit::AuditConfig) {
     for f in &audit.pii_fields {
         if !crate::audit::MASKABLE.contains(&f.as_str()) {

@@ -876,10 +876,16 @@ async fn write_in(
     if let Some(ended) = open.call.entry.ended_error() {
         return Err(ended);
     }
-    // The stream's session is checked above; a write may only name it.
-    if !w.session_token.is_empty()
-        && crate::session::token::digest(&w.session_token) != open.call.entry.token_digest
-    {
+    // A write may only name the stream's session; naming it counts as the
+    // session's activity (and finds it expired if it is).
+    let same_session = !w.session_token.is_empty()
+        && api
+            .gate
+            .registry()
+            .authorize(&w.session_token)
+            .await
+            .is_ok_and(|e| e.id == open.call.entry.id);
+    if !w.session_token.is_empty() && !same_session {
         return Err(Error::invalid_argument(
             "SESSION_MISMATCH",
             "a write in a Transaction stream belongs to the session that began it",

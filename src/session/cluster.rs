@@ -74,7 +74,14 @@ pub struct Cluster {
     /// The flusher and the listener; ended by [`Cluster::stop`] (or when
     /// the registry they serve is gone).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The runtime the tasks and store requests run on (set by `start`).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Store lookups of tokens seen for the first time, at once.
+    activations: tokio::sync::Semaphore,
 }
+
+/// Tokens loaded from the store at once, at most.
+const MAX_ACTIVATIONS: usize = 64;
 
 impl Cluster {
     pub fn new(
@@ -93,6 +100,8 @@ impl Cluster {
             unflushed: Mutex::new(Vec::new()),
             unknown: DashMap::new(),
             tasks: Mutex::new(Vec::new()),
+            runtime: std::sync::OnceLock::new(),
+            activations: tokio::sync::Semaphore::new(MAX_ACTIVATIONS),
         }
     }
 
@@ -103,6 +112,7 @@ impl Cluster {
     /// Starts the flusher (activity, sweep) and the listener (ends
     /// elsewhere) on the current runtime.
     pub fn start(self: &Arc<Self>, registry: &Arc<SessionRegistry>) {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let every = self.settings.flush_interval;
         let flusher = {
             let (cluster, registry) = (Arc::downgrade(self), Arc::downgrade(registry));
@@ -182,7 +192,8 @@ impl Cluster {
             .await?;
         match admission {
             Admission::Admitted => {
-                registry.adopt(entry.clone());
+                // (A new token has no tombstone to refuse it.)
+                let _ = registry.adopt(entry.clone());
                 registry.created(entry);
                 Ok(())
             }
@@ -212,6 +223,16 @@ impl Cluster {
         {
             return Err(registry.ended_error(&digest));
         }
+        // Lookups at once are bounded: a flood of tokens waits here (up to
+        // the store timeout) rather than taking every store connection.
+        let _permit = tokio::time::timeout(self.settings.timeout, self.activations.acquire())
+            .await
+            .map_err(|_| super::store::unavailable("too many sessions are being loaded at once"))?
+            .map_err(|_| Error::internal("activation gate closed"))?;
+        if let Some(entry) = registry.by_token(&digest) {
+            // Another call activated it while this one waited.
+            return Ok(entry);
+        }
         let Some((stored, standing)) = self.store.load(&digest).await? else {
             if self.unknown.len() < MAX_UNKNOWN {
                 self.unknown.insert(digest, now);
@@ -232,10 +253,14 @@ impl Cluster {
             Standing::Unknown => return Err(registry.ended_error(&digest)),
         };
         let entry = Arc::new(self.restore(registry, digest, stored, expires_ms)?);
-        let (entry, fresh) = registry.adopt(entry);
+        let Some((entry, fresh)) = registry.adopt(entry) else {
+            // It ended here while being loaded.
+            return Err(registry.ended_error(&digest));
+        };
         if fresh {
             if let Err(e) = self.host.start_session(entry.clone()).await {
-                registry.end_quietly(&entry, EndReason::Failed);
+                // Not served here; the next call tries again.
+                registry.forget(&entry);
                 return Err(e);
             }
             tracing::debug!(session_id = %entry.id, namespace = entry.namespace(), "session activated");
@@ -336,17 +361,25 @@ impl Cluster {
             clock.epoch_ms(clock.now_ms()),
         );
         let (audit, session) = (registry.audit_log(), entry.session_ref());
-        tokio::spawn(async move {
-            let outcome = store.end(&digest, reason, now, grace_ms).await;
-            if let (Ok(o), Some(audit)) = (&outcome, audit) {
-                if o.ended_here {
-                    audit.session(super::registry::end_event(reason), &session);
+        // On the gateway's runtime, where the store's connections live,
+        // whoever asks (a handler, or a session actor on its own thread).
+        let runtime = self
+            .runtime
+            .get()
+            .cloned()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        runtime
+            .spawn(async move {
+                let outcome = store.end(&digest, reason, now, grace_ms).await;
+                if let (Ok(o), Some(audit)) = (&outcome, audit) {
+                    if o.ended_here {
+                        audit.session(super::registry::end_event(reason), &session);
+                    }
                 }
-            }
-            outcome
-        })
-        .await
-        .map_err(|e| Error::internal(format!("session end task: {e}")))?
+                outcome
+            })
+            .await
+            .map_err(|e| Error::internal(format!("session end task: {e}")))?
     }
 
     /// Writes this session's expiry through and reads back where it
@@ -404,13 +437,22 @@ impl Cluster {
         }
     }
 
-    /// An end announced by the store. A session not active here needs
-    /// nothing: its next call here finds the end in the store.
+    /// An end announced by the store. A session not active here gets a
+    /// tombstone all the same, so an activation under way cannot bring it
+    /// back.
     fn learn(&self, registry: &SessionRegistry, notice: EndNotice) {
-        if let Some(entry) = registry.by_token(&notice.digest) {
-            if registry.end_quietly(&entry, notice.reason) {
-                self.host.stop_session(entry.namespace(), &entry.id);
+        match registry.by_token(&notice.digest) {
+            Some(entry) => {
+                if registry.end_quietly(&entry, notice.reason) {
+                    self.host.stop_session(entry.namespace(), &entry.id);
+                }
             }
+            None => registry.tombstone(
+                notice.digest,
+                "",
+                notice.reason,
+                registry.clock().from_epoch_ms(notice.at_ms),
+            ),
         }
     }
 
@@ -514,8 +556,10 @@ impl Cluster {
     /// Shutdown of this instance: activity written, activations dropped
     /// (the sessions stay open for the other instances).
     pub async fn leave(&self, registry: &SessionRegistry) -> usize {
-        self.flush(registry).await;
+        // Stopped first, so a batch the flusher had taken is not cut off
+        // half written: what it held is marked again and written here.
         self.stop();
+        self.flush(registry).await;
         registry
             .all()
             .iter()

@@ -126,9 +126,15 @@ impl EndReason {
             "closed_at"
         };
         let at = humantime::format_rfc3339_seconds(at);
-        Error::unauthenticated(reason, message)
-            .with("session_id", session_id)
-            .with(key, at.to_string())
+        let e = Error::unauthenticated(reason, message);
+        // (An end learnt from the cluster's store for a session never
+        // active here carries no id.)
+        let e = if session_id.is_empty() {
+            e
+        } else {
+            e.with("session_id", session_id)
+        };
+        e.with(key, at.to_string())
     }
 }
 

@@ -204,9 +204,15 @@ impl SessionRegistry {
     /// Holds a session the cluster's store admitted (limits are the
     /// store's, cluster-wide). If this instance holds it already (two calls
     /// activating one token at once), answers that one and false.
-    pub fn adopt(&self, entry: Arc<SessionEntry>) -> (Arc<SessionEntry>, bool) {
+    ///
+    /// A token with a tombstone here ended while it was being loaded: it is
+    /// not brought back (`None`).
+    pub fn adopt(&self, entry: Arc<SessionEntry>) -> Option<(Arc<SessionEntry>, bool)> {
+        if self.ended.contains_key(&entry.token_digest) {
+            return None;
+        }
         match self.by_token.entry(entry.token_digest) {
-            dashmap::Entry::Occupied(held) => (held.get().clone(), false),
+            dashmap::Entry::Occupied(held) => Some((held.get().clone(), false)),
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(entry.clone());
                 let ns = &entry.namespace_sessions;
@@ -215,9 +221,37 @@ impl SessionRegistry {
                     .entry(entry.principal.identity.clone())
                     .or_insert(0) += 1;
                 self.by_id.insert(ById(entry.clone()));
-                (entry, true)
+                // An end that raced the insert left its tombstone first.
+                if self.ended.contains_key(&entry.token_digest) {
+                    self.forget(&entry);
+                    return None;
+                }
+                Some((entry, true))
             }
         }
+    }
+
+    /// Drops an activation that never served (its actor did not start, or
+    /// it lost a race with an end): no tombstone, no audit record, so the
+    /// token is looked up in the store again next time.
+    pub fn forget(&self, entry: &SessionEntry) {
+        if !entry.mark_ended(EndReason::Failed) {
+            return;
+        }
+        self.by_token.remove(&entry.token_digest);
+        self.by_id.remove(entry.id.as_str());
+        self.release_counts(entry);
+    }
+
+    fn release_counts(&self, entry: &SessionEntry) {
+        entry.namespace_sessions.open.fetch_sub(1, Ordering::AcqRel);
+        entry.namespace_sessions.by_principal.remove_if_mut(
+            &entry.principal.identity,
+            |_, held| {
+                *held = held.saturating_sub(1);
+                *held == 0
+            },
+        );
     }
 
     /// The session held here for a token digest.
@@ -265,7 +299,7 @@ impl SessionRegistry {
         let entry = match self.by_token.get(&digest).map(|e| e.value().clone()) {
             Some(entry) => entry,
             None => match self.cluster.get() {
-                Some(cluster) if !self.ended.contains_key(&digest) => {
+                Some(cluster) if !self.ended.contains_key(&digest) && token::well_formed(token) => {
                     cluster.activate(self, digest).await?
                 }
                 _ => return Err(self.ended_error(&digest)),
@@ -343,14 +377,7 @@ impl SessionRegistry {
         }
         self.by_token.remove(&entry.token_digest);
         self.by_id.remove(entry.id.as_str());
-        entry.namespace_sessions.open.fetch_sub(1, Ordering::AcqRel);
-        entry.namespace_sessions.by_principal.remove_if_mut(
-            &entry.principal.identity,
-            |_, held| {
-                *held = held.saturating_sub(1);
-                *held == 0
-            },
-        );
+        self.release_counts(entry);
         tracing::info!(session_id = %entry.id, namespace = entry.namespace(), ?reason, audit, "session ended");
         if audit {
             self.audit_end(entry, reason);

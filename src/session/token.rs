@@ -19,6 +19,16 @@ pub fn new_token() -> (String, TokenDigest) {
     (token, digest)
 }
 
+/// Whether `token` has the shape of one this gateway makes (`prism_` and 43
+/// URL-safe base64 characters): anything else is refused without a lookup.
+pub fn well_formed(token: &str) -> bool {
+    token.len() == 49
+        && token.starts_with("prism_")
+        && token.as_bytes()[6..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
 pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -42,5 +52,25 @@ mod tests {
         assert_ne!(da, db);
         assert!(a.len() >= 6 + 43, "256 bits in base64 is 43 characters");
         assert_eq!(digest(&a), da);
+    }
+
+    #[test]
+    fn only_tokens_of_our_shape_are_well_formed() {
+        for _ in 0..100 {
+            assert!(well_formed(&new_token().0));
+        }
+        let (t, _) = new_token();
+        for bad in [
+            "",
+            "prism_",
+            "prism_not-a-token",
+            &t[..48],
+            &format!("{t}x"),
+            &t.replace("prism_", "prosm_"),
+            &format!("prism_{}", "é".repeat(21)),
+            &format!("prism_{}", "/".repeat(43)),
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
     }
 }

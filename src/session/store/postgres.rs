@@ -319,7 +319,7 @@ impl SessionStore for PgSessionStore {
                 "UPDATE prism_sessions SET ended = $1, ended_ms = $2
                   WHERE digest IN (
                         SELECT digest FROM prism_sessions
-                         WHERE ended IS NULL AND (expires_ms + $3 <= $2 OR hard_ms <= $2)
+                         WHERE ended IS NULL AND expires_ms <= $2 - $3
                          LIMIT $4 FOR UPDATE SKIP LOCKED)
                     AND ended IS NULL
               RETURNING digest, id, namespace, identity",

@@ -37,7 +37,7 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[9]) then return 1 end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[10]) then return 2 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'id', ARGV[3], 'ns', ARGV[4], 'who', ARGV[5],
   'exp', ARGV[6], 'hard', ARGV[7])
-redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[7]) + tonumber(ARGV[11]))
+redis.call('PEXPIREAT', KEYS[1], fmt(tonumber(ARGV[7]) + tonumber(ARGV[11])))
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
@@ -159,7 +159,7 @@ impl RedisSessionStore {
             timeout,
             keep,
             manager: OnceCell::new(),
-            create: Script::new(CREATE),
+            create: with_prelude(CREATE),
             extend: with_prelude(EXTEND),
             standings: with_prelude(STANDINGS),
             end: with_prelude(END),
