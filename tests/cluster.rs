@@ -49,10 +49,11 @@ sessions:
   flush_interval: 100ms
 backends:
   kv: {{ type: redis, url: "{redis}" }}
+  pg: {{ type: postgres, url: "{pg}" }}
 namespaces:
   {ns}:
-    allowed_backends: [kv]
-    allowed_patterns: [key_value]
+    allowed_backends: [kv, pg]
+    allowed_patterns: [key_value, queue]
     session:
       idle_timeout: {idle}
       max_lifetime: 1h
@@ -62,10 +63,12 @@ namespaces:
       - {{ name: test, sha256: "{key}" }}
 configs:
   kv-{ns}: {{ namespace: {ns}, pattern: key_value, backend: kv }}
+  q-{ns}: {{ namespace: {ns}, pattern: queue, backend: pg, options: {{ visibility_timeout: 500ms }} }}
 audit: {{ sink: file, path: "{audit}" }}
 "#,
         url = store_url(store),
         redis = common::kv::redis_url(),
+        pg = common::kv::database_url(),
         key = prism::auth::api_key_digest(TEST_KEY),
         audit = audit.display(),
     );
@@ -370,4 +373,91 @@ fn activity_anywhere_keeps_a_session_and_its_expiry_happens_once() {
             c.stop().await;
         }
     });
+}
+
+#[test]
+fn an_acknowledgement_reaching_another_instance_fails_clearly_and_the_message_comes_again() {
+    use prism::proto::queue::v1::{
+        self as q, queue_service_client::QueueServiceClient, StartPosition,
+    };
+    block_on_multi_thread(async {
+        let c = Cluster::start("postgres", 2, "10m").await;
+        let token = c.gateways[0]
+            .sessions()
+            .create_session(common::api_key_request(TEST_KEY, &format!("q-{}", c.ns)))
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token;
+        for g in &c.gateways {
+            g.wait_backend_up("pg").await;
+        }
+        let queue = |i: usize| QueueServiceClient::new(c.gateways[i].channel.clone());
+        queue(1)
+            .publish(q::PublishRequest {
+                session_token: token.clone(),
+                topic: "work".into(),
+                payload: b"m1".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("publish on instance 1");
+        let mut stream = queue(0)
+            .subscribe(q::SubscribeRequest {
+                session_token: token.clone(),
+                topic: "work".into(),
+                consumer_group: "g".into(),
+                start_position: Some(q::subscribe_request::StartPosition::Position(
+                    StartPosition::Earliest as i32,
+                )),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe on instance 0")
+            .into_inner();
+        let first = next_message(&mut stream).await;
+        assert_eq!(first.payload, b"m1");
+
+        // Instance 1 did not deliver it: a clear refusal, not a silent one.
+        let e = queue(1)
+            .acknowledge(q::AcknowledgeRequest {
+                session_token: token.clone(),
+                message_ids: vec![first.message_id.clone()],
+            })
+            .await
+            .unwrap_err();
+        assert_error(
+            &e,
+            Code::FailedPrecondition,
+            "NOT_DELIVERED_HERE",
+            Service::Queue,
+        );
+
+        // Unacknowledged, it comes again; acknowledged where it was
+        // delivered, it is done.
+        let again = next_message(&mut stream).await;
+        assert_eq!(again.message_id, first.message_id);
+        assert!(again.attempt.unwrap_or(1) >= 2, "{again:?}");
+        let acked = queue(0)
+            .acknowledge(q::AcknowledgeRequest {
+                session_token: token.clone(),
+                message_ids: vec![again.message_id.clone()],
+            })
+            .await
+            .expect("acknowledge on the delivering instance")
+            .into_inner();
+        assert_eq!(acked.acknowledged_count, 1);
+        drop(stream);
+        c.stop().await;
+    });
+}
+
+async fn next_message(
+    stream: &mut tonic::Streaming<prism::proto::queue::v1::Message>,
+) -> prism::proto::queue::v1::Message {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("a message in time")
+        .expect("the stream is healthy")
+        .expect("the stream goes on")
 }

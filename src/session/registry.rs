@@ -48,6 +48,15 @@ pub enum SessionEvent {
     },
 }
 
+/// What [`SessionRegistry::authorize_here`] found.
+pub enum Local {
+    /// A live session, its use recorded.
+    Live(Arc<SessionEntry>),
+    /// Only the cluster's store can tell: the token's digest and the entry
+    /// held here, if any.
+    AskStore(token::TokenDigest, Option<Arc<SessionEntry>>),
+}
+
 /// Tombstones kept at most; see `SessionRegistry::ended`.
 const MAX_TOMBSTONES: usize = 100_000;
 
@@ -289,6 +298,32 @@ impl SessionRegistry {
     /// has not fired yet. In a cluster, a token first seen here is
     /// activated from the store, and an expiry is the store's to decide.
     pub async fn authorize(&self, token: &str) -> Result<Arc<SessionEntry>, Error> {
+        let (digest, held) = match self.authorize_here(token)? {
+            Local::Live(entry) => return Ok(entry),
+            Local::AskStore(digest, held) => (digest, held),
+        };
+        let Some(cluster) = self.cluster.get() else {
+            return Err(self.ended_error(&digest));
+        };
+        let entry = match held {
+            Some(entry) => entry,
+            None => cluster.activate(self, digest).await?,
+        };
+        if entry.state().is_ended()
+            || (entry.is_past_expiry(self.clock.now_ms())
+                && !cluster.settle_expiry(self, &entry).await?)
+        {
+            return Err(self.ended_error(&digest));
+        }
+        self.used(&entry, self.clock.now_ms());
+        Ok(entry)
+    }
+
+    /// What this instance alone can say about a token, with no await: the
+    /// whole check for one instance, and for a session active here in a
+    /// cluster. `AskStore` when only the cluster's store can tell (a token
+    /// first seen here, or a deadline another instance may have moved).
+    pub fn authorize_here(&self, token: &str) -> Result<Local, Error> {
         if token.is_empty() {
             return Err(Error::unauthenticated(
                 "MISSING_SESSION_TOKEN",
@@ -296,33 +331,35 @@ impl SessionRegistry {
             ));
         }
         let digest = token::digest(token);
-        let entry = match self.by_token.get(&digest).map(|e| e.value().clone()) {
-            Some(entry) => entry,
-            None => match self.cluster.get() {
-                Some(cluster) if !self.ended.contains_key(&digest) && token::well_formed(token) => {
-                    cluster.activate(self, digest).await?
-                }
-                _ => return Err(self.ended_error(&digest)),
-            },
+        let Some(entry) = self.by_token.get(&digest).map(|e| e.value().clone()) else {
+            if self.cluster.get().is_some()
+                && !self.ended.contains_key(&digest)
+                && token::well_formed(token)
+            {
+                return Ok(Local::AskStore(digest, None));
+            }
+            return Err(self.ended_error(&digest));
         };
         if entry.state().is_ended() {
             return Err(self.ended_error(&digest));
         }
-        if entry.is_past_expiry(self.clock.now_ms()) {
-            let open = match self.cluster.get() {
-                Some(cluster) => cluster.settle_expiry(self, &entry).await?,
-                None => {
-                    self.end(&entry, EndReason::Expired);
-                    false
-                }
-            };
-            if !open {
-                return Err(self.ended_error(&digest));
+        let now = self.clock.now_ms();
+        if entry.is_past_expiry(now) {
+            if self.cluster.get().is_some() {
+                return Ok(Local::AskStore(digest, Some(entry)));
             }
+            self.end(&entry, EndReason::Expired);
+            return Err(self.ended_error(&digest));
         }
-        entry.touch(self.clock.now_ms());
+        self.used(&entry, now);
+        Ok(Local::Live(entry))
+    }
+
+    /// Records a call's use of its session.
+    fn used(&self, entry: &Arc<SessionEntry>, now_ms: u64) {
+        entry.touch(now_ms);
         if let Some(cluster) = self.cluster.get() {
-            cluster.note_activity(&entry);
+            cluster.note_activity(entry);
         }
         crate::call::note_session(
             entry.namespace(),
@@ -330,7 +367,6 @@ impl SessionRegistry {
             &entry.principal.identity,
             &entry.config.backend_name,
         );
-        Ok(entry)
     }
 
     /// Why a token does not work: its tombstone's reason, else unknown.
