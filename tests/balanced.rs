@@ -16,31 +16,28 @@ use std::{
     time::Duration,
 };
 
-use common::{api_key_request, TEST_KEY};
+use common::{
+    api_key_request,
+    outbox::{capture, cleanup, create_table, customer_write, nats_url, pg},
+    TEST_KEY,
+};
 use futures::StreamExt;
 use prism::{
     proto::{
         keyvalue::v1::{self as kv, key_value_service_client::KeyValueServiceClient},
         queue::v1::{self as q, queue_service_client::QueueServiceClient},
         session::v1::session_service_client::SessionServiceClient,
-        transact::v1::{
-            self as tx, data_write::WriteMode, transact_service_client::TransactServiceClient,
-        },
+        transact::v1::{self as tx, transact_service_client::TransactServiceClient},
     },
     runtime::block_on_multi_thread,
 };
-use prost_types::{value::Kind as V, Value};
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use tonic::transport::{Channel, Endpoint};
 
 const GATEWAYS: usize = 3;
 const WORKERS: u64 = 6;
 /// Operations each worker runs (one of each API per round).
 const ROUNDS: u64 = 60;
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 fn config(run: &str, table: &str, subject: &str) -> String {
     format!(
@@ -143,22 +140,10 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
         let dir = std::env::temp_dir().join(format!("prism-balanced-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
 
-        sqlx::any::install_default_drivers();
-        let pool = AnyPool::connect(&common::kv::database_url()).await.unwrap();
-        sqlx::query(&format!(
-            "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL)"
-        ))
-        .execute(&pool)
-        .await
-        .unwrap();
+        let pool = pg().await;
+        create_table(&pool, &table).await;
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        capture(&js, &stream_name, &subject).await;
 
         let config_path = dir.join("prism.yaml");
         std::fs::write(&config_path, config(&run, &table, &subject)).unwrap();
@@ -259,33 +244,20 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
                     acked.1.push(key.clone());
                     at_most_one_retry(&retried, "Transact Write", || {
                         let mut c = txc.clone();
-                        let request = tx::WriteRequest {
-                            session_token: tx_token.clone(),
-                            data: Some(tx::DataWrite {
-                                table: table.clone(),
-                                record: [(
-                                    "customer".to_string(),
-                                    Value {
-                                        kind: Some(V::StringValue(key.clone())),
-                                    },
-                                )]
-                                .into(),
-                                mode: WriteMode::Insert as i32,
-                                id_field: None,
-                            }),
-                            mailbox: Some(tx::MailboxWrite {
-                                mailbox_id: "orders".into(),
-                                message: key.clone().into_bytes(),
-                                ..Default::default()
-                            }),
-                            // A retry of a write that did commit answers the
-                            // first response instead of writing again.
-                            options: Some(tx::TransactionOptions {
-                                idempotent: true,
-                                idempotency_key: Some(format!("{key}-write")),
-                                ..Default::default()
-                            }),
-                        };
+                        let mut request = customer_write(
+                            &tx_token,
+                            &table,
+                            &key,
+                            "orders",
+                            key.clone().into_bytes(),
+                        );
+                        // A retry of a write that did commit answers the
+                        // first response instead of writing again.
+                        request.options = Some(tx::TransactionOptions {
+                            idempotent: true,
+                            idempotency_key: Some(format!("{key}-write")),
+                            ..Default::default()
+                        });
                         async move { c.write(request).await }
                     })
                     .await;
@@ -434,14 +406,8 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
 
         drop(gateways);
         let _ = js.delete_stream(&stream_name).await;
-        let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-            .execute(&pool)
-            .await;
+        cleanup(&pool, &table, &ns).await;
         for t in [
-            "prism_mailbox",
-            "prism_mailbox_sequence",
-            "prism_relay_cursor",
-            "prism_mailbox_dead_letter",
             "prism_queue_messages",
             "prism_queue_topics",
             "prism_queue_partitions",

@@ -12,6 +12,7 @@ use std::{collections::HashMap, time::Duration};
 
 use common::{
     api_key_request,
+    outbox::{capture, cleanup, create_table, customer_write, nats_url, pg},
     servers::{Kind, Server},
     TestGateway, TEST_KEY,
 };
@@ -34,10 +35,6 @@ use sqlx::{AnyPool, Row};
 
 const WRITES: i64 = 1000;
 const MAILBOX: &str = "order-events";
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -93,37 +90,6 @@ async fn start(run: &str, table: &str, to: &str, nats: &str, broker: &str) -> Te
     gw
 }
 
-async fn pg() -> AnyPool {
-    sqlx::any::install_default_drivers();
-    AnyPool::connect(&common::kv::database_url()).await.unwrap()
-}
-
-async fn create_table(pool: &AnyPool, table: &str) {
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL)"
-    ))
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
-async fn cleanup(pool: &AnyPool, table: &str, ns: &str) {
-    let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(pool)
-        .await;
-    for t in [
-        "prism_mailbox",
-        "prism_mailbox_sequence",
-        "prism_relay_cursor",
-        "prism_mailbox_dead_letter",
-    ] {
-        let _ = sqlx::query(&format!("DELETE FROM {t} WHERE namespace = $1"))
-            .bind(ns)
-            .execute(pool)
-            .await;
-    }
-}
-
 /// Rows of the namespace's mailbox after relay `out`'s cursor.
 async fn unprocessed(pool: &AnyPool, ns: &str) -> i64 {
     sqlx::query(
@@ -155,27 +121,13 @@ async fn write_all(gw: &TestGateway, table: &str, count: i64) {
         tasks.spawn(async move {
             for i in (w..count).step_by(8) {
                 client
-                    .write(pb::WriteRequest {
-                        session_token: token.clone(),
-                        data: Some(pb::DataWrite {
-                            table: table.clone(),
-                            record: [(
-                                "customer".to_string(),
-                                Value {
-                                    kind: Some(V::StringValue(format!("c{i}"))),
-                                },
-                            )]
-                            .into(),
-                            mode: WriteMode::Insert as i32,
-                            id_field: None,
-                        }),
-                        mailbox: Some(pb::MailboxWrite {
-                            mailbox_id: MAILBOX.into(),
-                            message: format!("m{i}").into_bytes(),
-                            ..Default::default()
-                        }),
-                        options: None,
-                    })
+                    .write(customer_write(
+                        &token,
+                        &table,
+                        &format!("c{i}"),
+                        MAILBOX,
+                        format!("m{i}").into_bytes(),
+                    ))
                     .await
                     .unwrap();
             }
@@ -271,16 +223,6 @@ fn a_thousand_writes_reach_kafka_complete_and_in_order() {
 
 /// A JetStream stream capturing `subject`, made by the test so it can read
 /// back everything the relay published there.
-async fn capture(js: &async_nats::jetstream::Context, name: &str, subject: &str) {
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: name.to_string(),
-        subjects: vec![subject.to_string()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
 /// The `prism-sequence` of every message in a stream, in stream order.
 async fn stream_sequences(js: &async_nats::jetstream::Context, name: &str) -> Vec<i64> {
     let mut stream = js.get_stream(name).await.unwrap();
@@ -618,33 +560,14 @@ async fn write_one(
     metadata: &[(&str, &str)],
 ) -> Result<String, tonic::Status> {
     let mut client = pb::transact_service_client::TransactServiceClient::new(gw.channel.clone());
-    let r = client
-        .write(pb::WriteRequest {
-            session_token: token.to_string(),
-            data: Some(pb::DataWrite {
-                table: table.to_string(),
-                record: [(
-                    "customer".to_string(),
-                    Value {
-                        kind: Some(V::StringValue("c".into())),
-                    },
-                )]
-                .into(),
-                mode: WriteMode::Insert as i32,
-                id_field: None,
-            }),
-            mailbox: Some(pb::MailboxWrite {
-                mailbox_id: MAILBOX.into(),
-                message,
-                metadata: metadata
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..Default::default()
-            }),
-            options: None,
-        })
-        .await?;
+    let mut write = customer_write(token, table, "c", MAILBOX, message);
+    if let Some(mailbox) = write.mailbox.as_mut() {
+        mailbox.metadata = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+    let r = client.write(write).await?;
     Ok(r.into_inner().mailbox_result.unwrap().message_id)
 }
 

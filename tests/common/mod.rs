@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kv;
+pub mod outbox;
 pub mod serve;
 pub mod servers;
 
