@@ -114,26 +114,30 @@ impl Cluster {
     pub fn start(self: &Arc<Self>, registry: &Arc<SessionRegistry>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
         let every = self.settings.flush_interval;
+        let (cluster, registry) = (Arc::downgrade(self), Arc::downgrade(registry));
         let flusher = {
-            let (cluster, registry) = (Arc::downgrade(self), Arc::downgrade(registry));
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let (Some(cluster), Some(registry)) = (cluster.upgrade(), registry.upgrade())
-                    else {
-                        return;
-                    };
-                    cluster.flush(&registry).await;
-                    cluster.sweep(&registry).await;
+            let (cluster, registry) = (cluster.clone(), registry.clone());
+            restarting("flusher", every, move || {
+                let (cluster, registry) = (cluster.clone(), registry.clone());
+                async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let (Some(cluster), Some(registry)) =
+                            (cluster.upgrade(), registry.upgrade())
+                        else {
+                            return;
+                        };
+                        cluster.flush(&registry).await;
+                        cluster.sweep(&registry).await;
+                    }
                 }
             })
         };
-        let listener = {
-            let (cluster, registry) = (Arc::downgrade(self), Arc::downgrade(registry));
-            tokio::spawn(async move { listen(cluster, registry, every).await })
-        };
+        let listener = restarting("listener", every, move || {
+            listen(cluster.clone(), registry.clone(), every)
+        });
         self.tasks.lock().extend([flusher, listener]);
     }
 
@@ -568,6 +572,32 @@ impl Cluster {
     }
 }
 
+/// Runs a background task of the cluster, started again (after `pause`)
+/// if it panics: without the flusher or the listener, activity would stop
+/// reaching the store and ends would stop reaching this instance, silently.
+/// It ends when the task returns (its cluster or registry is gone) or is
+/// aborted by [`Cluster::stop`].
+fn restarting<F, Fut>(name: &'static str, pause: Duration, task: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt as _;
+    tokio::spawn(async move {
+        while std::panic::AssertUnwindSafe(task())
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                task = name,
+                "session store task panicked; starting it again"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// The listener: applies ends as the store announces them; while the link
 /// is down, checks every activation each interval.
 async fn listen(cluster: Weak<Cluster>, registry: Weak<SessionRegistry>, every: Duration) {
@@ -612,5 +642,32 @@ pub fn stored_config(choice: &super::lifecycle::ConfigChoice<'_>) -> StoredConfi
         super::lifecycle::ConfigChoice::Inline(inline) => StoredConfig::Inline(
             base64::engine::general_purpose::STANDARD.encode(inline.encode_to_vec()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_task_that_panics_is_started_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let task = restarting("test", Duration::from_secs(1), move || {
+            let runs = counted.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("injected");
+                }
+            }
+        });
+        task.await.expect("the task ends once it returns");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean end"
+        );
     }
 }
