@@ -1,9 +1,11 @@
 //! Transact benchmark (not a test): Write throughput on Postgres (a data
 //! row and a mailbox row per Write, through the gateway's gRPC endpoint on
-//! loopback) and commit-to-relay latency: from the moment a Write returned
-//! (committed) to the moment its mailbox message, relayed by the
-//! MailboxListenerActor to a PubSub topic on the memory backend, reached a
-//! subscriber.
+//! loopback) beside its baseline in the same run — the same two INSERTs in
+//! one transaction sent straight to Postgres by as many clients, each on a
+//! connection of its own — and commit-to-relay latency: from the moment a
+//! Write returned (committed) to the moment its mailbox message, relayed by
+//! the MailboxListenerActor to a PubSub topic on the memory backend,
+//! reached a subscriber.
 //!
 //! Run: `cargo bench --bench transact_write` (needs Postgres; `DATABASE_URL`
 //! overrides the default loopback URL). Bounded in count and time:
@@ -262,6 +264,13 @@ fn main() {
 
         let _ = stop.send(());
         let _ = server.await;
+
+        let direct = direct_baseline(&table, writes, writers).await;
+        println!(
+            "baseline, the same two INSERTs per transaction straight to Postgres from {writers} \
+             clients: {direct:.0} transactions/s; the gateway's Writes are {:.2}x of it",
+            write_latency.len() as f64 / elapsed / direct
+        );
         let _ = sqlx::query(&format!("DROP TABLE {table}"))
             .execute(&pool)
             .await;
@@ -272,4 +281,69 @@ fn main() {
                 .await;
         }
     });
+}
+
+/// Transactions per second of `writers` clients, each on a connection of
+/// its own, inserting what a Write inserts (the data row; a 256-byte
+/// message row) in one transaction each: the physical limit a Write is
+/// measured against.
+async fn direct_baseline(table: &str, writes: usize, writers: usize) -> f64 {
+    use sqlx::Connection as _;
+    let outbox = format!("{table}_direct");
+    let mut admin = sqlx::postgres::PgConnection::connect(&database_url())
+        .await
+        .expect("postgres is reachable");
+    sqlx::query(&format!(
+        "CREATE TABLE {outbox} (id BIGSERIAL PRIMARY KEY, mailbox_id TEXT NOT NULL, \
+         message BYTEA NOT NULL)"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let (table, outbox) = (table.to_string(), outbox.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = sqlx::postgres::PgConnection::connect(&database_url())
+                .await
+                .expect("postgres is reachable");
+            let mut done = 0usize;
+            for i in (w..writes).step_by(writers) {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (customer, amount) VALUES ($1, $2)"
+                ))
+                .bind(format!("d{i}"))
+                .bind(i as f64)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                sqlx::query(&format!(
+                    "INSERT INTO {outbox} (mailbox_id, message) VALUES ($1, $2)"
+                ))
+                .bind("bench")
+                .bind(vec![0u8; 256])
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    let _ = sqlx::query(&format!("DROP TABLE {outbox}"))
+        .execute(&mut admin)
+        .await;
+    rate
 }
