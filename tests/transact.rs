@@ -1100,3 +1100,77 @@ fn a_sqlite_transaction_that_began_and_waits_blocks_no_writer() {
         f.finish().await;
     });
 }
+
+/// Concurrent Writes to one mailbox share transactions (group commit): a
+/// Write a constraint refuses is undone alone, the others commit, and the
+/// mailbox's sequences still run 1, 2, 3, … with no gap; two Writes with one
+/// idempotency key in flight together are applied once.
+#[test]
+fn concurrent_writes_to_one_mailbox_commit_together_and_fail_alone() {
+    block_on_multi_thread(async {
+        let fx = Fixture::start().await;
+        for b in BACKENDS {
+            let t = fx.client(b).await;
+            let mut calls = Vec::new();
+            for i in 0..40 {
+                let amount = if i % 4 == 3 { -1.0 } else { 1.0 };
+                let req = t.write_request(
+                    WriteMode::Insert,
+                    &[
+                        ("customer", text(&format!("g{i}"))),
+                        ("amount", num(amount)),
+                    ],
+                    Some(&format!("g{i}")),
+                );
+                let mut client = t.client.clone();
+                calls.push(async move { (i, client.write(req).await) });
+            }
+            let mut twice = Vec::new();
+            for _ in 0..2 {
+                let mut req = t.write_request(
+                    WriteMode::Insert,
+                    &[("customer", text("once")), ("amount", num(1.0))],
+                    Some("once"),
+                );
+                req.options = Some(pb::TransactionOptions {
+                    idempotent: true,
+                    idempotency_key: Some(format!("once-{b}")),
+                    ..Default::default()
+                });
+                let mut client = t.client.clone();
+                twice.push(async move { client.write(req).await.map(|r| r.into_inner()) });
+            }
+            let (results, once) = tokio::join!(
+                futures::future::join_all(calls),
+                futures::future::join_all(twice)
+            );
+            for (i, r) in &results {
+                if i % 4 == 3 {
+                    let e = r.as_ref().unwrap_err();
+                    assert_error(
+                        e,
+                        Code::FailedPrecondition,
+                        "CONSTRAINT_VIOLATION",
+                        Service::Transact,
+                    );
+                } else {
+                    assert!(r.is_ok(), "{b}: write {i}: {r:?}");
+                }
+            }
+            let once: Vec<pb::WriteResponse> = once.into_iter().map(Result::unwrap).collect();
+            assert_eq!(
+                once[0], once[1],
+                "{b}: the second answers the first's response"
+            );
+            assert_eq!(fx.count(b, "customer LIKE 'g%'").await, 30, "{b}");
+            assert_eq!(fx.count(b, "customer = 'once'").await, 1, "{b}");
+            let sequences: Vec<i64> = fx.mailbox(b).await.iter().map(|(s, _)| *s).collect();
+            assert_eq!(
+                sequences,
+                (1..=31).collect::<Vec<i64>>(),
+                "{b}: no gap, no repeat"
+            );
+        }
+        fx.finish().await;
+    });
+}

@@ -664,6 +664,15 @@ impl SqlTransaction {
         Ok(())
     }
 
+    /// Runs a fixed statement in the transaction.
+    async fn statement(&mut self, sql: &'static str) -> Result<(), Error> {
+        sqlx::query(sql)
+            .execute(&mut *self.tx)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.kv.db_error(e))
+    }
+
     /// Runs a built statement in the transaction; rows affected.
     async fn execute(&mut self, sql: &Sql) -> Result<u64, Error> {
         sql.query()
@@ -956,6 +965,19 @@ impl OpenTransaction for SqlTransaction {
         .await
         .map_err(|e| self.kv.db_error(e))?;
         Ok(())
+    }
+
+    async fn savepoint(&mut self) -> Result<(), Error> {
+        self.lock().await?;
+        self.statement("SAVEPOINT prism_write").await
+    }
+
+    async fn release(&mut self) -> Result<(), Error> {
+        self.statement("RELEASE SAVEPOINT prism_write").await
+    }
+
+    async fn rollback_to(&mut self) -> Result<(), Error> {
+        self.statement("ROLLBACK TO SAVEPOINT prism_write").await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {

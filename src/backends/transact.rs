@@ -257,6 +257,17 @@ pub trait OpenTransaction: Send {
         window: Duration,
     ) -> Result<(), Error>;
 
+    /// Marks a point the transaction can return to ([`Self::rollback_to`]):
+    /// several Writes share one transaction (group commit) and a failing
+    /// one is undone alone. One mark at a time.
+    async fn savepoint(&mut self) -> Result<(), Error>;
+
+    /// Keeps what was done since the mark.
+    async fn release(&mut self) -> Result<(), Error>;
+
+    /// Undoes what was done since the mark (and clears a failed statement).
+    async fn rollback_to(&mut self) -> Result<(), Error>;
+
     async fn commit(self: Box<Self>) -> Result<(), Error>;
 
     async fn rollback(self: Box<Self>) -> Result<(), Error>;

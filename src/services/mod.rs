@@ -7,6 +7,7 @@ use futures::Stream;
 use crate::error::Error;
 
 pub mod config;
+pub mod group_commit;
 pub mod keyvalue;
 pub mod pubsub;
 pub mod queue;

@@ -15,6 +15,7 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::group_commit::GroupCommit;
 use crate::{
     actors::{
         relay::RelayShared,
@@ -56,6 +57,8 @@ struct Inner {
     clock: Clock,
     /// How long a Transaction stream may wait for its BeginTransaction.
     begin_timeout: Duration,
+    /// Single Writes to one mailbox share transactions.
+    groups: super::group_commit::GroupCommit,
 }
 
 #[derive(Clone)]
@@ -98,6 +101,7 @@ impl TransactApi {
                 relays: supervisors.relays(),
                 supervisors,
                 begin_timeout,
+                groups: Default::default(),
             }),
         }
     }
@@ -362,7 +366,7 @@ fn new_transaction_id() -> String {
     format!("tx-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
-fn timed_out(timeout: Duration) -> Error {
+pub(crate) fn timed_out(timeout: Duration) -> Error {
     Error::new(
         ErrorKind::DeadlineExceeded,
         "TRANSACTION_TIMEOUT",
@@ -378,27 +382,14 @@ fn timed_out(timeout: Duration) -> Error {
 /// commit is bounded by the timeout; an error or the timeout drops the
 /// transaction, which rolls it back.
 async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteResponse, Error> {
-    let fp = o.idempotency_key.as_ref().map(|_| fingerprint(op));
+    let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(op)));
+    let window = call.transact().idempotency_window;
     let work = async {
         let mut tx = call.handle.begin(call.ns(), o.isolation, o.timeout).await?;
-        if let (Some(key), Some(fp)) = (&o.idempotency_key, &fp) {
-            if let Some(stored) = tx.replay(key, fp).await? {
-                tx.rollback().await?;
-                return pb::WriteResponse::decode(stored.as_slice())
-                    .map(|r| (None, r))
-                    .map_err(|_| Error::internal("a stored idempotent response is unreadable"));
-            }
-        }
-        let outcome = tx.write(op).await?;
-        let response = response(&new_transaction_id(), true, outcome);
-        if let (Some(key), Some(fp)) = (&o.idempotency_key, &fp) {
-            tx.remember(
-                key,
-                fp,
-                &response.encode_to_vec(),
-                call.transact().idempotency_window,
-            )
-            .await?;
+        let (wrote, response) = apply_write(&mut *tx, op, idempotency.as_ref(), window).await?;
+        if !wrote {
+            tx.rollback().await?;
+            return Ok((None, response));
         }
         Ok((Some(tx), response))
     };
@@ -409,6 +400,31 @@ async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteR
         tx.commit().await?;
     }
     Ok(response)
+}
+
+/// One Write in an open transaction: the stored response of an earlier
+/// Write with the same idempotency key (and `false`: nothing written), or
+/// the Write applied and its response remembered under the key.
+pub(crate) async fn apply_write(
+    tx: &mut dyn OpenTransaction,
+    op: &WriteOp,
+    idempotency: Option<&(String, String)>,
+    window: Duration,
+) -> Result<(bool, pb::WriteResponse), Error> {
+    if let Some((key, fp)) = idempotency {
+        if let Some(stored) = tx.replay(key, fp).await? {
+            return pb::WriteResponse::decode(stored.as_slice())
+                .map(|r| (false, r))
+                .map_err(|_| Error::internal("a stored idempotent response is unreadable"));
+        }
+    }
+    let outcome = tx.write(op).await?;
+    let response = response(&new_transaction_id(), true, outcome);
+    if let Some((key, fp)) = idempotency {
+        tx.remember(key, fp, &response.encode_to_vec(), window)
+            .await?;
+    }
+    Ok((true, response))
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -424,7 +440,27 @@ impl TransactService for TransactApi {
         let result = async {
             let op = write_op(&call, &req, &self.inner.relays)?;
             let o = options(req.options.as_ref(), call.transact())?;
-            write_once(&call, &op, &o).await
+            if !GroupCommit::groups(o.isolation, &op) {
+                return write_once(&call, &op, &o).await;
+            }
+            let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(&op)));
+            let grouped = self
+                .inner
+                .groups
+                .write(
+                    &call.handle,
+                    &call.backend.name,
+                    call.ns(),
+                    op,
+                    idempotency,
+                    call.transact().idempotency_window,
+                    o.timeout,
+                )
+                .await;
+            match grouped {
+                Ok(result) => result,
+                Err(op) => write_once(&call, &op, &o).await,
+            }
         }
         .await;
         call.finish(result)
