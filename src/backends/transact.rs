@@ -259,13 +259,12 @@ pub trait OpenTransaction: Send {
 
     /// Marks a point the transaction can return to ([`Self::rollback_to`]):
     /// several Writes share one transaction (group commit) and a failing
-    /// one is undone alone. One mark at a time.
+    /// one is undone alone. A new mark hides the one before (none is
+    /// released: one round trip fewer per Write; the commit ends them all).
     async fn savepoint(&mut self) -> Result<(), Error>;
 
-    /// Keeps what was done since the mark.
-    async fn release(&mut self) -> Result<(), Error>;
-
-    /// Undoes what was done since the mark (and clears a failed statement).
+    /// Undoes what was done since the latest mark (and clears a failed
+    /// statement).
     async fn rollback_to(&mut self) -> Result<(), Error>;
 
     async fn commit(self: Box<Self>) -> Result<(), Error>;

@@ -30,8 +30,10 @@ use crate::{
     proto::transact::v1 as pb,
 };
 
-/// Writes in one group, at most.
-const MAX_GROUP: usize = 128;
+/// Writes in one group, at most. Each Write is a subtransaction; Postgres
+/// keeps 64 of a transaction's subtransaction ids in shared memory and past
+/// that every snapshot taken meanwhile (anyone's) looks them up on disk.
+const MAX_GROUP: usize = 64;
 
 /// Mailboxes with a group task at once, at most.
 pub const MAX_GROUPS: usize = 1024;
@@ -194,7 +196,6 @@ async fn commit_group(
             tx.savepoint().await?;
             match apply(&mut *tx, p).await {
                 Ok(response) => {
-                    tx.release().await?;
                     if let Some(p) = current.take() {
                         applied.push((p.reply, response));
                     }
