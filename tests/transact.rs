@@ -1174,3 +1174,67 @@ fn concurrent_writes_to_one_mailbox_commit_together_and_fail_alone() {
         fx.finish().await;
     });
 }
+
+/// A grouped Write that waits on a row another transaction holds gives up
+/// after the group's lock wait (ABORTED `WRITE_CONFLICT`, retry) and fails
+/// alone: the Writes grouped with it commit.
+#[test]
+fn a_grouped_write_waiting_on_a_locked_row_fails_alone() {
+    block_on_multi_thread(async {
+        let fx = Fixture::start().await;
+        let b = "postgres";
+        let mut t = fx.client(b).await;
+        let first = t.insert("locked", "m0").await;
+        let id = match first.data_result.unwrap().generated_values["id"].kind {
+            Some(V::NumberValue(n)) => n,
+            ref other => panic!("an id, got {other:?}"),
+        };
+        // A Transaction stream updates the row and keeps its lock.
+        let (stream, mut rx, _) = begun(&mut t, 30_000).await;
+        let mut update = t.write_request(
+            WriteMode::Update,
+            &[("id", num(id)), ("amount", num(2.0))],
+            None,
+        );
+        update.session_token.clear();
+        stream
+            .send(pb::TransactRequest {
+                request: Some(In::Write(update)),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(next(&mut rx).await, Out::WriteResult(_)));
+
+        let blocked = t.write_request(
+            WriteMode::Update,
+            &[("id", num(id)), ("amount", num(3.0))],
+            Some("blocked"),
+        );
+        let mut requests = vec![blocked];
+        for i in 0..5 {
+            requests.push(t.write_request(
+                WriteMode::Insert,
+                &[
+                    ("customer", text(&format!("free{i}"))),
+                    ("amount", num(1.0)),
+                ],
+                Some(&format!("free{i}")),
+            ));
+        }
+        let calls = requests.into_iter().map(|req| {
+            let mut client = t.client.clone();
+            async move { client.write(req).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let e = results[0].as_ref().unwrap_err();
+        assert_error(e, Code::Aborted, "WRITE_CONFLICT", Service::Transact);
+        for r in &results[1..] {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert_eq!(fx.count(b, "customer LIKE 'free%'").await, 5);
+        stream.send(commit()).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Out::Committed(_)));
+        assert_eq!(fx.count(b, "customer = 'locked' AND amount = 2").await, 1);
+        fx.finish().await;
+    });
+}

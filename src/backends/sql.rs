@@ -370,7 +370,9 @@ pub fn map_db_error(name: &str, dialect: Dialect, e: sqlx::Error) -> Error {
             if transient {
                 return kv::unavailable(name, "busy or restarting");
             }
-            if matches!(code.as_ref(), "40001" | "40P01") {
+            // (55P03: a row lock not granted within `lock_timeout`, as a
+            // grouped Write's wait is bounded.)
+            if matches!(code.as_ref(), "40001" | "40P01" | "55P03") {
                 return Error::new(
                     ErrorKind::Aborted,
                     "WRITE_CONFLICT",

@@ -152,6 +152,7 @@ impl TransactOutbox for SqlOutbox {
             tx,
             ns: ns.to_string(),
             notified: Vec::new(),
+            notified_at_savepoint: 0,
             locked: kv.dialect != Dialect::Sqlite,
             _place: place,
         }))
@@ -640,6 +641,9 @@ struct SqlTransaction {
     ns: String,
     /// Mailboxes notified in this transaction (once each).
     notified: Vec<String>,
+    /// How many were notified at the latest savepoint: a rollback to it
+    /// takes the later notifications back, so they are sent again.
+    notified_at_savepoint: usize,
     /// SQLite: whether this transaction holds the write lock yet.
     locked: bool,
     /// Its place among the backend's open transactions.
@@ -1006,11 +1010,28 @@ impl OpenTransaction for SqlTransaction {
 
     async fn savepoint(&mut self) -> Result<(), Error> {
         self.lock().await?;
-        self.statement("SAVEPOINT prism_write").await
+        self.statement("SAVEPOINT prism_write").await?;
+        self.notified_at_savepoint = self.notified.len();
+        Ok(())
     }
 
     async fn rollback_to(&mut self) -> Result<(), Error> {
-        self.statement("ROLLBACK TO SAVEPOINT prism_write").await
+        self.statement("ROLLBACK TO SAVEPOINT prism_write").await?;
+        // Postgres drops a NOTIFY sent after the savepoint with it.
+        self.notified.truncate(self.notified_at_savepoint);
+        Ok(())
+    }
+
+    async fn limit_lock_waits(&mut self, wait: Duration) -> Result<(), Error> {
+        if self.kv.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+        sqlx::query(&format!("SET LOCAL lock_timeout = {ms}"))
+            .execute(&mut *self.tx)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.kv.db_error(e))
     }
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {

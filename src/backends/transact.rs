@@ -267,6 +267,12 @@ pub trait OpenTransaction: Send {
     /// statement).
     async fn rollback_to(&mut self) -> Result<(), Error>;
 
+    /// Bounds each wait for a row lock (where the database can): in a group
+    /// of Writes, one that waits on a row another transaction holds fails
+    /// alone rather than holding the group, and its mailbox, until the
+    /// group's deadline.
+    async fn limit_lock_waits(&mut self, wait: Duration) -> Result<(), Error>;
+
     async fn commit(self: Box<Self>) -> Result<(), Error>;
 
     async fn rollback(self: Box<Self>) -> Result<(), Error>;

@@ -41,6 +41,10 @@ pub const MAX_GROUPS: usize = 1024;
 /// Writes waiting for a mailbox's next group, at most (then callers wait).
 const QUEUE: usize = 1024;
 
+/// A Write of a group that waits longer than this for a row lock fails
+/// alone (`lock_timeout` on Postgres) instead of holding the group.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
 /// A mailbox's task ends after this long without a Write.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -64,8 +68,10 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Whether a Write with these options may join a group.
+    /// (The group's transaction runs at the server's default isolation,
+    /// so only Writes that asked for nothing else join.)
     pub fn groups(isolation: Isolation, op: &WriteOp) -> bool {
-        op.mailbox.is_some() && matches!(isolation, Isolation::Default | Isolation::ReadCommitted)
+        op.mailbox.is_some() && isolation == Isolation::Default
     }
 
     /// Applies `op` in its mailbox's next group. `Err(op)` when it cannot
@@ -108,8 +114,12 @@ impl GroupCommit {
         };
         // A full queue waits (backpressure); a closed one means the task
         // ended as we came: commit alone.
-        if let Err(returned) = sender.send(pending).await {
-            return Err(returned.0.op);
+        // Bounded like a lone Write's wait for a connection.
+        let deadline = pending.deadline;
+        match tokio::time::timeout_at(deadline, sender.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(returned)) => return Err(returned.0.op),
+            Err(_) => return Ok(Err(super::transact::timed_out(timeout))),
         }
         Ok(answer.await.unwrap_or_else(|_| {
             Err(Error::internal(
@@ -174,8 +184,12 @@ async fn commit_group(
     group: Vec<Pending>,
 ) {
     let now = Instant::now();
-    let (live, late): (Vec<Pending>, Vec<Pending>) =
-        group.into_iter().partition(|p| p.deadline > now);
+    // Writes whose caller gave up are not applied (a lone Write's
+    // transaction would have been dropped with its call).
+    let (live, late): (Vec<Pending>, Vec<Pending>) = group
+        .into_iter()
+        .filter(|p| !p.reply.is_closed())
+        .partition(|p| p.deadline > now);
     for p in late {
         let _ = p.reply.send(Err(super::transact::timed_out(timeout)));
     }
@@ -191,7 +205,11 @@ async fn commit_group(
         let mut tx = outbox
             .begin(ns, Isolation::Default, until.saturating_duration_since(now))
             .await?;
+        tx.limit_lock_waits(LOCK_WAIT).await?;
         while let Some(next) = waiting.pop_front() {
+            if next.reply.is_closed() {
+                continue;
+            }
             let p = current.insert(next);
             tx.savepoint().await?;
             match apply(&mut *tx, p).await {
