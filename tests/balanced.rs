@@ -75,14 +75,6 @@ configs:
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// HAProxy in front of `servers`: HTTP/2 both sides, round robin per
 /// request, quick health checks, and a failed connection retried on
 /// another server (which never reached a gateway, so it is safe).
@@ -155,7 +147,7 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
             gateways.push(child);
             addrs.push(addr);
         }
-        let port = free_port();
+        let port = common::free_port();
         let haproxy_path = dir.join("haproxy.cfg");
         std::fs::write(&haproxy_path, haproxy_config(port, &addrs)).unwrap();
         let haproxy_bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]

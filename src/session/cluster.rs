@@ -404,6 +404,18 @@ impl Cluster {
         Ok(self.apply(registry, entry, standing))
     }
 
+    /// Brings activations in line with the store's standings (in order).
+    fn apply_all(
+        &self,
+        registry: &SessionRegistry,
+        entries: &[Arc<SessionEntry>],
+        standings: Vec<Standing>,
+    ) {
+        for (entry, standing) in entries.iter().zip(standings) {
+            self.apply(registry, entry, standing);
+        }
+    }
+
     /// Brings an activation in line with the store; true while it is open.
     fn apply(
         &self,
@@ -427,17 +439,22 @@ impl Cluster {
             }
             Standing::Ended { reason, .. } => {
                 // Audited by the request that ended it (`end_in_store`).
-                if registry.end_quietly(entry, reason) {
-                    self.host.stop_session(entry.namespace(), &entry.id);
-                }
+                self.drop_activation(registry, entry, reason);
                 false
             }
             Standing::Unknown => {
-                if registry.end_quietly(entry, EndReason::Closed) {
-                    self.host.stop_session(entry.namespace(), &entry.id);
-                }
+                self.drop_activation(registry, entry, EndReason::Closed);
                 false
             }
+        }
+    }
+
+    /// Ends this instance's activation of a session ended in the store
+    /// (no audit record: the request that ended it wrote one) and stops its
+    /// actor.
+    fn drop_activation(&self, registry: &SessionRegistry, entry: &SessionEntry, reason: EndReason) {
+        if registry.end_quietly(entry, reason) {
+            self.host.stop_session(entry.namespace(), &entry.id);
         }
     }
 
@@ -447,9 +464,7 @@ impl Cluster {
     fn learn(&self, registry: &SessionRegistry, notice: EndNotice) {
         match registry.by_token(&notice.digest) {
             Some(entry) => {
-                if registry.end_quietly(&entry, notice.reason) {
-                    self.host.stop_session(entry.namespace(), &entry.id);
-                }
+                self.drop_activation(registry, &entry, notice.reason);
             }
             None => registry.tombstone(
                 notice.digest,
@@ -481,11 +496,7 @@ impl Cluster {
                 .map(|e| (e.token_digest, clock.epoch_ms(e.expires_ms())))
                 .collect();
             match self.store.extend(&updates).await {
-                Ok(standings) => {
-                    for (entry, standing) in chunk.iter().zip(standings) {
-                        self.apply(registry, entry, standing);
-                    }
-                }
+                Ok(standings) => self.apply_all(registry, chunk, standings),
                 Err(e) => {
                     tracing::warn!(error = %e.message, sessions = chunk.len(), "session activity not written; retrying");
                     for entry in chunk {
@@ -503,11 +514,7 @@ impl Cluster {
         for chunk in all.chunks(BATCH) {
             let digests: Vec<TokenDigest> = chunk.iter().map(|e| e.token_digest).collect();
             match self.store.standings(&digests).await {
-                Ok(standings) => {
-                    for (entry, standing) in chunk.iter().zip(standings) {
-                        self.apply(registry, entry, standing);
-                    }
-                }
+                Ok(standings) => self.apply_all(registry, chunk, standings),
                 Err(e) => {
                     tracing::warn!(error = %e.message, "could not check sessions against the store");
                     return;
@@ -534,9 +541,7 @@ impl Cluster {
                 for s in swept {
                     match registry.by_token(&s.digest) {
                         Some(entry) => {
-                            if registry.end_quietly(&entry, EndReason::Expired) {
-                                self.host.stop_session(entry.namespace(), &entry.id);
-                            }
+                            self.drop_activation(registry, &entry, EndReason::Expired);
                         }
                         None => registry.tombstone(s.digest, &s.id, EndReason::Expired, now),
                     }

@@ -277,15 +277,20 @@ impl SessionRegistry {
         reason: EndReason,
         ended_ms: u64,
     ) {
-        if self.ended.len() < MAX_TOMBSTONES && !self.ended.contains_key(&digest) {
-            self.ended.insert(
-                digest,
-                Tombstone {
-                    session_id: session_id.to_string(),
-                    reason,
-                    ended_ms,
-                },
-            );
+        let tombstone = Tombstone {
+            session_id: session_id.to_string(),
+            reason,
+            ended_ms,
+        };
+        self.put_tombstone(digest, tombstone, false);
+    }
+
+    /// Keeps a tombstone (within `MAX_TOMBSTONES`); `replace` when this
+    /// instance knows the end first-hand, so an announced one (which may
+    /// lack the session id) gives way to it.
+    fn put_tombstone(&self, digest: token::TokenDigest, tombstone: Tombstone, replace: bool) {
+        if self.ended.len() < MAX_TOMBSTONES && (replace || !self.ended.contains_key(&digest)) {
+            self.ended.insert(digest, tombstone);
         }
     }
 
@@ -401,16 +406,12 @@ impl SessionRegistry {
         let now = self.clock.now_ms();
         // The tombstone goes in before the entry leaves, so a concurrent
         // call never sees neither and reports an unknown token.
-        if self.ended.len() < MAX_TOMBSTONES {
-            self.ended.insert(
-                entry.token_digest,
-                Tombstone {
-                    session_id: entry.id.clone(),
-                    reason,
-                    ended_ms: now,
-                },
-            );
-        }
+        let tombstone = Tombstone {
+            session_id: entry.id.clone(),
+            reason,
+            ended_ms: now,
+        };
+        self.put_tombstone(entry.token_digest, tombstone, true);
         self.by_token.remove(&entry.token_digest);
         self.by_id.remove(entry.id.as_str());
         self.release_counts(entry);
