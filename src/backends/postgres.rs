@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sqlx::{any::AnyPoolOptions, Any, Row, Transaction};
+use sqlx::{any::AnyPoolOptions, Any, Connection, Row, Transaction};
 
 use super::sql::{Dialect, SqlBackend};
 use super::PoolSpec;
@@ -79,6 +79,9 @@ pub const DDL: &[&str] = &[
         PRIMARY KEY (namespace, key))",
 ];
 
+/// A pooled connection idle this long is pinged before it is used.
+const PING_IDLE: Duration = Duration::from_secs(1);
+
 /// A pool that connects on first use; the pool actor runs migrations and
 /// health checks.
 pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
@@ -89,6 +92,19 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .min_connections(0)
         .acquire_timeout(pool.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
+        // A connection back from use a moment ago is taken as it is; one
+        // that sat idle is pinged first (a restarted server or a dropped
+        // link shows there, and the pool opens another). Pinging every
+        // one cost each call a round trip.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy(url)
         .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
     let mut backend = SqlBackend::new(name, Dialect::Postgres, pool, url, spec);

@@ -90,6 +90,8 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .max_connections(pool.max_connections)
         .min_connections(0)
         .acquire_timeout(pool.connect_timeout)
+        // A file on this host: a connection cannot go stale in the pool.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000")
