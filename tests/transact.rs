@@ -1175,6 +1175,61 @@ fn concurrent_writes_to_one_mailbox_commit_together_and_fail_alone() {
     });
 }
 
+/// Writes applied together (one multi-row insert, one mailbox statement)
+/// are each answered with their own row: the generated id a response
+/// carries is the row holding that Write's fields, its sequence the
+/// mailbox row holding its message, with the defaults read back.
+#[test]
+fn grouped_writes_are_each_answered_with_their_own_row_and_message() {
+    block_on_multi_thread(async {
+        let fx = Fixture::start().await;
+        for b in BACKENDS {
+            let t = fx.client(b).await;
+            let calls = (0..48).map(|i| {
+                let req = t.write_request(
+                    WriteMode::Insert,
+                    &[("customer", text(&format!("own{i}"))), ("amount", num(1.0))],
+                    Some(&format!("message {i}")),
+                );
+                let mut client = t.client.clone();
+                async move { (i, client.write(req).await.map(|r| r.into_inner())) }
+            });
+            let results = futures::future::join_all(calls).await;
+            let stored: HashMap<i64, Vec<u8>> = fx.mailbox(b).await.into_iter().collect();
+            let mut ids = std::collections::HashSet::new();
+            for (i, r) in results {
+                let r = r.unwrap_or_else(|e| panic!("{b}: write {i}: {e:?}"));
+                let data = r.data_result.expect("a data result");
+                assert_eq!(data.rows_affected, 1, "{b}: write {i}");
+                let id = match data.generated_values["id"].kind {
+                    Some(V::NumberValue(n)) => n as i64,
+                    ref other => panic!("{b}: an id, got {other:?}"),
+                };
+                assert_eq!(
+                    data.generated_values["status"].kind,
+                    Some(V::StringValue("new".into())),
+                    "{b}: the default is read back"
+                );
+                assert_eq!(
+                    fx.count(b, &format!("id = {id} AND customer = 'own{i}'"))
+                        .await,
+                    1,
+                    "{b}: write {i}'s id names its own row"
+                );
+                let sequence = r.mailbox_result.expect("a mailbox result").sequence;
+                assert_eq!(
+                    stored.get(&sequence).map(Vec::as_slice),
+                    Some(format!("message {i}").as_bytes()),
+                    "{b}: write {i}'s sequence names its own message"
+                );
+                assert!(ids.insert(id), "{b}: ids differ");
+            }
+            assert_eq!(stored.len(), 48, "{b}");
+        }
+        fx.finish().await;
+    });
+}
+
 /// A grouped Write that waits on a row another transaction holds gives up
 /// after the group's lock wait (ABORTED `WRITE_CONFLICT`, retry) and fails
 /// alone: the Writes grouped with it commit.

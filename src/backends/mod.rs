@@ -41,6 +41,7 @@ pub mod spec;
 pub mod sql;
 pub mod sql_reader;
 pub mod sql_transact;
+pub mod sql_write;
 pub mod sqlite;
 pub mod transact;
 

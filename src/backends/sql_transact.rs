@@ -1,8 +1,9 @@
-//! `transact_outbox` on the SQL backends (SQLite and Postgres): data writes
-//! on configured tables, built from the learned schema (identifiers quoted,
-//! values bound), and the mailbox tables `prism_mailbox` (rows) and
-//! `prism_mailbox_sequence` (one counter row per mailbox, locked by the
-//! writing transaction until it ends, so sequences commit in order).
+//! `transact_outbox` on the SQL backends (SQLite and Postgres): the mailbox
+//! tables `prism_mailbox` (rows) and `prism_mailbox_sequence` (one counter
+//! row per mailbox, locked by the writing transaction until it ends, so
+//! sequences commit in order), mailbox reads and marks, relay cursors and
+//! leases, and the waiters that wake relays. The writes themselves are in
+//! [`super::sql_write`].
 //!
 //! Postgres transactions run at the requested isolation with a statement
 //! timeout, and `pg_notify('prism_mailbox', '<ns>/<mailbox>')` wakes relays
@@ -13,22 +14,18 @@
 //! (`pool.max_transactions`) so other calls find a connection (when the
 //! pool has more than one).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use prost_types::{value::Kind as V, Value};
-use sqlx::{any::AnyRow, Any, Row, Transaction};
+use sqlx::{any::AnyRow, Any, Row};
 
 use super::{
-    epoch_ms, kv, postgres,
-    reader::{value_param, Column, Kind, Param, ReaderPaged, TableSchema},
-    sql::{Dialect, SqlBackend},
-    sql_reader::{decode, quote, read_expr, Sql},
-    sqlite,
+    epoch_ms, kv,
+    sql::SqlBackend,
+    sql_write::SqlTransaction,
     transact::{
-        row_not_found, DataOp, DeadLetterNote, Isolation, Lag, MailboxOp, MailboxQuery, MailboxRow,
-        MailboxWaiter, MailboxWake, OpenTransaction, RelayCursor, RelayId, RelayLease,
-        TransactOutbox, WriteMode, WriteOp, WriteOutcome,
+        DeadLetterNote, Isolation, Lag, MailboxQuery, MailboxRow, MailboxWaiter, MailboxWake,
+        OpenTransaction, RelayCursor, RelayId, RelayLease, TransactOutbox,
     },
 };
 use crate::error::{Error, ErrorKind};
@@ -42,28 +39,6 @@ const MAILBOX_COLUMNS: &str = "message_id, mailbox_id, sequence, message, metada
 impl SqlBackend {
     pub fn transact_handle(self: &Arc<Self>) -> Arc<dyn TransactOutbox> {
         Arc::new(SqlOutbox(self.clone()))
-    }
-
-    /// A Transact table's schema (learned once, like a Reader collection's).
-    async fn table_schema(&self, table: &str, id: &str) -> Result<Arc<TableSchema>, Error> {
-        self.schema(&format!("transact:{table}"), table, id)
-            .await
-            .map_err(|e| {
-                if e.reason == "COLLECTION_TABLE_MISSING" {
-                    Error::new(
-                        ErrorKind::FailedPrecondition,
-                        "TABLE_MISSING",
-                        format!(
-                            "table `{table}` (or its column `{id}`) does not exist on backend \
-                             `{}`; create it",
-                            self.name
-                        ),
-                    )
-                    .with("table", table)
-                } else {
-                    e
-                }
-            })
     }
 }
 
@@ -100,6 +75,7 @@ impl TransactOutbox for SqlOutbox {
         ns: &str,
         isolation: Isolation,
         timeout: Duration,
+        lock_wait: Option<Duration>,
     ) -> Result<Box<dyn OpenTransaction>, Error> {
         let kv = &self.0;
         kv.ready()?;
@@ -121,41 +97,9 @@ impl TransactOutbox for SqlOutbox {
                 )
                 .with("backend", kv.name.as_str())
             })?;
-        let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
-        match kv.dialect {
-            Dialect::Postgres => {
-                let level = match isolation {
-                    Isolation::Default => None,
-                    Isolation::ReadCommitted => Some("READ COMMITTED"),
-                    Isolation::RepeatableRead => Some("REPEATABLE READ"),
-                    Isolation::Serializable => Some("SERIALIZABLE"),
-                };
-                if let Some(level) = level {
-                    sqlx::query(&format!("SET TRANSACTION ISOLATION LEVEL {level}"))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| kv.db_error(e))?;
-                }
-                let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
-                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| kv.db_error(e))?;
-            }
-            // SQLite takes the write lock at the transaction's first
-            // statement (`SqlTransaction::lock`), not at BEGIN: a stream
-            // that began and waits holds no lock.
-            Dialect::Sqlite => {}
-        }
-        Ok(Box::new(SqlTransaction {
-            kv: kv.clone(),
-            tx,
-            ns: ns.to_string(),
-            notified: Vec::new(),
-            notified_at_savepoint: 0,
-            locked: kv.dialect != Dialect::Sqlite,
-            _place: place,
-        }))
+        let tx =
+            SqlTransaction::begin(kv.clone(), ns, isolation, timeout, lock_wait, place).await?;
+        Ok(Box::new(tx))
     }
 
     async fn read_mailbox(&self, ns: &str, q: &MailboxQuery) -> Result<Vec<MailboxRow>, Error> {
@@ -630,469 +574,6 @@ impl MailboxWaiter for SqlMailboxWaiter {
                     }
                 },
             }
-        }
-    }
-}
-
-/// An open transaction on a pooled connection.
-struct SqlTransaction {
-    kv: Arc<SqlBackend>,
-    tx: Transaction<'static, Any>,
-    ns: String,
-    /// Mailboxes notified in this transaction (once each).
-    notified: Vec<String>,
-    /// How many were notified at the latest savepoint: a rollback to it
-    /// takes the later notifications back, so they are sent again.
-    notified_at_savepoint: usize,
-    /// SQLite: whether this transaction holds the write lock yet.
-    locked: bool,
-    /// Its place among the backend's open transactions.
-    _place: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl SqlTransaction {
-    fn err(&self, e: sqlx::Error) -> Error {
-        self.kv.db_error(e)
-    }
-
-    /// SQLite: takes the database write lock before the transaction's
-    /// first statement (a deferred transaction that read first could not
-    /// upgrade while another writer holds it); waits out `busy_timeout`.
-    async fn lock(&mut self) -> Result<(), Error> {
-        if !self.locked {
-            sqlite::lock(&mut self.tx)
-                .await
-                .map_err(|e| self.kv.db_error(e))?;
-            self.locked = true;
-        }
-        Ok(())
-    }
-
-    /// Runs a fixed statement in the transaction.
-    async fn statement(&mut self, sql: &'static str) -> Result<(), Error> {
-        sqlx::query(sql)
-            .execute(&mut *self.tx)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.kv.db_error(e))
-    }
-
-    /// Runs a built statement in the transaction; rows affected.
-    async fn execute(&mut self, sql: &Sql) -> Result<u64, Error> {
-        sql.query()
-            .execute(&mut *self.tx)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(|e| self.kv.db_error(e))
-    }
-
-    async fn data(&mut self, op: &DataOp) -> Result<WriteOutcome, Error> {
-        let schema = self.kv.table_schema(&op.table, &op.table_id).await?;
-        // The request's id_field, or the table's id.
-        let id_idx = schema.column(&op.id)?;
-        let dialect = self.kv.dialect;
-        let mut sql = Sql::new(dialect);
-        let table = quote(&op.table);
-        let id_col = &schema.columns[id_idx];
-        // Every field as (column index, bound placeholder or NULL).
-        let mut fields = Vec::with_capacity(op.record.len());
-        for (name, value) in &op.record {
-            let i = schema.column(name)?;
-            let c = &schema.columns[i];
-            let ph = match write_param(c, value)? {
-                Some(p) => sql.param(c, p),
-                None => "NULL".to_string(),
-            };
-            fields.push((i, ph));
-        }
-        let id_ph = || {
-            fields
-                .iter()
-                .find(|(i, _)| *i == id_idx)
-                .map(|(_, ph)| ph.clone())
-                .ok_or_else(|| {
-                    Error::invalid_argument(
-                        "MISSING_ID",
-                        format!(
-                            "this write mode finds its row by `{}`; put it in the record",
-                            id_col.name
-                        ),
-                    )
-                    .with("field", id_col.name.clone())
-                })
-        };
-        let assignments = |excluded: bool| {
-            fields
-                .iter()
-                .filter(|(i, _)| *i != id_idx)
-                .map(|(i, ph)| {
-                    let c = quote(&schema.columns[*i].name);
-                    if excluded {
-                        format!("{c} = excluded.{c}")
-                    } else {
-                        format!("{c} = {ph}")
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
-        let returning = || {
-            let set: Vec<usize> = fields.iter().map(|(i, _)| *i).collect();
-            let exprs: Vec<(usize, String)> = (0..schema.columns.len())
-                .filter(|i| !set.contains(i))
-                .map(|i| {
-                    let c = &schema.columns[i];
-                    (
-                        i,
-                        format!(
-                            "{} AS prism_c{i}",
-                            read_expr(dialect, c, &schema.sql_types[i])
-                        ),
-                    )
-                })
-                .collect();
-            exprs
-        };
-        let insert = |sql_text: &mut String| {
-            let cols: Vec<String> = fields
-                .iter()
-                .map(|(i, _)| quote(&schema.columns[*i].name))
-                .collect();
-            let vals: Vec<&str> = fields.iter().map(|(_, ph)| ph.as_str()).collect();
-            if cols.is_empty() {
-                *sql_text = format!("INSERT INTO {table} DEFAULT VALUES");
-            } else {
-                *sql_text = format!(
-                    "INSERT INTO {table} ({}) VALUES ({})",
-                    cols.join(", "),
-                    vals.join(", ")
-                );
-            }
-        };
-        let generated = match op.mode {
-            WriteMode::Insert | WriteMode::Upsert => {
-                let mut text = String::new();
-                insert(&mut text);
-                if op.mode == WriteMode::Upsert {
-                    id_ph()?;
-                    let set = assignments(true);
-                    if set.is_empty() {
-                        text.push_str(&format!(
-                            " ON CONFLICT ({}) DO NOTHING",
-                            quote(&id_col.name)
-                        ));
-                    } else {
-                        text.push_str(&format!(
-                            " ON CONFLICT ({}) DO UPDATE SET {}",
-                            quote(&id_col.name),
-                            set.join(", ")
-                        ));
-                    }
-                }
-                let ret = returning();
-                if ret.is_empty() {
-                    sql.text = text;
-                    let n = self.execute(&sql).await?;
-                    return Ok(WriteOutcome {
-                        rows_affected: n as i64,
-                        ..Default::default()
-                    });
-                }
-                let list: Vec<&str> = ret.iter().map(|(_, e)| e.as_str()).collect();
-                sql.text = format!("{text} RETURNING {}", list.join(", "));
-                let rows = sql
-                    .query()
-                    .fetch_all(&mut *self.tx)
-                    .await
-                    .map_err(|e| self.kv.db_error(e))?;
-                let mut generated = BTreeMap::new();
-                if let Some(row) = rows.first() {
-                    for (n, (i, _)) in ret.iter().enumerate() {
-                        let c = &schema.columns[*i];
-                        let v = decode(row, n, c.kind).map_err(|e| self.kv.db_error(e))?;
-                        if !matches!(v.kind, Some(V::NullValue(_))) {
-                            generated.insert(c.name.clone(), v);
-                        }
-                    }
-                }
-                return Ok(WriteOutcome {
-                    rows_affected: rows.len() as i64,
-                    generated,
-                    mailbox: None,
-                });
-            }
-            WriteMode::Update => {
-                let id = id_ph()?;
-                let set = assignments(false);
-                if set.is_empty() {
-                    return Err(Error::invalid_argument(
-                        "NOTHING_TO_UPDATE",
-                        "an update needs at least one field besides the id",
-                    ));
-                }
-                sql.text = format!(
-                    "UPDATE {table} SET {} WHERE {} = {id}",
-                    set.join(", "),
-                    quote(&id_col.name)
-                );
-                BTreeMap::new()
-            }
-            WriteMode::Delete => {
-                let id = id_ph()?;
-                if fields.len() > 1 {
-                    return Err(Error::invalid_argument(
-                        "DELETE_TAKES_ID_ONLY",
-                        format!("a delete's record holds only `{}`", id_col.name),
-                    ));
-                }
-                sql.text = format!("DELETE FROM {table} WHERE {} = {id}", quote(&id_col.name));
-                BTreeMap::new()
-            }
-        };
-        let n = self.execute(&sql).await?;
-        if n == 0 {
-            return Err(row_not_found(&op.table, &id_col.name));
-        }
-        Ok(WriteOutcome {
-            rows_affected: n as i64,
-            generated,
-            mailbox: None,
-        })
-    }
-
-    async fn mailbox(&mut self, op: &MailboxOp) -> Result<(String, i64), Error> {
-        let message_id = format!("msg-{}", hex::encode(rand::random::<[u8; 12]>()));
-        let metadata = serde_json::to_string(&op.metadata).unwrap_or_else(|_| "{}".into());
-        let sequence = if self.kv.dialect == Dialect::Postgres {
-            // The counter and the row in one statement: one round trip
-            // fewer per Write, which is what a group of Writes queues on.
-            let row = sqlx::query(
-                "WITH seq AS (INSERT INTO prism_mailbox_sequence (namespace, mailbox_id, \
-                 last_sequence) VALUES ($1, $2, 1) ON CONFLICT (namespace, mailbox_id) \
-                 DO UPDATE SET last_sequence = prism_mailbox_sequence.last_sequence + 1 \
-                 RETURNING last_sequence) \
-                 INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, message, \
-                 metadata, message_type, priority, created_at) \
-                 SELECT $1, $2, last_sequence, $3, $4, $5, $6, $7, $8 FROM seq RETURNING sequence",
-            )
-            .bind(self.ns.as_str())
-            .bind(op.mailbox.as_str())
-            .bind(message_id.as_str())
-            .bind(op.message.as_slice())
-            .bind(metadata)
-            .bind(op.message_type.as_deref())
-            .bind(op.priority.map(i64::from))
-            .bind(epoch_ms())
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(|e| self.kv.db_error(e))?;
-            row.try_get::<i64, _>(0).map_err(|e| self.kv.db_error(e))?
-        } else {
-            self.mailbox_in_two(op, &message_id, metadata).await?
-        };
-        if self.kv.dialect == Dialect::Postgres && !self.notified.contains(&op.mailbox) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(format!("{}/{}", self.ns, op.mailbox))
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| self.kv.db_error(e))?;
-        }
-        if !self.notified.contains(&op.mailbox) {
-            self.notified.push(op.mailbox.clone());
-        }
-        Ok((message_id, sequence))
-    }
-
-    /// SQLite (no INSERT in a WITH): the counter, then the row.
-    async fn mailbox_in_two(
-        &mut self,
-        op: &MailboxOp,
-        message_id: &str,
-        metadata: String,
-    ) -> Result<i64, Error> {
-        let row = sqlx::query(
-            "INSERT INTO prism_mailbox_sequence (namespace, mailbox_id, last_sequence) \
-             VALUES ($1, $2, 1) ON CONFLICT (namespace, mailbox_id) \
-             DO UPDATE SET last_sequence = prism_mailbox_sequence.last_sequence + 1 \
-             RETURNING last_sequence",
-        )
-        .bind(self.ns.as_str())
-        .bind(op.mailbox.as_str())
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(|e| self.kv.db_error(e))?;
-        let sequence: i64 = row.try_get(0).map_err(|e| self.kv.db_error(e))?;
-        sqlx::query(
-            "INSERT INTO prism_mailbox (namespace, mailbox_id, sequence, message_id, message, \
-             metadata, message_type, priority, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(self.ns.as_str())
-        .bind(op.mailbox.as_str())
-        .bind(sequence)
-        .bind(message_id)
-        .bind(op.message.as_slice())
-        .bind(metadata)
-        .bind(op.message_type.as_deref())
-        .bind(op.priority.map(i64::from))
-        .bind(epoch_ms())
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| self.kv.db_error(e))?;
-        Ok(sequence)
-    }
-}
-
-#[async_trait]
-impl OpenTransaction for SqlTransaction {
-    async fn replay(&mut self, key: &str, fingerprint: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.lock().await?;
-        if self.kv.dialect == Dialect::Postgres {
-            let lock = [format!("txidem/{}/{key}", self.ns)];
-            postgres::lock(&mut self.tx, &lock)
-                .await
-                .map_err(|e| self.kv.db_error(e))?;
-        }
-        let row = sqlx::query(
-            "SELECT fingerprint, response FROM prism_transact_idempotency \
-             WHERE namespace = $1 AND key = $2 AND expires_at > $3",
-        )
-        .bind(self.ns.as_str())
-        .bind(key)
-        .bind(epoch_ms())
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(|e| self.kv.db_error(e))?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: String = row.try_get(0).map_err(|e| self.err(e))?;
-        if stored != fingerprint {
-            return Err(kv::idempotency_reused(key));
-        }
-        Ok(Some(row.try_get(1).map_err(|e| self.err(e))?))
-    }
-
-    async fn write(&mut self, op: &WriteOp) -> Result<WriteOutcome, Error> {
-        self.lock().await?;
-        let mut outcome = match &op.data {
-            Some(data) => self.data(data).await?,
-            None => WriteOutcome::default(),
-        };
-        if let Some(mailbox) = &op.mailbox {
-            outcome.mailbox = Some(self.mailbox(mailbox).await?);
-        }
-        Ok(outcome)
-    }
-
-    async fn remember(
-        &mut self,
-        key: &str,
-        fingerprint: &str,
-        response: &[u8],
-        window: Duration,
-    ) -> Result<(), Error> {
-        let expires = epoch_ms().saturating_add(window.as_millis().min(i64::MAX as u128) as i64);
-        sqlx::query(
-            "INSERT INTO prism_transact_idempotency (namespace, key, fingerprint, response, \
-             expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (namespace, key) DO UPDATE SET \
-             fingerprint = excluded.fingerprint, response = excluded.response, \
-             expires_at = excluded.expires_at",
-        )
-        .bind(self.ns.as_str())
-        .bind(key)
-        .bind(fingerprint)
-        .bind(response)
-        .bind(expires)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| self.kv.db_error(e))?;
-        Ok(())
-    }
-
-    async fn savepoint(&mut self) -> Result<(), Error> {
-        self.lock().await?;
-        self.statement("SAVEPOINT prism_write").await?;
-        self.notified_at_savepoint = self.notified.len();
-        Ok(())
-    }
-
-    async fn rollback_to(&mut self) -> Result<(), Error> {
-        self.statement("ROLLBACK TO SAVEPOINT prism_write").await?;
-        // Postgres drops a NOTIFY sent after the savepoint with it.
-        self.notified.truncate(self.notified_at_savepoint);
-        Ok(())
-    }
-
-    async fn limit_lock_waits(&mut self, wait: Duration) -> Result<(), Error> {
-        if self.kv.dialect != Dialect::Postgres {
-            return Ok(());
-        }
-        let ms = wait.as_millis().clamp(1, i32::MAX as u128);
-        sqlx::query(&format!("SET LOCAL lock_timeout = {ms}"))
-            .execute(&mut *self.tx)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.kv.db_error(e))
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), Error> {
-        let SqlTransaction {
-            kv, tx, notified, ..
-        } = *self;
-        tx.commit().await.map_err(|e| kv.db_error(e))?;
-        if !notified.is_empty() {
-            kv.outbox_written.send_modify(|v| *v = v.wrapping_add(1));
-        }
-        Ok(())
-    }
-
-    async fn rollback(self: Box<Self>) -> Result<(), Error> {
-        let kv = self.kv.clone();
-        self.tx.rollback().await.map_err(|e| kv.db_error(e))
-    }
-}
-
-/// The parameter storing `value` in column `c`; `None` stores NULL.
-fn write_param(c: &Column, value: &Value) -> Result<Option<Param>, Error> {
-    match (&value.kind, c.kind) {
-        (None | Some(V::NullValue(_)), _) => Ok(None),
-        (Some(V::StructValue(_) | V::ListValue(_)), Kind::Json) => {
-            Ok(Some(Param::Text(value_json(value).to_string())))
-        }
-        (Some(V::NumberValue(_) | V::BoolValue(_)), Kind::Json) => {
-            Ok(Some(Param::Text(value_json(value).to_string())))
-        }
-        (Some(V::StringValue(s)), Kind::Json) => Ok(Some(Param::Text(
-            serde_json::Value::String(s.clone()).to_string(),
-        ))),
-        (_, Kind::Bytes) => Err(Error::invalid_argument(
-            "UNSUPPORTED_FIELD_TYPE",
-            format!(
-                "field `{}` is a bytes column; Transact writes numbers, strings, booleans, \
-                 timestamps and JSON",
-                c.name
-            ),
-        )
-        .with("field", c.name.clone())),
-        _ => value_param(c, value, "stored in it").map(Some),
-    }
-}
-
-fn value_json(v: &Value) -> serde_json::Value {
-    match &v.kind {
-        None | Some(V::NullValue(_)) => serde_json::Value::Null,
-        Some(V::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Some(V::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(V::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(V::StructValue(s)) => serde_json::Value::Object(
-            s.fields
-                .iter()
-                .map(|(k, v)| (k.clone(), value_json(v)))
-                .collect(),
-        ),
-        Some(V::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_json).collect())
         }
     }
 }

@@ -140,12 +140,16 @@ pub struct Lag {
 #[async_trait]
 pub trait TransactOutbox: Send + Sync {
     /// Opens a database transaction at `isolation`; each statement is
-    /// bounded by `timeout` where the database can enforce it.
+    /// bounded by `timeout` where the database can enforce it, and with
+    /// `lock_wait` each wait for a row lock too: in a group of Writes, one
+    /// that waits on a row another transaction holds fails alone rather
+    /// than holding the group, and its mailbox, until the group's deadline.
     async fn begin(
         &self,
         ns: &str,
         isolation: Isolation,
         timeout: Duration,
+        lock_wait: Option<Duration>,
     ) -> Result<Box<dyn OpenTransaction>, Error>;
 
     /// Mailbox rows in sequence order.
@@ -248,6 +252,12 @@ pub trait OpenTransaction: Send {
 
     async fn write(&mut self, op: &WriteOp) -> Result<WriteOutcome, Error>;
 
+    /// Applies `ops` in order, as one unit and in as few statements as the
+    /// database allows (group commit's first attempt). On an error the
+    /// transaction may hold part of them and must be rolled back: which
+    /// Write failed is not known.
+    async fn write_all(&mut self, ops: &[&WriteOp]) -> Result<Vec<WriteOutcome>, Error>;
+
     /// Stores the response for the key, kept for `window`.
     async fn remember(
         &mut self,
@@ -266,12 +276,6 @@ pub trait OpenTransaction: Send {
     /// Undoes what was done since the latest mark (and clears a failed
     /// statement).
     async fn rollback_to(&mut self) -> Result<(), Error>;
-
-    /// Bounds each wait for a row lock (where the database can): in a group
-    /// of Writes, one that waits on a row another transaction holds fails
-    /// alone rather than holding the group, and its mailbox, until the
-    /// group's deadline.
-    async fn limit_lock_waits(&mut self, wait: Duration) -> Result<(), Error>;
 
     async fn commit(self: Box<Self>) -> Result<(), Error>;
 

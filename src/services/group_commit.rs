@@ -3,9 +3,16 @@
 //! commits: one commit (one fsync) per Write bounded a mailbox at about a
 //! thousand Writes a second. Here Writes to the same mailbox that arrive
 //! while one group commits join the next group: one database transaction,
-//! a savepoint per Write (a Write that fails is undone alone and gets its
-//! own error), the counter taken once, one commit for all. A lone Write is
-//! a group of one; the group grows with the load.
+//! the counter taken once, one commit for all. A lone Write is a group of
+//! one; the group grows with the load.
+//!
+//! A group is first applied all together (`OpenTransaction::write_all`:
+//! on Postgres its inserts into one table are one multi-row statement, its
+//! mailbox rows and counter one more, so a group costs about the round
+//! trips of a lone Write, and the counter row is locked only from that last
+//! statement to the commit). When a statement of that attempt fails it is
+//! rolled back and the group runs again one Write at a time, a savepoint
+//! each: a Write that fails is undone alone and gets its own error.
 //!
 //! Each group runs in a task of its mailbox (backend, namespace, mailbox),
 //! which ends after it has been idle a while; there are at most
@@ -19,8 +26,9 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use dashmap::DashMap;
+use futures::{stream::FuturesUnordered, StreamExt};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, RwLock},
     time::Instant,
 };
 
@@ -29,11 +37,17 @@ use crate::{
     error::Error,
     proto::transact::v1 as pb,
 };
+use prost::Message as _;
 
 /// Writes in one group, at most. Each Write is a subtransaction; Postgres
 /// keeps 64 of a transaction's subtransaction ids in shared memory and past
 /// that every snapshot taken meanwhile (anyone's) looks them up on disk.
 const MAX_GROUP: usize = 64;
+
+/// Groups of one mailbox in flight at once. The next group's data rows go
+/// in while the one before commits; its mailbox rows wait for that commit
+/// (the counter row's lock), so sequences still commit in order.
+const IN_FLIGHT: usize = 2;
 
 /// Mailboxes with a group task at once, at most.
 pub const MAX_GROUPS: usize = 1024;
@@ -140,46 +154,67 @@ impl GroupCommit {
         // Owned by its channel: it ends when idle, or when the service (and
         // with it every sender) is gone.
         tokio::spawn(async move {
+            let turns = RwLock::new(());
+            let mut running = FuturesUnordered::new();
             loop {
-                let first = match tokio::time::timeout(IDLE, rx.recv()).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => return,
-                    Err(_) => {
-                        // Idle: leave the map first, then answer whatever
-                        // raced in before the channel closes.
-                        if let Some(groups) = groups.upgrade() {
-                            groups.remove(&key);
+                tokio::select! {
+                    biased;
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    next = tokio::time::timeout(IDLE, rx.recv()), if running.len() < IN_FLIGHT => {
+                        match next {
+                            Ok(Some(first)) => {
+                                let mut group = vec![first];
+                                while group.len() < MAX_GROUP {
+                                    match rx.try_recv() {
+                                        Ok(p) => group.push(p),
+                                        Err(_) => break,
+                                    }
+                                }
+                                running.push(commit_group(&outbox, &ns, &turns, timeout, group));
+                            }
+                            Ok(None) => {
+                                while running.next().await.is_some() {}
+                                return;
+                            }
+                            Err(_) if !running.is_empty() => {}
+                            Err(_) => {
+                                // Idle: leave the map first, then answer
+                                // whatever raced in before the channel closes.
+                                if let Some(groups) = groups.upgrade() {
+                                    groups.remove(&key);
+                                }
+                                rx.close();
+                                let mut rest = Vec::new();
+                                while let Ok(p) = rx.try_recv() {
+                                    rest.push(p);
+                                }
+                                if !rest.is_empty() {
+                                    commit_group(&outbox, &ns, &turns, timeout, rest).await;
+                                }
+                                return;
+                            }
                         }
-                        rx.close();
-                        let mut rest = Vec::new();
-                        while let Ok(p) = rx.try_recv() {
-                            rest.push(p);
-                        }
-                        if !rest.is_empty() {
-                            commit_group(&outbox, &ns, timeout, rest).await;
-                        }
-                        return;
-                    }
-                };
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(p) => group.push(p),
-                        Err(_) => break,
                     }
                 }
-                commit_group(&outbox, &ns, timeout, group).await;
             }
         });
         tx
     }
 }
 
-/// Runs one group: a savepoint per Write, one commit. Every Write of the
-/// group is answered, whatever fails.
+/// Runs one group: first all its Writes together; when that fails, one
+/// by one with a savepoint each. Every Write of the group is answered,
+/// whatever fails.
+///
+/// Groups tried together run side by side: each takes the counter row last
+/// (after its data rows), so none holds it while waiting for another lock.
+/// One by one, a group takes the counter at its first Write and other locks
+/// after it; it runs alone (`turns`), or two such groups could each hold
+/// what the other waits for.
 async fn commit_group(
     outbox: &Arc<dyn TransactOutbox>,
     ns: &str,
+    turns: &RwLock<()>,
     timeout: Duration,
     group: Vec<Pending>,
 ) {
@@ -196,16 +231,132 @@ async fn commit_group(
     let Some(until) = live.iter().map(|p| p.deadline).max() else {
         return;
     };
+    let side_by_side = turns.read().await;
+    let first = together(outbox, ns, timeout, until, &live).await;
+    drop(side_by_side);
+    match first {
+        Together::Committed(responses) => {
+            for (p, response) in live.into_iter().zip(responses) {
+                let _ = p.reply.send(Ok(response));
+            }
+        }
+        Together::Failed(e) => {
+            for p in live {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+        Together::OneByOne => {
+            let _alone = turns.write().await;
+            one_by_one(outbox, ns, timeout, until, live).await
+        }
+    }
+}
+
+/// How a group's first attempt ended.
+enum Together {
+    /// Every Write committed; their responses, in the group's order.
+    Committed(Vec<pb::WriteResponse>),
+    /// The transaction itself failed (it could not begin or commit, or the
+    /// group's deadline passed): no Write of the group was applied.
+    Failed(Error),
+    /// A statement failed, perhaps for one Write's own fault: nothing was
+    /// applied; try them one by one.
+    OneByOne,
+}
+
+/// The group's Writes in one go: their idempotency keys looked up, their
+/// rows in a few statements (`write_all`), their responses remembered,
+/// one commit. The common case, and the cheap one: a group costs about as
+/// many round trips as a lone Write.
+async fn together(
+    outbox: &Arc<dyn TransactOutbox>,
+    ns: &str,
+    timeout: Duration,
+    until: Instant,
+    group: &[Pending],
+) -> Together {
+    // The same key twice in a group: the second must see the first's
+    // response, which only the one-by-one path stores in between.
+    let mut keys: Vec<&str> = group
+        .iter()
+        .filter_map(|p| p.idempotency.as_ref().map(|(k, _)| k.as_str()))
+        .collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Together::OneByOne;
+    }
+    let wait = until.saturating_duration_since(Instant::now());
+    let mut tx = match outbox
+        .begin(ns, Isolation::Default, wait, Some(LOCK_WAIT))
+        .await
+    {
+        Ok(tx) => tx,
+        Err(e) => return Together::Failed(e),
+    };
+    let work = async {
+        let mut responses: Vec<Option<pb::WriteResponse>> = vec![None; group.len()];
+        for (slot, p) in responses.iter_mut().zip(group) {
+            if let Some((key, fp)) = &p.idempotency {
+                if let Some(stored) = tx.replay(key, fp).await? {
+                    *slot = Some(super::transact::replayed(&stored)?);
+                }
+            }
+        }
+        let fresh: Vec<usize> = (0..group.len())
+            .filter(|&i| responses[i].is_none())
+            .collect();
+        let ops: Vec<&WriteOp> = fresh.iter().map(|&i| &group[i].op).collect();
+        let outcomes = tx.write_all(&ops).await?;
+        for (&i, outcome) in fresh.iter().zip(outcomes) {
+            let response = super::transact::applied(outcome);
+            if let Some((key, fp)) = &group[i].idempotency {
+                tx.remember(key, fp, &response.encode_to_vec(), group[i].window)
+                    .await?;
+            }
+            responses[i] = Some(response);
+        }
+        Ok::<_, Error>(responses.into_iter().flatten().collect::<Vec<_>>())
+    };
+    match tokio::time::timeout_at(until, work).await {
+        Ok(Ok(responses)) => match tx.commit().await {
+            Ok(()) => Together::Committed(responses),
+            Err(e) => Together::Failed(e),
+        },
+        Ok(Err(e)) => {
+            let _ = tx.rollback().await;
+            // A lone Write's error is its own. In a group, whatever it was,
+            // the one-by-one attempt meets it again and answers each Write
+            // for itself.
+            if group.len() == 1 {
+                Together::Failed(e)
+            } else {
+                Together::OneByOne
+            }
+        }
+        Err(_) => Together::Failed(super::transact::timed_out(timeout)),
+    }
+}
+
+/// The group's Writes one by one in one transaction, a savepoint each: a
+/// Write that fails is undone alone and gets its own error; the rest
+/// commit together.
+async fn one_by_one(
+    outbox: &Arc<dyn TransactOutbox>,
+    ns: &str,
+    timeout: Duration,
+    until: Instant,
+    live: Vec<Pending>,
+) {
     let mut waiting: VecDeque<Pending> = live.into();
     // The Write being applied, kept out here so a failure or the deadline
     // still finds it to answer.
     let mut current: Option<Pending> = None;
     let mut applied = Vec::with_capacity(waiting.len());
     let run = async {
+        let wait = until.saturating_duration_since(Instant::now());
         let mut tx = outbox
-            .begin(ns, Isolation::Default, until.saturating_duration_since(now))
+            .begin(ns, Isolation::Default, wait, Some(LOCK_WAIT))
             .await?;
-        tx.limit_lock_waits(LOCK_WAIT).await?;
         while let Some(next) = waiting.pop_front() {
             if next.reply.is_closed() {
                 continue;

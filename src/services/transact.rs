@@ -362,6 +362,17 @@ fn response(transaction_id: &str, committed: bool, outcome: WriteOutcome) -> pb:
     }
 }
 
+/// The response to a Write applied now.
+pub(crate) fn applied(outcome: WriteOutcome) -> pb::WriteResponse {
+    response(&new_transaction_id(), true, outcome)
+}
+
+/// The stored response of an earlier Write with the same idempotency key.
+pub(crate) fn replayed(stored: &[u8]) -> Result<pb::WriteResponse, Error> {
+    pb::WriteResponse::decode(stored)
+        .map_err(|_| Error::internal("a stored idempotent response is unreadable"))
+}
+
 fn new_transaction_id() -> String {
     format!("tx-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
@@ -385,7 +396,10 @@ async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteR
     let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(op)));
     let window = call.transact().idempotency_window;
     let work = async {
-        let mut tx = call.handle.begin(call.ns(), o.isolation, o.timeout).await?;
+        let mut tx = call
+            .handle
+            .begin(call.ns(), o.isolation, o.timeout, None)
+            .await?;
         let (wrote, response) = apply_write(&mut *tx, op, idempotency.as_ref(), window).await?;
         if !wrote {
             tx.rollback().await?;
@@ -413,13 +427,10 @@ pub(crate) async fn apply_write(
 ) -> Result<(bool, pb::WriteResponse), Error> {
     if let Some((key, fp)) = idempotency {
         if let Some(stored) = tx.replay(key, fp).await? {
-            return pb::WriteResponse::decode(stored.as_slice())
-                .map(|r| (false, r))
-                .map_err(|_| Error::internal("a stored idempotent response is unreadable"));
+            return replayed(&stored).map(|r| (false, r));
         }
     }
-    let outcome = tx.write(op).await?;
-    let response = response(&new_transaction_id(), true, outcome);
+    let response = applied(tx.write(op).await?);
     if let Some((key, fp)) = idempotency {
         tx.remember(key, fp, &response.encode_to_vec(), window)
             .await?;
@@ -877,7 +888,7 @@ impl Driver {
         }
         let tx = tokio::time::timeout(
             o.timeout,
-            call.handle.begin(call.ns(), o.isolation, o.timeout),
+            call.handle.begin(call.ns(), o.isolation, o.timeout, None),
         )
         .await
         .map_err(|_| timed_out(o.timeout));
