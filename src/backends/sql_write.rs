@@ -4,7 +4,8 @@
 //! idempotency records, and savepoints for group commit. A group of Writes
 //! applied together ([`OpenTransaction::write_all`]) costs a few statements
 //! on Postgres whatever its size: one multi-row INSERT per run of inserts
-//! into one table, one statement for a mailbox's counter and rows.
+//! into one table, one statement for a mailbox's counter and rows (SQLite:
+//! a statement per data row, two for a mailbox's).
 
 use std::{
     collections::BTreeMap,
@@ -576,11 +577,15 @@ impl OpenTransaction for SqlTransaction {
                 continue;
             };
             // A run of inserts of one shape, within the bound parameters a
-            // statement may carry.
+            // statement may carry. Postgres returns a multi-row INSERT's
+            // rows in VALUES order; SQLite says its RETURNING order is
+            // arbitrary (and has no round trips to save): a run of one there.
+            let batches = self.kv.dialect == Dialect::Postgres;
             let mut params = first.record.len();
             let mut end = i + 1;
             while let Some(next) = ops.get(end).and_then(|o| o.data.as_ref()) {
-                if !same_insert(first, next) || params + next.record.len() > MAX_PARAMS {
+                if !batches || !same_insert(first, next) || params + next.record.len() > MAX_PARAMS
+                {
                     break;
                 }
                 params += next.record.len();

@@ -34,7 +34,7 @@ use tokio::{
 
 use crate::{
     backends::transact::{Isolation, OpenTransaction, TransactOutbox, WriteOp},
-    error::Error,
+    error::{Error, ErrorKind},
     proto::transact::v1 as pb,
 };
 use prost::Message as _;
@@ -46,7 +46,8 @@ const MAX_GROUP: usize = 64;
 
 /// Groups of one mailbox in flight at once. The next group's data rows go
 /// in while the one before commits; its mailbox rows wait for that commit
-/// (the counter row's lock), so sequences still commit in order.
+/// (the counter row's lock), so sequences still commit in sequence order
+/// (which of two groups in flight takes the lower ones is not fixed).
 const IN_FLIGHT: usize = 2;
 
 /// Mailboxes with a group task at once, at most.
@@ -295,11 +296,17 @@ async fn together(
     };
     let work = async {
         let mut responses: Vec<Option<pb::WriteResponse>> = vec![None; group.len()];
-        for (slot, p) in responses.iter_mut().zip(group) {
-            if let Some((key, fp)) = &p.idempotency {
-                if let Some(stored) = tx.replay(key, fp).await? {
-                    *slot = Some(super::transact::replayed(&stored)?);
-                }
+        // Keys are locked in sorted order, as everywhere: two groups in
+        // flight never each hold a key the other waits for.
+        let mut keyed: Vec<(usize, &(String, String))> = group
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.idempotency.as_ref().map(|k| (i, k)))
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.1 .0.cmp(&b.1 .0));
+        for (i, (key, fp)) in keyed {
+            if let Some(stored) = tx.replay(key, fp).await? {
+                responses[i] = Some(super::transact::replayed(&stored)?);
             }
         }
         let fresh: Vec<usize> = (0..group.len())
@@ -324,10 +331,13 @@ async fn together(
         },
         Ok(Err(e)) => {
             let _ = tx.rollback().await;
-            // A lone Write's error is its own. In a group, whatever it was,
-            // the one-by-one attempt meets it again and answers each Write
-            // for itself.
-            if group.len() == 1 {
+            // A lone Write's error is its own — unless it waited on a lock
+            // the mailbox's other group held (the counter, until its
+            // commit): one by one runs alone, so that wait is gone. In a
+            // group, whatever it was, the one-by-one attempt meets it again
+            // and answers each Write for itself.
+            let waited = matches!(e.kind, ErrorKind::Aborted | ErrorKind::Unavailable);
+            if group.len() == 1 && !waited {
                 Together::Failed(e)
             } else {
                 Together::OneByOne
