@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{connect, env, percentile};
+use common::{connect, env, percentile, subscribe};
 use std::{sync::Arc, time::Duration};
 
 use prism::{
@@ -97,20 +97,13 @@ fn main() {
         let deadline = tokio::time::Instant::now() + LIMIT;
         let mut tasks = Vec::with_capacity(subscribers);
         for i in 0..subscribers {
-            let mut client = PubSubServiceClient::new(channels[i % connections].clone());
-            let mut stream = client
-                .subscribe(pb::SubscribeRequest {
-                    session_token: token.clone(),
-                    topic_pattern: "bench.>".into(),
-                    options: Some(pb::SubscriptionOptions {
-                        max_messages: Some(events as i32),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-                .expect("subscribe")
-                .into_inner();
+            let mut stream = subscribe(
+                channels[i % connections].clone(),
+                token.clone(),
+                "bench.>",
+                events,
+            )
+            .await;
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(events);
                 let mut last = base;

@@ -12,21 +12,22 @@
 //! Run: `cargo bench --bench transact_write` (needs Postgres, NATS and
 //! Kafka; `DATABASE_URL`, `NATS_URL` and `KAFKA_BROKERS` override the
 //! loopback defaults; `PRISM_BENCH_RELAYS=memory,nats,kafka` picks the
-//! destinations). Bounded in count and time: `PRISM_BENCH_WRITES` (default
+//! destinations; `PRISM_BENCH_JSON=<file>` also writes the figures as JSON,
+//! which `scripts/loadtest.sh` turns into the README's table). Bounded in
+//! count and time: `PRISM_BENCH_WRITES` (default
 //! 5000), `PRISM_BENCH_WRITERS` (concurrent clients, default 16); each run
 //! stops after 120 s whatever happens. Under `cargo test` it makes a small
 //! smoke run (100 writes, 4 writers, the memory destination).
 
 mod common;
 
-use common::{connect, env, percentile};
+use common::{connect, env, percentile, subscribe};
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use prism::{
     config::{GatewayConfig, Source},
     proto::{
-        pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
         session::v1::{
             create_session_request::{Auth, Config},
             session_service_client::SessionServiceClient,
@@ -87,6 +88,15 @@ impl Target {
             Target::Memory => "a PubSub topic (memory backend)",
             Target::Nats => "a NATS JetStream subject",
             Target::Kafka => "a Kafka topic",
+        }
+    }
+
+    /// The destination's name in the README's table.
+    fn short(self) -> &'static str {
+        match self {
+            Target::Memory => "PubSub",
+            Target::Nats => "NATS",
+            Target::Kafka => "Kafka",
         }
     }
 
@@ -267,6 +277,7 @@ fn main() {
                 direct.push((store, rate));
             }
         }
+        let mut summary = Vec::new();
         for run in &runs {
             let Some((_, rate)) = direct.iter().find(|(s, _)| *s == run.store) else {
                 continue;
@@ -277,6 +288,22 @@ fn main() {
                 run.target.describe(),
                 run.rate / rate
             );
+            summary.push(serde_json::json!({
+                "store": run.store.describe(),
+                "target": run.target.short(),
+                "rate": run.rate,
+                "direct": rate,
+                "write_p50_ms": ms(percentile(&run.writes, 0.50)),
+                "write_p99_ms": ms(percentile(&run.writes, 0.99)),
+                "relay_p50_ms": ms(percentile(&run.relay, 0.50)),
+                "relay_p99_ms": ms(percentile(&run.relay, 0.99)),
+                "relay_max_ms": ms(percentile(&run.relay, 1.0)),
+            }));
+        }
+        // For scripts/loadtest.sh, which writes the README's table.
+        if let Ok(path) = std::env::var("PRISM_BENCH_JSON") {
+            let doc = serde_json::json!({ "writes": writes, "writers": writers, "runs": summary });
+            std::fs::write(&path, doc.to_string()).expect("the summary is written");
         }
     });
 }
@@ -464,19 +491,7 @@ async fn consume(
     match target {
         Target::Memory => {
             let events = session(control, "events").await;
-            let mut sub = PubSubServiceClient::new(control.clone())
-                .subscribe(ps::SubscribeRequest {
-                    session_token: events,
-                    topic_pattern: "bench.orders".into(),
-                    options: Some(ps::SubscriptionOptions {
-                        max_messages: Some(expected as i32),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-                .expect("subscribe")
-                .into_inner();
+            let mut sub = subscribe(control.clone(), events, "bench.orders", expected).await;
             tokio::spawn(async move {
                 let mut arrived = Vec::with_capacity(expected);
                 while let Ok(Ok(Some(event))) =

@@ -9,6 +9,7 @@
 #   bash scripts/loadtest.sh            # full figures (about 5 minutes)
 #   QUICK=1 bash scripts/loadtest.sh    # 1,000 requests per scenario
 #   ONLY=cluster bash scripts/loadtest.sh   # the cluster table alone (needs haproxy)
+#   ONLY=transact bash scripts/loadtest.sh  # README's Transact table alone (Postgres, NATS, Kafka)
 #
 # Only loopback addresses are loaded; every run is bounded by its total or
 # its duration.
@@ -122,9 +123,53 @@ open(doc, "w").write(pattern.sub(lambda _: figures, text))
 PY
 }
 
+# Transact Writes on Postgres and SQLite, relayed to PubSub, NATS and
+# Kafka, each beside the same INSERTs straight to the database
+# (benches/transact_write.rs), into README.md's Transact table.
+transact_figures() {
+  local writes=()
+  [ -n "${QUICK:-}" ] && writes=(PRISM_BENCH_WRITES=1000)
+  env "${writes[@]}" PRISM_BENCH_JSON="$WORK/transact.json" \
+    cargo bench --bench transact_write >"$WORK/transact.log" 2>&1 || {
+    cat "$WORK/transact.log" >&2
+    exit 1
+  }
+  python3 - "$WORK/transact.json" >"$WORK/transact.txt" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+runs = doc["runs"]
+head = [f"{r['store']} → {r['target']}" for r in runs]
+def row(name, cell):
+    print(f"| {name} | " + " | ".join(cell(r) for r in runs) + " |")
+print("| measure (issue target) | " + " | ".join(head) + " |")
+print("|---|" + "---|" * len(runs))
+row("Write throughput, one mailbox", lambda r: f"{r['rate']:,.0f} writes/s")
+row("direct baseline, same run", lambda r: f"{r['direct']:,.0f} tx/s")
+row("gateway ÷ direct (≥ 0.7×)", lambda r: f"**{r['rate'] / r['direct']:.2f}×**")
+row("Write latency p50 / p99", lambda r: f"{r['write_p50_ms']:.1f} / {r['write_p99_ms']:.1f} ms")
+row("commit-to-relay p50 / p99 (p99 < 10 ms)",
+    lambda r: f"{r['relay_p50_ms']:.1f} / **{r['relay_p99_ms']:.1f}** ms")
+print()
+print(f"{doc['writers']} clients, {doc['writes']:,} Writes per column.")
+PY
+  {
+    echo "<!-- transact:begin -->"
+    cat "$WORK/transact.txt"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=transact\` for this table alone) on $(nproc) cores."
+    echo "<!-- transact:end -->"
+  } >"$WORK/transact.md"
+  replace_between transact README.md "$WORK/transact.md"
+}
+
 if [ "${ONLY:-}" = cluster ]; then
   cluster_figures
   echo "figures written to loadtest/README.md"
+  exit 0
+fi
+if [ "${ONLY:-}" = transact ]; then
+  transact_figures
+  echo "figures written to README.md"
   exit 0
 fi
 
@@ -167,6 +212,7 @@ kill "${pids[@]}" 2>/dev/null || true
 pids=()
 
 cluster_figures
+transact_figures
 
 sessions=100000
 [ -n "${QUICK:-}" ] && sessions=5000

@@ -1,6 +1,7 @@
 //! Helpers the benchmarks share: bounds from the environment, a loopback
-//! channel, percentiles.
+//! channel, a PubSub subscription, percentiles.
 
+use prism::proto::pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
 /// A count from the environment variable `name`, else `default`.
@@ -28,4 +29,26 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+/// A PubSub subscription to `pattern` that ends after `max` events.
+pub async fn subscribe(
+    channel: Channel,
+    token: String,
+    pattern: &str,
+    max: usize,
+) -> tonic::Streaming<ps::Event> {
+    PubSubServiceClient::new(channel)
+        .subscribe(ps::SubscribeRequest {
+            session_token: token,
+            topic_pattern: pattern.into(),
+            options: Some(ps::SubscriptionOptions {
+                max_messages: Some(i32::try_from(max).unwrap_or(i32::MAX)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
 }
