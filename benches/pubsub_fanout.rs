@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::{connect, env, percentile, subscribe};
-use std::{sync::Arc, time::Duration};
+use common::{connect, env, percentile, subscribe, Served};
+use std::time::Duration;
 
 use prism::{
     config::{GatewayConfig, Source},
@@ -25,7 +25,6 @@ use prism::{
         },
     },
     runtime::block_on_multi_thread,
-    server::{self, Gateway, Listeners},
 };
 use tokio::time::Instant;
 
@@ -60,22 +59,10 @@ fn main() {
     let events = env("PRISM_BENCH_EVENTS", if full { 1000 } else { 50 });
     let connections = env("PRISM_BENCH_CONNECTIONS", 10).max(1);
     block_on_multi_thread(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         // A buffer per subscription that holds the whole run: any drop
         // would be the gateway's doing, and is reported.
-        let gateway = Arc::new(Gateway::start(config(events.max(16))).expect("gateway starts"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::run(
-            gateway.clone(),
-            Listeners {
-                grpc: listener,
-                admin: None,
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let served = Served::start(config(events.max(16))).await;
+        let addr = served.addr;
 
         let control = connect(addr).await;
         let token = SessionServiceClient::new(control.clone())
@@ -172,7 +159,6 @@ fn main() {
             percentile(&latencies, 0.99) as f64 / 1000.0,
             latencies.last().copied().unwrap_or(0) as f64 / 1000.0
         );
-        let _ = stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        served.stop().await;
     });
 }

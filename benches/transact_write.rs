@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{connect, env, percentile, subscribe};
+use common::{connect, env, percentile, subscribe, Served};
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
@@ -38,7 +38,6 @@ use prism::{
         },
     },
     runtime::block_on_multi_thread,
-    server::{self, Gateway, Listeners},
 };
 use prost_types::{value::Kind as V, Value};
 use rdkafka::{
@@ -327,21 +326,8 @@ async fn gateway_run(store: Store, target: Target, writes: usize, writers: usize
         .await
         .unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let gateway =
-        Arc::new(Gateway::start(config(&ns, &table, &run, target, store)).expect("gateway starts"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        gateway.clone(),
-        Listeners {
-            grpc: listener,
-            admin: None,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let served = Served::start(config(&ns, &table, &run, target, store)).await;
+    let (gateway, addr) = (served.gateway.clone(), served.addr);
     let mut health = gateway
         .backends
         .get(store.name())
@@ -415,8 +401,7 @@ async fn gateway_run(store: Store, target: Target, writes: usize, writers: usize
     latencies.sort_unstable();
     relay.sort_unstable();
 
-    let _ = stop.send(());
-    let _ = server.await;
+    served.stop().await;
     let _ = sqlx::query(&format!("DROP TABLE {table}"))
         .execute(&pool)
         .await;

@@ -1,7 +1,14 @@
 //! Helpers the benchmarks share: bounds from the environment, a loopback
-//! channel, a PubSub subscription, percentiles.
+//! channel, a gateway serving on loopback, a PubSub subscription,
+//! percentiles.
 
-use prism::proto::pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient};
+use std::sync::Arc;
+
+use prism::{
+    config::GatewayConfig,
+    proto::pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
+    server::{self, Gateway, Listeners},
+};
 use tonic::transport::{Channel, Endpoint};
 
 /// A count from the environment variable `name`, else `default`.
@@ -51,4 +58,51 @@ pub async fn subscribe(
         .await
         .expect("subscribe")
         .into_inner()
+}
+
+/// A gateway serving gRPC on a free loopback port (no admin listener).
+pub struct Served {
+    /// (Read by the benches that wait on a backend's health.)
+    #[allow(dead_code)]
+    pub gateway: Arc<Gateway>,
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn start(config: GatewayConfig) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::start(config).expect("gateway starts"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let gateway = gateway.clone();
+            async move {
+                let _ = server::run(
+                    gateway,
+                    Listeners {
+                        grpc: listener,
+                        admin: None,
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+            }
+        });
+        Served {
+            gateway,
+            addr,
+            stop,
+            server,
+        }
+    }
+
+    /// Shuts the gateway down and waits for it (10 s at most).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await;
+    }
 }
