@@ -811,9 +811,12 @@ fn a_crashed_subscription_restarts_and_loses_no_committed_message() {
     block_on_multi_thread(async {
         let gw = TestGateway::start_with(config()).await;
         for b in backends(Interface::StreamConsumerGroups) {
+            // A topic per backend: the previous backend's subscription,
+            // whose stream was just dropped, may still be in the tree.
+            let topic = format!("durable-{b}");
             let q = open_hasty(&gw, b).await;
-            q.publish_n("durable", 300).await;
-            let mut s = q.subscribe("durable", "survivors", earliest(), None).await;
+            q.publish_n(&topic, 300).await;
+            let mut s = q.subscribe(&topic, "survivors", earliest(), None).await;
             let mut seen = BTreeSet::new();
             for _ in 0..30 {
                 let m = next(&mut s).await;
@@ -824,7 +827,7 @@ fn a_crashed_subscription_restarts_and_loses_no_committed_message() {
             let sub = tree
                 .walk()
                 .into_iter()
-                .find(|n| n.state["topic"] == "durable")
+                .find(|n| n.state["topic"] == topic.as_str())
                 .expect("the subscription is in the actor tree")
                 .id
                 .clone();
@@ -846,7 +849,7 @@ fn a_crashed_subscription_restarts_and_loses_no_committed_message() {
             // Messages published after the restart can only come from the
             // restarted actor; the stream goes on and every message arrives
             // (some maybe twice).
-            q.publish_n("durable", 50).await;
+            q.publish_n(&topic, 50).await;
             while seen.len() < 350 {
                 let m = next(&mut s).await;
                 q.ack(vec![m.message_id.clone()]).await;
