@@ -214,7 +214,7 @@ pids=()
 cluster_figures
 transact_figures
 
-sessions=100000
+sessions=1000000
 [ -n "${QUICK:-}" ] && sessions=5000
 PRISM_ADMIN_TOKEN=bench "$LOAD" footprint --prism "$PRISM" --config loadtest/bench.yaml \
   --sessions "$sessions" | tee "$WORK/footprint.txt"

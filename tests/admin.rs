@@ -97,6 +97,9 @@ fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
         let session = gw
             .open_inline(prism::proto::config::v1::AccessPattern::Pubsub, "memory")
             .await;
+        // An idle session is listed, without an actor.
+        let node = get_json(&gw, &format!("/admin/actors/{}", session.session_id)).await;
+        assert_eq!(node["status"], "idle", "{node}");
         let stream = gw.subscribe(&session.session_token, "admin.>").await;
 
         let tree = get_json(&gw, "/admin/actors").await;
@@ -105,6 +108,7 @@ fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
         assert!(all.contains(&session.session_id), "{all:?}");
         let node = get_json(&gw, &format!("/admin/actors/{}", session.session_id)).await;
         assert_eq!(node["kind"], "session");
+        assert_eq!(node["status"], "running", "activated for its child: {node}");
         let children = node["children"].as_array().unwrap();
         assert_eq!(children.len(), 1, "{node}");
         let sub = &children[0];
@@ -146,6 +150,12 @@ fn the_tree_shows_a_session_and_its_subscription_while_the_stream_is_open() {
             )
             .await;
             status == 404
+        })
+        .await;
+        // With no child left, its actor is retired: idle again.
+        wait_until("the session's actor is retired", || async {
+            let node = get_json(&gw, &format!("/admin/actors/{}", session.session_id)).await;
+            node["status"] == "idle"
         })
         .await;
 

@@ -1,7 +1,8 @@
 //! Start-to-serving time and idle-session memory of a gateway process:
 //! starts `prism serve` on a loopback port, times the spawn until the gRPC
 //! health check answers SERVING, then opens N sessions and reads the
-//! process's resident memory (`VmRSS`) before and after. With the admin
+//! process's resident memory (`VmRSS`) before and after, and the CPU it
+//! spends while they sit idle. With the admin
 //! token (`PRISM_ADMIN_TOKEN`) it also times `/metrics` scrapes with 100
 //! sessions open and with N, which must cost about the same.
 
@@ -27,6 +28,8 @@ pub struct Plan {
     pub sessions: u64,
     pub api_key: String,
     pub config_name: String,
+    /// How long the idle sessions are watched for the CPU they cost.
+    pub idle_window: Duration,
 }
 
 #[derive(Debug)]
@@ -38,6 +41,10 @@ pub struct Figures {
     pub failed: u64,
     /// Median `/metrics` scrape with 100 sessions open, and with all.
     pub scrape: Option<(Duration, Duration)>,
+    /// CPU the process used with every session idle, as a fraction of one
+    /// core, and over how long.
+    pub idle_cpu: f64,
+    pub idle_window: Duration,
 }
 
 impl Figures {
@@ -48,13 +55,16 @@ impl Figures {
     pub fn describe(&self) -> String {
         format!(
             "start to serving: {:.1} ms\nresident memory: {:.1} MiB before, {:.1} MiB with {} idle \
-             sessions ({} failed to open)\nper idle session: {:.0} bytes",
+             sessions ({} failed to open)\nper idle session: {:.0} bytes\n\
+             CPU while they sit idle: {:.2} % of a core over {:.0} s",
             self.start_to_serving.as_secs_f64() * 1e3,
             self.rss_before as f64 / 1048576.0,
             self.rss_after as f64 / 1048576.0,
             self.sessions,
             self.failed,
-            self.per_session()
+            self.per_session(),
+            self.idle_cpu * 100.0,
+            self.idle_window.as_secs_f64()
         ) + &self.scrape.map_or(String::new(), |(few, all)| {
             format!(
                 "\n/metrics scrape: {:.2} ms with 100 sessions, {:.2} ms with {} ({:.2}x)",
@@ -136,6 +146,25 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or_else(|| "no VmRSS in /proc status".to_string())
+}
+
+/// CPU time the process has used so far (user and system), in clock
+/// ticks of 1/100 s (Linux's `USER_HZ`).
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read the gateway's CPU time: {e}"))?;
+    // Fields after the command name (which may hold spaces), from field 3:
+    // utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("no command name in /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => Ok(user + system),
+        _ => Err("no CPU times in /proc stat".to_string()),
+    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -230,6 +259,10 @@ pub async fn measure(plan: &Plan) -> Result<Figures, String> {
     // Let allocator and actors settle before reading.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_bytes(pid)?;
+    let (ticks, watched) = (cpu_ticks(pid)?, Instant::now());
+    tokio::time::sleep(plan.idle_window).await;
+    let idle_cpu =
+        cpu_ticks(pid)?.saturating_sub(ticks) as f64 / 100.0 / watched.elapsed().as_secs_f64();
     let _ = child.kill().await;
     Ok(Figures {
         start_to_serving,
@@ -238,5 +271,7 @@ pub async fn measure(plan: &Plan) -> Result<Figures, String> {
         sessions: plan.sessions - failed,
         failed,
         scrape: few.zip(all),
+        idle_cpu,
+        idle_window: plan.idle_window,
     })
 }

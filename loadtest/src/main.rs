@@ -134,6 +134,9 @@ enum Command {
         api_key: String,
         #[arg(long, default_value = "user-profiles")]
         config_name: String,
+        /// How long to watch the idle sessions for the CPU they cost.
+        #[arg(long, default_value = "10s", value_parser = loadtest::scenario::parse_duration)]
+        idle_window: std::time::Duration,
     },
 }
 
@@ -264,8 +267,10 @@ async fn dispatch(command: Command) -> Result<(), String> {
             sessions,
             api_key,
             config_name,
+            idle_window,
         } => {
             let figures = footprint::measure(&footprint::Plan {
+                idle_window,
                 admin_token: std::env::var("PRISM_ADMIN_TOKEN").ok(),
                 prism,
                 config,

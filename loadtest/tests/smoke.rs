@@ -298,6 +298,8 @@ async fn the_binary_reports_compares_prepares_and_measures() {
             prism_binary().as_os_str(),
             "--sessions".as_ref(),
             "300".as_ref(),
+            "--idle-window".as_ref(),
+            "1s".as_ref(),
         ],
         &[("PRISM_SQLITE_PATH", db.as_os_str())],
     )
@@ -307,6 +309,7 @@ async fn the_binary_reports_compares_prepares_and_measures() {
         stdout.contains("with 300 idle sessions (0 failed"),
         "{stdout}"
     );
+    assert!(stdout.contains("CPU while they sit idle:"), "{stdout}");
 }
 
 /// Runs the `prism-loadtest` binary, which must succeed; its stdout.

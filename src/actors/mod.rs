@@ -5,7 +5,7 @@
 //! ```text
 //! RootSupervisor
 //!   +- NamespaceSupervisor (one per namespace)
-//!   |    +- SessionActor (one per session)
+//!   |    +- SessionActor (one per session with children; activated on demand)
 //!   |         +- SubscriptionActor (one per Subscribe stream)
 //!   |         +- TransactionActor (one per Transaction stream)
 //!   +- BackendPoolActor (one per backend with a client)
@@ -13,7 +13,11 @@
 //! ```
 //!
 //! The tree is real: handlers ask a session's actor to start its children,
-//! and a child ends when it is told its session ended. Every kind of child
+//! and a child ends when it is told its session ended. Sessions are virtual
+//! actors: an idle session is its registry entry and a slot in its
+//! namespace's [`expiry`] schedule; its SessionActor is activated when it
+//! starts a child and retired once it has none, so idle sessions cost no
+//! actor, no timer and no supervision probe. Every kind of child
 //! is supervised with the one primitive in [`supervision`]: progress checks
 //! by probe, a frozen or dead child restarted onto the same handle, panics,
 //! stalls and restarts counted, and a limit after which the supervisor
@@ -29,6 +33,7 @@ use actix::{Arbiter, ArbiterHandle};
 use tokio::sync::Notify;
 
 pub mod backend_pool;
+pub mod expiry;
 pub mod mailbox;
 pub mod namespace;
 pub mod observe;

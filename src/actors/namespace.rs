@@ -1,28 +1,41 @@
-//! NamespaceSupervisor: one per namespace, a child of the root. It starts
-//! its namespace's SessionActors and, with the one supervision primitive,
-//! checks every descendant on each tick — the sessions and the
-//! subscriptions and transactions they started. Its children live in
-//! [`NamespaceShared`], outside the actor, so a restarted supervisor adopts
-//! them as they are. It hears of every session that ends (the registry's
-//! events) and stops that session's actor at once, which tells the
-//! session's children.
+//! NamespaceSupervisor: one per namespace, a child of the root. It keeps
+//! its namespace's session deadlines (one timer over an
+//! [`ExpirySchedule`], not one per session), activates a session's actor
+//! when the session starts its first child and retires it once it has
+//! none, and with the one supervision primitive checks every active
+//! descendant on each tick — the activated sessions and the subscriptions
+//! and transactions they started. An idle session costs it nothing per
+//! tick. Its state lives in [`NamespaceShared`], outside the actor, so a
+//! restarted supervisor adopts it as it is. It hears of every session that
+//! ends (the registry's events) and stops that session's actor at once,
+//! which tells the session's children.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, StreamHandler};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, SpawnHandle,
+    StreamHandler, WrapFuture,
+};
 use parking_lot::Mutex;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 use super::{
+    expiry::ExpirySchedule,
     mailbox::counted,
-    session::{SessionChildren, SessionEnv},
-    supervision::{ActorLife, CheckTiming, Child, Children, Vitals},
+    session::{NewChild, SessionChildren, SessionEnv, StartChild, Starting},
+    supervision::{ActorLife, CheckTiming, Child, Children, Supervised, Supervision, Vitals},
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Observe,
 };
-use crate::session::{Clock, SessionEntry, SessionEvent, SessionRegistry};
+use crate::{
+    error::Error,
+    session::{Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
+};
+
+/// How soon an expiry the session store could not settle is tried again.
+const RETRY_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What every namespace supervisor is started with (the root's settings).
 #[derive(Clone)]
@@ -48,8 +61,11 @@ pub struct NamespaceShared {
     /// Session actor restarts before the session is ended
     /// (`namespaces.<ns>.session.max_restarts`).
     max_restarts: u32,
-    /// Its sessions; their children are in the sessions' environment.
+    /// Its sessions with an actor (those with children, or whose actor
+    /// failed); their children are in the sessions' environment.
     pub sessions: Children<SessionEntry>,
+    /// Every open session's deadline.
+    expiry: Mutex<ExpirySchedule>,
     /// When the last counted check ran; kept outside the actor so a
     /// restarted supervisor does not judge its first tick.
     timing: Mutex<CheckTiming>,
@@ -72,7 +88,51 @@ impl NamespaceShared {
                 }),
                 settings.restarts.clone(),
             ),
+            expiry: Mutex::default(),
             timing: Mutex::new(CheckTiming::new(settings.interval)),
+        }
+    }
+
+    /// Files a session under a deadline (the supervisor arms its timer).
+    fn file(&self, at_ms: u64, entry: Arc<SessionEntry>) {
+        let open = entry
+            .namespace_sessions
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.expiry.lock().push(at_ms, entry, open);
+    }
+
+    /// This namespace's open sessions, from the registry.
+    fn open_sessions(&self) -> Vec<Arc<SessionEntry>> {
+        let mut open = self.env().registry.all();
+        open.retain(|e| e.namespace() == self.name);
+        open
+    }
+
+    /// The session's actor, activated if it has none.
+    fn activate(
+        &self,
+        entry: &Arc<SessionEntry>,
+        pool: &ArbiterPool,
+    ) -> Arc<Supervised<SessionEntry>> {
+        self.sessions
+            .get(&entry.id)
+            .unwrap_or_else(|| self.sessions.start(entry.clone(), &pool.next()))
+    }
+
+    /// Retires the actors of sessions with nothing to look after: no
+    /// child, none on its way, and a clean record (an actor that failed
+    /// stays, so its restarts stay visible and count towards the limit).
+    fn retire_idle(&self) {
+        let env = self.env();
+        for session in self.sessions.all() {
+            let entry = &session.child;
+            if entry.state().is_ended() || session.supervision() != Supervision::default() {
+                continue;
+            }
+            if env.retire(entry) {
+                self.sessions.stop(&entry.id);
+            }
         }
     }
 
@@ -83,6 +143,7 @@ impl NamespaceShared {
     /// Stops every session actor; used at shutdown after sessions ended.
     pub fn stop_all(&self) {
         self.sessions.stop_all();
+        self.expiry.lock().clear();
     }
 
     /// One supervision pass over every descendant.
@@ -93,6 +154,7 @@ impl NamespaceShared {
         };
         let arbiter = || pool.next();
         self.sessions.check_all(judge, self.max_restarts, &arbiter);
+        self.retire_idle();
         let env = self.env();
         for children in env.all_children() {
             children.check_all(judge, self.max_restarts, &arbiter);
@@ -116,11 +178,21 @@ impl NamespaceShared {
         }
     }
 
-    /// Its sessions' nodes, each with its children. Asked of the actors
-    /// directly, not through the supervisor's mailbox, so a stuck
-    /// supervisor does not hide its sessions.
+    /// Its sessions' nodes, each with its children: those with an actor
+    /// asked of it directly, not through the supervisor's mailbox (so a
+    /// stuck supervisor does not hide its sessions), the idle ones read
+    /// from their entries.
     pub async fn observe_sessions(&self) -> Vec<ActorNode> {
         let mut sessions = self.sessions.observe().await;
+        let active: std::collections::HashSet<String> =
+            sessions.iter().map(|s| s.id.clone()).collect();
+        sessions.extend(
+            self.open_sessions()
+                .iter()
+                .filter(|e| !active.contains(&e.id))
+                .map(|e| super::session::observe_idle_session(e)),
+        );
+        sessions.sort_by(|a, b| a.id.cmp(&b.id));
         for session in &mut sessions {
             if let Some(children) = self.env().children_of(&session.id) {
                 session.children = children.observe().await;
@@ -143,7 +215,11 @@ impl NamespaceShared {
             },
             &NamespaceState {
                 namespace: &self.name,
-                sessions: self.sessions.len(),
+                sessions: self
+                    .env()
+                    .registry
+                    .namespace(&self.name)
+                    .map_or(0, |n| n.open.load(std::sync::atomic::Ordering::Relaxed)),
                 child_restarts: None,
             },
         )
@@ -164,6 +240,70 @@ pub struct NamespaceSupervisor {
     shared: Arc<NamespaceShared>,
     settings: Arc<SupervisorSettings>,
     life: ActorLife,
+    /// The one expiry timer: when it fires, and its handle.
+    wake: Option<(u64, SpawnHandle)>,
+}
+
+impl NamespaceSupervisor {
+    /// Arms the expiry timer for the earliest deadline filed, unless it is
+    /// armed for that or earlier already.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        let Some(at) = self.shared.expiry.lock().earliest() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.wake {
+            if armed <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_sub(self.shared.clock.now_ms());
+        let handle = ctx.run_later(Duration::from_millis(delay), |act, ctx| {
+            act.wake = None;
+            act.expire_due(ctx);
+        });
+        self.wake = Some((at, handle));
+    }
+
+    /// Ends the sessions whose deadline passed; files again those whose
+    /// deadline moved (the hot path only bumps an atomic). In a cluster
+    /// the store decides (activity elsewhere may have moved the deadline)
+    /// and, if it cannot be reached, the check is retried.
+    fn expire_due(&mut self, ctx: &mut Context<Self>) {
+        let now = self.shared.clock.now_ms();
+        self.life.vitals.beat(now);
+        let due = self.shared.expiry.lock().take_due(now);
+        let registry = &self.settings.registry;
+        for entry in due {
+            if !entry.is_past_expiry(now) {
+                self.shared.file(entry.expires_ms(), entry);
+                continue;
+            }
+            let Some(cluster) = registry.cluster().cloned() else {
+                // Its actor, if it has one, stops on the Ended event.
+                registry.end(&entry, EndReason::Expired);
+                continue;
+            };
+            let registry = registry.clone();
+            let settle = async move {
+                let open = cluster.settle_expiry(&registry, &entry).await;
+                (entry, open)
+            };
+            ctx.spawn(settle.into_actor(self).map(|(entry, open), act, ctx| {
+                let at = match open {
+                    Ok(true) => entry.expires_ms(),
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, session_id = %entry.id, "session expiry not settled; retrying");
+                        act.shared.clock.now_ms().saturating_add(RETRY_EXPIRY.as_millis() as u64)
+                    }
+                };
+                act.shared.file(at, entry);
+                act.arm(ctx);
+            }));
+        }
+        self.arm(ctx);
+    }
 }
 
 impl Actor for NamespaceSupervisor {
@@ -171,6 +311,13 @@ impl Actor for NamespaceSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.life.vitals.beat(self.shared.clock.now_ms());
+        if self.life.restarted {
+            // An expiry the old actor was settling is lost with it: file
+            // every open session afresh.
+            let open = self.shared.open_sessions();
+            self.shared.expiry.lock().rebuild(open);
+        }
+        self.arm(ctx);
         ctx.add_stream(BroadcastStream::new(self.settings.registry.subscribe()));
         ctx.run_interval(self.settings.interval, |act, _| {
             act.shared.supervise(&act.settings.pool)
@@ -206,7 +353,8 @@ impl StreamHandler<Result<SessionEvent, BroadcastStreamRecvError>> for Namespace
 
 super::supervision::supervised_actor!(NamespaceSupervisor);
 
-/// Start the actor of a session already in the registry.
+/// Take on a session already in the registry: file its deadline. (Its
+/// actor starts with its first child.)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StartSession(pub Arc<SessionEntry>);
@@ -214,13 +362,67 @@ pub struct StartSession(pub Arc<SessionEntry>);
 impl Handler<StartSession> for NamespaceSupervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) {
+    fn handle(&mut self, StartSession(entry): StartSession, ctx: &mut Context<Self>) {
         self.life.vitals.handled();
-        self.shared
-            .sessions
-            .start(msg.0, &self.settings.pool.next());
+        self.shared.file(entry.expires_ms(), entry);
+        self.arm(ctx);
     }
 }
+
+/// Start a child of a session: its actor is activated if it has none,
+/// then asked to start the child (the answer comes once it has).
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct StartSessionChild(pub Arc<SessionEntry>, pub NewChild);
+
+impl Handler<StartSessionChild> for NamespaceSupervisor {
+    type Result = ResponseFuture<Result<(), Error>>;
+
+    fn handle(
+        &mut self,
+        StartSessionChild(entry, child): StartSessionChild,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        self.life.vitals.handled();
+        if let Some(e) = entry.ended_error() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        let session = self.shared.activate(&entry, &self.settings.pool);
+        let request = session
+            .mailbox()
+            .send(StartChild(child, Starting::new(&entry)));
+        Box::pin(async move {
+            request.await.unwrap_or_else(|_| {
+                Err(entry
+                    .ended_error()
+                    .unwrap_or_else(|| super::root::unavailable("the session's actor")))
+            })
+        })
+    }
+}
+
+/// A deliberate fault for a session's actor, activated for it if it has
+/// none (supervision drills; tests only).
+#[cfg(any(test, feature = "drills"))]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrillSession(pub Arc<SessionEntry>, pub super::Fault);
+
+#[cfg(any(test, feature = "drills"))]
+impl Handler<DrillSession> for NamespaceSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, DrillSession(entry, fault): DrillSession, _: &mut Context<Self>) {
+        self.life.vitals.handled();
+        if !entry.state().is_ended() {
+            let session = self.shared.activate(&entry, &self.settings.pool);
+            session.mailbox().do_send(fault);
+        }
+    }
+}
+
+#[cfg(any(test, feature = "drills"))]
+counted!(NamespaceSupervisor: DrillSession);
 
 /// Stop a session's actor (the session has ended, or the gateway stops).
 #[derive(Message)]
@@ -236,7 +438,7 @@ impl Handler<StopSession> for NamespaceSupervisor {
     }
 }
 
-counted!(NamespaceSupervisor: StartSession, StopSession, Observe);
+counted!(NamespaceSupervisor: StartSession, StartSessionChild, StopSession, Observe);
 
 impl Handler<Observe> for NamespaceSupervisor {
     type Result = ActorNode;
@@ -269,6 +471,7 @@ impl Child for NamespaceShared {
             shared: self.clone(),
             settings: env.clone(),
             life,
+            wake: None,
         }
     }
 

@@ -51,6 +51,9 @@ impl ActorKind {
 #[serde(rename_all = "snake_case")]
 pub enum ActorStatus {
     Running,
+    /// No actor runs, and none is needed: a session with no children is
+    /// served from its registry entry until it starts one.
+    Idle,
     /// Its mailbox is closed or it stopped making progress; the supervisor
     /// restarts it on its next check.
     Failed,

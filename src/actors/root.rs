@@ -19,9 +19,11 @@ use tokio::sync::Notify;
 
 use super::{
     backend_pool::PoolShared,
-    namespace::{NamespaceShared, StartSession, StopSession, SupervisorSettings},
+    namespace::{
+        NamespaceShared, StartSession, StartSessionChild, StopSession, SupervisorSettings,
+    },
     relay::RelayShared,
-    session::{NewChild, SessionChildren, StartChild},
+    session::{NewChild, SessionChildren},
     subscription::Subscriptions,
     supervision::{CheckTiming, Children, Supervised, Vitals},
     ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
@@ -214,7 +216,7 @@ pub struct Supervisors {
 /// How long a call waits for an actor to start a session or a child.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn unavailable(what: &str) -> Error {
+pub(super) fn unavailable(what: &str) -> Error {
     Error::new(
         ErrorKind::Unavailable,
         "SUPERVISOR_UNAVAILABLE",
@@ -321,21 +323,26 @@ impl Supervisors {
         &self.tree.settings.registry
     }
 
-    /// Asks a session's actor to start one of its children, and waits
-    /// until it has.
-    pub async fn start_child(&self, entry: &SessionEntry, child: NewChild) -> Result<(), Error> {
+    /// Asks a session's actor to start one of its children (through its
+    /// namespace supervisor, which activates the actor if the session had
+    /// none), and waits until it has.
+    pub async fn start_child(
+        &self,
+        entry: &Arc<SessionEntry>,
+        child: NewChild,
+    ) -> Result<(), Error> {
         let namespace = self.namespace(entry.namespace())?;
-        let session = namespace.child.sessions.get(&entry.id).ok_or_else(|| {
-            entry
-                .ended_error()
-                .unwrap_or_else(|| unavailable("the session's actor"))
-        })?;
-        // Bounded: a stuck session actor is restarted by its supervisor.
-        let started =
-            tokio::time::timeout(START_TIMEOUT, session.mailbox().send(StartChild(child)))
-                .await
-                .ok()
-                .and_then(Result::ok);
+        // Bounded: a stuck supervisor or session actor is restarted
+        // meanwhile.
+        let started = tokio::time::timeout(
+            START_TIMEOUT,
+            namespace
+                .mailbox()
+                .send(StartSessionChild(entry.clone(), child)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
         started.ok_or_else(|| {
             entry
                 .ended_error()
@@ -419,6 +426,14 @@ impl Supervisors {
         }
         if let Some(r) = self.tree.relays.get(id) {
             r.mailbox().do_send(fault);
+            return Ok(());
+        }
+        if let Some(entry) = self.registry().by_id(id) {
+            // Its actor, activated if the session is idle.
+            let namespace = self.namespace(entry.namespace())?;
+            namespace
+                .mailbox()
+                .do_send(super::namespace::DrillSession(entry, fault));
             return Ok(());
         }
         for namespace in self.by_name.values() {

@@ -1,20 +1,20 @@
-//! SessionActor: one per session, a child of its namespace's supervisor.
-//! It owns the session's expiry timer and starts the session's children —
-//! Queue and PubSub subscriptions and streaming transactions — when a
-//! handler asks it to; when the session ends it tells each of them. The
-//! session's state lives in its [`SessionEntry`] and its children in
-//! [`SessionChildren`], both outside the actor, so a restarted actor
-//! continues where the old one stopped.
+//! SessionActor: a session's actor while it has children, a child of its
+//! namespace's supervisor. It starts the session's children — Queue and
+//! PubSub subscriptions and streaming transactions — when a handler asks
+//! it to, and when the session ends it tells each of them. Sessions are
+//! virtual actors: an idle session has no actor (its expiry is kept in its
+//! namespace's schedule, `actors::expiry`); the supervisor activates one
+//! for the first child and retires it once it has none. The session's
+//! state lives in its [`SessionEntry`] and its children in
+//! [`SessionChildren`], both outside the actor, so a restarted or
+//! reactivated actor continues where the old one stopped.
 
 use std::{
     collections::HashMap,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
 };
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
-};
+use actix::{Actor, Context, Handler, Message};
 use parking_lot::Mutex;
 
 use super::{
@@ -25,9 +25,6 @@ use super::{
     ActorKind, ActorNode, ActorStatus, ArbiterPool, Life, Observe,
 };
 use crate::session::{entry::ById, Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry};
-
-/// How soon an expiry the session store could not settle is tried again.
-const RETRY_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What every session actor of a namespace is started with.
 pub struct SessionEnv {
@@ -49,6 +46,23 @@ impl SessionEnv {
     /// Every session's children.
     pub fn all_children(&self) -> Vec<Arc<SessionChildren>> {
         self.children.lock().values().cloned().collect()
+    }
+
+    /// Whether a session's actor has nothing to look after: no child, and
+    /// none on its way. Its (empty) children entry is dropped if so. Only
+    /// the namespace supervisor calls this, from its own actor, which is
+    /// also the only one that sends children on their way; so nothing new
+    /// can arrive after a `true`.
+    pub(crate) fn retire(&self, entry: &SessionEntry) -> bool {
+        if entry.starting.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let mut children = self.children.lock();
+        if children.get(&entry.id).is_some_and(|c| !c.is_empty()) {
+            return false;
+        }
+        children.remove(&entry.id);
+        true
     }
 
     /// Tells the children of an ended session. Each finishes on its own
@@ -134,7 +148,26 @@ pub enum NewChild {
 /// Start a child of this session (the answer comes once it is started).
 #[derive(Message)]
 #[rtype(result = "Result<(), crate::error::Error>")]
-pub struct StartChild(pub NewChild);
+pub struct StartChild(pub NewChild, pub Starting);
+
+/// A child on its way to its session's actor, counted in the session's
+/// entry until the actor has filed it among the session's children (or
+/// the message was dropped): the namespace supervisor does not retire a
+/// session's actor while one is on its way.
+pub struct Starting(Arc<SessionEntry>);
+
+impl Starting {
+    pub fn new(entry: &Arc<SessionEntry>) -> Self {
+        entry.starting.fetch_add(1, Ordering::AcqRel);
+        Starting(entry.clone())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub struct SessionActor {
     entry: Arc<SessionEntry>,
@@ -142,63 +175,11 @@ pub struct SessionActor {
     life: ActorLife,
 }
 
-impl SessionActor {
-    fn beat(&self) {
-        self.life.vitals.beat(self.env.registry.clock().now_ms());
-    }
-
-    /// Sleeps until the session's current deadline, then expires it unless
-    /// activity moved the deadline (the hot path only bumps an atomic).
-    fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
-        let delay = self
-            .entry
-            .expires_ms()
-            .saturating_sub(self.env.registry.clock().now_ms());
-        self.check_expiry_in(ctx, Duration::from_millis(delay));
-    }
-
-    fn check_expiry_in(&mut self, ctx: &mut Context<Self>, delay: Duration) {
-        ctx.run_later(delay, |act, ctx| {
-            act.beat();
-            if act.entry.state().is_ended() {
-                ctx.stop();
-            } else if act.entry.is_past_expiry(act.env.registry.clock().now_ms()) {
-                act.expire(ctx);
-            } else {
-                act.schedule_expiry(ctx);
-            }
-        });
-    }
-
-    /// The deadline passed. One instance alone ends the session; in a
-    /// cluster the store decides (activity elsewhere may have moved the
-    /// deadline) and, if it cannot be reached, the check is retried.
-    fn expire(&mut self, ctx: &mut Context<Self>) {
-        let registry = self.env.registry.clone();
-        let Some(cluster) = registry.cluster().cloned() else {
-            registry.end(&self.entry, EndReason::Expired);
-            ctx.stop();
-            return;
-        };
-        let entry = self.entry.clone();
-        let settle = async move { cluster.settle_expiry(&registry, &entry).await };
-        ctx.spawn(settle.into_actor(self).map(|open, act, ctx| match open {
-            Ok(true) => act.schedule_expiry(ctx),
-            Ok(false) => ctx.stop(),
-            Err(e) => {
-                tracing::warn!(error = %e.message, session_id = %act.entry.id, "session expiry not settled; retrying");
-                act.check_expiry_in(ctx, RETRY_EXPIRY);
-            }
-        }));
-    }
-}
-
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.beat();
-        self.schedule_expiry(ctx);
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.life.vitals.beat(self.env.registry.clock().now_ms());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -216,19 +197,23 @@ super::mailbox::counted!(SessionActor: StartChild, Observe);
 impl Handler<StartChild> for SessionActor {
     type Result = Result<(), crate::error::Error>;
 
-    fn handle(&mut self, StartChild(child): StartChild, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        StartChild(child, starting): StartChild,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
         self.life.vitals.handled();
         if let Some(e) = self.entry.ended_error() {
             return Err(e);
         }
-        let children = self
-            .env
-            .children
-            .lock()
-            .entry(self.entry.id.clone())
-            .or_insert_with(|| Arc::new(SessionChildren::new(&self.env.restarts)))
-            .clone();
         let arbiter = self.env.pool.next();
+        // Filed under the map's lock, and only then no longer counted as
+        // on its way: the supervisor retires an actor only when it finds
+        // neither (see `SessionEnv::retire`).
+        let mut all = self.env.children.lock();
+        let children = all
+            .entry(self.entry.id.clone())
+            .or_insert_with(|| Arc::new(SessionChildren::new(&self.env.restarts)));
         match child {
             NewChild::Queue(shared) => {
                 children.queue.start(shared, &arbiter);
@@ -240,6 +225,8 @@ impl Handler<StartChild> for SessionActor {
                 children.transactions.start(shared, &arbiter);
             }
         }
+        drop(all);
+        drop(starting);
         Ok(())
     }
 }
@@ -300,6 +287,16 @@ pub fn observe_session(entry: &SessionEntry, status: ActorStatus, vitals: &Vital
             pending_operations: entry.pending_operations(),
         },
     )
+}
+
+/// The node of a session without an actor (idle: it has no children), read
+/// from its entry; its last progress is its last activity.
+pub fn observe_idle_session(entry: &SessionEntry) -> ActorNode {
+    let vitals = Vitals::default();
+    vitals
+        .last_progress_ms
+        .store(entry.last_activity_ms(), Ordering::Relaxed);
+    observe_session(entry, ActorStatus::Idle, &vitals)
 }
 
 impl Child for SessionEntry {

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -243,6 +243,10 @@ pub struct SessionEntry {
     /// Activity not yet written to a shared session store (only used with
     /// one; see `session::cluster`).
     pub(crate) unflushed: std::sync::atomic::AtomicBool,
+    /// Children on their way to its actor, not yet filed among its
+    /// children: the namespace supervisor does not retire the actor
+    /// meanwhile (see `actors::session::Starting`).
+    pub(crate) starting: AtomicU32,
 }
 
 impl SessionEntry {
@@ -285,6 +289,7 @@ impl SessionEntry {
             limiter: RateLimiter::new(config.proto.rate_limit.as_ref(), now).map(Box::new),
             config,
             unflushed: std::sync::atomic::AtomicBool::new(false),
+            starting: AtomicU32::new(0),
         }
     }
 
