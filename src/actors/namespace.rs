@@ -11,7 +11,7 @@
 //! which tells the session's children.
 
 use std::{
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime},
 };
 
@@ -34,8 +34,22 @@ use crate::{
     session::{Clock, EndReason, SessionEntry, SessionEvent, SessionRegistry},
 };
 
-/// How soon an expiry the session store could not settle is tried again.
+/// How soon an expiry the session store could not settle is tried again
+/// (and at the soonest, one it settled as still open).
 const RETRY_EXPIRY: Duration = Duration::from_secs(1);
+
+/// Sessions expired in one turn of the supervisor; more due wait for its
+/// next turn, so its other messages are not held up by a burst.
+const EXPIRE_BATCH: usize = 1024;
+
+/// Expiries a supervisor settles with the cluster's store at once.
+const MAX_SETTLING: usize = 1024;
+
+/// Ticks in a row a session's actor must have nothing to look after before
+/// it is retired (so a session that starts a child now and then keeps its
+/// actor, and an actor just activated is not retired before its first
+/// message).
+const IDLE_TICKS_BEFORE_RETIRING: u8 = 2;
 
 /// What every namespace supervisor is started with (the root's settings).
 #[derive(Clone)]
@@ -94,11 +108,8 @@ impl NamespaceShared {
     }
 
     /// Files a session under a deadline (the supervisor arms its timer).
-    fn file(&self, at_ms: u64, entry: Arc<SessionEntry>) {
-        let open = entry
-            .namespace_sessions
-            .open
-            .load(std::sync::atomic::Ordering::Relaxed);
+    fn file(&self, at_ms: u64, entry: &Arc<SessionEntry>) {
+        let open = entry.namespace_sessions.open.load(Ordering::Relaxed);
         self.expiry.lock().push(at_ms, entry, open);
     }
 
@@ -109,20 +120,28 @@ impl NamespaceShared {
         open
     }
 
-    /// The session's actor, activated if it has none.
-    fn activate(
+    /// The session's actor — activated if it has none, when `pool` is
+    /// given — and a child on its way to it. Under the lock of the
+    /// children map, which a retirement holds too: an actor is never
+    /// retired between being found here and being sent the child.
+    pub(super) fn activate(
         &self,
         entry: &Arc<SessionEntry>,
-        pool: &ArbiterPool,
-    ) -> Arc<Supervised<SessionEntry>> {
-        self.sessions
-            .get(&entry.id)
-            .unwrap_or_else(|| self.sessions.start(entry.clone(), &pool.next()))
+        pool: Option<&ArbiterPool>,
+    ) -> Option<(Arc<Supervised<SessionEntry>>, Starting)> {
+        let _children = self.env().children.lock();
+        let session = match (self.sessions.get(&entry.id), pool) {
+            (Some(session), _) => session,
+            (None, Some(pool)) => self.sessions.start(entry.clone(), &pool.next()),
+            (None, None) => return None,
+        };
+        Some((session, Starting::new(entry)))
     }
 
-    /// Retires the actors of sessions with nothing to look after: no
-    /// child, none on its way, and a clean record (an actor that failed
-    /// stays, so its restarts stay visible and count towards the limit).
+    /// Retires the actors of sessions that had nothing to look after for
+    /// [`IDLE_TICKS_BEFORE_RETIRING`] ticks in a row: no child, none on
+    /// its way, and a clean record (an actor that failed stays, so its
+    /// restarts stay visible and count towards the limit).
     fn retire_idle(&self) {
         let env = self.env();
         for session in self.sessions.all() {
@@ -130,7 +149,15 @@ impl NamespaceShared {
             if entry.state().is_ended() || session.supervision() != Supervision::default() {
                 continue;
             }
-            if env.retire(entry) {
+            let mut children = env.children.lock();
+            let busy = entry.starting.load(Ordering::Acquire) != 0
+                || children.get(&entry.id).is_some_and(|c| !c.is_empty());
+            if busy {
+                entry.idle_ticks.store(0, Ordering::Relaxed);
+                continue;
+            }
+            if entry.idle_ticks.fetch_add(1, Ordering::Relaxed) + 1 >= IDLE_TICKS_BEFORE_RETIRING {
+                children.remove(&entry.id);
                 self.sessions.stop(&entry.id);
             }
         }
@@ -219,7 +246,7 @@ impl NamespaceShared {
                     .env()
                     .registry
                     .namespace(&self.name)
-                    .map_or(0, |n| n.open.load(std::sync::atomic::Ordering::Relaxed)),
+                    .map_or(0, |n| n.open.load(Ordering::Relaxed)),
                 child_restarts: None,
             },
         )
@@ -242,6 +269,8 @@ pub struct NamespaceSupervisor {
     life: ActorLife,
     /// The one expiry timer: when it fires, and its handle.
     wake: Option<(u64, SpawnHandle)>,
+    /// Expiries being settled with the cluster's store.
+    settling: usize,
 }
 
 impl NamespaceSupervisor {
@@ -265,40 +294,63 @@ impl NamespaceSupervisor {
         self.wake = Some((at, handle));
     }
 
-    /// Ends the sessions whose deadline passed; files again those whose
-    /// deadline moved (the hot path only bumps an atomic). In a cluster
-    /// the store decides (activity elsewhere may have moved the deadline)
-    /// and, if it cannot be reached, the check is retried.
+    /// Ends the sessions whose deadline passed (a batch at a time); files
+    /// again those whose deadline moved (the hot path only bumps an
+    /// atomic). In a cluster the store decides (activity elsewhere may have
+    /// moved the deadline); a session being settled stays filed a little
+    /// later, so it is tried again if the answer never comes.
     fn expire_due(&mut self, ctx: &mut Context<Self>) {
         let now = self.shared.clock.now_ms();
         self.life.vitals.beat(now);
-        let due = self.shared.expiry.lock().take_due(now);
-        let registry = &self.settings.registry;
+        let registry = self.settings.registry.clone();
+        let cluster = registry.cluster().cloned();
+        let room = if cluster.is_some() {
+            MAX_SETTLING.saturating_sub(self.settling)
+        } else {
+            EXPIRE_BATCH
+        };
+        if room == 0 {
+            // A settle's answer arms the timer again.
+            return;
+        }
+        let due = self
+            .shared
+            .expiry
+            .lock()
+            .take_due(now, room.min(EXPIRE_BATCH));
+        let retry_at = now.saturating_add(RETRY_EXPIRY.as_millis() as u64);
         for entry in due {
             if !entry.is_past_expiry(now) {
-                self.shared.file(entry.expires_ms(), entry);
+                self.shared.file(entry.expires_ms(), &entry);
                 continue;
             }
-            let Some(cluster) = registry.cluster().cloned() else {
+            let Some(cluster) = cluster.clone() else {
                 // Its actor, if it has one, stops on the Ended event.
                 registry.end(&entry, EndReason::Expired);
                 continue;
             };
+            self.shared.file(retry_at, &entry);
+            self.settling += 1;
             let registry = registry.clone();
             let settle = async move {
                 let open = cluster.settle_expiry(&registry, &entry).await;
                 (entry, open)
             };
             ctx.spawn(settle.into_actor(self).map(|(entry, open), act, ctx| {
-                let at = match open {
-                    Ok(true) => entry.expires_ms(),
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e.message, session_id = %entry.id, "session expiry not settled; retrying");
-                        act.shared.clock.now_ms().saturating_add(RETRY_EXPIRY.as_millis() as u64)
+                act.settling -= 1;
+                match open {
+                    // Still open: its deadline moved (never sooner than a
+                    // retry, in case the store keeps it open a little).
+                    Ok(true) => {
+                        let soonest = act.shared.clock.now_ms()
+                            .saturating_add(RETRY_EXPIRY.as_millis() as u64);
+                        act.shared.file(entry.expires_ms().max(soonest), &entry);
                     }
-                };
-                act.shared.file(at, entry);
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, session_id = %entry.id, namespace = %act.shared.name, "session expiry not settled; retrying");
+                    }
+                }
                 act.arm(ctx);
             }));
         }
@@ -312,15 +364,17 @@ impl Actor for NamespaceSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.life.vitals.beat(self.shared.clock.now_ms());
         if self.life.restarted {
-            // An expiry the old actor was settling is lost with it: file
-            // every open session afresh.
+            // Sessions the old actor had taken from the schedule may be
+            // lost with it: file every open session afresh.
             let open = self.shared.open_sessions();
             self.shared.expiry.lock().rebuild(open);
         }
         self.arm(ctx);
         ctx.add_stream(BroadcastStream::new(self.settings.registry.subscribe()));
-        ctx.run_interval(self.settings.interval, |act, _| {
-            act.shared.supervise(&act.settings.pool)
+        ctx.run_interval(self.settings.interval, |act, ctx| {
+            act.shared.supervise(&act.settings.pool);
+            // A timer lost with an earlier actor is armed again here.
+            act.arm(ctx);
         });
     }
 }
@@ -357,14 +411,14 @@ super::supervision::supervised_actor!(NamespaceSupervisor);
 /// actor starts with its first child.)
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StartSession(pub Arc<SessionEntry>);
+pub struct HostSession(pub Arc<SessionEntry>);
 
-impl Handler<StartSession> for NamespaceSupervisor {
+impl Handler<HostSession> for NamespaceSupervisor {
     type Result = ();
 
-    fn handle(&mut self, StartSession(entry): StartSession, ctx: &mut Context<Self>) {
+    fn handle(&mut self, HostSession(entry): HostSession, ctx: &mut Context<Self>) {
         self.life.vitals.handled();
-        self.shared.file(entry.expires_ms(), entry);
+        self.shared.file(entry.expires_ms(), &entry);
         self.arm(ctx);
     }
 }
@@ -387,10 +441,13 @@ impl Handler<StartSessionChild> for NamespaceSupervisor {
         if let Some(e) = entry.ended_error() {
             return Box::pin(std::future::ready(Err(e)));
         }
-        let session = self.shared.activate(&entry, &self.settings.pool);
-        let request = session
-            .mailbox()
-            .send(StartChild(child, Starting::new(&entry)));
+        let Some((session, starting)) = self.shared.activate(&entry, Some(&self.settings.pool))
+        else {
+            return Box::pin(std::future::ready(Err(super::root::unavailable(
+                "the session's actor",
+            ))));
+        };
+        let request = session.mailbox().send(StartChild(child, starting));
         Box::pin(async move {
             request.await.unwrap_or_else(|_| {
                 Err(entry
@@ -414,8 +471,11 @@ impl Handler<DrillSession> for NamespaceSupervisor {
 
     fn handle(&mut self, DrillSession(entry, fault): DrillSession, _: &mut Context<Self>) {
         self.life.vitals.handled();
-        if !entry.state().is_ended() {
-            let session = self.shared.activate(&entry, &self.settings.pool);
+        if entry.state().is_ended() {
+            return;
+        }
+        if let Some((session, _starting)) = self.shared.activate(&entry, Some(&self.settings.pool))
+        {
             session.mailbox().do_send(fault);
         }
     }
@@ -438,7 +498,7 @@ impl Handler<StopSession> for NamespaceSupervisor {
     }
 }
 
-counted!(NamespaceSupervisor: StartSession, StartSessionChild, StopSession, Observe);
+counted!(NamespaceSupervisor: HostSession, StartSessionChild, StopSession, Observe);
 
 impl Handler<Observe> for NamespaceSupervisor {
     type Result = ActorNode;
@@ -472,6 +532,7 @@ impl Child for NamespaceShared {
             settings: env.clone(),
             life,
             wake: None,
+            settling: 0,
         }
     }
 

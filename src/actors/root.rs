@@ -19,11 +19,9 @@ use tokio::sync::Notify;
 
 use super::{
     backend_pool::PoolShared,
-    namespace::{
-        NamespaceShared, StartSession, StartSessionChild, StopSession, SupervisorSettings,
-    },
+    namespace::{HostSession, NamespaceShared, StartSessionChild, StopSession, SupervisorSettings},
     relay::RelayShared,
-    session::{NewChild, SessionChildren},
+    session::{NewChild, SessionChildren, StartChild},
     subscription::Subscriptions,
     supervision::{CheckTiming, Children, Supervised, Vitals},
     ActorKind, ActorNode, ActorStatus, Life, Mailbox, Observe,
@@ -226,10 +224,10 @@ pub(super) fn unavailable(what: &str) -> Error {
 
 #[async_trait::async_trait]
 impl SessionHost for Supervisors {
-    async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
+    async fn host_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error> {
         let handle = self.namespace(entry.namespace())?;
         // Bounded: a stuck supervisor is restarted by the root meanwhile.
-        tokio::time::timeout(START_TIMEOUT, handle.mailbox().send(StartSession(entry)))
+        tokio::time::timeout(START_TIMEOUT, handle.mailbox().send(HostSession(entry)))
             .await
             .map_err(|_| unavailable("the namespace supervisor"))?
             .map_err(|_| unavailable("the namespace supervisor"))
@@ -323,17 +321,32 @@ impl Supervisors {
         &self.tree.settings.registry
     }
 
-    /// Asks a session's actor to start one of its children (through its
-    /// namespace supervisor, which activates the actor if the session had
-    /// none), and waits until it has.
+    /// Asks a session's actor to start one of its children, and waits
+    /// until it has: straight to the actor when the session has one, else
+    /// through its namespace supervisor, which activates it.
     pub async fn start_child(
         &self,
         entry: &Arc<SessionEntry>,
         child: NewChild,
     ) -> Result<(), Error> {
         let namespace = self.namespace(entry.namespace())?;
+        let failed = || {
+            entry
+                .ended_error()
+                .unwrap_or_else(|| unavailable("the session's actor"))
+        };
         // Bounded: a stuck supervisor or session actor is restarted
         // meanwhile.
+        if let Some((session, starting)) = namespace.child.activate(entry, None) {
+            let sent = session.mailbox().send(StartChild(child.clone(), starting));
+            match tokio::time::timeout(START_TIMEOUT, sent).await {
+                Ok(Ok(started)) => return started,
+                Err(_) => return Err(failed()),
+                // The actor stopped (retired, or it failed) before taking
+                // the child: its supervisor starts one for it.
+                Ok(Err(_)) => {}
+            }
+        }
         let started = tokio::time::timeout(
             START_TIMEOUT,
             namespace
@@ -343,11 +356,7 @@ impl Supervisors {
         .await
         .ok()
         .and_then(Result::ok);
-        started.ok_or_else(|| {
-            entry
-                .ended_error()
-                .unwrap_or_else(|| unavailable("the session's actor"))
-        })?
+        started.ok_or_else(failed)?
     }
 
     /// A session's children, if it has any.

@@ -48,23 +48,6 @@ impl SessionEnv {
         self.children.lock().values().cloned().collect()
     }
 
-    /// Whether a session's actor has nothing to look after: no child, and
-    /// none on its way. Its (empty) children entry is dropped if so. Only
-    /// the namespace supervisor calls this, from its own actor, which is
-    /// also the only one that sends children on their way; so nothing new
-    /// can arrive after a `true`.
-    pub(crate) fn retire(&self, entry: &SessionEntry) -> bool {
-        if entry.starting.load(Ordering::Acquire) != 0 {
-            return false;
-        }
-        let mut children = self.children.lock();
-        if children.get(&entry.id).is_some_and(|c| !c.is_empty()) {
-            return false;
-        }
-        children.remove(&entry.id);
-        true
-    }
-
     /// Tells the children of an ended session. Each finishes on its own
     /// (it releases what it holds and stops); they stay supervised until
     /// they have, so one that was stuck when told is restarted and, seeing
@@ -139,6 +122,7 @@ impl SessionChildren {
 pub struct SessionEnded;
 
 /// A child a handler asks the session's actor to start.
+#[derive(Clone)]
 pub enum NewChild {
     Queue(Arc<SubscriptionShared>),
     PubSub(Arc<PubSubShared>),
@@ -153,12 +137,15 @@ pub struct StartChild(pub NewChild, pub Starting);
 /// A child on its way to its session's actor, counted in the session's
 /// entry until the actor has filed it among the session's children (or
 /// the message was dropped): the namespace supervisor does not retire a
-/// session's actor while one is on its way.
+/// session's actor while one is on its way. Made only under the lock of
+/// the sessions' children map, the lock a retirement holds (see
+/// `NamespaceShared::activate`).
 pub struct Starting(Arc<SessionEntry>);
 
 impl Starting {
-    pub fn new(entry: &Arc<SessionEntry>) -> Self {
+    pub(super) fn new(entry: &Arc<SessionEntry>) -> Self {
         entry.starting.fetch_add(1, Ordering::AcqRel);
+        entry.idle_ticks.store(0, Ordering::Relaxed);
         Starting(entry.clone())
     }
 }
@@ -209,7 +196,7 @@ impl Handler<StartChild> for SessionActor {
         let arbiter = self.env.pool.next();
         // Filed under the map's lock, and only then no longer counted as
         // on its way: the supervisor retires an actor only when it finds
-        // neither (see `SessionEnv::retire`).
+        // neither (see `NamespaceShared::retire_idle`).
         let mut all = self.env.children.lock();
         let children = all
             .entry(self.entry.id.clone())
@@ -329,7 +316,7 @@ impl Child for SessionEntry {
         self.state().is_ended()
     }
 
-    /// An ended session's actor only waits on its timer: stop it.
+    /// An ended session's actor has nothing left to do: stop it.
     const STOP_WHEN_FINISHED: bool = true;
 
     fn node(&self, status: ActorStatus, vitals: &Vitals) -> ActorNode {

@@ -71,8 +71,9 @@ impl Vitals {
 
 /// The supervisor's liveness probe, sent on every check: an actor that
 /// handles it shows progress. (A probe per check, rather than a timer in
-/// every actor, keeps idle sessions from costing CPU: 100,000 sessions with
-/// their own pulse timers kept half a core busy doing nothing.)
+/// every actor, keeps idle actors from costing CPU: 100,000 session actors
+/// with their own pulse timers kept half a core busy doing nothing. Idle
+/// sessions now have no actor at all.)
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Pulse;

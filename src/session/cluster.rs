@@ -2,8 +2,8 @@
 //! Orleans). The session store is the truth; each instance's registry holds
 //! an *activation* of each session it has seen:
 //!
-//! - **first sight** of a token loads the session from the store and starts
-//!   its actor here ([`Cluster::activate`]); afterwards every call is served
+//! - **first sight** of a token loads the session from the store and hands
+//!   it to its namespace supervisor here ([`Cluster::activate`]); afterwards every call is served
 //!   from the registry with no store round trip;
 //! - **activity** is written behind: a call only marks its session, and
 //!   every `sessions.flush_interval` one batch moves the store's expiries
@@ -213,7 +213,7 @@ impl Cluster {
     }
 
     /// First sight of a token here: the session from the store, activated
-    /// (its actor started) unless the store says it ended or never was.
+    /// (held and hosted here) unless the store says it ended or never was.
     pub async fn activate(
         &self,
         registry: &SessionRegistry,
@@ -262,7 +262,7 @@ impl Cluster {
             return Err(registry.ended_error(&digest));
         };
         if fresh {
-            if let Err(e) = self.host.start_session(entry.clone()).await {
+            if let Err(e) = self.host.host_session(entry.clone()).await {
                 // Not served here; the next call tries again.
                 registry.forget(&entry);
                 return Err(e);

@@ -247,6 +247,11 @@ pub struct SessionEntry {
     /// children: the namespace supervisor does not retire the actor
     /// meanwhile (see `actors::session::Starting`).
     pub(crate) starting: AtomicU32,
+    /// Supervisor ticks in a row its actor was found with nothing to look
+    /// after (it is retired after a few).
+    pub(crate) idle_ticks: AtomicU8,
+    /// The deadline its namespace's expiry schedule filed it under last.
+    pub(crate) filed_ms: AtomicU64,
 }
 
 impl SessionEntry {
@@ -290,6 +295,8 @@ impl SessionEntry {
             config,
             unflushed: std::sync::atomic::AtomicBool::new(false),
             starting: AtomicU32::new(0),
+            idle_ticks: AtomicU8::new(0),
+            filed_ms: AtomicU64::new(0),
         }
     }
 

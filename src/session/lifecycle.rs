@@ -1,6 +1,6 @@
 //! Session lifecycle operations behind SessionService: authenticate, resolve
-//! the client config, register the session and start its actor; heartbeat,
-//! refresh and close.
+//! the client config, register the session and hand it to its namespace's
+//! supervisor; heartbeat, refresh and close.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -97,13 +97,15 @@ pub struct Closed {
     pub pending_operations: i32,
 }
 
-/// Where session actors live. The actor tree implements it
-/// (`actors::Supervisors`); the lifecycle only asks it to start and stop
-/// them, so the session layer sits below the actors that serve it.
+/// Where sessions are looked after. The actor tree implements it
+/// (`actors::Supervisors`); the lifecycle only hands sessions over and
+/// asks for their actors to stop, so the session layer sits below the
+/// actors that serve it.
 #[async_trait::async_trait]
 pub trait SessionHost: Send + Sync {
-    /// Starts the session's actor under its namespace supervisor.
-    async fn start_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error>;
+    /// Hands a session to its namespace supervisor, which keeps its
+    /// deadline (its actor starts with its first child).
+    async fn host_session(&self, entry: Arc<SessionEntry>) -> Result<(), Error>;
     /// Stops a session's actor; the session has already left the registry.
     fn stop_session(&self, namespace: &str, session_id: &str);
     /// Stops every session actor (shutdown, after every session ended).
@@ -262,7 +264,7 @@ impl Sessions {
             (Some(cluster), Some(stored)) => cluster.create(&self.registry, &entry, stored).await?,
             _ => self.registry.insert(entry.clone())?,
         }
-        if let Err(e) = self.host.start_session(entry.clone()).await {
+        if let Err(e) = self.host.host_session(entry.clone()).await {
             if let Err(lost) = self.end(&entry, EndReason::Failed).await {
                 tracing::warn!(error = %lost.message, session_id = %entry.id, "a session whose actor did not start is left to expire in the store");
             }

@@ -240,7 +240,7 @@ impl SessionRegistry {
         }
     }
 
-    /// Drops an activation that never served (its actor did not start, or
+    /// Drops an activation that never served (it could not be hosted, or
     /// it lost a race with an end): no tombstone, no audit record, so the
     /// token is looked up in the store again next time.
     pub fn forget(&self, entry: &SessionEntry) {
@@ -299,8 +299,8 @@ impl SessionRegistry {
     }
 
     /// The hot path: the live session for `token`, with activity recorded.
-    /// A session past its expiry is expired here even if its actor's timer
-    /// has not fired yet. In a cluster, a token first seen here is
+    /// A session past its expiry is expired here even if its namespace's
+    /// expiry timer has not fired yet. In a cluster, a token first seen here is
     /// activated from the store, and an expiry is the store's to decide.
     pub async fn authorize(&self, token: &str) -> Result<Arc<SessionEntry>, Error> {
         let (digest, held) = match self.authorize_here(token)? {
