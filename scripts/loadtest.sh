@@ -10,6 +10,7 @@
 #   QUICK=1 bash scripts/loadtest.sh    # 1,000 requests per scenario
 #   ONLY=cluster bash scripts/loadtest.sh   # the cluster table alone (needs haproxy)
 #   ONLY=transact bash scripts/loadtest.sh  # README's Transact table alone (Postgres, NATS, Kafka)
+#   ONLY=postgres bash scripts/loadtest.sh  # README's Reader and Queue on Postgres table alone
 #
 # Only loopback addresses are loaded; every run is bounded by its total or
 # its duration.
@@ -162,6 +163,39 @@ PY
   replace_between transact README.md "$WORK/transact.md"
 }
 
+# A Reader page and a Queue Publish on Postgres, each beside the same SQL
+# sent straight to Postgres in the same run (benches/postgres_paths.rs),
+# into README.md's table.
+postgres_figures() {
+  local calls=()
+  [ -n "${QUICK:-}" ] && calls=(PRISM_BENCH_CALLS=1000)
+  env "${calls[@]}" PRISM_BENCH_JSON="$WORK/postgres.json" \
+    cargo bench --bench postgres_paths >"$WORK/postgres.log" 2>&1 || {
+    cat "$WORK/postgres.log" >&2
+    exit 1
+  }
+  python3 - "$WORK/postgres.json" >"$WORK/postgres.txt" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print("| call (issue target: gateway ≥ 0.8× direct) | gateway calls/s | p50 / p99 ms | direct SQL calls/s | p50 / p99 ms | gateway ÷ direct |")
+print("|---|---:|---:|---:|---:|---:|")
+for r in doc["runs"].values():
+    g, d = r["gateway"], r["direct"]
+    print(f"| {r['name']} | {g['rate']:,.0f} | {g['p50_ms']:.2f} / {g['p99_ms']:.2f} "
+          f"| {d['rate']:,.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | **{g['rate'] / d['rate']:.2f}×** |")
+print()
+print(f"{doc['clients']} clients, {doc['calls']:,} calls per column.")
+PY
+  {
+    echo "<!-- postgres:begin -->"
+    cat "$WORK/postgres.txt"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=postgres\` for this table alone) on $(nproc) cores."
+    echo "<!-- postgres:end -->"
+  } >"$WORK/postgres.md"
+  replace_between postgres README.md "$WORK/postgres.md"
+}
+
 if [ "${ONLY:-}" = cluster ]; then
   cluster_figures
   echo "figures written to loadtest/README.md"
@@ -169,6 +203,11 @@ if [ "${ONLY:-}" = cluster ]; then
 fi
 if [ "${ONLY:-}" = transact ]; then
   transact_figures
+  echo "figures written to README.md"
+  exit 0
+fi
+if [ "${ONLY:-}" = postgres ]; then
+  postgres_figures
   echo "figures written to README.md"
   exit 0
 fi
@@ -213,6 +252,7 @@ pids=()
 
 cluster_figures
 transact_figures
+postgres_figures
 
 sessions=1000000
 [ -n "${QUICK:-}" ] && sessions=5000

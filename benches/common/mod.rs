@@ -39,6 +39,8 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// A PubSub subscription to `pattern` that ends after `max` events.
+/// (Used by the Transact and fan-out benches.)
+#[allow(dead_code)]
 pub async fn subscribe(
     channel: Channel,
     token: String,

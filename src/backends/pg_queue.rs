@@ -11,11 +11,18 @@
 //! message. A delivery past its visibility deadline is claimed again with
 //! its attempt counted; after `max_attempts` it moves to
 //! `<topic>.dead-letter` instead. New messages are found by polling.
+//!
+//! Publishing to a topic this gateway has seen (topics are never dropped)
+//! is one statement per message — take the partition's next offset and
+//! insert the row ([`APPEND`]) — with no transaction around a lone message;
+//! the first Publish to a topic creates it and its partitions first.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
+
+use dashmap::DashMap;
 
 use async_trait::async_trait;
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -57,6 +64,16 @@ pub const DDL: &[&str] = &[
         PRIMARY KEY (namespace, topic, grp, partition, msg_offset))",
 ];
 
+/// Takes a partition's next offset and inserts the message there, in one
+/// statement (`$1` namespace, `$2` topic, `$3` partition, `$4` payload,
+/// `$5` headers, `$6` timestamp). No row when the partition has no counter
+/// row (a topic this gateway has not created).
+const APPEND: &str = "WITH o AS (UPDATE prism_queue_partitions SET next_offset = next_offset + 1 \
+     WHERE namespace = $1 AND topic = $2 AND partition = $3 RETURNING next_offset - 1 AS off) \
+     INSERT INTO prism_queue_messages \
+     (namespace, topic, partition, msg_offset, payload, headers, ts) \
+     SELECT $1, $2, $3, o.off, $4, $5, $6 FROM o RETURNING msg_offset";
+
 /// How often an idle consumer looks for new messages.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -65,6 +82,10 @@ pub struct PgQueue {
     pool: AnyPool,
     migrated: AtomicBool,
     round_robin: AtomicU64,
+    /// Partition counts of the topics this gateway has published to, by
+    /// (namespace, topic): bounded by the topics that exist, which are
+    /// never dropped.
+    known: DashMap<(String, String), i32>,
 }
 
 impl QueueVisibility for PgQueue {}
@@ -90,6 +111,7 @@ impl PgQueue {
             pool: kv.pool.clone(),
             migrated: AtomicBool::new(false),
             round_robin: AtomicU64::new(0),
+            known: DashMap::new(),
         }
     }
 
@@ -169,49 +191,92 @@ impl PgQueue {
         Ok(count)
     }
 
-    /// Appends one message inside `tx`.
-    async fn append(
+    /// Appends one message inside `tx`; `None` if the partition has no
+    /// counter row.
+    async fn append<'e, E>(
         &self,
-        tx: &mut Tx,
+        executor: E,
         ns: &str,
         topic: &str,
         partition: i32,
         item: &PublishItem,
         now: i64,
-    ) -> Result<Published, Error> {
-        let row = sqlx::query(
-            "UPDATE prism_queue_partitions SET next_offset = next_offset + 1 \
-             WHERE namespace = $1 AND topic = $2 AND partition = $3 RETURNING next_offset - 1",
-        )
-        .bind(ns)
-        .bind(topic)
-        .bind(partition)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        let offset: i64 = row.try_get(0).map_err(|e| self.err(e))?;
+    ) -> Result<Option<Published>, Error>
+    where
+        E: sqlx::Executor<'e, Database = Any>,
+    {
         let headers = serde_json::to_string(&item.headers)
             .map_err(|_| Error::internal("headers do not serialise"))?;
-        sqlx::query(
-            "INSERT INTO prism_queue_messages \
-             (namespace, topic, partition, msg_offset, payload, headers, ts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(ns)
-        .bind(topic)
-        .bind(partition)
-        .bind(offset)
-        .bind(item.payload.as_slice())
-        .bind(headers)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(Published {
-            partition,
-            offset,
-            timestamp_ms: now,
+        let row = sqlx::query(APPEND)
+            .bind(ns)
+            .bind(topic)
+            .bind(partition)
+            .bind(item.payload.as_slice())
+            .bind(headers)
+            .bind(now)
+            .fetch_optional(executor)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|row| {
+            let offset: i64 = row.try_get(0).map_err(|e| self.err(e))?;
+            Ok(Published {
+                partition,
+                offset,
+                timestamp_ms: now,
+            })
         })
+        .transpose()
+    }
+
+    /// The partition for `item` among `count`, or its error.
+    fn partition_for(&self, topic: &str, item: &PublishItem, count: i32) -> Result<i32, Error> {
+        let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let p = choose_partition(item, count, rr);
+        if (0..count).contains(&p) {
+            Ok(p)
+        } else {
+            Err(bad_partition(topic, p, count))
+        }
+    }
+
+    /// Publishes to a topic known to exist with `count` partitions: one
+    /// statement for a lone message, a transaction for several. `None`
+    /// (nothing written) if a partition's counter row is missing.
+    async fn publish_known(
+        &self,
+        ns: &str,
+        topic: &str,
+        count: i32,
+        items: &[PublishItem],
+        now: i64,
+    ) -> Result<Option<Vec<Result<Published, Error>>>, Error> {
+        if let [item] = items {
+            return Ok(match self.partition_for(topic, item, count) {
+                Err(e) => Some(vec![Err(e)]),
+                Ok(p) => self
+                    .append(&self.pool, ns, topic, p, item, now)
+                    .await?
+                    .map(|published| vec![Ok(published)]),
+            });
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let p = match self.partition_for(topic, item, count) {
+                Ok(p) => p,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            match self.append(&mut *tx, ns, topic, p, item, now).await? {
+                Some(published) => results.push(Ok(published)),
+                // Dropped unfinished: rolled back.
+                None => return Ok(None),
+            }
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(Some(results))
     }
 
     async fn next_offsets(&self, tx: &mut Tx, ns: &str, topic: &str) -> Result<Vec<i64>, Error> {
@@ -270,19 +335,34 @@ impl QueueBasic for PgQueue {
         let run = async {
             self.ready()?;
             let now = epoch_ms();
+            let key = (ns.to_string(), topic.to_string());
+            let known = self.known.get(&key).map(|c| *c);
+            if let Some(count) = known {
+                if let Some(results) = self.publish_known(ns, topic, count, &items, now).await? {
+                    return Ok(results);
+                }
+            }
+            // First sight of the topic (or a counter row gone): create
+            // what is missing, then append in the same transaction.
             let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
             let count = self.ensure_topic(&mut tx, ns, topic, partitions).await?;
             let mut results = Vec::with_capacity(items.len());
             for item in &items {
-                let rr = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                let p = choose_partition(item, count, rr);
-                if !(0..count).contains(&p) {
-                    results.push(Err(bad_partition(topic, p, count)));
-                    continue;
-                }
-                results.push(Ok(self.append(&mut tx, ns, topic, p, item, now).await?));
+                let p = match self.partition_for(topic, item, count) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
+                let published = self
+                    .append(&mut *tx, ns, topic, p, item, now)
+                    .await?
+                    .ok_or_else(|| Error::internal("a partition vanished while publishing"))?;
+                results.push(Ok(published));
             }
             tx.commit().await.map_err(|e| self.err(e))?;
+            self.known.insert(key, count);
             Ok::<_, Error>(results)
         };
         match run.await {
@@ -348,6 +428,7 @@ impl QueueBasic for PgQueue {
                 pool: self.pool.clone(),
                 migrated: AtomicBool::new(true),
                 round_robin: AtomicU64::new(0),
+                known: DashMap::new(),
             },
             ns: ns.to_string(),
             spec,
@@ -733,7 +814,9 @@ impl PgConsumer {
             partition_key: None,
             partition: Some(0),
         };
-        q.append(tx, ns, &dlq, 0, &item, now).await?;
+        q.append(&mut **tx, ns, &dlq, 0, &item, now)
+            .await?
+            .ok_or_else(|| Error::internal("the dead-letter topic's partition vanished"))?;
         in_group(
             "DELETE FROM prism_queue_deliveries WHERE namespace = $1 AND topic = $2 AND grp = $3 \
              AND partition = $4 AND msg_offset = $5",
