@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{connect, env, percentile, Served};
+use common::{connect, env, percentile, session, Served};
 use std::time::Duration;
 
 use prism::{
@@ -26,11 +26,6 @@ use prism::{
     proto::{
         queue::v1::{self as q, queue_service_client::QueueServiceClient},
         reader::v1::{self as r, reader_service_client::ReaderServiceClient},
-        session::v1::{
-            create_session_request::{Auth, Config},
-            session_service_client::SessionServiceClient,
-            CreateSessionRequest,
-        },
     },
     runtime::block_on_multi_thread,
 };
@@ -133,19 +128,6 @@ configs:
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).expect("bench config")
 }
 
-async fn session(channel: &Channel, config: &str) -> String {
-    SessionServiceClient::new(channel.clone())
-        .create_session(CreateSessionRequest {
-            auth: Some(Auth::ApiKey(KEY.into())),
-            config: Some(Config::ConfigName(config.into())),
-            ..Default::default()
-        })
-        .await
-        .expect("a session")
-        .into_inner()
-        .session_token
-}
-
 /// Connections to the gateway, one per four clients (as a client library
 /// multiplexes), and a client for each.
 async fn gateway_clients<T>(
@@ -228,7 +210,7 @@ fn main() {
         let mut summary = serde_json::Map::new();
 
         // A Reader page: the whole 100-row collection in one page.
-        let token = session(&admin_channel, "reader").await;
+        let token = session(&admin_channel, KEY, "reader").await;
         let readers = gateway_clients(served.addr, clients, ReaderServiceClient::new).await;
         let gateway = drive(readers, calls, move |mut client, _| {
             let token = token.clone();
@@ -279,7 +261,7 @@ fn main() {
 
         // A Queue Publish of 1 KiB to a topic that exists (the gateway's
         // first Publish creates it and its partitions).
-        let token = session(&admin_channel, "queue").await;
+        let token = session(&admin_channel, KEY, "queue").await;
         let topic = format!("bench.{run}");
         let publishers = gateway_clients(served.addr, clients, QueueServiceClient::new).await;
         let payload = vec![7u8; PAYLOAD];

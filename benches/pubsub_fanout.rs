@@ -11,19 +11,12 @@
 
 mod common;
 
-use common::{connect, env, percentile, subscribe, Served};
+use common::{connect, env, percentile, session, subscribe, Served};
 use std::time::Duration;
 
 use prism::{
     config::{GatewayConfig, Source},
-    proto::{
-        pubsub::v1::{self as pb, pub_sub_service_client::PubSubServiceClient},
-        session::v1::{
-            create_session_request::{Auth, Config},
-            session_service_client::SessionServiceClient,
-            CreateSessionRequest,
-        },
-    },
+    proto::pubsub::v1::{self as pb, pub_sub_service_client::PubSubServiceClient},
     runtime::block_on_multi_thread,
 };
 use tokio::time::Instant;
@@ -65,16 +58,7 @@ fn main() {
         let addr = served.addr;
 
         let control = connect(addr).await;
-        let token = SessionServiceClient::new(control.clone())
-            .create_session(CreateSessionRequest {
-                auth: Some(Auth::ApiKey(KEY.into())),
-                config: Some(Config::ConfigName("events".into())),
-                ..Default::default()
-            })
-            .await
-            .expect("session")
-            .into_inner()
-            .session_token;
+        let token = session(&control, KEY, "events").await;
 
         let mut channels = Vec::with_capacity(connections);
         for _ in 0..connections {

@@ -21,21 +21,14 @@
 
 mod common;
 
-use common::{connect, env, percentile, subscribe, Served};
+use common::{connect, env, percentile, session, subscribe, Served};
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use prism::{
     config::{GatewayConfig, Source},
-    proto::{
-        session::v1::{
-            create_session_request::{Auth, Config},
-            session_service_client::SessionServiceClient,
-            CreateSessionRequest,
-        },
-        transact::v1::{
-            self as pb, data_write::WriteMode, transact_service_client::TransactServiceClient,
-        },
+    proto::transact::v1::{
+        self as pb, data_write::WriteMode, transact_service_client::TransactServiceClient,
     },
     runtime::block_on_multi_thread,
 };
@@ -199,19 +192,6 @@ configs:
     GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).expect("bench config")
 }
 
-async fn session(channel: &Channel, config: &str) -> String {
-    SessionServiceClient::new(channel.clone())
-        .create_session(CreateSessionRequest {
-            auth: Some(Auth::ApiKey(KEY.into())),
-            config: Some(Config::ConfigName(config.into())),
-            ..Default::default()
-        })
-        .await
-        .expect("session")
-        .into_inner()
-        .session_token
-}
-
 /// What one run measured.
 struct Run {
     store: Store,
@@ -342,7 +322,7 @@ async fn gateway_run(store: Store, target: Target, writes: usize, writers: usize
     .expect("the database comes up")
     .expect("health is reported");
     let control = connect(addr).await;
-    let orders = session(&control, "orders").await;
+    let orders = session(&control, KEY, "orders").await;
     let deadline = Instant::now() + LIMIT;
     let receiver = consume(target, &control, &run, writes, deadline).await;
 
@@ -475,7 +455,7 @@ async fn consume(
 ) -> JoinHandle<Vec<(i64, Instant)>> {
     match target {
         Target::Memory => {
-            let events = session(control, "events").await;
+            let events = session(control, KEY, "events").await;
             let mut sub = subscribe(control.clone(), events, "bench.orders", expected).await;
             tokio::spawn(async move {
                 let mut arrived = Vec::with_capacity(expected);

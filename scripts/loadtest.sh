@@ -124,18 +124,26 @@ open(doc, "w").write(pattern.sub(lambda _: figures, text))
 PY
 }
 
+# Runs `cargo bench --bench $1` with the given VAR=value settings, its
+# figures as JSON in $WORK/$1.json; shows its log and stops if it fails.
+run_bench() {
+  local bench=$1
+  shift
+  env "$@" PRISM_BENCH_JSON="$WORK/$bench.json" \
+    cargo bench --bench "$bench" >"$WORK/$bench.log" 2>&1 || {
+    cat "$WORK/$bench.log" >&2
+    exit 1
+  }
+}
+
 # Transact Writes on Postgres and SQLite, relayed to PubSub, NATS and
 # Kafka, each beside the same INSERTs straight to the database
 # (benches/transact_write.rs), into README.md's Transact table.
 transact_figures() {
   local writes=()
   [ -n "${QUICK:-}" ] && writes=(PRISM_BENCH_WRITES=1000)
-  env "${writes[@]}" PRISM_BENCH_JSON="$WORK/transact.json" \
-    cargo bench --bench transact_write >"$WORK/transact.log" 2>&1 || {
-    cat "$WORK/transact.log" >&2
-    exit 1
-  }
-  python3 - "$WORK/transact.json" >"$WORK/transact.txt" <<'PY'
+  run_bench transact_write "${writes[@]}"
+  python3 - "$WORK/transact_write.json" >"$WORK/transact.txt" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
 runs = doc["runs"]
@@ -169,12 +177,8 @@ PY
 postgres_figures() {
   local calls=()
   [ -n "${QUICK:-}" ] && calls=(PRISM_BENCH_CALLS=1000)
-  env "${calls[@]}" PRISM_BENCH_JSON="$WORK/postgres.json" \
-    cargo bench --bench postgres_paths >"$WORK/postgres.log" 2>&1 || {
-    cat "$WORK/postgres.log" >&2
-    exit 1
-  }
-  python3 - "$WORK/postgres.json" >"$WORK/postgres.txt" <<'PY'
+  run_bench postgres_paths "${calls[@]}"
+  python3 - "$WORK/postgres_paths.json" >"$WORK/postgres.txt" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
 print("| call (issue target: gateway ≥ 0.8× direct) | gateway calls/s | p50 / p99 ms | direct SQL calls/s | p50 / p99 ms | gateway ÷ direct |")

@@ -1,12 +1,19 @@
 //! Helpers the benchmarks share: bounds from the environment, a loopback
-//! channel, a gateway serving on loopback, a PubSub subscription,
-//! percentiles.
+//! channel, a gateway serving on loopback, a session, a PubSub
+//! subscription, percentiles.
 
 use std::sync::Arc;
 
 use prism::{
     config::GatewayConfig,
-    proto::pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
+    proto::{
+        pubsub::v1::{self as ps, pub_sub_service_client::PubSubServiceClient},
+        session::v1::{
+            create_session_request::{Auth, Config},
+            session_service_client::SessionServiceClient,
+            CreateSessionRequest,
+        },
+    },
     server::{self, Gateway, Listeners},
 };
 use tonic::transport::{Channel, Endpoint};
@@ -27,6 +34,20 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
         .connect()
         .await
         .expect("connect to the gateway")
+}
+
+/// A session token: API key `key`, named config `config`.
+pub async fn session(channel: &Channel, key: &str, config: &str) -> String {
+    SessionServiceClient::new(channel.clone())
+        .create_session(CreateSessionRequest {
+            auth: Some(Auth::ApiKey(key.into())),
+            config: Some(Config::ConfigName(config.into())),
+            ..Default::default()
+        })
+        .await
+        .expect("a session")
+        .into_inner()
+        .session_token
 }
 
 /// The `p` quantile (0.0 to 1.0) of sorted samples; 0 when empty.
