@@ -6,7 +6,8 @@
 //! Reader client runs the statement the gateway runs for that page and
 //! decodes its rows; the direct Queue client takes the partition's next
 //! offset and inserts the message in one statement, as the gateway does
-//! once the topic is known.
+//! once the topic is known (both on topics of four partitions, messages
+//! spread over them).
 //!
 //! Run: `cargo bench --bench postgres_paths` (needs Postgres at
 //! `DATABASE_URL`, default the loopback one). Bounded in count and time:
@@ -37,6 +38,8 @@ const KEY: &str = "bench-key";
 const LIMIT: Duration = Duration::from_secs(60);
 const ROWS: i64 = 100;
 const PAYLOAD: usize = 1024;
+/// Partitions of the Queue topics, gateway's and direct.
+const PARTITIONS: i32 = 4;
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -120,7 +123,11 @@ namespaces:
       rows: {{ backend: postgres, table: {table} }}
 configs:
   reader: {{ namespace: bench, pattern: reader, backend: postgres }}
-  queue: {{ namespace: bench, pattern: queue, backend: postgres }}
+  queue:
+    namespace: bench
+    pattern: queue
+    backend: postgres
+    options: {{ partitions: "{PARTITIONS}" }}
 "#,
         pg = database_url(),
         key = prism::auth::api_key_digest(KEY)
@@ -281,37 +288,42 @@ fn main() {
             }
         };
         publish(publishers[0].clone(), 0).await;
-        let gateway = drive(publishers, calls, publish).await;
+        // Direct first: its table is the smaller one then.
         let direct_topic = format!("bench.direct.{run}");
         for statement in [
             format!(
                 "INSERT INTO prism_queue_topics (namespace, topic, partitions) \
-                 VALUES ('bench', '{direct_topic}', 1)"
+                 VALUES ('bench', '{direct_topic}', {PARTITIONS})"
             ),
             format!(
                 "INSERT INTO prism_queue_partitions (namespace, topic, partition, next_offset) \
-                 VALUES ('bench', '{direct_topic}', 0, 0)"
+                 SELECT 'bench', '{direct_topic}', p, 0 FROM generate_series(0, {PARTITIONS} - 1) p"
             ),
         ] {
             sqlx::query(&statement).execute(&mut admin).await.unwrap();
         }
         let direct = drive(direct_clients(clients).await, calls, move |mut conn, i| {
             let (topic, payload) = (direct_topic.clone(), payload.clone());
+            let partition = (i % PARTITIONS as usize) as i32;
             async move {
-                sqlx::query(APPEND)
+                // To the statement's end, commit included, as the gateway
+                // reads it.
+                let rows = sqlx::query(APPEND)
                     .bind("bench")
                     .bind(topic)
-                    .bind(0i32)
+                    .bind(partition)
                     .bind(payload)
                     .bind("{}")
                     .bind(i as i64)
-                    .fetch_one(&mut conn)
+                    .fetch_all(&mut conn)
                     .await
                     .expect("the append");
+                assert_eq!(rows.len(), 1);
                 conn
             }
         })
         .await;
+        let gateway = drive(publishers, calls, publish).await;
         report(
             &mut summary,
             "queue_publish",

@@ -18,7 +18,10 @@
 //! the first Publish to a topic creates it and its partitions first.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -83,9 +86,10 @@ pub struct PgQueue {
     migrated: AtomicBool,
     round_robin: AtomicU64,
     /// Partition counts of the topics this gateway has published to, by
-    /// (namespace, topic): bounded by the topics that exist, which are
-    /// never dropped.
-    known: DashMap<(String, String), i32>,
+    /// (namespace, topic); topics are never dropped, so an entry stays
+    /// true. One entry per topic published to (topics themselves have no
+    /// limit yet, here or in the database's tables).
+    known: Arc<DashMap<(String, String), i32>>,
 }
 
 impl QueueVisibility for PgQueue {}
@@ -111,7 +115,7 @@ impl PgQueue {
             pool: kv.pool.clone(),
             migrated: AtomicBool::new(false),
             round_robin: AtomicU64::new(0),
-            known: DashMap::new(),
+            known: Arc::default(),
         }
     }
 
@@ -178,9 +182,13 @@ impl PgQueue {
             .partitions(tx, ns, topic)
             .await?
             .ok_or_else(|| Error::internal("topic vanished while publishing"))?;
+        // A counter row recreated for a topic that still has messages
+        // (removed by hand, say) goes on after its last message.
         sqlx::query(
             "INSERT INTO prism_queue_partitions (namespace, topic, partition, next_offset) \
-             SELECT $1, $2, p, 0 FROM generate_series(0, $3 - 1) AS p ON CONFLICT DO NOTHING",
+             SELECT $1, $2, p, COALESCE((SELECT MAX(m.msg_offset) + 1 FROM prism_queue_messages m \
+               WHERE m.namespace = $1 AND m.topic = $2 AND m.partition = p), 0) \
+             FROM generate_series(0, $3 - 1) AS p ON CONFLICT DO NOTHING",
         )
         .bind(ns)
         .bind(topic)
@@ -207,25 +215,30 @@ impl PgQueue {
     {
         let headers = serde_json::to_string(&item.headers)
             .map_err(|_| Error::internal("headers do not serialise"))?;
-        let row = sqlx::query(APPEND)
+        // All rows, not the first: reading to the statement's end is what
+        // sees an autocommit's commit (or its error) before the Publish is
+        // answered; a first-row fetch returns before it.
+        let rows = sqlx::query(APPEND)
             .bind(ns)
             .bind(topic)
             .bind(partition)
             .bind(item.payload.as_slice())
             .bind(headers)
             .bind(now)
-            .fetch_optional(executor)
+            .fetch_all(executor)
             .await
             .map_err(|e| self.err(e))?;
-        row.map(|row| {
-            let offset: i64 = row.try_get(0).map_err(|e| self.err(e))?;
-            Ok(Published {
-                partition,
-                offset,
-                timestamp_ms: now,
+        rows.into_iter()
+            .next()
+            .map(|row| {
+                let offset: i64 = row.try_get(0).map_err(|e| self.err(e))?;
+                Ok(Published {
+                    partition,
+                    offset,
+                    timestamp_ms: now,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     /// The partition for `item` among `count`, or its error.
@@ -237,6 +250,40 @@ impl PgQueue {
         } else {
             Err(bad_partition(topic, p, count))
         }
+    }
+
+    /// Appends `items` inside `tx`, partition by partition in ascending
+    /// order (two publishers of several messages lock counter rows in the
+    /// same order, so they cannot deadlock); results in the items' order.
+    /// `None` if a partition has no counter row (the caller rolls back).
+    async fn append_all(
+        &self,
+        tx: &mut Tx,
+        ns: &str,
+        topic: &str,
+        count: i32,
+        items: &[PublishItem],
+        now: i64,
+    ) -> Result<Option<Vec<Result<Published, Error>>>, Error> {
+        let mut results: Vec<Result<Published, Error>> = Vec::with_capacity(items.len());
+        let mut order = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match self.partition_for(topic, item, count) {
+                Ok(p) => {
+                    order.push((p, i));
+                    results.push(Err(Error::internal("not appended")));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        order.sort_unstable();
+        for (p, i) in order {
+            match self.append(&mut **tx, ns, topic, p, &items[i], now).await? {
+                Some(published) => results[i] = Ok(published),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(results))
     }
 
     /// Publishes to a topic known to exist with `count` partitions: one
@@ -260,21 +307,14 @@ impl PgQueue {
             });
         }
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let p = match self.partition_for(topic, item, count) {
-                Ok(p) => p,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            match self.append(&mut *tx, ns, topic, p, item, now).await? {
-                Some(published) => results.push(Ok(published)),
-                // Dropped unfinished: rolled back.
-                None => return Ok(None),
-            }
-        }
+        let Some(results) = self
+            .append_all(&mut tx, ns, topic, count, items, now)
+            .await?
+        else {
+            // Rolled back now, so the slow path does not wait on its locks.
+            tx.rollback().await.map_err(|e| self.err(e))?;
+            return Ok(None);
+        };
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(Some(results))
     }
@@ -332,6 +372,9 @@ impl QueueBasic for PgQueue {
         items: Vec<PublishItem>,
     ) -> Vec<Result<Published, Error>> {
         let n = items.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let run = async {
             self.ready()?;
             let now = epoch_ms();
@@ -346,21 +389,10 @@ impl QueueBasic for PgQueue {
             // what is missing, then append in the same transaction.
             let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
             let count = self.ensure_topic(&mut tx, ns, topic, partitions).await?;
-            let mut results = Vec::with_capacity(items.len());
-            for item in &items {
-                let p = match self.partition_for(topic, item, count) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        results.push(Err(e));
-                        continue;
-                    }
-                };
-                let published = self
-                    .append(&mut *tx, ns, topic, p, item, now)
-                    .await?
-                    .ok_or_else(|| Error::internal("a partition vanished while publishing"))?;
-                results.push(Ok(published));
-            }
+            let results = self
+                .append_all(&mut tx, ns, topic, count, &items, now)
+                .await?
+                .ok_or_else(|| Error::internal("a partition vanished while publishing"))?;
             tx.commit().await.map_err(|e| self.err(e))?;
             self.known.insert(key, count);
             Ok::<_, Error>(results)
@@ -428,7 +460,7 @@ impl QueueBasic for PgQueue {
                 pool: self.pool.clone(),
                 migrated: AtomicBool::new(true),
                 round_robin: AtomicU64::new(0),
-                known: DashMap::new(),
+                known: self.known.clone(),
             },
             ns: ns.to_string(),
             spec,
