@@ -23,20 +23,39 @@ pub struct SessionRef {
     pub identity: String,
 }
 
+/// A call's session as the call layer reads it, straight from the session
+/// (nothing is copied on the hot path; the record is made only when an
+/// audit record is written).
+pub trait CallSession: Send + Sync {
+    /// The namespace, shared: the call's metrics label.
+    fn namespace_label(&self) -> &Arc<str>;
+    /// Who and where, for an audit record.
+    fn session_ref(&self) -> SessionRef;
+}
+
 /// What the call layer learns about a call while it runs.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CallInfo {
-    session: OnceLock<SessionRef>,
+    session: OnceLock<Arc<dyn CallSession>>,
     resource: OnceLock<String>,
+    /// Whether the call is audited: what it is about is kept only then.
+    audited: bool,
 }
 
 impl CallInfo {
+    pub fn new(audited: bool) -> Self {
+        CallInfo {
+            audited,
+            ..Default::default()
+        }
+    }
+
     /// The call's session, once it was checked.
-    pub fn session(&self) -> Option<&SessionRef> {
+    pub fn session(&self) -> Option<&Arc<dyn CallSession>> {
         self.session.get()
     }
 
-    /// What the call is about, once a service noted it.
+    /// What the call is about, once a service noted it (audited calls).
     pub fn resource(&self) -> Option<&str> {
         self.resource.get().map(String::as_str)
     }
@@ -52,25 +71,32 @@ pub fn scope<F: Future>(info: Arc<CallInfo>, call: F) -> impl Future<Output = F:
 }
 
 /// Records the session of the call being served (first one wins) in the
-/// slot and on the current span; outside a call only the span is touched.
-pub fn note_session(namespace: &str, session_id: &str, identity: &str, backend: &str) {
-    let span = tracing::Span::current();
-    span.record("namespace", namespace);
-    span.record("session_id", session_id);
-    span.record("backend", backend);
+/// slot, and its namespace, id and backend on the current span; outside a
+/// call only the span is touched.
+pub fn note_session(
+    session: &Arc<impl CallSession + 'static>,
+    namespace: &str,
+    session_id: &str,
+    backend: &str,
+) {
+    // The `rpc` span is an INFO span: below that level there is none.
+    if tracing::level_enabled!(tracing::Level::INFO) {
+        let span = tracing::Span::current();
+        span.record("namespace", namespace);
+        span.record("session_id", session_id);
+        span.record("backend", backend);
+    }
     let _ = CALL.try_with(|call| {
-        let _ = call.session.set(SessionRef {
-            namespace: namespace.to_string(),
-            session_id: session_id.to_string(),
-            identity: identity.to_string(),
-        });
+        let _ = call.session.set(session.clone());
     });
 }
 
-/// Records what the call is about, for the audit log (first one wins;
-/// at most 256 characters).
+/// Records what the call is about, for its audit record (first one wins;
+/// at most 256 characters); nothing when the call is not audited.
 pub fn note_resource(resource: &str) {
     let _ = CALL.try_with(|call| {
-        let _ = call.resource.set(resource.chars().take(256).collect());
+        if call.audited {
+            let _ = call.resource.set(resource.chars().take(256).collect());
+        }
     });
 }

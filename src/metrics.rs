@@ -91,10 +91,13 @@ pub fn method_labels(path: &str) -> (&'static str, &'static str) {
     METHODS.get(path).copied().unwrap_or((UNKNOWN, UNKNOWN))
 }
 
+/// The namespace label of a call no session was found for.
+static NO_NAMESPACE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct CallKey {
     /// A configured namespace (learned from the session), or empty.
-    namespace: String,
+    namespace: Arc<str>,
     service: &'static str,
     method: &'static str,
     code: &'static str,
@@ -115,7 +118,10 @@ pub struct Metrics {
 
 impl Metrics {
     fn observe(&self, key: CallKey, elapsed: Duration) {
-        let stats = self.calls.entry(key).or_default().clone();
+        // A series seen before (nearly every call) takes a shard's read
+        // lock only.
+        let seen = self.calls.get(&key).map(|s| s.value().clone());
+        let stats = seen.unwrap_or_else(|| self.calls.entry(key).or_default().clone());
         stats.count.fetch_add(1, Ordering::Relaxed);
         stats
             .sum_micros
@@ -201,7 +207,7 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 
 fn call_labels(k: &CallKey, le: Option<&str>) -> String {
     let mut pairs = vec![
-        ("namespace", k.namespace.as_str()),
+        ("namespace", &*k.namespace),
         ("service", k.service),
         ("method", k.method),
         ("code", k.code),
@@ -429,8 +435,11 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (service, method) = method_labels(req.uri().path());
         let metrics = self.metrics.clone();
-        let audit = self.audit.clone();
-        let info: Arc<CallInfo> = Arc::default();
+        // Only an audited call keeps what it was about.
+        let audit = (self.audit.is_enabled()
+            && DATA_SERVICES.iter().any(|s| service.starts_with(s)))
+        .then(|| self.audit.clone());
+        let info = Arc::new(CallInfo::new(audit.is_some()));
         let span = crate::telemetry::rpc_span(service, method, req.headers());
         let call = crate::call::scope(
             info.clone(),
@@ -448,17 +457,18 @@ where
                     .map_or("OK", |c| crate::error::code_name(tonic::Code::from(c))),
                 Err(_) => "UNKNOWN",
             };
-            let SessionRef {
-                namespace,
-                session_id,
-                identity,
-            } = info.session().cloned().unwrap_or_default();
-            if audit.is_enabled() && DATA_SERVICES.iter().any(|s| service.starts_with(s)) {
+            let session = info.session();
+            if let Some(audit) = audit {
+                let SessionRef {
+                    namespace,
+                    session_id,
+                    identity,
+                } = session.map(|s| s.session_ref()).unwrap_or_default();
                 audit.record(crate::audit::Record {
                     event: "data",
                     session_id,
                     identity,
-                    namespace: namespace.clone(),
+                    namespace,
                     operation: format!("{service}/{method}"),
                     resource: info.resource().unwrap_or_default().to_string(),
                     outcome: if code == "OK" {
@@ -470,7 +480,8 @@ where
                 });
             }
             let key = CallKey {
-                namespace,
+                namespace: session
+                    .map_or_else(|| NO_NAMESPACE.clone(), |s| s.namespace_label().clone()),
                 service,
                 method,
                 code,

@@ -143,6 +143,8 @@ impl EndReason {
 /// without visiting the sessions.
 pub struct NamespaceSessions {
     pub name: String,
+    /// The name, shared: every call's metrics label (no copy per call).
+    pub label: std::sync::Arc<str>,
     /// The namespace's rules (sessions, allowed patterns and backends,
     /// collections, Transact tables, PubSub buffers), read by the call gate
     /// through the session with no lookup.
@@ -165,6 +167,7 @@ impl NamespaceSessions {
     pub fn new(name: &str, spec: NamespaceSpec) -> Self {
         NamespaceSessions {
             name: name.to_string(),
+            label: name.into(),
             spec,
             open: AtomicUsize::new(0),
             bytes_received: AtomicI64::new(0),
@@ -172,6 +175,20 @@ impl NamespaceSessions {
             subscriptions: AtomicI64::new(0),
             transactions: AtomicI64::new(0),
             by_principal: DashMap::new(),
+        }
+    }
+}
+
+impl crate::call::CallSession for SessionEntry {
+    fn namespace_label(&self) -> &std::sync::Arc<str> {
+        &self.namespace_sessions.label
+    }
+
+    fn session_ref(&self) -> crate::call::SessionRef {
+        crate::call::SessionRef {
+            namespace: self.namespace().to_string(),
+            session_id: self.id.clone(),
+            identity: self.principal.identity.clone(),
         }
     }
 }
@@ -352,11 +369,7 @@ impl SessionEntry {
 
     /// Who and where, for an audit record.
     pub fn session_ref(&self) -> crate::call::SessionRef {
-        crate::call::SessionRef {
-            namespace: self.namespace().to_string(),
-            session_id: self.id.clone(),
-            identity: self.principal.identity.clone(),
-        }
+        crate::call::CallSession::session_ref(self)
     }
 
     /// Its namespace's session policy.

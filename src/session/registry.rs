@@ -367,9 +367,9 @@ impl SessionRegistry {
             cluster.note_activity(entry);
         }
         crate::call::note_session(
+            entry,
             entry.namespace(),
             &entry.id,
-            &entry.principal.identity,
             &entry.config.backend_name,
         );
     }
