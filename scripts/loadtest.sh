@@ -11,6 +11,7 @@
 #   ONLY=cluster bash scripts/loadtest.sh   # the cluster table alone (needs haproxy)
 #   ONLY=transact bash scripts/loadtest.sh  # README's Transact table alone (Postgres, NATS, Kafka)
 #   ONLY=postgres bash scripts/loadtest.sh  # README's Reader and Queue on Postgres table alone
+#   ONLY=kvget bash scripts/loadtest.sh     # README's KV Get against a minimal tonic service table alone
 #
 # Only loopback addresses are loaded; every run is bounded by its total or
 # its duration.
@@ -28,6 +29,60 @@ LOAD=target/release/prism-loadtest
 WORK=$(mktemp -d)
 OUT=loadtest/results
 mkdir -p "$OUT"
+# KeyValue Get against its floor: the gateway (embedded default, memory)
+# beside a minimal tonic KeyValue service (a DashMap behind the same
+# generated code) and the no-op server, on one connection and on four,
+# then at 1,000 requests/s for the latency the gateway itself adds; into
+# README.md's table.
+kvget_figures() {
+  local kp
+  RUST_LOG=warn "$PRISM" serve --listen 127.0.0.1:18970 --admin-listen 127.0.0.1:18971 \
+    >"$WORK/kvget.log" 2>&1 &
+  kp=$!
+  wait_port 18970
+  # Five short rounds of each side taken in turn; the table shows medians.
+  local round=(--duration 3s --rounds 5)
+  [ -n "${QUICK:-}" ] && round=(--duration 1s --rounds 3)
+  for c in 1 4; do
+    "$LOAD" run loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18970 --baseline --minimal-kv \
+      --connections "$c" --concurrency 64 "${round[@]}" \
+      --name "KV Get 1 KiB, hot key (memory), $c connection(s), 64 workers" \
+      --compare-out "$WORK/kvget-$c.json" >/dev/null
+  done
+  "$LOAD" run loadtest/scenarios/kv_get_hot.json --host 127.0.0.1:18970 --baseline --minimal-kv \
+    --rps 1000 --connections 1 --concurrency 8 "${round[@]}" \
+    --name "KV Get 1 KiB, hot key (memory), at 1,000 req/s" \
+    --compare-out "$WORK/kvget-rate.json" >/dev/null
+  kill "$kp"; wait "$kp" 2>/dev/null || true
+  python3 - "$WORK" >"$WORK/kvget.txt" <<'PY'
+import json, sys, pathlib
+work = pathlib.Path(sys.argv[1])
+print("| run | gateway req/s | p50 / p99 ms | minimal tonic KV req/s | p50 / p99 ms "
+      "| gateway ÷ minimal (target ≥ 0.95×) | no-op p50 / p99 ms | added over no-op p50 / p99 ms (target ≤ +0.10 / +0.30) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+rounds = 1
+for name in ["kvget-1", "kvget-4", "kvget-rate"]:
+    c = json.loads((work / f"{name}.json").read_text())
+    g, m, n = c["gateway"], c["minimal"], c["noop"]
+    rounds = c.get("rounds", 1)
+    print(f"| {c['scenario']} | {g['rps']:,.0f} | {g['p50_ms']:.3f} / {g['p99_ms']:.3f} "
+          f"| {m['rps']:,.0f} | {m['p50_ms']:.3f} / {m['p99_ms']:.3f} | **{g['rps'] / m['rps']:.2f}×** "
+          f"| {n['p50_ms']:.3f} / {n['p99_ms']:.3f} "
+          f"| {g['p50_ms'] - n['p50_ms']:+.3f} / {g['p99_ms'] - n['p99_ms']:+.3f} |")
+print()
+print(f"64 workers (8 at 1,000 req/s); each figure the median of {rounds} runs per side, "
+      "the sides taken in turn (gateway, no-op, minimal).")
+PY
+  {
+    echo "<!-- kvget:begin -->"
+    cat "$WORK/kvget.txt"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=kvget\` for this table alone) on $(nproc) cores."
+    echo "<!-- kvget:end -->"
+  } >"$WORK/kvget.md"
+  replace_between kvget README.md "$WORK/kvget.md"
+}
+
 if [ "${ONLY:-}" = cluster ]; then rm -f "$OUT"/cluster-*.json; else rm -f "$OUT"/*.json; fi
 
 pids=()
@@ -215,6 +270,11 @@ if [ "${ONLY:-}" = postgres ]; then
   echo "figures written to README.md"
   exit 0
 fi
+if [ "${ONLY:-}" = kvget ]; then
+  kvget_figures
+  echo "figures written to README.md"
+  exit 0
+fi
 
 PRISM_SQLITE_PATH="$WORK/orders.db" RUST_LOG=warn \
   "$PRISM" serve --listen 127.0.0.1:18980 --admin-listen 127.0.0.1:18981 >"$WORK/default.log" 2>&1 &
@@ -254,6 +314,7 @@ keys=100000
 kill "${pids[@]}" 2>/dev/null || true
 pids=()
 
+kvget_figures
 cluster_figures
 transact_figures
 postgres_figures

@@ -74,18 +74,18 @@ impl tonic::server::ServerStreamingService<Bytes> for Streaming {
     }
 }
 
-/// A running no-op server; stops when dropped. It runs on threads of its
-/// own (a runtime with as many workers as the gateway's), not on the load
-/// generator's runtime, so it competes for the CPU the way the gateway
-/// process does.
-pub struct NoopServer {
+/// A baseline server running on threads of its own (a runtime with as
+/// many workers as the gateway's), not on the load generator's runtime, so
+/// it competes for the CPU the way the gateway process does. Stops when
+/// dropped.
+pub struct BaselineServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     /// Ends by itself once `stop` is sent (or dropped).
     _thread: std::thread::JoinHandle<()>,
 }
 
-impl Drop for NoopServer {
+impl Drop for BaselineServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -93,44 +93,55 @@ impl Drop for NoopServer {
     }
 }
 
-impl NoopServer {
-    /// Serves on an ephemeral loopback port; `replies` maps method paths
-    /// (`/pkg.Service/Method`) to the messages to answer with.
-    pub async fn start(
-        pool: DescriptorPool,
-        replies: std::collections::HashMap<String, Vec<Bytes>>,
-    ) -> std::io::Result<NoopServer> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+impl BaselineServer {
+    /// Binds loopback port `port` (0: an ephemeral one) and runs
+    /// `serve(listener, stopped)` on the server's own runtime until stopped.
+    pub(crate) async fn start<F, Fut>(
+        name: &str,
+        port: u16,
+        serve: F,
+    ) -> std::io::Result<BaselineServer>
+    where
+        F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let replies = Replies {
-            pool,
-            by_path: Arc::new(replies),
-        };
         let (stop, stopped) = oneshot::channel::<()>();
         let (started, ready) = oneshot::channel::<std::io::Result<()>>();
+        let thread_name = name.to_string();
         let thread = std::thread::Builder::new()
-            .name("prism-noop".into())
+            .name(thread_name.clone())
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-                    .thread_name("prism-noop")
+                    .thread_name(thread_name)
                     .enable_all()
                     .build();
-                match runtime {
-                    Ok(runtime) => {
-                        let _ = started.send(Ok(()));
-                        runtime.block_on(serve(listener, replies, stopped));
-                    }
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = started.send(Err(e));
+                        return;
                     }
-                }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let _ = started.send(Ok(()));
+                            serve(listener, stopped).await;
+                        }
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                        }
+                    }
+                });
             })?;
         ready
             .await
-            .map_err(|_| std::io::Error::other("the no-op server thread ended"))??;
-        Ok(NoopServer {
+            .map_err(|_| std::io::Error::other("the baseline server thread ended"))??;
+        Ok(BaselineServer {
             addr,
             stop: Some(stop),
             _thread: thread,
@@ -138,14 +149,42 @@ impl NoopServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, replies: Replies, stopped: oneshot::Receiver<()>) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "no-op baseline server cannot listen");
-            return;
-        }
-    };
+/// Accepted connections, without Nagle's delay (as the gateway's).
+pub(crate) fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            stream.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    )
+}
+
+/// The no-op server: answers every method of Prism's API.
+pub struct NoopServer;
+
+impl NoopServer {
+    /// Serves on an ephemeral loopback port; `replies` maps method paths
+    /// (`/pkg.Service/Method`) to the messages to answer with.
+    pub async fn start(
+        pool: DescriptorPool,
+        replies: std::collections::HashMap<String, Vec<Bytes>>,
+    ) -> std::io::Result<BaselineServer> {
+        let replies = Replies {
+            pool,
+            by_path: Arc::new(replies),
+        };
+        BaselineServer::start("prism-noop", 0, move |listener, stopped| {
+            serve(listener, replies, stopped)
+        })
+        .await
+    }
+}
+
+async fn serve(listener: TcpListener, replies: Replies, stopped: oneshot::Receiver<()>) {
     let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let replies = replies.clone();
         async move {
@@ -162,18 +201,9 @@ async fn serve(listener: std::net::TcpListener, replies: Replies, stopped: onesh
             response.map(axum::body::Body::new)
         }
     });
-    // Like the gateway: no Nagle delay on accepted connections.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |stream| {
-            stream.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        },
-    );
     let served = tonic::transport::Server::builder()
         .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, async {
+        .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = stopped.await;
         })
         .await;

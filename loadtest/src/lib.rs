@@ -10,6 +10,7 @@
 pub mod baseline;
 pub mod call;
 pub mod footprint;
+pub mod minimal_kv;
 pub mod neighbour;
 pub mod report;
 pub mod runner;
@@ -172,28 +173,7 @@ impl Prepared {
         token: &str,
     ) -> Result<(), String> {
         if let Some(seed) = &setup.seed {
-            let items = match &seed.data {
-                serde_json::Value::Array(items) => items.clone(),
-                other => vec![other.clone()],
-            };
-            let seed_call = Call::new(pool, &seed.call, &items, &Default::default(), token)?;
-            let seed_bounds = Bounds {
-                total: Some(seed.total.clamp(1, scenario::MAX_TOTAL)),
-                duration: None,
-                concurrency: 8.min(seed.total.max(1) as usize),
-                connections: 1,
-                rps: None,
-                timeout: Duration::from_secs(20),
-            };
-            let outcome = runner::run(Arc::new(seed_call), &self.channels[..1], &seed_bounds).await;
-            if let Some(bad) = outcome.samples.iter().find(|s| s.error.is_some()) {
-                return Err(format!(
-                    "seeding with {} failed: {:?} {}",
-                    seed.call,
-                    bad.code,
-                    bad.error.clone().unwrap_or_default()
-                ));
-            }
+            seed_with(seed, pool, token, &self.channels[..1]).await?;
         }
         if let Some(subs) = &setup.subscribers {
             let items = vec![subs.data.clone()];
@@ -221,6 +201,38 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// Makes the scenario's seed calls (and checks them) over `channels`.
+async fn seed_with(
+    seed: &scenario::Seed,
+    pool: &prost_reflect::DescriptorPool,
+    token: &str,
+    channels: &[Channel],
+) -> Result<(), String> {
+    let items = match &seed.data {
+        serde_json::Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    let seed_call = Call::new(pool, &seed.call, &items, &Default::default(), token)?;
+    let seed_bounds = Bounds {
+        total: Some(seed.total.clamp(1, scenario::MAX_TOTAL)),
+        duration: None,
+        concurrency: 8.min(seed.total.max(1) as usize),
+        connections: 1,
+        rps: None,
+        timeout: Duration::from_secs(20),
+    };
+    let outcome = runner::run(Arc::new(seed_call), channels, &seed_bounds).await;
+    if let Some(bad) = outcome.samples.iter().find(|s| s.error.is_some()) {
+        return Err(format!(
+            "seeding with {} failed: {:?} {}",
+            seed.call,
+            bad.code,
+            bad.error.clone().unwrap_or_default()
+        ));
+    }
+    Ok(())
 }
 
 /// Holds one subscription open, counting what arrives; reports once the
@@ -344,9 +356,15 @@ impl Prepared {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Comparison {
     pub scenario: String,
+    /// Runs per side (medians when more than one).
+    #[serde(default = "one")]
+    pub rounds: u32,
     pub gateway: Summary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noop: Option<Summary>,
+    /// The minimal tonic KeyValue service's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimal: Option<Summary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct: Option<Summary>,
 }
@@ -359,6 +377,27 @@ pub struct Summary {
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Summary {
+    /// Each figure's median over several runs; counts added up.
+    pub fn median(runs: &[Summary]) -> Summary {
+        fn mid(mut v: Vec<f64>) -> f64 {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        }
+        Summary {
+            count: runs.iter().map(|r| r.count).sum(),
+            failures: runs.iter().map(|r| r.failures).sum(),
+            rps: mid(runs.iter().map(|r| r.rps).collect()),
+            p50_ms: mid(runs.iter().map(|r| r.p50_ms).collect()),
+            p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+        }
+    }
 }
 
 impl From<&Report> for Summary {
@@ -377,8 +416,17 @@ impl Comparison {
     /// The comparison printed after a `--baseline` run.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "\n{}\n  {:<18}{:>12}{:>12}{:>12}{:>10}\n",
-            self.scenario, "target", "req/s", "p50 ms", "p99 ms", "errors"
+            "\n{}{}\n  {:<18}{:>12}{:>12}{:>12}{:>10}\n",
+            self.scenario,
+            match self.rounds {
+                0 | 1 => String::new(),
+                n => format!(" (medians of {n} rounds taken in turn)"),
+            },
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors"
         );
         let mut row = |name: &str, s: &Summary| {
             out.push_str(&format!(
@@ -390,16 +438,22 @@ impl Comparison {
         if let Some(n) = &self.noop {
             row("no-op baseline", n);
         }
+        if let Some(m) = &self.minimal {
+            row("minimal tonic KV", m);
+        }
         if let Some(d) = &self.direct {
             row("redis direct", d);
         }
-        if let Some(n) = &self.noop {
-            out.push_str(&format!(
-                "  ratio to no-op: {:.2}x req/s; p50 {:+.3} ms, p99 {:+.3} ms\n",
-                self.gateway.rps / n.rps.max(f64::MIN_POSITIVE),
-                self.gateway.p50_ms - n.p50_ms,
-                self.gateway.p99_ms - n.p99_ms
-            ));
+        let ratios = [("no-op", &self.noop), ("minimal tonic KV", &self.minimal)];
+        for (name, baseline) in ratios {
+            if let Some(b) = baseline {
+                out.push_str(&format!(
+                    "  ratio to {name}: {:.2}x req/s; p50 {:+.3} ms, p99 {:+.3} ms\n",
+                    self.gateway.rps / b.rps.max(f64::MIN_POSITIVE),
+                    self.gateway.p50_ms - b.p50_ms,
+                    self.gateway.p99_ms - b.p99_ms
+                ));
+            }
         }
         if let Some(d) = &self.direct {
             out.push_str(&format!(
@@ -450,33 +504,94 @@ pub fn markdown_table(rows: &[Comparison]) -> String {
     out
 }
 
-/// Runs a prepared scenario, and with `baseline` the no-op server too (and
-/// Redis directly when `redis_direct` names a URL); the gateway's report
-/// and the comparison.
+/// What a gateway run is set beside, in the same run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baselines<'a> {
+    /// The no-op server with the same message shapes.
+    pub noop: bool,
+    /// The minimal tonic KeyValue service (KeyValue Get and Set only).
+    pub minimal_kv: bool,
+    /// Redis GETs of a value of the same size, from this URL.
+    pub redis_direct: Option<&'a str>,
+    /// Runs of the gateway and of each server baseline, taken in turn;
+    /// the comparison keeps each side's medians.
+    pub rounds: u32,
+}
+
+/// Runs a prepared scenario, then each of `baselines` with the same
+/// bounds; the gateway's report and the comparison.
 pub async fn run_with_baselines(
     prepared: &Prepared,
-    baseline: bool,
-    redis_direct: Option<&str>,
+    baselines: Baselines<'_>,
 ) -> Result<(Report, Comparison), String> {
-    let (report, outcome) = prepared.run().await;
+    let minimal_call = matches!(
+        prepared.call.path.path(),
+        "/prism.keyvalue.v1.KeyValueService/Get" | "/prism.keyvalue.v1.KeyValueService/Set"
+    );
+    if baselines.minimal_kv && !minimal_call {
+        return Err(format!(
+            "the minimal KeyValue baseline serves KeyValue Get and Set only, not {}",
+            prepared.call.path
+        ));
+    }
+    let rounds = baselines.rounds.max(1);
+    let (mut report, outcome) = prepared.run().await;
+    let mut gateway = vec![Summary::from(&report)];
+    let noop = match baselines.noop {
+        false => None,
+        true => {
+            let mut replies = HashMap::new();
+            if let Some(reply) = outcome.first_reply.clone() {
+                replies.insert(prepared.call.path.to_string(), reply);
+            }
+            let server = baseline::NoopServer::start(call::descriptors(), replies)
+                .await
+                .map_err(|e| format!("cannot start the no-op server: {e}"))?;
+            Some(server)
+        }
+    };
+    let minimal = match baselines.minimal_kv {
+        false => None,
+        true => {
+            let server = minimal_kv::start()
+                .await
+                .map_err(|e| format!("cannot start the minimal KeyValue server: {e}"))?;
+            let channels = runner::connect(server.addr, 1).await?;
+            if let Some(seed) = prepared
+                .scenario
+                .prism
+                .as_ref()
+                .and_then(|p| p.seed.as_ref())
+            {
+                seed_with(seed, &call::descriptors(), "", &channels).await?;
+            }
+            Some(server)
+        }
+    };
+    // Rounds in turn (gateway, then each baseline), so a slow spell of
+    // this shared machine falls on every side alike.
+    let (mut noops, mut minimals) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round > 0 {
+            report = prepared.run().await.0;
+            gateway.push(Summary::from(&report));
+        }
+        if let Some(server) = &noop {
+            noops.push(Summary::from(&prepared.run_against(server.addr).await?));
+        }
+        if let Some(server) = &minimal {
+            minimals.push(Summary::from(&prepared.run_against(server.addr).await?));
+        }
+    }
     let mut comparison = Comparison {
         scenario: prepared.scenario.title(),
-        gateway: Summary::from(&report),
-        noop: None,
+        rounds,
+        gateway: Summary::median(&gateway),
+        noop: (!noops.is_empty()).then(|| Summary::median(&noops)),
+        minimal: (!minimals.is_empty()).then(|| Summary::median(&minimals)),
         direct: None,
     };
-    if baseline {
-        let mut replies = HashMap::new();
-        if let Some(reply) = outcome.first_reply.clone() {
-            replies.insert(prepared.call.path.to_string(), reply);
-        }
-        let server = baseline::NoopServer::start(call::descriptors(), replies)
-            .await
-            .map_err(|e| format!("cannot start the no-op server: {e}"))?;
-        let noop = prepared.run_against(server.addr).await?;
-        comparison.noop = Some(Summary::from(&noop));
-    }
-    if let Some(url) = redis_direct {
+    if let Some(url) = baselines.redis_direct {
         let value = outcome
             .first_reply
             .as_ref()

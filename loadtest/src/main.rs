@@ -83,6 +83,14 @@ enum Command {
         /// message shapes, and print the ratio.
         #[arg(long)]
         baseline: bool,
+        /// Also run it against a minimal tonic KeyValue service (a DashMap
+        /// behind the generated server; KeyValue Get and Set scenarios).
+        #[arg(long)]
+        minimal_kv: bool,
+        /// Run the gateway and each server baseline this many times, in
+        /// turn, and compare their medians.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
         /// Also GET a value of the same size from this Redis directly, at
         /// the same rate, and print the added latency.
         #[arg(long)]
@@ -118,6 +126,14 @@ enum Command {
     },
     /// Print the markdown table of saved comparisons.
     Table { comparisons: Vec<PathBuf> },
+    /// Serve the minimal tonic KeyValue baseline on its own (for other
+    /// load generators, or to watch its CPU beside the gateway's) until
+    /// Ctrl-C. Loopback only.
+    MinimalKv {
+        /// Loopback port to listen on (0: any free one, printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Start a gateway binary and measure start-to-serving and the memory
     /// of idle sessions.
     Footprint {
@@ -163,9 +179,17 @@ async fn dispatch(command: Command) -> Result<(), String> {
             format,
             output,
             baseline,
+            minimal_kv,
+            rounds,
             redis_direct,
             compare_out,
         } => {
+            let baselines = loadtest::Baselines {
+                noop: baseline,
+                minimal_kv,
+                redis_direct: redis_direct.as_deref(),
+                rounds,
+            };
             let many = scenarios.len() > 1;
             let path_for = |dir: &Option<PathBuf>, scenario: &PathBuf| {
                 dir.as_ref().map(|d| {
@@ -185,9 +209,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
             for path in &scenarios {
                 let scenario = Scenario::load(path)?;
                 let prepared = loadtest::prepare(scenario, &limits.overrides()).await?;
-                let result =
-                    loadtest::run_with_baselines(&prepared, baseline, redis_direct.as_deref())
-                        .await;
+                let result = loadtest::run_with_baselines(&prepared, baselines).await;
                 prepared.finish().await;
                 let (report, comparison) = result?;
                 let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -198,7 +220,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
                 if let Some(out) = path_for(&output, path) {
                     std::fs::write(&out, &json).map_err(|e| format!("{}: {e}", out.display()))?;
                 }
-                if baseline || redis_direct.is_some() {
+                if baseline || minimal_kv || redis_direct.is_some() {
                     print!("{}", comparison.table());
                 }
                 if let Some(out) = path_for(&compare_out, path) {
@@ -247,6 +269,14 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let title = prepared.scenario.title();
             prepared.finish().await;
             print!("{}", neighbour_table(&title, neighbour.keys, &measured?));
+            Ok(())
+        }
+        Command::MinimalKv { port } => {
+            let server = loadtest::minimal_kv::start_on(port)
+                .await
+                .map_err(|e| format!("cannot start the minimal KeyValue server: {e}"))?;
+            println!("minimal KeyValue service on {}", server.addr);
+            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
             Ok(())
         }
         Command::Table { comparisons } => {

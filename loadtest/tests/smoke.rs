@@ -161,7 +161,8 @@ async fn the_binary_reports_compares_prepares_and_measures() {
     let scenarios_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
 
     // A run with the baselines: ghz's summary, the JSON report, the
-    // comparison with the no-op server and with Redis directly.
+    // comparison with the no-op server, the minimal KeyValue service and
+    // Redis directly, each side run twice in turn.
     let report_path = data.join("kv.json");
     let compare_path = data.join("kv.compare.json");
     let kv = scenarios_dir.join("kv_get_hot.json");
@@ -176,6 +177,9 @@ async fn the_binary_reports_compares_prepares_and_measures() {
             "-c".as_ref(),
             "4".as_ref(),
             "--baseline".as_ref(),
+            "--minimal-kv".as_ref(),
+            "--rounds".as_ref(),
+            "2".as_ref(),
             "--redis-direct".as_ref(),
             "redis://127.0.0.1:6379".as_ref(),
             "-o".as_ref(),
@@ -198,8 +202,18 @@ async fn the_binary_reports_compares_prepares_and_measures() {
         "redis direct",
         "ratio to no-op:",
         "added over redis:",
+        "minimal tonic KV",
+        "ratio to minimal tonic KV:",
+        "(medians of 2 rounds taken in turn)",
     ] {
         assert!(stdout.contains(text), "`{text}` in\n{stdout}");
+    }
+    let comparison: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&compare_path).unwrap()).unwrap();
+    assert_eq!(comparison["rounds"], 2, "{comparison}");
+    for side in ["gateway", "noop", "minimal"] {
+        assert_eq!(comparison[side]["count"], 600, "{side}: {comparison}");
+        assert_eq!(comparison[side]["failures"], 0, "{side}: {comparison}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
@@ -324,6 +338,52 @@ async fn prism_loadtest(args: &[&OsStr], envs: &[(&str, &OsStr)]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
     stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_minimal_keyvalue_baseline_gets_what_was_set_and_serves_nothing_else() {
+    use prism_proto::keyvalue::v1::{self as kv, key_value_service_client::KeyValueServiceClient};
+    let server = loadtest::minimal_kv::start().await.unwrap();
+    let mut client = KeyValueServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let get = |key: &str| kv::GetRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    let missing = client.get(get("k")).await.unwrap().into_inner();
+    assert!(!missing.found);
+    for (value, version) in [(b"one".to_vec(), 1), (b"two".to_vec(), 2)] {
+        let set = kv::SetRequest {
+            key: "k".into(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        assert_eq!(client.set(set).await.unwrap().into_inner().version, version);
+        let got = client.get(get("k")).await.unwrap().into_inner();
+        assert!(got.found);
+        assert_eq!((got.value, got.version), (value, version));
+    }
+    let delete = kv::DeleteRequest {
+        key: "k".into(),
+        ..Default::default()
+    };
+    let refused = client.delete(delete).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+}
+
+#[test]
+fn medians_take_the_middle_run_and_add_up_the_counts() {
+    let run = |rps: f64, p50_ms: f64| loadtest::Summary {
+        count: 10,
+        failures: 1,
+        rps,
+        p50_ms,
+        p99_ms: p50_ms * 2.0,
+    };
+    let m = loadtest::Summary::median(&[run(300.0, 3.0), run(100.0, 1.0), run(200.0, 9.0)]);
+    assert_eq!((m.count, m.failures), (30, 3));
+    assert_eq!((m.rps, m.p50_ms, m.p99_ms), (200.0, 3.0, 6.0));
 }
 
 #[test]
