@@ -113,7 +113,9 @@ fn config(table: &str) -> GatewayConfig {
         r#"
 server: {{ shutdown_grace: 2s }}
 backends:
-  postgres: {{ type: postgres, url: "{pg}", pool: {{ max_connections: 32 }} }}
+  # A statement lane per client (the default is 4): a lone Publish or page
+  # then skips the ping sqlx sends as a pooled connection goes back.
+  postgres: {{ type: postgres, url: "{pg}", pool: {{ max_connections: 32, statement_lanes: 16 }} }}
 namespaces:
   bench:
     allowed_backends: [postgres]

@@ -1362,3 +1362,100 @@ fn a_subscription_at_latest_gets_what_is_published_once_it_answered() {
         finish(gw).await;
     });
 }
+
+/// A Postgres backend's statement lanes (the connections a lone Publish or
+/// Reader page runs on, beside the pool): a database error keeps the
+/// lane's connection; a connection the server ended is dropped and made
+/// again on next use; a statement cancelled half way leaves the
+/// connection to settle, and the next statement on it gets its own rows.
+#[test]
+fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_statement() {
+    use prism::backends::sql_lanes::Lanes;
+    use sqlx::Row as _;
+    block_on_multi_thread(async {
+        sqlx::any::install_default_drivers();
+        let url = common::kv::database_url();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("Postgres is reachable");
+        let lanes = Lanes::new(1, &url, Duration::from_secs(5));
+        let one = |sql: &'static str| sqlx::query(sql);
+        let pid_of = |rows: Vec<sqlx::any::AnyRow>| rows[0].get::<i32, _>(0);
+
+        let first = pid_of(
+            lanes
+                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(lanes.connected(), 1, "the lane connected on first use");
+
+        // Refused by the database: the connection stays.
+        assert!(lanes
+            .fetch_all(&pool, one("SELECT no_such_column"))
+            .await
+            .is_err());
+        let same = pid_of(
+            lanes
+                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(same, first, "a statement error keeps the connection");
+
+        // Cancelled half way: the next statement reads its own rows.
+        let slow = lanes.fetch_all(&pool, one("SELECT 1 FROM pg_sleep(0.3)"));
+        assert!(tokio::time::timeout(Duration::from_millis(50), slow)
+            .await
+            .is_err());
+        let rows = lanes
+            .fetch_all(&pool, one("SELECT 7::BIGINT"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows[0].get::<i64, _>(0),
+            7,
+            "the cancelled statement's rows are not taken"
+        );
+
+        // The server ends the lane's connection: the statement that meets
+        // it fails, the lane drops it and connects again.
+        let ended: bool = sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended);
+        let met = lanes.fetch_all(&pool, one("SELECT pg_backend_pid()")).await;
+        assert!(
+            met.is_err(),
+            "the lost connection shows on the statement that meets it"
+        );
+        assert_eq!(lanes.connected(), 0, "and the lane dropped it");
+        let again = pid_of(
+            lanes
+                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                .await
+                .unwrap(),
+        );
+        assert_ne!(again, first, "the lane connected again");
+
+        // While the lane is busy, the pool serves.
+        let held = lanes.fetch_all(&pool, one("SELECT 1 FROM pg_sleep(0.2)"));
+        let beside = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            pid_of(
+                lanes
+                    .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                    .await
+                    .unwrap(),
+            )
+        };
+        let (held, beside) = tokio::join!(held, beside);
+        held.unwrap();
+        assert_ne!(beside, again, "a busy lane sends the call to the pool");
+    });
+}

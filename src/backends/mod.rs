@@ -39,6 +39,7 @@ pub mod redis_pubsub;
 pub mod relay;
 pub mod spec;
 pub mod sql;
+pub mod sql_lanes;
 pub mod sql_reader;
 pub mod sql_transact;
 pub mod sql_write;

@@ -83,6 +83,8 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct PgQueue {
     name: String,
     pool: AnyPool,
+    /// Connections for a lone Publish to a known topic (`sql_lanes.rs`).
+    lanes: Arc<super::sql_lanes::Lanes>,
     migrated: AtomicBool,
     round_robin: AtomicU64,
     /// Partition counts of the topics this gateway has published to, by
@@ -108,11 +110,31 @@ fn in_group<'q>(
     sqlx::query(sql).bind(ns).bind(topic).bind(group)
 }
 
+/// APPEND for one message.
+fn append_query<'q>(
+    ns: &'q str,
+    topic: &'q str,
+    partition: i32,
+    item: &'q PublishItem,
+    now: i64,
+) -> Result<sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>, Error> {
+    let headers = serde_json::to_string(&item.headers)
+        .map_err(|_| Error::internal("headers do not serialise"))?;
+    Ok(sqlx::query(APPEND)
+        .bind(ns)
+        .bind(topic)
+        .bind(partition)
+        .bind(item.payload.as_slice())
+        .bind(headers)
+        .bind(now))
+}
+
 impl PgQueue {
     pub fn new(kv: &SqlBackend) -> Self {
         PgQueue {
             name: kv.name.clone(),
             pool: kv.pool.clone(),
+            lanes: kv.lanes.clone(),
             migrated: AtomicBool::new(false),
             round_robin: AtomicU64::new(0),
             known: Arc::default(),
@@ -199,7 +221,7 @@ impl PgQueue {
         Ok(count)
     }
 
-    /// Appends one message inside `tx`; `None` if the partition has no
+    /// Appends one message with `executor`; `None` if the partition has no
     /// counter row.
     async fn append<'e, E>(
         &self,
@@ -213,21 +235,42 @@ impl PgQueue {
     where
         E: sqlx::Executor<'e, Database = Any>,
     {
-        let headers = serde_json::to_string(&item.headers)
-            .map_err(|_| Error::internal("headers do not serialise"))?;
         // All rows, not the first: reading to the statement's end is what
         // sees an autocommit's commit (or its error) before the Publish is
         // answered; a first-row fetch returns before it.
-        let rows = sqlx::query(APPEND)
-            .bind(ns)
-            .bind(topic)
-            .bind(partition)
-            .bind(item.payload.as_slice())
-            .bind(headers)
-            .bind(now)
+        let rows = append_query(ns, topic, partition, item, now)?
             .fetch_all(executor)
             .await
             .map_err(|e| self.err(e))?;
+        self.appended(rows, partition, now)
+    }
+
+    /// A lone message appended outside a transaction: on a statement lane
+    /// when one is free (no ping after it), else on the pool.
+    async fn append_alone(
+        &self,
+        ns: &str,
+        topic: &str,
+        partition: i32,
+        item: &PublishItem,
+        now: i64,
+    ) -> Result<Option<Published>, Error> {
+        let query = append_query(ns, topic, partition, item, now)?;
+        let rows = self
+            .lanes
+            .fetch_all(&self.pool, query)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.appended(rows, partition, now)
+    }
+
+    /// What APPEND's rows say: the message's offset, or `None`.
+    fn appended(
+        &self,
+        rows: Vec<sqlx::any::AnyRow>,
+        partition: i32,
+        now: i64,
+    ) -> Result<Option<Published>, Error> {
         rows.into_iter()
             .next()
             .map(|row| {
@@ -301,7 +344,7 @@ impl PgQueue {
             return Ok(match self.partition_for(topic, item, count) {
                 Err(e) => Some(vec![Err(e)]),
                 Ok(p) => self
-                    .append(&self.pool, ns, topic, p, item, now)
+                    .append_alone(ns, topic, p, item, now)
                     .await?
                     .map(|published| vec![Ok(published)]),
             });
@@ -458,6 +501,7 @@ impl QueueBasic for PgQueue {
             queue: PgQueue {
                 name: self.name.clone(),
                 pool: self.pool.clone(),
+                lanes: self.lanes.clone(),
                 migrated: AtomicBool::new(true),
                 round_robin: AtomicU64::new(0),
                 known: self.known.clone(),

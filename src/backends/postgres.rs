@@ -80,7 +80,7 @@ pub const DDL: &[&str] = &[
 ];
 
 /// A pooled connection idle this long is pinged before it is used.
-const PING_IDLE: Duration = Duration::from_secs(1);
+pub(super) const PING_IDLE: Duration = Duration::from_secs(1);
 
 /// A pool that connects on first use; the pool actor runs migrations and
 /// health checks.
@@ -109,6 +109,11 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .map_err(|e| format!("backend `{name}`: invalid postgres url: {e}"))?;
     let mut backend = SqlBackend::new(name, Dialect::Postgres, pool, url, spec);
     backend.listen_url = Some(url.to_string());
+    backend.lanes = std::sync::Arc::new(super::sql_lanes::Lanes::new(
+        spec.statement_lanes,
+        url,
+        spec.connect_timeout,
+    ));
     Ok(backend)
 }
 

@@ -52,6 +52,11 @@ pub struct PoolSpec {
     /// (at least one) stays free for every other call. A transaction that
     /// finds none free within `connect_timeout` is RESOURCE_EXHAUSTED.
     pub max_transactions: Option<u32>,
+    /// Postgres: connections held beside the pool for lone statements on
+    /// the hot paths (a Queue Publish to a known topic, a Reader page), so
+    /// they skip the ping sqlx sends when a pooled connection comes back
+    /// (`sql_lanes.rs`); 0 turns them off. At most 64.
+    pub statement_lanes: u32,
 }
 
 impl PoolSpec {
@@ -75,6 +80,7 @@ impl Default for PoolSpec {
             backoff_max: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
             max_transactions: None,
+            statement_lanes: 4,
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct SqlBackend {
     /// Health checks run on a connection of their own, never queued behind
     /// the pool's callers; dropped after a failure and made again.
     health: tokio::sync::Mutex<Option<AnyConnection>>,
+    /// Postgres: connections held for lone statements on the hot paths
+    /// (`sql_lanes.rs`); none on SQLite.
+    pub lanes: Arc<super::sql_lanes::Lanes>,
     url: String,
 }
 
@@ -88,6 +91,7 @@ impl SqlBackend {
             transactions_cap: spec.transactions(),
             wait: spec.connect_timeout,
             health: tokio::sync::Mutex::new(None),
+            lanes: Arc::new(super::sql_lanes::Lanes::none()),
             url: url.to_string(),
             name: name.to_string(),
             dialect,

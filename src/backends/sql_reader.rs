@@ -466,9 +466,10 @@ impl ReaderPaged for SqlBackend {
             },
             order.join(", ")
         );
-        let rows = sql
-            .query()
-            .fetch_all(&self.pool)
+        // A lone SELECT: on a statement lane when one is free.
+        let rows = self
+            .lanes
+            .fetch_all(&self.pool, sql.query())
             .await
             .map_err(|e| self.db_error(e))?;
         let keys = plan.order.len();
@@ -497,11 +498,14 @@ impl ReaderPaged for SqlBackend {
             quote(&schema.table),
             cond.map(|c| format!(" WHERE {c}")).unwrap_or_default()
         );
-        let row = sql
-            .query()
-            .fetch_one(&self.pool)
+        let rows = self
+            .lanes
+            .fetch_all(&self.pool, sql.query())
             .await
             .map_err(|e| self.db_error(e))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.db_error(sqlx::Error::RowNotFound))?;
         row.try_get::<i64, _>(0).map_err(|e| self.db_error(e))
     }
 }

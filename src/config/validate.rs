@@ -174,6 +174,8 @@ fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
         Some("pool.backoff_initial must be positive and at most pool.backoff_max")
     } else if p.sweep_interval.is_zero() {
         Some("pool.sweep_interval must be positive")
+    } else if p.statement_lanes > crate::backends::sql_lanes::MAX_LANES {
+        Some("pool.statement_lanes must be at most 64")
     } else if p
         .max_transactions
         .is_some_and(|t| t == 0 || (t >= p.max_connections && p.max_connections > 1))
@@ -798,6 +800,7 @@ configs:
             r#"
 backends:
   mem: { type: memory, pool: { backoff_initial: 5s, backoff_max: 1s } }
+  pg: { type: postgres, url: "postgres://h/db", pool: { statement_lanes: 65 } }
 namespaces:
   "bad:name":
     allowed_backends: [mem]
@@ -814,6 +817,10 @@ server: { connections: { max_connections: 0 } }
         assert!(text.contains("queue.buffer must"), "{text}");
         assert!(text.contains("queue.buffer_bytes must"), "{text}");
         assert!(text.contains("max_connections must"), "{text}");
+        assert!(
+            text.contains("pool.statement_lanes must be at most 64"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Statement lanes: a few Postgres connections held outside the pool for
+//! lone autocommit statements on the hot paths (a Queue Publish to a known
+//! topic, a Reader page or count). sqlx gives a pooled connection back with
+//! a ping (one more round trip, and a wake-up of the Postgres backend, per
+//! call); a lane keeps its connection, so such a statement costs its own
+//! round trip only.
+//!
+//! A call takes a lane only if one is free at once, else the pool serves
+//! it as before, so lanes never make a call wait. A lane connects on first
+//! use (within `connect_timeout`) and drops its connection after a failure
+//! of the connection itself, to connect again on its next use. A statement
+//! cancelled half way leaves its connection to settle at its next use:
+//! sqlx waits for the outstanding ReadyForQuery before it sends anything
+//! else. Lanes serve single statements only, never a transaction.
+//!
+//! `pool.statement_lanes` (Postgres; default 4, 0 turns them off): they are
+//! connections beside the pool's `max_connections`.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use sqlx::{
+    any::{AnyArguments, AnyRow},
+    query::Query,
+    Any, AnyConnection, AnyPool, Connection as _,
+};
+use tokio::{
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
+
+use super::postgres::PING_IDLE;
+
+/// Most lanes a backend may hold.
+pub const MAX_LANES: u32 = 64;
+
+/// A backend's lanes.
+pub struct Lanes {
+    lanes: Box<[Mutex<Slot>]>,
+    next: AtomicUsize,
+    url: String,
+    connect_timeout: Duration,
+}
+
+/// One lane: its connection, if made, and when it last served.
+#[derive(Default)]
+struct Slot {
+    conn: Option<AnyConnection>,
+    used: Option<Instant>,
+}
+
+/// A lane taken for one statement; given back when dropped.
+pub struct Lane<'a> {
+    slot: MutexGuard<'a, Slot>,
+    url: &'a str,
+    connect_timeout: Duration,
+}
+
+impl Lanes {
+    pub fn new(count: u32, url: &str, connect_timeout: Duration) -> Self {
+        Lanes {
+            lanes: (0..count.min(MAX_LANES))
+                .map(|_| Mutex::new(Slot::default()))
+                .collect(),
+            next: AtomicUsize::new(0),
+            url: url.to_string(),
+            connect_timeout,
+        }
+    }
+
+    /// No lanes (SQLite, or turned off).
+    pub fn none() -> Self {
+        Lanes::new(0, "", Duration::ZERO)
+    }
+
+    /// A lane free right now, trying each once from the next in turn.
+    pub fn take(&self) -> Option<Lane<'_>> {
+        let n = self.lanes.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|i| {
+            self.lanes[(start + i) % n]
+                .try_lock()
+                .ok()
+                .map(|slot| Lane {
+                    slot,
+                    url: &self.url,
+                    connect_timeout: self.connect_timeout,
+                })
+        })
+    }
+
+    /// Lanes holding a connection now (each taken only if free).
+    pub fn connected(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|l| l.try_lock().is_ok_and(|s| s.conn.is_some()))
+            .count()
+    }
+}
+
+impl Lanes {
+    /// Runs `query` to its end on a free lane, else on `pool`; its rows.
+    /// A lane that cannot connect leaves the call to the pool.
+    pub async fn fetch_all<'q>(
+        &self,
+        pool: &AnyPool,
+        query: Query<'q, Any, AnyArguments<'q>>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if let Some(mut lane) = self.take() {
+            match lane.connection().await {
+                Ok(conn) => {
+                    let rows = query.fetch_all(conn).await;
+                    lane.settle(&rows);
+                    return rows;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a statement lane cannot connect; the pool serves")
+                }
+            }
+        }
+        query.fetch_all(pool).await
+    }
+}
+
+impl Lane<'_> {
+    /// The lane's connection, made first if it has none; one that sat
+    /// idle for [`PING_IDLE`] is pinged first (a restarted server or a
+    /// dropped link shows there, and the lane connects again).
+    async fn connection(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
+        let stale = self.slot.used.is_some_and(|t| t.elapsed() >= PING_IDLE);
+        if let (true, Some(conn)) = (stale, self.slot.conn.as_mut()) {
+            if conn.ping().await.is_err() {
+                self.slot.conn = None;
+            }
+        }
+        if self.slot.conn.is_none() {
+            let made = tokio::time::timeout(self.connect_timeout, AnyConnection::connect(self.url))
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            self.slot.conn = Some(made);
+        }
+        self.slot.used = Some(Instant::now());
+        self.slot.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// After a statement: a failure of the connection itself (not of the
+    /// statement, which the database refused) drops it. The server's own
+    /// word that it is ending the session (SQLSTATE class 57P, operator
+    /// intervention, or 08, connection exception) counts as such.
+    fn settle<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        let lost = match result {
+            Ok(_) | Err(sqlx::Error::RowNotFound) => false,
+            Err(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+            Err(_) => true,
+        };
+        if lost {
+            self.slot.conn = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lanes_are_taken_only_when_free_and_none_means_the_pool() {
+        assert!(Lanes::none().take().is_none());
+        let lanes = Lanes::new(2, "postgres://unused", Duration::from_secs(1));
+        let first = lanes.take().expect("a free lane");
+        let second = lanes.take().expect("the other lane");
+        assert!(lanes.take().is_none(), "both busy: the pool serves");
+        drop(first);
+        assert!(lanes.take().is_some(), "a lane given back is free again");
+        drop(second);
+        assert_eq!(lanes.connected(), 0, "no lane connects before it is used");
+        assert_eq!(
+            Lanes::new(1_000, "", Duration::ZERO).lanes.len(),
+            MAX_LANES as usize
+        );
+    }
+}
