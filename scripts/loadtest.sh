@@ -39,6 +39,7 @@ kvget_figures() {
   RUST_LOG=warn "$PRISM" serve --listen 127.0.0.1:18970 --admin-listen 127.0.0.1:18971 \
     >"$WORK/kvget.log" 2>&1 &
   kp=$!
+  pids+=("$kp")
   wait_port 18970
   # Five short rounds of each side taken in turn; the table shows medians.
   local round=(--duration 3s --rounds 5)

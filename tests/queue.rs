@@ -1405,19 +1405,37 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
         );
         assert_eq!(same, first, "a statement error keeps the connection");
 
-        // Cancelled half way: the next statement reads its own rows.
-        let slow = lanes.fetch_all(&pool, one("SELECT 1 FROM pg_sleep(0.3)"));
-        assert!(tokio::time::timeout(Duration::from_millis(50), slow)
-            .await
-            .is_err());
-        let rows = lanes
-            .fetch_all(&pool, one("SELECT 7::BIGINT"))
-            .await
-            .unwrap();
-        assert_eq!(
-            rows[0].get::<i64, _>(0),
-            7,
-            "the cancelled statement's rows are not taken"
+        // Cancelled half way (a long statement, and one that will fail):
+        // the next call neither waits for the rest of it nor gets its
+        // answer; the lane connects afresh. The outer bound is far below
+        // the cancelled statement's 30 s, so waiting for it would fail.
+        for doomed in [
+            "SELECT 1 FROM pg_sleep(30)",
+            "SELECT 1 / length(pg_sleep(0.5)::text)",
+        ] {
+            let before = pid_of(
+                lanes
+                    .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                    .await
+                    .unwrap(),
+            );
+            let cancelled = lanes.fetch_all(&pool, one(doomed));
+            assert!(tokio::time::timeout(Duration::from_millis(50), cancelled)
+                .await
+                .is_err());
+            let next = lanes.fetch_all(&pool, one("SELECT 7::BIGINT, pg_backend_pid()"));
+            let rows = tokio::time::timeout(Duration::from_secs(10), next)
+                .await
+                .expect("the next call does not wait for the cancelled statement")
+                .expect("and does not get its error");
+            assert_eq!(rows[0].get::<i64, _>(0), 7, "its own rows");
+            assert_ne!(rows[0].get::<i32, _>(1), before, "on a fresh connection");
+        }
+        let first = pid_of(
+            lanes
+                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
+                .await
+                .unwrap(),
         );
 
         // The server ends the lane's connection: the statement that meets

@@ -384,11 +384,16 @@ fn one() -> u32 {
 }
 
 impl Summary {
-    /// Each figure's median over several runs; counts added up.
+    /// Each figure's median over several runs (the mean of the middle
+    /// two for an even count); counts added up.
     pub fn median(runs: &[Summary]) -> Summary {
         fn mid(mut v: Vec<f64>) -> f64 {
             v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or_default()
+            match v.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
         }
         Summary {
             count: runs.iter().map(|r| r.count).sum(),

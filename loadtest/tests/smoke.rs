@@ -384,6 +384,12 @@ fn medians_take_the_middle_run_and_add_up_the_counts() {
     let m = loadtest::Summary::median(&[run(300.0, 3.0), run(100.0, 1.0), run(200.0, 9.0)]);
     assert_eq!((m.count, m.failures), (30, 3));
     assert_eq!((m.rps, m.p50_ms, m.p99_ms), (200.0, 3.0, 6.0));
+    let even = loadtest::Summary::median(&[run(300.0, 3.0), run(100.0, 1.0)]);
+    assert_eq!(
+        (even.rps, even.p50_ms),
+        (200.0, 2.0),
+        "the middle two's mean"
+    );
 }
 
 #[test]

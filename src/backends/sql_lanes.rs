@@ -6,12 +6,14 @@
 //! round trip only.
 //!
 //! A call takes a lane only if one is free at once, else the pool serves
-//! it as before, so lanes never make a call wait. A lane connects on first
-//! use (within `connect_timeout`) and drops its connection after a failure
-//! of the connection itself, to connect again on its next use. A statement
-//! cancelled half way leaves its connection to settle at its next use:
-//! sqlx waits for the outstanding ReadyForQuery before it sends anything
-//! else. Lanes serve single statements only, never a transaction.
+//! it as before. A lane connects on first use (within `connect_timeout`;
+//! after a failed connect it is passed over for a second) and drops its
+//! connection after a failure of the connection itself, to connect again
+//! on its next use. A statement cancelled half way (the client gave up)
+//! costs its lane the connection: the next call on the lane connects
+//! afresh rather than wait for, or be handed, the rest of the cancelled
+//! statement's answer. Lanes serve single statements only, never a
+//! transaction.
 //!
 //! `pool.statement_lanes` (Postgres; default 4, 0 turns them off): they are
 //! connections beside the pool's `max_connections`.
@@ -23,6 +25,7 @@ use std::{
 
 use sqlx::{
     any::{AnyArguments, AnyRow},
+    postgres::{PgDatabaseError, PgSeverity},
     query::Query,
     Any, AnyConnection, AnyPool, Connection as _,
 };
@@ -35,6 +38,10 @@ use super::postgres::PING_IDLE;
 
 /// Most lanes a backend may hold.
 pub const MAX_LANES: u32 = 64;
+
+/// How long a lane that could not connect is passed over (its calls go to
+/// the pool meanwhile).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A backend's lanes.
 pub struct Lanes {
@@ -49,6 +56,14 @@ pub struct Lanes {
 struct Slot {
     conn: Option<AnyConnection>,
     used: Option<Instant>,
+    /// Set while a statement (or its connect or ping) runs; still set
+    /// when a lane is taken means that statement was cancelled half way,
+    /// and its connection still owes its answer: the connection is
+    /// dropped rather than make the next call wait for, or be handed,
+    /// what was left of it.
+    in_flight: bool,
+    /// After a failed connect, the lane is passed over until then.
+    retry_at: Option<Instant>,
 }
 
 /// A lane taken for one statement; given back when dropped.
@@ -75,22 +90,28 @@ impl Lanes {
         Lanes::new(0, "", Duration::ZERO)
     }
 
-    /// A lane free right now, trying each once from the next in turn.
+    /// A lane free right now (and not resting after a failed connect),
+    /// trying each once from the next in turn.
     pub fn take(&self) -> Option<Lane<'_>> {
         let n = self.lanes.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         (0..n).find_map(|i| {
-            self.lanes[(start + i) % n]
-                .try_lock()
-                .ok()
-                .map(|slot| Lane {
-                    slot,
-                    url: &self.url,
-                    connect_timeout: self.connect_timeout,
-                })
+            let mut slot = self.lanes[(start + i) % n].try_lock().ok()?;
+            if slot.retry_at.is_some_and(|t| t > now) {
+                return None;
+            }
+            if std::mem::take(&mut slot.in_flight) {
+                slot.conn = None;
+            }
+            Some(Lane {
+                slot,
+                url: &self.url,
+                connect_timeout: self.connect_timeout,
+            })
         })
     }
 
@@ -112,6 +133,7 @@ impl Lanes {
         query: Query<'q, Any, AnyArguments<'q>>,
     ) -> Result<Vec<AnyRow>, sqlx::Error> {
         if let Some(mut lane) = self.take() {
+            lane.slot.in_flight = true;
             match lane.connection().await {
                 Ok(conn) => {
                     let rows = query.fetch_all(conn).await;
@@ -119,6 +141,8 @@ impl Lanes {
                     return rows;
                 }
                 Err(e) => {
+                    lane.slot.in_flight = false;
+                    lane.slot.retry_at = Some(Instant::now() + RETRY_AFTER);
                     tracing::debug!(error = %e, "a statement lane cannot connect; the pool serves")
                 }
             }
@@ -148,16 +172,31 @@ impl Lane<'_> {
         self.slot.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
-    /// After a statement: a failure of the connection itself (not of the
-    /// statement, which the database refused) drops it. The server's own
-    /// word that it is ending the session (SQLSTATE class 57P, operator
-    /// intervention, or 08, connection exception) counts as such.
+    /// After a statement that ran to its end: a failure of the
+    /// connection itself drops it — an I/O or protocol failure, or the
+    /// server's word that it is ending the session (severity FATAL or
+    /// PANIC, SQLSTATE class 57P or 08). A statement the database refused,
+    /// or a value that did not decode, leaves it.
     fn settle<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        self.slot.in_flight = false;
         let lost = match result {
-            Ok(_) | Err(sqlx::Error::RowNotFound) => false,
-            Err(sqlx::Error::Database(e)) => e
-                .code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+            Ok(_) => false,
+            Err(sqlx::Error::Database(e)) => {
+                let fatal = e.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| {
+                    matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)
+                });
+                fatal
+                    || e.code()
+                        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            }
+            Err(
+                sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::RowNotFound,
+            ) => false,
             Err(_) => true,
         };
         if lost {
