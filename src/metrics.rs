@@ -299,6 +299,7 @@ pub fn render(sources: &Sources) -> String {
     let mut up = Vec::new();
     let mut size = Vec::new();
     let mut idle = Vec::new();
+    let mut lanes = Vec::new();
     let mut failures = Vec::new();
     for b in sources.backends.iter().filter(|b| b.client.is_some()) {
         let l = labels(&[("backend", &b.name), ("type", b.kind.name())]);
@@ -309,6 +310,9 @@ pub fn render(sources: &Sources) -> String {
             if let (Some(c), Some(i)) = (stats["connections"].as_f64(), stats["idle"].as_f64()) {
                 size.push((l.clone(), c));
                 idle.push((l.clone(), (c - i).max(0.0)));
+            }
+            if let Some(n) = stats["statement_lanes_connected"].as_f64() {
+                lanes.push((l.clone(), n));
             }
         }
     }
@@ -339,6 +343,13 @@ pub fn render(sources: &Sources) -> String {
         "gauge",
         "Connections of SQL pools in use.",
         &idle,
+    );
+    family(
+        &mut out,
+        "prism_backend_statement_lanes_connected",
+        "gauge",
+        "Postgres connections held beside the pool for lone hot statements (pool.statement_lanes).",
+        &lanes,
     );
 
     let received = by_ns(&|n| n.bytes_received.load(Ordering::Relaxed) as f64);

@@ -1430,6 +1430,7 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
                 .expect("and does not get its error");
             assert_eq!(rows[0].get::<i64, _>(0), 7, "its own rows");
             assert_ne!(rows[0].get::<i32, _>(1), before, "on a fresh connection");
+            assert_eq!(lanes.connected(), 1, "the cancelled one was let go");
         }
         let first = pid_of(
             lanes

@@ -276,6 +276,8 @@ impl Client {
             Client::Sql(s, _) => serde_json::json!({
                 "connections": s.pool.size(),
                 "idle": s.pool.num_idle(),
+                "statement_lanes": s.lanes.lanes(),
+                "statement_lanes_connected": s.lanes.connected(),
                 "schema_ready": s.is_migrated(),
             }),
             Client::Redis(r) => serde_json::json!({ "connected": r.is_connected() }),

@@ -47,6 +47,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Lanes {
     lanes: Box<[Mutex<Slot>]>,
     next: AtomicUsize,
+    /// Lanes holding a connection (what `/metrics` shows).
+    open: AtomicUsize,
     url: String,
     connect_timeout: Duration,
 }
@@ -69,6 +71,7 @@ struct Slot {
 /// A lane taken for one statement; given back when dropped.
 pub struct Lane<'a> {
     slot: MutexGuard<'a, Slot>,
+    open: &'a AtomicUsize,
     url: &'a str,
     connect_timeout: Duration,
 }
@@ -80,6 +83,7 @@ impl Lanes {
                 .map(|_| Mutex::new(Slot::default()))
                 .collect(),
             next: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             url: url.to_string(),
             connect_timeout,
         }
@@ -104,23 +108,28 @@ impl Lanes {
             if slot.retry_at.is_some_and(|t| t > now) {
                 return None;
             }
-            if std::mem::take(&mut slot.in_flight) {
-                slot.conn = None;
-            }
-            Some(Lane {
+            let cancelled = std::mem::take(&mut slot.in_flight);
+            let mut lane = Lane {
                 slot,
+                open: &self.open,
                 url: &self.url,
                 connect_timeout: self.connect_timeout,
-            })
+            };
+            if cancelled {
+                lane.drop_connection();
+            }
+            Some(lane)
         })
     }
 
-    /// Lanes holding a connection now (each taken only if free).
+    /// Lanes holding a connection now.
     pub fn connected(&self) -> usize {
-        self.lanes
-            .iter()
-            .filter(|l| l.try_lock().is_ok_and(|s| s.conn.is_some()))
-            .count()
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Lanes configured.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 }
 
@@ -159,7 +168,7 @@ impl Lane<'_> {
         let stale = self.slot.used.is_some_and(|t| t.elapsed() >= PING_IDLE);
         if let (true, Some(conn)) = (stale, self.slot.conn.as_mut()) {
             if conn.ping().await.is_err() {
-                self.slot.conn = None;
+                self.drop_connection();
             }
         }
         if self.slot.conn.is_none() {
@@ -167,6 +176,7 @@ impl Lane<'_> {
                 .await
                 .map_err(|_| sqlx::Error::PoolTimedOut)??;
             self.slot.conn = Some(made);
+            self.open.fetch_add(1, Ordering::Relaxed);
         }
         self.slot.used = Some(Instant::now());
         self.slot.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
@@ -200,7 +210,13 @@ impl Lane<'_> {
             Err(_) => true,
         };
         if lost {
-            self.slot.conn = None;
+            self.drop_connection();
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        if self.slot.conn.take().is_some() {
+            self.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
