@@ -74,14 +74,7 @@ print()
 print(f"64 workers (8 at 1,000 req/s); each figure the median of {rounds} runs per side, "
       "the sides taken in turn (gateway, no-op, minimal).")
 PY
-  {
-    echo "<!-- kvget:begin -->"
-    cat "$WORK/kvget.txt"
-    echo
-    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=kvget\` for this table alone) on $(nproc) cores."
-    echo "<!-- kvget:end -->"
-  } >"$WORK/kvget.md"
-  replace_between kvget README.md "$WORK/kvget.md"
+  write_table kvget
 }
 
 if [ "${ONLY:-}" = cluster ]; then rm -f "$OUT"/cluster-*.json; else rm -f "$OUT"/*.json; fi
@@ -180,6 +173,19 @@ open(doc, "w").write(pattern.sub(lambda _: figures, text))
 PY
 }
 
+# Puts the table in $WORK/$1.txt, with when and how it was measured,
+# between README.md's `<!-- $1:begin -->` / `<!-- $1:end -->` markers.
+write_table() {
+  {
+    echo "<!-- $1:begin -->"
+    cat "$WORK/$1.txt"
+    echo
+    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=$1\` for this table alone) on $(nproc) cores."
+    echo "<!-- $1:end -->"
+  } >"$WORK/$1.md"
+  replace_between "$1" README.md "$WORK/$1.md"
+}
+
 # Runs `cargo bench --bench $1` with the given VAR=value settings, its
 # figures as JSON in $WORK/$1.json; shows its log and stops if it fails.
 run_bench() {
@@ -217,14 +223,7 @@ row("commit-to-relay p50 / p99 (p99 < 10 ms)",
 print()
 print(f"{doc['writers']} clients, {doc['writes']:,} Writes per column.")
 PY
-  {
-    echo "<!-- transact:begin -->"
-    cat "$WORK/transact.txt"
-    echo
-    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=transact\` for this table alone) on $(nproc) cores."
-    echo "<!-- transact:end -->"
-  } >"$WORK/transact.md"
-  replace_between transact README.md "$WORK/transact.md"
+  write_table transact
 }
 
 # A Reader page and a Queue Publish on Postgres, each beside the same SQL
@@ -246,14 +245,7 @@ for r in doc["runs"].values():
 print()
 print(f"{doc['clients']} clients, {doc['calls']:,} calls per column.")
 PY
-  {
-    echo "<!-- postgres:begin -->"
-    cat "$WORK/postgres.txt"
-    echo
-    echo "Measured $(date -u +%Y-%m-%d) by \`bash scripts/loadtest.sh\` (\`ONLY=postgres\` for this table alone) on $(nproc) cores."
-    echo "<!-- postgres:end -->"
-  } >"$WORK/postgres.md"
-  replace_between postgres README.md "$WORK/postgres.md"
+  write_table postgres
 }
 
 if [ "${ONLY:-}" = cluster ]; then

@@ -1382,14 +1382,17 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
             .expect("Postgres is reachable");
         let lanes = Lanes::new(1, &url, Duration::from_secs(5));
         let one = |sql: &'static str| sqlx::query(sql);
-        let pid_of = |rows: Vec<sqlx::any::AnyRow>| rows[0].get::<i32, _>(0);
-
-        let first = pid_of(
-            lanes
+        // The backend process that serves the next statement (a lane's,
+        // or the pool's when the lane is busy).
+        let pid = || async {
+            let rows = lanes
                 .fetch_all(&pool, one("SELECT pg_backend_pid()"))
                 .await
-                .unwrap(),
-        );
+                .unwrap();
+            rows[0].get::<i32, _>(0)
+        };
+
+        let first = pid().await;
         assert_eq!(lanes.connected(), 1, "the lane connected on first use");
 
         // Refused by the database: the connection stays.
@@ -1397,12 +1400,7 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
             .fetch_all(&pool, one("SELECT no_such_column"))
             .await
             .is_err());
-        let same = pid_of(
-            lanes
-                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
-                .await
-                .unwrap(),
-        );
+        let same = pid().await;
         assert_eq!(same, first, "a statement error keeps the connection");
 
         // Cancelled half way (a long statement, and one that will fail):
@@ -1413,12 +1411,7 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
             "SELECT 1 FROM pg_sleep(30)",
             "SELECT 1 / length(pg_sleep(0.5)::text)",
         ] {
-            let before = pid_of(
-                lanes
-                    .fetch_all(&pool, one("SELECT pg_backend_pid()"))
-                    .await
-                    .unwrap(),
-            );
+            let before = pid().await;
             let cancelled = lanes.fetch_all(&pool, one(doomed));
             assert!(tokio::time::timeout(Duration::from_millis(50), cancelled)
                 .await
@@ -1432,12 +1425,7 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
             assert_ne!(rows[0].get::<i32, _>(1), before, "on a fresh connection");
             assert_eq!(lanes.connected(), 1, "the cancelled one was let go");
         }
-        let first = pid_of(
-            lanes
-                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
-                .await
-                .unwrap(),
-        );
+        let first = pid().await;
 
         // The server ends the lane's connection: the statement that meets
         // it fails, the lane drops it and connects again.
@@ -1454,24 +1442,14 @@ fn postgres_statement_lanes_recover_from_a_lost_connection_and_a_cancelled_state
             "the lost connection shows on the statement that meets it"
         );
         assert_eq!(lanes.connected(), 0, "and the lane dropped it");
-        let again = pid_of(
-            lanes
-                .fetch_all(&pool, one("SELECT pg_backend_pid()"))
-                .await
-                .unwrap(),
-        );
+        let again = pid().await;
         assert_ne!(again, first, "the lane connected again");
 
         // While the lane is busy, the pool serves.
         let held = lanes.fetch_all(&pool, one("SELECT 1 FROM pg_sleep(0.2)"));
         let beside = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            pid_of(
-                lanes
-                    .fetch_all(&pool, one("SELECT pg_backend_pid()"))
-                    .await
-                    .unwrap(),
-            )
+            pid().await
         };
         let (held, beside) = tokio::join!(held, beside);
         held.unwrap();

@@ -163,25 +163,21 @@ pub(crate) fn incoming(
     )
 }
 
-/// The no-op server: answers every method of Prism's API.
-pub struct NoopServer;
-
-impl NoopServer {
-    /// Serves on an ephemeral loopback port; `replies` maps method paths
-    /// (`/pkg.Service/Method`) to the messages to answer with.
-    pub async fn start(
-        pool: DescriptorPool,
-        replies: std::collections::HashMap<String, Vec<Bytes>>,
-    ) -> std::io::Result<BaselineServer> {
-        let replies = Replies {
-            pool,
-            by_path: Arc::new(replies),
-        };
-        BaselineServer::start("prism-noop", 0, move |listener, stopped| {
-            serve(listener, replies, stopped)
-        })
-        .await
-    }
+/// Starts the no-op server, which answers every method of Prism's API, on
+/// an ephemeral loopback port; `replies` maps method paths
+/// (`/pkg.Service/Method`) to the messages to answer with.
+pub async fn start_noop(
+    pool: DescriptorPool,
+    replies: std::collections::HashMap<String, Vec<Bytes>>,
+) -> std::io::Result<BaselineServer> {
+    let replies = Replies {
+        pool,
+        by_path: Arc::new(replies),
+    };
+    BaselineServer::start("prism-noop", 0, move |listener, stopped| {
+        serve(listener, replies, stopped)
+    })
+    .await
 }
 
 async fn serve(listener: TcpListener, replies: Replies, stopped: oneshot::Receiver<()>) {

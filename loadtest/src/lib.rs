@@ -542,37 +542,33 @@ pub async fn run_with_baselines(
     let rounds = baselines.rounds.max(1);
     let (mut report, outcome) = prepared.run().await;
     let mut gateway = vec![Summary::from(&report)];
-    let noop = match baselines.noop {
-        false => None,
-        true => {
-            let mut replies = HashMap::new();
-            if let Some(reply) = outcome.first_reply.clone() {
-                replies.insert(prepared.call.path.to_string(), reply);
-            }
-            let server = baseline::NoopServer::start(call::descriptors(), replies)
-                .await
-                .map_err(|e| format!("cannot start the no-op server: {e}"))?;
-            Some(server)
+    let mut noop = None;
+    if baselines.noop {
+        let mut replies = HashMap::new();
+        if let Some(reply) = outcome.first_reply.clone() {
+            replies.insert(prepared.call.path.to_string(), reply);
         }
-    };
-    let minimal = match baselines.minimal_kv {
-        false => None,
-        true => {
-            let server = minimal_kv::start()
-                .await
-                .map_err(|e| format!("cannot start the minimal KeyValue server: {e}"))?;
+        let server = baseline::start_noop(call::descriptors(), replies)
+            .await
+            .map_err(|e| format!("cannot start the no-op server: {e}"))?;
+        noop = Some(server);
+    }
+    let mut minimal = None;
+    if baselines.minimal_kv {
+        let server = minimal_kv::start()
+            .await
+            .map_err(|e| format!("cannot start the minimal KeyValue server: {e}"))?;
+        let seed = prepared
+            .scenario
+            .prism
+            .as_ref()
+            .and_then(|p| p.seed.as_ref());
+        if let Some(seed) = seed {
             let channels = runner::connect(server.addr, 1).await?;
-            if let Some(seed) = prepared
-                .scenario
-                .prism
-                .as_ref()
-                .and_then(|p| p.seed.as_ref())
-            {
-                seed_with(seed, &call::descriptors(), "", &channels).await?;
-            }
-            Some(server)
+            seed_with(seed, &call::descriptors(), "", &channels).await?;
         }
-    };
+        minimal = Some(server);
+    }
     // Rounds in turn (gateway, then each baseline), so a slow spell of
     // this shared machine falls on every side alike.
     let (mut noops, mut minimals) = (Vec::new(), Vec::new());

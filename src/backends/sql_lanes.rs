@@ -71,9 +71,7 @@ struct Slot {
 /// A lane taken for one statement; given back when dropped.
 pub struct Lane<'a> {
     slot: MutexGuard<'a, Slot>,
-    open: &'a AtomicUsize,
-    url: &'a str,
-    connect_timeout: Duration,
+    lanes: &'a Lanes,
 }
 
 impl Lanes {
@@ -109,12 +107,7 @@ impl Lanes {
                 return None;
             }
             let cancelled = std::mem::take(&mut slot.in_flight);
-            let mut lane = Lane {
-                slot,
-                open: &self.open,
-                url: &self.url,
-                connect_timeout: self.connect_timeout,
-            };
+            let mut lane = Lane { slot, lanes: self };
             if cancelled {
                 lane.drop_connection();
             }
@@ -131,9 +124,7 @@ impl Lanes {
     pub fn lanes(&self) -> usize {
         self.lanes.len()
     }
-}
 
-impl Lanes {
     /// Runs `query` to its end on a free lane, else on `pool`; its rows.
     /// A lane that cannot connect leaves the call to the pool.
     pub async fn fetch_all<'q>(
@@ -172,11 +163,14 @@ impl Lane<'_> {
             }
         }
         if self.slot.conn.is_none() {
-            let made = tokio::time::timeout(self.connect_timeout, AnyConnection::connect(self.url))
-                .await
-                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            let made = tokio::time::timeout(
+                self.lanes.connect_timeout,
+                AnyConnection::connect(&self.lanes.url),
+            )
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
             self.slot.conn = Some(made);
-            self.open.fetch_add(1, Ordering::Relaxed);
+            self.lanes.open.fetch_add(1, Ordering::Relaxed);
         }
         self.slot.used = Some(Instant::now());
         self.slot.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
@@ -216,7 +210,7 @@ impl Lane<'_> {
 
     fn drop_connection(&mut self) {
         if self.slot.conn.take().is_some() {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.lanes.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

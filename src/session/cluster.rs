@@ -23,6 +23,7 @@
 //! - **limits** (`max_sessions`, `max_sessions_per_principal`) are counted
 //!   by the store as it admits a session, cluster-wide.
 
+use crate::call::CallSession as _;
 use std::{
     sync::{atomic::Ordering, Arc, Weak},
     time::{Duration, SystemTime},

@@ -142,9 +142,8 @@ impl EndReason {
 /// policy, and counters kept as things happen, so `/metrics` reads them
 /// without visiting the sessions.
 pub struct NamespaceSessions {
-    pub name: String,
-    /// The name, shared: every call's metrics label (no copy per call).
-    pub label: std::sync::Arc<str>,
+    /// The name, shared: also every call's metrics label (no copy per call).
+    pub name: std::sync::Arc<str>,
     /// The namespace's rules (sessions, allowed patterns and backends,
     /// collections, Transact tables, PubSub buffers), read by the call gate
     /// through the session with no lookup.
@@ -166,8 +165,7 @@ pub struct NamespaceSessions {
 impl NamespaceSessions {
     pub fn new(name: &str, spec: NamespaceSpec) -> Self {
         NamespaceSessions {
-            name: name.to_string(),
-            label: name.into(),
+            name: name.into(),
             spec,
             open: AtomicUsize::new(0),
             bytes_received: AtomicI64::new(0),
@@ -181,7 +179,7 @@ impl NamespaceSessions {
 
 impl crate::call::CallSession for SessionEntry {
     fn namespace_label(&self) -> &std::sync::Arc<str> {
-        &self.namespace_sessions.label
+        &self.namespace_sessions.name
     }
 
     fn session_ref(&self) -> crate::call::SessionRef {
@@ -365,11 +363,6 @@ impl SessionEntry {
 
     pub fn namespace(&self) -> &str {
         &self.principal.namespace
-    }
-
-    /// Who and where, for an audit record.
-    pub fn session_ref(&self) -> crate::call::SessionRef {
-        crate::call::CallSession::session_ref(self)
     }
 
     /// Its namespace's session policy.

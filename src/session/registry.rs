@@ -2,6 +2,7 @@
 //! checks its token in O(1) without touching an actor. Ended sessions leave a
 //! tombstone for a while so clients learn *why* a token stopped working.
 
+use crate::call::CallSession as _;
 use std::{
     collections::HashMap,
     sync::{
