@@ -18,7 +18,9 @@
 //! (`TransactOutbox::mailbox_waiter`: a commit in this process at once,
 //! and on Postgres a commit in any gateway by LISTEN/NOTIFY) and from the
 //! poll interval (the fallback, and the only signal for other writers on
-//! SQLite). The actor opens no connection of its own. A failed round backs off
+//! SQLite). While the lease is kept the relay trusts the cursor it last
+//! wrote (nobody else moves it), so a round costs its read, its publish
+//! and its advance. The actor opens no connection of its own. A failed round backs off
 //! exponentially up to `max_backoff`; the backend I/O runs on the main
 //! runtime in tasks the actor owns.
 
@@ -40,7 +42,8 @@ use crate::{
     backends::{
         relay::{self, RelaySink},
         transact::{
-            Lag, MailboxQuery, MailboxWake, RelayCursor, RelayId, RelayLease, TransactOutbox,
+            Held, Lag, MailboxQuery, MailboxRow, MailboxWake, RelayCursor, RelayId, RelayLease,
+            TransactOutbox,
         },
         Backends, Health,
     },
@@ -51,6 +54,9 @@ use crate::{
 
 /// The first wait after a failed round; doubles up to `max_backoff`.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// How often a relay draining a backlog counts what is left.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// What a relay has done, for the actor tree.
 #[derive(Debug, Default, Clone)]
@@ -90,6 +96,11 @@ pub struct RelayShared {
     key: RelayId,
     /// Held by the one gateway of a cluster that runs this relay.
     lease: tokio::sync::Mutex<Box<dyn RelayLease>>,
+    /// The cursor as this gateway last read or wrote it, while it keeps
+    /// the lease.
+    cursor: Mutex<Option<RelayCursor>>,
+    /// When a backlog was last counted.
+    lag_counted: Mutex<Option<tokio::time::Instant>>,
     sink: Arc<dyn RelaySink>,
     source_health: Arc<Health>,
     progress: Mutex<Progress>,
@@ -138,25 +149,40 @@ impl RelayShared {
     /// gateway holding the relay's lease does any of this; the others stand
     /// by and ask again each round.
     async fn round(self: Arc<Self>) -> Result<Round, Error> {
-        if !self.lease.lock().await.hold().await? {
-            return Ok(Round::Standby);
+        let round = self.clone().relay_batch().await;
+        if !matches!(round, Ok(Round::More | Round::Done)) {
+            // Standing by or failed: the cursor is read again from the
+            // database once the lease is (re)taken.
+            *self.cursor.lock() = None;
         }
+        round
+    }
+
+    async fn relay_batch(self: Arc<Self>) -> Result<Round, Error> {
+        // While the lease is kept the cursor is this gateway's alone, so
+        // the one it last wrote is current: the lease check and the read
+        // of the next batch then go out together.
+        let known = *self.cursor.lock();
+        let (held, read) = match known {
+            Some(cursor) => {
+                let (held, rows) = tokio::join!(
+                    async { self.lease.lock().await.hold().await },
+                    self.read_after(cursor.through)
+                );
+                (held?, Some((cursor, rows)))
+            }
+            None => (self.lease.lock().await.hold().await?, None),
+        };
+        let (cursor, rows) = match (held, read) {
+            (Held::No, _) => return Ok(Round::Standby),
+            (Held::Kept, Some((cursor, rows))) => (cursor, rows?),
+            _ => {
+                let cursor = self.outbox.relay_cursor(&self.key).await?;
+                (cursor, self.read_after(cursor.through).await?)
+            }
+        };
         let (ns, mailbox) = (&self.namespace, &self.spec.mailbox);
-        let cursor = self.outbox.relay_cursor(&self.key).await?;
         let batch = self.spec.batch_size;
-        let rows = self
-            .outbox
-            .read_mailbox(
-                ns,
-                &MailboxQuery {
-                    mailbox: mailbox.clone(),
-                    after: cursor.through,
-                    limit: batch,
-                    unprocessed_only: false,
-                    with_dead_letters: false,
-                },
-            )
-            .await?;
         // A row the destination can never take ends the batch before it.
         let never = rows.iter().enumerate().find_map(|(i, row)| {
             self.sink
@@ -221,14 +247,54 @@ impl RelayShared {
                 }
             }
         };
-        {
-            let mut p = self.progress.lock();
-            p.through = through;
+        self.progress.lock().through = through;
+        if result.is_ok() {
+            let attempts = if through == cursor.through {
+                cursor.attempts
+            } else {
+                0
+            };
+            *self.cursor.lock() = Some(RelayCursor { through, attempts });
         }
-        if let Ok(lag) = self.outbox.lag(ns, mailbox, through).await {
-            self.progress.lock().lag = lag;
+        let caught_up = rows.len() < batch && rows.last().is_none_or(|r| r.sequence == through);
+        if result.is_ok() && caught_up {
+            // Every row there was at the read went out: no backlog as of
+            // then (rows committed since wake the relay again).
+            self.progress.lock().lag = Lag::default();
+        } else if result.is_err() || self.lag_due() {
+            if let Ok(lag) = self.outbox.lag(ns, mailbox, through).await {
+                self.progress.lock().lag = lag;
+            }
         }
         result.map(|()| if more { Round::More } else { Round::Done })
+    }
+
+    /// The rows after `through`, a batch at most.
+    async fn read_after(&self, through: i64) -> Result<Vec<MailboxRow>, Error> {
+        self.outbox
+            .read_mailbox(
+                &self.namespace,
+                &MailboxQuery {
+                    mailbox: self.spec.mailbox.clone(),
+                    after: through,
+                    limit: self.spec.batch_size,
+                    unprocessed_only: false,
+                    with_dead_letters: false,
+                },
+            )
+            .await
+    }
+
+    /// Whether a backlog being drained should be counted again (at most
+    /// every [`LAG_EVERY`]: counting a long backlog costs the database).
+    fn lag_due(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self.lag_counted.lock();
+        if last.is_some_and(|t| now.duration_since(t) < LAG_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// Wakes the actor whenever its mailbox's waiter says rows may be
@@ -565,6 +631,8 @@ pub fn configured(
             };
             out.push(Arc::new(RelayShared {
                 lease: tokio::sync::Mutex::new(outbox.relay_lease(&key)),
+                cursor: Mutex::default(),
+                lag_counted: Mutex::default(),
                 id: format!("relay/{ns}/{name}"),
                 name: name.clone(),
                 namespace: ns.clone(),

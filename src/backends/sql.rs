@@ -79,6 +79,9 @@ pub struct SqlBackend {
     /// Postgres: connections held for lone statements on the hot paths
     /// (`sql_lanes.rs`); none on SQLite.
     pub lanes: Arc<super::sql_lanes::Lanes>,
+    /// SQLite: this process's writers take turns here (see
+    /// [`SqlBackend::write_turn`]); none on Postgres.
+    writers: Option<Arc<tokio::sync::Mutex<()>>>,
     url: String,
 }
 
@@ -92,6 +95,7 @@ impl SqlBackend {
             wait: spec.connect_timeout,
             health: tokio::sync::Mutex::new(None),
             lanes: Arc::new(super::sql_lanes::Lanes::none()),
+            writers: (dialect == Dialect::Sqlite).then(Arc::default),
             url: url.to_string(),
             name: name.to_string(),
             dialect,
@@ -111,6 +115,25 @@ impl SqlBackend {
     pub fn serve(&mut self, uses: super::SqlUses) {
         self.collections = uses.collections;
         self.relays = uses.relays;
+    }
+
+    /// SQLite has one write lock, and a writer that finds it taken sleeps
+    /// in SQLite's busy handler (1, 2, 5, … 100 ms at a time) instead of
+    /// being woken when it is let go. This process's writers take their
+    /// turn here first — in arrival order, woken the moment the writer
+    /// before them ends — and hold it until they commit or roll back; the
+    /// busy handler is left to writers of other processes. Waits as long
+    /// as `busy_timeout` would. Nothing to wait for on Postgres.
+    pub(super) async fn write_turn(
+        &self,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, Error> {
+        let Some(writers) = &self.writers else {
+            return Ok(None);
+        };
+        tokio::time::timeout(super::sqlite::BUSY_TIMEOUT, writers.clone().lock_owned())
+            .await
+            .map(Some)
+            .map_err(|_| kv::unavailable(&self.name, "busy: another write held the database"))
     }
 
     /// The backend's cap on open transactions.
@@ -181,6 +204,7 @@ impl SqlBackend {
     /// Deletes expired keys and forgotten idempotency tokens.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let now = epoch_ms();
+        let _turn = self.write_turn().await?;
         let removed =
             sqlx::query("DELETE FROM prism_kv WHERE expires_at IS NOT NULL AND expires_at <= $1")
                 .bind(now)
@@ -233,6 +257,7 @@ impl SqlBackend {
     async fn apply(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.ready()?;
         let now = epoch_ms();
+        let _turn = self.write_turn().await?;
         let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
 
         // Lock first: keys, and the token so concurrent retries serialise.

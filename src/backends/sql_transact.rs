@@ -24,7 +24,7 @@ use super::{
     sql::SqlBackend,
     sql_write::SqlTransaction,
     transact::{
-        DeadLetterNote, Isolation, Lag, MailboxQuery, MailboxRow, MailboxWaiter, MailboxWake,
+        DeadLetterNote, Held, Isolation, Lag, MailboxQuery, MailboxRow, MailboxWaiter, MailboxWake,
         OpenTransaction, RelayCursor, RelayId, RelayLease, TransactOutbox,
     },
 };
@@ -110,18 +110,21 @@ impl TransactOutbox for SqlOutbox {
         } else {
             ""
         };
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {MAILBOX_COLUMNS} FROM prism_mailbox \
              WHERE namespace = $1 AND mailbox_id = $2 AND sequence > $3{pending} \
              ORDER BY sequence LIMIT $4"
-        ))
-        .bind(ns)
-        .bind(q.mailbox.as_str())
-        .bind(q.after)
-        .bind(q.limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&kv.pool)
-        .await
-        .map_err(|e| kv.db_error(e))?;
+        );
+        let query = sqlx::query(&sql)
+            .bind(ns)
+            .bind(q.mailbox.as_str())
+            .bind(q.after)
+            .bind(i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let rows = kv
+            .lanes
+            .fetch_all(&kv.pool, query)
+            .await
+            .map_err(|e| kv.db_error(e))?;
         let mut rows = rows
             .iter()
             .map(mailbox_row)
@@ -140,6 +143,7 @@ impl TransactOutbox for SqlOutbox {
     ) -> Result<Vec<String>, Error> {
         let kv = &self.0;
         kv.ready()?;
+        let _turn = kv.write_turn().await?;
         let now = epoch_ms();
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         let mut unknown = Vec::new();
@@ -206,8 +210,11 @@ impl TransactOutbox for SqlOutbox {
     async fn advance_relay(&self, relay: &RelayId, through: i64) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
-        advance(&kv.pool, relay, through)
+        let _turn = kv.write_turn().await?;
+        kv.lanes
+            .fetch_all(&kv.pool, advance(relay, through))
             .await
+            .map(|_| ())
             .map_err(|e| kv.db_error(e))
     }
 
@@ -219,6 +226,7 @@ impl TransactOutbox for SqlOutbox {
     ) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
+        let _turn = kv.write_turn().await?;
         sqlx::query(
             "UPDATE prism_relay_cursor SET attempts = $5, last_error = $6, updated_at = $7 \
              WHERE namespace = $1 AND relay = $2 AND mailbox_id = $3 AND through = $4",
@@ -245,6 +253,7 @@ impl TransactOutbox for SqlOutbox {
     ) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
+        let _turn = kv.write_turn().await?;
         let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
         sqlx::query(
             "INSERT INTO prism_mailbox_dead_letter \
@@ -263,7 +272,8 @@ impl TransactOutbox for SqlOutbox {
         .execute(&mut *tx)
         .await
         .map_err(|e| kv.db_error(e))?;
-        advance(&mut *tx, relay, row.sequence)
+        advance(relay, row.sequence)
+            .execute(&mut *tx)
             .await
             .map_err(|e| kv.db_error(e))?;
         tx.commit().await.map_err(|e| kv.db_error(e))
@@ -301,7 +311,7 @@ impl TransactOutbox for SqlOutbox {
                 held: false,
                 backend: self.0.name.clone(),
             }),
-            None => Box::new(OneHost),
+            None => Box::<OneHost>::default(),
         }
     }
 
@@ -319,10 +329,10 @@ impl TransactOutbox for SqlOutbox {
 
 /// Moves a relay's cursor forward to `through` (never back) and clears
 /// the next row's failed attempts.
-async fn advance<'e, E>(db: E, relay: &RelayId, through: i64) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = Any>,
-{
+fn advance<'q>(
+    relay: &'q RelayId,
+    through: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     sqlx::query(
         "UPDATE prism_relay_cursor SET through = $4, attempts = 0, last_error = NULL, \
          updated_at = $5 WHERE namespace = $1 AND relay = $2 AND mailbox_id = $3 AND through < $4",
@@ -332,9 +342,6 @@ where
     .bind(relay.mailbox.as_str())
     .bind(through)
     .bind(epoch_ms())
-    .execute(db)
-    .await
-    .map(|_| ())
 }
 
 /// Makes a relay's cursor if it has none. A new relay starts before its
@@ -420,7 +427,7 @@ struct PgRelayLease {
 }
 
 impl PgRelayLease {
-    async fn try_hold(&mut self) -> Result<bool, sqlx::Error> {
+    async fn try_hold(&mut self) -> Result<Held, sqlx::Error> {
         use sqlx::Connection as _;
         if self.conn.is_none() {
             self.held = false;
@@ -442,12 +449,12 @@ impl PgRelayLease {
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Ok(false);
+            return Ok(Held::No);
         };
         if self.held {
             // Still ours while the connection lives.
             sqlx::query("SELECT 1").execute(&mut *conn).await?;
-            return Ok(true);
+            return Ok(Held::Kept);
         }
         let taken: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -455,7 +462,7 @@ impl PgRelayLease {
                 .fetch_one(&mut *conn)
                 .await?;
         self.held = taken;
-        Ok(taken)
+        Ok(if taken { Held::Taken } else { Held::No })
     }
 }
 
@@ -467,7 +474,7 @@ impl RelayLease for PgRelayLease {
         self.held = false;
     }
 
-    async fn hold(&mut self) -> Result<bool, Error> {
+    async fn hold(&mut self) -> Result<Held, Error> {
         match tokio::time::timeout(self.wait, self.try_hold()).await {
             Ok(Ok(held)) => Ok(held),
             failed => {
@@ -488,15 +495,25 @@ impl RelayLease for PgRelayLease {
     }
 }
 
-/// A SQLite relay's lease: the file is one host's, so always held.
-struct OneHost;
+/// A SQLite relay's lease: the file is one host's, so always held (taken
+/// at the first round, and again after a failed round let it go).
+#[derive(Default)]
+struct OneHost {
+    held: bool,
+}
 
 #[async_trait]
 impl RelayLease for OneHost {
-    fn release(&mut self) {}
+    fn release(&mut self) {
+        self.held = false;
+    }
 
-    async fn hold(&mut self) -> Result<bool, Error> {
-        Ok(true)
+    async fn hold(&mut self) -> Result<Held, Error> {
+        Ok(if std::mem::replace(&mut self.held, true) {
+            Held::Kept
+        } else {
+            Held::Taken
+        })
     }
 }
 

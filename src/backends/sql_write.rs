@@ -71,6 +71,9 @@ pub(super) struct SqlTransaction {
     notified_at_savepoint: usize,
     /// SQLite: whether this transaction holds the write lock yet.
     locked: bool,
+    /// SQLite: its turn among this process's writers, held from the lock
+    /// to the end (declared after `tx`, so let go after it).
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// Its place among the backend's open transactions.
     _place: tokio::sync::OwnedSemaphorePermit,
 }
@@ -116,6 +119,7 @@ impl SqlTransaction {
         .map_err(|e| kv.db_error(e))?;
         Ok(SqlTransaction {
             locked: kv.dialect != Dialect::Sqlite,
+            _turn: None,
             kv,
             tx,
             ns: ns.to_string(),
@@ -134,6 +138,7 @@ impl SqlTransaction {
     /// upgrade while another writer holds it); waits out `busy_timeout`.
     async fn lock(&mut self) -> Result<(), Error> {
         if !self.locked {
+            self._turn = self.kv.write_turn().await?;
             sqlite::lock(&mut self.tx)
                 .await
                 .map_err(|e| self.kv.db_error(e))?;
@@ -676,9 +681,14 @@ impl OpenTransaction for SqlTransaction {
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {
         let SqlTransaction {
-            kv, tx, notified, ..
+            kv,
+            tx,
+            notified,
+            _turn,
+            ..
         } = *self;
         tx.commit().await.map_err(|e| kv.db_error(e))?;
+        drop(_turn);
         if !notified.is_empty() {
             kv.outbox_written.send_modify(|v| *v = v.wrapping_add(1));
         }

@@ -83,6 +83,10 @@ pub fn url_for(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// How long a writer waits for the database's write lock (SQLite's
+/// `busy_timeout`, and the turn among this process's writers).
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String> {
     sqlx::any::install_default_drivers();
     let spec = pool;
@@ -94,8 +98,11 @@ pub fn open(name: &str, url: &str, pool: &PoolSpec) -> Result<SqlBackend, String
         .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
-                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000")
-                    .await?;
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {}",
+                    BUSY_TIMEOUT.as_millis()
+                );
+                conn.execute(pragmas.as_str()).await?;
                 Ok(())
             })
         })
@@ -129,4 +136,37 @@ pub async fn allocate_versions(
     let last: i64 = row.try_get(0)?;
     let last = last as u64;
     Ok((last + 1 - n as u64..=last).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn writers_take_turns_and_one_kept_waiting_past_busy_timeout_is_unavailable() {
+        // (Taking turns opens nothing: the pool connects lazily.)
+        let url = url_for(Path::new("/nonexistent/turns.db"));
+        let backend = std::sync::Arc::new(open("turns", &url, &PoolSpec::default()).unwrap());
+
+        let first = backend.write_turn().await.unwrap();
+        assert!(first.is_some(), "a SQLite writer takes a turn");
+        // A second writer waits for the first, as long as busy_timeout.
+        let waited = tokio::time::Instant::now();
+        let e = backend.write_turn().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(waited.elapsed(), BUSY_TIMEOUT);
+        // A waiting writer goes the moment the one before it is done.
+        let waiting = tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.write_turn().await.map(|t| t.is_some()) }
+        });
+        tokio::time::sleep(BUSY_TIMEOUT / 2).await;
+        let released = tokio::time::Instant::now();
+        drop(first);
+        assert!(waiting.await.unwrap().unwrap());
+        assert_eq!(released.elapsed(), Duration::ZERO);
+    }
 }

@@ -213,12 +213,24 @@ pub trait TransactOutbox: Send + Sync {
 #[async_trait]
 pub trait RelayLease: Send {
     /// Whether this gateway holds the lease now: takes it when free,
-    /// checks it is still held when already taken; false while another
-    /// gateway holds it.
-    async fn hold(&mut self) -> Result<bool, Error>;
+    /// checks it is still held when already taken.
+    async fn hold(&mut self) -> Result<Held, Error>;
 
     /// Lets the lease go (another gateway may take it at once).
     fn release(&mut self);
+}
+
+/// What [`RelayLease::hold`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Another gateway holds the lease.
+    No,
+    /// Taken just now: whatever this gateway knew of the relay's cursor
+    /// may be stale (another gateway may have moved it meanwhile).
+    Taken,
+    /// Held without a break since it was taken: nobody else moved the
+    /// cursor.
+    Kept,
 }
 
 /// Why a [`MailboxWaiter`] woke.
