@@ -257,8 +257,10 @@ impl SqlBackend {
     async fn apply(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.ready()?;
         let now = epoch_ms();
-        let _turn = self.write_turn().await?;
+        // (A connection first, then the turn: the order a transaction
+        // takes them in.)
         let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let _turn = self.write_turn().await?;
 
         // Lock first: keys, and the token so concurrent retries serialise.
         let mut locks: Vec<String> = batch
@@ -618,6 +620,7 @@ impl KeyValueTtl for SqlBackend {
         self.ready()?;
         let now = epoch_ms();
         let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let _turn = self.write_turn().await?;
         let Some(record) = self.fetch_record(&mut tx, ns, key, now).await? else {
             return Ok(None);
         };

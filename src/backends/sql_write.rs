@@ -138,10 +138,11 @@ impl SqlTransaction {
     /// upgrade while another writer holds it); waits out `busy_timeout`.
     async fn lock(&mut self) -> Result<(), Error> {
         if !self.locked {
-            self._turn = self.kv.write_turn().await?;
+            let turn = self.kv.write_turn().await?;
             sqlite::lock(&mut self.tx)
                 .await
                 .map_err(|e| self.kv.db_error(e))?;
+            self._turn = turn;
             self.locked = true;
         }
         Ok(())
