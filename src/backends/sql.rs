@@ -136,6 +136,22 @@ impl SqlBackend {
             .map_err(|_| kv::unavailable(&self.name, "busy: another write held the database"))
     }
 
+    /// A transaction that writes from its first statement, with its turn
+    /// among this process's writers (taken after the connection: the
+    /// order an open transaction takes them in).
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            sqlx::Transaction<'static, sqlx::Any>,
+            Option<tokio::sync::OwnedMutexGuard<()>>,
+        ),
+        Error,
+    > {
+        let tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        Ok((tx, self.write_turn().await?))
+    }
+
     /// The backend's cap on open transactions.
     pub fn transactions_allowed(&self) -> u32 {
         self.transactions_cap
@@ -257,10 +273,7 @@ impl SqlBackend {
     async fn apply(&self, ns: &str, batch: WriteBatch) -> Result<Applied, Error> {
         self.ready()?;
         let now = epoch_ms();
-        // (A connection first, then the turn: the order a transaction
-        // takes them in.)
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-        let _turn = self.write_turn().await?;
+        let (mut tx, _turn) = self.begin_write().await?;
 
         // Lock first: keys, and the token so concurrent retries serialise.
         let mut locks: Vec<String> = batch
@@ -619,8 +632,7 @@ impl KeyValueTtl for SqlBackend {
     async fn persist(&self, ns: &str, key: &str) -> Result<Option<bool>, Error> {
         self.ready()?;
         let now = epoch_ms();
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-        let _turn = self.write_turn().await?;
+        let (mut tx, _turn) = self.begin_write().await?;
         let Some(record) = self.fetch_record(&mut tx, ns, key, now).await? else {
             return Ok(None);
         };

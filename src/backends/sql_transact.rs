@@ -144,8 +144,7 @@ impl TransactOutbox for SqlOutbox {
         let kv = &self.0;
         kv.ready()?;
         let now = epoch_ms();
-        let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
-        let _turn = kv.write_turn().await?;
+        let (mut tx, _turn) = kv.begin_write().await?;
         let mut unknown = Vec::new();
         let sql = match mailbox {
             None => {
@@ -253,8 +252,7 @@ impl TransactOutbox for SqlOutbox {
     ) -> Result<(), Error> {
         let kv = &self.0;
         kv.ready()?;
-        let mut tx = kv.pool.begin().await.map_err(|e| kv.db_error(e))?;
-        let _turn = kv.write_turn().await?;
+        let (mut tx, _turn) = kv.begin_write().await?;
         sqlx::query(
             "INSERT INTO prism_mailbox_dead_letter \
                (namespace, mailbox_id, sequence, relay, message_id, attempts, error, dead_at) \
