@@ -1,0 +1,458 @@
+//! Transact: a row change and an outbox message committed together.
+//! [`Transact::write`] sends one [`Change`] as one transaction, with an
+//! idempotency key made once per write so its retries apply it once;
+//! [`Transact::begin`] opens a transaction over the bidirectional stream
+//! for several changes, committed or rolled back as one (dropped
+//! unfinished, it rolls back). Also the mailbox: read and mark processed.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::{channel::mpsc, SinkExt, Stream};
+use prism_proto::transact::v1::{
+    self as pb, data_write::WriteMode, transact_request::Request as In,
+    transact_response::Response as Out, transact_service_client::TransactServiceClient,
+    transaction_options::IsolationLevel,
+};
+use prost_types::Value;
+use tonic::{transport::Channel, Code, Streaming};
+
+use crate::{
+    error::{Error, Result, RpcError},
+    idempotency,
+    resume::{resuming, Opening, Resumable},
+    retry::Resend,
+    session::Session,
+};
+
+pub use pb::{MailboxMessage, WriteResponse};
+
+/// The Transact API of a session: [`Session::transact`].
+#[derive(Debug, Clone)]
+pub struct Transact {
+    session: Session,
+    stub: TransactServiceClient<Channel>,
+}
+
+/// One row change and, optionally, the outbox message committed with it.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "a change does nothing until written"]
+pub struct Change {
+    data: pb::DataWrite,
+    mailbox: Option<pb::MailboxWrite>,
+}
+
+impl Change {
+    fn new(table: &str, mode: WriteMode) -> Change {
+        Change {
+            data: pb::DataWrite {
+                table: table.to_string(),
+                record: HashMap::new(),
+                mode: mode as i32,
+                id_field: None,
+            },
+            mailbox: None,
+        }
+    }
+
+    /// Inserts a row into `table`.
+    pub fn insert(table: &str) -> Change {
+        Self::new(table, WriteMode::Insert)
+    }
+
+    /// Updates the row of `table` whose id the record carries.
+    pub fn update(table: &str) -> Change {
+        Self::new(table, WriteMode::Update)
+    }
+
+    /// Inserts the row, or updates it when its id exists.
+    pub fn upsert(table: &str) -> Change {
+        Self::new(table, WriteMode::Upsert)
+    }
+
+    /// Deletes the row of `table` whose id the record carries.
+    pub fn delete(table: &str) -> Change {
+        Self::new(table, WriteMode::Delete)
+    }
+
+    /// Sets a column of the record.
+    pub fn field(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.data.record.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// The column that identifies the row (default: the table's id).
+    pub fn id_field(mut self, name: &str) -> Self {
+        self.data.id_field = Some(name.to_string());
+        self
+    }
+
+    /// Commits `message` to `mailbox` with the change: the relay delivers
+    /// it once the transaction commits, never if it does not.
+    pub fn message(mut self, mailbox: &str, message: impl Into<Vec<u8>>) -> Self {
+        self.mailbox = Some(pb::MailboxWrite {
+            mailbox_id: mailbox.to_string(),
+            message: message.into(),
+            metadata: HashMap::new(),
+            message_type: None,
+            priority: None,
+        });
+        self
+    }
+
+    /// Adds metadata to the message (after [`Change::message`]).
+    pub fn message_metadata(mut self, key: &str, value: &str) -> Self {
+        if let Some(m) = self.mailbox.as_mut() {
+            m.metadata.insert(key.to_string(), value.to_string());
+        }
+        self
+    }
+
+    /// Names the message's type (after [`Change::message`]).
+    pub fn message_type(mut self, kind: &str) -> Self {
+        if let Some(m) = self.mailbox.as_mut() {
+            m.message_type = Some(kind.to_string());
+        }
+        self
+    }
+
+    fn request(self, options: Option<pb::TransactionOptions>) -> pb::WriteRequest {
+        pb::WriteRequest {
+            session_token: String::new(),
+            data: Some(self.data),
+            mailbox: self.mailbox,
+            options,
+        }
+    }
+}
+
+/// How a transaction runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The isolation level (default: the backend's).
+    pub isolation: Option<Isolation>,
+    /// How long the transaction may stay open (default: the namespace's).
+    pub timeout: Option<Duration>,
+}
+
+/// Transaction isolation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each statement sees what was committed before it.
+    ReadCommitted,
+    /// Every statement sees the snapshot the first one saw.
+    RepeatableRead,
+    /// As if the transactions ran one at a time.
+    Serializable,
+}
+
+impl Options {
+    fn wire(self, idempotency_key: Option<String>) -> Result<pb::TransactionOptions> {
+        let timeout_ms = match self.timeout {
+            None => 0,
+            Some(d) => i32::try_from(d.as_millis()).map_err(|_| {
+                Error::InvalidInput(format!("transaction timeout {d:?} is too long"))
+            })?,
+        };
+        Ok(pb::TransactionOptions {
+            isolation: match self.isolation {
+                None => IsolationLevel::Unspecified,
+                Some(Isolation::ReadCommitted) => IsolationLevel::ReadCommitted,
+                Some(Isolation::RepeatableRead) => IsolationLevel::RepeatableRead,
+                Some(Isolation::Serializable) => IsolationLevel::Serializable,
+            } as i32,
+            timeout_ms,
+            idempotent: idempotency_key.is_some(),
+            idempotency_key,
+        })
+    }
+}
+
+impl Session {
+    /// The Transact API over this session.
+    pub fn transact(&self) -> Transact {
+        Transact {
+            stub: TransactServiceClient::new(self.shared().client.channel.clone()),
+            session: self.clone(),
+        }
+    }
+}
+
+impl Transact {
+    /// Commits `change` (and its message) as one transaction. Retried
+    /// safely: the write carries an idempotency key, so a retry returns the
+    /// first outcome instead of writing twice.
+    pub async fn write(&self, change: Change) -> Result<WriteResponse> {
+        self.write_with(change, Options::default()).await
+    }
+
+    /// [`Transact::write`] with options.
+    pub async fn write_with(&self, change: Change, options: Options) -> Result<WriteResponse> {
+        let options = options.wire(Some(idempotency::new_id()))?;
+        let request = change.request(Some(options));
+        let shared = self.session.shared();
+        shared
+            .call(Resend::Safe, |token| {
+                let request = shared.request(&token, request.clone());
+                let mut stub = self.stub.clone();
+                async move { stub.write(request).await }
+            })
+            .await
+    }
+
+    /// Opens a transaction for several changes. Opening is retried; the
+    /// changes in it are not (the gateway cannot deduplicate them), so a
+    /// failed transaction is the caller's to run again.
+    pub async fn begin(&self) -> Result<Transaction> {
+        self.begin_with(Options::default()).await
+    }
+
+    /// [`Transact::begin`] with options.
+    pub async fn begin_with(&self, options: Options) -> Result<Transaction> {
+        let options = options.wire(None)?;
+        let shared = self.session.shared();
+        shared
+            .call(Resend::Safe, |token| {
+                let (mut to_gateway, requests) = mpsc::channel(4);
+                let request = shared.stream_request(&token, requests);
+                let mut stub = self.stub.clone();
+                let begin = pb::TransactRequest {
+                    request: Some(In::Begin(pb::BeginTransaction {
+                        session_token: String::new(),
+                        options: Some(options.clone()),
+                    })),
+                };
+                async move {
+                    to_gateway
+                        .send(begin)
+                        .await
+                        .map_err(|_| tonic::Status::cancelled("transaction stream closed"))?;
+                    let mut responses = stub.transaction(request).await?.into_inner();
+                    let started = match next(&mut responses).await? {
+                        Out::Started(s) => s,
+                        other => return Err(unexpected(&other)),
+                    };
+                    Ok(tonic::Response::new(Transaction {
+                        id: started.transaction_id,
+                        to_gateway,
+                        responses,
+                    }))
+                }
+            })
+            .await
+    }
+
+    /// The messages of `mailbox`, oldest first, after `since_sequence`
+    /// (all when `None`); `unprocessed_only` skips those marked processed.
+    pub fn read_mailbox(
+        &self,
+        mailbox: &str,
+        since_sequence: Option<i64>,
+        unprocessed_only: bool,
+    ) -> impl Stream<Item = Result<MailboxMessage>> + Send + 'static {
+        let position = Sequence {
+            stub: self.stub.clone(),
+            mailbox: mailbox.to_string(),
+            after: since_sequence,
+            unprocessed_only,
+        };
+        resuming(self.session.clone(), position)
+    }
+
+    /// Marks mailbox messages processed; returns the ids that could not be.
+    pub async fn process_mailbox(
+        &self,
+        message_ids: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<String>> {
+        let request = pb::ProcessMailboxRequest {
+            session_token: String::new(),
+            message_ids: message_ids.into_iter().collect(),
+        };
+        let shared = self.session.shared();
+        let processed = shared
+            .call(Resend::Safe, |token| {
+                let request = shared.request(&token, request.clone());
+                let mut stub = self.stub.clone();
+                async move { stub.process_mailbox(request).await }
+            })
+            .await?;
+        Ok(processed.failed_ids)
+    }
+}
+
+/// An open transaction on its stream. Dropped before [`commit`] or
+/// [`rollback`], it rolls back (the gateway sees the stream end).
+///
+/// [`commit`]: Transaction::commit
+/// [`rollback`]: Transaction::rollback
+#[derive(Debug)]
+#[must_use = "a transaction rolls back unless committed"]
+pub struct Transaction {
+    id: String,
+    to_gateway: mpsc::Sender<pb::TransactRequest>,
+    responses: Streaming<pb::TransactResponse>,
+}
+
+impl Transaction {
+    /// The gateway's id of the transaction.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exchange(&mut self, request: In) -> Result<Out> {
+        self.to_gateway
+            .send(pb::TransactRequest {
+                request: Some(request),
+            })
+            .await
+            .map_err(|_| Error::from(ended("the transaction stream has ended")))?;
+        next(&mut self.responses).await.map_err(Error::from)
+    }
+
+    /// Applies `change` inside the transaction. An error rolls the whole
+    /// transaction back.
+    pub async fn write(&mut self, change: Change) -> Result<WriteResponse> {
+        match self.exchange(In::Write(change.request(None))).await? {
+            Out::WriteResult(w) => Ok(w),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// Commits every change; returns how many there were.
+    pub async fn commit(mut self) -> Result<i32> {
+        match self.exchange(In::Commit(pb::CommitTransaction {})).await? {
+            Out::Committed(c) => Ok(c.write_count),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    /// Rolls every change back.
+    pub async fn rollback(mut self, reason: &str) -> Result<()> {
+        let rollback = In::Rollback(pb::RollbackTransaction {
+            reason: reason.to_string(),
+        });
+        match self.exchange(rollback).await? {
+            Out::RolledBack(_) => Ok(()),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+}
+
+/// The next response of a transaction stream; a TransactionError becomes
+/// the status it names, and a stream that ends says so.
+async fn next(responses: &mut Streaming<pb::TransactResponse>) -> Result<Out, tonic::Status> {
+    match responses.message().await? {
+        Some(pb::TransactResponse {
+            response: Some(Out::Error(e)),
+        }) => Err(in_band(&e)),
+        Some(pb::TransactResponse { response: Some(r) }) => Ok(r),
+        Some(_) => Err(tonic::Status::internal("an empty TransactResponse")),
+        None => Err(tonic::Status::aborted(
+            "the gateway ended the transaction stream",
+        )),
+    }
+}
+
+/// A TransactionError (`code`: the gRPC code's name; `message`: "text
+/// (REASON)") as the status it stands for, with its reason as ErrorInfo.
+fn in_band(e: &pb::TransactionError) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let code = CODES
+        .iter()
+        .find(|(name, _)| *name == e.code)
+        .map_or(Code::Unknown, |(_, c)| *c);
+    let (message, reason) = match e.message.rsplit_once(" (") {
+        Some((text, reason)) if reason.ends_with(')') => {
+            (text.to_string(), reason.trim_end_matches(')').to_string())
+        }
+        _ => (e.message.clone(), String::new()),
+    };
+    if reason.is_empty() {
+        return tonic::Status::new(code, message);
+    }
+    let details = ErrorDetails::with_error_info(reason, "prism.transact.v1", HashMap::new());
+    tonic::Status::with_error_details(code, message, details)
+}
+
+const CODES: [(&str, Code); 16] = [
+    ("CANCELLED", Code::Cancelled),
+    ("UNKNOWN", Code::Unknown),
+    ("INVALID_ARGUMENT", Code::InvalidArgument),
+    ("DEADLINE_EXCEEDED", Code::DeadlineExceeded),
+    ("NOT_FOUND", Code::NotFound),
+    ("ALREADY_EXISTS", Code::AlreadyExists),
+    ("PERMISSION_DENIED", Code::PermissionDenied),
+    ("RESOURCE_EXHAUSTED", Code::ResourceExhausted),
+    ("FAILED_PRECONDITION", Code::FailedPrecondition),
+    ("ABORTED", Code::Aborted),
+    ("OUT_OF_RANGE", Code::OutOfRange),
+    ("UNIMPLEMENTED", Code::Unimplemented),
+    ("INTERNAL", Code::Internal),
+    ("UNAVAILABLE", Code::Unavailable),
+    ("DATA_LOSS", Code::DataLoss),
+    ("UNAUTHENTICATED", Code::Unauthenticated),
+];
+
+fn unexpected(response: &Out) -> tonic::Status {
+    tonic::Status::internal(format!("unexpected transaction response: {response:?}"))
+}
+
+fn ended(message: &str) -> RpcError {
+    RpcError::from_status(&tonic::Status::aborted(message))
+}
+
+/// A mailbox read's position: the last sequence received.
+#[derive(Debug, Clone)]
+struct Sequence {
+    stub: TransactServiceClient<Channel>,
+    mailbox: String,
+    after: Option<i64>,
+    unprocessed_only: bool,
+}
+
+impl Resumable for Sequence {
+    type Item = MailboxMessage;
+
+    fn open(&self, session: &Session, token: Arc<str>) -> Opening<MailboxMessage> {
+        let request = session.shared().stream_request(
+            &token,
+            pb::ReadMailboxRequest {
+                session_token: String::new(),
+                mailbox_id: self.mailbox.clone(),
+                since_sequence: self.after,
+                limit: None,
+                unprocessed_only: Some(self.unprocessed_only),
+            },
+        );
+        let mut stub = self.stub.clone();
+        Box::pin(async move { stub.read_mailbox(request).await })
+    }
+
+    fn seen(&mut self, message: &MailboxMessage) {
+        self.after = Some(message.sequence);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn in_band_errors_become_statuses_with_their_reason() {
+        let status = in_band(&pb::TransactionError {
+            code: "FAILED_PRECONDITION".into(),
+            message: "row 7 does not exist (ROW_NOT_FOUND)".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "row 7 does not exist");
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "ROW_NOT_FOUND"
+        );
+        let bare = in_band(&pb::TransactionError {
+            code: "NOPE".into(),
+            message: "odd".into(),
+        });
+        assert_eq!((bare.code(), bare.message()), (Code::Unknown, "odd"));
+    }
+}
