@@ -244,6 +244,19 @@ fn main() {
             );
             runs.push(run);
         }
+        let broker = if targets.contains(&Target::Kafka) {
+            let latencies = kafka_direct(writes, writers).await;
+            println!(
+                "baseline, the broker alone: {} records from {writers} producers straight to \
+                 Kafka, send to arrival p50 {:.2} ms, p99 {:.2} ms",
+                latencies.len(),
+                ms(percentile(&latencies, 0.50)),
+                ms(percentile(&latencies, 0.99)),
+            );
+            Some(latencies)
+        } else {
+            None
+        };
         let mut direct = Vec::new();
         for store in [Store::Postgres, Store::Sqlite] {
             if runs.iter().any(|r: &Run| r.store == store) {
@@ -277,6 +290,10 @@ fn main() {
                 "relay_p50_ms": ms(percentile(&run.relay, 0.50)),
                 "relay_p99_ms": ms(percentile(&run.relay, 0.99)),
                 "relay_max_ms": ms(percentile(&run.relay, 1.0)),
+                "broker_p50_ms": broker.as_ref().filter(|_| run.target == Target::Kafka)
+                    .map(|b| ms(percentile(b, 0.50))),
+                "broker_p99_ms": broker.as_ref().filter(|_| run.target == Target::Kafka)
+                    .map(|b| ms(percentile(b, 0.99))),
             }));
         }
         // For scripts/loadtest.sh, which writes the README's table.
@@ -502,56 +519,138 @@ async fn consume(
             })
         }
         Target::Kafka => {
-            let topic = format!("bench-{run}-orders");
-            create_topic(&topic).await;
-            let consumer: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", kafka_brokers())
-                .set("group.id", format!("bench-{run}"))
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", "5")
-                .create()
-                .expect("a kafka consumer");
-            consumer.subscribe(&[&topic]).expect("subscribe");
-            let consumer = Arc::new(consumer);
-            let (ready, assigned) = oneshot::channel();
-            let task = {
-                let consumer = consumer.clone();
-                tokio::spawn(async move {
-                    let mut ready = Some(ready);
-                    let mut arrived = Vec::with_capacity(expected);
-                    while arrived.len() < expected {
-                        let poll = tokio::time::timeout(Duration::from_millis(50), consumer.recv());
-                        if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
-                            let _ = ready.take().map(|r| r.send(()));
-                        }
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        let Ok(m) = poll.await else { continue };
-                        let m = m.expect("a kafka message");
-                        let at = Instant::now();
-                        let seq = m
-                            .headers()
-                            .and_then(|h| {
-                                h.iter()
-                                    .find(|h| h.key == "prism-sequence")
-                                    .and_then(|h| h.value)
-                            })
-                            .map(|v| String::from_utf8_lossy(v).parse().unwrap())
-                            .expect("a prism-sequence header");
-                        arrived.push((seq, at));
-                    }
-                    arrived
-                })
-            };
-            tokio::time::timeout(Duration::from_secs(30), assigned)
-                .await
-                .expect("the consumer is assigned the topic")
-                .expect("the consumer runs");
-            task
+            kafka_consumer(&format!("bench-{run}-orders"), run, expected, deadline).await
         }
     }
+}
+
+/// A Kafka consumer of `topic` (made here, one partition), assigned before
+/// it returns: the task ends with each message's (`prism-sequence` header,
+/// arrival) once `expected` arrived or at `deadline`.
+async fn kafka_consumer(
+    topic: &str,
+    run: &str,
+    expected: usize,
+    deadline: Instant,
+) -> JoinHandle<Vec<(i64, Instant)>> {
+    create_topic(topic).await;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("bench-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("socket.nagle.disable", "true")
+        .create()
+        .expect("a kafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = Arc::new(consumer);
+    let (ready, assigned) = oneshot::channel();
+    let task = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let mut arrived = Vec::with_capacity(expected);
+            while arrived.len() < expected {
+                let poll = tokio::time::timeout(Duration::from_millis(50), consumer.recv());
+                if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    let _ = ready.take().map(|r| r.send(()));
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let Ok(m) = poll.await else { continue };
+                let m = m.expect("a kafka message");
+                let at = Instant::now();
+                let seq = m
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "prism-sequence")
+                            .and_then(|h| h.value)
+                    })
+                    .map(|v| String::from_utf8_lossy(v).parse().unwrap())
+                    .expect("a prism-sequence header");
+                arrived.push((seq, at));
+            }
+            arrived
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), assigned)
+        .await
+        .expect("the consumer is assigned the topic")
+        .expect("the consumer runs");
+    task
+}
+
+/// The broker alone, the physical limit commit-to-relay on Kafka is read
+/// against: `messages` records from `producers` concurrent senders, each
+/// awaiting its delivery before sending the next, with the relay's
+/// producer settings, read by the consumer the relay runs are read by.
+/// Latencies from send to arrival, µs, sorted.
+async fn kafka_direct(messages: usize, producers: usize) -> Vec<u64> {
+    use rdkafka::{
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let run = format!("{:08x}", rand::random::<u32>());
+    let topic = format!("bench-{run}-direct");
+    let deadline = Instant::now() + LIMIT;
+    let receiver = kafka_consumer(&topic, &run, messages, deadline).await;
+    // As src/backends/kafka.rs makes the relay's producer.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "1")
+        .set("socket.nagle.disable", "true")
+        .create()
+        .expect("a kafka producer");
+    let mut tasks = Vec::with_capacity(producers);
+    for p in 0..producers {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let payload = [0u8; 256];
+            let mut sent = Vec::new();
+            for i in (p..messages).step_by(producers) {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let seq = i.to_string();
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "prism-sequence",
+                    value: Some(seq.as_bytes()),
+                });
+                let record = FutureRecord::<str, [u8]>::to(&topic)
+                    .key("bench")
+                    .payload(&payload[..])
+                    .headers(headers);
+                let t0 = Instant::now();
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("the broker takes the record");
+                sent.push((i as i64, t0));
+            }
+            sent
+        }));
+    }
+    let mut started = std::collections::HashMap::with_capacity(messages);
+    for t in tasks {
+        started.extend(t.await.unwrap());
+    }
+    let arrived = receiver.await.unwrap();
+    let mut latencies: Vec<u64> = arrived
+        .iter()
+        .filter_map(|(seq, at)| {
+            started
+                .get(seq)
+                .map(|t0| at.duration_since(*t0).as_micros() as u64)
+        })
+        .collect();
+    assert_eq!(latencies.len(), started.len(), "every record sent arrived");
+    latencies.sort_unstable();
+    latencies
 }
 
 /// Makes a one-partition topic, so the consumer can be assigned it before

@@ -220,6 +220,9 @@ row("gateway ÷ direct (≥ 0.7×)", lambda r: f"**{r['rate'] / r['direct']:.2f}
 row("Write latency p50 / p99", lambda r: f"{r['write_p50_ms']:.1f} / {r['write_p99_ms']:.1f} ms")
 row("commit-to-relay p50 / p99 (p99 < 10 ms)",
     lambda r: f"{r['relay_p50_ms']:.1f} / **{r['relay_p99_ms']:.1f}** ms")
+row("broker alone, send to arrival p50 / p99",
+    lambda r: "—" if r.get("broker_p99_ms") is None
+    else f"{r['broker_p50_ms']:.1f} / {r['broker_p99_ms']:.1f} ms")
 print()
 print(f"{doc['writers']} clients, {doc['writes']:,} Writes per column.")
 PY

@@ -347,6 +347,9 @@ impl KafkaBackend {
                 self.spec.connect_timeout.as_millis().max(1000).to_string(),
             )
             .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
+            // librdkafka leaves Nagle on by default: a small produce or
+            // fetch then waits out the peer's delayed ACK (40 ms on Linux).
+            .set("socket.nagle.disable", "true")
             // Topics are created by Publish only: a metadata lookup or a
             // subscription must not create them as a side effect.
             .set("allow.auto.create.topics", "false");
