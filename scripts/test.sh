@@ -119,21 +119,22 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --workspace --all-targets "$@"
 
-# A client generated from proto/ alone (Python, grpcio-tools) against the
-# binary on its embedded default config: sessions, KeyValue, PubSub, Reader
-# and Transact (with its outbox relay) end to end.
-log "generated python client against the embedded default"
-if ! python3 -c "import grpc_tools, google.rpc" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check grpcio-tools googleapis-common-protos
-fi
+# The Python SDK (clients/python, its stubs generated from proto/ alone)
+# installed into a fresh virtualenv as a user would, then its example and
+# its pytest suite against the binary on its embedded default config.
+log "python sdk against the embedded default"
 client_dir="$(mktemp -d)"
+python3 -m venv "$client_dir/venv"
+"$client_dir/venv/bin/pip" install --quiet --disable-pip-version-check "./clients/python[test]"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 PRISM_LISTEN="127.0.0.1:$port" PRISM_ADMIN_LISTEN="127.0.0.1:0" \
   PRISM_SQLITE_PATH="$client_dir/orders.db" target/debug/prism serve >"$client_dir/gateway.log" 2>&1 &
 gateway_pid=$!
 trap 'kill "$gateway_pid" 2>/dev/null || true' EXIT
 wait_port "prism (embedded default)" "$port" 30
-python3 scripts/python_client.py "127.0.0.1:$port"
+"$client_dir/venv/bin/python" scripts/python_client.py "127.0.0.1:$port"
+PRISM_ENDPOINT="127.0.0.1:$port" PRISM_BIN="$PWD/target/debug/prism" \
+  "$client_dir/venv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests
 kill -TERM "$gateway_pid"
 wait "$gateway_pid"
 trap - EXIT
