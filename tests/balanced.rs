@@ -1,9 +1,11 @@
 //! Three `prism serve` processes behind Debian's HAProxy (HTTP/2, each
-//! request balanced on its own), sessions in Postgres: clients open sessions
-//! and drive KeyValue, Queue and Transact (with an outbox relayed to NATS)
-//! through the balancer while one gateway is killed with SIGKILL. Every call
-//! succeeds after at most one retry, sessions survive, nothing acknowledged
-//! is lost and no relayed row reaches NATS twice.
+//! request balanced on its own), sessions in Postgres: clients of the Rust
+//! SDK (`prism-client`) open sessions and drive KeyValue, Queue and
+//! Transact (with an outbox relayed to NATS) through the balancer while one
+//! gateway is killed with SIGKILL. The callers write no retry code: every
+//! call succeeds, every session survives without reopening, nothing
+//! acknowledged is lost, no Transact write applies twice and no relayed row
+//! reaches NATS twice.
 
 mod common;
 
@@ -18,21 +20,17 @@ use std::{
 
 use common::{
     api_key_request,
-    outbox::{capture, cleanup, create_table, customer_write, nats_url, pg},
+    outbox::{capture, cleanup, create_table, nats_url, pg},
     TEST_KEY,
 };
 use futures::StreamExt;
 use prism::{
-    proto::{
-        keyvalue::v1::{self as kv, key_value_service_client::KeyValueServiceClient},
-        queue::v1::{self as q, queue_service_client::QueueServiceClient},
-        session::v1::session_service_client::SessionServiceClient,
-        transact::v1::{self as tx, transact_service_client::TransactServiceClient},
-    },
+    proto::session::v1::session_service_client::SessionServiceClient,
     runtime::block_on_multi_thread,
 };
+use prism_client::{transact::Change, Client, Session};
 use sqlx::Row;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 const GATEWAYS: usize = 3;
 const WORKERS: u64 = 6;
@@ -94,31 +92,14 @@ fn haproxy_config(port: u16, servers: &[String]) -> String {
     cfg
 }
 
-/// Runs `call` once, and once more if it fails; counts the retries.
-async fn at_most_one_retry<T, F, Fut>(retried: &AtomicU64, what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    match call().await {
-        Ok(v) => v,
-        Err(first) => {
-            retried.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            call().await.unwrap_or_else(|second| {
-                panic!("{what} failed twice through the balancer: {first:?}, then {second:?}")
-            })
-        }
-    }
-}
-
-async fn open(channel: &Channel, config: &str) -> String {
-    SessionServiceClient::new(channel.clone())
-        .create_session(api_key_request(TEST_KEY, config))
+async fn open(client: &Client, config: &str) -> Session {
+    client
+        .session()
+        .api_key(TEST_KEY)
+        .config(config)
+        .open()
         .await
         .expect("session through the balancer")
-        .into_inner()
-        .session_token
 }
 
 #[test]
@@ -189,74 +170,43 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
         })
         .await;
 
-        let retried = Arc::new(AtomicU64::new(0));
+        let client = Client::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("the SDK connects to the balancer");
         let done = Arc::new(AtomicU64::new(0));
         let killed = Arc::new(AtomicBool::new(false));
         let mut workers = tokio::task::JoinSet::new();
         for w in 0..WORKERS {
-            let (channel, retried, done, table) = (
-                channel.clone(),
-                retried.clone(),
-                done.clone(),
-                table.clone(),
-            );
+            let (client, done, table) = (client.clone(), done.clone(), table.clone());
             workers.spawn(async move {
-                let kv_token = open(&channel, "kv").await;
-                let q_token = open(&channel, "queue").await;
-                let tx_token = open(&channel, "tx").await;
-                let kvc = KeyValueServiceClient::new(channel.clone());
-                let qc = QueueServiceClient::new(channel.clone());
-                let txc = TransactServiceClient::new(channel.clone());
+                let kv = open(&client, "kv").await;
+                let queue = open(&client, "queue").await;
+                let tx = open(&client, "tx").await;
+                let (kvc, qc, txc) = (kv.kv(), queue.queue(), tx.transact());
                 let mut acked = (Vec::new(), Vec::new(), Vec::new());
                 for i in 0..ROUNDS {
                     let key = format!("w{w}-{i}");
-                    at_most_one_retry(&retried, "KeyValue Set", || {
-                        let mut c = kvc.clone();
-                        let request = kv::SetRequest {
-                            session_token: kv_token.clone(),
-                            key: key.clone(),
-                            value: key.clone().into_bytes(),
-                            ..Default::default()
-                        };
-                        async move { c.set(request).await }
-                    })
-                    .await;
+                    // No retry code here: the SDK retries (KeyValue and
+                    // Transact writes with an idempotency token made once
+                    // per write; Publish only when it was not applied).
+                    kvc.set(&key, key.clone().into_bytes())
+                        .await
+                        .unwrap_or_else(|e| panic!("KeyValue Set {key}: {e:?}"));
                     acked.0.push(key.clone());
-                    at_most_one_retry(&retried, "Queue Publish", || {
-                        let mut c = qc.clone();
-                        let request = q::PublishRequest {
-                            session_token: q_token.clone(),
-                            topic: "work".into(),
-                            payload: key.clone().into_bytes(),
-                            ..Default::default()
-                        };
-                        async move { c.publish(request).await }
-                    })
-                    .await;
+                    qc.publish("work", key.clone().into_bytes())
+                        .await
+                        .unwrap_or_else(|e| panic!("Queue Publish {key}: {e:?}"));
                     acked.1.push(key.clone());
-                    at_most_one_retry(&retried, "Transact Write", || {
-                        let mut c = txc.clone();
-                        let mut request = customer_write(
-                            &tx_token,
-                            &table,
-                            &key,
-                            "orders",
-                            key.clone().into_bytes(),
-                        );
-                        // A retry of a write that did commit answers the
-                        // first response instead of writing again.
-                        request.options = Some(tx::TransactionOptions {
-                            idempotent: true,
-                            idempotency_key: Some(format!("{key}-write")),
-                            ..Default::default()
-                        });
-                        async move { c.write(request).await }
-                    })
-                    .await;
+                    let change = Change::insert(&table)
+                        .field("customer", key.clone())
+                        .message("orders", key.clone().into_bytes());
+                    txc.write(change)
+                        .await
+                        .unwrap_or_else(|e| panic!("Transact Write {key}: {e:?}"));
                     acked.2.push(key);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                (kv_token, acked)
+                ([kv, queue, tx], acked)
             });
         }
 
@@ -278,50 +228,41 @@ fn three_gateways_behind_haproxy_lose_nothing_when_one_is_killed() {
         let mut kv_keys = Vec::new();
         let mut published = Vec::new();
         let mut written = Vec::new();
-        let mut tokens = Vec::new();
+        let mut sessions = Vec::new();
         while let Some(r) = workers.join_next().await {
-            let (token, (k, p, t)) = r.expect("a worker finished every call");
-            tokens.push(token);
+            let (opened, (k, p, t)) = r.expect("a worker finished every call");
+            sessions.extend(opened);
             kv_keys.extend(k);
             published.extend(p);
             written.extend(t);
         }
         let total = WORKERS * ROUNDS;
         assert_eq!(written.len() as u64, total);
-        println!(
-            "{} calls through the balancer, {} needed one retry, none more",
-            3 * total,
-            retried.load(Ordering::Relaxed)
-        );
+        println!("{} calls through the balancer, all answered", 3 * total);
 
-        // Sessions opened before the kill still work, wherever they land.
-        let kvc = KeyValueServiceClient::new(channel.clone());
-        for token in &tokens {
+        // Sessions opened before the kill still work, wherever they land,
+        // and none had to reopen: they live in Postgres, not in a gateway.
+        for session in &sessions {
+            assert_eq!(session.reopened(), 0, "session {} reopened", session.id());
+        }
+        let kvc = sessions[0].kv();
+        for session in sessions.iter().step_by(3) {
             for _ in 0..GATEWAYS {
-                at_most_one_retry(&retried, "KeyValue Get after the kill", || {
-                    let mut c = kvc.clone();
-                    let request = kv::GetRequest {
-                        session_token: token.clone(),
-                        key: "w0-0".into(),
-                    };
-                    async move { c.get(request).await }
-                })
-                .await;
+                session
+                    .kv()
+                    .get("w0-0")
+                    .await
+                    .expect("a session from before the kill");
             }
         }
         // Every acknowledged KeyValue write reads back.
         for key in &kv_keys {
-            let got = at_most_one_retry(&retried, "KeyValue Get", || {
-                let mut c = kvc.clone();
-                let request = kv::GetRequest {
-                    session_token: tokens[0].clone(),
-                    key: key.clone(),
-                };
-                async move { c.get(request).await }
-            })
-            .await
-            .into_inner();
-            assert_eq!(got.value, key.as_bytes(), "acknowledged Set of {key} lost");
+            let got = kvc.get(key).await.expect("KeyValue Get").map(|v| v.value);
+            assert_eq!(
+                got.as_deref(),
+                Some(key.as_bytes()),
+                "acknowledged Set of {key} lost"
+            );
         }
         // Every acknowledged Publish is in the topic.
         let in_topic: HashSet<Vec<u8>> = sqlx::query(

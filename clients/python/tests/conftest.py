@@ -25,13 +25,19 @@ def free_port() -> int:
 
 
 class Gateway:
-    """The gateway binary on the embedded default, on one port, started
-    and stopped by this test (by PID only)."""
+    """The gateway binary on the embedded default (or ``config``), on one
+    port, started and stopped by this test (by PID only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="prism-sdk-py-")
         self.process: subprocess.Popen | None = None
+        self.args = ["serve"]
+        if config is not None:
+            path = os.path.join(self.dir, "prism.yaml")
+            with open(path, "w") as f:
+                f.write(config)
+            self.args += ["--config", path]
 
     @property
     def endpoint(self) -> str:
@@ -42,7 +48,7 @@ class Gateway:
         env = dict(os.environ, PRISM_LISTEN=self.endpoint, PRISM_ADMIN_LISTEN="127.0.0.1:0",
                    PRISM_SQLITE_PATH=os.path.join(self.dir, "orders.db"))
         log = open(os.path.join(self.dir, "gateway.log"), "ab")
-        self.process = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=log)
+        self.process = subprocess.Popen([binary, *self.args], env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -79,3 +85,14 @@ def own_gateway():
     gateway.start()
     yield gateway
     gateway.stop()
+
+
+def until_subscribed(pubsub, topic: str) -> None:
+    """Publishes probes to ``topic`` until one reaches a subscriber: the
+    subscription being waited on is then in place (PubSub is at-most-once:
+    what is published before it is not seen)."""
+    for _ in range(1000):
+        if pubsub.publish(topic, b"probe").subscriber_count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no subscriber on {topic} after 1000 probes")

@@ -12,7 +12,7 @@ from prism.session.v1 import session_pb2, session_pb2_grpc
 from prism_sdk import (Client, InvalidInputError, KvTransaction, PrismError, RetryPolicy,
                        SessionClosedError, change, where)
 
-from conftest import DEV_KEY
+from conftest import DEV_KEY, until_subscribed
 
 
 def test_key_value_through_a_session(endpoint):
@@ -102,9 +102,7 @@ def test_queue_and_pubsub(endpoint):
 
         consumer = threading.Thread(target=consume)
         consumer.start()
-        for _ in range(500):
-            if events.pubsub.publish(f"{pattern}.probe", b"probe").subscriber_count:
-                break
+        until_subscribed(events.pubsub, f"{pattern}.probe")
         for i in range(3):
             events.pubsub.publish(f"{pattern}.user.{i}", f"user {i}".encode(), metadata={"n": str(i)})
         consumer.join(timeout=30)
@@ -128,9 +126,7 @@ def test_transact_relay_and_reader(endpoint):
 
         consumer = threading.Thread(target=consume)
         consumer.start()
-        for _ in range(500):
-            if events.pubsub.publish("events.orders", b"probe").subscriber_count:
-                break
+        until_subscribed(events.pubsub, "events.orders")
         written = orders.transact.write(change(
             "orders", {"id": first, "customer": "py", "status": "paid", "amount": 1.5,
                        "created_at": "2026-12-01T00:00:00Z"},
@@ -211,3 +207,35 @@ def test_a_session_survives_a_gateway_restart(own_gateway):
     session.close()
     jobs.close()
     client.close()
+
+
+def test_expiry_is_read_as_utc_whatever_the_local_zone(endpoint, monkeypatch):
+    import time
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        with Client(endpoint) as client, \
+                client.session(api_key=DEV_KEY, config="user-profiles") as session:
+            # The embedded default's idle timeout: 15 minutes.
+            assert abs(session.expires_at - (time.time() + 900)) < 60, session.expires_at - time.time()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_refused_begin_and_a_repeated_ack_are_reported(endpoint):
+    with Client(endpoint, retry=RetryPolicy.none()) as client:
+        with client.session(api_key=DEV_KEY, config="orders-db") as orders:
+            # The embedded default allows 8 open transactions per session.
+            open_ones = [orders.transact.begin() for _ in range(8)]
+            with pytest.raises(PrismError) as refused:
+                orders.transact.begin()
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+            for tx in open_ones:
+                tx.rollback()
+        with client.session(api_key=DEV_KEY, config="orders-queue") as jobs:
+            topic = f"jobs.ack.{random.getrandbits(32):08x}"
+            jobs.queue.publish(topic, b"once")
+            [message] = list(jobs.queue.subscribe(topic, group="g", start="earliest", max_messages=1))
+            assert jobs.queue.acknowledge([message.message_id]) == []
+            assert jobs.queue.acknowledge([message.message_id]) == [message.message_id]

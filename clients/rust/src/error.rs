@@ -20,6 +20,13 @@ pub enum Error {
     InvalidInput(String),
     /// The session was closed by [`Session::close`](crate::Session::close).
     Closed,
+    /// A transaction's commit was sent but its answer never came (the
+    /// stream or the gateway failed): it may or may not have committed.
+    /// Check before running it again.
+    OutcomeUnknown(Box<RpcError>),
+    /// The gateway did not acknowledge these messages (delivered to an
+    /// earlier session — one since reopened — or already acknowledged).
+    NotAcknowledged(Vec<String>),
 }
 
 /// A gRPC error, with what the gateway said about it in `ErrorInfo`.
@@ -81,6 +88,19 @@ impl RpcError {
             metadata: info.map(|i| i.metadata.clone()).unwrap_or_default(),
             retry_after: details.retry_info().and_then(|r| r.retry_delay),
             not_sent: not_sent(status),
+        }
+    }
+
+    /// An error this client makes itself (no ErrorInfo).
+    pub(crate) fn local(code: Code, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+            reason: None,
+            domain: None,
+            metadata: HashMap::new(),
+            retry_after: None,
+            not_sent: false,
         }
     }
 
@@ -146,13 +166,15 @@ impl Error {
             Error::Connect(_) => Code::Unavailable,
             Error::InvalidInput(_) => Code::InvalidArgument,
             Error::Closed => Code::FailedPrecondition,
+            Error::OutcomeUnknown(e) => e.code,
+            Error::NotAcknowledged(_) => Code::FailedPrecondition,
         }
     }
 
     /// The gateway's `ErrorInfo.reason`, when it gave one.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Error::Rpc(e) => e.reason.as_deref(),
+            Error::Rpc(e) | Error::OutcomeUnknown(e) => e.reason.as_deref(),
             _ => None,
         }
     }
@@ -160,7 +182,7 @@ impl Error {
     /// The gateway's error, when there is one.
     pub fn rpc(&self) -> Option<&RpcError> {
         match self {
-            Error::Rpc(e) => Some(e.as_ref()),
+            Error::Rpc(e) | Error::OutcomeUnknown(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -201,6 +223,8 @@ impl fmt::Display for Error {
             Error::Connect(e) => write!(f, "cannot connect to the gateway: {e}"),
             Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
             Error::Closed => f.write_str("the session is closed"),
+            Error::OutcomeUnknown(e) => write!(f, "commit outcome unknown: {e}"),
+            Error::NotAcknowledged(ids) => write!(f, "not acknowledged: {}", ids.join(", ")),
         }
     }
 }

@@ -51,6 +51,8 @@
 //! (`prism.*.v1`), which the gateway keeps backward compatible: any
 //! gateway that serves `v1` works with any `0.x` release of this crate.
 
+#![deny(missing_docs)]
+
 mod client;
 mod error;
 mod idempotency;

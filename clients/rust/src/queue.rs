@@ -2,7 +2,9 @@
 //! deliveries that are acknowledged one by one or in batches. A consumer
 //! group's subscription that fails transiently resubscribes from the
 //! group's committed position, so unacknowledged messages come again
-//! (at-least-once). Publish carries no idempotency token on the wire, so it
+//! (at-least-once); a private subscription (no group) has no position the
+//! gateway keeps, so once it has received anything its stream ends with
+//! the error instead. Publish carries no idempotency token on the wire, so it
 //! is resent only when it was refused before anything happened.
 
 use std::{collections::HashMap, sync::Arc};
@@ -14,7 +16,7 @@ use prism_proto::queue::v1::{
 use tonic::transport::Channel;
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -64,12 +66,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Acknowledges this message: it will not be delivered again.
+    /// Acknowledges this message: it will not be delivered again. Fails
+    /// with [`Error::NotAcknowledged`](crate::Error::NotAcknowledged) when
+    /// the gateway could not (the message came to a session since reopened,
+    /// or was acknowledged already).
     pub async fn ack(&self) -> Result<()> {
-        self.queue
+        let failed = self
+            .queue
             .acknowledge([self.message.message_id.clone()])
-            .await
-            .map(|_| ())
+            .await?;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotAcknowledged(failed))
+        }
     }
 }
 
@@ -211,7 +221,6 @@ impl Queue {
             stub: self.stub.clone(),
             topic: topic.to_string(),
             options,
-            last_offset: None,
             received: 0,
         };
         let queue = self.clone();
@@ -228,9 +237,6 @@ struct Position {
     stub: QueueServiceClient<Channel>,
     topic: String,
     options: SubscribeOptions,
-    /// The offset of the last message received (private subscriptions
-    /// resume after it).
-    last_offset: Option<i64>,
     received: u32,
 }
 
@@ -238,11 +244,10 @@ impl Resumable for Position {
     type Item = Message;
     fn open(&self, session: &Session, token: Arc<str>) -> Opening<Message> {
         let o = &self.options;
-        let start = match (self.received, o.consumer_group.is_empty(), self.last_offset) {
+        let start = match (self.received, o.consumer_group.is_empty()) {
             // A group resumes where it committed: unacknowledged messages
             // are delivered again.
-            (1.., false, _) => Some(StartPosition::Position(Start::Committed as i32)),
-            (1.., true, Some(last)) => Some(StartPosition::Offset(last.saturating_add(1))),
+            (1.., false) => Some(StartPosition::Position(Start::Committed as i32)),
             _ => match (o.offset, o.start) {
                 (Some(offset), _) => Some(StartPosition::Offset(offset)),
                 (None, Some(start)) => Some(StartPosition::Position(start as i32)),
@@ -273,8 +278,14 @@ impl Resumable for Position {
             .is_some_and(|m| self.received >= m)
     }
 
-    fn seen(&mut self, message: &Message) {
+    fn seen(&mut self, _message: &Message) {
         self.received = self.received.saturating_add(1);
-        self.last_offset = Some(message.offset);
+    }
+
+    /// A private subscription has no position the gateway keeps (one
+    /// offset cannot say where each partition was), so once it has
+    /// received anything its stream ends with the error.
+    fn resumable(&self) -> bool {
+        !self.options.consumer_group.is_empty() || self.received == 0
     }
 }

@@ -33,6 +33,11 @@ pub(crate) trait Resumable: Send + Sync + 'static {
     fn finished(&self) -> bool {
         false
     }
+
+    /// Whether the stream can be opened again where it got to at all.
+    fn resumable(&self) -> bool {
+        true
+    }
 }
 
 /// A server stream being opened.
@@ -92,7 +97,8 @@ where
             if r.position.finished() {
                 return None;
             }
-            let again = e.is_transient() || e.is_session_lost() && r.session.shared().may_reopen();
+            let again = r.position.resumable()
+                && (e.is_transient() || e.is_session_lost() && r.session.shared().may_reopen());
             match r.backoff.next(e.retry_after).filter(|_| again) {
                 Some(wait) => {
                     tracing::debug!(error = %e, ?wait, "prism stream failed; resuming");

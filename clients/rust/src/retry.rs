@@ -8,6 +8,9 @@ use rand::Rng;
 
 use crate::error::RpcError;
 
+/// The longest `RetryInfo` delay honoured.
+const ASKED_MAX: Duration = Duration::from_secs(30);
+
 /// How a client retries a call that failed with `UNAVAILABLE` or
 /// `RESOURCE_EXHAUSTED`.
 ///
@@ -102,7 +105,10 @@ impl Backoff {
             .min(self.policy.max_backoff);
         self.attempt += 1;
         let jittered = rand::thread_rng().gen_range(Duration::ZERO..=ceiling);
-        Some(jittered.max(asked.unwrap_or_default()))
+        // What the gateway asks is honoured up to a bound, so one odd
+        // answer cannot stall a call for hours.
+        let asked = asked.unwrap_or_default().min(ASKED_MAX);
+        Some(jittered.max(asked))
     }
 }
 

@@ -25,7 +25,7 @@ use prism_proto::{
         MutualTlsAuth,
     },
 };
-use tonic::{metadata::MetadataValue, Status};
+use tonic::{metadata::MetadataValue, Code, Status};
 
 use crate::{
     client::Client,
@@ -40,6 +40,9 @@ const TOKEN_HEADER: &str = "x-session-token";
 /// session expires; within these bounds.
 const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
 const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
+/// The first wait after a heartbeat's retries are spent; doubles to
+/// `HEARTBEAT_MAX`.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 
 /// How a session proves who opens it.
 #[derive(Clone)]
@@ -289,35 +292,19 @@ impl Session {
         self.inner.shared.heartbeat().await
     }
 
-    /// Ends the session on the gateway and stops its heartbeats; calls on
-    /// it (and its clones) then fail with [`Error::Closed`].
+    /// Ends the session on the gateway at once (its open subscriptions and
+    /// transactions end with it) and stops its heartbeats; calls on it (and
+    /// its clones) then fail with [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
         let shared = &self.inner.shared;
+        // Not while a reopen is installing a new session: the one closed
+        // must be the one the gateway has.
+        let _turn = shared.reopening.lock().await;
         if shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.inner.keeper.abort();
-        let token = self.current().token;
-        let stub = SessionServiceClient::new(shared.client.channel.clone());
-        let closed = shared
-            .retrying(Resend::Safe, || {
-                let request = shared.request(
-                    &token,
-                    CloseSessionRequest {
-                        session_token: String::new(),
-                        force: false,
-                    },
-                );
-                let mut stub = stub.clone();
-                async move { stub.close_session(request).await }
-            })
-            .await;
-        match closed {
-            Ok(_) => Ok(()),
-            // Already gone on the gateway: closed is what the caller wants.
-            Err(e) if e.is_session_lost() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        shared.close_on_gateway(&self.current().token).await
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -444,19 +431,47 @@ impl Shared {
     }
 
     /// Opens a new session in place of generation `seen`, unless another
-    /// call already has.
+    /// call already has. (Holding `reopening`, so `close` waits for it and
+    /// then closes the new session.)
     async fn reopen(&self, seen: u64) -> Result<()> {
         let _turn = self.reopening.lock().await;
         if self.token()?.1 != seen {
             return Ok(());
         }
         let opened = self.create().await?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
         tracing::info!(session = %opened.session_id, "prism session reopened");
         self.install(opened, seen + 1);
         Ok(())
+    }
+
+    /// CloseSession for `token`, forced: the caller is done with it. A
+    /// session the gateway no longer knows is closed as far as the caller
+    /// is concerned.
+    async fn close_on_gateway(&self, token: &str) -> Result<()> {
+        let stub = SessionServiceClient::new(self.client.channel.clone());
+        let closed = self
+            .retrying(Resend::Safe, || {
+                let request = self.request(
+                    token,
+                    CloseSessionRequest {
+                        session_token: String::new(),
+                        force: true,
+                    },
+                );
+                let mut stub = stub.clone();
+                async move { stub.close_session(request).await }
+            })
+            .await;
+        match closed {
+            Ok(r) if r.success => Ok(()),
+            Ok(r) => Err(RpcError::local(
+                Code::FailedPrecondition,
+                format!("the gateway did not close the session: {}", r.message),
+            )
+            .into()),
+            Err(e) if e.is_session_lost() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn heartbeat(&self) -> Result<Duration> {
@@ -489,18 +504,34 @@ fn cadence(ttl: Duration) -> Duration {
 /// reopen.
 async fn keep_alive(shared: Arc<Shared>, first: Duration) {
     let mut next = first;
+    let mut failing = HEARTBEAT_RETRY;
     loop {
         tokio::time::sleep(next).await;
         match shared.heartbeat().await {
-            Ok(ttl) => next = cadence(ttl),
+            Ok(ttl) => {
+                next = cadence(ttl);
+                failing = HEARTBEAT_RETRY;
+            }
             Err(Error::Closed) => return,
             Err(Error::Rpc(e)) if e.is_session_lost() && !shared.reopen => {
                 tracing::warn!(error = %e, "prism session lost; not allowed to reopen");
                 return;
             }
-            // Retries spent (the gateway down for long): keep trying at the
-            // cadence, so the session reopens when the gateway is back.
-            Err(e) => tracing::warn!(error = %e, "prism session heartbeat failed"),
+            // The credentials no longer open a session (a revoked key, an
+            // expired JWT): heartbeats cannot help; calls report it.
+            Err(Error::Rpc(e))
+                if matches!(e.code, Code::Unauthenticated | Code::PermissionDenied) =>
+            {
+                tracing::warn!(error = %e, "prism session cannot be reopened");
+                return;
+            }
+            // Retries spent (the gateway down for long): keep trying, backing
+            // off to a minute, so the session reopens when it is back.
+            Err(e) => {
+                tracing::warn!(error = %e, "prism session heartbeat failed");
+                next = failing;
+                failing = (failing * 2).min(HEARTBEAT_MAX);
+            }
         }
     }
 }

@@ -130,7 +130,8 @@ impl Change {
 pub struct Options {
     /// The isolation level (default: the backend's).
     pub isolation: Option<Isolation>,
-    /// How long the transaction may stay open (default: the namespace's).
+    /// How long the transaction may stay open (default, or zero: the
+    /// namespace's).
     pub timeout: Option<Duration>,
 }
 
@@ -149,9 +150,12 @@ impl Options {
     fn wire(self, idempotency_key: Option<String>) -> Result<pb::TransactionOptions> {
         let timeout_ms = match self.timeout {
             None => 0,
-            Some(d) => i32::try_from(d.as_millis()).map_err(|_| {
-                Error::InvalidInput(format!("transaction timeout {d:?} is too long"))
-            })?,
+            // Rounded up: under a millisecond is not "the default" (0).
+            Some(d) => {
+                i32::try_from(d.as_millis().max(u128::from(!d.is_zero()))).map_err(|_| {
+                    Error::InvalidInput(format!("transaction timeout {d:?} is too long"))
+                })?
+            }
         };
         Ok(pb::TransactionOptions {
             isolation: match self.isolation {
@@ -227,7 +231,7 @@ impl Transact {
                         .await
                         .map_err(|_| tonic::Status::cancelled("transaction stream closed"))?;
                     let mut responses = stub.transaction(request).await?.into_inner();
-                    let started = match next(&mut responses).await? {
+                    let started = match next(&mut responses).await.map_err(Failed::status)? {
                         Out::Started(s) => s,
                         other => return Err(unexpected(&other)),
                     };
@@ -298,14 +302,15 @@ impl Transaction {
         &self.id
     }
 
-    async fn exchange(&mut self, request: In) -> Result<Out> {
+    async fn exchange(&mut self, request: In) -> Result<Out, Failed> {
         self.to_gateway
             .send(pb::TransactRequest {
                 request: Some(request),
             })
             .await
-            .map_err(|_| Error::from(ended("the transaction stream has ended")))?;
-        next(&mut self.responses).await.map_err(Error::from)
+            // Never sent: the stream had already ended.
+            .map_err(|_| Failed::Answered(tonic::Status::aborted(ENDED)))?;
+        next(&mut self.responses).await
     }
 
     /// Applies `change` inside the transaction. An error rolls the whole
@@ -313,15 +318,22 @@ impl Transaction {
     pub async fn write(&mut self, change: Change) -> Result<WriteResponse> {
         match self.exchange(In::Write(change.request(None))).await? {
             Out::WriteResult(w) => Ok(w),
-            other => Err(unexpected(&other).into()),
+            other => Err(not_open(&other)),
         }
     }
 
-    /// Commits every change; returns how many there were.
+    /// Commits every change; returns how many there were. When the answer
+    /// is lost (the stream or the gateway failed after the commit was
+    /// sent), fails with [`Error::OutcomeUnknown`]: the transaction may
+    /// have committed.
     pub async fn commit(mut self) -> Result<i32> {
-        match self.exchange(In::Commit(pb::CommitTransaction {})).await? {
-            Out::Committed(c) => Ok(c.write_count),
-            other => Err(unexpected(&other).into()),
+        match self.exchange(In::Commit(pb::CommitTransaction {})).await {
+            Ok(Out::Committed(c)) => Ok(c.write_count),
+            Ok(other) => Err(not_open(&other)),
+            Err(Failed::Lost(status)) => Err(Error::OutcomeUnknown(Box::new(
+                RpcError::from_status(&status),
+            ))),
+            Err(answered) => Err(answered.into()),
         }
     }
 
@@ -332,23 +344,63 @@ impl Transaction {
         });
         match self.exchange(rollback).await? {
             Out::RolledBack(_) => Ok(()),
-            other => Err(unexpected(&other).into()),
+            other => Err(not_open(&other)),
         }
+    }
+}
+
+const ENDED: &str = "the transaction has ended; open a new one";
+
+/// A response that is not the answer asked for: the gateway rolled the
+/// transaction back on its own (its timeout, the session ending), or
+/// something unexpected.
+fn not_open(response: &Out) -> Error {
+    match response {
+        Out::RolledBack(r) => RpcError::local(
+            Code::Aborted,
+            format!("the gateway rolled the transaction back: {}", r.reason),
+        )
+        .into(),
+        other => unexpected(other).into(),
+    }
+}
+
+/// Why a transaction stream gave no response: the gateway answered with
+/// an error (the outcome is known), or the stream failed (it is not).
+enum Failed {
+    Answered(tonic::Status),
+    Lost(tonic::Status),
+}
+
+impl Failed {
+    fn status(self) -> tonic::Status {
+        match self {
+            Failed::Answered(s) | Failed::Lost(s) => s,
+        }
+    }
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Self {
+        f.status().into()
     }
 }
 
 /// The next response of a transaction stream; a TransactionError becomes
 /// the status it names, and a stream that ends says so.
-async fn next(responses: &mut Streaming<pb::TransactResponse>) -> Result<Out, tonic::Status> {
-    match responses.message().await? {
-        Some(pb::TransactResponse {
-            response: Some(Out::Error(e)),
-        }) => Err(in_band(&e)),
-        Some(pb::TransactResponse { response: Some(r) }) => Ok(r),
-        Some(_) => Err(tonic::Status::internal("an empty TransactResponse")),
-        None => Err(tonic::Status::aborted(
+async fn next(responses: &mut Streaming<pb::TransactResponse>) -> Result<Out, Failed> {
+    match responses.message().await {
+        Err(status) => Err(Failed::Lost(status)),
+        Ok(None) => Err(Failed::Lost(tonic::Status::aborted(
             "the gateway ended the transaction stream",
-        )),
+        ))),
+        Ok(Some(pb::TransactResponse {
+            response: Some(Out::Error(e)),
+        })) => Err(Failed::Answered(in_band(&e))),
+        Ok(Some(pb::TransactResponse { response: Some(r) })) => Ok(r),
+        Ok(Some(_)) => Err(Failed::Answered(tonic::Status::internal(
+            "an empty TransactResponse",
+        ))),
     }
 }
 
@@ -394,10 +446,6 @@ const CODES: [(&str, Code); 16] = [
 
 fn unexpected(response: &Out) -> tonic::Status {
     tonic::Status::internal(format!("unexpected transaction response: {response:?}"))
-}
-
-fn ended(message: &str) -> RpcError {
-    RpcError::from_status(&tonic::Status::aborted(message))
 }
 
 /// A mailbox read's position: the last sequence received.

@@ -141,6 +141,11 @@ fn queue_publish_subscribe_and_acknowledge() {
             (0..7).map(|i| format!("job {i}")).collect::<Vec<_>>()
         );
         deliveries[0].ack().await.expect("acknowledged one");
+        let again = deliveries[0].ack().await.expect_err("acknowledged already");
+        assert!(
+            matches!(again, Error::NotAcknowledged(ref ids) if ids.len() == 1),
+            "{again:?}"
+        );
         let failed = queue
             .acknowledge(deliveries[1..].iter().map(|d| d.message.message_id.clone()))
             .await

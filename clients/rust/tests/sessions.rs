@@ -274,3 +274,63 @@ fn a_publish_that_never_reached_the_gateway_is_resent_after_a_restart() {
         gw.stop().await;
     });
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/../../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn a_session_opens_with_the_client_certificate_of_an_mtls_connection() {
+    let yaml = config_yaml().replace(
+        "server:\n",
+        &format!(
+            "server:\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n",
+            fixture("server.pem"),
+            fixture("server.key"),
+            fixture("ca.pem")
+        ),
+    ) + "auth:\n  mtls:\n    identities:\n      orders-client: { namespace: default, roles: [admin] }\n";
+    let read = |name: &str| std::fs::read(fixture(name)).expect("a test fixture");
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Served::start_with(listener, parse(&yaml)).await;
+        let tls = prism_client::Tls::new()
+            .ca(read("ca.pem"))
+            .identity(read("client.pem"), read("client.key"))
+            .domain("localhost");
+        let client = Client::builder(addr.to_string())
+            .tls(tls)
+            .connect()
+            .await
+            .expect("an mTLS connection");
+        let session = client
+            .session()
+            .mtls()
+            .config("kv")
+            .open()
+            .await
+            .expect("mTLS session");
+        session.kv().set("tls", b"yes".to_vec()).await.unwrap();
+
+        // Plain TLS, no certificate: the mtls credentials are missing.
+        let plain = Client::builder(addr.to_string())
+            .tls(
+                prism_client::Tls::new()
+                    .ca(read("ca.pem"))
+                    .domain("localhost"),
+            )
+            .connect()
+            .await
+            .expect("a TLS connection");
+        let missing = plain
+            .session()
+            .mtls()
+            .config("kv")
+            .open()
+            .await
+            .expect_err("no certificate");
+        assert!(matches!(missing, Error::InvalidInput(_)), "{missing:?}");
+        gw.stop().await;
+    });
+}

@@ -6,6 +6,8 @@ answer. Also the value types the APIs return."""
 from __future__ import annotations
 
 import datetime
+import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -27,6 +29,8 @@ SCAN_PAGE = 1000
 # Heartbeats go three times per TTL, within these bounds (seconds).
 HEARTBEAT_MIN = 0.1
 HEARTBEAT_MAX = 60.0
+# The first wait after a heartbeat's retries are spent; doubles to the max.
+HEARTBEAT_RETRY = 1.0
 TOKEN_HEADER = "x-session-token"
 
 
@@ -45,6 +49,35 @@ def cadence(ttl: float) -> float:
     return min(max(ttl / 3.0, HEARTBEAT_MIN), HEARTBEAT_MAX)
 
 
+def ttl_of(opened: Any) -> float:
+    """Seconds until a just-opened session expires (epoch arithmetic, so
+    no time zone enters)."""
+    if not opened.HasField("expires_at"):
+        return HEARTBEAT_MAX
+    return max(opened.expires_at.ToMicroseconds() / 1e6 - time.time(), 0.0)
+
+
+def heartbeat_gives_up(e: "PrismError", reopen: bool) -> bool:
+    """Whether a heartbeat failure ends the heartbeats: the session is lost
+    and may not reopen, or the credentials no longer open one (a revoked
+    key, an expired JWT)."""
+    import grpc
+
+    if e.is_session_lost:
+        return not reopen
+    return e.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def stream_lost(code: Any, message: str, after_commit: bool) -> "PrismError":
+    """A transaction stream that failed; after a commit was sent, its
+    outcome is unknown (it may have committed)."""
+    from .errors import PrismError
+
+    if after_commit:
+        return PrismError(code, f"commit outcome unknown: {message}", "OUTCOME_UNKNOWN")
+    return PrismError(code, message)
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -56,7 +89,8 @@ def idempotency_token() -> kv_pb2.IdempotencyToken:
 
 
 def wire_duration(seconds: float, what: str) -> duration_pb2.Duration:
-    if not isinstance(seconds, (int, float)) or seconds < 0 or seconds > 315_576_000_000:
+    if (not isinstance(seconds, (int, float)) or math.isnan(seconds)
+            or seconds < 0 or seconds > 315_576_000_000):
         raise InvalidInputError(f"{what} must be a number of seconds from 0 to 10,000 years")
     d = duration_pb2.Duration()
     d.FromTimedelta(datetime.timedelta(seconds=seconds))
@@ -268,6 +302,8 @@ class ScanPosition:
     """Where a KeyValue scan is: the cursor after the last item, and how
     many items the current call gave (a full page means there may be more)."""
 
+    resumable = True  # (not a field: every such stream can resume)
+
     prefix: str
     keys_only: bool
     cursor: str = ""
@@ -329,8 +365,7 @@ def queue_commit(topic: str, group: str, offsets: Mapping[int, int]) -> Call:
 @dataclass
 class QueuePosition:
     """Where a Queue subscription resumes after a failure: a group where it
-    committed (unacknowledged messages come again), a private subscription
-    after the last offset it received."""
+    committed (unacknowledged messages come again)."""
 
     topic: str
     group: str
@@ -338,14 +373,18 @@ class QueuePosition:
     offset: Optional[int]
     max_messages: Optional[int]
     received: int = 0
-    last_offset: Optional[int] = None
+
+    @property
+    def resumable(self) -> bool:
+        # A private subscription has no position the gateway keeps (one
+        # offset cannot say where each partition was): its stream ends with
+        # the error instead.
+        return bool(self.group) or self.received == 0
 
     def request(self) -> queue_pb2.SubscribeRequest:
         r = queue_pb2.SubscribeRequest(topic=self.topic, consumer_group=self.group)
         if self.received and self.group:
             r.position = queue_pb2.START_POSITION_COMMITTED
-        elif self.received and self.last_offset is not None:
-            r.offset = self.last_offset + 1
         elif self.offset is not None:
             r.offset = self.offset
         elif self.start is not None:
@@ -356,7 +395,6 @@ class QueuePosition:
 
     def seen(self, message: queue_pb2.Message) -> None:
         self.received += 1
-        self.last_offset = message.offset
 
     @property
     def finished(self) -> bool:
@@ -379,6 +417,8 @@ def pubsub_publish(topic: str, payload: bytes, metadata: Optional[Mapping[str, s
 @dataclass
 class PubSubPosition:
     """What a PubSub subscription still wants when it resubscribes."""
+
+    resumable = True  # (not a field: every such stream can resume)
 
     pattern: str
     queue_group: Optional[str]
@@ -460,6 +500,8 @@ def read_request(collection: str, page_size: int, fields: Sequence[str],
 @dataclass
 class ReadPosition:
     """A read's cursor after the last page received."""
+
+    resumable = True  # (not a field: every such stream can resume)
 
     read: reader_pb2.ReadRequest
     last: bool = False

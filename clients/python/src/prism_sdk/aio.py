@@ -33,6 +33,8 @@ class Client:
         self._tls = tls
         self.retry = retry
         self.call_timeout = call_timeout
+        # Closed with the client, so no heartbeat outlives its channel.
+        self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
 
     async def session(self, *, api_key: Optional[str] = None, jwt: Optional[str] = None,
                       mtls: bool = False, config: Optional[str] = None,
@@ -40,7 +42,11 @@ class Client:
                       metadata: Optional[Mapping[str, str]] = None,
                       reopen: bool = True) -> "Session":
         """Opens a session; arguments as ``prism_sdk.Client.session``."""
-        cert = self._tls.cert if mtls and self._tls is not None else None
+        cert = None
+        if mtls:
+            if self._tls is None or self._tls.cert is None:
+                raise c.InvalidInputError("mtls needs a client built with Tls(cert=..., key=...)")
+            cert = self._tls.cert
         request = c.create_request(
             api_key=api_key, jwt=jwt, client_cert=cert, config=config,
             inline_config=inline_config, client_id=client_id, metadata=metadata,
@@ -48,9 +54,17 @@ class Client:
         )
         core = _Core(self, request, reopen)
         first = core.install(await core.create(), 0)
-        return Session(core, first)
+        session = Session(core, first)
+        self._sessions.add(session)
+        return session
 
     async def close(self) -> None:
+        """Closes the client's open sessions, then its channel."""
+        for session in list(self._sessions):
+            try:
+                await session.close()
+            except PrismError:
+                pass
         await self._channel.close()
 
     async def __aenter__(self) -> "Client":
@@ -75,6 +89,7 @@ class _Core:
         self.generation = 0
         self.expires_at: Optional[float] = None
         self.config: Any = None
+        self.features: List[str] = []
 
     def stub(self, service: str) -> Any:
         return self.client._stubs[service]
@@ -104,21 +119,20 @@ class _Core:
             self.open_request, timeout=self.client.call_timeout, wait_for_ready=True))
 
     def install(self, opened: session_pb2.CreateSessionResponse, generation: int) -> float:
-        ttl = (opened.expires_at.ToDatetime().timestamp() - time.time()
-               if opened.HasField("expires_at") else c.HEARTBEAT_MAX)
+        ttl = c.ttl_of(opened)
         self.token, self.id, self.generation = opened.session_token, opened.session_id, generation
         self.expires_at = time.time() + ttl
         self.config = opened.config
+        self.features = list(opened.supported_features)
         return c.cadence(ttl)
 
     async def reopen_after(self, seen: int) -> None:
+        # Holding `reopening`: close() waits for this, then closes the new
+        # session.
         async with self.reopening:
             if self.current()[1] != seen:
                 return
-            opened = await self.create()
-            if self.closed:
-                raise SessionClosedError()
-            self.install(opened, seen + 1)
+            self.install(await self.create(), seen + 1)
 
     async def call(self, call: c.Call) -> Any:
         """As the blocking client's: one logical call under the rules."""
@@ -164,12 +178,12 @@ class _Core:
                 stream.cancel()
             if position.finished:
                 return
-            if e.is_session_lost and self.reopen and not reopened:
+            if e.is_session_lost and self.reopen and not reopened and position.resumable:
                 reopened = True
                 await self.reopen_after(generation)
                 continue
             wait = backoff.next(e.retry_after)
-            if wait is None or not e.is_transient:
+            if wait is None or not e.is_transient or not position.resumable:
                 raise e
             await asyncio.sleep(wait)
 
@@ -182,16 +196,17 @@ class _Core:
 
 
 async def _keep_alive(core: _Core, first: float) -> None:
-    wait = first
+    wait, failing = first, c.HEARTBEAT_RETRY
     while True:
         await asyncio.sleep(wait)
         try:
-            wait = c.cadence(await core.heartbeat())
-        except SessionClosedError:
-            return
+            wait, failing = c.cadence(await core.heartbeat()), c.HEARTBEAT_RETRY
+        except (SessionClosedError, grpc.aio.UsageError):
+            return  # closed, or the client's channel closed under it
         except PrismError as e:
-            if e.is_session_lost and not core.reopen:
+            if c.heartbeat_gives_up(e, core.reopen):
                 return
+            wait, failing = failing, min(failing * 2, c.HEARTBEAT_MAX)
 
 
 class Session:
@@ -201,11 +216,11 @@ class Session:
         self._core = core
         self._task = asyncio.get_running_loop().create_task(_keep_alive(core, first))
         weakref.finalize(self, self._task.cancel)
-        self.kv = KeyValue(core)
-        self.queue = Queue(core)
-        self.pubsub = PubSub(core)
-        self.reader = Reader(core)
-        self.transact = Transact(core)
+        self.kv = KeyValue(self)
+        self.queue = Queue(self)
+        self.pubsub = PubSub(self)
+        self.reader = Reader(self)
+        self.transact = Transact(self)
 
     @property
     def id(self) -> str:
@@ -231,15 +246,20 @@ class Session:
         return await self._core.heartbeat()
 
     async def close(self) -> None:
+        """Ends the session on the gateway at once and stops heartbeats."""
         core = self._core
-        if core.closed:
-            return
-        core.closed = True
+        async with core.reopening:
+            if core.closed:
+                return
+            core.closed = True
         self._task.cancel()
         try:
-            await core.retrying(Resend.SAFE, lambda: core.stub("session").CloseSession(
-                session_pb2.CloseSessionRequest(), metadata=core.metadata(core.token),
+            closed = await core.retrying(Resend.SAFE, lambda: core.stub("session").CloseSession(
+                session_pb2.CloseSessionRequest(force=True), metadata=core.metadata(core.token),
                 timeout=core.client.call_timeout, wait_for_ready=True))
+            if not closed.success:
+                raise PrismError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"the gateway did not close the session: {closed.message}")
         except PrismError as e:
             if not e.is_session_lost:
                 raise
@@ -254,8 +274,9 @@ class Session:
 class KeyValue:
     """As ``prism_sdk.client.KeyValue``, awaited."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     async def get(self, key: str) -> Optional[c.Value]:
         return await self._core.call(c.kv_get(key))
@@ -316,8 +337,9 @@ class KeyValue:
 class Queue:
     """As ``prism_sdk.client.Queue``, awaited."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     async def publish(self, topic: str, payload: bytes, *,
                       headers: Optional[Mapping[str, str]] = None,
@@ -343,8 +365,9 @@ class Queue:
 class PubSub:
     """As ``prism_sdk.client.PubSub``, awaited."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     async def publish(self, topic: str, payload: bytes, *,
                       metadata: Optional[Mapping[str, str]] = None,
@@ -362,8 +385,9 @@ class PubSub:
 class Reader:
     """As ``prism_sdk.client.Reader``, awaited."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     def pages(self, collection: str, *, page_size: int = 0, fields: Sequence[str] = (),
               filter: Optional[reader_pb2.Filter] = None,
@@ -386,8 +410,9 @@ class Reader:
 class Transact:
     """As ``prism_sdk.client.Transact``, awaited."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     async def write(self, change: transact_pb2.WriteRequest) -> transact_pb2.WriteResponse:
         return await self._core.call(c.transact_write(change))
@@ -411,32 +436,60 @@ class Transaction:
     on success and rolls back on an exception."""
 
     def __init__(self, core: _Core) -> None:
-        token, _ = core.current()
-        self._call = core.stub("transact").Transaction(
-            metadata=core.metadata(token), wait_for_ready=True)
-        self._done = False
+        self._core = core
+        self._call: Any = None
+        self._done = True
         self.id = ""
 
     async def _start(self) -> None:
-        started = await self._exchange(
-            transact_pb2.TransactRequest(begin=transact_pb2.BeginTransaction()), "started")
-        self.id = started.transaction_id
+        core = self._core
+        backoff = core.client.retry.start()
+        reopened = False
+        while True:
+            token, generation = core.current()
+            self._call = core.stub("transact").Transaction(metadata=core.metadata(token))
+            self._done = False
+            try:
+                started = await self._exchange(
+                    transact_pb2.TransactRequest(begin=transact_pb2.BeginTransaction()), "started")
+                self.id = started.transaction_id
+                return
+            except PrismError as e:
+                await self.close()
+                if e.is_session_lost and core.reopen and not reopened:
+                    reopened = True
+                    await core.reopen_after(generation)
+                    continue
+                wait = backoff.next(e.retry_after)
+                if wait is None or not e.is_transient:
+                    raise
+                await asyncio.sleep(wait)
 
-    async def _exchange(self, request: transact_pb2.TransactRequest, expected: str) -> Any:
+    async def _exchange(self, request: transact_pb2.TransactRequest, expected: str,
+                        after_commit: bool = False) -> Any:
+        if self._done:
+            raise PrismError(grpc.StatusCode.ABORTED, "the transaction has ended; open a new one")
         try:
             await self._call.write(request)
             response = await self._call.read()
         except grpc.RpcError as err:
-            raise PrismError.from_rpc_error(err) from None
+            self._done = True
+            e = PrismError.from_rpc_error(err)
+            raise (c.stream_lost(e.code, e.message, True) if after_commit else e) from None
         if response is grpc.aio.EOF:
-            raise PrismError(grpc.StatusCode.ABORTED, "the gateway ended the transaction stream")
+            self._done = True
+            raise c.stream_lost(grpc.StatusCode.ABORTED, "the gateway ended the transaction stream",
+                                after_commit)
         kind = response.WhichOneof("response")
+        if kind == expected:
+            return getattr(response, kind)
+        await self._finish()
         if kind == "error":
-            await self._finish()
             raise c.in_band_error(response.error)
-        if kind != expected:
-            raise PrismError(grpc.StatusCode.INTERNAL, f"expected {expected}, got {kind}")
-        return getattr(response, kind)
+        if kind == "rolled_back":
+            raise PrismError(grpc.StatusCode.ABORTED,
+                             f"the gateway rolled the transaction back: {response.rolled_back.reason}")
+        raise PrismError(grpc.StatusCode.INTERNAL, f"expected {expected}, got {kind}")
 
     async def write(self, change: transact_pb2.WriteRequest) -> transact_pb2.WriteResponse:
         return await self._exchange(transact_pb2.TransactRequest(write=change), "write_result")
@@ -444,7 +497,8 @@ class Transaction:
     async def commit(self) -> int:
         try:
             done = await self._exchange(
-                transact_pb2.TransactRequest(commit=transact_pb2.CommitTransaction()), "committed")
+                transact_pb2.TransactRequest(commit=transact_pb2.CommitTransaction()), "committed",
+                after_commit=True)
             return done.write_count
         finally:
             await self._finish()
@@ -459,12 +513,16 @@ class Transaction:
     async def _finish(self) -> None:
         if not self._done:
             self._done = True
-            await self._call.done_writing()
+            try:
+                await self._call.done_writing()
+            except (grpc.RpcError, grpc.aio.UsageError):
+                pass
 
     async def close(self) -> None:
         """Ends the stream; an open transaction rolls back."""
         self._done = True
-        self._call.cancel()
+        if self._call is not None:
+            self._call.cancel()
 
     async def __aenter__(self) -> "Transaction":
         return self

@@ -52,7 +52,11 @@ class Tls:
 
 
 def make_channel(target: str, tls: Optional[Tls], aio: bool) -> Any:
-    target = target.split("://", 1)[-1]
+    # `http://host:port` as the Rust SDK takes it; gRPC's own schemes
+    # (dns:///, unix:///) pass through.
+    for scheme in ("http://", "https://"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
     mod = grpc.aio if aio else grpc
     if tls is None:
         return mod.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -82,6 +86,8 @@ class Client:
         self._tls = tls
         self.retry = retry
         self.call_timeout = call_timeout
+        # Closed with the client, so no heartbeat outlives its channel.
+        self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
 
     def session(self, *, api_key: Optional[str] = None, jwt: Optional[str] = None,
                 mtls: bool = False, config: Optional[str] = None, inline_config: Any = None,
@@ -93,15 +99,27 @@ class Client:
         ``reopen`` (the default) it opens itself again when the gateway
         says its token no longer works; that is a new gateway session, and
         subscriptions and transactions of the old one end."""
-        cert = self._tls.cert if mtls and self._tls is not None else None
+        cert = None
+        if mtls:
+            if self._tls is None or self._tls.cert is None:
+                raise c.InvalidInputError("mtls needs a client built with Tls(cert=..., key=...)")
+            cert = self._tls.cert
         request = c.create_request(
             api_key=api_key, jwt=jwt, client_cert=cert, config=config,
             inline_config=inline_config, client_id=client_id, metadata=metadata,
             version=__version__,
         )
-        return Session(self, request, reopen)
+        session = Session(self, request, reopen)
+        self._sessions.add(session)
+        return session
 
     def close(self) -> None:
+        """Closes the client's open sessions, then its channel."""
+        for session in list(self._sessions):
+            try:
+                session.close()
+            except PrismError:
+                pass
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -157,7 +175,7 @@ class _Core:
             self.open_request, timeout=self.client.call_timeout, wait_for_ready=True))
 
     def install(self, opened: session_pb2.CreateSessionResponse, generation: int) -> float:
-        ttl = opened.expires_at.ToDatetime().timestamp() - time.time() if opened.HasField("expires_at") else c.HEARTBEAT_MAX
+        ttl = c.ttl_of(opened)
         with self.lock:
             self.token, self.id, self.generation = opened.session_token, opened.session_id, generation
             self.expires_at = time.time() + ttl
@@ -165,13 +183,12 @@ class _Core:
         return c.cadence(ttl)
 
     def reopen_after(self, seen: int) -> None:
+        # Holding `reopening`: close() waits for this, then closes the new
+        # session, never the old one while a new one goes unclosed.
         with self.reopening:
             if self.current()[1] != seen:
                 return
-            opened = self.create()
-            if self.closed:
-                raise SessionClosedError()
-            self.install(opened, seen + 1)
+            self.install(self.create(), seen + 1)
 
     def metadata(self, token: str) -> list:
         return [(c.TOKEN_HEADER, token)]
@@ -224,12 +241,12 @@ class _Core:
                 stream.cancel()
             if position.finished:
                 return
-            if e.is_session_lost and self.reopen and not reopened:
+            if e.is_session_lost and self.reopen and not reopened and position.resumable:
                 reopened = True
                 self.reopen_after(generation)
                 continue
             wait = backoff.next(e.retry_after)
-            if wait is None or not e.is_transient:
+            if wait is None or not e.is_transient or not position.resumable:
                 raise e
             time.sleep(wait)
 
@@ -245,17 +262,20 @@ class _Core:
 def _keep_alive(core: _Core, stop: threading.Event, first: float) -> None:
     """The heartbeat thread: ends when the session is closed or dropped, or
     when it is lost and may not reopen."""
-    wait = first
+    wait, failing = first, c.HEARTBEAT_RETRY
     while not stop.wait(wait):
         try:
-            wait = c.cadence(core.heartbeat())
+            wait, failing = c.cadence(core.heartbeat()), c.HEARTBEAT_RETRY
         except SessionClosedError:
             return
+        except ValueError:
+            return  # the client's channel was closed under it
         except PrismError as e:
-            if e.is_session_lost and not core.reopen:
+            if c.heartbeat_gives_up(e, core.reopen):
                 return
-            # Retries spent (the gateway down for long): keep trying at the
-            # cadence, so the session reopens when the gateway is back.
+            # Retries spent (the gateway down for long): keep trying, backing
+            # off to a minute, so the session reopens when it is back.
+            wait, failing = failing, min(failing * 2, c.HEARTBEAT_MAX)
 
 
 class Session:
@@ -273,11 +293,11 @@ class Session:
                                         name="prism-heartbeat", daemon=True)
         self._thread.start()
         weakref.finalize(self, self._stop.set)
-        self.kv = KeyValue(core)
-        self.queue = Queue(core)
-        self.pubsub = PubSub(core)
-        self.reader = Reader(core)
-        self.transact = Transact(core)
+        self.kv = KeyValue(self)
+        self.queue = Queue(self)
+        self.pubsub = PubSub(self)
+        self.reader = Reader(self)
+        self.transact = Transact(self)
 
     @property
     def id(self) -> str:
@@ -309,22 +329,29 @@ class Session:
         return self._core.heartbeat()
 
     def close(self) -> None:
-        """Ends the session on the gateway and stops its heartbeats."""
+        """Ends the session on the gateway at once (its open streams and
+        transactions end with it) and stops its heartbeats."""
         core = self._core
-        with core.lock:
-            if core.closed:
-                return
-            core.closed = True
-            token = core.token
+        with core.reopening:
+            with core.lock:
+                if core.closed:
+                    return
+                core.closed = True
+                token = core.token
         self._stop.set()
         try:
-            core.retrying(Resend.SAFE, lambda: core.stub("session").CloseSession(
-                session_pb2.CloseSessionRequest(), metadata=core.metadata(token),
+            closed = core.retrying(Resend.SAFE, lambda: core.stub("session").CloseSession(
+                session_pb2.CloseSessionRequest(force=True), metadata=core.metadata(token),
                 timeout=core.client.call_timeout, wait_for_ready=True))
+            if not closed.success:
+                raise PrismError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"the gateway did not close the session: {closed.message}")
         except PrismError as e:
             if not e.is_session_lost:
                 raise
-        self._thread.join()
+        finally:
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=core.client.call_timeout)
 
     def __enter__(self) -> "Session":
         return self
@@ -337,8 +364,11 @@ class KeyValue:
     """KeyValue over a session. Every write carries an idempotency token
     made once per logical write, so retries apply it once."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        # The Session, not only its core: an API object kept alone keeps
+        # the session (and its heartbeats) alive.
+        self._session = session
+        self._core = session._core
 
     def get(self, key: str) -> Optional[c.Value]:
         """The value of ``key``, or None when it is not set."""
@@ -412,8 +442,9 @@ class Queue:
     """Queue over a session. Publish is resent only when refused before
     anything happened (the wire cannot deduplicate it)."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     def publish(self, topic: str, payload: bytes, *, headers: Optional[Mapping[str, str]] = None,
                 partition_key: Optional[str] = None) -> queue_pb2.PublishResponse:
@@ -454,8 +485,9 @@ class PubSub:
     """PubSub over a session (at-most-once: events published while a
     subscription resubscribes are not seen)."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     def publish(self, topic: str, payload: bytes, *, metadata: Optional[Mapping[str, str]] = None,
                 correlation_id: Optional[str] = None, reply_to: Optional[str] = None) -> Any:
@@ -473,8 +505,9 @@ class PubSub:
 class Reader:
     """Reader over a session: pages and rows that follow cursors."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     def pages(self, collection: str, *, page_size: int = 0, fields: Sequence[str] = (),
               filter: Optional[reader_pb2.Filter] = None,
@@ -501,8 +534,9 @@ class Transact:
     """Transact over a session: a row change and its outbox message
     committed together."""
 
-    def __init__(self, core: _Core) -> None:
-        self._core = core
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+        self._core = session._core
 
     def write(self, change: transact_pb2.WriteRequest) -> transact_pb2.WriteResponse:
         """Commits one change (from ``change(...)``) as a transaction,
@@ -525,6 +559,9 @@ class Transact:
 
 @dataclass
 class _MailboxPosition:
+    """A mailbox read's position: the last sequence received."""
+
+    resumable = True  # (not a field)
     mailbox: str
     after: Optional[int]
     unprocessed_only: bool
@@ -544,49 +581,82 @@ _END = object()
 
 
 class Transaction:
-    """A transaction on the bidirectional stream. Changes in it are not
-    retried (the gateway cannot deduplicate them); a failed transaction is
-    the caller's to run again. Unfinished when closed, it rolls back."""
+    """A transaction on the bidirectional stream. Opening it is retried
+    (and reopens a lost session); the changes in it are not (the gateway
+    cannot deduplicate them), so a failed transaction is the caller's to
+    run again — except a commit whose answer was lost, which may have
+    committed (``PrismError`` with ``reason`` ``OUTCOME_UNKNOWN``).
+    Closed or dropped unfinished, it rolls back."""
 
     def __init__(self, core: _Core) -> None:
-        token, _ = core.current()
+        self._done = True
         self._outbox: "_queue.Queue[Any]" = _queue.Queue()
-        self._outbox.put(transact_pb2.TransactRequest(begin=transact_pb2.BeginTransaction()))
-        self._responses = core.stub("transact").Transaction(
-            iter(self._outbox.get, _END), metadata=core.metadata(token), wait_for_ready=True)
-        self.id = self._next("started").transaction_id
-        self._done = False
+        self._responses: Any = None
+        backoff = core.client.retry.start()
+        reopened = False
+        while True:
+            token, generation = core.current()
+            self._outbox = _queue.Queue()
+            self._done = False
+            self._outbox.put(transact_pb2.TransactRequest(begin=transact_pb2.BeginTransaction()))
+            self._responses = core.stub("transact").Transaction(
+                iter(self._outbox.get, _END), metadata=core.metadata(token))
+            try:
+                self.id = self._next("started").transaction_id
+                return
+            except PrismError as e:
+                self.close()
+                if e.is_session_lost and core.reopen and not reopened:
+                    reopened = True
+                    core.reopen_after(generation)
+                    continue
+                wait = backoff.next(e.retry_after)
+                if wait is None or not e.is_transient:
+                    raise
+                time.sleep(wait)
 
-    def _next(self, expected: str) -> Any:
+    def _next(self, expected: str, after_commit: bool = False) -> Any:
         try:
             response = next(self._responses)
         except StopIteration:
-            raise PrismError(grpc.StatusCode.ABORTED, "the gateway ended the transaction stream") from None
-        except grpc.RpcError as err:
-            raise PrismError.from_rpc_error(err) from None
-        kind = response.WhichOneof("response")
-        if kind == "error":
             self._finish()
+            raise c.stream_lost(grpc.StatusCode.ABORTED, "the gateway ended the transaction stream",
+                                after_commit) from None
+        except grpc.RpcError as err:
+            self._finish()
+            e = PrismError.from_rpc_error(err)
+            raise (c.stream_lost(e.code, e.message, True) if after_commit else e) from None
+        kind = response.WhichOneof("response")
+        if kind == expected:
+            return getattr(response, kind)
+        self._finish()
+        if kind == "error":
             raise c.in_band_error(response.error)
-        if kind != expected:
-            raise PrismError(grpc.StatusCode.INTERNAL, f"expected {expected}, got {kind}")
-        return getattr(response, kind)
+        if kind == "rolled_back":
+            raise PrismError(grpc.StatusCode.ABORTED,
+                             f"the gateway rolled the transaction back: {response.rolled_back.reason}")
+        raise PrismError(grpc.StatusCode.INTERNAL, f"expected {expected}, got {kind}")
+
+    def _send(self, request: transact_pb2.TransactRequest) -> None:
+        if self._done:
+            raise PrismError(grpc.StatusCode.ABORTED, "the transaction has ended; open a new one")
+        self._outbox.put(request)
 
     def write(self, change: transact_pb2.WriteRequest) -> transact_pb2.WriteResponse:
         """Applies a change inside the transaction; an error rolls it all back."""
-        self._outbox.put(transact_pb2.TransactRequest(write=change))
+        self._send(transact_pb2.TransactRequest(write=change))
         return self._next("write_result")
 
     def commit(self) -> int:
         """Commits; returns how many changes there were."""
-        self._outbox.put(transact_pb2.TransactRequest(commit=transact_pb2.CommitTransaction()))
+        self._send(transact_pb2.TransactRequest(commit=transact_pb2.CommitTransaction()))
         try:
-            return self._next("committed").write_count
+            return self._next("committed", after_commit=True).write_count
         finally:
             self._finish()
 
     def rollback(self, reason: str = "") -> None:
-        self._outbox.put(transact_pb2.TransactRequest(
+        self._send(transact_pb2.TransactRequest(
             rollback=transact_pb2.RollbackTransaction(reason=reason)))
         try:
             self._next("rolled_back")
@@ -594,6 +664,7 @@ class Transaction:
             self._finish()
 
     def _finish(self) -> None:
+        """Ends the request stream (and so gRPC's thread feeding it)."""
         if not self._done:
             self._done = True
             self._outbox.put(_END)
@@ -601,7 +672,11 @@ class Transaction:
     def close(self) -> None:
         """Ends the stream; an open transaction rolls back."""
         self._finish()
-        self._responses.cancel()
+        if self._responses is not None:
+            self._responses.cancel()
+
+    def __del__(self) -> None:
+        self.close()
 
     def __enter__(self) -> "Transaction":
         return self

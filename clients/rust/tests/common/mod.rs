@@ -43,10 +43,15 @@ fn sqlite_path() -> String {
 /// sessions idle out after 600 ms unless heartbeats keep them; `limited`,
 /// at 5 calls/s.
 pub fn config() -> GatewayConfig {
+    parse(&config_yaml())
+}
+
+/// [`config`]'s YAML, for tests that add to it.
+pub fn config_yaml() -> String {
     let digest = prism::auth::api_key_digest(KEY);
     let short = prism::auth::api_key_digest(SHORT_KEY);
     let path = sqlite_path();
-    let yaml = format!(
+    format!(
         r#"
 server:
   shutdown_grace: 1s
@@ -100,9 +105,13 @@ configs:
     backend: memory
     rate_limit: {{ requests_per_second: 5, burst: 1 }}
 "#
-    );
+    )
+}
+
+/// Parses and validates a gateway config.
+pub fn parse(yaml: &str) -> GatewayConfig {
     let config = GatewayConfig::from_yaml(
-        &yaml,
+        yaml,
         &prism::config::Source::Embedded,
         &prism::config::ProcessEnv,
     )
@@ -120,7 +129,11 @@ pub struct Served {
 
 impl Served {
     pub async fn start(listener: TcpListener) -> Served {
-        let gateway = Arc::new(Gateway::start(config()).expect("gateway starts"));
+        Self::start_with(listener, config()).await
+    }
+
+    pub async fn start_with(listener: TcpListener, config: GatewayConfig) -> Served {
+        let gateway = Arc::new(Gateway::start(config).expect("gateway starts"));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let listeners = Listeners {
@@ -133,6 +146,17 @@ impl Served {
             .await;
         });
         Served { stop, server }
+    }
+
+    /// A gateway on the embedded default config (`prism-dev-key`, the
+    /// `user-profiles` config, ...), its SQLite file in a temp dir.
+    pub async fn embedded_on_free_port() -> (Served, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let path = sqlite_path();
+        let vars = [("PRISM_SQLITE_PATH", path.as_str())];
+        let config = GatewayConfig::embedded(&vars).expect("the embedded default parses");
+        (Self::start_with(listener, config).await, addr)
     }
 
     pub async fn on_free_port() -> (Served, SocketAddr) {
