@@ -334,3 +334,73 @@ fn a_session_opens_with_the_client_certificate_of_an_mtls_connection() {
         gw.stop().await;
     });
 }
+
+#[test]
+fn sessions_open_with_a_jwt_and_with_an_inline_config() {
+    use prism_proto::config::v1::{
+        AccessPattern, BackendConfig, BackendType, ClientConfig, ConsistencyConfig,
+        ConsistencyLevel,
+    };
+    const SECRET: &str = "client-test-hs256-secret-long-enough-0123456789";
+    let yaml = config_yaml()
+        + &format!(
+            "auth:\n  jwt:\n    - issuer: https://issuer.test\n      audience: prism\n      \
+             algorithm: HS256\n      secret: {SECRET}\n      namespace_claim: ns\n"
+        );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims = serde_json::json!({
+        "iss": "https://issuer.test", "aud": "prism", "sub": "ada", "exp": exp,
+        "ns": "default", "roles": ["admin"],
+    });
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Served::start_with(listener, parse(&yaml)).await;
+        let client = client(addr).await;
+
+        let with_jwt = client
+            .session()
+            .jwt(jwt)
+            .config("kv")
+            .open()
+            .await
+            .expect("JWT session");
+        with_jwt.kv().set("jwt", b"ok".to_vec()).await.unwrap();
+
+        let inline = ClientConfig {
+            pattern: AccessPattern::KeyValue as i32,
+            backend: Some(BackendConfig {
+                r#type: BackendType::Memory as i32,
+                ..Default::default()
+            }),
+            consistency: Some(ConsistencyConfig {
+                level: ConsistencyLevel::Eventual as i32,
+                max_staleness: None,
+            }),
+            ..Default::default()
+        };
+        let session = client
+            .session()
+            .api_key(KEY)
+            .inline_config(inline)
+            .open()
+            .await
+            .expect("inline config session");
+        assert_eq!(session.config().expect("resolved").namespace, "default");
+        assert_eq!(
+            session.kv().get("jwt").await.unwrap().map(|v| v.value),
+            Some(b"ok".to_vec())
+        );
+        gw.stop().await;
+    });
+}
