@@ -133,6 +133,9 @@ def test_transact_relay_and_reader(endpoint):
             mailbox="order-events", message=f"order {first} placed".encode(),
             message_type="order.placed"))
         assert written.committed
+        sequence = written.mailbox_result.sequence
+        [mine] = list(orders.transact.read_mailbox("order-events", since_sequence=sequence - 1))[:1]
+        assert (mine.sequence, mine.message) == (sequence, f"order {first} placed".encode())
         consumer.join(timeout=30)
         subscription.close()
         assert relayed and relayed[0].metadata["prism-mailbox-id"] == "order-events"

@@ -70,22 +70,6 @@ impl Session {
     }
 }
 
-/// One unary KeyValue call: `$rpc` on a clone of the stub with `$message`,
-/// through the session's retry and reopen rules.
-macro_rules! unary {
-    ($kv:expr, $resend:expr, $rpc:ident, $message:expr) => {{
-        let shared = $kv.session.shared();
-        let message = $message;
-        shared
-            .call($resend, |token| {
-                let request = shared.request(&token, message.clone());
-                let mut stub = $kv.stub.clone();
-                async move { stub.$rpc(request).await }
-            })
-            .await
-    }};
-}
-
 impl KeyValue {
     /// The value of `key`, or `None` when it is not set.
     pub async fn get(&self, key: &str) -> Result<Option<Value>> {
@@ -344,30 +328,17 @@ impl KeyValue {
         pages(prefix.to_string(), move |prefix, cursor| {
             let kv = kv.clone();
             async move {
-                let shared = kv.session.shared();
-                let page = shared
-                    .call(Resend::Safe, |token| {
-                        let request = shared.stream_request(
-                            &token,
-                            pb::ScanRequest {
-                                session_token: String::new(),
-                                prefix: prefix.clone(),
-                                limit: SCAN_PAGE,
-                                cursor: cursor.clone(),
-                            },
-                        );
-                        let mut stub = kv.stub.clone();
-                        async move {
-                            let mut items = stub.scan(request).await?.into_inner();
-                            let mut page = Vec::new();
-                            while let Some(item) = items.message().await? {
-                                page.push(item);
-                            }
-                            Ok(tonic::Response::new(page))
-                        }
-                    })
-                    .await?;
-                Ok(page
+                let items = page(&kv, |mut stub, request| {
+                    let request = request.map(|()| pb::ScanRequest {
+                        session_token: String::new(),
+                        prefix: prefix.clone(),
+                        limit: SCAN_PAGE,
+                        cursor: cursor.clone(),
+                    });
+                    async move { stub.scan(request).await }
+                });
+                Ok(items
+                    .await?
                     .into_iter()
                     .map(|i| {
                         let value = Value {
@@ -389,33 +360,44 @@ impl KeyValue {
         pages(prefix.to_string(), move |prefix, cursor| {
             let kv = kv.clone();
             async move {
-                let shared = kv.session.shared();
-                let page = shared
-                    .call(Resend::Safe, |token| {
-                        let request = shared.stream_request(
-                            &token,
-                            pb::ScanKeysRequest {
-                                session_token: String::new(),
-                                prefix: prefix.clone(),
-                                limit: SCAN_PAGE,
-                                cursor: cursor.clone(),
-                            },
-                        );
-                        let mut stub = kv.stub.clone();
-                        async move {
-                            let mut keys = stub.scan_keys(request).await?.into_inner();
-                            let mut page = Vec::new();
-                            while let Some(key) = keys.message().await? {
-                                page.push(key);
-                            }
-                            Ok(tonic::Response::new(page))
-                        }
-                    })
-                    .await?;
-                Ok(page.into_iter().map(|k| (k.cursor, k.key)).collect())
+                let keys = page(&kv, |mut stub, request| {
+                    let request = request.map(|()| pb::ScanKeysRequest {
+                        session_token: String::new(),
+                        prefix: prefix.clone(),
+                        limit: SCAN_PAGE,
+                        cursor: cursor.clone(),
+                    });
+                    async move { stub.scan_keys(request).await }
+                });
+                Ok(keys.await?.into_iter().map(|k| (k.cursor, k.key)).collect())
             }
         })
     }
+}
+
+/// One Scan-style call (`open` sends it, given a stub and a request that
+/// carries the session's token) with its streamed items collected, under
+/// the session's retry and reopen rules: a page that fails is asked for
+/// again from the same cursor.
+async fn page<T, F, Fut>(kv: &KeyValue, open: F) -> Result<Vec<T>>
+where
+    F: Fn(KeyValueServiceClient<Channel>, tonic::Request<()>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
+    let shared = kv.session.shared();
+    shared
+        .call(Resend::Safe, |token| {
+            let opened = open(kv.stub.clone(), shared.stream_request(&token, ()));
+            async move {
+                let mut items = opened.await?.into_inner();
+                let mut page = Vec::new();
+                while let Some(item) = items.message().await? {
+                    page.push(item);
+                }
+                Ok(tonic::Response::new(page))
+            }
+        })
+        .await
 }
 
 /// A stream over pages of `(cursor, item)`: fetches the first page, gives

@@ -53,6 +53,25 @@
 
 #![deny(missing_docs)]
 
+/// One unary call of an API handle (a struct with `session` and `stub`):
+/// `$rpc` with `$message` on a clone of the stub, carrying the session's
+/// token, through the session's retry and reopen rules (`$resend`). The
+/// message, its idempotency token included, is made once and cloned per
+/// attempt.
+macro_rules! unary {
+    ($api:expr, $resend:expr, $rpc:ident, $message:expr) => {{
+        let shared = $api.session.shared();
+        let message = $message;
+        shared
+            .call($resend, |token| {
+                let request = shared.request(&token, message.clone());
+                let mut stub = $api.stub.clone();
+                async move { stub.$rpc(request).await }
+            })
+            .await
+    }};
+}
+
 mod client;
 mod error;
 mod idempotency;

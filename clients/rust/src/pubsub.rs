@@ -98,14 +98,7 @@ impl PubSub {
             correlation_id: event.correlation_id,
             reply_to: event.reply_to,
         };
-        let shared = self.session.shared();
-        let published = shared
-            .call(Resend::OnlyIfNotApplied, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.publish(request).await }
-            })
-            .await?;
+        let published = unary!(self, Resend::OnlyIfNotApplied, publish, request)?;
         Ok(Published {
             event_id: published.event_id,
             subscriber_count: published.subscriber_count,

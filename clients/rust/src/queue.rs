@@ -120,14 +120,7 @@ impl Queue {
             partition_key: message.partition_key,
             partition: None,
         };
-        let shared = self.session.shared();
-        shared
-            .call(Resend::OnlyIfNotApplied, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.publish(request).await }
-            })
-            .await
+        unary!(self, Resend::OnlyIfNotApplied, publish, request)
     }
 
     /// Publishes `messages` to `topic` in one call; a receipt per message,
@@ -152,14 +145,7 @@ impl Queue {
                 })
                 .collect(),
         };
-        let shared = self.session.shared();
-        shared
-            .call(Resend::OnlyIfNotApplied, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.publish_batch(request).await }
-            })
-            .await
+        unary!(self, Resend::OnlyIfNotApplied, publish_batch, request)
     }
 
     /// Acknowledges messages by id; returns the ids the gateway could not
@@ -172,14 +158,7 @@ impl Queue {
             session_token: String::new(),
             message_ids: message_ids.into_iter().collect(),
         };
-        let shared = self.session.shared();
-        let acked = shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.acknowledge(request).await }
-            })
-            .await?;
+        let acked = unary!(self, Resend::Safe, acknowledge, request)?;
         Ok(acked.failed_ids)
     }
 
@@ -200,14 +179,7 @@ impl Queue {
                 .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                 .collect(),
         };
-        let shared = self.session.shared();
-        shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.commit(request).await }
-            })
-            .await
+        unary!(self, Resend::Safe, commit, request)
     }
 
     /// The deliveries of `topic` for `options`, until the stream is

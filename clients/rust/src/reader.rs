@@ -155,14 +155,7 @@ impl Reader {
             collection: collection.to_string(),
             filter: filter.map(|f| f.0),
         };
-        let shared = self.session.shared();
-        let counted = shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.count(request).await }
-            })
-            .await?;
+        let counted = unary!(self, Resend::Safe, count, request)?;
         Ok(counted.count)
     }
 
@@ -174,14 +167,7 @@ impl Reader {
             id: id.to_string(),
             fields: Vec::new(),
         };
-        let shared = self.session.shared();
-        let got = shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.get(request).await }
-            })
-            .await?;
+        let got = unary!(self, Resend::Safe, get, request)?;
         Ok(got.row.filter(|_| got.found))
     }
 }

@@ -193,14 +193,7 @@ impl Transact {
     pub async fn write_with(&self, change: Change, options: Options) -> Result<WriteResponse> {
         let options = options.wire(Some(idempotency::new_id()))?;
         let request = change.request(Some(options));
-        let shared = self.session.shared();
-        shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.write(request).await }
-            })
-            .await
+        unary!(self, Resend::Safe, write, request)
     }
 
     /// Opens a transaction for several changes. Opening is retried; the
@@ -271,14 +264,7 @@ impl Transact {
             session_token: String::new(),
             message_ids: message_ids.into_iter().collect(),
         };
-        let shared = self.session.shared();
-        let processed = shared
-            .call(Resend::Safe, |token| {
-                let request = shared.request(&token, request.clone());
-                let mut stub = self.stub.clone();
-                async move { stub.process_mailbox(request).await }
-            })
-            .await?;
+        let processed = unary!(self, Resend::Safe, process_mailbox, request)?;
         Ok(processed.failed_ids)
     }
 }

@@ -162,15 +162,7 @@ fn a_lost_session_reopens_only_when_allowed() {
 fn rate_limited_calls_wait_as_the_gateway_asks_and_succeed() {
     run(async {
         let (gw, addr) = Served::on_free_port().await;
-        let kv = client(addr)
-            .await
-            .session()
-            .api_key(KEY)
-            .config("limited")
-            .open()
-            .await
-            .unwrap()
-            .kv();
+        let kv = open(addr, "limited").await.kv();
         // 5 calls/s with a burst of 1: most of these are refused at first
         // with RATE_LIMITED and a RetryInfo delay, then retried.
         for i in 0..6 {
@@ -210,14 +202,7 @@ fn rate_limited_calls_wait_as_the_gateway_asks_and_succeed() {
 fn a_session_survives_a_gateway_restart_mid_call() {
     run(async {
         let (gw, addr) = Served::on_free_port().await;
-        let session = client(addr)
-            .await
-            .session()
-            .api_key(KEY)
-            .config("kv")
-            .open()
-            .await
-            .unwrap();
+        let session = open(addr, "kv").await;
         let kv = session.kv();
         kv.set("before", b"1".to_vec()).await.unwrap();
         gw.stop().await;

@@ -572,6 +572,26 @@ def transact_write(write: transact_pb2.WriteRequest) -> Call:
     return Call("transact", "Write", request, Resend.SAFE, lambda r: r)
 
 
+@dataclass
+class MailboxPosition:
+    """A mailbox read's position: the last sequence received."""
+
+    resumable = True  # (not a field)
+    mailbox: str
+    after: Optional[int]
+    unprocessed_only: bool
+    finished: bool = False
+
+    def request(self) -> transact_pb2.ReadMailboxRequest:
+        r = transact_pb2.ReadMailboxRequest(mailbox_id=self.mailbox, unprocessed_only=self.unprocessed_only)
+        if self.after is not None:
+            r.since_sequence = self.after
+        return r
+
+    def seen(self, m: transact_pb2.MailboxMessage) -> None:
+        self.after = m.sequence
+
+
 def transact_process(message_ids: Iterable[str]) -> Call:
     request = transact_pb2.ProcessMailboxRequest(message_ids=list(message_ids))
     return Call("transact", "ProcessMailbox", request, Resend.SAFE, lambda r: list(r.failed_ids))

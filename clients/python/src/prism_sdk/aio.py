@@ -17,7 +17,7 @@ from prism.session.v1 import session_pb2
 from prism.transact.v1 import transact_pb2
 
 from . import _calls as c
-from .client import STUBS, Tls, __version__, _MailboxPosition, _start, make_channel
+from .client import STUBS, Tls, __version__, _start, make_channel
 from .errors import PrismError, SessionClosedError
 from .retry import Resend, RetryPolicy
 
@@ -425,7 +425,7 @@ class Transact:
     def read_mailbox(self, mailbox: str, *, since_sequence: Optional[int] = None,
                      unprocessed_only: bool = False) -> AsyncIterator[transact_pb2.MailboxMessage]:
         return self._core.stream("transact", "ReadMailbox",
-                                 _MailboxPosition(mailbox, since_sequence, unprocessed_only))
+                                 c.MailboxPosition(mailbox, since_sequence, unprocessed_only))
 
     async def process_mailbox(self, message_ids: Sequence[str]) -> List[str]:
         return await self._core.call(c.transact_process(message_ids))

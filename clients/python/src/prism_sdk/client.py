@@ -551,30 +551,10 @@ class Transact:
     def read_mailbox(self, mailbox: str, *, since_sequence: Optional[int] = None,
                      unprocessed_only: bool = False) -> Iterator[transact_pb2.MailboxMessage]:
         return self._core.stream("transact", "ReadMailbox",
-                                 _MailboxPosition(mailbox, since_sequence, unprocessed_only))
+                                 c.MailboxPosition(mailbox, since_sequence, unprocessed_only))
 
     def process_mailbox(self, message_ids: Sequence[str]) -> List[str]:
         return self._core.call(c.transact_process(message_ids))
-
-
-@dataclass
-class _MailboxPosition:
-    """A mailbox read's position: the last sequence received."""
-
-    resumable = True  # (not a field)
-    mailbox: str
-    after: Optional[int]
-    unprocessed_only: bool
-    finished: bool = False
-
-    def request(self) -> transact_pb2.ReadMailboxRequest:
-        r = transact_pb2.ReadMailboxRequest(mailbox_id=self.mailbox, unprocessed_only=self.unprocessed_only)
-        if self.after is not None:
-            r.since_sequence = self.after
-        return r
-
-    def seen(self, m: transact_pb2.MailboxMessage) -> None:
-        self.after = m.sequence
 
 
 _END = object()
