@@ -1,4 +1,5 @@
-//! The README's Rust example, verbatim (tests/readme.rs checks both).
+// The README's Rust example, verbatim: tests/readme.rs checks that and runs it
+// (a plain comment, so the test can include! this file).
 
 use prism_client::Client;
 
