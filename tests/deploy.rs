@@ -18,11 +18,11 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-fn manifest(name: &str) -> serde_yaml::Value {
+fn manifest(name: &str) -> yaml_serde::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/kubernetes")
         .join(name);
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]

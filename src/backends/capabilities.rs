@@ -160,7 +160,7 @@ kafka: {{ type: kafka, url: "127.0.0.1:9092" }}
             db = dir.join("c.db").display()
         );
         let specs: std::collections::BTreeMap<String, BackendSpec> =
-            serde_yaml::from_str(&yaml).unwrap();
+            yaml_serde::from_str(&yaml).unwrap();
         // Building makes clients and handles without connecting.
         let backends = Backends::build(&specs, |_| Default::default(), Clock::new()).unwrap();
         for kind in BackendKind::ALL {

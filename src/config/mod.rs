@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub use crate::backends::{relay::RelayTarget, BackendSpec, PoolSpec};
 use crate::backends::{BackendKind, Interface};
 
+pub mod layers;
 pub mod options;
 pub mod policy;
 pub mod resolve;
@@ -377,7 +378,7 @@ pub struct RelaySpec {
     pub backend: String,
     pub mailbox: String,
     /// `{ pubsub: {..} }`, `{ kafka: {..} }` or `{ nats: {..} }`.
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "yaml_serde::with::singleton_map")]
     pub to: RelayTarget,
     /// How often to look for rows when no notification came (the only
     /// wake-up for writes from other processes on SQLite).
@@ -711,28 +712,7 @@ pub struct MtlsIdentity {
     pub roles: Vec<String>,
 }
 
-/// Reads environment variables; injectable so tests never touch the process
-/// environment.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl<const N: usize> Env for [(&str, &str); N] {
-    fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    }
-}
+pub use layers::{Env, ProcessEnv};
 
 impl GatewayConfig {
     /// The Reader collections configured on backend `name`: (collection,
@@ -775,21 +755,11 @@ impl GatewayConfig {
         Self::from_yaml(&text, &Source::File(path.to_path_buf()), env)
     }
 
-    /// Parses YAML after `${VAR}` / `${VAR:-default}` substitution, then
-    /// applies the well-known address overrides.
+    /// The config from YAML text, in layers ([`layers`]): `${VAR}` /
+    /// `${VAR:-default}` filled from `env`, parsed, then the well-known
+    /// environment overrides.
     pub fn from_yaml(text: &str, source: &Source, env: &dyn Env) -> Result<Self, ConfigError> {
-        let source_name = source.to_string();
-        let text = interpolate(text, env).map_err(|var| ConfigError::MissingEnv {
-            source_name: source_name.clone(),
-            var,
-        })?;
-        let mut config: GatewayConfig =
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-                source_name: source_name.clone(),
-                message: describe_yaml_error(&e),
-            })?;
-        config.apply_env_overrides(env);
-        Ok(config)
+        layers::parse(text, source, env)
     }
 
     /// Loads and validates; a config that fails any check is rejected with
@@ -812,89 +782,6 @@ impl GatewayConfig {
         }
         Ok(config)
     }
-
-    fn apply_env_overrides(&mut self, env: &dyn Env) {
-        if let Some(addr) = env.var("PRISM_LISTEN").and_then(|a| a.parse().ok()) {
-            self.server.listen = addr;
-        }
-        if let Some(addr) = env.var("PRISM_ADMIN_LISTEN").and_then(|a| a.parse().ok()) {
-            self.server.admin_listen = addr;
-        }
-        // A conventional variable (DATABASE_URL, ...) addresses the one backend
-        // of its kind; with several, only PRISM_BACKEND_<NAME>_URL is used.
-        let mut per_kind: BTreeMap<BackendKind, usize> = BTreeMap::new();
-        for spec in self.backends.values() {
-            *per_kind.entry(spec.kind).or_default() += 1;
-        }
-        for (name, spec) in self.backends.iter_mut() {
-            let specific = format!(
-                "PRISM_BACKEND_{}_URL",
-                name.to_ascii_uppercase().replace(['-', '.'], "_")
-            );
-            let conventional = match spec.kind {
-                BackendKind::Postgres => Some("DATABASE_URL"),
-                BackendKind::Redis => Some("REDIS_URL"),
-                BackendKind::Nats => Some("NATS_URL"),
-                BackendKind::Kafka => Some("KAFKA_BROKERS"),
-                BackendKind::Memory | BackendKind::Sqlite => None,
-            };
-            let value = env.var(&specific).or_else(|| {
-                conventional
-                    .filter(|_| per_kind.get(&spec.kind) == Some(&1))
-                    .and_then(|v| env.var(v))
-            });
-            if let Some(url) = value {
-                spec.url = Some(url);
-            }
-        }
-    }
-}
-
-/// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
-fn interpolate(text: &str, env: &dyn Env) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let Some(end) = body.find('}') else {
-                out.push('$');
-                rest = after;
-                continue;
-            };
-            let expr = &body[..end];
-            let (var, default) = match expr.split_once(":-") {
-                Some((v, d)) => (v, Some(d)),
-                None => (expr, None),
-            };
-            match env.var(var).or_else(|| default.map(str::to_string)) {
-                Some(v) => out.push_str(&v),
-                None => return Err(var.to_string()),
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn describe_yaml_error(e: &serde_yaml::Error) -> String {
-    let mut msg = e.to_string();
-    if msg.contains("unknown field") {
-        msg.push_str(" (check the spelling; README.md lists every field)");
-    } else if msg.contains("unknown variant") {
-        msg.push_str(" (use one of the listed values)");
-    } else if msg.contains("missing field") {
-        msg.push_str(" (add the field)");
-    }
-    msg
 }
 
 #[cfg(test)]
@@ -921,55 +808,5 @@ mod tests {
                 "the embedded default must need no external service"
             );
         }
-    }
-
-    #[test]
-    fn interpolation_uses_env_and_defaults() {
-        let env = [("A", "1")];
-        assert_eq!(
-            interpolate("x=${A} y=${B:-2} $$z", &env).unwrap(),
-            "x=1 y=2 $z"
-        );
-        assert_eq!(interpolate("${MISSING}", &env), Err("MISSING".to_string()));
-    }
-
-    #[test]
-    fn conventional_env_overrides_the_single_backend_of_its_kind() {
-        let yaml = r#"
-backends:
-  pg: { type: postgres, url: "postgres://file/db" }
-namespaces:
-  ns: { allowed_backends: [pg], allowed_patterns: [queue] }
-"#;
-        let env = [
-            ("DATABASE_URL", "postgres://env/db"),
-            ("PRISM_LISTEN", "127.0.0.1:9999"),
-        ];
-        let cfg = GatewayConfig::from_yaml(yaml, &Source::Inline, &env).unwrap();
-        assert_eq!(cfg.backends["pg"].url.as_deref(), Some("postgres://env/db"));
-        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:9999");
-
-        let env = [("PRISM_BACKEND_PG_URL", "postgres://specific/db")];
-        let cfg = GatewayConfig::from_yaml(yaml, &Source::Inline, &env).unwrap();
-        assert_eq!(
-            cfg.backends["pg"].url.as_deref(),
-            Some("postgres://specific/db")
-        );
-    }
-
-    #[test]
-    fn unknown_field_and_backend_type_are_named() {
-        let yaml =
-            "namespaces:\n  ns: { allowed_backends: [], allowed_patterns: [], sesion: {} }\n";
-        let err = GatewayConfig::from_yaml(yaml, &Source::Inline, &NO_ENV).unwrap_err();
-        assert!(err.to_string().contains("unknown field `sesion`"), "{err}");
-
-        let yaml = "backends:\n  m: { type: mongo }\nnamespaces: {}\n";
-        let err = GatewayConfig::from_yaml(yaml, &Source::Inline, &NO_ENV).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("unknown variant `mongo`") && msg.contains("postgres"),
-            "{msg}"
-        );
     }
 }

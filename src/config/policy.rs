@@ -162,7 +162,7 @@ mod tests {
     use super::*;
 
     fn rule(yaml: &str) -> PolicyRule {
-        serde_yaml::from_str(yaml).unwrap()
+        yaml_serde::from_str(yaml).unwrap()
     }
 
     #[test]
