@@ -80,6 +80,13 @@ ensure_haproxy() {
   apt_install haproxy
 }
 
+ensure_promtool() {
+  # tests/dashboards.rs checks the alert rules and dashboard queries with
+  # promtool (Debian's prometheus package; its server is not started).
+  if command -v promtool >/dev/null; then log "promtool present"; return; fi
+  apt_install --no-install-recommends prometheus
+}
+
 ensure_kafka() {
   if port_open 9092; then log "kafka (nisshi) is up on 127.0.0.1:9092"; return; fi
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -101,6 +108,7 @@ ensure_nats
 ensure_kafka
 ensure_chromium
 ensure_haproxy
+ensure_promtool
 # tests/deploy.rs validates the Kubernetes manifests offline.
 if ! command -v kubernetes-validate >/dev/null; then
   log "installing kubernetes-validate (PyPI)"
