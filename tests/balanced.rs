@@ -74,8 +74,10 @@ configs:
 }
 
 /// HAProxy in front of `servers`: HTTP/2 both sides, round robin per
-/// request, quick health checks, and a failed connection retried on
-/// another server (which never reached a gateway, so it is safe).
+/// request, quick health checks, and a request retried on another server
+/// when the connection failed (it never reached a gateway) or the server
+/// closed without answering (it may have: HAProxy's own retry is then
+/// at-least-once, which is why the SDK's writes carry idempotency tokens).
 fn haproxy_config(port: u16, servers: &[String]) -> String {
     let mut cfg = format!(
         "global\n  maxconn 2000\n\
