@@ -114,6 +114,11 @@ if ! command -v kubernetes-validate >/dev/null; then
   log "installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
+# tests/exposition.rs parses /metrics with Prometheus's Python parser.
+if ! python3 -c "import prometheus_client" 2>/dev/null; then
+  log "installing prometheus_client (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check prometheus_client
+fi
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
