@@ -10,7 +10,7 @@ mod common;
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use common::{http, TestGateway, ADMIN_TOKEN};
+use common::{metrics_text, TestGateway};
 use prism::runtime::block_on_multi_thread;
 
 fn deploy(path: &str) -> PathBuf {
@@ -110,15 +110,7 @@ fn every_dashboard_query_is_valid_promql() {
 fn every_metric_the_rules_and_dashboard_read_is_exported() {
     block_on_multi_thread(async {
         let gw = TestGateway::start().await;
-        let auth = format!("Bearer {ADMIN_TOKEN}");
-        let (status, body) = http(
-            gw.admin_addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        let body = metrics_text(gw.admin_addr).await;
         let exported: BTreeSet<&str> = body
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{http, kv::kv_client, TestGateway, ADMIN_TOKEN};
+use common::{kv::kv_client, metrics_text, TestGateway};
 use prism::{proto::keyvalue::v1 as kv, runtime::block_on_multi_thread};
 
 const CHECK: &str = r#"
@@ -57,15 +57,7 @@ fn the_exposition_parses_as_prometheus_text() {
         };
         client.get(empty_key).await.expect_err("a failed Get");
 
-        let auth = format!("Bearer {ADMIN_TOKEN}");
-        let (status, body) = http(
-            gw.admin_addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", &auth)],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        let body = metrics_text(gw.admin_addr).await;
         assert!(
             body.contains("prism_request_duration_seconds_bucket{"),
             "{body}"

@@ -504,13 +504,17 @@ pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
     samples
 }
 
-/// Scrapes the admin listener's `/metrics` (with the admin token): sample
-/// → value.
-pub async fn scrape_metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+/// The admin listener's `/metrics` text (fetched with the admin token).
+pub async fn metrics_text(admin: SocketAddr) -> String {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let (status, body) = http(admin, "GET", "/metrics", &[("Authorization", &auth)]).await;
     assert_eq!(status, 200, "{body}");
-    parse_exposition(&body)
+    body
+}
+
+/// Scrapes the admin listener's `/metrics`: sample → value.
+pub async fn scrape_metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    parse_exposition(&metrics_text(admin).await)
 }
 
 /// Deletes what Queue tests left on the shared servers for these

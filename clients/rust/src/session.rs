@@ -30,7 +30,7 @@ use tonic::{metadata::MetadataValue, Code, Status};
 use crate::{
     client::Client,
     error::{Error, Result, RpcError},
-    retry::Resend,
+    retry::{Resend, RetryPolicy},
 };
 
 /// The metadata header the gateway reads a session token from.
@@ -180,16 +180,15 @@ impl SessionBuilder {
             client_version: concat!("prism-client-rust/", env!("CARGO_PKG_VERSION")).into(),
             metadata: self.metadata,
         };
+        let (current, first) = Current::opened(create(&self.client, &request).await?, 0);
         let shared = Arc::new(Shared {
             client: self.client,
             open: request,
             reopen: self.reopen,
-            current: RwLock::new(None),
+            current: RwLock::new(current),
             reopening: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
         });
-        let opened = shared.create().await?;
-        let first = shared.install(opened, 0);
         let keeper = tokio::spawn(keep_alive(shared.clone(), first)).abort_handle();
         Ok(Session {
             inner: Arc::new(Inner { shared, keeper }),
@@ -226,8 +225,7 @@ pub(crate) struct Shared {
     /// The request that opened the session, sent again to reopen it.
     open: CreateSessionRequest,
     reopen: bool,
-    /// `None` only while the session is being opened the first time.
-    current: RwLock<Option<Current>>,
+    current: RwLock<Current>,
     /// Held while reopening, so calls that all find the token dead open
     /// one new session, not one each.
     reopening: tokio::sync::Mutex<()>,
@@ -247,44 +245,40 @@ struct Current {
 }
 
 impl Session {
-    fn current(&self) -> Current {
-        self.inner
-            .shared
-            .current
-            .read()
-            .clone()
-            .expect("a Session exists only once opened")
+    /// Reads what the current gateway session is, without copying it all.
+    fn read<T>(&self, f: impl FnOnce(&Current) -> T) -> T {
+        f(&self.inner.shared.current.read())
     }
 
     /// The gateway's id of the session (changes when it is reopened).
     pub fn id(&self) -> String {
-        self.current().id
+        self.read(|c| c.id.clone())
     }
 
     /// The current session token, for calls made with the generated stubs
     /// directly. It changes when the session reopens.
     pub fn token(&self) -> String {
-        self.current().token.to_string()
+        self.read(|c| c.token.to_string())
     }
 
     /// When the gateway will end the session unless it hears from it.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.current().expires_at
+        self.read(|c| c.expires_at)
     }
 
     /// The configuration the gateway resolved for the session.
     pub fn config(&self) -> Option<ClientConfig> {
-        self.current().config
+        self.read(|c| c.config.clone())
     }
 
     /// The features the gateway's backend for this session supports.
     pub fn features(&self) -> Vec<String> {
-        self.current().features
+        self.read(|c| c.features.clone())
     }
 
     /// How many times the session has been reopened.
     pub fn reopened(&self) -> u64 {
-        self.current().generation
+        self.read(|c| c.generation)
     }
 
     /// Sends one heartbeat now and returns the time left before expiry.
@@ -304,7 +298,8 @@ impl Session {
             return Ok(());
         }
         self.inner.keeper.abort();
-        shared.close_on_gateway(&self.current().token).await
+        let token = self.read(|c| c.token.clone());
+        shared.close_on_gateway(&token).await
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -341,7 +336,6 @@ impl Shared {
             return Err(Error::Closed);
         }
         let current = self.current.read();
-        let current = current.as_ref().expect("opened before any call");
         Ok((current.token.clone(), current.generation))
     }
 
@@ -377,59 +371,6 @@ impl Shared {
         }
     }
 
-    /// Retries a call that carries no session token (opening, closing).
-    async fn retrying<T, F, Fut>(&self, resend: Resend, mut attempt: F) -> Result<T, RpcError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        let mut backoff = self.client.settings.retry.start();
-        loop {
-            let e = match attempt().await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => RpcError::from_status(&status),
-            };
-            match backoff.next(e.retry_after).filter(|_| resend.allows(&e)) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(e),
-            }
-        }
-    }
-
-    /// CreateSession with the session's credentials and configuration. A
-    /// retry after a lost answer may leave a session the client never
-    /// learns of; the gateway ends it at its idle timeout.
-    async fn create(&self) -> Result<CreateSessionResponse> {
-        let stub = SessionServiceClient::new(self.client.channel.clone());
-        let timeout = self.client.settings.call_timeout;
-        self.retrying(Resend::Safe, || {
-            let mut request = tonic::Request::new(self.open.clone());
-            request.set_timeout(timeout);
-            let mut stub = stub.clone();
-            async move { stub.create_session(request).await }
-        })
-        .await
-        .map_err(Error::from)
-    }
-
-    /// Makes `opened` the current session; returns when to send the first
-    /// heartbeat.
-    fn install(&self, opened: CreateSessionResponse, generation: u64) -> Duration {
-        let expires_at = opened.expires_at.and_then(|t| SystemTime::try_from(t).ok());
-        let ttl = expires_at
-            .and_then(|at| at.duration_since(SystemTime::now()).ok())
-            .unwrap_or(HEARTBEAT_MAX);
-        *self.current.write() = Some(Current {
-            token: opened.session_token.into(),
-            id: opened.session_id,
-            generation,
-            expires_at,
-            config: opened.config,
-            features: opened.supported_features,
-        });
-        cadence(ttl)
-    }
-
     /// Opens a new session in place of generation `seen`, unless another
     /// call already has. (Holding `reopening`, so `close` waits for it and
     /// then closes the new session.)
@@ -438,9 +379,9 @@ impl Shared {
         if self.token()?.1 != seen {
             return Ok(());
         }
-        let opened = self.create().await?;
+        let opened = create(&self.client, &self.open).await?;
         tracing::info!(session = %opened.session_id, "prism session reopened");
-        self.install(opened, seen + 1);
+        *self.current.write() = Current::opened(opened, seen + 1).0;
         Ok(())
     }
 
@@ -449,19 +390,18 @@ impl Shared {
     /// is concerned.
     async fn close_on_gateway(&self, token: &str) -> Result<()> {
         let stub = SessionServiceClient::new(self.client.channel.clone());
-        let closed = self
-            .retrying(Resend::Safe, || {
-                let request = self.request(
-                    token,
-                    CloseSessionRequest {
-                        session_token: String::new(),
-                        force: true,
-                    },
-                );
-                let mut stub = stub.clone();
-                async move { stub.close_session(request).await }
-            })
-            .await;
+        let closed = retrying(&self.client.settings.retry, Resend::Safe, || {
+            let request = self.request(
+                token,
+                CloseSessionRequest {
+                    session_token: String::new(),
+                    force: true,
+                },
+            );
+            let mut stub = stub.clone();
+            async move { stub.close_session(request).await }
+        })
+        .await;
         match closed {
             Ok(r) if r.success => Ok(()),
             Ok(r) => Err(RpcError::local(
@@ -487,10 +427,66 @@ impl Shared {
             .ttl
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or(HEARTBEAT_MAX);
-        if let Some(current) = self.current.write().as_mut() {
-            current.expires_at = SystemTime::now().checked_add(ttl);
-        }
+        self.current.write().expires_at = SystemTime::now().checked_add(ttl);
         Ok(ttl)
+    }
+}
+
+/// Retries a call that carries no session token (opening, closing).
+async fn retrying<T, F, Fut>(
+    retry: &RetryPolicy,
+    resend: Resend,
+    mut attempt: F,
+) -> Result<T, RpcError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut backoff = retry.start();
+    loop {
+        let e = match attempt().await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => RpcError::from_status(&status),
+        };
+        match backoff.next(e.retry_after).filter(|_| resend.allows(&e)) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err(e),
+        }
+    }
+}
+
+/// CreateSession with the session's credentials and configuration. A retry
+/// after a lost answer may leave a session the client never learns of; the
+/// gateway ends it at its idle timeout.
+async fn create(client: &Client, open: &CreateSessionRequest) -> Result<CreateSessionResponse> {
+    let stub = SessionServiceClient::new(client.channel.clone());
+    let timeout = client.settings.call_timeout;
+    retrying(&client.settings.retry, Resend::Safe, || {
+        let mut request = tonic::Request::new(open.clone());
+        request.set_timeout(timeout);
+        let mut stub = stub.clone();
+        async move { stub.create_session(request).await }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+impl Current {
+    /// The session `opened` is; and when to send its first heartbeat.
+    fn opened(opened: CreateSessionResponse, generation: u64) -> (Current, Duration) {
+        let expires_at = opened.expires_at.and_then(|t| SystemTime::try_from(t).ok());
+        let ttl = expires_at
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or(HEARTBEAT_MAX);
+        let current = Current {
+            token: opened.session_token.into(),
+            id: opened.session_id,
+            generation,
+            expires_at,
+            config: opened.config,
+            features: opened.supported_features,
+        };
+        (current, cadence(ttl))
     }
 }
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from prism.keyvalue.v1 import keyvalue_pb2 as kv_pb2
@@ -21,7 +22,7 @@ from prism.reader.v1 import reader_pb2
 from prism.session.v1 import session_pb2
 from prism.transact.v1 import transact_pb2
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, PrismError
 from .retry import Resend
 
 # Items asked for per KeyValue Scan call (the gateway's default page).
@@ -57,22 +58,18 @@ def ttl_of(opened: Any) -> float:
     return max(opened.expires_at.ToMicroseconds() / 1e6 - time.time(), 0.0)
 
 
-def heartbeat_gives_up(e: "PrismError", reopen: bool) -> bool:
+def heartbeat_gives_up(e: PrismError, reopen: bool) -> bool:
     """Whether a heartbeat failure ends the heartbeats: the session is lost
     and may not reopen, or the credentials no longer open one (a revoked
     key, an expired JWT)."""
-    import grpc
-
     if e.is_session_lost:
         return not reopen
     return e.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
-def stream_lost(code: Any, message: str, after_commit: bool) -> "PrismError":
+def stream_lost(code: Any, message: str, after_commit: bool) -> PrismError:
     """A transaction stream that failed; after a commit was sent, its
     outcome is unknown (it may have committed)."""
-    from .errors import PrismError
-
     if after_commit:
         return PrismError(code, f"commit outcome unknown: {message}", "OUTCOME_UNKNOWN")
     return PrismError(code, message)
@@ -597,13 +594,9 @@ def transact_process(message_ids: Iterable[str]) -> Call:
     return Call("transact", "ProcessMailbox", request, Resend.SAFE, lambda r: list(r.failed_ids))
 
 
-def in_band_error(e: transact_pb2.TransactionError) -> "PrismError":
+def in_band_error(e: transact_pb2.TransactionError) -> PrismError:
     """A TransactionError (``code``: the gRPC code's name; ``message``:
     "text (REASON)") as the error it stands for."""
-    import grpc
-
-    from .errors import PrismError
-
     code = getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN)
     text, reason = e.message, None
     if e.message.endswith(")") and " (" in e.message:
