@@ -34,7 +34,7 @@ pub enum Sink {
 }
 
 /// `audit:` in the config.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub sink: Sink,

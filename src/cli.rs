@@ -7,9 +7,13 @@ use tokio::net::TcpListener;
 
 use crate::{
     backends,
-    config::{validate, GatewayConfig, ProcessEnv},
+    config::{validate, GatewayConfig, ProcessEnv, Source},
     runtime,
-    server::{self, Gateway, Listeners},
+    server::{
+        self,
+        reload::{Origin, Reloader},
+        Gateway, Listeners,
+    },
     telemetry,
 };
 
@@ -127,6 +131,11 @@ fn serve(
     if let Some(addr) = admin_listen {
         config.server.admin_listen = addr;
     }
+    let origin = Origin {
+        source: path.map_or(Source::Embedded, Source::File),
+        listen,
+        admin_listen,
+    };
     let otlp = config
         .server
         .otlp_endpoint
@@ -135,8 +144,12 @@ fn serve(
         .filter(|e| !e.is_empty());
     let result = runtime::block_on_multi_thread(async move {
         // Inside the runtime: the OTLP exporter's client lives on it.
-        let telemetry = telemetry::init(log_format.into(), otlp.as_deref())?;
-        let served = run(config).await;
+        let telemetry = telemetry::init(
+            log_format.into(),
+            config.server.log_level.as_deref(),
+            otlp.as_deref(),
+        )?;
+        let served = run(config, origin).await;
         telemetry.shutdown().await;
         served
     });
@@ -149,7 +162,7 @@ fn serve(
     }
 }
 
-async fn run(config: GatewayConfig) -> Result<(), String> {
+async fn run(config: GatewayConfig, origin: Origin) -> Result<(), String> {
     {
         let grpc = TcpListener::bind(config.server.listen)
             .await
@@ -157,8 +170,11 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
         let admin = TcpListener::bind(config.server.admin_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen))?;
-        let gateway = std::sync::Arc::new(Gateway::start(config).map_err(|e| e.to_string())?);
-        server::run(
+        let gateway =
+            std::sync::Arc::new(Gateway::start_from(config, origin).map_err(|e| e.to_string())?);
+        // SIGHUP reloads the config; the task ends with the gateway.
+        let reloads = tokio::spawn(reload_on_hangup(gateway.reloader.clone()));
+        let served = server::run(
             gateway,
             Listeners {
                 grpc,
@@ -167,7 +183,33 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
             shutdown_signal(),
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+        reloads.abort();
+        served
+    }
+}
+
+/// Reloads the config on each SIGHUP, until aborted. A refused file is
+/// logged; the running config stays.
+async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through POST /admin/reload");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            if let Err(e) = reloader.reload().await {
+                tracing::warn!(error = %e, "config reload refused; the running config stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await
     }
 }
 

@@ -164,7 +164,8 @@ impl<H: Clone> Gate<H> {
             )
             .with("config", entry.config.name.clone()));
         }
-        self.check_policy(&entry)?;
+        let policy = entry.namespace_sessions.spec();
+        self.check_policy(&entry, &policy)?;
         entry.check_rate()?;
         let backend = self
             .state
@@ -181,6 +182,7 @@ impl<H: Clone> Gate<H> {
         let guard = entry.begin_operation(kind == Kind::Stream)?;
         Ok(Call {
             entry,
+            policy,
             backend,
             handle,
             service: self.service,
@@ -192,8 +194,7 @@ impl<H: Clone> Gate<H> {
     /// The namespace's rules must still allow the session's pattern and
     /// backend: a config can narrow the namespace, never widen it. Read
     /// through the session (no lookup on the hot path).
-    fn check_policy(&self, entry: &SessionEntry) -> Result<(), Error> {
-        let policy = &entry.namespace_sessions.spec;
+    fn check_policy(&self, entry: &SessionEntry, policy: &NamespaceSpec) -> Result<(), Error> {
         if !policy.allowed_patterns.contains(&self.pattern) {
             return Err(Error::permission_denied(
                 "PATTERN_NOT_ALLOWED",
@@ -241,6 +242,7 @@ impl<H: Clone> Gate<H> {
 /// service's handle on the backend. Holding it keeps the operation open.
 pub struct Call<H> {
     pub entry: Arc<SessionEntry>,
+    policy: Arc<NamespaceSpec>,
     pub backend: Arc<Backend>,
     /// The service's handle on the backend.
     pub handle: H,
@@ -255,9 +257,11 @@ impl<H> Call<H> {
         self.entry.namespace()
     }
 
-    /// The session's namespace's rules.
+    /// The session's namespace's rules, as they were when the call was
+    /// admitted (a config reload in between does not change them under a
+    /// running call).
     pub fn policy(&self) -> &NamespaceSpec {
-        &self.entry.namespace_sessions.spec
+        &self.policy
     }
 
     /// A further interface the call needs, or UNIMPLEMENTED naming it.

@@ -1,14 +1,16 @@
-//! Prometheus metrics: a tower layer on the gRPC server counts every call
-//! and its duration by namespace, service, method and status code; the rest
-//! (sessions, subscriptions, transactions, restarts, pools, traffic, relay
-//! lag) comes from counters the gateway keeps as things happen, read when
-//! `/metrics` is scraped — no actor is asked and no session visited, so a
-//! scrape costs the same with 100 sessions as with 100,000.
+//! Prometheus metrics, kept and exposed with the `prometheus-client`
+//! library (OpenMetrics text). A tower layer on the gRPC server counts
+//! every call and its duration by namespace, service, method and status
+//! code; the rest (sessions, subscriptions, transactions, restarts, pools,
+//! traffic, relay lag) is read at scrape time by a collector from counters
+//! the gateway keeps as things happen — no actor is asked and no session
+//! visited, so a scrape costs the same with 100 sessions as with 100,000.
 //!
-//! Every label value comes from a closed set — the methods this binary
-//! serves (any other path counts as `unknown`), the configured namespaces,
-//! the status codes — so the number of series is bounded by the
-//! configuration, never by what clients send.
+//! Every label set is a typed struct whose values come from a closed set —
+//! the methods this binary serves (any other path counts as `unknown`), the
+//! configured namespaces, backends and relays, the status codes, the actor
+//! kinds — so the number of series is bounded by the configuration, never
+//! by what clients send.
 //!
 //! The namespace of a call is learned where the session is checked and
 //! carried to the layer in its [`crate::call`] slot, so no handler has to
@@ -16,25 +18,35 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, LazyLock,
-    },
+    sync::{atomic::Ordering, Arc, LazyLock},
     task::{Context, Poll},
     time::Duration,
 };
 
-use dashmap::DashMap;
 use futures::future::BoxFuture;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+        MetricType,
+    },
+    registry::Registry,
+};
 use tonic::codegen::http;
 
 use crate::{
-    actors::{relay::RelayShared, supervision::Restarts},
+    actors::Supervisors,
     backends::Backends,
     call::{CallInfo, SessionRef},
     session::SessionRegistry,
 };
+
+/// The content type of [`Exposition::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -94,8 +106,9 @@ pub fn method_labels(path: &str) -> (&'static str, &'static str) {
 /// The namespace label of a call no session was found for.
 static NO_NAMESPACE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct CallKey {
+/// The labels of one call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
     /// A configured namespace (learned from the session), or empty.
     namespace: Arc<str>,
     service: &'static str,
@@ -103,303 +116,302 @@ struct CallKey {
     code: &'static str,
 }
 
-#[derive(Default)]
-struct CallStats {
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: Arc<str>,
 }
 
-/// The gateway's call counters.
-#[derive(Default)]
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+    r#type: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct RelayLabels {
+    namespace: String,
+    relay: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The gateway's call counters, written by [`MetricsLayer`].
+#[derive(Clone)]
 pub struct Metrics {
-    calls: DashMap<CallKey, Arc<CallStats>>,
+    requests: Family<CallLabels, Counter>,
+    durations: Family<CallLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+        }
+    }
 }
 
 impl Metrics {
-    fn observe(&self, key: CallKey, elapsed: Duration) {
-        // A series seen before (nearly every call) takes a shard's read
-        // lock only.
-        let seen = self.calls.get(&key).map(|s| s.value().clone());
-        let stats = seen.unwrap_or_else(|| self.calls.entry(key).or_default().clone());
-        stats.count.fetch_add(1, Ordering::Relaxed);
-        stats
-            .sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            stats.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn render_calls(&self, out: &mut String) {
-        let mut calls: Vec<(CallKey, Arc<CallStats>)> = self
-            .calls
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
-        calls.sort_by(|a, b| a.0.cmp(&b.0));
-        header(
-            out,
-            "prism_requests_total",
-            "counter",
-            "gRPC calls by namespace, service, method and status code.",
-        );
-        for (k, s) in &calls {
-            let _ = writeln!(
-                out,
-                "prism_requests_total{} {}",
-                call_labels(k, None),
-                s.count.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
-            "prism_request_duration_seconds",
-            "histogram",
-            "gRPC call duration (to the response headers for streams).",
-        );
-        for (k, s) in &calls {
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += s.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "prism_request_duration_seconds_bucket{} {cumulative}",
-                    call_labels(k, Some(&bound.to_string()))
-                );
-            }
-            let count = s.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "prism_request_duration_seconds_bucket{} {count}",
-                call_labels(k, Some("+Inf"))
-            );
-            let _ = writeln!(
-                out,
-                "prism_request_duration_seconds_sum{} {}",
-                call_labels(k, None),
-                s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "prism_request_duration_seconds_count{} {count}",
-                call_labels(k, None)
-            );
-        }
-    }
-}
-
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-fn call_labels(k: &CallKey, le: Option<&str>) -> String {
-    let mut pairs = vec![
-        ("namespace", &*k.namespace),
-        ("service", k.service),
-        ("method", k.method),
-        ("code", k.code),
-    ];
-    if let Some(le) = le {
-        pairs.push(("le", le));
-    }
-    labels(&pairs)
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// One gauge or counter family from (labels, value) samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    header(out, name, kind, help);
-    for (l, v) in samples {
-        let _ = writeln!(out, "{name}{l} {v}");
+    fn observe(&self, labels: &CallLabels, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.durations
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
     }
 }
 
 /// What `/metrics` reads: counters kept as things happen, nothing else.
+#[derive(Clone)]
 pub struct Sources {
     /// Calls by namespace, service, method and code.
     pub calls: Arc<Metrics>,
     /// Per-namespace session, subscription, transaction and byte counters.
     pub registry: Arc<SessionRegistry>,
-    /// Actor restarts by kind.
-    pub restarts: Arc<Restarts>,
+    /// Actor restarts by kind, and the outbox relays for their lag.
+    pub supervisors: Arc<Supervisors>,
     /// Backend health and pool sizes.
     pub backends: Arc<Backends>,
-    /// The outbox relays (fixed when the gateway starts), for their lag.
-    pub relays: Vec<Arc<RelayShared>>,
 }
 
-/// The whole exposition: call counters, then the gateway's counters.
-pub fn render(sources: &Sources) -> String {
-    let mut out = String::new();
-    sources.calls.render_calls(&mut out);
+/// The registry `/metrics` encodes: the call families and a collector of
+/// the gateway's counters.
+pub struct Exposition {
+    registry: Registry,
+}
 
-    // Gauges from counters kept as things happen: a scrape costs the same
-    // with 100 sessions as with 100,000 (no actor is asked, nothing walks
-    // the sessions).
-    let namespaces: Vec<_> = sources.registry.namespaces().collect();
-    let by_ns = |value: &dyn Fn(&crate::session::NamespaceSessions) -> f64| -> Vec<(String, f64)> {
-        let mut samples: Vec<(String, f64)> = namespaces
-            .iter()
-            .map(|n| (labels(&[("namespace", &n.name)]), value(n)))
-            .collect();
-        samples.sort_by(|a, b| a.0.cmp(&b.0));
-        samples
-    };
-    family(
-        &mut out,
-        "prism_sessions_active",
-        "gauge",
-        "Open sessions.",
-        &by_ns(&|n| n.open.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "prism_subscriptions_active",
-        "gauge",
-        "Open Queue and PubSub subscription streams.",
-        &by_ns(&|n| n.subscriptions.load(Ordering::Relaxed) as f64),
-    );
-    family(
-        &mut out,
-        "prism_transactions_active",
-        "gauge",
-        "Open streaming transactions.",
-        &by_ns(&|n| n.transactions.load(Ordering::Relaxed) as f64),
-    );
-    let restarts: Vec<(String, f64)> = sources
-        .restarts
-        .by_kind()
-        .map(|(kind, n)| (labels(&[("kind", kind.name())]), n as f64))
-        .collect();
-    family(
-        &mut out,
-        "prism_actor_restarts_total",
-        "counter",
-        "Actor restarts by kind since the gateway started.",
-        &restarts,
-    );
+impl Exposition {
+    pub fn new(sources: Sources) -> Self {
+        let mut registry = Registry::default();
+        registry.register(
+            "prism_requests",
+            "gRPC calls by namespace, service, method and status code.",
+            sources.calls.requests.clone(),
+        );
+        registry.register(
+            "prism_request_duration_seconds",
+            "gRPC call duration (to the response headers for streams), by namespace, service, method and status code.",
+            sources.calls.durations.clone(),
+        );
+        registry.register_collector(Box::new(Live(sources)));
+        Exposition { registry }
+    }
 
-    let mut up = Vec::new();
-    let mut size = Vec::new();
-    let mut idle = Vec::new();
-    let mut lanes = Vec::new();
-    let mut failures = Vec::new();
-    for b in sources.backends.iter().filter(|b| b.client.is_some()) {
-        let l = labels(&[("backend", &b.name), ("type", b.kind.name())]);
-        up.push((l.clone(), f64::from(u8::from(b.health.is_up()))));
-        failures.push((l.clone(), b.health.failures.load(Ordering::Relaxed) as f64));
-        if let Some(client) = &b.client {
-            let stats = client.stats();
-            if let (Some(c), Some(i)) = (stats["connections"].as_f64(), stats["idle"].as_f64()) {
-                size.push((l.clone(), c));
-                idle.push((l.clone(), (c - i).max(0.0)));
-            }
-            if let Some(n) = stats["statement_lanes_connected"].as_f64() {
-                lanes.push((l.clone(), n));
-            }
+    /// The whole exposition, OpenMetrics text ending in `# EOF`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail, and every label value is a
+        // string or a known name.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding /metrics failed");
         }
+        out
     }
-    family(
-        &mut out,
-        "prism_backend_up",
-        "gauge",
-        "1 when the backend's last check passed.",
-        &up,
-    );
-    family(
-        &mut out,
-        "prism_backend_errors_total",
-        "counter",
-        "Failed health checks and connects.",
-        &failures,
-    );
-    family(
-        &mut out,
-        "prism_backend_pool_connections",
-        "gauge",
-        "Open connections of SQL pools.",
-        &size,
-    );
-    family(
-        &mut out,
-        "prism_backend_pool_in_use",
-        "gauge",
-        "Connections of SQL pools in use.",
-        &idle,
-    );
-    family(
-        &mut out,
-        "prism_backend_statement_lanes_connected",
-        "gauge",
-        "Postgres connections held beside the pool for lone hot statements (pool.statement_lanes).",
-        &lanes,
-    );
+}
 
-    let received = by_ns(&|n| n.bytes_received.load(Ordering::Relaxed) as f64);
-    let sent = by_ns(&|n| n.bytes_sent.load(Ordering::Relaxed) as f64);
-    let mut lag = Vec::new();
-    let mut lag_age = Vec::new();
-    let mut dead = Vec::new();
-    for relay in &sources.relays {
-        let l = labels(&[("namespace", &relay.namespace), ("relay", &relay.name)]);
-        let (rows, age) = relay.lag();
-        lag.push((l.clone(), rows as f64));
-        dead.push((l.clone(), relay.dead_lettered() as f64));
-        lag_age.push((l, age.map_or(0.0, |a| a.as_secs_f64())));
+/// Reads the gateway's counters at each scrape.
+struct Live(Sources);
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
     }
-    family(
-        &mut out,
-        "prism_bytes_received_total",
-        "counter",
-        "Request message bytes of data calls.",
-        &received,
-    );
-    family(
-        &mut out,
-        "prism_bytes_sent_total",
-        "counter",
-        "Response message bytes of data calls.",
-        &sent,
-    );
-    family(
-        &mut out,
-        "prism_relay_lag_messages",
-        "gauge",
-        "Rows of each relay's mailbox it has yet to publish.",
-        &lag,
-    );
-    family(
-        &mut out,
-        "prism_relay_lag_seconds",
-        "gauge",
-        "Age of the oldest row each relay has yet to publish.",
-        &lag_age,
-    );
-    family(
-        &mut out,
-        "prism_relay_dead_lettered_total",
-        "counter",
-        "Rows each relay moved aside (the broker kept refusing them) since the gateway started.",
-        &dead,
-    );
-    out
+}
+
+/// One family of constant samples.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let sources = &self.0;
+        // Per namespace: as many as configured, whatever the sessions.
+        let mut namespaces: Vec<_> = sources.registry.namespaces().collect();
+        namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+        let by_ns = |value: fn(&crate::session::NamespaceSessions) -> i64| {
+            namespaces.iter().map(move |n| {
+                let labels = NamespaceLabels {
+                    namespace: n.name.clone(),
+                };
+                (labels, value(n))
+            })
+        };
+        let gauges = |v: fn(&crate::session::NamespaceSessions) -> i64| {
+            by_ns(v).map(|(l, v)| (l, ConstGauge::new(v)))
+        };
+        let counters = |v: fn(&crate::session::NamespaceSessions) -> i64| {
+            by_ns(v).map(|(l, v)| (l, ConstCounter::new(u64::try_from(v).unwrap_or(0))))
+        };
+        family(
+            &mut encoder,
+            "prism_sessions_active",
+            "Open sessions.",
+            MetricType::Gauge,
+            gauges(|n| i64::try_from(n.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX)),
+        )?;
+        family(
+            &mut encoder,
+            "prism_subscriptions_active",
+            "Open Queue and PubSub subscription streams.",
+            MetricType::Gauge,
+            gauges(|n| n.subscriptions.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "prism_transactions_active",
+            "Open streaming transactions.",
+            MetricType::Gauge,
+            gauges(|n| n.transactions.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "prism_bytes_received",
+            "Request message bytes of data calls.",
+            MetricType::Counter,
+            counters(|n| n.bytes_received.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "prism_bytes_sent",
+            "Response message bytes of data calls.",
+            MetricType::Counter,
+            counters(|n| n.bytes_sent.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "prism_actor_restarts",
+            "Actor restarts by kind since the gateway started.",
+            MetricType::Counter,
+            sources
+                .supervisors
+                .restarts()
+                .by_kind()
+                .map(|(kind, n)| (KindLabels { kind: kind.name() }, ConstCounter::new(n))),
+        )?;
+
+        let backends: Vec<_> = sources
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let client = b.client.as_ref()?;
+                let labels = BackendLabels {
+                    backend: b.name.clone(),
+                    r#type: b.kind.name(),
+                };
+                Some((b, labels, client.pool_stats()))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "prism_backend_up",
+            "1 when the backend's last check passed.",
+            MetricType::Gauge,
+            backends
+                .iter()
+                .map(|(b, l, _)| (l.clone(), ConstGauge::new(i64::from(b.health.is_up())))),
+        )?;
+        family(
+            &mut encoder,
+            "prism_backend_errors",
+            "Failed health checks and connects.",
+            MetricType::Counter,
+            backends.iter().map(|(b, l, _)| {
+                let failures = b.health.failures.load(Ordering::Relaxed);
+                (l.clone(), ConstCounter::new(failures))
+            }),
+        )?;
+        let pools = || {
+            backends
+                .iter()
+                .filter_map(|(_, l, stats)| Some((l.clone(), (*stats)?)))
+        };
+        family(
+            &mut encoder,
+            "prism_backend_pool_connections",
+            "Open connections of SQL pools.",
+            MetricType::Gauge,
+            pools().map(|(l, s)| (l, ConstGauge::new(i64::from(s.connections)))),
+        )?;
+        family(
+            &mut encoder,
+            "prism_backend_pool_in_use",
+            "Connections of SQL pools in use.",
+            MetricType::Gauge,
+            pools().map(|(l, s)| {
+                let in_use = usize::try_from(s.connections)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(s.idle);
+                (l, ConstGauge::new(in_use))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "prism_backend_statement_lanes_connected",
+            "Postgres connections held beside the pool for lone hot statements (pool.statement_lanes).",
+            MetricType::Gauge,
+            pools().map(|(l, s)| (l, ConstGauge::new(s.lanes_connected))),
+        )?;
+
+        let relays: Vec<_> = sources
+            .supervisors
+            .relays()
+            .into_iter()
+            .map(|r| {
+                let labels = RelayLabels {
+                    namespace: r.namespace.clone(),
+                    relay: r.name.clone(),
+                };
+                (labels, r)
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "prism_relay_lag_messages",
+            "Rows of each relay's mailbox it has yet to publish.",
+            MetricType::Gauge,
+            relays.iter().map(|(l, r)| {
+                let rows = i64::try_from(r.lag().0).unwrap_or(i64::MAX);
+                (l.clone(), ConstGauge::new(rows))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "prism_relay_lag_seconds",
+            "Age of the oldest row each relay has yet to publish.",
+            MetricType::Gauge,
+            relays.iter().map(|(l, r)| {
+                let age = r.lag().1.map_or(0.0, |a| a.as_secs_f64());
+                (l.clone(), ConstGauge::new(age))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "prism_relay_dead_lettered",
+            "Rows each relay moved aside (the broker kept refusing them) since the gateway started.",
+            MetricType::Counter,
+            relays
+                .iter()
+                .map(|(l, r)| (l.clone(), ConstCounter::new(r.dead_lettered()))),
+        )?;
+        Ok(())
+    }
 }
 
 /// The tower layer around the gRPC server: counts every call, runs it in
@@ -490,14 +502,14 @@ where
                     ..Default::default()
                 });
             }
-            let key = CallKey {
+            let labels = CallLabels {
                 namespace: session
                     .map_or_else(|| NO_NAMESPACE.clone(), |s| s.namespace_label().clone()),
                 service,
                 method,
                 code,
             };
-            metrics.observe(key, started.elapsed());
+            metrics.observe(&labels, started.elapsed());
             result
         })
     }

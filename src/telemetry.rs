@@ -131,11 +131,40 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 
     .delimited(" ")
 }
 
-/// Installs the global subscriber: `RUST_LOG` filter (default `info`),
-/// text or JSON lines on stdout, and OTLP export to `otlp_endpoint` when
-/// given. Must run inside the tokio runtime when exporting.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// The installed subscriber's filter, which a config reload replaces.
+static FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// The filter of `RUST_LOG`-style directives (`server.log_level`;
+/// `info` when absent), or why they do not parse.
+pub fn log_filter(directives: Option<&str>) -> Result<EnvFilter, String> {
+    let directives = directives.unwrap_or("info");
+    EnvFilter::try_new(directives).map_err(|e| format!("log level `{directives}`: {e}"))
+}
+
+/// Puts a new filter in use; false when this process installed no
+/// subscriber (an embedding test, say), so there is nothing to change.
+pub fn replace_log_filter(filter: EnvFilter) -> Result<bool, String> {
+    match FILTER.get() {
+        None => Ok(false),
+        Some(handle) => handle
+            .reload(filter)
+            .map(|()| true)
+            .map_err(|e| format!("log level: {e}")),
+    }
+}
+
+/// Installs the global subscriber: the `log_level` filter (see
+/// [`log_filter`]; replaceable on reload), text or JSON lines on stdout,
+/// and OTLP export to `otlp_endpoint` when given. Must run inside the
+/// tokio runtime when exporting.
+pub fn init(
+    format: LogFormat,
+    log_level: Option<&str>,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, String> {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(log_level)?);
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .fmt_fields(escaped_fields())
@@ -167,6 +196,7 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         .with(otel)
         .try_init()
         .map_err(|e| format!("logging: {e}"))?;
+    let _ = FILTER.set(handle);
     if let Some(endpoint) = otlp_endpoint {
         tracing::info!(%endpoint, "exporting traces over OTLP");
     }

@@ -342,7 +342,7 @@ fn metrics_move_with_calls_and_parse_as_prometheus_text() {
                 "prism_requests_total",
                 "prism_request_duration_seconds_bucket",
             )
-            .replace("code=\"OK\"}", "code=\"OK\",le=\"+Inf\"}");
+            .replace("{namespace=", "{le=\"+Inf\",namespace=");
         assert_eq!(delta(&inf), 3.0);
         assert!(after["prism_sessions_active{namespace=\"default\"}"] >= 1.0);
         assert!(after["prism_bytes_received_total{namespace=\"default\"}"] > 0.0);

@@ -1,20 +1,21 @@
-//! `/metrics` is valid Prometheus text exposition, as a real parser reads
-//! it (the Python `prometheus_client` parser, which scripts/test.sh
-//! installs): after calls that fill the counters and histograms, every
-//! family parses, has a help line, and each histogram's buckets are
-//! cumulative up to `+Inf`, which equals its count.
+//! `/metrics` is valid OpenMetrics text, as a real parser reads it (the
+//! strict OpenMetrics parser of the Python `prometheus_client`, which
+//! scripts/test.sh installs): after calls that fill the counters and
+//! histograms, every family parses, has a help line, and each histogram's
+//! buckets are cumulative up to `+Inf`, which equals its count. It is
+//! served with the OpenMetrics content type.
 
 mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{kv::kv_client, metrics_text, TestGateway};
+use common::{http_with_head, kv::kv_client, TestGateway, ADMIN_TOKEN};
 use prism::{proto::keyvalue::v1 as kv, runtime::block_on_multi_thread};
 
 const CHECK: &str = r#"
 import sys
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 families = list(text_string_to_metric_families(sys.stdin.read()))
 assert families, "no metric families"
@@ -57,7 +58,20 @@ fn the_exposition_parses_as_prometheus_text() {
         };
         client.get(empty_key).await.expect_err("a failed Get");
 
-        let body = metrics_text(gw.admin_addr).await;
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let (status, head, body) = http_with_head(
+            gw.admin_addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
         assert!(
             body.contains("prism_request_duration_seconds_bucket{"),
             "{body}"

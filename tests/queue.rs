@@ -84,7 +84,14 @@ configs:
 
 /// Stops the gateway and deletes what the test left on the shared servers.
 async fn finish(gw: TestGateway) {
-    let namespaces: Vec<String> = gw.gateway.config.namespaces.keys().cloned().collect();
+    let namespaces: Vec<String> = gw
+        .gateway
+        .config
+        .load()
+        .namespaces
+        .keys()
+        .cloned()
+        .collect();
     gw.stop().await;
     common::forget_queue_namespaces(&namespaces).await;
 }
@@ -350,6 +357,7 @@ fn postgres_offsets_stay_dense_under_concurrent_publishers_and_a_lost_counter() 
         let ns = gw
             .gateway
             .config
+            .load()
             .namespaces
             .keys()
             .find(|n| !n.ends_with(".x"))

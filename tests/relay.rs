@@ -749,7 +749,7 @@ fn a_row_the_broker_refuses_is_moved_aside_and_the_rest_flow_on() {
         let s = relay_state(&gw, &ns).await;
         assert_eq!(s["dead_lettered"], 2, "{s}");
         assert_eq!(s["last_dead_letter"]["sequence"], 4, "{s}");
-        let metrics = prism::metrics::render(&gw.gateway.metrics_sources());
+        let metrics = gw.gateway.exposition().render();
         let sample =
             format!("prism_relay_dead_lettered_total{{namespace=\"{ns}\",relay=\"out\"}} 2");
         assert!(metrics.lines().any(|l| l == sample), "{metrics}");

@@ -103,7 +103,7 @@ impl Fixture {
 
     /// One sample of `/metrics`, e.g. `prism_sessions_active{namespace="default"}`.
     fn metric(&self, sample: &str) -> f64 {
-        let text = prism::metrics::render(&self.gw.gateway.metrics_sources());
+        let text = self.gw.gateway.exposition().render();
         text.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))

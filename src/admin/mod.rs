@@ -8,7 +8,7 @@
 //!
 //! - `/readyz`: every supervisor runs and every backend with a client is up;
 //!   names what is not
-//! - `/metrics`: Prometheus text exposition ([`crate::metrics`])
+//! - `/metrics`: OpenMetrics text exposition ([`crate::metrics`])
 //! - `/admin/`: a page that renders the tree and the main counters
 //!   (everything served from the binary; it holds no data itself and asks
 //!   for the token, which it keeps in the URL fragment and sends as a
@@ -17,6 +17,9 @@
 //!   `offset` and `limit` make it a flat page of matching nodes
 //! - `/admin/actors/{id}`: one node with its children
 //! - `POST /admin/sessions/{id}/close`: closes a session (audited)
+//! - `POST /admin/reload`: rereads the config file and applies what can
+//!   change live ([`crate::server::reload`]); the report as JSON, or 422
+//!   with why the file was refused
 //! - `prism.admin.v1.AdminService` over gRPC (HTTP/2 on the same port,
 //!   [`grpc`])
 
@@ -46,11 +49,23 @@ pub mod tree;
 /// counters `/metrics` renders, the actor tree it shows and the sessions
 /// it may close.
 pub struct AdminState {
-    /// `server.admin_token`; `None` disables every protected endpoint.
-    pub token: Option<String>,
-    pub metrics: metrics::Sources,
+    /// `server.admin_token` (a reload may change it); `None` disables
+    /// every protected endpoint.
+    pub token: Arc<arc_swap::ArcSwapOption<String>>,
+    /// What `POST /admin/reload` runs.
+    pub reloader: Arc<dyn Reload>,
+    pub metrics: metrics::Exposition,
+    /// The backends, for readiness.
+    pub backends: Arc<crate::backends::Backends>,
     pub supervisors: Arc<Supervisors>,
     pub sessions: Arc<Sessions>,
+}
+
+/// A config reload, as the admin listener runs it: the report as JSON, or
+/// why the file was refused (the gateway's `server::reload` implements
+/// it; the admin listener does not reach into the server).
+pub trait Reload: Send + Sync {
+    fn reload(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// The header (besides `Authorization: Bearer`) that may carry the token.
@@ -97,7 +112,8 @@ fn request_token(req: &Request) -> Option<String> {
 
 async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let given = request_token(&req);
-    match check_token(admin.token.as_deref(), given.as_deref()) {
+    let token = admin.token.load_full();
+    match check_token(token.as_deref().map(String::as_str), given.as_deref()) {
         None => next.run(req).await,
         Some((code, why)) => {
             tracing::warn!(path = %req.uri().path(), %why, "admin request refused");
@@ -132,6 +148,7 @@ pub fn router(admin: Arc<AdminState>) -> Router {
         .route("/admin/actors", get(actors))
         .route("/admin/actors/{*id}", get(actor))
         .route("/admin/sessions/{id}/close", post(close_session))
+        .route("/admin/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -156,7 +173,6 @@ async fn readyz(State(admin): State<Arc<AdminState>>) -> (StatusCode, String) {
     let mut down = admin.supervisors.down_supervisors();
     down.extend(
         admin
-            .metrics
             .backends
             .iter()
             .filter(|b| b.client.is_some() && !b.health.is_up())
@@ -188,11 +204,8 @@ async fn page() -> Response {
 
 async fn metrics(State(admin): State<Arc<AdminState>>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&admin.metrics),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        admin.metrics.render(),
     )
         .into_response()
 }
@@ -266,6 +279,20 @@ async fn close_session(State(admin): State<Arc<AdminState>>, Path(id): Path<Stri
         "closed": closed.success,
     }))
     .into_response()
+}
+
+async fn reload(State(admin): State<Arc<AdminState>>) -> Response {
+    match admin.reloader.reload().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload refused; the running config stays");
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("config reload refused; the running config stays:\n{e}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 pub async fn serve(

@@ -37,8 +37,15 @@ struct ApiKeyEntry {
     principal: Arc<Principal>,
 }
 
-/// Verifies credentials against the configuration.
+/// Verifies credentials against the configuration; a config reload
+/// replaces what it knows ([`Authenticator::replace`]) for sessions opened
+/// from then on.
 pub struct Authenticator {
+    current: arc_swap::ArcSwap<Credentials>,
+}
+
+/// What one configuration accepts.
+pub struct Credentials {
     /// SHA-256 of the key → owner; a lookup by digest reveals nothing about
     /// the stored keys.
     api_keys: HashMap<[u8; 32], ApiKeyEntry>,
@@ -47,6 +54,41 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    pub fn new(cfg: &GatewayConfig) -> Result<Self, String> {
+        Ok(Authenticator {
+            current: arc_swap::ArcSwap::from_pointee(Credentials::new(cfg)?),
+        })
+    }
+
+    /// Puts reloaded credentials in use: a removed key opens no new
+    /// session (sessions it opened run on until they end).
+    pub fn replace(&self, credentials: Credentials) {
+        self.current.store(Arc::new(credentials));
+    }
+
+    pub fn api_key(&self, key: &str) -> Result<Arc<Principal>, Error> {
+        self.current.load().api_key(key)
+    }
+
+    pub fn jwt(&self, token: &str) -> Result<Arc<Principal>, Error> {
+        self.current.load().jwt(token)
+    }
+
+    /// `presented` is the certificate the client put in the request (may be
+    /// empty); `transport_leaf` is the verified certificate of the TLS
+    /// connection. Only the latter proves anything.
+    pub fn mtls(
+        &self,
+        presented: &[u8],
+        transport_leaf: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, Error> {
+        self.current.load().mtls(presented, transport_leaf)
+    }
+}
+
+impl Credentials {
+    /// The API keys, JWT issuers (whose key files are read here) and mTLS
+    /// identities of `cfg`.
     pub fn new(cfg: &GatewayConfig) -> Result<Self, String> {
         let mut api_keys = HashMap::new();
         for (ns, spec) in &cfg.namespaces {
@@ -80,14 +122,14 @@ impl Authenticator {
             .map(jwt::JwtVerifier::new)
             .collect::<Result<Vec<_>, _>>()?;
         let mtls = cfg.auth.mtls.as_ref().map(mtls::MtlsIdentities::new);
-        Ok(Authenticator {
+        Ok(Credentials {
             api_keys,
             jwt,
             mtls,
         })
     }
 
-    pub fn api_key(&self, key: &str) -> Result<Arc<Principal>, Error> {
+    fn api_key(&self, key: &str) -> Result<Arc<Principal>, Error> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let entry = self.api_keys.get(&digest).ok_or_else(|| {
             Error::unauthenticated(
@@ -98,14 +140,11 @@ impl Authenticator {
         Ok(entry.principal.clone())
     }
 
-    pub fn jwt(&self, token: &str) -> Result<Arc<Principal>, Error> {
+    fn jwt(&self, token: &str) -> Result<Arc<Principal>, Error> {
         jwt::verify(&self.jwt, token).map(Arc::new)
     }
 
-    /// `presented` is the certificate the client put in the request (may be
-    /// empty); `transport_leaf` is the verified certificate of the TLS
-    /// connection. Only the latter proves anything.
-    pub fn mtls(
+    fn mtls(
         &self,
         presented: &[u8],
         transport_leaf: Option<&[u8]>,

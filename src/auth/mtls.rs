@@ -66,8 +66,8 @@ impl MtlsIdentities {
 }
 
 fn pem_to_der(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut reader = std::io::BufReader::new(bytes);
-    let first = rustls_pemfile::certs(&mut reader).next()?;
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let first = CertificateDer::pem_slice_iter(bytes).next()?;
     first.ok().map(|c| c.to_vec())
 }
 

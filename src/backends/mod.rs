@@ -265,6 +265,19 @@ impl Client {
         }
     }
 
+    /// The figures of a SQL pool (`None` for clients without one), for
+    /// `/metrics`.
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        match self {
+            Client::Sql(s, _) => Some(PoolStats {
+                connections: s.pool.size(),
+                idle: s.pool.num_idle(),
+                lanes_connected: s.lanes.connected(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Pool figures for the admin view.
     pub fn stats(&self) -> serde_json::Value {
         match self {
@@ -379,6 +392,17 @@ pub struct Backend {
     pub reader: Option<reader::ReaderHandle>,
     pub transact: Option<Arc<dyn transact::TransactOutbox>>,
     pub health: Arc<Health>,
+}
+
+/// A SQL pool's connections at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// Open connections.
+    pub connections: u32,
+    /// Open connections no call holds.
+    pub idle: usize,
+    /// Postgres connections held beside the pool for lone hot statements.
+    pub lanes_connected: usize,
 }
 
 /// Every configured backend by name.

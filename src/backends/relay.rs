@@ -159,7 +159,7 @@ impl RelaySink for NatsSink {
 }
 
 /// Where a relay publishes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum RelayTarget {
     /// A Prism PubSub topic of the namespace, on a pubsub backend.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::BackendKind;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     #[serde(rename = "type")]
@@ -26,7 +26,7 @@ pub struct BackendSpec {
 }
 
 /// How a backend's pool actor manages its connections.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSpec {
     /// Most connections (SQL backends).

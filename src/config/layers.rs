@@ -74,6 +74,9 @@ fn apply_env_overrides(
             })?;
         }
     }
+    if let Some(directives) = env.var("RUST_LOG").filter(|d| !d.is_empty()) {
+        config.server.log_level = Some(directives);
+    }
     // A conventional variable (DATABASE_URL, ...) addresses the one backend
     // of its kind; with several, only PRISM_BACKEND_<NAME>_URL is used.
     let mut per_kind: BTreeMap<BackendKind, usize> = BTreeMap::new();

@@ -22,6 +22,7 @@ pub mod options;
 pub mod policy;
 pub mod resolve;
 pub mod sessions;
+pub mod tls;
 pub mod validate;
 
 /// The configuration compiled into the binary, used when no file is given.
@@ -64,7 +65,7 @@ pub enum ConfigError {
 }
 
 /// The whole gateway configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     #[serde(default)]
@@ -87,8 +88,16 @@ pub struct GatewayConfig {
     pub sessions: sessions::StoreConfig,
 }
 
+/// The running configuration, shared by what reads it after start; a
+/// config reload replaces it with what it applied.
+pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<GatewayConfig>>;
+
+/// The running [`Limits`], shared by the services; a config reload
+/// replaces them.
+pub type LiveLimits = std::sync::Arc<arc_swap::ArcSwap<Limits>>;
+
 /// Limits on what clients may send to the data APIs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest value a key may hold (default 4 MiB).
@@ -122,7 +131,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// gRPC listen address.
@@ -158,10 +167,14 @@ pub struct ServerConfig {
     pub otlp_endpoint: Option<String>,
     /// How client connections to the gRPC port are held.
     pub connections: ConnectionLimits,
+    /// What is logged, as `RUST_LOG` directives (`info`,
+    /// `warn,prism=debug`); `RUST_LOG`, when set, is used instead. Absent:
+    /// `info`. Changes on a config reload.
+    pub log_level: Option<String>,
 }
 
 /// What one client connection may hold, and how dead ones are found.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
     /// gRPC connections open at once; further clients wait in the listen
@@ -216,17 +229,29 @@ impl Default for ServerConfig {
             admin_token: None,
             otlp_endpoint: None,
             connections: ConnectionLimits::default(),
+            log_level: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     /// CA that signs client certificates; enables mTLS when set.
     pub client_ca_file: Option<PathBuf>,
+    /// How often the files are looked at for new content (a rotated
+    /// certificate is used for new connections from then on); `0s`: only
+    /// on a config reload.
+    #[serde(default = "TlsSpec::default_watch_interval", with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl TlsSpec {
+    fn default_watch_interval() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 /// An access pattern, i.e. which client API a config is for.
@@ -291,7 +316,7 @@ impl std::fmt::Display for Pattern {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceSpec {
     #[serde(default)]
@@ -325,7 +350,7 @@ pub struct NamespaceSpec {
 }
 
 /// How the namespace's Transact service writes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransactPolicy {
     /// Tables a DataWrite may target: table → its SQL backend and id column.
@@ -358,7 +383,7 @@ impl Default for TransactPolicy {
 }
 
 /// A table Transact may write.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactTable {
     /// A SQL backend of the namespace.
@@ -371,7 +396,7 @@ pub struct TransactTable {
 
 /// An outbox relay: the rows of one mailbox, in sequence order, to one
 /// broker destination; its progress is its own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySpec {
     /// The SQL backend holding the mailbox.
@@ -413,7 +438,7 @@ impl RelaySpec {
 }
 
 /// A table the Reader API exposes as a collection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionSpec {
     /// A SQL backend of the namespace.
@@ -449,7 +474,7 @@ impl CollectionSpec {
 /// How a namespace's Queue Subscribe streams buffer messages. A full
 /// buffer is backpressure: the subscription stops fetching until the
 /// client takes messages; nothing is dropped.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueuePolicy {
     /// Messages buffered per Subscribe stream between backend and client.
@@ -469,7 +494,7 @@ impl Default for QueuePolicy {
 }
 
 /// How a namespace's PubSub subscriptions buffer events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PubSubPolicy {
     /// Events buffered per subscription between backend and client.
@@ -492,7 +517,7 @@ impl Default for PubSubPolicy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionPolicy {
     /// A session with no activity for this long expires.
@@ -545,7 +570,7 @@ impl Default for SessionPolicy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
     pub name: String,
@@ -564,7 +589,7 @@ pub enum Consistency {
     BoundedStaleness,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedConfigSpec {
     pub namespace: String,
@@ -598,7 +623,7 @@ fn default_version() -> String {
     "v1".to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     #[serde(default)]
@@ -609,7 +634,7 @@ pub struct CacheSpec {
     pub max_entries: i64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub requests_per_second: i32,
@@ -617,7 +642,7 @@ pub struct RateLimitSpec {
     pub burst: i32,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     #[serde(default)]
@@ -631,7 +656,7 @@ pub enum JwtAlgorithm {
     RS256,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtIssuerSpec {
     pub issuer: String,
@@ -697,14 +722,14 @@ fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtlsSpec {
     /// Client certificate subject common name → principal.
     pub identities: BTreeMap<String, MtlsIdentity>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtlsIdentity {
     pub namespace: String,

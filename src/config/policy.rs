@@ -13,7 +13,7 @@ use super::{options::ClientOptions, Pattern, RateLimitSpec};
 use crate::error::Error;
 
 /// One rule of a namespace's policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// Patterns the rule covers; empty = every pattern.

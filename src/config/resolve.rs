@@ -102,25 +102,41 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// Every named config, resolved once at start: the configuration is fixed
-/// and was validated then, so sessions share these instead of re-resolving.
+/// The named configs, resolved by name.
+pub type ByName = BTreeMap<String, Arc<ResolvedConfig>>;
+
+/// Every named config, resolved once at start and again on each config
+/// reload (which replaces the whole set at once): sessions share these
+/// instead of re-resolving, and an open session keeps the config it was
+/// opened with.
 #[derive(Debug)]
 pub struct NamedConfigs {
-    by_name: BTreeMap<String, Arc<ResolvedConfig>>,
+    by_name: arc_swap::ArcSwap<ByName>,
 }
 
 impl NamedConfigs {
     pub fn resolve_all(cfg: &GatewayConfig) -> Result<Self, Error> {
-        let by_name = cfg
-            .configs
-            .iter()
-            .map(|(name, spec)| Ok((name.clone(), Arc::new(resolve_named_spec(cfg, name, spec)?))))
-            .collect::<Result<_, Error>>()?;
-        Ok(NamedConfigs { by_name })
+        Ok(NamedConfigs {
+            by_name: arc_swap::ArcSwap::from_pointee(Self::resolve(cfg)?),
+        })
     }
 
-    pub fn get(&self, name: &str) -> Result<&Arc<ResolvedConfig>, Error> {
-        self.by_name.get(name).ok_or_else(|| {
+    /// Every named config of `cfg`, resolved; the first that does not
+    /// resolve is the error.
+    pub fn resolve(cfg: &GatewayConfig) -> Result<ByName, Error> {
+        cfg.configs
+            .iter()
+            .map(|(name, spec)| Ok((name.clone(), Arc::new(resolve_named_spec(cfg, name, spec)?))))
+            .collect()
+    }
+
+    /// Puts a reloaded set in use for sessions opened from now on.
+    pub fn replace(&self, by_name: ByName) {
+        self.by_name.store(Arc::new(by_name));
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<ResolvedConfig>, Error> {
+        self.by_name.load().get(name).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
                 "CONFIG_NOT_FOUND",
@@ -132,9 +148,9 @@ impl NamedConfigs {
         })
     }
 
-    /// In name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ResolvedConfig>> {
-        self.by_name.values()
+    /// Every config as it is now, in name order.
+    pub fn all(&self) -> Arc<ByName> {
+        self.by_name.load_full()
     }
 }
 

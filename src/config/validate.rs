@@ -123,6 +123,9 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
         }
     }
     check_auth(&mut r, cfg);
+    if let Err(e) = crate::telemetry::log_filter(cfg.server.log_level.as_deref()) {
+        r.fail("server.log_level", e);
+    }
     if let Some(tls) = &cfg.server.tls {
         for (what, path) in [
             ("cert_file", Some(&tls.cert_file)),
@@ -139,6 +142,10 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
                     );
                 }
             }
+        }
+        match super::tls::check(tls) {
+            Ok(()) => r.pass("server.tls", "the certificate, key and client CA load"),
+            Err(e) => r.fail("server.tls", e),
         }
     }
     r

@@ -3,11 +3,13 @@
 //! until the shutdown future resolves, then drains and closes sessions.
 
 mod connections;
+pub mod reload;
+pub mod tls;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::{
     actors::{
@@ -16,7 +18,7 @@ use crate::{
     },
     auth::Authenticator,
     backends::Backends,
-    config::{resolve::NamedConfigs, GatewayConfig},
+    config::{resolve::NamedConfigs, GatewayConfig, LiveConfig, LiveLimits},
     error::Error,
     proto,
     services::{
@@ -42,7 +44,10 @@ pub enum ServeError {
 
 /// Everything a running gateway shares between its services and actors.
 pub struct Gateway {
-    pub config: Arc<GatewayConfig>,
+    /// The running config (a reload replaces it with what it applied).
+    pub config: LiveConfig,
+    /// `limits`, shared by the services.
+    pub limits: LiveLimits,
     pub named: Arc<NamedConfigs>,
     pub registry: Arc<SessionRegistry>,
     pub sessions: Arc<Sessions>,
@@ -53,6 +58,10 @@ pub struct Gateway {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit log.
     pub audit: Arc<crate::audit::Audit>,
+    /// The gRPC listener's TLS material, when `server.tls` is set.
+    pub tls: Option<Arc<tls::TlsMaterial>>,
+    /// Rereads the config and applies what can change live.
+    pub reloader: Arc<reload::Reloader>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -61,7 +70,27 @@ impl Gateway {
     /// actix System (see [`crate::runtime`]); the config must have passed
     /// validation.
     pub fn start(config: GatewayConfig) -> Result<Gateway, ServeError> {
-        let config = Arc::new(config);
+        Self::start_from(config, reload::Origin::inline())
+    }
+
+    /// [`Gateway::start`], for a config read from `origin`, which a reload
+    /// reads again.
+    pub fn start_from(
+        config: GatewayConfig,
+        origin: reload::Origin,
+    ) -> Result<Gateway, ServeError> {
+        let limits: LiveLimits = Arc::new(arc_swap::ArcSwap::from_pointee(config.limits));
+        let admin_token = Arc::new(arc_swap::ArcSwapOption::from(
+            config.server.admin_token.clone().map(Arc::new),
+        ));
+        let live: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config));
+        let config = live.load_full();
+        let tls = match &config.server.tls {
+            Some(spec) => Some(Arc::new(
+                tls::TlsMaterial::load(spec).map_err(ServeError::Tls)?,
+            )),
+            None => None,
+        };
         let auth = Arc::new(Authenticator::new(&config).map_err(ServeError::Config)?);
         let named = Arc::new(
             NamedConfigs::resolve_all(&config).map_err(|e| ServeError::Config(e.message))?,
@@ -102,15 +131,27 @@ impl Gateway {
         ));
         let store = crate::session::store::open(&config.sessions).map_err(ServeError::Config)?;
         let sessions = Arc::new(Sessions::new(
-            config.clone(),
+            live.clone(),
             named.clone(),
-            auth,
+            auth.clone(),
             registry.clone(),
             supervisors.clone(),
             store,
         ));
+        let reloader = Arc::new(reload::Reloader {
+            origin,
+            config: live.clone(),
+            limits: limits.clone(),
+            named: named.clone(),
+            auth,
+            registry: registry.clone(),
+            tls: tls.clone(),
+            admin_token,
+            turn: tokio::sync::Mutex::new(()),
+        });
         Ok(Gateway {
-            config,
+            config: live,
+            limits,
             named: named.clone(),
             registry,
             sessions,
@@ -119,6 +160,8 @@ impl Gateway {
             subscriptions,
             metrics: Arc::default(),
             audit,
+            tls,
+            reloader,
             pool,
         })
     }
@@ -126,31 +169,36 @@ impl Gateway {
     /// Whether every backend a namespace may use is up (backends with no
     /// client in this build do not count).
     pub fn namespace_ready(&self, namespace: &str) -> bool {
-        self.config.namespaces.get(namespace).is_some_and(|ns| {
-            ns.allowed_backends.iter().all(|name| {
-                self.backends
-                    .get(name)
-                    .is_none_or(|b| b.client.is_none() || b.health.is_up())
+        self.config
+            .load()
+            .namespaces
+            .get(namespace)
+            .is_some_and(|ns| {
+                ns.allowed_backends.iter().all(|name| {
+                    self.backends
+                        .get(name)
+                        .is_none_or(|b| b.client.is_none() || b.health.is_up())
+                })
             })
-        })
     }
 
-    /// What `/metrics` reads.
-    pub fn metrics_sources(&self) -> crate::metrics::Sources {
-        crate::metrics::Sources {
+    /// What `/metrics` exposes.
+    pub fn exposition(&self) -> crate::metrics::Exposition {
+        crate::metrics::Exposition::new(crate::metrics::Sources {
             calls: self.metrics.clone(),
             registry: self.registry.clone(),
-            restarts: self.supervisors.restarts().clone(),
+            supervisors: self.supervisors.clone(),
             backends: self.backends.clone(),
-            relays: self.supervisors.relays(),
-        }
+        })
     }
 
     /// What the admin listener reads and does.
     pub fn admin_state(&self) -> crate::admin::AdminState {
         crate::admin::AdminState {
-            token: self.config.server.admin_token.clone(),
-            metrics: self.metrics_sources(),
+            token: self.reloader.admin_token.clone(),
+            reloader: self.reloader.clone(),
+            metrics: self.exposition(),
+            backends: self.backends.clone(),
             supervisors: self.supervisors.clone(),
             sessions: self.sessions.clone(),
         }
@@ -175,29 +223,6 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-fn tls_config(config: &GatewayConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
-    let Some(tls) = &config.server.tls else {
-        return Ok(None);
-    };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
-    };
-    let mut tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&tls.cert_file)?,
-            read(&tls.key_file)?,
-        ))
-        .timeout(config.server.connections.handshake_timeout);
-    if let Some(ca) = &tls.client_ca_file {
-        // Optional so API-key and JWT clients connect without a certificate;
-        // a certificate that is presented must verify against this CA.
-        tls_config = tls_config
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls_config))
-}
-
 /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
 /// calls finish within `server.shutdown_grace`, closes every session and
 /// stops the actors.
@@ -206,6 +231,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Settings read once, at start (a reload reports their changes as
+    // needing a restart).
+    let config = gateway.config.load_full();
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stopped| *stopped).await;
@@ -274,7 +302,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let limits = &gateway.config.server.connections;
+    let limits = &config.server.connections;
     let mut builder = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
@@ -283,18 +311,15 @@ pub async fn run(
     if let Some(age) = limits.max_age {
         builder = builder
             .max_connection_age(age)
-            .max_connection_age_grace(gateway.config.server.shutdown_grace);
+            .max_connection_age_grace(config.server.shutdown_grace);
     }
     let mut builder = builder.layer(crate::metrics::MetricsLayer {
         metrics: gateway.metrics.clone(),
         audit: gateway.audit.clone(),
     });
-    if let Some(tls) = tls_config(&gateway.config)? {
-        builder = builder.tls_config(tls)?;
-    }
     let gates = crate::gate::GateState::new(gateway.registry.clone(), gateway.backends.clone());
     // Data services take messages up to limits.max_message_bytes each way.
-    let max = gateway.config.limits.max_message_bytes;
+    let max = config.limits.max_message_bytes;
     macro_rules! sized {
         ($service:expr) => {
             $service
@@ -314,35 +339,50 @@ pub async fn run(
         )))
         .add_service(sized!(KeyValueServiceServer::new(KeyValueApi::new(
             &gates,
-            gateway.config.limits.clone()
+            gateway.limits.clone()
         ))))
         .add_service(sized!(QueueServiceServer::new(QueueApi::new(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.config.limits.clone(),
+            gateway.limits.clone(),
         ))))
         .add_service(sized!(PubSubServiceServer::new(PubSubApi::new(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.config.limits.clone(),
+            gateway.limits.clone(),
         ))))
         .add_service(sized!(ReaderServiceServer::new(ReaderApi::new(
-            &gates,
-            &gateway.config
+            &gates, &config
         ))))
         .add_service(sized!(TransactServiceServer::new(TransactApi::new(
             &gates,
             gateway.subscriptions.transactions.clone(),
             gateway.supervisors.clone(),
-            gateway.config.limits.transaction_begin_timeout,
+            gateway.limits.clone(),
         ))));
 
     let grpc_addr = listeners.grpc.local_addr().ok();
     let incoming = connections::incoming(listeners.grpc, limits);
-    let mut grpc =
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())));
+    let mut tls_watch = None;
+    let mut grpc = match &gateway.tls {
+        Some(material) => {
+            let every = config
+                .server
+                .tls
+                .as_ref()
+                .map_or(Duration::ZERO, |t| t.watch_interval);
+            if !every.is_zero() {
+                tls_watch = Some(tokio::spawn(material.clone().watch(every)));
+            }
+            let incoming = tls::incoming(incoming, material.clone(), limits.handshake_timeout);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())))
+        }
+        None => {
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal(stop_rx.clone())))
+        }
+    };
     if let Some(addr) = grpc_addr {
         tracing::info!(%addr, "grpc listening");
     }
@@ -358,7 +398,7 @@ pub async fn run(
         ))
     });
 
-    let grace = gateway.config.server.shutdown_grace;
+    let grace = config.server.shutdown_grace;
     let failure = gateway.supervisors.failure.clone();
     let mut supervision_failed = None;
     let mut result = tokio::select! {
@@ -405,6 +445,9 @@ pub async fn run(
         };
     }
     let _ = stop_tx.send(true);
+    if let Some(watch) = tls_watch {
+        watch.abort();
+    }
     let _ = readiness.await;
     if let Some(admin) = admin {
         match tokio::time::timeout(Duration::from_secs(5), admin).await {
@@ -455,7 +498,7 @@ async fn report_readiness(
         .collect();
     tokio::pin!(stop);
     loop {
-        for namespace in gateway.config.namespaces.keys() {
+        for namespace in gateway.config.load_full().namespaces.keys() {
             let status = if gateway.namespace_ready(namespace) {
                 ServingStatus::Serving
             } else {

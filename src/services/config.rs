@@ -50,7 +50,8 @@ impl ConfigService for ConfigApi {
             .and_then(resolve::pattern_from_proto);
         let configs = self
             .named
-            .iter()
+            .all()
+            .values()
             .filter(|c| req.namespace.is_empty() || c.namespace == req.namespace)
             .filter(|c| pattern.is_none_or(|p| c.patterns.contains(&p)))
             .map(|c| c.proto.clone())

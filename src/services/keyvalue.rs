@@ -16,7 +16,7 @@ use crate::{
         kv::{Action, Applied, Idempotency, KvHandle, Precondition, ScanItem, WriteBatch, WriteOp},
         Interface,
     },
-    config::{Limits, Pattern},
+    config::{LiveLimits, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
@@ -30,7 +30,7 @@ const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 pub struct KeyValueApi {
     gate: Gate<KvHandle>,
-    limits: Limits,
+    limits: LiveLimits,
 }
 
 type Call = gate::Call<KvHandle>;
@@ -61,7 +61,7 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
 }
 
 impl KeyValueApi {
-    pub fn new(gates: &GateState, limits: Limits) -> Self {
+    pub fn new(gates: &GateState, limits: LiveLimits) -> Self {
         KeyValueApi {
             gate: gates.gate(
                 Service::KeyValue,
@@ -81,33 +81,35 @@ impl KeyValueApi {
                 "key is empty; keys are 1 or more bytes of UTF-8",
             ));
         }
-        if key.len() > self.limits.max_key_bytes {
+        let max = self.limits.load().max_key_bytes;
+        if key.len() > max {
             return Err(Error::invalid_argument(
                 "KEY_TOO_LARGE",
                 format!(
                     "key is {} bytes; the limit is {} bytes (limits.max_key_bytes)",
                     key.len(),
-                    self.limits.max_key_bytes
+                    max
                 ),
             )
-            .with("limit", self.limits.max_key_bytes.to_string()));
+            .with("limit", max.to_string()));
         }
         Ok(())
     }
 
     fn check_value(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        if value.len() > self.limits.max_value_bytes {
+        let max = self.limits.load().max_value_bytes;
+        if value.len() > max {
             return Err(Error::invalid_argument(
                 "VALUE_TOO_LARGE",
                 format!(
                     "value for key `{key}` is {} bytes; the limit is {} bytes \
                      (limits.max_value_bytes)",
                     value.len(),
-                    self.limits.max_value_bytes
+                    max
                 ),
             )
             .with("key", key)
-            .with("limit", self.limits.max_value_bytes.to_string()));
+            .with("limit", max.to_string()));
         }
         Ok(())
     }
@@ -120,13 +122,14 @@ impl KeyValueApi {
                 "the batch is empty; send at least one key",
             ));
         }
-        if keys.len() > self.limits.max_batch_ops {
+        let max = self.limits.load().max_batch_ops;
+        if keys.len() > max {
             return Err(Error::invalid_argument(
                 "BATCH_TOO_LARGE",
                 format!(
                     "the batch has {} operations; the limit is {} (limits.max_batch_ops)",
                     keys.len(),
-                    self.limits.max_batch_ops
+                    max
                 ),
             ));
         }
@@ -183,7 +186,7 @@ impl KeyValueApi {
                 )
             })?;
         let now = std::time::SystemTime::now();
-        let window = self.limits.idempotency_window;
+        let window = self.limits.load().idempotency_window;
         match now.duration_since(generated) {
             Ok(age) if age > window => {
                 return Err(Error::invalid_argument(
@@ -578,17 +581,18 @@ impl KeyValueService for KeyValueApi {
                     .zip(&records)
                     .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
                     .sum();
-                if bytes > self.limits.max_message_bytes {
+                let max = self.limits.load().max_message_bytes;
+                if bytes > max {
                     return Err(Error::new(
                         ErrorKind::ResourceExhausted,
                         "RESPONSE_TOO_LARGE",
                         format!(
                             "the values of these keys add up to more than {} bytes \
                              (limits.max_message_bytes); ask for fewer keys at once",
-                            self.limits.max_message_bytes
+                            max
                         ),
                     )
-                    .with("limit", self.limits.max_message_bytes.to_string()));
+                    .with("limit", max.to_string()));
                 }
                 let items = req
                     .keys

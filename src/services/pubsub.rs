@@ -23,7 +23,7 @@ use crate::{
         },
         Interface,
     },
-    config::{Limits, Pattern},
+    config::{LiveLimits, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::pubsub::v1::{self as pb, pub_sub_service_server::PubSubService},
@@ -40,7 +40,7 @@ pub struct PubSubApi {
     gate: Gate<PubSubHandle>,
     subscriptions: Arc<crate::actors::subscription::Subscriptions>,
     supervisors: Arc<Supervisors>,
-    limits: Limits,
+    limits: LiveLimits,
 }
 
 type Call = gate::Call<PubSubHandle>;
@@ -134,7 +134,7 @@ impl PubSubApi {
         gates: &GateState,
         subscriptions: Arc<crate::actors::subscription::Subscriptions>,
         supervisors: Arc<Supervisors>,
-        limits: Limits,
+        limits: LiveLimits,
     ) -> Self {
         PubSubApi {
             gate: gates.gate(
@@ -156,14 +156,15 @@ impl PubSubApi {
 
     fn event(&self, req: pb::PublishRequest) -> Result<Event, Error> {
         check_topic(&req.topic)?;
-        if req.payload.len() > self.limits.max_message_bytes {
+        let max = self.limits.load().max_message_bytes;
+        if req.payload.len() > max {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
                 "PAYLOAD_TOO_LARGE",
                 format!(
                     "payload of {} bytes exceeds the limit of {} bytes",
                     req.payload.len(),
-                    self.limits.max_message_bytes
+                    max
                 ),
             ));
         }

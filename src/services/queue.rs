@@ -24,7 +24,7 @@ use crate::{
         },
         Interface,
     },
-    config::{Limits, Pattern},
+    config::{LiveLimits, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
@@ -37,7 +37,7 @@ pub struct QueueApi {
     gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
     supervisors: Arc<Supervisors>,
-    limits: Limits,
+    limits: LiveLimits,
 }
 
 gate::session_token_field!(
@@ -86,7 +86,7 @@ impl QueueApi {
         gates: &GateState,
         subscriptions: Arc<Subscriptions>,
         supervisors: Arc<Supervisors>,
-        limits: Limits,
+        limits: LiveLimits,
     ) -> Self {
         QueueApi {
             gate: gates.gate(Service::Queue, Pattern::Queue, Interface::QueueBasic, |b| {
@@ -99,13 +99,14 @@ impl QueueApi {
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        if payload.len() > self.limits.max_value_bytes {
+        let max = self.limits.load().max_value_bytes;
+        if payload.len() > max {
             return Err(Error::invalid_argument(
                 "PAYLOAD_TOO_LARGE",
                 format!(
                     "payload is {} bytes; the limit is {} bytes (limits.max_value_bytes)",
                     payload.len(),
-                    self.limits.max_value_bytes
+                    max
                 ),
             ));
         }
@@ -154,12 +155,13 @@ impl QueueService for QueueApi {
         self.gate
             .unary(request, async |call, req| {
                 check_topic(&req.topic)?;
-                if req.messages.is_empty() || req.messages.len() > self.limits.max_batch_ops {
+                let max = self.limits.load().max_batch_ops;
+                if req.messages.is_empty() || req.messages.len() > max {
                     return Err(Error::invalid_argument(
                         "BATCH_TOO_LARGE",
                         format!(
                         "a batch holds 1 to {} messages (limits.max_batch_ops); this one has {}",
-                        self.limits.max_batch_ops,
+                        max,
                         req.messages.len()
                     ),
                     ));

@@ -55,8 +55,9 @@ struct Inner {
     /// relays must be a message its destination can take.
     relays: Vec<Arc<RelayShared>>,
     clock: Clock,
-    /// How long a Transaction stream may wait for its BeginTransaction.
-    begin_timeout: Duration,
+    /// `limits.transaction_begin_timeout`: how long a Transaction stream
+    /// may wait for its BeginTransaction.
+    limits: crate::config::LiveLimits,
     /// Single Writes to one mailbox share transactions.
     groups: super::group_commit::GroupCommit,
 }
@@ -86,7 +87,7 @@ impl TransactApi {
         gates: &GateState,
         transactions: Arc<Transactions>,
         supervisors: Arc<Supervisors>,
-        begin_timeout: Duration,
+        limits: crate::config::LiveLimits,
     ) -> Self {
         TransactApi {
             inner: Arc::new(Inner {
@@ -100,7 +101,7 @@ impl TransactApi {
                 transactions,
                 relays: supervisors.relays(),
                 supervisors,
-                begin_timeout,
+                limits,
                 groups: Default::default(),
             }),
         }
@@ -703,7 +704,8 @@ impl Driver {
                 _ => None,
             },
             Phase::AwaitBegin => {
-                match tokio::time::timeout(self.api.begin_timeout, self.inbound.next()).await {
+                let begin_timeout = self.api.limits.load().transaction_begin_timeout;
+                match tokio::time::timeout(begin_timeout, self.inbound.next()).await {
                     Ok(Some(Ok(pb::TransactRequest {
                         request: Some(In::Begin(begin)),
                     }))) => match self.begin(begin).await {
@@ -724,7 +726,7 @@ impl Driver {
                         "BEGIN_TIMEOUT",
                         format!(
                             "no BeginTransaction within {}; send it first",
-                            humantime::format_duration(self.api.begin_timeout)
+                            humantime::format_duration(begin_timeout)
                         ),
                     )
                     .with("limit", "limits.transaction_begin_timeout")

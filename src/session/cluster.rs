@@ -47,7 +47,7 @@ use super::{
 };
 use crate::{
     auth::Principal,
-    config::{resolve, resolve::NamedConfigs, GatewayConfig},
+    config::{resolve, resolve::NamedConfigs, LiveConfig},
     error::Error,
     proto::config::v1::ClientConfig,
 };
@@ -66,7 +66,7 @@ pub struct Cluster {
     store: Arc<dyn SessionStore>,
     settings: StoreConfig,
     host: Arc<dyn SessionHost>,
-    config: Arc<GatewayConfig>,
+    config: LiveConfig,
     named: Arc<NamedConfigs>,
     /// Sessions with activity not yet written to the store.
     unflushed: Mutex<Vec<Arc<SessionEntry>>>,
@@ -89,7 +89,7 @@ impl Cluster {
         store: Arc<dyn SessionStore>,
         settings: StoreConfig,
         host: Arc<dyn SessionHost>,
-        config: Arc<GatewayConfig>,
+        config: LiveConfig,
         named: Arc<NamedConfigs>,
     ) -> Self {
         Cluster {
@@ -283,7 +283,7 @@ impl Cluster {
     ) -> Result<SessionEntry, Error> {
         let namespace: Arc<NamespaceSessions> = registry.namespace(&stored.namespace)?.clone();
         let config = match &stored.config {
-            StoredConfig::Named(name) => self.named.get(name)?.clone(),
+            StoredConfig::Named(name) => self.named.get(name)?,
             StoredConfig::Inline(encoded) => {
                 let inline = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
@@ -291,7 +291,7 @@ impl Cluster {
                     .and_then(|bytes| ClientConfig::decode(bytes.as_slice()).ok())
                     .ok_or_else(|| Error::internal("stored inline config does not decode"))?;
                 Arc::new(resolve::resolve_inline(
-                    &self.config,
+                    &self.config.load(),
                     &stored.namespace,
                     &inline,
                 )?)

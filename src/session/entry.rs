@@ -146,8 +146,9 @@ pub struct NamespaceSessions {
     pub name: std::sync::Arc<str>,
     /// The namespace's rules (sessions, allowed patterns and backends,
     /// collections, Transact tables, PubSub buffers), read by the call gate
-    /// through the session with no lookup.
-    pub spec: NamespaceSpec,
+    /// through the session with no lookup; a config reload replaces them
+    /// (see [`NamespaceSessions::spec`]).
+    spec: arc_swap::ArcSwap<NamespaceSpec>,
     /// Open sessions (bounded by `policy.max_sessions`).
     pub open: AtomicUsize,
     /// Message bytes of data calls, open and ended sessions together.
@@ -166,7 +167,7 @@ impl NamespaceSessions {
     pub fn new(name: &str, spec: NamespaceSpec) -> Self {
         NamespaceSessions {
             name: name.into(),
-            spec,
+            spec: arc_swap::ArcSwap::from_pointee(spec),
             open: AtomicUsize::new(0),
             bytes_received: AtomicI64::new(0),
             bytes_sent: AtomicI64::new(0),
@@ -174,6 +175,18 @@ impl NamespaceSessions {
             transactions: AtomicI64::new(0),
             by_principal: DashMap::new(),
         }
+    }
+
+    /// The namespace's rules as they are now. A call takes them once, when
+    /// it is admitted, and keeps them to its end.
+    pub fn spec(&self) -> Arc<NamespaceSpec> {
+        self.spec.load_full()
+    }
+
+    /// New rules from a config reload: every session of the namespace
+    /// follows them from its next call; none is dropped.
+    pub fn replace_spec(&self, spec: NamespaceSpec) {
+        self.spec.store(Arc::new(spec));
     }
 }
 
@@ -282,7 +295,8 @@ impl SessionEntry {
         namespace_sessions: Arc<NamespaceSessions>,
         clock: Clock,
     ) -> Self {
-        let policy = &namespace_sessions.spec.session;
+        let spec = namespace_sessions.spec();
+        let policy = &spec.session;
         let now = clock.now_ms();
         let hard = now.saturating_add(ms(policy.max_lifetime));
         let expires = now.saturating_add(ms(policy.idle_timeout)).min(hard);
@@ -365,9 +379,9 @@ impl SessionEntry {
         &self.principal.namespace
     }
 
-    /// Its namespace's session policy.
-    pub fn policy(&self) -> &SessionPolicy {
-        &self.namespace_sessions.spec.session
+    /// Its namespace's session policy, as it is now.
+    pub fn policy(&self) -> SessionPolicy {
+        self.namespace_sessions.spec.load().session
     }
 
     pub fn state(&self) -> SessionState {

@@ -9,7 +9,7 @@ use crate::{
     auth::{Authenticator, Principal},
     config::{
         resolve::{self, NamedConfigs},
-        GatewayConfig, SessionPolicy,
+        LiveConfig, SessionPolicy,
     },
     error::Error,
     proto::config::v1::ClientConfig,
@@ -113,7 +113,7 @@ pub trait SessionHost: Send + Sync {
 }
 
 pub struct Sessions {
-    config: Arc<GatewayConfig>,
+    config: LiveConfig,
     named: Arc<NamedConfigs>,
     auth: Arc<Authenticator>,
     registry: Arc<SessionRegistry>,
@@ -125,7 +125,7 @@ impl Sessions {
     /// joins the cluster that shares it (its background work starts on the
     /// current runtime).
     pub fn new(
-        config: Arc<GatewayConfig>,
+        config: LiveConfig,
         named: Arc<NamedConfigs>,
         auth: Arc<Authenticator>,
         registry: Arc<SessionRegistry>,
@@ -135,7 +135,7 @@ impl Sessions {
         if let Some(store) = store {
             let cluster = Arc::new(super::cluster::Cluster::new(
                 store,
-                config.sessions.clone(),
+                config.load().sessions.clone(),
                 host.clone(),
                 config.clone(),
                 named.clone(),
@@ -171,7 +171,12 @@ impl Sessions {
                 ))
             }
         };
-        if !self.config.namespaces.contains_key(&principal.namespace) {
+        if !self
+            .config
+            .load()
+            .namespaces
+            .contains_key(&principal.namespace)
+        {
             return Err(Error::permission_denied(
                 "NAMESPACE_NOT_FOUND",
                 format!(
@@ -207,7 +212,7 @@ impl Sessions {
             .map(super::cluster::stored_config);
         let resolved = match request.config {
             Some(ConfigChoice::Named(name)) => {
-                let resolved = self.named.get(name)?.clone();
+                let resolved = self.named.get(name)?;
                 if resolved.namespace != principal.namespace {
                     return Err(Error::permission_denied(
                         "NAMESPACE_MISMATCH",
@@ -220,7 +225,7 @@ impl Sessions {
                 resolved
             }
             Some(ConfigChoice::Inline(inline)) => Arc::new(resolve::resolve_inline(
-                &self.config,
+                &self.config.load(),
                 &principal.namespace,
                 inline,
             )?),
@@ -243,7 +248,7 @@ impl Sessions {
         }
         let namespace = self.registry.namespace(&principal.namespace)?.clone();
         check_client_fields(
-            &namespace.spec.session,
+            &namespace.spec().session,
             &request.client_id,
             &request.client_version,
             &request.metadata,

@@ -186,7 +186,7 @@ impl Harness {
                 }
             }
         }
-        let sqlite = sqlite_path(&self.gw.gateway.config);
+        let sqlite = sqlite_path(&self.gw.gateway.config.load());
         self.gw.stop().await;
         if let Some(path) = sqlite {
             for suffix in ["", "-wal", "-shm"] {

@@ -127,12 +127,29 @@ impl TestGateway {
     }
 
     pub async fn start_with(config: GatewayConfig) -> Self {
-        Self::start_inner(config, None).await
+        Self::start_inner(config, prism::server::reload::Origin::inline(), None).await
+    }
+
+    /// A gateway on the config in `file`, which a reload reads again.
+    pub async fn start_from_file(file: &std::path::Path) -> Self {
+        let config = GatewayConfig::load_validated(Some(file), &prism::config::ProcessEnv)
+            .expect("the config file loads");
+        let origin = prism::server::reload::Origin {
+            source: prism::config::Source::File(file.to_path_buf()),
+            listen: None,
+            admin_listen: None,
+        };
+        Self::start_inner(config, origin, None).await
     }
 
     /// A gateway with TLS configured, reached over TLS.
     pub async fn start_tls(config: GatewayConfig, client: ClientTlsConfig) -> Self {
-        Self::start_inner(config, Some(client)).await
+        Self::start_inner(
+            config,
+            prism::server::reload::Origin::inline(),
+            Some(client),
+        )
+        .await
     }
 
     /// Another connection to the same gateway (e.g. with another certificate).
@@ -146,7 +163,11 @@ impl TestGateway {
             .expect("tls connect to gateway")
     }
 
-    async fn start_inner(config: GatewayConfig, tls: Option<ClientTlsConfig>) -> Self {
+    async fn start_inner(
+        config: GatewayConfig,
+        origin: prism::server::reload::Origin,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -155,7 +176,7 @@ impl TestGateway {
             .await
             .expect("bind loopback");
         let admin_addr = admin.local_addr().unwrap();
-        let gateway = Arc::new(Gateway::start(config).expect("gateway starts"));
+        let gateway = Arc::new(Gateway::start_from(config, origin).expect("gateway starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(server::run(
             gateway.clone(),
@@ -411,6 +432,17 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    let (status, _, body) = http_with_head(addr, method, path, headers).await;
+    (status, body)
+}
+
+/// [`http`], with the response's head (status line and headers) too.
+pub async fn http_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -434,7 +466,7 @@ pub async fn http(
             .contains("transfer-encoding: chunked"),
         "chunked bodies are not read here"
     );
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
 /// A free loopback port.
@@ -455,9 +487,23 @@ pub async fn spawn_serve(
     serve::spawn_serve(env!("CARGO_BIN_EXE_prism").as_ref(), args, envs).await
 }
 
-/// Parses Prometheus text exposition strictly enough to catch a malformed
-/// line: every sample belongs to a family with HELP and TYPE, label sets
-/// are well quoted, values are numbers. Returns sample → value.
+/// [`spawn_serve`], with the child's log lines.
+pub async fn spawn_serve_logged(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    serve::spawn_serve_logged(env!("CARGO_BIN_EXE_prism").as_ref(), args, envs).await
+}
+
+/// Parses the OpenMetrics text of `/metrics` strictly enough to catch a
+/// malformed line: every sample belongs to a family with HELP and TYPE (a
+/// counter's samples end in `_total`), label sets are well quoted, values
+/// are numbers. Returns sample → value. (tests/exposition.rs checks the
+/// whole text with a real parser.)
 pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
     let mut typed = std::collections::HashSet::new();
     let mut samples = std::collections::HashMap::new();
@@ -471,7 +517,7 @@ pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
             typed.insert(name.to_string());
             continue;
         }
-        if line.starts_with("# HELP ") || line.is_empty() {
+        if line.starts_with("# HELP ") || line == "# EOF" || line.is_empty() {
             continue;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
@@ -494,7 +540,7 @@ pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
                 }
             }
         }
-        let family = ["_bucket", "_sum", "_count"]
+        let family = ["_total", "_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
             .unwrap_or(name);

@@ -11,6 +11,21 @@ pub async fn spawn_serve(
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &std::ffi::OsStr)],
 ) -> (tokio::process::Child, String) {
+    let (child, addr, _log) = spawn_serve_logged(binary, args, envs).await;
+    (child, addr)
+}
+
+/// [`spawn_serve`], with the child's log lines after "grpc listening"
+/// (stdout), for a test that waits on one.
+pub async fn spawn_serve_logged(
+    binary: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut cmd = tokio::process::Command::new(binary);
     cmd.args([
@@ -47,7 +62,13 @@ pub async fn spawn_serve(
     })
     .await
     .expect("serve listens in time");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    // Keep draining the log so the child never blocks on a full pipe; the
+    // task ends with the child's stdout.
+    let (log, logged) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.send(line);
+        }
+    });
+    (child, addr, logged)
 }
