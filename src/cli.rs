@@ -172,8 +172,10 @@ async fn run(config: GatewayConfig, origin: Origin) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen))?;
         let gateway =
             std::sync::Arc::new(Gateway::start_from(config, origin).map_err(|e| e.to_string())?);
-        // SIGHUP reloads the config; the task ends with the gateway.
-        let reloads = tokio::spawn(reload_on_hangup(gateway.reloader.clone()));
+        // SIGHUP reloads the config; listened for before the gateway
+        // serves (its default action would end the process), in a task
+        // that ends with the gateway.
+        let reloads = tokio::spawn(reload_on_hangup(hangups()?, gateway.reloader.clone()));
         let served = server::run(
             gateway,
             Listeners {
@@ -185,20 +187,33 @@ async fn run(config: GatewayConfig, origin: Origin) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string());
         reloads.abort();
+        let _ = reloads.await;
         served
     }
 }
 
-/// Reloads the config on each SIGHUP, until aborted. A refused file is
-/// logged; the running config stays.
-async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) {
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// SIGHUP, listened for from now on.
+fn hangups() -> Result<Hangups, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload through POST /admin/reload");
-            return;
-        };
+        signal(SignalKind::hangup()).map_err(|e| format!("listening for SIGHUP: {e}"))
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// Reloads the config on each SIGHUP, until aborted. A refused file is
+/// logged; the running config stays.
+async fn reload_on_hangup(hangups: Hangups, reloader: std::sync::Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let mut hangups = hangups;
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the config");
             if let Err(e) = reloader.reload().await {
@@ -208,7 +223,7 @@ async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) {
     }
     #[cfg(not(unix))]
     {
-        let _ = reloader;
+        let _ = (hangups, reloader);
         std::future::pending::<()>().await
     }
 }

@@ -369,10 +369,9 @@ impl Collector for Live {
             pools().map(|(l, s)| (l, ConstGauge::new(s.lanes_connected))),
         )?;
 
-        let relays: Vec<_> = sources
-            .supervisors
-            .relays()
-            .into_iter()
+        let running = sources.supervisors.relays();
+        let relays: Vec<_> = running
+            .iter()
             .map(|r| {
                 let labels = RelayLabels {
                     namespace: r.namespace.clone(),

@@ -1,9 +1,10 @@
 //! Config reload without a restart: through the admin endpoint and SIGHUP,
 //! a changed file's live parts (API keys, named configs, limits, namespace
-//! rules, the admin token) are in use at once while open sessions go on;
-//! what cannot change live (a listen address, backends) is reported and
-//! keeps running; a file that does not load or validate is refused and the
-//! running config stays. Instances of a cluster are reloaded one by one.
+//! rules, outbox relays, the admin token) are in use at once while open
+//! sessions go on; what cannot change live (a listen address, backends) is
+//! reported and keeps running; a file that does not load or validate is
+//! refused and the running config stays. Instances of a cluster are
+//! reloaded one by one.
 
 mod common;
 
@@ -261,10 +262,16 @@ fn sighup_reloads_the_running_binary() {
             .create_session(api_key_request(TEST_KEY, "user-profiles"))
             .await
             .expect("a session before the reload");
-        assert!(sessions
+        let err = sessions
             .create_session(api_key_request(NEW_KEY, "user-profiles"))
             .await
-            .is_err());
+            .unwrap_err();
+        assert_error(
+            &err,
+            Code::Unauthenticated,
+            "INVALID_API_KEY",
+            Service::Session,
+        );
 
         std::fs::write(&file, changed(&yaml)).unwrap();
         hangup(&child);
@@ -390,5 +397,143 @@ fn a_cluster_reloads_one_instance_at_a_time() {
         for f in &files {
             let _ = std::fs::remove_dir_all(f.parent().unwrap());
         }
+    });
+}
+
+#[test]
+fn a_narrowed_namespace_reaches_open_sessions_at_their_next_call() {
+    block_on_multi_thread(async {
+        let file = scratch("narrow");
+        let yaml = test_config_yaml();
+        std::fs::write(&file, &yaml).unwrap();
+        let gw = TestGateway::start_from_file(&file).await;
+        let open = kv(&gw, common::OTHER_KEY, "other-kv").await.unwrap();
+        open.set("k", b"v").await.unwrap();
+
+        // Namespace `other` no longer allows KeyValue (nor the named
+        // config the session was opened with).
+        let narrowed = yaml
+            .replace(
+                "    allowed_backends: [memory]\n    allowed_patterns: [key_value]",
+                "    allowed_backends: [memory]\n    allowed_patterns: [queue]",
+            )
+            .replace(
+                "  other-kv: { namespace: other, pattern: key_value, backend: memory }\n",
+                "",
+            );
+        assert_ne!(narrowed, yaml);
+        std::fs::write(&file, &narrowed).unwrap();
+        let (status, body) = reload(&gw, ADMIN_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("namespaces.other"), "{body}");
+        let err = open.set("k", b"v2").await.unwrap_err();
+        assert_error(
+            &err,
+            Code::PermissionDenied,
+            "PATTERN_NOT_ALLOWED",
+            Service::KeyValue,
+        );
+
+        // Widened again: the same session goes on.
+        std::fs::write(&file, &yaml).unwrap();
+        let (status, body) = reload(&gw, ADMIN_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        open.set("k", b"v3").await.expect("allowed again");
+        gw.stop().await;
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    });
+}
+
+/// The embedded default with its SQLite file in `dir`; with or without its
+/// `order-events` relay.
+fn default_yaml(dir: &Path, relay: bool) -> String {
+    let yaml = prism::config::EMBEDDED_DEFAULT.replace(
+        "${PRISM_SQLITE_PATH:-prism-data/orders.db}",
+        &dir.join("orders.db").display().to_string(),
+    );
+    if relay {
+        return yaml;
+    }
+    let start = yaml.find("    relays:\n").expect("the default has relays");
+    let end = start + yaml[start..].find("    api_keys:").unwrap();
+    format!("{}{}", &yaml[..start], &yaml[end..])
+}
+
+#[test]
+fn relays_start_and_stop_on_reload() {
+    use futures::StreamExt;
+    use prism::proto::{pubsub::v1 as ps, transact::v1 as tx};
+    block_on_multi_thread(async {
+        let file = scratch("relays");
+        let dir = file.parent().unwrap().to_path_buf();
+        write(&file, &default_yaml(&dir, false));
+        let gw = TestGateway::start_from_file(&file).await;
+        gw.wait_backend_up("orders-sqlite").await;
+        assert!(gw.gateway.supervisors.relays().is_empty());
+        let token = |config: &'static str| {
+            let mut sessions = gw.sessions();
+            async move {
+                sessions
+                    .create_session(api_key_request("prism-dev-key", config))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .session_token
+            }
+        };
+        let mut events = ps::pub_sub_service_client::PubSubServiceClient::new(gw.channel.clone())
+            .subscribe(ps::SubscribeRequest {
+                session_token: token("events").await,
+                topic_pattern: "events.orders".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // A mailbox message while no relay runs: it waits in the mailbox.
+        let written = tx::transact_service_client::TransactServiceClient::new(gw.channel.clone())
+            .write(tx::WriteRequest {
+                session_token: token("orders-db").await,
+                mailbox: Some(tx::MailboxWrite {
+                    mailbox_id: "order-events".into(),
+                    message: b"written before the relay".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let sequence = written.mailbox_result.unwrap().sequence;
+
+        // The relay added: it starts before the first unprocessed row.
+        write(&file, &default_yaml(&dir, true));
+        let (status, body) = reload(&gw, "prism-dev-admin").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("relay/default/order-events (started)"),
+            "{body}"
+        );
+        let event = tokio::time::timeout(std::time::Duration::from_secs(20), events.next())
+            .await
+            .expect("the added relay publishes the waiting message")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.payload, b"written before the relay");
+        assert_eq!(event.metadata["prism-sequence"], sequence.to_string());
+
+        // Removed again: stopped and gone from the tree.
+        write(&file, &default_yaml(&dir, false));
+        let (status, body) = reload(&gw, "prism-dev-admin").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("relay/default/order-events (stopped)"),
+            "{body}"
+        );
+        assert!(gw.gateway.supervisors.relays().is_empty());
+        let tree = gw.gateway.observe().await.unwrap();
+        assert!(tree.find("relay/default/order-events").is_none());
+        gw.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
     });
 }

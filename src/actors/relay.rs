@@ -57,6 +57,9 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 
 /// How often a relay draining a backlog counts what is left.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// How long a retired relay's round in flight may take to end before its
+/// lease is left to go with its connection.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a relay has done, for the actor tree.
 #[derive(Debug, Default, Clone)]
@@ -120,6 +123,25 @@ impl RelayShared {
             .oldest_created_ms
             .map(|c| Duration::from_millis((now - c).max(0) as u64));
         (lag.unprocessed, age)
+    }
+
+    /// `relay/<namespace>/<name>`: its id in the actor tree.
+    pub fn child_id(&self) -> &str {
+        &self.id
+    }
+
+    /// After its actor was stopped (a config reload removed or changed
+    /// it): waits, bounded, for the round in flight to end, then lets the
+    /// lease go, so the relay that replaces it takes over at once.
+    pub async fn retire(&self) {
+        match tokio::time::timeout(RETIRE_WAIT, self.lease.lock()).await {
+            Ok(mut lease) => lease.release(),
+            // The round's connection goes with the last handle on it.
+            Err(_) => {
+                tracing::warn!(relay = %self.id, "a retired relay's round did not end in time")
+            }
+        }
+        self.progress.lock().status = "stopped";
     }
 
     /// Lets the relay's lease go, unless a round is using it (the round
@@ -609,7 +631,8 @@ impl Child for RelayShared {
     }
 }
 
-/// One relay per configured `relays` entry, not yet started.
+/// One relay per configured `relays` entry, not yet started (building one
+/// connects nothing: its lease and sink connect on its first round).
 pub fn configured(
     config: &GatewayConfig,
     backends: &Backends,
@@ -618,39 +641,50 @@ pub fn configured(
     let mut out = Vec::new();
     for (ns, spec) in &config.namespaces {
         for (name, relay) in &spec.relays {
-            let source = backends
-                .get(&relay.backend)
-                .ok_or_else(|| format!("relay `{name}`: backend `{}` is missing", relay.backend))?;
-            let outbox = source.transact.clone().ok_or_else(|| {
-                format!("relay `{name}`: backend `{}` has no mailbox", relay.backend)
-            })?;
-            let key = RelayId {
-                namespace: ns.clone(),
-                name: name.clone(),
-                mailbox: relay.mailbox.clone(),
-            };
-            out.push(Arc::new(RelayShared {
-                lease: tokio::sync::Mutex::new(outbox.relay_lease(&key)),
-                cursor: Mutex::default(),
-                lag_counted: Mutex::default(),
-                id: format!("relay/{ns}/{name}"),
-                name: name.clone(),
-                namespace: ns.clone(),
-                spec: relay.clone(),
-                outbox,
-                key,
-                sink: relay::sink(&relay.to, ns, backends)?,
-                source_health: source.health.clone(),
-                progress: Mutex::new(Progress {
-                    status: "starting",
-                    ..Default::default()
-                }),
-                clock,
-                created: SystemTime::now(),
-            }));
+            out.push(build(ns, name, relay, backends, clock)?);
         }
     }
     Ok(out)
+}
+
+fn build(
+    ns: &str,
+    name: &str,
+    relay: &RelaySpec,
+    backends: &Backends,
+    clock: Clock,
+) -> Result<Arc<RelayShared>, String> {
+    let source = backends
+        .get(&relay.backend)
+        .ok_or_else(|| format!("relay `{name}`: backend `{}` is missing", relay.backend))?;
+    let outbox = source
+        .transact
+        .clone()
+        .ok_or_else(|| format!("relay `{name}`: backend `{}` has no mailbox", relay.backend))?;
+    let key = RelayId {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        mailbox: relay.mailbox.clone(),
+    };
+    Ok(Arc::new(RelayShared {
+        lease: tokio::sync::Mutex::new(outbox.relay_lease(&key)),
+        cursor: Mutex::default(),
+        lag_counted: Mutex::default(),
+        id: format!("relay/{ns}/{name}"),
+        name: name.to_string(),
+        namespace: ns.to_string(),
+        spec: relay.clone(),
+        outbox,
+        key,
+        sink: relay::sink(&relay.to, ns, backends)?,
+        source_health: source.health.clone(),
+        progress: Mutex::new(Progress {
+            status: "starting",
+            ..Default::default()
+        }),
+        clock,
+        created: SystemTime::now(),
+    }))
 }
 
 #[cfg(test)]

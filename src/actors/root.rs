@@ -207,8 +207,18 @@ super::mailbox::counted!(RootSupervisor: super::Fault);
 pub struct Supervisors {
     root: Mailbox<RootSupervisor>,
     tree: Arc<Tree>,
+    /// The relays running now (a config reload changes them), read by
+    /// every Transact Write and each scrape without visiting the tree.
+    relays: arc_swap::ArcSwap<Vec<Arc<RelayShared>>>,
     by_name: BTreeMap<String, Arc<Supervised<NamespaceShared>>>,
     pub failure: Arc<SupervisionFailure>,
+}
+
+/// What [`Supervisors::apply_relays`] did, by relay id.
+#[derive(Debug, Default)]
+pub struct RelayChanges {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
 }
 
 /// How long a call waits for an actor to start a session or a child.
@@ -291,8 +301,8 @@ impl Supervisors {
                 &settings.pool.next(),
             );
         }
-        for relay in relays {
-            tree.relays.start(relay, &settings.pool.next());
+        for relay in &relays {
+            tree.relays.start(relay.clone(), &settings.pool.next());
         }
         let failure = settings.failure.clone();
         let root = RootSupervisor {
@@ -306,6 +316,7 @@ impl Supervisors {
         Supervisors {
             root,
             tree,
+            relays: arc_swap::ArcSwap::from_pointee(relays),
             by_name,
             failure,
         }
@@ -406,14 +417,44 @@ impl Supervisors {
         &self.tree.settings.restarts
     }
 
-    /// The outbox relays, for their lag gauges.
-    pub fn relays(&self) -> Vec<Arc<RelayShared>> {
-        self.tree
-            .relays
-            .all()
-            .iter()
-            .map(|r| r.child.clone())
-            .collect()
+    /// The outbox relays running now.
+    pub fn relays(&self) -> Arc<Vec<Arc<RelayShared>>> {
+        self.relays.load_full()
+    }
+
+    /// Runs `wanted` as the outbox relays (a config reload): a relay whose
+    /// spec is unchanged runs on untouched; a removed or changed one is
+    /// stopped and its lease let go (another gateway of a cluster, or its
+    /// replacement, takes over where its cursor stands); a new or changed
+    /// one starts. A new relay starts before its mailbox's first
+    /// unprocessed row. Returns the ids started and stopped.
+    pub async fn apply_relays(&self, wanted: Vec<Arc<RelayShared>>) -> RelayChanges {
+        let running = self.relays.load_full();
+        let mut next = Vec::new();
+        let mut changes = RelayChanges::default();
+        let mut starting = Vec::new();
+        for relay in wanted {
+            match running.iter().find(|r| r.child_id() == relay.child_id()) {
+                Some(same) if same.spec == relay.spec => next.push(same.clone()),
+                _ => starting.push(relay),
+            }
+        }
+        for old in running.iter() {
+            if !next.iter().any(|r| Arc::ptr_eq(r, old)) {
+                self.tree.relays.stop(old.child_id());
+                old.retire().await;
+                changes.stopped.push(old.child_id().to_string());
+            }
+        }
+        for relay in starting {
+            self.tree
+                .relays
+                .start(relay.clone(), &self.tree.settings.pool.next());
+            changes.started.push(relay.child_id().to_string());
+            next.push(relay);
+        }
+        self.relays.store(Arc::new(next));
+        changes
     }
 
     /// Delivers a deliberate fault to the actor with this id: a session, a

@@ -14,17 +14,42 @@ use tokio_rustls::rustls::{
 use super::TlsSpec;
 
 /// The bytes of the three files, as last read.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct TlsFiles {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for TlsFiles {
+    /// Sizes only: the key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert_bytes", &self.cert.len())
+            .field("key_bytes", &self.key.len())
+            .field("client_ca_bytes", &self.client_ca.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 impl TlsFiles {
     /// Reads the files (small; callers on async workers go through
-    /// [`TlsFiles::read_off_worker`]).
+    /// [`TlsFiles::read_off_worker`]). They are read twice and must agree,
+    /// so a rotation that swaps them while they are read (one file of the
+    /// old set, two of the new) is never taken for a set: it is an error,
+    /// and the next look finds the new set whole.
     pub fn read(spec: &TlsSpec) -> Result<TlsFiles, String> {
+        let first = Self::read_once(spec)?;
+        if Self::read_once(spec)? != first {
+            return Err(
+                "the tls files changed while they were read; they are read again at the next look"
+                    .into(),
+            );
+        }
+        Ok(first)
+    }
+
+    fn read_once(spec: &TlsSpec) -> Result<TlsFiles, String> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
         };

@@ -145,6 +145,8 @@ impl Gateway {
             named: named.clone(),
             auth,
             registry: registry.clone(),
+            supervisors: supervisors.clone(),
+            backends: backends.clone(),
             tls: tls.clone(),
             admin_token,
             turn: tokio::sync::Mutex::new(()),
@@ -447,6 +449,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     if let Some(watch) = tls_watch {
         watch.abort();
+        let _ = watch.await;
     }
     let _ = readiness.await;
     if let Some(admin) = admin {

@@ -4,25 +4,33 @@
 //! cannot is reported and left as it runs, and a file that does not load
 //! or validate is refused with the running config untouched.
 //!
-//! Live: named configs (sessions opened from then on), API keys, JWT
-//! issuers and mTLS identities (new sessions; open ones run on), each
-//! namespace's rules and session limits (every session, from its next
-//! call), the gateway's `limits` (but `max_message_bytes`), the admin
-//! token, the log level, and the TLS files. Fixed until a restart: listen
-//! addresses and the rest of `server`, backends, the set of namespaces, a
-//! namespace's collections, Transact tables, relays and
-//! `session.max_restarts`, the session store and the audit sink.
+//! Live: named configs, API keys, JWT issuers, mTLS identities and a
+//! namespace's `rules` (sessions opened from then on; open ones keep what
+//! they were opened with), a namespace's allowed patterns and backends,
+//! session limits and Queue/PubSub/Transact policy (every session, from
+//! its next call), outbox relays (added, removed, changed), the gateway's
+//! `limits` (but `max_message_bytes`), the admin token, the log level, and
+//! the TLS files. Fixed until a restart: listen addresses and the rest of
+//! `server`, backends, the set of namespaces, a namespace's collections,
+//! Transact tables and `session.max_restarts`, the session store and the
+//! audit sink.
 //!
-//! A reload is planned in full before anything changes (the credentials
-//! built, the named configs resolved, the log filter parsed, the TLS files
-//! loaded); only then is each cell replaced. Reloads take turns.
+//! A reload is planned and built in full before anything changes (the
+//! file and the next config validated, TLS and JWT key files included; the
+//! credentials built, the named configs resolved, the relays built, the
+//! log filter parsed); only then is each cell replaced, the credentials
+//! last. The log filter and the TLS material follow; should either fail
+//! then, it is reported as not applied and the rest stays. Reloads take
+//! turns.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::{
+    actors::Supervisors,
     auth::{Authenticator, Credentials},
+    backends::Backends,
     config::{
         resolve::NamedConfigs, Env, GatewayConfig, LiveConfig, LiveLimits, NamespaceSpec, Source,
     },
@@ -94,6 +102,9 @@ pub struct ReloadReport {
     /// What changed in the file but keeps its running value until a
     /// restart (`server.listen`, `backends`, ...).
     pub restart_required: Vec<String>,
+    /// What changed but could not be put in use, and why (TLS files that
+    /// changed again while being loaded, say); the rest was applied.
+    pub not_applied: Vec<String>,
 }
 
 /// The cells a reload replaces, and where the config came from.
@@ -104,6 +115,8 @@ pub struct Reloader {
     pub(super) named: Arc<NamedConfigs>,
     pub(super) auth: Arc<Authenticator>,
     pub(super) registry: Arc<SessionRegistry>,
+    pub(super) supervisors: Arc<Supervisors>,
+    pub(super) backends: Arc<Backends>,
     pub(super) tls: Option<Arc<TlsMaterial>>,
     pub(super) admin_token: Arc<arc_swap::ArcSwapOption<String>>,
     /// Held through a reload: reloads take turns.
@@ -117,11 +130,16 @@ impl Reloader {
         let _turn = self.turn.lock().await;
         let running = self.config.load_full();
         let origin = self.origin.clone();
-        let (next, mut report) = tokio::task::spawn_blocking(move || {
+        let backends = self.backends.clone();
+        let clock = *self.registry.clock();
+        // Everything that can fail, before anything changes, off the async
+        // workers (files are read: the config, JWT keys, TLS files).
+        let prepared = tokio::task::spawn_blocking(move || {
             let file = origin.read(&crate::config::ProcessEnv)?;
             let (next, report) = plan(&running, file);
             // What runs on must still agree with what changed (a config
-            // naming a backend the file adds, say).
+            // naming a backend the file adds, say); this also loads the TLS
+            // files.
             let checked = crate::config::validate::validate(&next);
             if checked.has_failures() {
                 return Err(format!(
@@ -129,27 +147,32 @@ impl Reloader {
                     checked.failures_text()
                 ));
             }
-            Ok((next, report))
+            Ok(Prepared {
+                credentials: Credentials::new(&next)?,
+                named: NamedConfigs::resolve(&next).map_err(|e| e.message)?,
+                relays: crate::actors::relay::configured(&next, &backends, clock)?,
+                filter: (next.server.log_level != running.server.log_level)
+                    .then(|| crate::telemetry::log_filter(next.server.log_level.as_deref()))
+                    .transpose()?,
+                next,
+                report,
+            })
         })
         .await
         .map_err(|e| format!("reading the config: {e}"))??;
+        let Prepared {
+            next,
+            mut report,
+            credentials,
+            named,
+            relays,
+            filter,
+        } = prepared;
         report.source = self.origin.source.to_string();
 
-        // Everything that can fail, before anything changes.
-        let credentials = Credentials::new(&next)?;
-        let named = NamedConfigs::resolve(&next).map_err(|e| e.message)?;
-        let running = self.config.load_full();
-        let filter = (next.server.log_level != running.server.log_level)
-            .then(|| crate::telemetry::log_filter(next.server.log_level.as_deref()))
-            .transpose()?;
-        if let (Some(material), Some(spec)) = (&self.tls, &next.server.tls) {
-            if material.reload(Some(spec)).await? == TlsReload::Replaced {
-                report.applied.push("server.tls (certificate files)".into());
-            }
-        }
-
-        // Commit.
-        self.auth.replace(credentials);
+        // Commit: what sessions are opened against first, the credentials
+        // that let new ones in last, so no CreateSession pairs a new key
+        // with old rules.
         self.named.replace(named);
         for (name, spec) in &next.namespaces {
             if let Ok(namespace) = self.registry.namespace(name) {
@@ -157,26 +180,80 @@ impl Reloader {
             }
         }
         self.limits.store(Arc::new(next.limits));
+        let relays = self.supervisors.apply_relays(relays).await;
+        for id in &relays.stopped {
+            report.applied.push(format!("{id} (stopped)"));
+        }
+        for id in &relays.started {
+            report.applied.push(format!("{id} (started)"));
+        }
         self.admin_token
             .store(next.server.admin_token.clone().map(Arc::new));
+        let tls = next.server.tls.clone();
+        self.config.store(Arc::new(next));
+        self.auth.replace(credentials);
+
+        // What is outside the config proper; a failure here is logged and
+        // reported, the rest stays applied.
         if let Some(filter) = filter {
-            if !crate::telemetry::replace_log_filter(filter)? {
-                tracing::debug!("no subscriber of this process to give the new log level");
+            match crate::telemetry::replace_log_filter(filter) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!("no subscriber of this process to give the new log level")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the new log level was not applied");
+                    report.not_applied.push(format!("server.log_level: {e}"));
+                }
             }
         }
-        self.config.store(Arc::new(next));
+        if let (Some(material), Some(spec)) = (&self.tls, &tls) {
+            match material.reload(Some(spec)).await {
+                Ok(TlsReload::Replaced) => {
+                    report.applied.push("server.tls (certificate files)".into())
+                }
+                Ok(TlsReload::Unchanged) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the tls files do not load; the running material stays");
+                    report.not_applied.push(format!("server.tls: {e}"));
+                }
+            }
+        }
         tracing::info!(
             applied = ?report.applied,
             restart_required = ?report.restart_required,
+            not_applied = ?report.not_applied,
             "config reloaded"
         );
         Ok(report)
     }
 }
 
+/// A reload, planned and built, not yet applied.
+struct Prepared {
+    next: GatewayConfig,
+    report: ReloadReport,
+    credentials: Credentials,
+    named: crate::config::resolve::ByName,
+    relays: Vec<Arc<crate::actors::relay::RelayShared>>,
+    filter: Option<tracing_subscriber::EnvFilter>,
+}
+
 /// The config to run with after a reload from `file`: `file`'s live parts,
 /// `running`'s for the rest; and what changed on each side.
 fn plan(running: &GatewayConfig, file: GatewayConfig) -> (GatewayConfig, ReloadReport) {
+    // Every section is classified below: a new one fails to compile here
+    // until it is.
+    let GatewayConfig {
+        server: _,
+        backends: _,
+        namespaces: _,
+        configs: _,
+        auth: _,
+        limits: _,
+        audit: _,
+        sessions: _,
+    } = running;
     let mut report = ReloadReport::default();
     let mut next = file;
 
@@ -287,9 +364,25 @@ fn plan(running: &GatewayConfig, file: GatewayConfig) -> (GatewayConfig, ReloadR
 }
 
 /// A namespace's next rules: the file's, but for what the gateway built
-/// from them at start (schemas, tables, relay actors, the supervisor's
-/// restart budget), which keep their running value; those are named.
+/// from them at start (schemas, tables, the supervisor's restart budget),
+/// which keep their running value; those are named.
 fn namespace_plan(running: &NamespaceSpec, file: &NamespaceSpec) -> (NamespaceSpec, Vec<String>) {
+    // Live unless listed below: read through the namespace's cell or at
+    // CreateSession. A new field fails to compile here until it is
+    // classified.
+    let NamespaceSpec {
+        description: _,
+        allowed_backends: _,
+        allowed_patterns: _,
+        session: _,
+        api_keys: _,
+        queue: _,
+        pubsub: _,
+        collections: _,
+        transact: _,
+        relays: _,
+        rules: _,
+    } = running;
     let mut next = file.clone();
     let mut fixed = Vec::new();
     if next.collections != running.collections {
@@ -299,10 +392,6 @@ fn namespace_plan(running: &NamespaceSpec, file: &NamespaceSpec) -> (NamespaceSp
     if next.transact.tables != running.transact.tables {
         fixed.push("transact.tables".to_string());
         next.transact.tables = running.transact.tables.clone();
-    }
-    if next.relays != running.relays {
-        fixed.push("relays".to_string());
-        next.relays = running.relays.clone();
     }
     if next.session.max_restarts != running.session.max_restarts {
         fixed.push("session.max_restarts".to_string());
@@ -316,6 +405,22 @@ fn server_differences(
     a: &crate::config::ServerConfig,
     b: &crate::config::ServerConfig,
 ) -> Vec<String> {
+    // The live fields are compared equal by the caller; every other one is
+    // listed below (a new field fails to compile here until it is).
+    let crate::config::ServerConfig {
+        listen: _,
+        admin_listen: _,
+        shutdown_grace: _,
+        actor_threads: _,
+        supervision_interval: _,
+        max_restarts: _,
+        tls: _,
+        cursor_secret: _,
+        admin_token: _,
+        otlp_endpoint: _,
+        connections: _,
+        log_level: _,
+    } = a;
     let mut out = Vec::new();
     macro_rules! field {
         ($($f:ident),*) => {$(
@@ -389,5 +494,41 @@ configs:
             vec!["server.admin_token", "namespaces.default"]
         );
         assert_eq!(report.restart_required, vec!["server (listen)", "backends"]);
+    }
+
+    #[test]
+    fn what_was_built_at_start_keeps_its_running_value() {
+        let tls = |every: &str| {
+            format!(
+                "  tls: {{ cert_file: a.pem, key_file: a.key, watch_interval: {every} }}\n  admin_token: one"
+            )
+        };
+        let running = parse(&BASE.replace("  admin_token: one", &tls("10s")));
+        let file = BASE
+            .replace("  admin_token: one", &tls("1s").replace("a.pem", "b.pem"))
+            .replace(
+                "    session: { max_sessions: 10 }",
+                "    session: { max_sessions: 10, max_restarts: 9 }\n    collections: { c: { backend: mem, table: t } }",
+            );
+        let (next, report) = plan(&running, parse(&file));
+        let tls = next.server.tls.unwrap();
+        assert_eq!(tls.cert_file.to_str(), Some("b.pem"), "paths are live");
+        assert_eq!(tls.watch_interval, std::time::Duration::from_secs(10));
+        assert_eq!(next.namespaces["default"], running.namespaces["default"]);
+        assert_eq!(
+            report.restart_required,
+            vec![
+                "server.tls.watch_interval",
+                "namespaces.default.collections",
+                "namespaces.default.session.max_restarts"
+            ]
+        );
+        assert!(report.applied.is_empty(), "{:?}", report.applied);
+
+        let (_, report) = plan(&running, parse(BASE));
+        assert_eq!(
+            report.restart_required,
+            vec!["server.tls (turning TLS on or off)"]
+        );
     }
 }

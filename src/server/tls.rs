@@ -137,7 +137,7 @@ where
                         }
                         Some(Ok(Ok(Err(e)))) => tracing::debug!(error = %e, "tls handshake failed"),
                         Some(Ok(Err(_))) => tracing::debug!("tls handshake timed out"),
-                        Some(Err(e)) => tracing::debug!(error = %e, "tls handshake task ended"),
+                        Some(Err(e)) => tracing::warn!(error = %e, "a tls handshake task failed"),
                         None => {}
                     },
                     else => return None,

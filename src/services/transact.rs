@@ -51,9 +51,6 @@ struct Inner {
     gate: Gate<Arc<dyn TransactOutbox>>,
     transactions: Arc<Transactions>,
     supervisors: Arc<Supervisors>,
-    /// The outbox relays (fixed at start): a Write to a mailbox one of them
-    /// relays must be a message its destination can take.
-    relays: Vec<Arc<RelayShared>>,
     clock: Clock,
     /// `limits.transaction_begin_timeout`: how long a Transaction stream
     /// may wait for its BeginTransaction.
@@ -99,7 +96,6 @@ impl TransactApi {
                     |b| b.transact.as_ref(),
                 ),
                 transactions,
-                relays: supervisors.relays(),
                 supervisors,
                 limits,
                 groups: Default::default(),
@@ -450,7 +446,7 @@ impl TransactService for TransactApi {
         let call = self.inner.gate.open(&request, Kind::Unary).await?;
         let req = request.into_inner();
         let result = async {
-            let op = write_op(&call, &req, &self.inner.relays)?;
+            let op = write_op(&call, &req, &self.inner.supervisors.relays())?;
             let o = options(req.options.as_ref(), call.transact())?;
             if !GroupCommit::groups(o.isolation, &op) {
                 return write_once(&call, &op, &o).await;
@@ -947,7 +943,7 @@ async fn write_in(
         ));
     }
     open.call.entry.record_request(w.encoded_len(), 0);
-    let op = write_op(&open.call, w, &api.relays)?;
+    let op = write_op(&open.call, w, &api.supervisors.relays())?;
     let tx = open
         .tx
         .as_mut()
