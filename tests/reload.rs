@@ -53,6 +53,12 @@ fn changed(yaml: &str) -> String {
     )
 }
 
+/// Writes `yaml` to `file`, then reloads `gw` through the admin endpoint.
+async fn rewrite(gw: &TestGateway, file: &Path, yaml: &str, token: &str) -> (u16, String) {
+    std::fs::write(file, yaml).unwrap();
+    reload(gw, token).await
+}
+
 async fn reload(gw: &TestGateway, token: &str) -> (u16, String) {
     http(
         gw.admin_addr,
@@ -98,15 +104,11 @@ fn the_admin_endpoint_applies_live_changes_and_keeps_sessions() {
         );
 
         // A changed file, and an address that cannot change live.
-        std::fs::write(
-            &file,
-            changed(&yaml).replace(
-                "  shutdown_grace: 5s",
-                "  shutdown_grace: 5s\n  listen: 127.0.0.1:1",
-            ),
-        )
-        .unwrap();
-        let (status, body) = reload(&gw, ADMIN_TOKEN).await;
+        let moved = changed(&yaml).replace(
+            "  shutdown_grace: 5s",
+            "  shutdown_grace: 5s\n  listen: 127.0.0.1:1",
+        );
+        let (status, body) = rewrite(&gw, &file, &moved, ADMIN_TOKEN).await;
         assert_eq!(status, 200, "{body}");
         let report: serde_json::Value = serde_json::from_str(&body).unwrap();
         let listed = |what: &str| -> Vec<String> {
@@ -174,19 +176,14 @@ fn the_admin_endpoint_applies_live_changes_and_keeps_sessions() {
 
         // A file that does not parse, then one that does not validate:
         // refused, and what runs stays.
-        std::fs::write(&file, "server: [").unwrap();
-        let (status, body) = reload(&gw, "rotated-admin-token").await;
+        let (status, body) = rewrite(&gw, &file, "server: [", "rotated-admin-token").await;
         assert_eq!(status, 422, "{body}");
         assert!(body.contains("running config stays"), "{body}");
-        std::fs::write(
-            &file,
-            changed(&yaml).replace(
-                "allowed_backends: [memory]",
-                "allowed_backends: [no-such-backend]",
-            ),
-        )
-        .unwrap();
-        let (status, body) = reload(&gw, "rotated-admin-token").await;
+        let broken = changed(&yaml).replace(
+            "allowed_backends: [memory]",
+            "allowed_backends: [no-such-backend]",
+        );
+        let (status, body) = rewrite(&gw, &file, &broken, "rotated-admin-token").await;
         assert_eq!(status, 422, "{body}");
         assert!(body.contains("no-such-backend"), "{body}");
         kv(&gw, NEW_KEY, "reloaded-kv")
@@ -198,8 +195,7 @@ fn the_admin_endpoint_applies_live_changes_and_keeps_sessions() {
 
         // Back to the first file: the key it lacks opens no new session,
         // the session that key opened runs on.
-        std::fs::write(&file, &yaml).unwrap();
-        let (status, body) = reload(&gw, "rotated-admin-token").await;
+        let (status, body) = rewrite(&gw, &file, &yaml, "rotated-admin-token").await;
         assert_eq!(status, 200, "{body}");
         let err = kv(&gw, NEW_KEY, "user-profiles").await.err().unwrap();
         assert_error(
@@ -422,8 +418,7 @@ fn a_narrowed_namespace_reaches_open_sessions_at_their_next_call() {
                 "",
             );
         assert_ne!(narrowed, yaml);
-        std::fs::write(&file, &narrowed).unwrap();
-        let (status, body) = reload(&gw, ADMIN_TOKEN).await;
+        let (status, body) = rewrite(&gw, &file, &narrowed, ADMIN_TOKEN).await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("namespaces.other"), "{body}");
         let err = open.set("k", b"v2").await.unwrap_err();
@@ -435,8 +430,7 @@ fn a_narrowed_namespace_reaches_open_sessions_at_their_next_call() {
         );
 
         // Widened again: the same session goes on.
-        std::fs::write(&file, &yaml).unwrap();
-        let (status, body) = reload(&gw, ADMIN_TOKEN).await;
+        let (status, body) = rewrite(&gw, &file, &yaml, ADMIN_TOKEN).await;
         assert_eq!(status, 200, "{body}");
         open.set("k", b"v3").await.expect("allowed again");
         gw.stop().await;
