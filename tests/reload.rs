@@ -245,13 +245,18 @@ fn sighup_reloads_the_running_binary() {
         let file = scratch("sighup");
         let yaml = test_config_yaml();
         std::fs::write(&file, &yaml).unwrap();
-        let (child, addr, mut log) =
-            common::spawn_serve_logged(&["--config".as_ref(), file.as_os_str()], &[]).await;
+        // RUST_LOG empty: the file's `server.log_level` (absent: info) rules.
+        let (child, addr, mut log) = common::spawn_serve_logged(
+            &["--config".as_ref(), file.as_os_str()],
+            &[("RUST_LOG", "".as_ref())],
+        )
+        .await;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
             .unwrap();
+        let sessions_channel = channel.clone();
         let mut sessions =
             prism::proto::session::v1::session_service_client::SessionServiceClient::new(channel);
         let opened = sessions
@@ -269,10 +274,40 @@ fn sighup_reloads_the_running_binary() {
             Service::Session,
         );
 
-        std::fs::write(&file, changed(&yaml)).unwrap();
+        let debug = changed(&yaml).replace(
+            "  shutdown_grace: 5s",
+            "  shutdown_grace: 5s\n  log_level: info,prism=debug",
+        );
+        std::fs::write(&file, debug).unwrap();
         hangup(&child);
         let line = logged(&mut log, "config reloaded").await;
-        assert!(line.contains("configs"), "{line}");
+        assert!(
+            line.contains("configs") && line.contains("server.log_level"),
+            "{line}"
+        );
+        // Debug lines now: a PubSub subscription's end is logged at debug.
+        let pubsub = sessions
+            .create_session(common::inline_request(
+                NEW_KEY,
+                prism::proto::config::v1::AccessPattern::Pubsub,
+                "memory",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token;
+        let stream = prism::proto::pubsub::v1::pub_sub_service_client::PubSubServiceClient::new(
+            sessions_channel.clone(),
+        )
+        .subscribe(prism::proto::pubsub::v1::SubscribeRequest {
+            session_token: pubsub,
+            topic_pattern: "reload.debug".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        drop(stream);
+        logged(&mut log, "pubsub subscription ends").await;
         sessions
             .create_session(api_key_request(NEW_KEY, "reloaded-kv"))
             .await
