@@ -114,7 +114,8 @@ if ! command -v kubernetes-validate >/dev/null; then
   log "installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
-# tests/exposition.rs parses /metrics with Prometheus's Python parser.
+# tests/exposition.rs parses /metrics with the OpenMetrics parser of the
+# Python prometheus_client.
 if ! python3 -c "import prometheus_client" 2>/dev/null; then
   log "installing prometheus_client (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check prometheus_client
