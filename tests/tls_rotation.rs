@@ -237,7 +237,13 @@ fn a_rotated_certificate_reaches_new_connections_and_drops_none() {
         let refused = try_connect(&gw, trusting(&new_server, Some(old_clients.leaf("x"))))
             .await
             .expect_err("a client certificate of the old client CA was accepted after rotation");
-        assert!(refused.contains("UnknownCA"), "{refused}");
+        // The server's alert (`UnknownCA`) when the client reads it first;
+        // a write into the closed connection when it does not. Either way
+        // the connection failed, not a call on it.
+        assert!(
+            refused.contains("UnknownCA") || refused.contains("transport error"),
+            "{refused}"
+        );
         let channel = gw
             .connect_tls(trusting(&new_server, Some(new_client)))
             .await;
