@@ -49,9 +49,9 @@ pub mod tree;
 /// counters `/metrics` renders, the actor tree it shows and the sessions
 /// it may close.
 pub struct AdminState {
-    /// `server.admin_token` (a reload may change it); `None` disables
-    /// every protected endpoint.
-    pub token: Arc<arc_swap::ArcSwapOption<String>>,
+    /// The running config: its `server.admin_token` (a reload may change
+    /// it); `None` disables every protected endpoint.
+    pub config: crate::config::LiveConfig,
     /// What `POST /admin/reload` runs.
     pub reloader: Arc<dyn Reload>,
     pub metrics: metrics::Exposition,
@@ -61,11 +61,26 @@ pub struct AdminState {
     pub sessions: Arc<Sessions>,
 }
 
-/// A config reload, as the admin listener runs it: the report as JSON, or
-/// why the file was refused (the gateway's `server::reload` implements
+/// A config reload, as the admin listener runs it: its report, or why the
+/// file was refused (the gateway's `server::reload` implements
 /// it; the admin listener does not reach into the server).
 pub trait Reload: Send + Sync {
-    fn reload(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    fn reload(&self) -> futures::future::BoxFuture<'_, Result<ReloadReport, String>>;
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The config's source.
+    pub source: String,
+    /// What changed and is in use now (`configs`, `namespaces.orders`, ...).
+    pub applied: Vec<String>,
+    /// What changed in the file but keeps its running value until a
+    /// restart (`server.listen`, `backends`, ...).
+    pub restart_required: Vec<String>,
+    /// What changed but could not be put in use, and why (TLS files that
+    /// changed again while being loaded, say); the rest was applied.
+    pub not_applied: Vec<String>,
 }
 
 /// The header (besides `Authorization: Bearer`) that may carry the token.
@@ -112,8 +127,11 @@ fn request_token(req: &Request) -> Option<String> {
 
 async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let given = request_token(&req);
-    let token = admin.token.load_full();
-    match check_token(token.as_deref().map(String::as_str), given.as_deref()) {
+    let refused = check_token(
+        admin.config.load().server.admin_token.as_deref(),
+        given.as_deref(),
+    );
+    match refused {
         None => next.run(req).await,
         Some((code, why)) => {
             tracing::warn!(path = %req.uri().path(), %why, "admin request refused");

@@ -92,10 +92,6 @@ pub struct GatewayConfig {
 /// config reload replaces it with what it applied.
 pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<GatewayConfig>>;
 
-/// The running [`Limits`], shared by the services; a config reload
-/// replaces them.
-pub type LiveLimits = std::sync::Arc<arc_swap::ArcSwap<Limits>>;
-
 /// Limits on what clients may send to the data APIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

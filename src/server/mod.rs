@@ -18,7 +18,7 @@ use crate::{
     },
     auth::Authenticator,
     backends::Backends,
-    config::{resolve::NamedConfigs, GatewayConfig, LiveConfig, LiveLimits},
+    config::{resolve::NamedConfigs, GatewayConfig, LiveConfig},
     error::Error,
     proto,
     services::{
@@ -44,10 +44,9 @@ pub enum ServeError {
 
 /// Everything a running gateway shares between its services and actors.
 pub struct Gateway {
-    /// The running config (a reload replaces it with what it applied).
+    /// The running config (a reload replaces it with what it applied);
+    /// the services read `limits` and the admin listener its token here.
     pub config: LiveConfig,
-    /// `limits`, shared by the services.
-    pub limits: LiveLimits,
     pub named: Arc<NamedConfigs>,
     pub registry: Arc<SessionRegistry>,
     pub sessions: Arc<Sessions>,
@@ -79,10 +78,6 @@ impl Gateway {
         config: GatewayConfig,
         origin: reload::Origin,
     ) -> Result<Gateway, ServeError> {
-        let limits: LiveLimits = Arc::new(arc_swap::ArcSwap::from_pointee(config.limits));
-        let admin_token = Arc::new(arc_swap::ArcSwapOption::from(
-            config.server.admin_token.clone().map(Arc::new),
-        ));
         let live: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config));
         let config = live.load_full();
         let tls = match &config.server.tls {
@@ -141,19 +136,16 @@ impl Gateway {
         let reloader = Arc::new(reload::Reloader {
             origin,
             config: live.clone(),
-            limits: limits.clone(),
             named: named.clone(),
             auth,
             registry: registry.clone(),
             supervisors: supervisors.clone(),
             backends: backends.clone(),
             tls: tls.clone(),
-            admin_token,
             turn: tokio::sync::Mutex::new(()),
         });
         Ok(Gateway {
             config: live,
-            limits,
             named: named.clone(),
             registry,
             sessions,
@@ -197,7 +189,7 @@ impl Gateway {
     /// What the admin listener reads and does.
     pub fn admin_state(&self) -> crate::admin::AdminState {
         crate::admin::AdminState {
-            token: self.reloader.admin_token.clone(),
+            config: self.config.clone(),
             reloader: self.reloader.clone(),
             metrics: self.exposition(),
             backends: self.backends.clone(),
@@ -341,19 +333,19 @@ pub async fn run(
         )))
         .add_service(sized!(KeyValueServiceServer::new(KeyValueApi::new(
             &gates,
-            gateway.limits.clone()
+            gateway.config.clone()
         ))))
         .add_service(sized!(QueueServiceServer::new(QueueApi::new(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.limits.clone(),
+            gateway.config.clone(),
         ))))
         .add_service(sized!(PubSubServiceServer::new(PubSubApi::new(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.limits.clone(),
+            gateway.config.clone(),
         ))))
         .add_service(sized!(ReaderServiceServer::new(ReaderApi::new(
             &gates, &config
@@ -362,7 +354,7 @@ pub async fn run(
             &gates,
             gateway.subscriptions.transactions.clone(),
             gateway.supervisors.clone(),
-            gateway.limits.clone(),
+            gateway.config.clone(),
         ))));
 
     let grpc_addr = listeners.grpc.local_addr().ok();

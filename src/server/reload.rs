@@ -25,15 +25,12 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::{
     actors::Supervisors,
+    admin::ReloadReport,
     auth::{Authenticator, Credentials},
     backends::Backends,
-    config::{
-        resolve::NamedConfigs, Env, GatewayConfig, LiveConfig, LiveLimits, NamespaceSpec, Source,
-    },
+    config::{resolve::NamedConfigs, Env, GatewayConfig, LiveConfig, NamespaceSpec, Source},
     session::SessionRegistry,
 };
 
@@ -84,41 +81,21 @@ impl Origin {
 }
 
 impl crate::admin::Reload for Reloader {
-    fn reload(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move {
-            let report = Reloader::reload(self).await?;
-            serde_json::to_value(report).map_err(|e| e.to_string())
-        })
+    fn reload(&self) -> futures::future::BoxFuture<'_, Result<ReloadReport, String>> {
+        Box::pin(Reloader::reload(self))
     }
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// The config's source.
-    pub source: String,
-    /// What changed and is in use now (`configs`, `namespaces.orders`, ...).
-    pub applied: Vec<String>,
-    /// What changed in the file but keeps its running value until a
-    /// restart (`server.listen`, `backends`, ...).
-    pub restart_required: Vec<String>,
-    /// What changed but could not be put in use, and why (TLS files that
-    /// changed again while being loaded, say); the rest was applied.
-    pub not_applied: Vec<String>,
 }
 
 /// The cells a reload replaces, and where the config came from.
 pub struct Reloader {
     pub(super) origin: Origin,
     pub(super) config: LiveConfig,
-    pub(super) limits: LiveLimits,
     pub(super) named: Arc<NamedConfigs>,
     pub(super) auth: Arc<Authenticator>,
     pub(super) registry: Arc<SessionRegistry>,
     pub(super) supervisors: Arc<Supervisors>,
     pub(super) backends: Arc<Backends>,
     pub(super) tls: Option<Arc<TlsMaterial>>,
-    pub(super) admin_token: Arc<arc_swap::ArcSwapOption<String>>,
     /// Held through a reload: reloads take turns.
     pub(super) turn: tokio::sync::Mutex<()>,
 }
@@ -179,7 +156,6 @@ impl Reloader {
                 namespace.replace_spec(spec.clone());
             }
         }
-        self.limits.store(Arc::new(next.limits));
         let relays = self.supervisors.apply_relays(relays).await;
         for id in &relays.stopped {
             report.applied.push(format!("{id} (stopped)"));
@@ -187,8 +163,6 @@ impl Reloader {
         for id in &relays.started {
             report.applied.push(format!("{id} (started)"));
         }
-        self.admin_token
-            .store(next.server.admin_token.clone().map(Arc::new));
         let tls = next.server.tls.clone();
         self.config.store(Arc::new(next));
         self.auth.replace(credentials);

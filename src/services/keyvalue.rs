@@ -16,7 +16,7 @@ use crate::{
         kv::{Action, Applied, Idempotency, KvHandle, Precondition, ScanItem, WriteBatch, WriteOp},
         Interface,
     },
-    config::{LiveLimits, Pattern},
+    config::{LiveConfig, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
@@ -30,7 +30,8 @@ const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 pub struct KeyValueApi {
     gate: Gate<KvHandle>,
-    limits: LiveLimits,
+    /// The running config, for `limits` (a reload changes them).
+    config: LiveConfig,
 }
 
 type Call = gate::Call<KvHandle>;
@@ -61,7 +62,7 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
 }
 
 impl KeyValueApi {
-    pub fn new(gates: &GateState, limits: LiveLimits) -> Self {
+    pub fn new(gates: &GateState, config: LiveConfig) -> Self {
         KeyValueApi {
             gate: gates.gate(
                 Service::KeyValue,
@@ -69,7 +70,7 @@ impl KeyValueApi {
                 Interface::KeyValueBasic,
                 |b| b.kv.as_ref(),
             ),
-            limits,
+            config,
         }
     }
 
@@ -81,7 +82,7 @@ impl KeyValueApi {
                 "key is empty; keys are 1 or more bytes of UTF-8",
             ));
         }
-        let max = self.limits.load().max_key_bytes;
+        let max = self.config.load().limits.max_key_bytes;
         if key.len() > max {
             return Err(Error::invalid_argument(
                 "KEY_TOO_LARGE",
@@ -97,7 +98,7 @@ impl KeyValueApi {
     }
 
     fn check_value(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        let max = self.limits.load().max_value_bytes;
+        let max = self.config.load().limits.max_value_bytes;
         if value.len() > max {
             return Err(Error::invalid_argument(
                 "VALUE_TOO_LARGE",
@@ -122,7 +123,7 @@ impl KeyValueApi {
                 "the batch is empty; send at least one key",
             ));
         }
-        let max = self.limits.load().max_batch_ops;
+        let max = self.config.load().limits.max_batch_ops;
         if keys.len() > max {
             return Err(Error::invalid_argument(
                 "BATCH_TOO_LARGE",
@@ -186,7 +187,7 @@ impl KeyValueApi {
                 )
             })?;
         let now = std::time::SystemTime::now();
-        let window = self.limits.load().idempotency_window;
+        let window = self.config.load().limits.idempotency_window;
         match now.duration_since(generated) {
             Ok(age) if age > window => {
                 return Err(Error::invalid_argument(
@@ -581,7 +582,7 @@ impl KeyValueService for KeyValueApi {
                     .zip(&records)
                     .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
                     .sum();
-                let max = self.limits.load().max_message_bytes;
+                let max = self.config.load().limits.max_message_bytes;
                 if bytes > max {
                     return Err(Error::new(
                         ErrorKind::ResourceExhausted,

@@ -23,7 +23,7 @@ use crate::{
         },
         Interface,
     },
-    config::{LiveLimits, Pattern},
+    config::{LiveConfig, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::pubsub::v1::{self as pb, pub_sub_service_server::PubSubService},
@@ -40,7 +40,8 @@ pub struct PubSubApi {
     gate: Gate<PubSubHandle>,
     subscriptions: Arc<crate::actors::subscription::Subscriptions>,
     supervisors: Arc<Supervisors>,
-    limits: LiveLimits,
+    /// The running config, for `limits` (a reload changes them).
+    config: LiveConfig,
 }
 
 type Call = gate::Call<PubSubHandle>;
@@ -134,7 +135,7 @@ impl PubSubApi {
         gates: &GateState,
         subscriptions: Arc<crate::actors::subscription::Subscriptions>,
         supervisors: Arc<Supervisors>,
-        limits: LiveLimits,
+        config: LiveConfig,
     ) -> Self {
         PubSubApi {
             gate: gates.gate(
@@ -145,7 +146,7 @@ impl PubSubApi {
             ),
             subscriptions,
             supervisors,
-            limits,
+            config,
         }
     }
 
@@ -156,7 +157,7 @@ impl PubSubApi {
 
     fn event(&self, req: pb::PublishRequest) -> Result<Event, Error> {
         check_topic(&req.topic)?;
-        let max = self.limits.load().max_message_bytes;
+        let max = self.config.load().limits.max_message_bytes;
         if req.payload.len() > max {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,

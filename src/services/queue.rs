@@ -24,7 +24,7 @@ use crate::{
         },
         Interface,
     },
-    config::{LiveLimits, Pattern},
+    config::{LiveConfig, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
@@ -37,7 +37,8 @@ pub struct QueueApi {
     gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
     supervisors: Arc<Supervisors>,
-    limits: LiveLimits,
+    /// The running config, for `limits` (a reload changes them).
+    config: LiveConfig,
 }
 
 gate::session_token_field!(
@@ -86,7 +87,7 @@ impl QueueApi {
         gates: &GateState,
         subscriptions: Arc<Subscriptions>,
         supervisors: Arc<Supervisors>,
-        limits: LiveLimits,
+        config: LiveConfig,
     ) -> Self {
         QueueApi {
             gate: gates.gate(Service::Queue, Pattern::Queue, Interface::QueueBasic, |b| {
@@ -94,12 +95,12 @@ impl QueueApi {
             }),
             subscriptions,
             supervisors,
-            limits,
+            config,
         }
     }
 
     fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        let max = self.limits.load().max_value_bytes;
+        let max = self.config.load().limits.max_value_bytes;
         if payload.len() > max {
             return Err(Error::invalid_argument(
                 "PAYLOAD_TOO_LARGE",
@@ -155,7 +156,7 @@ impl QueueService for QueueApi {
         self.gate
             .unary(request, async |call, req| {
                 check_topic(&req.topic)?;
-                let max = self.limits.load().max_batch_ops;
+                let max = self.config.load().limits.max_batch_ops;
                 if req.messages.is_empty() || req.messages.len() > max {
                     return Err(Error::invalid_argument(
                         "BATCH_TOO_LARGE",

@@ -52,9 +52,9 @@ struct Inner {
     transactions: Arc<Transactions>,
     supervisors: Arc<Supervisors>,
     clock: Clock,
-    /// `limits.transaction_begin_timeout`: how long a Transaction stream
-    /// may wait for its BeginTransaction.
-    limits: crate::config::LiveLimits,
+    /// The running config, for `limits.transaction_begin_timeout`: how
+    /// long a Transaction stream may wait for its BeginTransaction.
+    config: crate::config::LiveConfig,
     /// Single Writes to one mailbox share transactions.
     groups: super::group_commit::GroupCommit,
 }
@@ -84,7 +84,7 @@ impl TransactApi {
         gates: &GateState,
         transactions: Arc<Transactions>,
         supervisors: Arc<Supervisors>,
-        limits: crate::config::LiveLimits,
+        config: crate::config::LiveConfig,
     ) -> Self {
         TransactApi {
             inner: Arc::new(Inner {
@@ -97,7 +97,7 @@ impl TransactApi {
                 ),
                 transactions,
                 supervisors,
-                limits,
+                config,
                 groups: Default::default(),
             }),
         }
@@ -700,7 +700,7 @@ impl Driver {
                 _ => None,
             },
             Phase::AwaitBegin => {
-                let begin_timeout = self.api.limits.load().transaction_begin_timeout;
+                let begin_timeout = self.api.config.load().limits.transaction_begin_timeout;
                 match tokio::time::timeout(begin_timeout, self.inbound.next()).await {
                     Ok(Some(Ok(pb::TransactRequest {
                         request: Some(In::Begin(begin)),
