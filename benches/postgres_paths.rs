@@ -1,13 +1,16 @@
-//! Reader and Queue on Postgres (not a test): a Reader page (Read of a
-//! 100-row collection in one page) and a Queue Publish (1 KiB) through the
-//! gateway's gRPC endpoint on loopback, each beside the equivalent SQL sent
+//! Reader, Queue and KeyValue on Postgres (not a test): a Reader page (Read
+//! of a 100-row collection in one page) and a Queue Publish (1 KiB) through
+//! the gateway's gRPC endpoint on loopback, each beside the equivalent SQL sent
 //! straight to Postgres in the same run by as many clients, each on a
 //! connection of its own (sqlx, the driver the gateway uses). The direct
 //! Reader client runs the statement the gateway runs for that page and
 //! decodes its rows; the direct Queue client takes the partition's next
 //! offset and inserts the message in one statement, as the gateway does
 //! once the topic is known (both on topics of four partitions, messages
-//! spread over them).
+//! spread over them). Then a KeyValue Get (1 KiB values, 1,000 keys read
+//! in turn) through a config with a look-aside cache in the gateway beside
+//! the same Gets through an uncached config of the same namespace, in the
+//! same run (the cache warmed by one pass over the keys first).
 //!
 //! Run: `cargo bench --bench postgres_paths` (needs Postgres at
 //! `DATABASE_URL`, default the loopback one). Bounded in count and time:
@@ -25,6 +28,7 @@ use std::time::Duration;
 use prism::{
     config::{GatewayConfig, Source},
     proto::{
+        keyvalue::v1::{self as kv, key_value_service_client::KeyValueServiceClient},
         queue::v1::{self as q, queue_service_client::QueueServiceClient},
         reader::v1::{self as r, reader_service_client::ReaderServiceClient},
     },
@@ -40,6 +44,8 @@ const ROWS: i64 = 100;
 const PAYLOAD: usize = 1024;
 /// Partitions of the Queue topics, gateway's and direct.
 const PARTITIONS: i32 = 4;
+/// Keys the KeyValue Gets go over.
+const KEYS: usize = 1000;
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -119,12 +125,18 @@ backends:
 namespaces:
   bench:
     allowed_backends: [postgres]
-    allowed_patterns: [reader, queue]
+    allowed_patterns: [reader, queue, key_value]
     api_keys: [{{ name: bench, sha256: "{key}" }}]
     collections:
       rows: {{ backend: postgres, table: {table} }}
 configs:
   reader: {{ namespace: bench, pattern: reader, backend: postgres }}
+  kv: {{ namespace: bench, pattern: key_value, backend: postgres }}
+  kv-cached:
+    namespace: bench
+    pattern: key_value
+    backend: postgres
+    cache: {{ enabled: true, strategy: look_aside, ttl: 10m, max_entries: 10000, max_bytes: 67108864 }}
   queue:
     namespace: bench
     pattern: queue
@@ -334,8 +346,78 @@ fn main() {
             direct,
         );
 
+        // KeyValue Gets, cached config beside uncached, same keys.
+        let token = session(&admin_channel, KEY, "kv").await;
+        let mut writer = KeyValueServiceClient::new(admin_channel.clone());
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("bench/{run}/{i}")).collect();
+        for key in &keys {
+            writer
+                .set(kv::SetRequest {
+                    session_token: token.clone(),
+                    key: key.clone(),
+                    value: vec![9u8; PAYLOAD],
+                    ..Default::default()
+                })
+                .await
+                .expect("Set");
+        }
+        let get = |token: String, keys: Vec<String>| {
+            move |mut client: KeyValueServiceClient<Channel>, i: usize| {
+                let request = kv::GetRequest {
+                    session_token: token.clone(),
+                    key: keys[i % keys.len()].clone(),
+                };
+                async move {
+                    let got = client.get(request).await.expect("Get").into_inner();
+                    assert_eq!(got.value.len(), PAYLOAD);
+                    client
+                }
+            }
+        };
+        let uncached_clients =
+            gateway_clients(served.addr, clients, KeyValueServiceClient::new).await;
+        let uncached = drive(uncached_clients, calls, get(token.clone(), keys.clone())).await;
+        let cached_token = session(&admin_channel, KEY, "kv-cached").await;
+        let cached_clients =
+            gateway_clients(served.addr, clients, KeyValueServiceClient::new).await;
+        let warm = get(cached_token.clone(), keys.clone());
+        for i in 0..KEYS {
+            warm(cached_clients[0].clone(), i).await;
+        }
+        let cached = drive(cached_clients, calls, get(cached_token, keys.clone())).await;
+        let figures = served
+            .gateway
+            .kv_caches
+            .figures()
+            .into_iter()
+            .find(|f| f.config == "kv-cached")
+            .expect("the cache");
+        let hit_rate = figures.lru.hits as f64 / (figures.lru.hits + figures.lru.misses) as f64;
+        println!(
+            "KV Get 1 KiB on Postgres: cached {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), uncached \
+             {:.0}/s (p50 {:.2} ms, p99 {:.2} ms): {:.2}x; hit rate {:.3}",
+            cached.rate,
+            cached.p50_ms,
+            cached.p99_ms,
+            uncached.rate,
+            uncached.p50_ms,
+            uncached.p99_ms,
+            cached.rate / uncached.rate,
+            hit_rate
+        );
+        summary.insert(
+            "kv_get_cached".to_string(),
+            serde_json::json!({
+                "name": "KV Get 1 KiB, 1,000 keys",
+                "cached": cached.json(),
+                "uncached": uncached.json(),
+                "hit_rate": hit_rate,
+            }),
+        );
+
         served.stop().await;
         for statement in [
+            format!("DELETE FROM prism_kv WHERE namespace = 'bench' AND key LIKE 'bench/{run}/%'"),
             format!("DROP TABLE {table}"),
             format!("DELETE FROM prism_queue_messages WHERE namespace = 'bench' AND topic LIKE 'bench.%{run}'"),
             format!("DELETE FROM prism_queue_partitions WHERE namespace = 'bench' AND topic LIKE 'bench.%{run}'"),

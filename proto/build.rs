@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "prism/pubsub/v1/pubsub.proto",
     "prism/reader/v1/reader.proto",
     "prism/transact/v1/transact.proto",
+    "prism/cache/v1/cache.proto",
     "prism/admin/v1/admin.proto",
 ];
 

@@ -10,7 +10,7 @@
 #   QUICK=1 bash scripts/loadtest.sh    # 1,000 requests per scenario
 #   ONLY=cluster bash scripts/loadtest.sh   # the cluster table alone (needs haproxy)
 #   ONLY=transact bash scripts/loadtest.sh  # README's Transact table alone (Postgres, NATS, Kafka)
-#   ONLY=postgres bash scripts/loadtest.sh  # README's Reader and Queue on Postgres table alone
+#   ONLY=postgres bash scripts/loadtest.sh  # README's Reader, Queue and cached KeyValue on Postgres tables alone
 #   ONLY=kvget bash scripts/loadtest.sh     # README's KV Get against a minimal tonic service table alone
 #
 # Only loopback addresses are loaded; every run is bounded by its total or
@@ -241,12 +241,22 @@ import json, sys
 doc = json.load(open(sys.argv[1]))
 print("| call (issue target: gateway ≥ 0.8× direct) | gateway calls/s | p50 / p99 ms | direct SQL calls/s | p50 / p99 ms | gateway ÷ direct |")
 print("|---|---:|---:|---:|---:|---:|")
+cache = doc["runs"].pop("kv_get_cached", None)
 for r in doc["runs"].values():
     g, d = r["gateway"], r["direct"]
     print(f"| {r['name']} | {g['rate']:,.0f} | {g['p50_ms']:.2f} / {g['p99_ms']:.2f} "
           f"| {d['rate']:,.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | **{g['rate'] / d['rate']:.2f}×** |")
 print()
 print(f"{doc['clients']} clients, {doc['calls']:,} calls per column.")
+if cache:
+    c, u = cache["cached"], cache["uncached"]
+    print()
+    print("| KeyValue Get on Postgres | calls/s | p50 / p99 ms |")
+    print("|---|---:|---:|")
+    print(f"| {cache['name']}, uncached config | {u['rate']:,.0f} | {u['p50_ms']:.2f} / {u['p99_ms']:.2f} |")
+    print(f"| {cache['name']}, config with a look-aside cache (hit rate {cache['hit_rate']:.3f}) "
+          f"| {c['rate']:,.0f} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} |")
+    print(f"| cached ÷ uncached | **{c['rate'] / u['rate']:.2f}×** | |")
 PY
   write_table postgres
 }

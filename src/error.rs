@@ -18,6 +18,7 @@ pub enum ErrorKind {
     ResourceExhausted,
     FailedPrecondition,
     Aborted,
+    OutOfRange,
     Unimplemented,
     Unavailable,
     DeadlineExceeded,
@@ -35,6 +36,7 @@ impl ErrorKind {
             ErrorKind::ResourceExhausted => Code::ResourceExhausted,
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
             ErrorKind::Aborted => Code::Aborted,
+            ErrorKind::OutOfRange => Code::OutOfRange,
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
@@ -125,6 +127,7 @@ pub enum Service {
     PubSub,
     Reader,
     Transact,
+    Cache,
 }
 
 impl Service {
@@ -137,6 +140,7 @@ impl Service {
             Service::PubSub => "prism.pubsub.v1",
             Service::Reader => "prism.reader.v1",
             Service::Transact => "prism.transact.v1",
+            Service::Cache => "prism.cache.v1",
         }
     }
 }

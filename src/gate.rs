@@ -456,6 +456,7 @@ mod tests {
             pubsub: None,
             reader: None,
             transact: None,
+            cache: None,
             health: Arc::new(Health::new()),
         };
         assert!(require(&kv, &backend, Interface::KeyValueScan, |k| k.scan.as_ref()).is_ok());

@@ -40,8 +40,9 @@ use tonic::codegen::http;
 
 use crate::{
     actors::Supervisors,
-    backends::Backends,
+    backends::{lru::Snapshot, Backends},
     call::{CallInfo, SessionRef},
+    services::kv_cache::{CacheFigures, KvCaches},
     session::SessionRegistry,
 };
 
@@ -54,7 +55,8 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Services whose calls are data operations (audited).
-const DATA_SERVICES: [&str; 5] = [
+const DATA_SERVICES: [&str; 6] = [
+    "prism.cache.v1.",
     "prism.keyvalue.v1.",
     "prism.queue.v1.",
     "prism.pubsub.v1.",
@@ -133,6 +135,14 @@ struct BackendLabels {
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
+struct KvCacheLabels {
+    config: String,
+    namespace: String,
+    backend: String,
+    strategy: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
 struct RelayLabels {
     namespace: String,
     relay: String,
@@ -176,8 +186,10 @@ pub struct Sources {
     pub registry: Arc<SessionRegistry>,
     /// Actor restarts by kind, and the outbox relays for their lag.
     pub supervisors: Arc<Supervisors>,
-    /// Backend health and pool sizes.
+    /// Backend health and pool sizes, and the memory backends' caches.
     pub backends: Arc<Backends>,
+    /// The caches in front of KeyValue.
+    pub kv_caches: Arc<KvCaches>,
 }
 
 /// The registry `/metrics` encodes: the call families and a collector of
@@ -408,6 +420,154 @@ impl Collector for Live {
             relays
                 .iter()
                 .map(|(l, r)| (l.clone(), ConstCounter::new(r.dead_lettered()))),
+        )?;
+        self.encode_caches(&mut encoder)
+    }
+}
+
+impl Live {
+    /// The KeyValue caches by config, and the memory backends' Cache
+    /// stores by backend.
+    fn encode_caches(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let sources = &self.0;
+        let caches: Vec<_> = sources
+            .kv_caches
+            .figures()
+            .into_iter()
+            .map(|f| {
+                let labels = KvCacheLabels {
+                    config: f.config.clone(),
+                    namespace: f.namespace.clone(),
+                    backend: f.backend.clone(),
+                    strategy: f.strategy,
+                };
+                (labels, f)
+            })
+            .collect();
+        let counter = |encoder: &mut DescriptorEncoder, name, help, v: fn(&CacheFigures) -> u64| {
+            family(
+                encoder,
+                name,
+                help,
+                MetricType::Counter,
+                caches
+                    .iter()
+                    .map(|(l, f)| (l.clone(), ConstCounter::new(v(f)))),
+            )
+        };
+        counter(
+            encoder,
+            "prism_kv_cache_hits",
+            "KeyValue reads served from the config's cache.",
+            |f| f.lru.hits,
+        )?;
+        counter(
+            encoder,
+            "prism_kv_cache_misses",
+            "KeyValue reads the config's cache could not serve (read from the backend).",
+            |f| f.lru.misses,
+        )?;
+        counter(
+            encoder,
+            "prism_kv_cache_evictions",
+            "Entries pushed out of a KeyValue cache to stay within max_entries and max_bytes.",
+            |f| f.lru.evictions,
+        )?;
+        counter(
+            encoder,
+            "prism_kv_cache_expirations",
+            "Entries of a KeyValue cache dropped when their ttl was up.",
+            |f| f.lru.expirations,
+        )?;
+        counter(
+            encoder,
+            "prism_kv_cache_invalidations",
+            "Keys dropped from a KeyValue cache because they were written, here or on another instance.",
+            |f| f.invalidations,
+        )?;
+        let gauge = |encoder: &mut DescriptorEncoder, name, help, v: fn(&CacheFigures) -> u64| {
+            family(
+                encoder,
+                name,
+                help,
+                MetricType::Gauge,
+                caches.iter().map(|(l, f)| {
+                    (
+                        l.clone(),
+                        ConstGauge::new(i64::try_from(v(f)).unwrap_or(i64::MAX)),
+                    )
+                }),
+            )
+        };
+        gauge(
+            encoder,
+            "prism_kv_cache_entries",
+            "Entries in a KeyValue cache.",
+            |f| f.lru.entries,
+        )?;
+        gauge(
+            encoder,
+            "prism_kv_cache_bytes",
+            "Bytes a KeyValue cache holds (keys, values and 64 bytes per entry).",
+            |f| f.lru.bytes,
+        )?;
+        // One sample, no labels (a family's label set, even empty, would be
+        // written as `{}`).
+        ConstCounter::new(sources.kv_caches.unannounced.load(Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "prism_kv_cache_unannounced",
+                "KeyValue writes to a cached namespace the other instances could not be told of (the session store did not answer).",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+
+        let stores: Vec<_> = sources
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let snapshot = b.client.as_ref()?.cache_figures()?;
+                let labels = BackendLabels {
+                    backend: b.name.clone(),
+                    r#type: b.kind.name(),
+                };
+                Some((labels, snapshot))
+            })
+            .collect();
+        let store_gauge = |encoder: &mut DescriptorEncoder, name, help, v: fn(&Snapshot) -> u64| {
+            family(
+                encoder,
+                name,
+                help,
+                MetricType::Gauge,
+                stores.iter().map(|(l, s)| {
+                    (
+                        l.clone(),
+                        ConstGauge::new(i64::try_from(v(s)).unwrap_or(i64::MAX)),
+                    )
+                }),
+            )
+        };
+        store_gauge(
+            encoder,
+            "prism_cache_entries",
+            "Entries of the Cache service held by a memory backend.",
+            |s| s.entries,
+        )?;
+        store_gauge(
+            encoder,
+            "prism_cache_bytes",
+            "Bytes of the Cache service held by a memory backend (keys, values and 64 bytes per entry).",
+            |s| s.bytes,
+        )?;
+        family(
+            encoder,
+            "prism_cache_evictions",
+            "Entries a memory backend's cache pushed out to stay within its bounds.",
+            MetricType::Counter,
+            stores
+                .iter()
+                .map(|(l, s)| (l.clone(), ConstCounter::new(s.evictions))),
         )?;
         Ok(())
     }

@@ -576,7 +576,8 @@ fn a_rate_limit_holds_each_session_to_its_budget() {
             kv.get(get(&free.session_token)).await.unwrap();
         }
 
-        // No cache exists yet: asking for one is refused, not ignored.
+        // Only the operator turns a cache on (a named config): asking for
+        // one inline is refused, not ignored.
         let mut cached = inline(AccessPattern::KeyValue, BackendType::Memory, &[]);
         if let Some(Config::InlineConfig(c)) = cached.config.as_mut() {
             c.cache = Some(cfg::CacheConfig {
@@ -587,8 +588,8 @@ fn a_rate_limit_holds_each_session_to_its_budget() {
         let err = client.create_session(cached).await.unwrap_err();
         assert_error(
             &err,
-            Code::Unimplemented,
-            "CACHE_NOT_SUPPORTED",
+            Code::PermissionDenied,
+            "CACHE_NOT_ALLOWED_INLINE",
             Service::Session,
         );
         let err = client.create_session(limited(-5, 0)).await.unwrap_err();

@@ -14,7 +14,7 @@ import tempfile
 GRPCIO_TOOLS = "1.85.1"
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO = HERE.parent.parent / "proto"
-PACKAGES = ["config", "session", "keyvalue", "queue", "pubsub", "reader", "transact"]
+PACKAGES = ["config", "session", "keyvalue", "queue", "pubsub", "reader", "transact", "cache"]
 
 
 def generate(out: pathlib.Path) -> None:

@@ -43,6 +43,11 @@ pub mod transact {
         tonic::include_proto!("prism.transact.v1");
     }
 }
+pub mod cache {
+    pub mod v1 {
+        tonic::include_proto!("prism.cache.v1");
+    }
+}
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("prism.admin.v1");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    actors::{ActorNode, Supervisors},
+    actors::ActorNode,
     admin::tree,
     backends::sql_reader::json_to_value,
     proto::admin::v1::{self as pb, admin_service_server::AdminService},
@@ -18,17 +18,17 @@ use crate::{
 /// The service; the admin listener's token check runs before it (see
 /// [`super::router`]).
 pub struct AdminApi {
-    supervisors: Arc<Supervisors>,
+    admin: Arc<super::AdminState>,
 }
 
 impl AdminApi {
-    pub fn new(supervisors: Arc<Supervisors>) -> Self {
-        AdminApi { supervisors }
+    pub fn new(admin: Arc<super::AdminState>) -> Self {
+        AdminApi { admin }
     }
 
     async fn tree(&self) -> Result<ActorNode, Status> {
-        self.supervisors
-            .observe()
+        self.admin
+            .tree()
             .await
             .map_err(|e| Status::unavailable(e.message))
     }

@@ -59,6 +59,41 @@ pub struct AdminState {
     pub backends: Arc<crate::backends::Backends>,
     pub supervisors: Arc<Supervisors>,
     pub sessions: Arc<Sessions>,
+    /// The caches in front of KeyValue, shown under their namespaces.
+    pub kv_caches: Arc<crate::services::kv_cache::KvCaches>,
+}
+
+impl AdminState {
+    /// The live actor tree, each namespace's node also showing its
+    /// KeyValue caches (`state.kv_caches`: entries, bytes, hits, misses,
+    /// evictions, invalidations).
+    pub async fn tree(&self) -> Result<crate::actors::ActorNode, crate::error::Error> {
+        let mut tree = self.supervisors.observe().await?;
+        let figures = self.kv_caches.figures();
+        if !figures.is_empty() {
+            show_caches(&mut tree, &figures);
+        }
+        Ok(tree)
+    }
+}
+
+fn show_caches(
+    node: &mut crate::actors::ActorNode,
+    figures: &[crate::services::kv_cache::CacheFigures],
+) {
+    if let Some(ns) = node.id.strip_prefix("namespace/") {
+        let mine: Vec<_> = figures.iter().filter(|f| f.namespace == ns).collect();
+        if let (false, Some(state)) = (mine.is_empty(), node.state.as_object_mut()) {
+            state.insert(
+                "kv_caches".to_string(),
+                serde_json::to_value(mine).unwrap_or_default(),
+            );
+        }
+        return;
+    }
+    for child in &mut node.children {
+        show_caches(child, figures);
+    }
 }
 
 /// A config reload, as the admin listener runs it: its report, or why the
@@ -155,11 +190,10 @@ async fn require_token(State(admin): State<Arc<AdminState>>, req: Request, next:
 }
 
 pub fn router(admin: Arc<AdminState>) -> Router {
-    let grpc = tonic::service::Routes::new(AdminServiceServer::new(grpc::AdminApi::new(
-        admin.supervisors.clone(),
-    )))
-    .into_axum_router()
-    .layer(middleware::from_fn_with_state(admin.clone(), require_token));
+    let grpc =
+        tonic::service::Routes::new(AdminServiceServer::new(grpc::AdminApi::new(admin.clone())))
+            .into_axum_router()
+            .layer(middleware::from_fn_with_state(admin.clone(), require_token));
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -241,7 +275,7 @@ fn unavailable(e: crate::error::Error) -> Response {
 }
 
 async fn actors(State(admin): State<Arc<AdminState>>, Query(p): Query<ActorsParams>) -> Response {
-    let tree = match admin.supervisors.observe().await {
+    let tree = match admin.tree().await {
         Ok(t) => t,
         Err(e) => return unavailable(e),
     };
@@ -264,7 +298,7 @@ async fn actors(State(admin): State<Arc<AdminState>>, Query(p): Query<ActorsPara
 }
 
 async fn actor(State(admin): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    let tree = match admin.supervisors.observe().await {
+    let tree = match admin.tree().await {
         Ok(t) => t,
         Err(e) => return unavailable(e),
     };

@@ -8,7 +8,7 @@
 
 use super::{
     kafka::KafkaBackend,
-    memory::{MemoryKv, MemoryPubSub, MemoryQueue},
+    memory::{MemoryCache, MemoryKv, MemoryPubSub, MemoryQueue},
     nats::NatsBackend,
     pg_queue::PgQueue,
     redis::RedisBackend,
@@ -16,10 +16,11 @@ use super::{
     BackendKind, Interface,
 };
 
-// memory: `MemoryBackend` is these three stores.
+// memory: `MemoryBackend` is these four stores.
 crate::kv_interfaces!(MemoryKv: basic, scan, ttl, batch, cas, transactional);
 crate::queue_interfaces!(MemoryQueue: basic, visibility, groups, replay);
 crate::pubsub_interfaces!(MemoryPubSub: basic, wildcards);
+crate::cache_interfaces!(MemoryCache: basic, counters);
 
 // sqlite and postgres: the SQL backend; Postgres adds its table queue.
 crate::kv_interfaces!(SqlBackend: basic, scan, ttl, batch, cas, transactional);
@@ -32,6 +33,7 @@ crate::queue_interfaces!(PgQueue: basic, visibility, dead_letter, groups, replay
 // redis
 crate::kv_interfaces!(RedisBackend: basic, scan, ttl, batch, cas, transactional);
 crate::pubsub_interfaces!(RedisBackend: basic, wildcards);
+crate::cache_interfaces!(RedisBackend: basic, counters);
 
 // nats (JetStream for Queue, core subjects for PubSub)
 crate::queue_interfaces!(NatsBackend: basic, visibility, groups, replay);
@@ -51,6 +53,7 @@ impl BackendKind {
                 MemoryKv::KV_INTERFACES,
                 MemoryQueue::QUEUE_INTERFACES,
                 MemoryPubSub::PUBSUB_INTERFACES,
+                MemoryCache::CACHE_INTERFACES,
             ]
             .concat()
         });
@@ -64,7 +67,12 @@ impl BackendKind {
             .concat()
         });
         static REDIS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
-            [RedisBackend::KV_INTERFACES, RedisBackend::PUBSUB_INTERFACES].concat()
+            [
+                RedisBackend::KV_INTERFACES,
+                RedisBackend::PUBSUB_INTERFACES,
+                RedisBackend::CACHE_INTERFACES,
+            ]
+            .concat()
         });
         static NATS: std::sync::LazyLock<Vec<Interface>> = std::sync::LazyLock::new(|| {
             [
@@ -142,6 +150,10 @@ mod tests {
             add(r.query.is_some(), Interface::ReaderQuery);
         }
         add(b.transact.is_some(), Interface::TransactOutbox);
+        if let Some(c) = &b.cache {
+            add(true, Interface::CacheBasic);
+            add(c.counters.is_some(), Interface::CacheCounters);
+        }
         out
     }
 

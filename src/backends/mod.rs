@@ -21,11 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 
+pub mod cache;
 pub mod capabilities;
 pub mod health;
 pub mod kafka;
 pub mod kafka_pubsub;
 pub mod kv;
+pub mod lru;
 pub mod memory;
 pub mod nats;
 pub mod nats_pubsub;
@@ -35,6 +37,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod reader;
 pub mod redis;
+pub mod redis_cache;
 pub mod redis_pubsub;
 pub mod relay;
 pub mod spec;
@@ -148,6 +151,8 @@ interfaces! {
     ReaderPaged => "reader_paged",
     ReaderQuery => "reader_query",
     TransactOutbox => "transact_outbox",
+    CacheBasic => "cache_basic",
+    CacheCounters => "cache_counters",
 }
 
 impl fmt::Display for Interface {
@@ -259,7 +264,7 @@ impl Client {
     /// Removes expired data where the backend does not do it itself.
     pub async fn sweep(&self) -> Result<u64, crate::error::Error> {
         match self {
-            Client::Memory(m) => Ok(m.kv.sweep() as u64),
+            Client::Memory(m) => Ok((m.kv.sweep() + m.cache.sweep()) as u64),
             Client::Sql(s, _) => s.sweep().await,
             Client::Redis(_) | Client::Nats(_) | Client::Kafka(_) => Ok(0),
         }
@@ -278,6 +283,15 @@ impl Client {
         }
     }
 
+    /// The figures of a memory backend's Cache store (`None` for other
+    /// kinds, whose server holds the entries), for `/metrics`.
+    pub fn cache_figures(&self) -> Option<lru::Snapshot> {
+        match self {
+            Client::Memory(m) => Some(m.cache.snapshot()),
+            _ => None,
+        }
+    }
+
     /// Pool figures for the admin view.
     pub fn stats(&self) -> serde_json::Value {
         match self {
@@ -285,6 +299,7 @@ impl Client {
                 "keys": m.kv.len(),
                 "queued_messages": m.queue.len(),
                 "pubsub_subscriptions": m.pubsub.subscriptions(),
+                "cache": m.cache.snapshot(),
             }),
             Client::Sql(s, _) => serde_json::json!({
                 "connections": s.pool.size(),
@@ -334,6 +349,15 @@ impl Client {
         match self {
             Client::Sql(s, _) => Some(s.transact_handle()),
             _ => None,
+        }
+    }
+
+    /// The Cache surface, where the backend has one.
+    pub fn cache(&self) -> Option<cache::CacheHandle> {
+        match self {
+            Client::Memory(m) => Some(m.cache.cache_handle()),
+            Client::Redis(r) => Some(r.cache_handle()),
+            Client::Sql(..) | Client::Nats(_) | Client::Kafka(_) => None,
         }
     }
 
@@ -391,6 +415,7 @@ pub struct Backend {
     pub pubsub: Option<pubsub::PubSubHandle>,
     pub reader: Option<reader::ReaderHandle>,
     pub transact: Option<Arc<dyn transact::TransactOutbox>>,
+    pub cache: Option<cache::CacheHandle>,
     pub health: Arc<Health>,
 }
 
@@ -424,7 +449,10 @@ impl Backends {
         for (name, spec) in specs {
             let url = spec.url.clone().unwrap_or_default();
             let client = match spec.kind {
-                BackendKind::Memory => Some(Client::Memory(memory::MemoryBackend::new(clock))),
+                BackendKind::Memory => Some(Client::Memory(memory::MemoryBackend::new(
+                    clock,
+                    spec.cache.unwrap_or_default().bounds(),
+                ))),
                 BackendKind::Sqlite => {
                     let url = match &spec.path {
                         Some(path) => sqlite::url_for(path),
@@ -463,6 +491,7 @@ impl Backends {
             let pubsub = client.as_ref().and_then(Client::pubsub);
             let reader = client.as_ref().and_then(Client::reader);
             let transact = client.as_ref().and_then(Client::transact);
+            let cache = client.as_ref().and_then(Client::cache);
             by_name.insert(
                 name.clone(),
                 Arc::new(Backend {
@@ -475,6 +504,7 @@ impl Backends {
                     pubsub,
                     reader,
                     transact,
+                    cache,
                     health: Arc::new(Health::new()),
                 }),
             );

@@ -23,6 +23,37 @@ pub struct BackendSpec {
     /// create a collection's table; make them idempotent).
     #[serde(default)]
     pub init_sql: Vec<String>,
+    /// What the memory backend's Cache entries may hold, all namespaces
+    /// together (other kinds are bounded by their server: Redis by its
+    /// `maxmemory`).
+    pub cache: Option<CacheBoundsSpec>,
+}
+
+/// `backends.<name>.cache`: the memory backend's Cache bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheBoundsSpec {
+    pub max_entries: usize,
+    /// Keys, values and 64 bytes of bookkeeping per entry.
+    pub max_bytes: usize,
+}
+
+impl Default for CacheBoundsSpec {
+    fn default() -> Self {
+        CacheBoundsSpec {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl CacheBoundsSpec {
+    pub fn bounds(self) -> super::lru::Bounds {
+        super::lru::Bounds {
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 /// How a backend's pool actor manages its connections.

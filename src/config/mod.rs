@@ -260,15 +260,17 @@ pub enum Pattern {
     Pubsub,
     Reader,
     Transact,
+    Cache,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 5] = [
+    pub const ALL: [Pattern; 6] = [
         Pattern::KeyValue,
         Pattern::Queue,
         Pattern::Pubsub,
         Pattern::Reader,
         Pattern::Transact,
+        Pattern::Cache,
     ];
 
     pub fn name(self) -> &'static str {
@@ -278,6 +280,7 @@ impl Pattern {
             Pattern::Pubsub => "pubsub",
             Pattern::Reader => "reader",
             Pattern::Transact => "transact",
+            Pattern::Cache => "cache",
         }
     }
 
@@ -289,6 +292,7 @@ impl Pattern {
             Pattern::Pubsub => &[Interface::PubSubBasic],
             Pattern::Reader => &[Interface::ReaderPaged],
             Pattern::Transact => &[Interface::TransactOutbox],
+            Pattern::Cache => &[Interface::CacheBasic],
         }
     }
 
@@ -301,7 +305,8 @@ impl Pattern {
             | Pattern::Queue
             | Pattern::Pubsub
             | Pattern::Reader
-            | Pattern::Transact => true,
+            | Pattern::Transact
+            | Pattern::Cache => true,
         }
     }
 }
@@ -619,15 +624,37 @@ fn default_version() -> String {
     "v1".to_string()
 }
 
+/// A config's `cache`. On a `key_value` config with `enabled: true`: a
+/// cache in the gateway in front of the backend (`services::kv_cache`).
+/// On a `cache` config: `ttl` is the expiry of entries written without
+/// one (nothing else applies).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     #[serde(default)]
     pub enabled: bool,
+    #[serde(default)]
+    pub strategy: CacheStrategy,
+    /// How long a cached value is served without asking the backend:
+    /// the bound on staleness for writes that bypass the gateway. Default
+    /// 60s on a KeyValue cache; none on a cache config.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    #[serde(default)]
-    pub max_entries: i64,
+    /// Default 10,000.
+    pub max_entries: Option<i64>,
+    /// Keys, values and 64 bytes of bookkeeping per entry; default 16 MiB.
+    pub max_bytes: Option<i64>,
+}
+
+/// How a KeyValue cache keeps up with writes through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStrategy {
+    /// Reads fill the cache; a write drops the key from it.
+    #[default]
+    LookAside,
+    /// A write also puts the written value in the cache.
+    WriteThrough,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -6,8 +6,8 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use super::{
-    options::ClientOptions, policy, Consistency, GatewayConfig, NamedConfigSpec, NamespaceSpec,
-    Pattern,
+    options::ClientOptions, policy, CacheSpec, CacheStrategy, Consistency, GatewayConfig,
+    NamedConfigSpec, NamespaceSpec, Pattern,
 };
 use crate::{
     backends::{BackendKind, Interface},
@@ -30,8 +30,32 @@ pub struct ResolvedConfig {
     pub role_sets: Vec<Vec<String>>,
     /// The config's options, parsed and checked.
     pub options: ClientOptions,
+    /// The cache in front of KeyValue, when `cache.enabled`.
+    pub kv_cache: Option<KvCacheSettings>,
+    /// Cache pattern: the expiry of entries written without one.
+    pub cache_ttl: Option<Duration>,
     /// What the client is shown.
     pub proto: pb::ClientConfig,
+}
+
+/// A KeyValue cache's settings, checked (see [`CacheSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheSettings {
+    pub strategy: CacheStrategy,
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+impl KvCacheSettings {
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+    pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
+    /// The most one config's cache may hold: the operator sizes it, but
+    /// a typo should not take the gateway's memory.
+    pub const MAX_ENTRIES: usize = 10_000_000;
+    pub const MAX_BYTES: usize = 16 << 30;
+    pub const MIN_BYTES: usize = 4096;
 }
 
 impl ResolvedConfig {
@@ -57,6 +81,7 @@ pub fn pattern_to_proto(p: Pattern) -> pb::AccessPattern {
         Pattern::Pubsub => pb::AccessPattern::Pubsub,
         Pattern::Reader => pb::AccessPattern::Reader,
         Pattern::Transact => pb::AccessPattern::Transact,
+        Pattern::Cache => pb::AccessPattern::Cache,
     }
 }
 
@@ -92,6 +117,7 @@ pub fn pattern_from_proto(p: pb::AccessPattern) -> Option<Pattern> {
         pb::AccessPattern::Pubsub => Pattern::Pubsub,
         pb::AccessPattern::Reader => Pattern::Reader,
         pb::AccessPattern::Transact => Pattern::Transact,
+        pb::AccessPattern::Cache => Pattern::Cache,
     })
 }
 
@@ -154,24 +180,8 @@ impl NamedConfigs {
     }
 }
 
-/// A config's rate limit must not be negative (0 = no limit). There is no
-/// read cache yet, so a config that enables one is refused rather than
-/// silently served uncached.
-fn check_cache_and_rate(
-    what: &str,
-    cache_enabled: bool,
-    rate_limit: Option<(i32, i32)>,
-) -> Result<(), Error> {
-    if cache_enabled {
-        return Err(Error::new(
-            ErrorKind::Unimplemented,
-            "CACHE_NOT_SUPPORTED",
-            format!(
-                "{what}: `cache.enabled` asks for a read cache, which this gateway does not have \
-                 yet; remove `cache` or set `enabled: false`"
-            ),
-        ));
-    }
+/// A config's rate limit must not be negative (0 = no limit).
+fn check_rate(what: &str, rate_limit: Option<(i32, i32)>) -> Result<(), Error> {
     if let Some((rps, burst)) = rate_limit {
         if rps < 0 || burst < 0 {
             return Err(Error::invalid_argument(
@@ -181,6 +191,108 @@ fn check_cache_and_rate(
         }
     }
     Ok(())
+}
+
+/// The longest `cache.ttl` (as for any expiry a client sends).
+const MAX_CACHE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn invalid_cache(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::invalid_argument("INVALID_CACHE_CONFIG", format!("{what}: {detail}"))
+}
+
+/// A bound from the config, checked into `min..=max`; `default` when unset.
+fn cache_bound(
+    what: &str,
+    field: &str,
+    value: Option<i64>,
+    default: usize,
+    (min, max): (usize, usize),
+) -> Result<usize, Error> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    usize::try_from(v)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| {
+            invalid_cache(
+                what,
+                format!("cache.{field} is {v}; it must be {min} to {max}"),
+            )
+        })
+}
+
+/// What a config's `cache` asks for: the KeyValue cache when enabled (only
+/// on a config serving key_value), and a cache config's default entry
+/// expiry.
+fn check_cache(
+    what: &str,
+    patterns: &[Pattern],
+    cache: Option<&CacheSpec>,
+) -> Result<(Option<KvCacheSettings>, Option<Duration>), Error> {
+    let Some(c) = cache else {
+        return Ok((None, None));
+    };
+    if c.ttl.is_some_and(|t| t.is_zero() || t > MAX_CACHE_TTL) {
+        return Err(invalid_cache(
+            what,
+            "cache.ttl must be positive and at most 100 years",
+        ));
+    }
+    let cache_ttl = c.ttl.filter(|_| patterns.contains(&Pattern::Cache));
+    if !c.enabled {
+        return Ok((None, cache_ttl));
+    }
+    if !patterns.contains(&Pattern::KeyValue) {
+        return Err(invalid_cache(
+            what,
+            "cache.enabled puts a cache in front of KeyValue, and this config does not serve \
+             key_value; a cache config's entries live on its backend (set only cache.ttl there)",
+        ));
+    }
+    let settings = KvCacheSettings {
+        strategy: c.strategy,
+        ttl: c.ttl.unwrap_or(KvCacheSettings::DEFAULT_TTL),
+        max_entries: cache_bound(
+            what,
+            "max_entries",
+            c.max_entries,
+            KvCacheSettings::DEFAULT_MAX_ENTRIES,
+            (1, KvCacheSettings::MAX_ENTRIES),
+        )?,
+        max_bytes: cache_bound(
+            what,
+            "max_bytes",
+            c.max_bytes,
+            KvCacheSettings::DEFAULT_MAX_BYTES,
+            (KvCacheSettings::MIN_BYTES, KvCacheSettings::MAX_BYTES),
+        )?,
+    };
+    Ok((Some(settings), cache_ttl))
+}
+
+/// A cache as the client is shown it.
+fn cache_to_proto(
+    kv: Option<&KvCacheSettings>,
+    cache_ttl: Option<Duration>,
+) -> Option<pb::CacheConfig> {
+    match (kv, cache_ttl) {
+        (Some(kv), _) => Some(pb::CacheConfig {
+            enabled: true,
+            ttl: Some(duration_to_proto(kv.ttl)),
+            max_entries: kv.max_entries as i64,
+            strategy: match kv.strategy {
+                CacheStrategy::LookAside => pb::CacheStrategy::LookAside,
+                CacheStrategy::WriteThrough => pb::CacheStrategy::WriteThrough,
+            } as i32,
+            max_bytes: kv.max_bytes as i64,
+        }),
+        (None, Some(ttl)) => Some(pb::CacheConfig {
+            ttl: Some(duration_to_proto(ttl)),
+            ..Default::default()
+        }),
+        (None, None) => None,
+    }
 }
 
 pub(crate) fn resolve_named_spec(
@@ -206,11 +318,9 @@ pub(crate) fn resolve_named_spec(
         .rate_limit
         .as_ref()
         .map(|r| (r.requests_per_second, r.burst));
-    check_cache_and_rate(
-        &format!("config `{name}`"),
-        spec.cache.as_ref().is_some_and(|c| c.enabled),
-        own_rate,
-    )?;
+    check_rate(&format!("config `{name}`"), own_rate)?;
+    let (kv_cache, cache_ttl) =
+        check_cache(&format!("config `{name}`"), &patterns, spec.cache.as_ref())?;
     let ns = check_policy(
         cfg,
         &spec.namespace,
@@ -254,11 +364,7 @@ pub(crate) fn resolve_named_spec(
             } as i32,
             max_staleness: spec.max_staleness.map(duration_to_proto),
         }),
-        cache: spec.cache.as_ref().map(|c| pb::CacheConfig {
-            enabled: c.enabled,
-            ttl: c.ttl.map(duration_to_proto),
-            max_entries: c.max_entries,
-        }),
+        cache: cache_to_proto(kv_cache.as_ref(), cache_ttl),
         rate_limit: rate_to_proto(bounds.rate),
         namespace: spec.namespace.clone(),
         patterns: patterns
@@ -274,6 +380,8 @@ pub(crate) fn resolve_named_spec(
         patterns,
         role_sets: bounds.role_sets,
         options,
+        kv_cache,
+        cache_ttl,
         proto,
     })
 }
@@ -301,7 +409,7 @@ pub fn resolve_inline(
             Error::invalid_argument(
                 "INVALID_CONFIG",
                 "inline_config.pattern is unspecified or unknown; set it to one of QUEUE, PUBSUB, \
-                 READER, TRANSACT, KEY_VALUE",
+                 READER, TRANSACT, KEY_VALUE, CACHE",
             )
         })?;
     let mut patterns = vec![primary];
@@ -327,11 +435,8 @@ pub fn resolve_inline(
         .rate_limit
         .as_ref()
         .map(|r| (r.requests_per_second, r.burst));
-    check_cache_and_rate(
-        "inline_config",
-        inline.cache.as_ref().is_some_and(|c| c.enabled),
-        own_rate,
-    )?;
+    check_rate("inline_config", own_rate)?;
+    let cache_ttl = inline_cache_ttl(inline.cache.as_ref(), &patterns)?;
     let ns = check_policy(cfg, namespace, &backend_name, kind, &patterns, &required)?;
     let bounds = policy::bound(
         &ns.rules,
@@ -348,6 +453,7 @@ pub fn resolve_inline(
 
     let mut proto = inline.clone();
     proto.rate_limit = rate_to_proto(bounds.rate);
+    proto.cache = cache_to_proto(None, cache_ttl);
     proto.namespace = namespace.to_string();
     if proto.name.is_empty() {
         proto.name = "inline".to_string();
@@ -370,8 +476,48 @@ pub fn resolve_inline(
         patterns,
         role_sets: bounds.role_sets,
         options,
+        kv_cache: None,
+        cache_ttl,
         proto,
     })
+}
+
+/// An inline config's `cache`: only a cache config's default entry expiry.
+/// A cache in the gateway holds the gateway's memory, so only the operator
+/// turns one on (in a named config); a client may not.
+fn inline_cache_ttl(
+    cache: Option<&pb::CacheConfig>,
+    patterns: &[Pattern],
+) -> Result<Option<Duration>, Error> {
+    let Some(c) = cache else {
+        return Ok(None);
+    };
+    if c.enabled {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "CACHE_NOT_ALLOWED_INLINE",
+            "inline_config.cache.enabled asks for a cache in the gateway, which only the operator \
+             sets up (a named config with cache.enabled); use such a config, or leave enabled \
+             false",
+        ));
+    }
+    let ttl = match &c.ttl {
+        None => None,
+        Some(d) => Some(
+            u64::try_from(d.seconds)
+                .ok()
+                .zip(u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000))
+                .map(|(s, n)| Duration::new(s, n))
+                .filter(|d| !d.is_zero() && *d <= MAX_CACHE_TTL)
+                .ok_or_else(|| {
+                    invalid_cache(
+                        "inline_config",
+                        "cache.ttl must be a positive duration of at most 100 years",
+                    )
+                })?,
+        ),
+    };
+    Ok(ttl.filter(|_| patterns.contains(&Pattern::Cache)))
 }
 
 /// Finds the configured backend an inline config means: by name, or the

@@ -151,6 +151,10 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     r
 }
 
+/// The smallest byte bound a cache may have (one small entry and then
+/// some).
+const MIN_CACHE_BYTES: usize = 4096;
+
 fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
     let subject = format!("backend {name}");
     let scheme_ok = |schemes: &[&str]| {
@@ -183,6 +187,16 @@ fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
         Some("pool.sweep_interval must be positive")
     } else if p.statement_lanes > crate::backends::sql_lanes::MAX_LANES {
         Some("pool.statement_lanes must be at most 64")
+    } else if spec.cache.is_some() && spec.kind != BackendKind::Memory {
+        Some(
+            "`cache` bounds only a memory backend's Cache entries; a redis backend is bounded \
+             by the server's maxmemory",
+        )
+    } else if spec
+        .cache
+        .is_some_and(|c| c.max_entries == 0 || c.max_bytes < MIN_CACHE_BYTES)
+    {
+        Some("cache.max_entries must be at least 1 and cache.max_bytes at least 4096")
     } else if p
         .max_transactions
         .is_some_and(|t| t == 0 || (t >= p.max_connections && p.max_connections > 1))
@@ -856,23 +870,50 @@ configs:
     }
 
     #[test]
-    fn a_config_asking_for_a_cache_or_a_negative_rate_limit_is_rejected() {
+    fn cache_settings_out_of_bounds_or_a_negative_rate_limit_are_rejected() {
         let cfg = parse(
             r#"
 backends:
-  mem: { type: memory }
+  mem: { type: memory, cache: { max_entries: 0 } }
+  mem2: { type: memory, cache: { max_entries: 10, max_bytes: 1048576 } }
+  rds: { type: redis, url: "redis://127.0.0.1:6379", cache: { max_entries: 10 } }
 namespaces:
-  ns: { allowed_backends: [mem], allowed_patterns: [key_value] }
+  ns: { allowed_backends: [mem, mem2], allowed_patterns: [key_value, cache] }
 configs:
-  cached: { namespace: ns, pattern: key_value, backend: mem, cache: { enabled: true } }
-  negative: { namespace: ns, pattern: key_value, backend: mem, rate_limit: { requests_per_second: -1 } }
-  fine: { namespace: ns, pattern: key_value, backend: mem, cache: { enabled: false }, rate_limit: { requests_per_second: 50, burst: 10 } }
+  huge: { namespace: ns, pattern: key_value, backend: mem2, cache: { enabled: true, max_bytes: 99999999999999 } }
+  tiny: { namespace: ns, pattern: key_value, backend: mem2, cache: { enabled: true, max_entries: 0 } }
+  notkv: { namespace: ns, pattern: cache, backend: mem2, cache: { enabled: true } }
+  zero: { namespace: ns, pattern: cache, backend: mem2, cache: { ttl: 0s } }
+  negative: { namespace: ns, pattern: key_value, backend: mem2, rate_limit: { requests_per_second: -1 } }
+  cached: { namespace: ns, pattern: key_value, backend: mem2, cache: { enabled: true, strategy: write_through, ttl: 5m } }
+  entries: { namespace: ns, pattern: cache, backend: mem2, cache: { ttl: 1h } }
+  fine: { namespace: ns, pattern: key_value, backend: mem2, cache: { enabled: false }, rate_limit: { requests_per_second: 50, burst: 10 } }
 "#,
         );
         let text = validate(&cfg).failures_text();
-        assert!(text.contains("config `cached`: `cache.enabled`"), "{text}");
+        assert!(text.contains("backend mem: cache.max_entries"), "{text}");
+        assert!(text.contains("backend rds: `cache` bounds only"), "{text}");
+        assert!(!text.contains("backend mem2"), "{text}");
+        assert!(
+            text.contains("config `huge`: cache.max_bytes is 99999999999999"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config `tiny`: cache.max_entries is 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config `notkv`: cache.enabled puts a cache"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config `zero`: cache.ttl must be positive and at most 100 years"),
+            "{text}"
+        );
         assert!(text.contains("config `negative`: rate_limit"), "{text}");
-        assert!(!text.contains("`fine`"), "{text}");
+        for fine in ["`cached`", "`entries`", "`fine`"] {
+            assert!(!text.contains(fine), "{fine}: {text}");
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ use crate::{
     error::Error,
     proto,
     services::{
-        config::ConfigApi, keyvalue::KeyValueApi, pubsub::PubSubApi, queue::QueueApi,
-        reader::ReaderApi, session::SessionApi, transact::TransactApi,
+        cache::CacheApi, config::ConfigApi, keyvalue::KeyValueApi, pubsub::PubSubApi,
+        queue::QueueApi, reader::ReaderApi, session::SessionApi, transact::TransactApi,
     },
     session::{Clock, SessionRegistry, Sessions},
 };
@@ -61,6 +61,8 @@ pub struct Gateway {
     pub tls: Option<Arc<tls::TlsMaterial>>,
     /// Rereads the config and applies what can change live.
     pub reloader: Arc<reload::Reloader>,
+    /// The caches in front of KeyValue, by named config.
+    pub kv_caches: Arc<crate::services::kv_cache::KvCaches>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -125,6 +127,11 @@ impl Gateway {
             settings,
         ));
         let store = crate::session::store::open(&config.sessions).map_err(ServeError::Config)?;
+        let kv_caches = Arc::new(crate::services::kv_cache::KvCaches::new(clock));
+        kv_caches.sync(&named.all());
+        if let Some(store) = &store {
+            kv_caches.start(store.clone());
+        }
         let sessions = Arc::new(Sessions::new(
             live.clone(),
             named.clone(),
@@ -142,6 +149,7 @@ impl Gateway {
             supervisors: supervisors.clone(),
             backends: backends.clone(),
             tls: tls.clone(),
+            kv_caches: kv_caches.clone(),
             turn: tokio::sync::Mutex::new(()),
         });
         Ok(Gateway {
@@ -156,6 +164,7 @@ impl Gateway {
             audit,
             tls,
             reloader,
+            kv_caches,
             pool,
         })
     }
@@ -183,6 +192,7 @@ impl Gateway {
             registry: self.registry.clone(),
             supervisors: self.supervisors.clone(),
             backends: self.backends.clone(),
+            kv_caches: self.kv_caches.clone(),
         })
     }
 
@@ -195,6 +205,7 @@ impl Gateway {
             backends: self.backends.clone(),
             supervisors: self.supervisors.clone(),
             sessions: self.sessions.clone(),
+            kv_caches: self.kv_caches.clone(),
         }
     }
 
@@ -235,6 +246,7 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     use proto::{
+        cache::v1::cache_service_server::CacheServiceServer,
         config::v1::config_service_server::ConfigServiceServer,
         keyvalue::v1::key_value_service_server::KeyValueServiceServer,
         pubsub::v1::pub_sub_service_server::PubSubServiceServer,
@@ -264,6 +276,9 @@ pub async fn run(
     health_reporter
         .set_serving::<TransactServiceServer<TransactApi>>()
         .await;
+    health_reporter
+        .set_serving::<CacheServiceServer<CacheApi>>()
+        .await;
     let readiness = tokio::spawn(report_readiness(
         gateway.clone(),
         health_reporter.clone(),
@@ -282,6 +297,7 @@ pub async fn run(
         PubSubServiceServer::<PubSubApi>::NAME,
         ReaderServiceServer::<ReaderApi>::NAME,
         TransactServiceServer::<TransactApi>::NAME,
+        CacheServiceServer::<CacheApi>::NAME,
         "grpc.health.v1.Health",
     ];
     let reflection = || {
@@ -333,7 +349,8 @@ pub async fn run(
         )))
         .add_service(sized!(KeyValueServiceServer::new(KeyValueApi::new(
             &gates,
-            gateway.config.clone()
+            gateway.config.clone(),
+            gateway.kv_caches.clone(),
         ))))
         .add_service(sized!(QueueServiceServer::new(QueueApi::new(
             &gates,
@@ -355,6 +372,10 @@ pub async fn run(
             gateway.subscriptions.transactions.clone(),
             gateway.supervisors.clone(),
             gateway.config.clone(),
+        ))))
+        .add_service(sized!(CacheServiceServer::new(CacheApi::new(
+            &gates,
+            gateway.config.clone()
         ))));
 
     let grpc_addr = listeners.grpc.local_addr().ok();
@@ -428,6 +449,9 @@ pub async fn run(
         health_reporter
             .set_not_serving::<TransactServiceServer<TransactApi>>()
             .await;
+        health_reporter
+            .set_not_serving::<CacheServiceServer<CacheApi>>()
+            .await;
         let _ = stop_tx.send(true);
         result = match tokio::time::timeout(grace, &mut grpc).await {
             Ok(served) => Some(served),
@@ -454,6 +478,7 @@ pub async fn run(
     gateway.supervisors.failure.stopping();
     let closed = gateway.sessions.close_all().await;
     gateway.pool.stop();
+    gateway.kv_caches.stop();
     // The shutdown's session records reach the audit sink before we return.
     let unwritten = gateway.audit.wait_written(Duration::from_secs(5)).await;
     if unwritten > 0 {

@@ -96,6 +96,7 @@ pub struct Reloader {
     pub(super) supervisors: Arc<Supervisors>,
     pub(super) backends: Arc<Backends>,
     pub(super) tls: Option<Arc<TlsMaterial>>,
+    pub(super) kv_caches: Arc<crate::services::kv_cache::KvCaches>,
     /// Held through a reload: reloads take turns.
     pub(super) turn: tokio::sync::Mutex<()>,
 }
@@ -150,6 +151,8 @@ impl Reloader {
         // Commit: what sessions are opened against first, the credentials
         // that let new ones in last, so no CreateSession pairs a new key
         // with old rules.
+        // Caches first: a session opened on a new config finds its cache.
+        self.kv_caches.sync(&named);
         self.named.replace(named);
         for (name, spec) in &next.namespaces {
             if let Ok(namespace) = self.registry.namespace(name) {

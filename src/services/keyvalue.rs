@@ -4,16 +4,20 @@
 //! naming both when it is missing) and calls it directly — no actor sits on
 //! the data path. Keys are always scoped to the session's namespace.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{future::BoxFuture, StreamExt as _};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     backends::{
-        kv::{Action, Applied, Idempotency, KvHandle, Precondition, ScanItem, WriteBatch, WriteOp},
+        kv::{
+            Action, Applied, Idempotency, KeyValueBatch, KvHandle, Precondition, Record, ScanItem,
+            WriteBatch, WriteOp,
+        },
         Interface,
     },
     config::{LiveConfig, Pattern},
@@ -21,6 +25,8 @@ use crate::{
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
 };
+
+use super::kv_cache::{Change, KvCaches};
 
 /// Most items one Scan or ScanKeys call streams.
 const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -32,6 +38,8 @@ pub struct KeyValueApi {
     gate: Gate<KvHandle>,
     /// The running config, for `limits` (a reload changes them).
     config: LiveConfig,
+    /// The caches in front of cached configs; every write tells them.
+    caches: Arc<KvCaches>,
 }
 
 type Call = gate::Call<KvHandle>;
@@ -62,7 +70,7 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
 }
 
 impl KeyValueApi {
-    pub fn new(gates: &GateState, config: LiveConfig) -> Self {
+    pub fn new(gates: &GateState, config: LiveConfig, caches: Arc<KvCaches>) -> Self {
         KeyValueApi {
             gate: gates.gate(
                 Service::KeyValue,
@@ -71,81 +79,140 @@ impl KeyValueApi {
                 |b| b.kv.as_ref(),
             ),
             config,
+            caches,
         }
+    }
+
+    /// Runs a write and tells the caches what it did. Without a cache on
+    /// the call's backend and namespace that is just `work`; with one,
+    /// the keys' tickets are taken first and `work` runs in a task of its
+    /// own to the end, so a client that goes away mid-call cannot leave a
+    /// written key cached (here or on another instance).
+    async fn write<T: Send + 'static>(
+        &self,
+        call: &Call,
+        keys: Vec<String>,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+        changes: impl FnOnce(&Result<T, Error>, Vec<String>) -> Vec<Change> + Send + 'static,
+    ) -> Result<T, Error> {
+        let Some(pending) = self.caches.prepare(
+            &call.backend.name,
+            call.ns(),
+            keys.iter().map(String::as_str),
+        ) else {
+            return work.await;
+        };
+        let caches = self.caches.clone();
+        let task = tokio::spawn(
+            async move {
+                let outcome = work.await;
+                let changes = changes(&outcome, keys);
+                caches.wrote(pending, changes).await;
+                outcome
+            }
+            .in_current_span(),
+        );
+        task.await
+            .unwrap_or_else(|_| Err(Error::internal("the write's task ended before it answered")))
+    }
+
+    /// [`Self::write`] of a batch: a put that applied is a new record, any
+    /// other op or outcome only drops the key.
+    async fn write_batch(
+        &self,
+        call: &Call,
+        batch: WriteBatch,
+        apply: impl FnOnce(String, WriteBatch) -> BoxFuture<'static, Result<Applied, Error>>,
+    ) -> Result<Applied, Error> {
+        let keys = batch.ops.iter().map(|o| o.key.clone()).collect();
+        // The ops are copied only when a cache will want the values.
+        let ops = self
+            .caches
+            .watch(&call.backend.name, call.ns())
+            .then(|| batch.ops.clone());
+        let work = apply(call.ns().to_string(), batch);
+        self.write(call, keys, work, move |outcome, keys| {
+            let versions = match outcome {
+                Ok(a) if !a.replayed => Some(&a.results),
+                _ => None,
+            };
+            let ops = ops.unwrap_or_default();
+            keys.into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    match (
+                        ops.get(i).map(|o| &o.action),
+                        versions.and_then(|v| v.get(i)),
+                    ) {
+                        (Some(Action::Put { value, ttl }), Some(version)) => Change::Put {
+                            key,
+                            record: Record {
+                                value: value.clone(),
+                                version: *version,
+                                ttl: *ttl,
+                            },
+                        },
+                        _ => Change::Gone(key),
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// [`Self::write`] of a call that changes one key in a way only the
+    /// backend knows (its expiry).
+    async fn touch<T: Send + 'static>(
+        &self,
+        call: &Call,
+        key: &str,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.write(call, vec![key.to_string()], work, |_, keys| {
+            keys.into_iter().map(Change::Gone).collect()
+        })
+        .await
+    }
+
+    /// Many keys: those cached from the cache, the rest from the backend
+    /// in one call (then cached).
+    async fn batch_read(
+        &self,
+        call: &Call,
+        batch: &dyn KeyValueBatch,
+        keys: &[String],
+    ) -> Result<Vec<Option<Record>>, Error> {
+        let Some(cache) = self.caches.of(&call.entry.config) else {
+            return batch.batch_get(call.ns(), keys).await;
+        };
+        let mut records: Vec<Option<Record>> = keys.iter().map(|k| cache.get(k)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| records[*i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(records);
+        }
+        let wanted: Vec<String> = missing.iter().map(|i| keys[*i].clone()).collect();
+        let tickets: Vec<_> = wanted.iter().map(|k| cache.ticket(k)).collect();
+        let read = batch.batch_get(call.ns(), &wanted).await?;
+        for ((i, ticket), r) in missing.into_iter().zip(tickets).zip(read) {
+            if let Some(r) = &r {
+                cache.fill(&keys[i], ticket, r);
+            }
+            records[i] = r;
+        }
+        Ok(records)
     }
 
     fn check_key(&self, key: &str) -> Result<(), Error> {
-        crate::call::note_resource(key);
-        if key.is_empty() {
-            return Err(Error::invalid_argument(
-                "INVALID_KEY",
-                "key is empty; keys are 1 or more bytes of UTF-8",
-            ));
-        }
-        let max = self.config.load().limits.max_key_bytes;
-        if key.len() > max {
-            return Err(Error::invalid_argument(
-                "KEY_TOO_LARGE",
-                format!(
-                    "key is {} bytes; the limit is {} bytes (limits.max_key_bytes)",
-                    key.len(),
-                    max
-                ),
-            )
-            .with("limit", max.to_string()));
-        }
-        Ok(())
+        super::keys::check_key(&self.config.load().limits, key)
     }
 
     fn check_value(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        let max = self.config.load().limits.max_value_bytes;
-        if value.len() > max {
-            return Err(Error::invalid_argument(
-                "VALUE_TOO_LARGE",
-                format!(
-                    "value for key `{key}` is {} bytes; the limit is {} bytes \
-                     (limits.max_value_bytes)",
-                    value.len(),
-                    max
-                ),
-            )
-            .with("key", key)
-            .with("limit", max.to_string()));
-        }
-        Ok(())
+        super::keys::check_value(&self.config.load().limits, key, value)
     }
 
     /// Checks a batch's size and that its keys are valid and distinct.
     fn check_keys<'a>(&self, keys: impl ExactSizeIterator<Item = &'a str>) -> Result<(), Error> {
-        if keys.len() == 0 {
-            return Err(Error::invalid_argument(
-                "EMPTY_BATCH",
-                "the batch is empty; send at least one key",
-            ));
-        }
-        let max = self.config.load().limits.max_batch_ops;
-        if keys.len() > max {
-            return Err(Error::invalid_argument(
-                "BATCH_TOO_LARGE",
-                format!(
-                    "the batch has {} operations; the limit is {} (limits.max_batch_ops)",
-                    keys.len(),
-                    max
-                ),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for key in keys {
-            self.check_key(key)?;
-            if !seen.insert(key) {
-                return Err(Error::invalid_argument(
-                    "DUPLICATE_KEY",
-                    format!("key `{key}` appears twice in the batch; each key may appear once"),
-                )
-                .with("key", key));
-            }
-        }
-        Ok(())
+        super::keys::check_keys(&self.config.load().limits, keys)
     }
 
     /// A TTL from the wire: present means positive.
@@ -314,19 +381,7 @@ impl super::Chunks for ScanSource {
     }
 }
 
-fn positive_duration(d: &prost_types::Duration) -> Result<Duration, Error> {
-    let invalid = || {
-        Error::invalid_argument(
-            "INVALID_TTL",
-            "ttl must be a positive duration of at least 1ms and at most 100 years",
-        )
-    };
-    let d = super::duration(d).ok_or_else(invalid)?;
-    if d < Duration::from_millis(1) || d > Duration::from_secs(100 * 365 * 24 * 3600) {
-        return Err(invalid());
-    }
-    Ok(d)
-}
+use super::keys::positive_duration;
 
 fn put(
     key: &str,
@@ -391,7 +446,12 @@ impl KeyValueService for KeyValueApi {
                 let idem =
                     self.idempotency(req.idempotency_token.as_ref(), "Set", || fingerprint!(req))?;
                 let batch = WriteBatch::single(put(&req.key, req.value.clone(), ttl, None), idem);
-                let applied = call.handle.basic.write(call.ns(), batch).await?;
+                let basic = call.handle.basic.clone();
+                let applied = self
+                    .write_batch(call, batch, |ns, b| {
+                        Box::pin(async move { basic.write(&ns, b).await })
+                    })
+                    .await?;
                 Ok(pb::SetResponse {
                     version: first(&applied)?,
                     replayed: applied.replayed,
@@ -407,7 +467,21 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 self.check_key(&req.key)?;
-                Ok(match call.handle.basic.get(call.ns(), &req.key).await? {
+                let record = match self.caches.of(&call.entry.config) {
+                    None => call.handle.basic.get(call.ns(), &req.key).await?,
+                    Some(cache) => match cache.get(&req.key) {
+                        Some(hit) => Some(hit),
+                        None => {
+                            let ticket = cache.ticket(&req.key);
+                            let read = call.handle.basic.get(call.ns(), &req.key).await?;
+                            if let Some(r) = &read {
+                                cache.fill(&req.key, ticket, r);
+                            }
+                            read
+                        }
+                    },
+                };
+                Ok(match record {
                     Some(r) => pb::GetResponse {
                         found: true,
                         value: r.value,
@@ -431,7 +505,12 @@ impl KeyValueService for KeyValueApi {
                     fingerprint!(req)
                 })?;
                 let batch = WriteBatch::single(delete(&req.key), idem);
-                let applied = call.handle.basic.write(call.ns(), batch).await?;
+                let basic = call.handle.basic.clone();
+                let applied = self
+                    .write_batch(call, batch, |ns, b| {
+                        Box::pin(async move { basic.write(&ns, b).await })
+                    })
+                    .await?;
                 Ok(pb::DeleteResponse {
                     deleted: first(&applied)? == 1,
                     replayed: applied.replayed,
@@ -447,7 +526,11 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 self.check_key(&req.key)?;
-                let exists = call.handle.basic.exists(call.ns(), &req.key).await?;
+                let cached = self
+                    .caches
+                    .of(&call.entry.config)
+                    .is_some_and(|c| c.contains(&req.key));
+                let exists = cached || call.handle.basic.exists(call.ns(), &req.key).await?;
                 Ok(pb::ExistsResponse { exists })
             })
             .await
@@ -516,10 +599,10 @@ impl KeyValueService for KeyValueApi {
                         "ttl is required; to remove an expiry use Persist",
                     )
                 })?;
-                if ttl_api
-                    .expire(call.ns(), &req.key, positive_duration(ttl)?)
-                    .await?
-                {
+                let ttl = positive_duration(ttl)?;
+                let (ns, key) = (call.ns().to_string(), req.key.clone());
+                let work = async move { ttl_api.expire(&ns, &key, ttl).await };
+                if self.touch(call, &req.key, work).await? {
                     Ok(pb::ExpireResponse {})
                 } else {
                     Err(not_found(&req.key))
@@ -556,8 +639,10 @@ impl KeyValueService for KeyValueApi {
             .unary(request, async |call, req| {
                 let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
                 self.check_key(&req.key)?;
-                let had_ttl = ttl_api
-                    .persist(call.ns(), &req.key)
+                let (ns, key) = (call.ns().to_string(), req.key.clone());
+                let work = async move { ttl_api.persist(&ns, &key).await };
+                let had_ttl = self
+                    .touch(call, &req.key, work)
                     .await?
                     .ok_or_else(|| not_found(&req.key))?;
                 Ok(pb::PersistResponse { had_ttl })
@@ -573,7 +658,7 @@ impl KeyValueService for KeyValueApi {
             .unary(request, async |call, req| {
                 let batch = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
                 self.check_keys(req.keys.iter().map(String::as_str))?;
-                let records = batch.batch_get(call.ns(), &req.keys).await?;
+                let records = self.batch_read(call, &*batch, &req.keys).await?;
                 // The reply is sized before it is built: one that no
                 // client could receive is refused, not encoded.
                 let bytes: usize = req
@@ -582,19 +667,7 @@ impl KeyValueService for KeyValueApi {
                     .zip(&records)
                     .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
                     .sum();
-                let max = self.config.load().limits.max_message_bytes;
-                if bytes > max {
-                    return Err(Error::new(
-                        ErrorKind::ResourceExhausted,
-                        "RESPONSE_TOO_LARGE",
-                        format!(
-                            "the values of these keys add up to more than {} bytes \
-                             (limits.max_message_bytes); ask for fewer keys at once",
-                            max
-                        ),
-                    )
-                    .with("limit", max.to_string()));
-                }
+                super::keys::check_reply(&self.config.load().limits, bytes)?;
                 let items = req
                     .keys
                     .iter()
@@ -635,8 +708,10 @@ impl KeyValueService for KeyValueApi {
                     self.idempotency(req.idempotency_token.as_ref(), "BatchSet", || {
                         fingerprint!(req)
                     })?;
-                let applied = batch_api
-                    .batch_write(call.ns(), WriteBatch { ops, idempotency })
+                let applied = self
+                    .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
+                        Box::pin(async move { batch_api.batch_write(&ns, b).await })
+                    })
                     .await?;
                 Ok(pb::BatchSetResponse {
                     versions: applied.results,
@@ -659,8 +734,10 @@ impl KeyValueService for KeyValueApi {
                     self.idempotency(req.idempotency_token.as_ref(), "BatchDelete", || {
                         fingerprint!(req)
                     })?;
-                let applied = batch_api
-                    .batch_write(call.ns(), WriteBatch { ops, idempotency })
+                let applied = self
+                    .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
+                        Box::pin(async move { batch_api.batch_write(&ns, b).await })
+                    })
                     .await?;
                 Ok(pb::BatchDeleteResponse {
                     deleted: applied.results.iter().sum(),
@@ -686,8 +763,10 @@ impl KeyValueService for KeyValueApi {
                     })?;
                 let expected = Some(Precondition::Version(req.expected_version));
                 let op = put(&req.key, req.value.clone(), ttl, expected);
-                let applied = cas
-                    .compare_and_swap(call.ns(), WriteBatch::single(op, idem))
+                let applied = self
+                    .write_batch(call, WriteBatch::single(op, idem), |ns, b| {
+                        Box::pin(async move { cas.compare_and_swap(&ns, b).await })
+                    })
                     .await?;
                 Ok(pb::CompareAndSwapResponse {
                     version: first(&applied)?,
@@ -715,8 +794,10 @@ impl KeyValueService for KeyValueApi {
                     self.idempotency(req.idempotency_token.as_ref(), "Transaction", || {
                         fingerprint!(req)
                     })?;
-                let applied = txn
-                    .transact(call.ns(), WriteBatch { ops, idempotency })
+                let applied = self
+                    .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
+                        Box::pin(async move { txn.transact(&ns, b).await })
+                    })
                     .await?;
                 let results = req
                     .operations

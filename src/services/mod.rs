@@ -6,9 +6,12 @@ use futures::Stream;
 
 use crate::error::Error;
 
+pub mod cache;
 pub mod config;
 pub mod group_commit;
+pub mod keys;
 pub mod keyvalue;
+pub mod kv_cache;
 pub mod pubsub;
 pub mod queue;
 pub mod reader;

@@ -199,7 +199,34 @@ pub trait SessionStore: Send + Sync {
     /// Ends anywhere in the cluster as they are announced. The stream ends
     /// when the link breaks: announcements may have been missed since.
     async fn listen(&self) -> Result<BoxStream<'static, EndNotice>, Error>;
+
+    /// Tells every instance hearing `topic` (this one too) `payload`, at
+    /// most [`MAX_BROADCAST_BYTES`]: what changed, for their caches.
+    async fn broadcast(&self, topic: Topic, payload: &str) -> Result<(), Error>;
+
+    /// What is broadcast on `topic` from now on. The stream ends when the
+    /// link breaks: broadcasts may have been missed since.
+    async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error>;
 }
+
+/// What instances tell each other beside session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Keys written through a KeyValue config with a cache.
+    KvCache,
+}
+
+impl Topic {
+    /// The Redis channel or Postgres NOTIFY channel.
+    pub fn channel(self) -> &'static str {
+        match self {
+            Topic::KvCache => "prism_kv_cache",
+        }
+    }
+}
+
+/// The largest broadcast payload (Postgres NOTIFY takes under 8000 bytes).
+pub const MAX_BROADCAST_BYTES: usize = 7000;
 
 /// The configured store; `None` for `in_process`.
 pub fn open(config: &StoreConfig) -> Result<Option<Arc<dyn SessionStore>>, String> {

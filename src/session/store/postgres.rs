@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     bounded, reason_code, reason_from_code, unavailable, Admission, EndNotice, EndOutcome, Limits,
-    SessionStore, Standing, StoredSession, Swept,
+    SessionStore, Standing, StoredSession, Swept, Topic,
 };
 use crate::{
     error::Error,
@@ -390,6 +390,36 @@ impl SessionStore for PgSessionStore {
                         }
                         Ok(None) | Err(_) => return None,
                     }
+                }
+            },
+        )))
+    }
+
+    async fn broadcast(&self, topic: Topic, payload: &str) -> Result<(), Error> {
+        bounded(
+            self.timeout,
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(topic.channel())
+                .bind(payload)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error> {
+        let listener = bounded(self.timeout, async {
+            let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+            listener.listen(topic.channel()).await?;
+            Ok::<_, sqlx::Error>(listener)
+        })
+        .await?;
+        Ok(Box::pin(futures::stream::unfold(
+            listener,
+            |mut listener| async move {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => Some((n.payload().to_string(), listener)),
+                    Ok(None) | Err(_) => None,
                 }
             },
         )))

@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     bounded, reason_code, reason_from_code, Admission, EndNotice, EndOutcome, Limits, SessionStore,
-    Standing, StoredSession, Swept,
+    Standing, StoredSession, Swept, Topic,
 };
 use crate::{
     error::Error,
@@ -371,6 +371,32 @@ impl SessionStore for RedisSessionStore {
                     .ok()
                     .and_then(|p| EndNotice::decode(&p))
             })
+            .boxed())
+    }
+
+    async fn broadcast(&self, topic: Topic, payload: &str) -> Result<(), Error> {
+        let mut conn = self.conn().await?;
+        bounded(
+            self.timeout,
+            redis::cmd("PUBLISH")
+                .arg(topic.channel())
+                .arg(payload)
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error> {
+        let pubsub = bounded(self.timeout, async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(topic.channel()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|m| async move { m.get_payload::<String>().ok() })
             .boxed())
     }
 }

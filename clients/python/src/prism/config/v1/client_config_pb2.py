@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#prism/config/v1/client_config.proto\x12\x0fprism.config.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf0\x02\n\x0c\x43lientConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x07pattern\x18\x03 \x01(\x0e\x32\x1e.prism.config.v1.AccessPattern\x12/\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0b\x32\x1e.prism.config.v1.BackendConfig\x12\x37\n\x0b\x63onsistency\x18\x05 \x01(\x0b\x32\".prism.config.v1.ConsistencyConfig\x12+\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x1c.prism.config.v1.CacheConfig\x12\x34\n\nrate_limit\x18\x07 \x01(\x0b\x32 .prism.config.v1.RateLimitConfig\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x30\n\x08patterns\x18\t \x03(\x0e\x32\x1e.prism.config.v1.AccessPattern\"\xd4\x01\n\rBackendConfig\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.prism.config.v1.BackendType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x03(\x0b\x32+.prism.config.v1.BackendConfig.OptionsEntry\x12\x1b\n\x13required_interfaces\x18\x04 \x03(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x11\x43onsistencyConfig\x12\x30\n\x05level\x18\x01 \x01(\x0e\x32!.prism.config.v1.ConsistencyLevel\x12\x30\n\rmax_staleness\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"[\n\x0b\x43\x61\x63heConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x03 \x01(\x03\"=\n\x0fRateLimitConfig\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\x05\x12\r\n\x05\x62urst\x18\x02 \x01(\x05*\xba\x01\n\rAccessPattern\x12\x1e\n\x1a\x41\x43\x43\x45SS_PATTERN_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_PATTERN_QUEUE\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_PATTERN_PUBSUB\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_PATTERN_READER\x10\x03\x12\x1b\n\x17\x41\x43\x43\x45SS_PATTERN_TRANSACT\x10\x04\x12\x1c\n\x18\x41\x43\x43\x45SS_PATTERN_KEY_VALUE\x10\x05*\xbf\x01\n\x0b\x42\x61\x63kendType\x12\x1c\n\x18\x42\x41\x43KEND_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_TYPE_MEMORY\x10\x01\x12\x17\n\x13\x42\x41\x43KEND_TYPE_SQLITE\x10\x02\x12\x19\n\x15\x42\x41\x43KEND_TYPE_POSTGRES\x10\x03\x12\x16\n\x12\x42\x41\x43KEND_TYPE_REDIS\x10\x04\x12\x16\n\x12\x42\x41\x43KEND_TYPE_KAFKA\x10\x05\x12\x15\n\x11\x42\x41\x43KEND_TYPE_NATS\x10\x06*\x9c\x01\n\x10\x43onsistencyLevel\x12!\n\x1d\x43ONSISTENCY_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONSISTENCY_LEVEL_EVENTUAL\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_LEVEL_STRONG\x10\x02\x12\'\n#CONSISTENCY_LEVEL_BOUNDED_STALENESS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#prism/config/v1/client_config.proto\x12\x0fprism.config.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf0\x02\n\x0c\x43lientConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x07pattern\x18\x03 \x01(\x0e\x32\x1e.prism.config.v1.AccessPattern\x12/\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0b\x32\x1e.prism.config.v1.BackendConfig\x12\x37\n\x0b\x63onsistency\x18\x05 \x01(\x0b\x32\".prism.config.v1.ConsistencyConfig\x12+\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x1c.prism.config.v1.CacheConfig\x12\x34\n\nrate_limit\x18\x07 \x01(\x0b\x32 .prism.config.v1.RateLimitConfig\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x30\n\x08patterns\x18\t \x03(\x0e\x32\x1e.prism.config.v1.AccessPattern\"\xd4\x01\n\rBackendConfig\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.prism.config.v1.BackendType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12<\n\x07options\x18\x03 \x03(\x0b\x32+.prism.config.v1.BackendConfig.OptionsEntry\x12\x1b\n\x13required_interfaces\x18\x04 \x03(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x11\x43onsistencyConfig\x12\x30\n\x05level\x18\x01 \x01(\x0e\x32!.prism.config.v1.ConsistencyLevel\x12\x30\n\rmax_staleness\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x01\n\x0b\x43\x61\x63heConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x03 \x01(\x03\x12\x30\n\x08strategy\x18\x04 \x01(\x0e\x32\x1e.prism.config.v1.CacheStrategy\x12\x11\n\tmax_bytes\x18\x05 \x01(\x03\"=\n\x0fRateLimitConfig\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\x05\x12\r\n\x05\x62urst\x18\x02 \x01(\x05*\xd4\x01\n\rAccessPattern\x12\x1e\n\x1a\x41\x43\x43\x45SS_PATTERN_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43\x43\x45SS_PATTERN_QUEUE\x10\x01\x12\x19\n\x15\x41\x43\x43\x45SS_PATTERN_PUBSUB\x10\x02\x12\x19\n\x15\x41\x43\x43\x45SS_PATTERN_READER\x10\x03\x12\x1b\n\x17\x41\x43\x43\x45SS_PATTERN_TRANSACT\x10\x04\x12\x1c\n\x18\x41\x43\x43\x45SS_PATTERN_KEY_VALUE\x10\x05\x12\x18\n\x14\x41\x43\x43\x45SS_PATTERN_CACHE\x10\x06*\xbf\x01\n\x0b\x42\x61\x63kendType\x12\x1c\n\x18\x42\x41\x43KEND_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_TYPE_MEMORY\x10\x01\x12\x17\n\x13\x42\x41\x43KEND_TYPE_SQLITE\x10\x02\x12\x19\n\x15\x42\x41\x43KEND_TYPE_POSTGRES\x10\x03\x12\x16\n\x12\x42\x41\x43KEND_TYPE_REDIS\x10\x04\x12\x16\n\x12\x42\x41\x43KEND_TYPE_KAFKA\x10\x05\x12\x15\n\x11\x42\x41\x43KEND_TYPE_NATS\x10\x06*\x9c\x01\n\x10\x43onsistencyLevel\x12!\n\x1d\x43ONSISTENCY_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONSISTENCY_LEVEL_EVENTUAL\x10\x01\x12\x1c\n\x18\x43ONSISTENCY_LEVEL_STRONG\x10\x02\x12\'\n#CONSISTENCY_LEVEL_BOUNDED_STALENESS\x10\x03*p\n\rCacheStrategy\x12\x1e\n\x1a\x43\x41\x43HE_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43\x41\x43HE_STRATEGY_LOOK_ASIDE\x10\x01\x12 \n\x1c\x43\x41\x43HE_STRATEGY_WRITE_THROUGH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BACKENDCONFIG_OPTIONSENTRY']._loaded_options = None
   _globals['_BACKENDCONFIG_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_ACCESSPATTERN']._serialized_start=952
-  _globals['_ACCESSPATTERN']._serialized_end=1138
-  _globals['_BACKENDTYPE']._serialized_start=1141
-  _globals['_BACKENDTYPE']._serialized_end=1332
-  _globals['_CONSISTENCYLEVEL']._serialized_start=1335
-  _globals['_CONSISTENCYLEVEL']._serialized_end=1491
+  _globals['_ACCESSPATTERN']._serialized_start=1022
+  _globals['_ACCESSPATTERN']._serialized_end=1234
+  _globals['_BACKENDTYPE']._serialized_start=1237
+  _globals['_BACKENDTYPE']._serialized_end=1428
+  _globals['_CONSISTENCYLEVEL']._serialized_start=1431
+  _globals['_CONSISTENCYLEVEL']._serialized_end=1587
+  _globals['_CACHESTRATEGY']._serialized_start=1589
+  _globals['_CACHESTRATEGY']._serialized_end=1701
   _globals['_CLIENTCONFIG']._serialized_start=89
   _globals['_CLIENTCONFIG']._serialized_end=457
   _globals['_BACKENDCONFIG']._serialized_start=460
@@ -48,8 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKENDCONFIG_OPTIONSENTRY']._serialized_end=672
   _globals['_CONSISTENCYCONFIG']._serialized_start=674
   _globals['_CONSISTENCYCONFIG']._serialized_end=793
-  _globals['_CACHECONFIG']._serialized_start=795
-  _globals['_CACHECONFIG']._serialized_end=886
-  _globals['_RATELIMITCONFIG']._serialized_start=888
-  _globals['_RATELIMITCONFIG']._serialized_end=949
+  _globals['_CACHECONFIG']._serialized_start=796
+  _globals['_CACHECONFIG']._serialized_end=956
+  _globals['_RATELIMITCONFIG']._serialized_start=958
+  _globals['_RATELIMITCONFIG']._serialized_end=1019
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,7 @@ class AccessPattern(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCESS_PATTERN_READER: _ClassVar[AccessPattern]
     ACCESS_PATTERN_TRANSACT: _ClassVar[AccessPattern]
     ACCESS_PATTERN_KEY_VALUE: _ClassVar[AccessPattern]
+    ACCESS_PATTERN_CACHE: _ClassVar[AccessPattern]
 
 class BackendType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,12 +36,19 @@ class ConsistencyLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONSISTENCY_LEVEL_EVENTUAL: _ClassVar[ConsistencyLevel]
     CONSISTENCY_LEVEL_STRONG: _ClassVar[ConsistencyLevel]
     CONSISTENCY_LEVEL_BOUNDED_STALENESS: _ClassVar[ConsistencyLevel]
+
+class CacheStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_STRATEGY_UNSPECIFIED: _ClassVar[CacheStrategy]
+    CACHE_STRATEGY_LOOK_ASIDE: _ClassVar[CacheStrategy]
+    CACHE_STRATEGY_WRITE_THROUGH: _ClassVar[CacheStrategy]
 ACCESS_PATTERN_UNSPECIFIED: AccessPattern
 ACCESS_PATTERN_QUEUE: AccessPattern
 ACCESS_PATTERN_PUBSUB: AccessPattern
 ACCESS_PATTERN_READER: AccessPattern
 ACCESS_PATTERN_TRANSACT: AccessPattern
 ACCESS_PATTERN_KEY_VALUE: AccessPattern
+ACCESS_PATTERN_CACHE: AccessPattern
 BACKEND_TYPE_UNSPECIFIED: BackendType
 BACKEND_TYPE_MEMORY: BackendType
 BACKEND_TYPE_SQLITE: BackendType
@@ -52,6 +60,9 @@ CONSISTENCY_LEVEL_UNSPECIFIED: ConsistencyLevel
 CONSISTENCY_LEVEL_EVENTUAL: ConsistencyLevel
 CONSISTENCY_LEVEL_STRONG: ConsistencyLevel
 CONSISTENCY_LEVEL_BOUNDED_STALENESS: ConsistencyLevel
+CACHE_STRATEGY_UNSPECIFIED: CacheStrategy
+CACHE_STRATEGY_LOOK_ASIDE: CacheStrategy
+CACHE_STRATEGY_WRITE_THROUGH: CacheStrategy
 
 class ClientConfig(_message.Message):
     __slots__ = ("name", "version", "pattern", "backend", "consistency", "cache", "rate_limit", "namespace", "patterns")
@@ -103,14 +114,18 @@ class ConsistencyConfig(_message.Message):
     def __init__(self, level: _Optional[_Union[ConsistencyLevel, str]] = ..., max_staleness: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CacheConfig(_message.Message):
-    __slots__ = ("enabled", "ttl", "max_entries")
+    __slots__ = ("enabled", "ttl", "max_entries", "strategy", "max_bytes")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     ttl: _duration_pb2.Duration
     max_entries: int
-    def __init__(self, enabled: _Optional[bool] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ...) -> None: ...
+    strategy: CacheStrategy
+    max_bytes: int
+    def __init__(self, enabled: _Optional[bool] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ..., strategy: _Optional[_Union[CacheStrategy, str]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class RateLimitConfig(_message.Message):
     __slots__ = ("requests_per_second", "burst")
