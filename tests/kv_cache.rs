@@ -10,7 +10,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_error, kv::Kv, TestGateway, TEST_KEY};
+use common::{
+    assert_error,
+    kv::Kv,
+    servers::{Kind, Server},
+    TestGateway, TEST_KEY,
+};
 use prism::{
     config::{GatewayConfig, Source},
     error::Service,
@@ -19,13 +24,13 @@ use prism::{
 use tonic::Code;
 
 /// Namespace `ns` on Postgres: `cached` (look-aside), `through`
-/// (write-through), `plain` (no cache); sessions in `store` when given.
-fn config(ns: &str, store: Option<&str>) -> GatewayConfig {
+/// (write-through), `plain` (no cache); sessions in `store` (its kind and
+/// URL) when given.
+fn config(ns: &str, store: Option<(&str, String)>) -> GatewayConfig {
     let sessions = match store {
         None => String::new(),
-        Some(store) => format!(
-            "sessions: {{ store: {store}, url: \"{}\", flush_interval: 100ms }}",
-            store_url(store)
+        Some((store, url)) => format!(
+            "sessions: {{ store: {store}, url: \"{url}\", flush_interval: 100ms, timeout: 500ms }}"
         ),
     };
     let yaml = format!(
@@ -294,8 +299,8 @@ fn a_client_cannot_turn_a_cache_on_inline() {
 async fn two_instances_agree(store: &str) {
     let ns = format!("kc{}", common::kv::run_id());
     let pool = common::outbox::pg().await;
-    let a = start(config(&ns, Some(store))).await;
-    let b = start(config(&ns, Some(store))).await;
+    let a = start(config(&ns, Some((store, store_url(store))))).await;
+    let b = start(config(&ns, Some((store, store_url(store))))).await;
     for gw in [&a, &b] {
         common::wait_until("the instance hears cache announcements", || async {
             gw.gateway.kv_caches.hearing()
@@ -349,5 +354,64 @@ fn a_write_on_one_instance_reaches_the_caches_of_the_others() {
                 .await
                 .unwrap_or_else(|_| panic!("{store}: timed out"));
         }
+    });
+}
+
+#[test]
+fn an_instance_that_cannot_hear_the_others_serves_nothing_from_its_caches() {
+    prism::runtime::block_on_multi_thread(async {
+        let ns = format!("kc{}", common::kv::run_id());
+        let pool = common::outbox::pg().await;
+        // Durable, so the session outlives the restart.
+        let mut store = Server::start(Kind::RedisDurable).await;
+        let gw = start(config(&ns, Some(("redis", store.url())))).await;
+        let hearing = || async { gw.gateway.kv_caches.hearing() };
+        common::wait_until("the instance hears announcements", hearing).await;
+        let cached = kv(&gw, "cached").await;
+        cached.set("k", b"v1").await.unwrap();
+        assert_eq!(cached.value("k").await.unwrap(), b"v1");
+        bypass(&pool, &ns, "k", b"bypassed").await;
+        assert_eq!(
+            cached.value("k").await.unwrap(),
+            b"v1",
+            "served from the cache"
+        );
+
+        // The store goes: writes elsewhere could not be heard, so the cache
+        // is emptied and bypassed — reads are the backend's.
+        store.kill9().await;
+        common::wait_until("the instance stops hearing", || async {
+            !gw.gateway.kv_caches.hearing()
+        })
+        .await;
+        assert_eq!(cached.value("k").await.unwrap(), b"bypassed");
+        assert_eq!(figures(&gw, "cached").lru.entries, 0);
+        // A write still applies; the announcement it could not make is
+        // counted.
+        cached.set("k", b"v2").await.unwrap();
+        assert_eq!(
+            gw.gateway
+                .kv_caches
+                .unannounced
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(cached.value("k").await.unwrap(), b"v2");
+        assert_eq!(figures(&gw, "cached").lru.entries, 0, "nothing filled");
+
+        // Back: the cache starts empty and fills again.
+        store.restart().await;
+        common::wait_until("the instance hears again", hearing).await;
+        assert_eq!(cached.value("k").await.unwrap(), b"v2");
+        assert_eq!(figures(&gw, "cached").lru.entries, 1);
+        bypass(&pool, &ns, "k", b"bypassed again").await;
+        assert_eq!(
+            cached.value("k").await.unwrap(),
+            b"v2",
+            "served from the cache"
+        );
+
+        gw.stop().await;
+        forget(&pool, &ns).await;
     });
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm, Limits};
+use super::{resolve, BackendSpec, GatewayConfig, JwtAlgorithm, Limits, Pattern};
 use crate::backends::BackendKind;
 
 /// Largest stream buffer in bytes (Queue and PubSub): a Queue buffer's
@@ -83,15 +83,46 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     check_connections(&mut r, &cfg.server.connections);
     check_audit(&mut r, &cfg.audit);
     check_sessions(&mut r, cfg);
+    // What the KeyValue caches and the memory backends' Cache stores may
+    // hold in the gateway's memory, all together.
+    let mut cache_bytes: usize = cfg
+        .backends
+        .iter()
+        .filter(|(name, b)| {
+            b.kind == BackendKind::Memory
+                && cfg.configs.values().any(|c| {
+                    &c.backend == *name
+                        && (c.pattern == Pattern::Cache || c.also.contains(&Pattern::Cache))
+                })
+        })
+        .map(|(_, b)| b.cache.unwrap_or_default().max_bytes)
+        .sum();
     for (name, spec) in &cfg.configs {
         let subject = format!("config {name}");
         match resolve::resolve_named_spec(cfg, name, spec) {
             Ok(resolved) => {
                 let patterns: Vec<&str> = resolved.patterns.iter().map(|p| p.name()).collect();
+                let cache = match &resolved.kv_cache {
+                    None => String::new(),
+                    Some(c) => {
+                        cache_bytes += c.max_bytes;
+                        format!(
+                            ", with a {} cache in the gateway (ttl {}, at most {} entries and {} \
+                             bytes)",
+                            match c.strategy {
+                                super::CacheStrategy::LookAside => "look_aside",
+                                super::CacheStrategy::WriteThrough => "write_through",
+                            },
+                            humantime::format_duration(c.ttl),
+                            c.max_entries,
+                            c.max_bytes
+                        )
+                    }
+                };
                 r.pass(
                     &subject,
                     format!(
-                        "namespace {}, {} on backend {} ({})",
+                        "namespace {}, {} on backend {} ({}){cache}",
                         resolved.namespace,
                         patterns.join("+"),
                         resolved.backend_name,
@@ -121,6 +152,16 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
             }
             Err(e) => r.fail(&subject, e.message),
         }
+    }
+    if cache_bytes > 0 {
+        r.push(
+            Outcome::Note,
+            "caches",
+            format!(
+                "the KeyValue caches and memory Cache stores may hold up to {cache_bytes} bytes \
+                 of the gateway's memory together (keys, values and 64 bytes per entry)"
+            ),
+        );
     }
     check_auth(&mut r, cfg);
     if let Err(e) = crate::telemetry::log_filter(cfg.server.log_level.as_deref()) {

@@ -36,13 +36,6 @@ gate::session_token_field!(
     pb::IncrementRequest
 );
 
-fn duration_to_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 impl CacheApi {
     pub fn new(gates: &GateState, config: LiveConfig) -> Self {
         CacheApi {
@@ -88,7 +81,7 @@ impl CacheService for CacheApi {
                     Some(c) => pb::GetResponse {
                         found: true,
                         value: c.value,
-                        ttl: c.ttl.map(duration_to_proto),
+                        ttl: c.ttl.map(super::duration_to_proto),
                     },
                     None => pb::GetResponse::default(),
                 })

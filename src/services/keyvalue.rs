@@ -62,13 +62,6 @@ gate::session_token_field!(
     pb::TransactionRequest
 );
 
-fn duration_to_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 impl KeyValueApi {
     pub fn new(gates: &GateState, config: LiveConfig, caches: Arc<KvCaches>) -> Self {
         KeyValueApi {
@@ -486,7 +479,7 @@ impl KeyValueService for KeyValueApi {
                         found: true,
                         value: r.value,
                         version: r.version,
-                        ttl: r.ttl.map(duration_to_proto),
+                        ttl: r.ttl.map(super::duration_to_proto),
                     },
                     None => pb::GetResponse::default(),
                 })
@@ -625,7 +618,7 @@ impl KeyValueService for KeyValueApi {
                     .ok_or_else(|| not_found(&req.key))?;
                 Ok(pb::GetTtlResponse {
                     has_ttl: ttl.is_some(),
-                    ttl: ttl.map(duration_to_proto),
+                    ttl: ttl.map(super::duration_to_proto),
                 })
             })
             .await

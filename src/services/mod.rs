@@ -27,6 +27,14 @@ pub fn duration(d: &prost_types::Duration) -> Option<std::time::Duration> {
     Some(std::time::Duration::new(seconds, nanos))
 }
 
+/// A duration on the wire (a `ttl` the gateway answers with).
+pub fn duration_to_proto(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 /// An optional stream bound given as a duration (Subscribe's timeout or
 /// max_duration): unset is `None`; under a millisecond, negative or
 /// malformed is INVALID_ARGUMENT.
