@@ -534,7 +534,7 @@ where
 /// A Queue on `kind` served by the private `server`: the server is killed
 /// under a subscriber holding messages (a Publish meanwhile must answer
 /// UNAVAILABLE) and started again.
-async fn broker_fault(kind: &str, mut server: Server, acks: Acks) {
+async fn broker_fault(kind: &str, mut server: Server, counted: Attempts, acks: Acks) {
     let ns = format!("f{}", run_id());
     let yaml = queue_yaml(&ns, kind, &server.url());
     let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("_", "_"); 0]).unwrap();
@@ -542,7 +542,7 @@ async fn broker_fault(kind: &str, mut server: Server, acks: Acks) {
     gw.wait_backend_up("q").await;
     let channel = gw.channel.clone();
     let label = format!("{kind}, its server killed");
-    queue_fault(&label, channel.clone(), Attempts::Counted, acks, || async {
+    queue_fault(&label, channel.clone(), counted, acks, || async {
         server.kill9().await;
         publish_while_down(&channel, kind).await;
         server.restart().await;
@@ -558,15 +558,25 @@ fn a_nats_queue_loses_nothing_when_the_broker_is_killed() {
     block_on_multi_thread(async {
         // nats-server writes a consumer's acknowledgement state to its store
         // in the background: a SIGKILL right after may forget recent acks.
-        let acks = Acks::BrokerMayForget("nats-server flushes consumer state in the background");
-        broker_fault("nats", Server::start(Kind::Nats).await, acks).await;
+        // The delivery counts are part of that state: a held message may
+        // come back counted as a first delivery (seen once in CI).
+        let why = "nats-server flushes consumer state in the background";
+        let server = Server::start(Kind::Nats).await;
+        broker_fault(
+            "nats",
+            server,
+            Attempts::NotKept(why),
+            Acks::BrokerMayForget(why),
+        )
+        .await;
     });
 }
 
 #[test]
 fn a_postgres_queue_loses_nothing_when_the_database_is_killed() {
     block_on_multi_thread(async {
-        broker_fault("postgres", Server::start(Kind::Postgres).await, Acks::Kept).await;
+        let server = Server::start(Kind::Postgres).await;
+        broker_fault("postgres", server, Attempts::Counted, Acks::Kept).await;
     });
 }
 
@@ -579,6 +589,7 @@ fn a_kafka_queue_loses_nothing_when_the_broker_is_killed() {
         broker_fault(
             "kafka",
             Server::start_nisshi(&store.url()).await,
+            Attempts::Counted,
             Acks::Kept,
         )
         .await;

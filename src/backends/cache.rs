@@ -122,7 +122,8 @@ pub fn entry_too_large(key: &str, max_entry_bytes: usize) -> Error {
         format!(
             "the entry under `{key}` is larger than the most this cache holds in one entry \
              ({max_entry_bytes} bytes with its key and {} bytes of bookkeeping: \
-             backends.<name>.cache.max_bytes, or a sixteenth of it from 64 MiB up)",
+             backends.<name>.cache.max_bytes, or a sixteenth of it when the cache is split, \
+             from 4,096 entries and 64 MiB up)",
             super::lru::ENTRY_OVERHEAD
         ),
     )

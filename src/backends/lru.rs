@@ -3,11 +3,15 @@
 //!
 //! Bounded by entries and by bytes (key + value + a fixed overhead per
 //! entry); when an insert would pass either bound, the least recently used
-//! entries go first. Expired entries are dropped when met and by
-//! [`Lru::sweep`], which the backend's pool actor calls. Large bounds are
-//! split evenly over shards, each with its own lock, so concurrent calls on
-//! different keys rarely meet; the bounds hold for the sum. No lock is held
-//! beyond one method call (nothing here awaits).
+//! entries go first. Expired entries are dropped when met, when pushed out
+//! (counted as expired), and by [`Lru::sweep`], which the memory backend's
+//! pool actor calls for its Cache store (the KeyValue caches are not swept:
+//! their expired entries count in their figures until met or pushed out).
+//! Bounds from 4,096 entries and 64 MiB up are split evenly over 16
+//! shards, each with its own lock, so concurrent calls on different keys
+//! rarely meet; the bounds hold for the sum, and the largest entry is a
+//! shard's share of the bytes. No lock is held beyond one method call
+//! (nothing here awaits).
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -303,12 +307,15 @@ impl<V: Clone + Weigh> Lru<V> {
             .is_some_and(|s| s.live(now))
     }
 
-    /// Removes every entry.
+    /// Removes every entry (freed after each shard's lock is let go).
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.map.clear();
-            shard.bytes = 0;
+            let old = {
+                let mut shard = shard.lock();
+                shard.bytes = 0;
+                std::mem::take(&mut shard.map)
+            };
+            drop(old);
         }
     }
 

@@ -26,7 +26,7 @@ use crate::{
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
 };
 
-use super::kv_cache::{Change, KvCaches};
+use super::kv_cache::{Change, KvCaches, Pending};
 
 /// Most items one Scan or ScanKeys call streams.
 const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -77,30 +77,37 @@ impl KeyValueApi {
     }
 
     /// Runs a write and tells the caches what it did. Without a cache on
-    /// the call's backend and namespace that is just `work`; with one,
-    /// the keys' tickets are taken first and `work` runs in a task of its
-    /// own to the end, so a client that goes away mid-call cannot leave a
-    /// written key cached (here or on another instance).
+    /// the call's backend and namespace that is just `work` (and a check
+    /// that a reload did not add one meanwhile); with one, the keys'
+    /// tickets are taken first (`pending`, from [`KvCaches::prepare`]) and
+    /// `work` runs in a task of its own to the end, so a client that goes
+    /// away mid-call cannot leave a written key cached, here or on another
+    /// instance. Such tasks are bounded ([`KvCaches::detached`]).
     async fn write<T: Send + 'static>(
         &self,
         call: &Call,
         keys: Vec<String>,
+        pending: Option<Pending>,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
         changes: impl FnOnce(&Result<T, Error>, Vec<String>) -> Vec<Change> + Send + 'static,
     ) -> Result<T, Error> {
-        let Some(pending) = self.caches.prepare(
-            &call.backend.name,
-            call.ns(),
-            keys.iter().map(String::as_str),
-        ) else {
-            return work.await;
+        let Some(pending) = pending else {
+            let outcome = work.await;
+            if self.caches.watch(&call.backend.name, call.ns()) {
+                let pending = KvCaches::unprepared(&call.backend.name, call.ns());
+                let changes = keys.into_iter().map(Change::Gone).collect();
+                self.caches.wrote(pending, changes).await;
+            }
+            return outcome;
         };
+        let permit = self.caches.detached().await;
         let caches = self.caches.clone();
         let task = tokio::spawn(
             async move {
                 let outcome = work.await;
                 let changes = changes(&outcome, keys);
                 caches.wrote(pending, changes).await;
+                drop(permit);
                 outcome
             }
             .in_current_span(),
@@ -117,14 +124,19 @@ impl KeyValueApi {
         batch: WriteBatch,
         apply: impl FnOnce(String, WriteBatch) -> BoxFuture<'static, Result<Applied, Error>>,
     ) -> Result<Applied, Error> {
-        let keys = batch.ops.iter().map(|o| o.key.clone()).collect();
-        // The ops are copied only when a cache will want the values.
-        let ops = self
-            .caches
-            .watch(&call.backend.name, call.ns())
-            .then(|| batch.ops.clone());
+        let keys: Vec<String> = batch.ops.iter().map(|o| o.key.clone()).collect();
+        let pending = self.caches.prepare(
+            &call.backend.name,
+            call.ns(),
+            keys.iter().map(String::as_str),
+        );
+        // The values are copied only for a cache that keeps them.
+        let ops = pending
+            .as_ref()
+            .filter(|p| p.wants_values())
+            .map(|_| batch.ops.clone());
         let work = apply(call.ns().to_string(), batch);
-        self.write(call, keys, work, move |outcome, keys| {
+        self.write(call, keys, pending, work, move |outcome, keys| {
             let versions = match outcome {
                 Ok(a) if !a.replayed => Some(&a.results),
                 _ => None,
@@ -161,7 +173,10 @@ impl KeyValueApi {
         key: &str,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
-        self.write(call, vec![key.to_string()], work, |_, keys| {
+        let pending = self
+            .caches
+            .prepare(&call.backend.name, call.ns(), std::iter::once(key));
+        self.write(call, vec![key.to_string()], pending, work, |_, keys| {
             keys.into_iter().map(Change::Gone).collect()
         })
         .await

@@ -58,6 +58,11 @@ use crate::{
 /// Invalidation stripes per cache.
 const STRIPES: usize = 1024;
 
+/// Writes to cached namespaces running at once in tasks of their own
+/// (a write whose client went away runs on to tell the caches); more wait
+/// for one to end.
+pub const MAX_DETACHED_WRITES: usize = 1024;
+
 /// The wait before subscribing again after the link to the store broke.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
@@ -272,6 +277,15 @@ pub struct Pending {
     caches: Vec<(Arc<KvCache>, Vec<Ticket>)>,
 }
 
+impl Pending {
+    /// Whether a cache would keep written values (write-through).
+    pub fn wants_values(&self) -> bool {
+        self.caches
+            .iter()
+            .any(|(c, _)| c.settings.strategy == CacheStrategy::WriteThrough)
+    }
+}
+
 /// An announcement between instances: keys of a backend and namespace
 /// that changed, or all of them (`keys` empty).
 #[derive(Debug, Serialize, Deserialize)]
@@ -283,17 +297,21 @@ struct Announcement {
     k: Vec<String>,
 }
 
+/// Bytes of `s` as a JSON string, quotes included.
+fn json_len(s: &str) -> usize {
+    serde_json::to_string(s).map_or(s.len() * 6 + 2, |j| j.len())
+}
+
 /// `keys` split into announcements of at most [`MAX_BROADCAST_BYTES`]
-/// given `fixed` bytes of names per announcement; a key too long for one
-/// makes a single empty one ("everything here changed").
+/// given `fixed` bytes of names (as JSON strings) per announcement; a key
+/// too long for one makes a single empty one ("everything here changed").
 fn pieces(fixed: usize, keys: Vec<String>) -> Vec<Vec<String>> {
-    // The JSON's field names and quotes, and keys at their worst: every
-    // byte escaped as \u00XX.
-    let base = fixed * 6 + 32;
+    // The field names, braces, colons and commas.
+    let base = fixed + 32;
     let mut out: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = base;
     for key in keys {
-        let cost = key.len() * 6 + 3;
+        let cost = json_len(&key) + 1;
         if base + cost > MAX_BROADCAST_BYTES {
             return vec![Vec::new()];
         }
@@ -321,6 +339,8 @@ pub struct KvCaches {
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Announcements that could not be sent (the store did not answer).
     pub unannounced: AtomicU64,
+    /// Room for writes in tasks of their own ([`MAX_DETACHED_WRITES`]).
+    detached: Arc<tokio::sync::Semaphore>,
 }
 
 impl KvCaches {
@@ -333,7 +353,14 @@ impl KvCaches {
             hearing: AtomicBool::new(true),
             listener: Mutex::new(None),
             unannounced: AtomicU64::new(0),
+            detached: Arc::new(tokio::sync::Semaphore::new(MAX_DETACHED_WRITES)),
         }
+    }
+
+    /// A place for one more write in a task of its own (waits while
+    /// [`MAX_DETACHED_WRITES`] run).
+    pub async fn detached(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.detached.clone().acquire_owned().await.ok()
     }
 
     /// Makes the caches of `configs` (at start, and after a reload: a
@@ -417,12 +444,24 @@ impl KvCaches {
         })
     }
 
+    /// A write that found no cache when it began: if a reload added one
+    /// meanwhile, [`KvCaches::wrote`] still drops and announces its keys.
+    pub fn unprepared(backend: &str, ns: &str) -> Pending {
+        Pending {
+            backend: backend.to_string(),
+            namespace: ns.to_string(),
+            caches: Vec::new(),
+        }
+    }
+
     /// After the write `pending` was taken for, whatever its outcome (the
     /// changes in the order of the prepared keys): this instance's caches
-    /// drop (or, write-through, take) the keys, and in a cluster the
+    /// drop (or, write-through, take) the keys — a cache a reload put in
+    /// place since the write began drops them too — and in a cluster the
     /// others are told before the call answers.
     pub async fn wrote(&self, pending: Pending, changes: Vec<Change>) {
         for (cache, tickets) in &pending.caches {
+            debug_assert_eq!(tickets.len(), changes.len());
             for (change, ticket) in changes.iter().zip(tickets) {
                 match change {
                     Change::Put { key, record }
@@ -433,6 +472,18 @@ impl KvCaches {
                     other => cache.invalidate(other.key()),
                 }
             }
+        }
+        let now = self.on(&pending.backend, &pending.namespace);
+        let newer = now
+            .iter()
+            .filter(|c| !pending.caches.iter().any(|(p, _)| Arc::ptr_eq(p, c)));
+        for cache in newer {
+            for change in &changes {
+                cache.invalidate(change.key());
+            }
+        }
+        if pending.caches.is_empty() && now.is_empty() {
+            return;
         }
         let store = self.store.lock().clone();
         if let Some(store) = store {
@@ -450,9 +501,10 @@ impl KvCaches {
     }
 
     /// Tells the other instances, in announcements that fit the store's
-    /// limit.
+    /// limit. After one fails (the store is not answering) the rest are
+    /// not tried: one failure is counted and the call goes on.
     async fn announce(&self, store: &dyn SessionStore, backend: &str, ns: &str, keys: Vec<String>) {
-        let fixed = backend.len() + ns.len() + self.origin.len();
+        let fixed = json_len(backend) + json_len(ns) + json_len(&self.origin);
         for k in pieces(fixed, keys) {
             let payload = Announcement {
                 o: self.origin.clone(),
@@ -470,6 +522,7 @@ impl KvCaches {
                     "cannot announce a KeyValue write to the other instances; their caches \
                      may serve the old value until its ttl is up"
                 );
+                return;
             }
         }
     }
@@ -542,6 +595,14 @@ impl Drop for KvCaches {
     }
 }
 
+/// Empties every cache on a blocking thread (a cache may hold millions of
+/// entries); the caches back.
+async fn clear_all(c: Arc<KvCaches>) -> Arc<KvCaches> {
+    let back = c.clone();
+    let _ = tokio::task::spawn_blocking(move || c.clear_all()).await;
+    back
+}
+
 /// Hears announcements until the caches are gone; while the link is down,
 /// the caches are empty and unused.
 async fn hear(caches: Weak<KvCaches>, store: Arc<dyn SessionStore>) {
@@ -552,20 +613,22 @@ async fn hear(caches: Weak<KvCaches>, store: Arc<dyn SessionStore>) {
         };
         match feed {
             Ok(mut feed) => {
-                c.clear_all();
+                let c = clear_all(c).await;
                 c.hearing.store(true, Ordering::Release);
                 drop(c);
                 while let Some(text) = feed.next().await {
                     let Some(c) = caches.upgrade() else {
                         return;
                     };
-                    c.heard(&text);
+                    // A "clear everything" frees every entry: off the
+                    // async workers.
+                    let _ = tokio::task::spawn_blocking(move || c.heard(&text)).await;
                 }
                 let Some(c) = caches.upgrade() else {
                     return;
                 };
                 c.hearing.store(false, Ordering::Release);
-                c.clear_all();
+                drop(clear_all(c).await);
                 tracing::warn!(
                     "KeyValue cache announcements lost; caches are bypassed until heard again"
                 );
@@ -672,10 +735,53 @@ mod tests {
         assert!(c.get("long").is_none());
     }
 
+    fn named(ttl: &str) -> ByName {
+        let yaml = format!(
+            "backends: {{ m: {{ type: memory }} }}\n\
+             namespaces: {{ n: {{ allowed_backends: [m], allowed_patterns: [key_value] }} }}\n\
+             configs: {{ c: {{ namespace: n, pattern: key_value, backend: m, \
+             cache: {{ enabled: true, ttl: {ttl} }} }} }}\n"
+        );
+        let cfg = crate::config::GatewayConfig::from_yaml(
+            &yaml,
+            &crate::config::Source::Inline,
+            &[("X", "x"); 0],
+        )
+        .unwrap();
+        crate::config::resolve::NamedConfigs::resolve(&cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cache_a_reload_put_in_place_mid_write_drops_the_written_keys() {
+        let caches = KvCaches::new(Clock::new());
+        caches.sync(&named("1m"));
+        let pending = caches.prepare("m", "n", ["k"].into_iter()).unwrap();
+        // The reload changes the cache's ttl: a new, empty cache; a read
+        // on it fills the value from before the write.
+        let configs = named("2m");
+        caches.sync(&configs);
+        let cache = caches.of(&configs["c"]).unwrap();
+        let t = cache.ticket("k");
+        cache.fill("k", t, &record("old", 1));
+        caches.wrote(pending, vec![Change::Gone("k".into())]).await;
+        assert!(cache.get("k").is_none());
+        // A write that began with no cache at all does the same.
+        let t = cache.ticket("k");
+        cache.fill("k", t, &record("old", 1));
+        caches
+            .wrote(
+                KvCaches::unprepared("m", "n"),
+                vec![Change::Gone("k".into())],
+            )
+            .await;
+        assert!(cache.get("k").is_none());
+    }
+
     #[test]
     fn announcements_fit_the_store_and_a_huge_key_means_everything() {
         let keys: Vec<String> = (0..50).map(|i| format!("{i:\u{1}>200}")).collect();
-        let pieces = pieces(30, keys.clone());
+        let fixed = json_len(&"o".repeat(16)) + json_len(&"b".repeat(7)) + json_len(&"n".repeat(7));
+        let pieces = pieces(fixed, keys.clone());
         assert!(pieces.len() > 1);
         assert_eq!(pieces.concat(), keys);
         for k in pieces {
@@ -688,7 +794,10 @@ mod tests {
             .unwrap();
             assert!(text.len() <= MAX_BROADCAST_BYTES, "{}", text.len());
         }
-        let huge = super::pieces(30, vec!["a".into(), "x".repeat(MAX_BROADCAST_BYTES)]);
+        let huge = super::pieces(fixed, vec!["a".into(), "x".repeat(MAX_BROADCAST_BYTES)]);
         assert_eq!(huge, vec![Vec::<String>::new()]);
+        // Plain 1 KiB keys share an announcement (six of them fit).
+        let plain: Vec<String> = (0..12).map(|i| format!("{i:x>1024}")).collect();
+        assert_eq!(super::pieces(fixed, plain).len(), 2);
     }
 }
