@@ -5,8 +5,8 @@
 //! entry); when an insert would pass either bound, the least recently used
 //! entries go first. Expired entries are dropped when met, when pushed out
 //! (counted as expired), and by [`Lru::sweep`], which the memory backend's
-//! pool actor calls for its Cache store (the KeyValue caches are not swept:
-//! their expired entries count in their figures until met or pushed out).
+//! pool actor calls for its Cache store and the KeyValue caches' sweeper
+//! for theirs.
 //! Bounds from 4,096 entries and 64 MiB up are split evenly over 16
 //! shards, each with its own lock, so concurrent calls on different keys
 //! rarely meet; the bounds hold for the sum, and the largest entry is a

@@ -43,6 +43,9 @@ pub enum ServeError {
 }
 
 /// Everything a running gateway shares between its services and actors.
+/// How often the KeyValue caches drop their expired entries.
+const KV_CACHE_SWEEP: Duration = Duration::from_secs(30);
+
 pub struct Gateway {
     /// The running config (a reload replaces it with what it applied);
     /// the services read `limits` and the admin listener its token here.
@@ -129,6 +132,7 @@ impl Gateway {
         let store = crate::session::store::open(&config.sessions).map_err(ServeError::Config)?;
         let kv_caches = Arc::new(crate::services::kv_cache::KvCaches::new(clock));
         kv_caches.sync(&named.all());
+        kv_caches.sweep_every(KV_CACHE_SWEEP);
         if let Some(store) = &store {
             kv_caches.start(store.clone());
         }

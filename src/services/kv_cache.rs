@@ -337,6 +337,8 @@ pub struct KvCaches {
     hearing: AtomicBool,
     /// The task hearing announcements; ended by [`KvCaches::stop`].
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task dropping expired entries; ended by [`KvCaches::stop`].
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Announcements that could not be sent (the store did not answer).
     pub unannounced: AtomicU64,
     /// Room for writes in tasks of their own ([`MAX_DETACHED_WRITES`]).
@@ -352,6 +354,7 @@ impl KvCaches {
             store: Mutex::new(None),
             hearing: AtomicBool::new(true),
             listener: Mutex::new(None),
+            sweeper: Mutex::new(None),
             unannounced: AtomicU64::new(0),
             detached: Arc::new(tokio::sync::Semaphore::new(MAX_DETACHED_WRITES)),
         }
@@ -572,9 +575,39 @@ impl KvCaches {
         self.hearing.load(Ordering::Acquire)
     }
 
-    /// Ends the listener.
+    /// Drops expired entries every `every` (on a blocking thread: a cache
+    /// may hold millions), so the figures count live entries; on the
+    /// current runtime.
+    pub fn sweep_every(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(caches) = me.upgrade() else {
+                    return;
+                };
+                let _ = tokio::task::spawn_blocking(move || caches.sweep()).await;
+            }
+        });
+        if let Some(old) = self.sweeper.lock().replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Drops every cache's expired entries; how many.
+    pub fn sweep(&self) -> usize {
+        self.by_config.load().values().map(|c| c.lru.sweep()).sum()
+    }
+
+    /// Ends the listener and the sweeper.
     pub fn stop(&self) {
-        if let Some(task) = self.listener.lock().take() {
+        for task in [self.listener.lock().take(), self.sweeper.lock().take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -715,6 +748,29 @@ mod tests {
         c.invalidate("gone");
         c.put("gone", before_put, &record("v7", 7));
         assert!(c.get("gone").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_drops_expired_entries() {
+        let caches = Arc::new(KvCaches::new(Clock::new()));
+        let configs = named("1m");
+        caches.sync(&configs);
+        let cache = caches.of(&configs["c"]).unwrap();
+        let t = cache.ticket("k");
+        cache.fill("k", t, &record("v", 1));
+        caches.sweep_every(Duration::from_secs(30));
+        assert_eq!(caches.figures()[0].lru.entries, 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // The sweep runs on a blocking thread: wait for its count.
+        for _ in 0..100 {
+            if caches.figures()[0].lru.entries == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let f = &caches.figures()[0];
+        assert_eq!((f.lru.entries, f.lru.expirations), (0, 1));
+        caches.stop();
     }
 
     #[tokio::test(start_paused = true)]
