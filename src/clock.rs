@@ -59,6 +59,24 @@ pub fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, ms)
 }
 
+/// A client's duration, when it is not negative and its nanos are in
+/// range; checked before any arithmetic (prost's conversion negates the
+/// seconds of a negative one, which overflows for `i64::MIN`).
+pub fn duration_from_proto(d: &prost_types::Duration) -> Option<Duration> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(seconds, nanos))
+}
+
+/// A duration as the wire carries it (a ttl the gateway answers with, a
+/// config shown to a client).
+pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 pub fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }

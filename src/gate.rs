@@ -36,7 +36,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     backends::{missing_interface, Backend, Backends, Interface},
-    config::{NamespaceSpec, Pattern},
+    config::{Limits, LiveConfig, NamespaceSpec, Pattern},
     error::{Error, ErrorKind, Service},
     session::{OperationGuard, SessionEntry, SessionRegistry},
 };
@@ -79,11 +79,21 @@ pub fn session_token<'a, T>(field: &'a str, request: &'a Request<T>) -> &'a str 
 pub struct GateState {
     registry: Arc<SessionRegistry>,
     backends: Arc<Backends>,
+    /// The running config, for the `limits` a call is held to.
+    config: LiveConfig,
 }
 
 impl GateState {
-    pub fn new(registry: Arc<SessionRegistry>, backends: Arc<Backends>) -> Self {
-        GateState { registry, backends }
+    pub fn new(
+        registry: Arc<SessionRegistry>,
+        backends: Arc<Backends>,
+        config: LiveConfig,
+    ) -> Self {
+        GateState {
+            registry,
+            backends,
+            config,
+        }
     }
 
     pub fn registry(&self) -> &Arc<SessionRegistry> {
@@ -183,6 +193,7 @@ impl<H: Clone> Gate<H> {
         Ok(Call {
             entry,
             policy,
+            limits: self.state.config.load().limits,
             backend,
             handle,
             service: self.service,
@@ -243,6 +254,8 @@ impl<H: Clone> Gate<H> {
 pub struct Call<H> {
     pub entry: Arc<SessionEntry>,
     policy: Arc<NamespaceSpec>,
+    /// The configured `limits` when the call was admitted.
+    limits: Limits,
     pub backend: Arc<Backend>,
     /// The service's handle on the backend.
     pub handle: H,
@@ -262,6 +275,12 @@ impl<H> Call<H> {
     /// running call).
     pub fn policy(&self) -> &NamespaceSpec {
         &self.policy
+    }
+
+    /// The `limits` the call is held to, as they were when it was admitted
+    /// (one read of the running config per call, whatever it checks).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// A further interface the call needs, or UNIMPLEMENTED naming it.

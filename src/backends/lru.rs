@@ -199,11 +199,7 @@ impl<V: Clone + Weigh> Lru<V> {
     /// evicted or removed), pushing out the least recently used entries
     /// as the bounds need.
     pub fn insert(&self, key: &str, value: V, ttl: Option<Duration>) -> Result<(), TooLarge> {
-        let now = self.clock.now_ms();
-        let bytes = self.check_size(key, &value)?;
-        let mut shard = self.shard(key).lock();
-        self.put(&mut shard, now, key, value, self.deadline(now, ttl), bytes);
-        Ok(())
+        self.insert_if(key, value, ttl, |_| true).map(|_| ())
     }
 
     /// [`Lru::insert`], only if `keep` says so of the live entry now

@@ -121,13 +121,6 @@ pub fn pattern_from_proto(p: pb::AccessPattern) -> Option<Pattern> {
     })
 }
 
-fn duration_to_proto(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// The named configs, resolved by name.
 pub type ByName = BTreeMap<String, Arc<ResolvedConfig>>;
 
@@ -279,7 +272,7 @@ fn cache_to_proto(
     match (kv, cache_ttl) {
         (Some(kv), _) => Some(pb::CacheConfig {
             enabled: true,
-            ttl: Some(duration_to_proto(kv.ttl)),
+            ttl: Some(crate::clock::duration_to_proto(kv.ttl)),
             max_entries: kv.max_entries as i64,
             strategy: match kv.strategy {
                 CacheStrategy::LookAside => pb::CacheStrategy::LookAside,
@@ -288,7 +281,7 @@ fn cache_to_proto(
             max_bytes: kv.max_bytes as i64,
         }),
         (None, Some(ttl)) => Some(pb::CacheConfig {
-            ttl: Some(duration_to_proto(ttl)),
+            ttl: Some(crate::clock::duration_to_proto(ttl)),
             ..Default::default()
         }),
         (None, None) => None,
@@ -362,7 +355,7 @@ pub(crate) fn resolve_named_spec(
                 Consistency::Eventual => pb::ConsistencyLevel::Eventual,
                 Consistency::BoundedStaleness => pb::ConsistencyLevel::BoundedStaleness,
             } as i32,
-            max_staleness: spec.max_staleness.map(duration_to_proto),
+            max_staleness: spec.max_staleness.map(crate::clock::duration_to_proto),
         }),
         cache: cache_to_proto(kv_cache.as_ref(), cache_ttl),
         rate_limit: rate_to_proto(bounds.rate),
@@ -504,10 +497,7 @@ fn inline_cache_ttl(
     let ttl = match &c.ttl {
         None => None,
         Some(d) => Some(
-            u64::try_from(d.seconds)
-                .ok()
-                .zip(u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000))
-                .map(|(s, n)| Duration::new(s, n))
+            crate::clock::duration_from_proto(d)
                 .filter(|d| !d.is_zero() && *d <= MAX_CACHE_TTL)
                 .ok_or_else(|| {
                     invalid_cache(

@@ -331,7 +331,11 @@ pub async fn run(
         metrics: gateway.metrics.clone(),
         audit: gateway.audit.clone(),
     });
-    let gates = crate::gate::GateState::new(gateway.registry.clone(), gateway.backends.clone());
+    let gates = crate::gate::GateState::new(
+        gateway.registry.clone(),
+        gateway.backends.clone(),
+        gateway.config.clone(),
+    );
     // Data services take messages up to limits.max_message_bytes each way.
     let max = config.limits.max_message_bytes;
     macro_rules! sized {
@@ -353,7 +357,6 @@ pub async fn run(
         )))
         .add_service(sized!(KeyValueServiceServer::new(KeyValueApi::new(
             &gates,
-            gateway.config.clone(),
             gateway.kv_caches.clone(),
         ))))
         .add_service(sized!(QueueServiceServer::new(QueueApi::new(
@@ -377,10 +380,7 @@ pub async fn run(
             gateway.supervisors.clone(),
             gateway.config.clone(),
         ))))
-        .add_service(sized!(CacheServiceServer::new(CacheApi::new(
-            &gates,
-            gateway.config.clone()
-        ))));
+        .add_service(sized!(CacheServiceServer::new(CacheApi::new(&gates))));
 
     let grpc_addr = listeners.grpc.local_addr().ok();
     let incoming = connections::incoming(listeners.grpc, limits);

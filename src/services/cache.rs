@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::keys::{check_key, check_keys, check_reply, check_value, positive_duration};
 use crate::{
     backends::{cache::CacheHandle, Interface},
-    config::{LiveConfig, Pattern},
+    config::Pattern,
     error::{Error, Service},
     gate::{self, Gate, GateState},
     proto::cache::v1::{self as pb, cache_service_server::CacheService},
@@ -20,8 +20,6 @@ use crate::{
 
 pub struct CacheApi {
     gate: Gate<CacheHandle>,
-    /// The running config, for `limits`.
-    config: LiveConfig,
 }
 
 type Call = gate::Call<CacheHandle>;
@@ -37,12 +35,11 @@ gate::session_token_field!(
 );
 
 impl CacheApi {
-    pub fn new(gates: &GateState, config: LiveConfig) -> Self {
+    pub fn new(gates: &GateState) -> Self {
         CacheApi {
             gate: gates.gate(Service::Cache, Pattern::Cache, Interface::CacheBasic, |b| {
                 b.cache.as_ref()
             }),
-            config,
         }
     }
 
@@ -61,9 +58,8 @@ impl CacheApi {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let limits = self.config.load().limits;
-        check_key(&limits, key)?;
-        check_value(&limits, key, &value)?;
+        check_key(call.limits(), key)?;
+        check_value(call.limits(), key, &value)?;
         call.handle.basic.set(call.ns(), key, value, ttl).await
     }
 }
@@ -76,12 +72,12 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::GetResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                check_key(&self.config.load().limits, &req.key)?;
+                check_key(call.limits(), &req.key)?;
                 Ok(match call.handle.basic.get(call.ns(), &req.key).await? {
                     Some(c) => pb::GetResponse {
                         found: true,
                         value: c.value,
-                        ttl: c.ttl.map(super::duration_to_proto),
+                        ttl: c.ttl.map(crate::clock::duration_to_proto),
                     },
                     None => pb::GetResponse::default(),
                 })
@@ -127,7 +123,7 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                check_key(&self.config.load().limits, &req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let deleted = call.handle.basic.delete(call.ns(), &req.key).await?;
                 Ok(pb::DeleteResponse { deleted })
             })
@@ -140,8 +136,8 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::GetMultiResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                let limits = self.config.load().limits;
-                check_keys(&limits, req.keys.iter().map(String::as_str))?;
+                let limits = call.limits();
+                check_keys(limits, req.keys.iter().map(String::as_str))?;
                 let values = call.handle.basic.get_multi(call.ns(), &req.keys).await?;
                 let bytes = req
                     .keys
@@ -149,7 +145,7 @@ impl CacheService for CacheApi {
                     .zip(&values)
                     .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
                     .sum();
-                check_reply(&limits, bytes)?;
+                check_reply(limits, bytes)?;
                 let entries = req
                     .keys
                     .into_iter()
@@ -171,7 +167,7 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::ExistsResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                check_key(&self.config.load().limits, &req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let exists = call.handle.basic.exists(call.ns(), &req.key).await?;
                 Ok(pb::ExistsResponse { exists })
             })
@@ -185,7 +181,7 @@ impl CacheService for CacheApi {
         self.gate
             .unary(request, async |call, req| {
                 let counters = call.need(Interface::CacheCounters, |c| c.counters.as_ref())?;
-                check_key(&self.config.load().limits, &req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let ttl = Self::ttl(call, req.ttl.as_ref())?;
                 let value = counters
                     .increment(call.ns(), &req.key, req.delta, ttl)

@@ -20,13 +20,16 @@ use crate::{
         },
         Interface,
     },
-    config::{LiveConfig, Pattern},
+    config::{Limits, Pattern},
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
     proto::keyvalue::v1::{self as pb, key_value_service_server::KeyValueService},
 };
 
-use super::kv_cache::{Change, KvCaches, Pending};
+use super::{
+    keys::{check_key, check_keys, check_value},
+    kv_cache::{Change, KvCaches, Pending},
+};
 
 /// Most items one Scan or ScanKeys call streams.
 const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -36,8 +39,6 @@ const TOKEN_SKEW: Duration = Duration::from_secs(300);
 
 pub struct KeyValueApi {
     gate: Gate<KvHandle>,
-    /// The running config, for `limits` (a reload changes them).
-    config: LiveConfig,
     /// The caches in front of cached configs; every write tells them.
     caches: Arc<KvCaches>,
 }
@@ -63,7 +64,7 @@ gate::session_token_field!(
 );
 
 impl KeyValueApi {
-    pub fn new(gates: &GateState, config: LiveConfig, caches: Arc<KvCaches>) -> Self {
+    pub fn new(gates: &GateState, caches: Arc<KvCaches>) -> Self {
         KeyValueApi {
             gate: gates.gate(
                 Service::KeyValue,
@@ -71,7 +72,6 @@ impl KeyValueApi {
                 Interface::KeyValueBasic,
                 |b| b.kv.as_ref(),
             ),
-            config,
             caches,
         }
     }
@@ -210,19 +210,6 @@ impl KeyValueApi {
         Ok(records)
     }
 
-    fn check_key(&self, key: &str) -> Result<(), Error> {
-        super::keys::check_key(&self.config.load().limits, key)
-    }
-
-    fn check_value(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        super::keys::check_value(&self.config.load().limits, key, value)
-    }
-
-    /// Checks a batch's size and that its keys are valid and distinct.
-    fn check_keys<'a>(&self, keys: impl ExactSizeIterator<Item = &'a str>) -> Result<(), Error> {
-        super::keys::check_keys(&self.config.load().limits, keys)
-    }
-
     /// A TTL from the wire: present means positive.
     fn ttl(
         &self,
@@ -238,6 +225,7 @@ impl KeyValueApi {
 
     fn idempotency(
         &self,
+        limits: &Limits,
         token: Option<&pb::IdempotencyToken>,
         rpc: &str,
         fingerprint: impl FnOnce() -> Vec<u8>,
@@ -262,7 +250,7 @@ impl KeyValueApi {
                 )
             })?;
         let now = std::time::SystemTime::now();
-        let window = self.config.load().limits.idempotency_window;
+        let window = limits.idempotency_window;
         match now.duration_since(generated) {
             Ok(age) if age > window => {
                 return Err(Error::invalid_argument(
@@ -304,7 +292,7 @@ impl KeyValueApi {
         };
         let action = match &o.action {
             Some(pb::operation::Action::Put(p)) => {
-                self.check_value(&o.key, &p.value)?;
+                check_value(call.limits(), &o.key, &p.value)?;
                 Action::Put {
                     value: p.value.clone(),
                     ttl: self.ttl(call, p.ttl.as_ref())?,
@@ -448,11 +436,13 @@ impl KeyValueService for KeyValueApi {
     ) -> Result<Response<pb::SetResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                self.check_key(&req.key)?;
-                self.check_value(&req.key, &req.value)?;
+                check_key(call.limits(), &req.key)?;
+                check_value(call.limits(), &req.key, &req.value)?;
                 let ttl = self.ttl(call, req.ttl.as_ref())?;
                 let idem =
-                    self.idempotency(req.idempotency_token.as_ref(), "Set", || fingerprint!(req))?;
+                    self.idempotency(call.limits(), req.idempotency_token.as_ref(), "Set", || {
+                        fingerprint!(req)
+                    })?;
                 let batch = WriteBatch::single(put(&req.key, req.value.clone(), ttl, None), idem);
                 let basic = call.handle.basic.clone();
                 let applied = self
@@ -474,7 +464,7 @@ impl KeyValueService for KeyValueApi {
     ) -> Result<Response<pb::GetResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                self.check_key(&req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let record = match self.caches.of(&call.entry.config) {
                     None => call.handle.basic.get(call.ns(), &req.key).await?,
                     Some(cache) => match cache.get(&req.key) {
@@ -494,7 +484,7 @@ impl KeyValueService for KeyValueApi {
                         found: true,
                         value: r.value,
                         version: r.version,
-                        ttl: r.ttl.map(super::duration_to_proto),
+                        ttl: r.ttl.map(crate::clock::duration_to_proto),
                     },
                     None => pb::GetResponse::default(),
                 })
@@ -508,10 +498,13 @@ impl KeyValueService for KeyValueApi {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                self.check_key(&req.key)?;
-                let idem = self.idempotency(req.idempotency_token.as_ref(), "Delete", || {
-                    fingerprint!(req)
-                })?;
+                check_key(call.limits(), &req.key)?;
+                let idem = self.idempotency(
+                    call.limits(),
+                    req.idempotency_token.as_ref(),
+                    "Delete",
+                    || fingerprint!(req),
+                )?;
                 let batch = WriteBatch::single(delete(&req.key), idem);
                 let basic = call.handle.basic.clone();
                 let applied = self
@@ -533,7 +526,7 @@ impl KeyValueService for KeyValueApi {
     ) -> Result<Response<pb::ExistsResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                self.check_key(&req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let cached = self
                     .caches
                     .of(&call.entry.config)
@@ -600,7 +593,7 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-                self.check_key(&req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let ttl = req.ttl.as_ref().ok_or_else(|| {
                     Error::invalid_argument(
                         "INVALID_TTL",
@@ -626,14 +619,14 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-                self.check_key(&req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let ttl = ttl_api
                     .ttl(call.ns(), &req.key)
                     .await?
                     .ok_or_else(|| not_found(&req.key))?;
                 Ok(pb::GetTtlResponse {
                     has_ttl: ttl.is_some(),
-                    ttl: ttl.map(super::duration_to_proto),
+                    ttl: ttl.map(crate::clock::duration_to_proto),
                 })
             })
             .await
@@ -646,7 +639,7 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
-                self.check_key(&req.key)?;
+                check_key(call.limits(), &req.key)?;
                 let (ns, key) = (call.ns().to_string(), req.key.clone());
                 let work = async move { ttl_api.persist(&ns, &key).await };
                 let had_ttl = self
@@ -665,7 +658,7 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let batch = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-                self.check_keys(req.keys.iter().map(String::as_str))?;
+                check_keys(call.limits(), req.keys.iter().map(String::as_str))?;
                 let records = self.batch_read(call, &*batch, &req.keys).await?;
                 // The reply is sized before it is built: one that no
                 // client could receive is refused, not encoded.
@@ -675,7 +668,7 @@ impl KeyValueService for KeyValueApi {
                     .zip(&records)
                     .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
                     .sum();
-                super::keys::check_reply(&self.config.load().limits, bytes)?;
+                super::keys::check_reply(call.limits(), bytes)?;
                 let items = req
                     .keys
                     .iter()
@@ -705,17 +698,19 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-                self.check_keys(req.entries.iter().map(|e| e.key.as_str()))?;
+                check_keys(call.limits(), req.entries.iter().map(|e| e.key.as_str()))?;
                 let mut ops = Vec::with_capacity(req.entries.len());
                 for e in &req.entries {
-                    self.check_value(&e.key, &e.value)?;
+                    check_value(call.limits(), &e.key, &e.value)?;
                     let ttl = self.ttl(call, e.ttl.as_ref())?;
                     ops.push(put(&e.key, e.value.clone(), ttl, None));
                 }
-                let idempotency =
-                    self.idempotency(req.idempotency_token.as_ref(), "BatchSet", || {
-                        fingerprint!(req)
-                    })?;
+                let idempotency = self.idempotency(
+                    call.limits(),
+                    req.idempotency_token.as_ref(),
+                    "BatchSet",
+                    || fingerprint!(req),
+                )?;
                 let applied = self
                     .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
                         Box::pin(async move { batch_api.batch_write(&ns, b).await })
@@ -736,12 +731,14 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let batch_api = call.need(Interface::KeyValueBatch, |kv| kv.batch.as_ref())?;
-                self.check_keys(req.keys.iter().map(String::as_str))?;
+                check_keys(call.limits(), req.keys.iter().map(String::as_str))?;
                 let ops = req.keys.iter().map(|k| delete(k)).collect();
-                let idempotency =
-                    self.idempotency(req.idempotency_token.as_ref(), "BatchDelete", || {
-                        fingerprint!(req)
-                    })?;
+                let idempotency = self.idempotency(
+                    call.limits(),
+                    req.idempotency_token.as_ref(),
+                    "BatchDelete",
+                    || fingerprint!(req),
+                )?;
                 let applied = self
                     .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
                         Box::pin(async move { batch_api.batch_write(&ns, b).await })
@@ -762,13 +759,15 @@ impl KeyValueService for KeyValueApi {
         self.gate
             .unary(request, async |call, req| {
                 let cas = call.need(Interface::KeyValueCas, |kv| kv.cas.as_ref())?;
-                self.check_key(&req.key)?;
-                self.check_value(&req.key, &req.value)?;
+                check_key(call.limits(), &req.key)?;
+                check_value(call.limits(), &req.key, &req.value)?;
                 let ttl = self.ttl(call, req.ttl.as_ref())?;
-                let idem =
-                    self.idempotency(req.idempotency_token.as_ref(), "CompareAndSwap", || {
-                        fingerprint!(req)
-                    })?;
+                let idem = self.idempotency(
+                    call.limits(),
+                    req.idempotency_token.as_ref(),
+                    "CompareAndSwap",
+                    || fingerprint!(req),
+                )?;
                 let expected = Some(Precondition::Version(req.expected_version));
                 let op = put(&req.key, req.value.clone(), ttl, expected);
                 let applied = self
@@ -793,15 +792,17 @@ impl KeyValueService for KeyValueApi {
                 let txn = call.need(Interface::KeyValueTransactional, |kv| {
                     kv.transactional.as_ref()
                 })?;
-                self.check_keys(req.operations.iter().map(|o| o.key.as_str()))?;
+                check_keys(call.limits(), req.operations.iter().map(|o| o.key.as_str()))?;
                 let mut ops = Vec::with_capacity(req.operations.len());
                 for (index, o) in req.operations.iter().enumerate() {
                     ops.push(self.operation(call, index, o)?);
                 }
-                let idempotency =
-                    self.idempotency(req.idempotency_token.as_ref(), "Transaction", || {
-                        fingerprint!(req)
-                    })?;
+                let idempotency = self.idempotency(
+                    call.limits(),
+                    req.idempotency_token.as_ref(),
+                    "Transaction",
+                    || fingerprint!(req),
+                )?;
                 let applied = self
                     .write_batch(call, WriteBatch { ops, idempotency }, |ns, b| {
                         Box::pin(async move { txn.transact(&ns, b).await })

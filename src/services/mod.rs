@@ -18,22 +18,7 @@ pub mod reader;
 pub mod session;
 pub mod transact;
 
-/// A client's duration, when it is not negative and its nanos are in
-/// range; checked before any arithmetic (prost's conversion negates the
-/// seconds of a negative one, which overflows for `i64::MIN`).
-pub fn duration(d: &prost_types::Duration) -> Option<std::time::Duration> {
-    let seconds = u64::try_from(d.seconds).ok()?;
-    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000)?;
-    Some(std::time::Duration::new(seconds, nanos))
-}
-
-/// A duration on the wire (a `ttl` the gateway answers with).
-pub fn duration_to_proto(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
+pub use crate::clock::duration_from_proto as duration;
 
 /// An optional stream bound given as a duration (Subscribe's timeout or
 /// max_duration): unset is `None`; under a millisecond, negative or

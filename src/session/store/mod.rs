@@ -198,7 +198,14 @@ pub trait SessionStore: Send + Sync {
 
     /// Ends anywhere in the cluster as they are announced. The stream ends
     /// when the link breaks: announcements may have been missed since.
-    async fn listen(&self) -> Result<BoxStream<'static, EndNotice>, Error>;
+    async fn listen(&self) -> Result<BoxStream<'static, EndNotice>, Error> {
+        use futures::StreamExt as _;
+        Ok(self
+            .hear(Topic::SessionEnds)
+            .await?
+            .filter_map(|payload| async move { EndNotice::decode(&payload) })
+            .boxed())
+    }
 
     /// Tells every instance hearing `topic` (this one too) `payload`, at
     /// most [`MAX_BROADCAST_BYTES`]: what changed, for their caches.
@@ -209,20 +216,14 @@ pub trait SessionStore: Send + Sync {
     async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error>;
 }
 
-/// What instances tell each other beside session ends.
+/// What instances tell each other through the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic {
+    /// Sessions ended (closed, expired, failed): [`EndNotice`]s, published
+    /// by the store's own end and sweep operations.
+    SessionEnds,
     /// Keys written through a KeyValue config with a cache.
     KvCache,
-}
-
-impl Topic {
-    /// The Redis channel or Postgres NOTIFY channel.
-    pub fn channel(self) -> &'static str {
-        match self {
-            Topic::KvCache => "prism_kv_cache",
-        }
-    }
 }
 
 /// The largest broadcast payload (Postgres NOTIFY takes under 8000 bytes).

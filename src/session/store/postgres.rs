@@ -20,6 +20,14 @@ use crate::{
 /// The channel every instance listens on.
 const CHANNEL: &str = "prism_sessions";
 
+/// The NOTIFY channel of a topic.
+fn channel(topic: Topic) -> &'static str {
+    match topic {
+        Topic::SessionEnds => CHANNEL,
+        Topic::KvCache => "prism_kv_cache",
+    }
+}
+
 /// Sessions expired per sweep, at most.
 const SWEEP_BATCH: i64 = 500;
 
@@ -369,37 +377,11 @@ impl SessionStore for PgSessionStore {
         .await
     }
 
-    async fn listen(&self) -> Result<BoxStream<'static, EndNotice>, Error> {
-        let listener = bounded(self.timeout, async {
-            let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        })
-        .await?;
-        // `try_recv` answers `None` when the connection was lost: the
-        // stream ends there, so the caller knows it may have missed ends.
-        Ok(Box::pin(futures::stream::unfold(
-            listener,
-            |mut listener| async move {
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) => {
-                            if let Some(notice) = EndNotice::decode(n.payload()) {
-                                return Some((notice, listener));
-                            }
-                        }
-                        Ok(None) | Err(_) => return None,
-                    }
-                }
-            },
-        )))
-    }
-
     async fn broadcast(&self, topic: Topic, payload: &str) -> Result<(), Error> {
         bounded(
             self.timeout,
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(topic.channel())
+                .bind(channel(topic))
                 .bind(payload)
                 .execute(&self.pool),
         )
@@ -410,12 +392,14 @@ impl SessionStore for PgSessionStore {
     async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error> {
         let listener = bounded(self.timeout, async {
             let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
-            listener.listen(topic.channel()).await?;
+            listener.listen(channel(topic)).await?;
             Ok::<_, sqlx::Error>(listener)
         })
         .await?;
         Ok(Box::pin(futures::stream::unfold(
             listener,
+            // `try_recv` answers `None` when the connection was lost: the
+            // stream ends there, so the caller knows it may have missed some.
             |mut listener| async move {
                 match listener.try_recv().await {
                     Ok(Some(n)) => Some((n.payload().to_string(), listener)),

@@ -13,8 +13,8 @@ use redis::{aio::ConnectionManager, Script};
 use tokio::sync::OnceCell;
 
 use super::{
-    bounded, reason_code, reason_from_code, Admission, EndNotice, EndOutcome, Limits, SessionStore,
-    Standing, StoredSession, Swept, Topic,
+    bounded, reason_code, reason_from_code, Admission, EndOutcome, Limits, SessionStore, Standing,
+    StoredSession, Swept, Topic,
 };
 use crate::{
     error::Error,
@@ -22,6 +22,14 @@ use crate::{
 };
 
 const CHANNEL: &str = "prism:sessions:ended";
+
+/// The Redis channel of a topic.
+fn channel(topic: Topic) -> &'static str {
+    match topic {
+        Topic::SessionEnds => CHANNEL,
+        Topic::KvCache => "prism:kv_cache",
+    }
+}
 
 /// Sessions expired per sweep, at most.
 const SWEEP_BATCH: u32 = 500;
@@ -357,29 +365,12 @@ impl SessionStore for RedisSessionStore {
             .collect())
     }
 
-    async fn listen(&self) -> Result<BoxStream<'static, EndNotice>, Error> {
-        let pubsub = bounded(self.timeout, async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|m| async move {
-                m.get_payload::<String>()
-                    .ok()
-                    .and_then(|p| EndNotice::decode(&p))
-            })
-            .boxed())
-    }
-
     async fn broadcast(&self, topic: Topic, payload: &str) -> Result<(), Error> {
         let mut conn = self.conn().await?;
         bounded(
             self.timeout,
             redis::cmd("PUBLISH")
-                .arg(topic.channel())
+                .arg(channel(topic))
                 .arg(payload)
                 .query_async::<i64>(&mut conn),
         )
@@ -390,7 +381,7 @@ impl SessionStore for RedisSessionStore {
     async fn hear(&self, topic: Topic) -> Result<BoxStream<'static, String>, Error> {
         let pubsub = bounded(self.timeout, async {
             let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(topic.channel()).await?;
+            pubsub.subscribe(channel(topic)).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await?;
