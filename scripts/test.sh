@@ -120,6 +120,12 @@ if ! python3 -c "import prometheus_client" 2>/dev/null; then
   log "installing prometheus_client (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check prometheus_client
 fi
+# tests/claim_check.rs keeps payloads on an S3 server: moto, started by the
+# test on a free loopback port.
+if ! python3 -c "import moto.server, flask" 2>/dev/null; then
+  log "installing moto[server] (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Unimplemented,
     Unavailable,
     DeadlineExceeded,
+    /// Acknowledged data that can no longer be read (a claim-check object
+    /// gone).
+    DataLoss,
     Internal,
 }
 
@@ -40,6 +43,7 @@ impl ErrorKind {
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+            ErrorKind::DataLoss => Code::DataLoss,
             ErrorKind::Internal => Code::Internal,
         }
     }

@@ -277,6 +277,12 @@ impl<H> Call<H> {
         &self.policy
     }
 
+    /// Bytes of a client stream's later messages, accounted with the
+    /// request.
+    pub fn add_received(&mut self, bytes: usize) {
+        self.received = self.received.saturating_add(bytes);
+    }
+
     /// The `limits` the call is held to, as they were when it was admitted
     /// (one read of the running config per call, whatever it checks).
     pub fn limits(&self) -> &Limits {

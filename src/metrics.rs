@@ -190,6 +190,8 @@ pub struct Sources {
     pub backends: Arc<Backends>,
     /// The caches in front of KeyValue.
     pub kv_caches: Arc<KvCaches>,
+    /// The claim check's object store traffic.
+    pub claim_checks: Arc<crate::services::claim_check::ClaimChecks>,
 }
 
 /// The registry `/metrics` encodes: the call families and a collector of
@@ -426,6 +428,70 @@ impl Collector for Live {
 }
 
 impl Live {
+    /// The claim check's figures (one sample each, no labels).
+    fn encode_claim_checks(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let claims = &self.0.claim_checks;
+        let f = &claims.figures;
+        for (name, help, value) in [
+            (
+                "prism_claim_check_stored",
+                "Payloads kept in an object store by the claim check (above their namespace's threshold).",
+                &f.stored,
+            ),
+            (
+                "prism_claim_check_stored_bytes",
+                "Bytes of the payloads the claim check kept in object stores.",
+                &f.stored_bytes,
+            ),
+            (
+                "prism_claim_check_fetched",
+                "Stored payloads read back to deliver their message.",
+                &f.fetched,
+            ),
+            (
+                "prism_claim_check_deleted_on_ack",
+                "Stored payloads deleted when their Queue message was acknowledged.",
+                &f.deleted_on_ack,
+            ),
+            (
+                "prism_claim_check_deleted_by_retention",
+                "Stored payloads deleted by the sweeper once older than their namespace's retention.",
+                &f.deleted_by_retention,
+            ),
+            (
+                "prism_claim_check_discarded",
+                "Stored payloads deleted because their message was not published or written.",
+                &f.discarded,
+            ),
+            (
+                "prism_claim_check_failures",
+                "Object store calls of the claim check that failed (the call's error says which).",
+                &f.failures,
+            ),
+            (
+                "prism_claim_check_untracked",
+                "Delivered Queue payloads not remembered for deletion on acknowledgement (too many unacknowledged); their retention deletes them.",
+                &f.untracked,
+            ),
+        ] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        ConstGauge::new(i64::try_from(claims.tracked()).unwrap_or(i64::MAX)).encode(
+            encoder.encode_descriptor(
+                "prism_claim_check_tracked",
+                "Delivered Queue payloads awaiting their acknowledgement to be deleted.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        Ok(())
+    }
+
     /// The KeyValue caches by config, and the memory backends' Cache
     /// stores by backend.
     fn encode_caches(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -521,6 +587,8 @@ impl Live {
                 MetricType::Counter,
             )?,
         )?;
+
+        self.encode_claim_checks(encoder)?;
 
         let stores: Vec<_> = sources
             .backends

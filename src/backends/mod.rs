@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 
+pub mod blob;
 pub mod cache;
 pub mod capabilities;
 pub mod health;

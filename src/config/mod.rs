@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub use crate::backends::{relay::RelayTarget, BackendSpec, PoolSpec};
 use crate::backends::{BackendKind, Interface};
 
+pub mod claim_check;
 pub mod layers;
 pub mod options;
 pub mod policy;
@@ -86,6 +87,9 @@ pub struct GatewayConfig {
     /// instances of a cluster share.
     #[serde(default)]
     pub sessions: sessions::StoreConfig,
+    /// Where namespaces with a `claim_check` keep large payloads.
+    #[serde(default)]
+    pub object_stores: BTreeMap<String, crate::backends::blob::ObjectStoreSpec>,
 }
 
 /// The running configuration, shared by what reads it after start; a
@@ -348,6 +352,10 @@ pub struct NamespaceSpec {
     /// inline: roles, rate ceilings, option caps ([`policy`]).
     #[serde(default)]
     pub rules: Vec<policy::PolicyRule>,
+    /// Payloads above a threshold kept in an object store, the message
+    /// carrying their key (Queue, PubSub and Transact mailbox messages).
+    #[serde(default)]
+    pub claim_check: Option<claim_check::ClaimCheckPolicy>,
 }
 
 /// How the namespace's Transact service writes.

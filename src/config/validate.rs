@@ -38,11 +38,11 @@ impl Report {
         });
     }
 
-    fn pass(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn pass(&mut self, subject: impl Into<String>, message: impl Into<String>) {
         self.push(Outcome::Pass, subject, message)
     }
 
-    fn fail(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, subject: impl Into<String>, message: impl Into<String>) {
         self.push(Outcome::Fail, subject, message)
     }
 
@@ -83,6 +83,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
     check_connections(&mut r, &cfg.server.connections);
     check_audit(&mut r, &cfg.audit);
     check_sessions(&mut r, cfg);
+    super::claim_check::check(&mut r, cfg);
     // What the KeyValue caches and the memory backends' Cache stores may
     // hold in the gateway's memory, all together.
     let mut cache_bytes: usize = cfg

@@ -66,6 +66,8 @@ pub struct Gateway {
     pub reloader: Arc<reload::Reloader>,
     /// The caches in front of KeyValue, by named config.
     pub kv_caches: Arc<crate::services::kv_cache::KvCaches>,
+    /// The object stores of the claim check and what it tracks.
+    pub claim_checks: Arc<crate::services::claim_check::ClaimChecks>,
     pool: Arc<ArbiterPool>,
 }
 
@@ -136,6 +138,13 @@ impl Gateway {
         if let Some(store) = &store {
             kv_caches.start(store.clone());
         }
+        let claim_checks = Arc::new(
+            crate::services::claim_check::ClaimChecks::open(&config, live.clone(), clock)
+                .map_err(ServeError::Config)?,
+        );
+        if let Some(every) = crate::services::claim_check::ClaimChecks::sweep_interval(&config) {
+            claim_checks.sweep_every(every);
+        }
         let sessions = Arc::new(Sessions::new(
             live.clone(),
             named.clone(),
@@ -169,6 +178,7 @@ impl Gateway {
             tls,
             reloader,
             kv_caches,
+            claim_checks,
             pool,
         })
     }
@@ -197,6 +207,7 @@ impl Gateway {
             supervisors: self.supervisors.clone(),
             backends: self.backends.clone(),
             kv_caches: self.kv_caches.clone(),
+            claim_checks: self.claim_checks.clone(),
         })
     }
 
@@ -363,13 +374,13 @@ pub async fn run(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.config.clone(),
+            gateway.claim_checks.clone(),
         ))))
         .add_service(sized!(PubSubServiceServer::new(PubSubApi::new(
             &gates,
             gateway.subscriptions.clone(),
             gateway.supervisors.clone(),
-            gateway.config.clone(),
+            gateway.claim_checks.clone(),
         ))))
         .add_service(sized!(ReaderServiceServer::new(ReaderApi::new(
             &gates, &config
@@ -379,6 +390,7 @@ pub async fn run(
             gateway.subscriptions.transactions.clone(),
             gateway.supervisors.clone(),
             gateway.config.clone(),
+            gateway.claim_checks.clone(),
         ))))
         .add_service(sized!(CacheServiceServer::new(CacheApi::new(&gates))));
 
@@ -483,6 +495,7 @@ pub async fn run(
     let closed = gateway.sessions.close_all().await;
     gateway.pool.stop();
     gateway.kv_caches.stop();
+    gateway.claim_checks.stop();
     // The shutdown's session records reach the audit sink before we return.
     let unwritten = gateway.audit.wait_written(Duration::from_secs(5)).await;
     if unwritten > 0 {

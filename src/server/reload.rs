@@ -230,6 +230,7 @@ fn plan(running: &GatewayConfig, file: GatewayConfig) -> (GatewayConfig, ReloadR
         limits: _,
         audit: _,
         sessions: _,
+        object_stores: _,
     } = running;
     let mut report = ReloadReport::default();
     let mut next = file;
@@ -290,7 +291,7 @@ fn plan(running: &GatewayConfig, file: GatewayConfig) -> (GatewayConfig, ReloadR
             }
         )*};
     }
-    fixed!(backends, sessions, audit);
+    fixed!(backends, sessions, audit, object_stores);
 
     if next.limits.max_message_bytes != running.limits.max_message_bytes {
         report
@@ -359,6 +360,9 @@ fn namespace_plan(running: &NamespaceSpec, file: &NamespaceSpec) -> (NamespaceSp
         transact: _,
         relays: _,
         rules: _,
+        // Read per call and by the sweeper's next pass (the stores it
+        // names are fixed at start).
+        claim_check: _,
     } = running;
     let mut next = file.clone();
     let mut fixed = Vec::new();

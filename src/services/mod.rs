@@ -7,6 +7,7 @@ use futures::Stream;
 use crate::error::Error;
 
 pub mod cache;
+pub mod claim_check;
 pub mod config;
 pub mod group_commit;
 pub mod keys;

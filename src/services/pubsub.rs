@@ -7,9 +7,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tonic::{Request, Response, Status};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tonic::{Request, Response, Status, Streaming};
 
-use super::{optional_max_messages, optional_positive_duration};
+use super::{
+    claim_check::{self, ClaimChecks, Payload, Release},
+    optional_max_messages, optional_positive_duration,
+};
 use crate::{
     actors::{
         pubsub::{PubSubShared, PubSubSubscriptions},
@@ -23,10 +28,12 @@ use crate::{
         },
         Interface,
     },
-    config::{LiveConfig, Pattern},
+    config::Pattern,
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
-    proto::pubsub::v1::{self as pb, pub_sub_service_server::PubSubService},
+    proto::pubsub::v1::{
+        self as pb, pub_sub_service_server::PubSubService, publish_stream_request,
+    },
 };
 
 /// Most metadata a published event may carry, keys and values together.
@@ -40,8 +47,8 @@ pub struct PubSubApi {
     gate: Gate<PubSubHandle>,
     subscriptions: Arc<crate::actors::subscription::Subscriptions>,
     supervisors: Arc<Supervisors>,
-    /// The running config, for `limits` (a reload changes them).
-    config: LiveConfig,
+    /// Payloads above a namespace's threshold, kept in its object store.
+    claims: Arc<ClaimChecks>,
 }
 
 type Call = gate::Call<PubSubHandle>;
@@ -65,6 +72,14 @@ fn check_group(group: &str) -> Result<(), Error> {
             "INVALID_QUEUE_GROUP",
             format!("queue group `{group}` is not valid; use 1 to 100 of A-Z a-z 0-9 . _ -"),
         ))
+    }
+}
+
+/// A later PublishStream message's payload piece (`None`: not a piece).
+fn piece(m: pb::PublishStreamRequest) -> Option<Vec<u8>> {
+    match m.part {
+        Some(publish_stream_request::Part::Payload(piece)) => Some(piece),
+        _ => None,
     }
 }
 
@@ -135,7 +150,7 @@ impl PubSubApi {
         gates: &GateState,
         subscriptions: Arc<crate::actors::subscription::Subscriptions>,
         supervisors: Arc<Supervisors>,
-        config: LiveConfig,
+        claims: Arc<ClaimChecks>,
     ) -> Self {
         PubSubApi {
             gate: gates.gate(
@@ -146,7 +161,7 @@ impl PubSubApi {
             ),
             subscriptions,
             supervisors,
-            config,
+            claims,
         }
     }
 
@@ -155,10 +170,12 @@ impl PubSubApi {
         &self.subscriptions.pubsub
     }
 
-    fn event(&self, req: pb::PublishRequest) -> Result<Event, Error> {
+    /// The event a request publishes; `max` bounds its payload (None: sent
+    /// in pieces, bounded as it arrives).
+    fn event(&self, req: pb::PublishRequest, max: Option<usize>) -> Result<Event, Error> {
         check_topic(&req.topic)?;
-        let max = self.config.load().limits.max_message_bytes;
-        if req.payload.len() > max {
+        claim_check::check_reserved(req.metadata.keys())?;
+        if let Some(max) = max.filter(|max| req.payload.len() > *max) {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
                 "PAYLOAD_TOO_LARGE",
@@ -205,6 +222,46 @@ impl PubSubApi {
         })
     }
 
+    /// Publishes `event` with `payload` (or the headers naming where it
+    /// was stored, deleted again if the event was not published).
+    async fn publish_event(
+        &self,
+        call: &Call,
+        mut event: Event,
+        payload: Payload,
+    ) -> Result<pb::PublishResponse, Error> {
+        let stored = match payload {
+            Payload::Inline(p) => {
+                event.payload = p;
+                None
+            }
+            Payload::Stored(r) => {
+                r.add_to(&mut event.metadata);
+                Some(r)
+            }
+        };
+        let count = self
+            .subs()
+            .count(call.ns(), &call.backend.name, &event.topic);
+        let partitions = call.entry.config.options.partitions;
+        if let Err(e) = call
+            .handle
+            .basic
+            .publish(call.ns(), partitions, &event)
+            .await
+        {
+            if let Some(r) = &stored {
+                self.claims.discard(r).await;
+            }
+            return Err(e);
+        }
+        Ok(pb::PublishResponse {
+            event_id: event.id,
+            published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),
+            subscriber_count: count.min(i32::MAX as usize) as i32,
+        })
+    }
+
     fn spec(&self, call: &Call, req: &pb::SubscribeRequest) -> Result<SubscriberSpec, Error> {
         let pattern = TopicPattern::parse(&req.topic_pattern)?;
         if pattern.has_wildcards() && call.handle.wildcards.is_none() {
@@ -239,22 +296,60 @@ impl PubSubService for PubSubApi {
         self.gate
             .unary(request, async |call, req| {
                 crate::call::note_resource(&req.topic);
-                let partitions = call.entry.config.options.partitions;
-                let event = self.event(req)?;
-                let count = self
-                    .subs()
-                    .count(call.ns(), &call.backend.name, &event.topic);
-                call.handle
-                    .basic
-                    .publish(call.ns(), partitions, &event)
+                let mut event = self.event(req, Some(call.limits().max_message_bytes))?;
+                let payload = std::mem::take(&mut event.payload);
+                let payload = self
+                    .claims
+                    .check_in(call.ns(), call.policy(), payload, Release::Retention)
                     .await?;
-                Ok(pb::PublishResponse {
-                    event_id: event.id,
-                    published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),
-                    subscriber_count: count.min(i32::MAX as usize) as i32,
-                })
+                self.publish_event(call, event, payload).await
             })
             .await
+    }
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let header = gate::session_token("", &request).to_string();
+        let mut inbound = request.into_inner();
+        let Some(pb::PublishStreamRequest {
+            part: Some(publish_stream_request::Part::Start(start)),
+        }) = inbound.message().await?
+        else {
+            return Err(claim_check::stream_must_start().to_status(Service::PubSub));
+        };
+        let token = if start.session_token.is_empty() {
+            header
+        } else {
+            start.session_token.clone()
+        };
+        let mut call = self
+            .gate
+            .admit(&token, Kind::Unary, start.encoded_len())
+            .await
+            .map_err(|e| e.to_status(Service::PubSub))?;
+        let received = std::sync::atomic::AtomicUsize::new(0);
+        let result = async {
+            crate::call::note_resource(&start.topic);
+            let mut event = self.event(start, None)?;
+            let rest = claim_check::pieces(&mut inbound, &received, piece);
+            let payload = self
+                .claims
+                .receive(
+                    call.ns(),
+                    call.policy(),
+                    std::mem::take(&mut event.payload),
+                    rest,
+                    call.limits().max_message_bytes,
+                    Release::Retention,
+                )
+                .await?;
+            self.publish_event(&call, event, payload).await
+        }
+        .await;
+        call.add_received(received.into_inner());
+        call.finish(result)
     }
 
     type SubscribeStream = GatedStream<pb::Event>;
@@ -311,7 +406,11 @@ impl PubSubService for PubSubApi {
             sink.end(SinkEnd::Failed(e.clone()));
             return Err(call.fail(e));
         }
-        Ok(Response::new(call.stream(events(shared))))
+        // A claim-checked event becomes its payload here, a piece at a time
+        // as the client takes them.
+        let (claims, chunk) = (self.claims.clone(), ClaimChecks::chunk_size(call.policy()));
+        let events = events(shared).flat_map(move |item| claims.expand(item, chunk, None));
+        Ok(Response::new(call.stream(events)))
     }
 
     async fn unsubscribe(

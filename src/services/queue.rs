@@ -6,11 +6,15 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::{optional_max_messages, optional_positive_duration};
+use super::{
+    claim_check::{self, ClaimChecks, Payload, Reference, Release},
+    optional_max_messages, optional_positive_duration,
+};
 use crate::{
     actors::{
         session::NewChild,
@@ -24,11 +28,15 @@ use crate::{
         },
         Interface,
     },
-    config::{LiveConfig, Pattern},
+    config::Pattern,
     error::{Error, ErrorKind, Service},
     gate::{self, Gate, GateState, GatedStream, Kind},
-    proto::queue::v1::{self as pb, queue_service_server::QueueService, subscribe_request},
+    proto::queue::v1::{
+        self as pb, publish_stream_request, queue_service_server::QueueService, subscribe_request,
+    },
 };
+
+type Call = gate::Call<QueueHandle>;
 
 /// The longest Subscribe waits for the backend to position its consumer.
 const POSITION_WAIT: Duration = Duration::from_secs(30);
@@ -37,8 +45,8 @@ pub struct QueueApi {
     gate: Gate<QueueHandle>,
     subscriptions: Arc<Subscriptions>,
     supervisors: Arc<Supervisors>,
-    /// The running config, for `limits` (a reload changes them).
-    config: LiveConfig,
+    /// Payloads above a namespace's threshold, kept in its object store.
+    claims: Arc<ClaimChecks>,
 }
 
 gate::session_token_field!(
@@ -87,7 +95,7 @@ impl QueueApi {
         gates: &GateState,
         subscriptions: Arc<Subscriptions>,
         supervisors: Arc<Supervisors>,
-        config: LiveConfig,
+        claims: Arc<ClaimChecks>,
     ) -> Self {
         QueueApi {
             gate: gates.gate(Service::Queue, Pattern::Queue, Interface::QueueBasic, |b| {
@@ -95,24 +103,80 @@ impl QueueApi {
             }),
             subscriptions,
             supervisors,
-            config,
+            claims,
         }
     }
 
-    fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        let max = self.config.load().limits.max_value_bytes;
-        if payload.len() > max {
-            return Err(Error::invalid_argument(
-                "PAYLOAD_TOO_LARGE",
-                format!(
-                    "payload is {} bytes; the limit is {} bytes (limits.max_value_bytes)",
-                    payload.len(),
-                    max
-                ),
-            ));
+    /// Publishes one message; a payload stored for it goes if it was not
+    /// published.
+    async fn publish_one(
+        &self,
+        call: &Call,
+        topic: &str,
+        item: PublishItem,
+        stored: Option<Reference>,
+    ) -> Result<pb::PublishResponse, Error> {
+        let result = call
+            .handle
+            .basic
+            .publish(
+                call.ns(),
+                topic,
+                call.entry.config.options.partitions,
+                vec![item],
+            )
+            .await
+            .pop()
+            .ok_or_else(|| Error::internal("the backend returned no publish result"))
+            .and_then(|r| r);
+        if let (Err(_), Some(r)) = (&result, &stored) {
+            self.claims.discard(r).await;
         }
-        Ok(())
+        Ok(published(topic, &result?))
     }
+}
+
+/// A message as it goes to the backend: its payload, or the headers naming
+/// where the claim check stored it.
+fn item(
+    payload: Payload,
+    headers: std::collections::HashMap<String, String>,
+    partition_key: Option<String>,
+    partition: Option<i32>,
+) -> (PublishItem, Option<Reference>) {
+    let mut item = PublishItem {
+        payload: Vec::new(),
+        headers,
+        partition_key,
+        partition,
+    };
+    match payload {
+        Payload::Inline(p) => {
+            item.payload = p;
+            (item, None)
+        }
+        Payload::Stored(r) => {
+            r.add_to(&mut item.headers);
+            (item, Some(r))
+        }
+    }
+}
+
+/// A payload sent whole must fit `limits.max_value_bytes`.
+fn check_payload(call: &Call, payload: &[u8]) -> Result<(), Error> {
+    let max = call.limits().max_value_bytes;
+    if payload.len() > max {
+        return Err(Error::invalid_argument(
+            "PAYLOAD_TOO_LARGE",
+            format!(
+                "payload is {} bytes; the limit is {} bytes (limits.max_value_bytes); send \
+                 larger ones with PublishStream to a namespace with a claim_check",
+                payload.len(),
+                max
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -125,28 +189,65 @@ impl QueueService for QueueApi {
             .unary(request, async |call, req| {
                 crate::call::note_resource(&req.topic);
                 check_topic(&req.topic)?;
-                self.check_payload(&req.payload)?;
-                let item = PublishItem {
-                    payload: req.payload.clone(),
-                    headers: req.headers.clone(),
-                    partition_key: req.partition_key.clone(),
-                    partition: req.partition,
-                };
-                let result = call
-                    .handle
-                    .basic
-                    .publish(
-                        call.ns(),
-                        &req.topic,
-                        call.entry.config.options.partitions,
-                        vec![item],
-                    )
-                    .await
-                    .pop()
-                    .ok_or_else(|| Error::internal("the backend returned no publish result"))??;
-                Ok(published(&req.topic, &result))
+                claim_check::check_reserved(req.headers.keys())?;
+                check_payload(call, &req.payload)?;
+                let payload = self
+                    .claims
+                    .check_in(call.ns(), call.policy(), req.payload, Release::Ack)
+                    .await?;
+                let (item, stored) = item(payload, req.headers, req.partition_key, req.partition);
+                self.publish_one(call, &req.topic, item, stored).await
             })
             .await
+    }
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let header = gate::session_token("", &request).to_string();
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(pb::PublishStreamRequest {
+                part: Some(publish_stream_request::Part::Start(start)),
+            }) => start,
+            _ => {
+                return Err(claim_check::stream_must_start().to_status(Service::Queue));
+            }
+        };
+        let token = if start.session_token.is_empty() {
+            header
+        } else {
+            start.session_token.clone()
+        };
+        let mut call = self
+            .gate
+            .admit(&token, Kind::Unary, start.encoded_len())
+            .await
+            .map_err(|e| e.to_status(Service::Queue))?;
+        let received = std::sync::atomic::AtomicUsize::new(0);
+        let result = async {
+            crate::call::note_resource(&start.topic);
+            check_topic(&start.topic)?;
+            claim_check::check_reserved(start.headers.keys())?;
+            let rest = claim_check::pieces(&mut inbound, &received, piece);
+            let payload = self
+                .claims
+                .receive(
+                    call.ns(),
+                    call.policy(),
+                    start.payload,
+                    rest,
+                    call.limits().max_value_bytes,
+                    Release::Ack,
+                )
+                .await?;
+            let (item, stored) = item(payload, start.headers, start.partition_key, start.partition);
+            self.publish_one(&call, &start.topic, item, stored).await
+        }
+        .await;
+        call.add_received(received.into_inner());
+        call.finish(result)
     }
 
     async fn publish_batch(
@@ -156,7 +257,7 @@ impl QueueService for QueueApi {
         self.gate
             .unary(request, async |call, req| {
                 check_topic(&req.topic)?;
-                let max = self.config.load().limits.max_batch_ops;
+                let max = call.limits().max_batch_ops;
                 if req.messages.is_empty() || req.messages.len() > max {
                     return Err(Error::invalid_argument(
                         "BATCH_TOO_LARGE",
@@ -170,16 +271,26 @@ impl QueueService for QueueApi {
                 // Oversized payloads fail on their own; the rest are published.
                 let mut results: Vec<Option<Result<queue::Published, Error>>> = Vec::new();
                 let mut items = Vec::new();
-                for m in &req.messages {
-                    match self.check_payload(&m.payload) {
-                        Ok(()) => {
+                let mut stored = Vec::new();
+                for m in req.messages {
+                    let pb::BatchMessage {
+                        payload,
+                        headers,
+                        partition_key,
+                    } = m;
+                    let checked = async {
+                        claim_check::check_reserved(headers.keys())?;
+                        check_payload(call, &payload)?;
+                        self.claims
+                            .check_in(call.ns(), call.policy(), payload, Release::Ack)
+                            .await
+                    };
+                    match checked.await {
+                        Ok(payload) => {
                             results.push(None);
-                            items.push(PublishItem {
-                                payload: m.payload.clone(),
-                                headers: m.headers.clone(),
-                                partition_key: m.partition_key.clone(),
-                                partition: None,
-                            });
+                            let (one, reference) = item(payload, headers, partition_key, None);
+                            items.push(one);
+                            stored.push(reference);
                         }
                         Err(e) => results.push(Some(Err(e))),
                     }
@@ -195,13 +306,20 @@ impl QueueService for QueueApi {
                     )
                     .await
                     .into_iter();
+                let mut stored = stored.into_iter();
                 let mut response = pb::PublishBatchResponse::default();
                 for slot in results {
                     let outcome = match slot {
                         Some(failed) => failed,
-                        None => outcomes
-                            .next()
-                            .unwrap_or_else(|| Err(Error::internal("missing publish result"))),
+                        None => {
+                            let outcome = outcomes
+                                .next()
+                                .unwrap_or_else(|| Err(Error::internal("missing publish result")));
+                            if let (Err(_), Some(Some(r))) = (&outcome, stored.next()) {
+                                self.claims.discard(&r).await;
+                            }
+                            outcome
+                        }
                     };
                     match outcome {
                         Ok(p) => {
@@ -341,7 +459,12 @@ impl QueueService for QueueApi {
         });
         // Taking a message out of the buffer gives its bytes back; after the
         // last one, the error the subscription failed with, if it did.
+        // A claim-checked message becomes its payload here, after the
+        // buffer (which holds only the reference), a piece at a time as the
+        // client takes them.
         let ending = shared.clone();
+        let (claims, chunk) = (self.claims.clone(), ClaimChecks::chunk_size(call.policy()));
+        let session = call.entry.id.clone();
         let messages = ReceiverStream::new(rx)
             .map(move |buffered| {
                 let _ = &forget;
@@ -349,7 +472,8 @@ impl QueueService for QueueApi {
             })
             .chain(futures::stream::iter(std::iter::from_fn(move || {
                 ending.take_ending().map(Err)
-            })));
+            })))
+            .flat_map(move |item| claims.expand(item, chunk, Some(&session)));
         Ok(Response::new(call.stream(messages)))
     }
 
@@ -384,6 +508,7 @@ impl QueueService for QueueApi {
                                 .await?
                             {
                                 acked = true;
+                                self.claims.acknowledged(&call.entry.id, id).await;
                                 break;
                             }
                         }
@@ -473,6 +598,14 @@ impl QueueService for QueueApi {
                 })
             })
             .await
+    }
+}
+
+/// A later PublishStream message's payload piece (`None`: not a piece).
+fn piece(m: pb::PublishStreamRequest) -> Option<Vec<u8>> {
+    match m.part {
+        Some(publish_stream_request::Part::Payload(piece)) => Some(piece),
+        _ => None,
     }
 }
 

@@ -15,7 +15,10 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::group_commit::GroupCommit;
+use super::{
+    claim_check::{self, ClaimChecks, Payload, Reference, Release},
+    group_commit::GroupCommit,
+};
 use crate::{
     actors::{
         relay::RelayShared,
@@ -57,6 +60,9 @@ struct Inner {
     config: crate::config::LiveConfig,
     /// Single Writes to one mailbox share transactions.
     groups: super::group_commit::GroupCommit,
+    /// Mailbox messages above a namespace's threshold, kept in its object
+    /// store.
+    claims: Arc<ClaimChecks>,
 }
 
 #[derive(Clone)]
@@ -80,11 +86,43 @@ impl Call {
 }
 
 impl TransactApi {
+    /// Applies one Write: with other Writes to its mailbox in one
+    /// transaction when it can (group commit), else on its own.
+    async fn apply(
+        &self,
+        call: &Call,
+        op: WriteOp,
+        o: &Options,
+        idempotency: Option<(String, String)>,
+    ) -> Result<pb::WriteResponse, Error> {
+        if !GroupCommit::groups(o.isolation, &op) {
+            return write_once(call, &op, o, idempotency).await;
+        }
+        let grouped = self
+            .inner
+            .groups
+            .write(
+                &call.handle,
+                &call.backend.name,
+                call.ns(),
+                op,
+                idempotency.clone(),
+                call.transact().idempotency_window,
+                o.timeout,
+            )
+            .await;
+        match grouped {
+            Ok(result) => result,
+            Err(op) => write_once(call, &op, o, idempotency).await,
+        }
+    }
+
     pub fn new(
         gates: &GateState,
         transactions: Arc<Transactions>,
         supervisors: Arc<Supervisors>,
         config: crate::config::LiveConfig,
+        claims: Arc<ClaimChecks>,
     ) -> Self {
         TransactApi {
             inner: Arc::new(Inner {
@@ -99,6 +137,7 @@ impl TransactApi {
                 supervisors,
                 config,
                 groups: Default::default(),
+                claims,
             }),
         }
     }
@@ -180,11 +219,7 @@ fn isolation_name(i: Isolation) -> &'static str {
 }
 
 /// The write a request asks for, checked against the namespace's tables.
-fn write_op(
-    call: &Call,
-    w: &pb::WriteRequest,
-    relays: &[Arc<RelayShared>],
-) -> Result<WriteOp, Error> {
+fn write_op(call: &Call, w: &pb::WriteRequest) -> Result<WriteOp, Error> {
     if let Some(resource) = w
         .data
         .as_ref()
@@ -254,7 +289,8 @@ fn write_op(
                 ));
             }
             options.allow_mailbox(&m.mailbox_id)?;
-            let op = MailboxOp {
+            claim_check::check_reserved(m.metadata.keys())?;
+            Some(MailboxOp {
                 mailbox: m.mailbox_id.clone(),
                 message: m.message.clone(),
                 metadata: m
@@ -264,9 +300,7 @@ fn write_op(
                     .collect(),
                 message_type: m.message_type.clone(),
                 priority: m.priority,
-            };
-            relayable(call, relays, &op)?;
-            Some(op)
+            })
         }
     };
     if data.is_none() && mailbox.is_none() {
@@ -276,6 +310,47 @@ fn write_op(
         ));
     }
     Ok(WriteOp { data, mailbox })
+}
+
+impl Inner {
+    /// A checked write made ready to apply: its mailbox message stored when
+    /// the namespace's claim check asks (the row then names it), and
+    /// refused if a relay of its mailbox could never publish it. Returns
+    /// the stored payload's reference, to delete if the write fails.
+    async fn check_in(&self, call: &Call, op: &mut WriteOp) -> Result<Option<Reference>, Error> {
+        let Some(m) = op.mailbox.as_mut() else {
+            return Ok(None);
+        };
+        let message = std::mem::take(&mut m.message);
+        let stored = match self
+            .claims
+            .check_in(call.ns(), call.policy(), message, Release::Retention)
+            .await?
+        {
+            Payload::Inline(message) => {
+                m.message = message;
+                None
+            }
+            Payload::Stored(r) => {
+                r.add_to(&mut m.metadata);
+                Some(r)
+            }
+        };
+        if let Err(e) = relayable(call, &self.supervisors.relays(), m) {
+            if let Some(r) = &stored {
+                self.claims.discard(r).await;
+            }
+            return Err(e);
+        }
+        Ok(stored)
+    }
+
+    /// Deletes what [`Inner::check_in`] stored for a write that failed.
+    async fn failed<T>(&self, result: &Result<T, Error>, stored: Option<Reference>) {
+        if let (Err(_), Some(r)) = (result, stored) {
+            self.claims.discard(&r).await;
+        }
+    }
 }
 
 /// Refuses a mailbox message that a relay of its mailbox could never
@@ -389,8 +464,14 @@ pub(crate) fn timed_out(timeout: Duration) -> Error {
 /// Write: begin, replay or apply, remember, commit. Everything before the
 /// commit is bounded by the timeout; an error or the timeout drops the
 /// transaction, which rolls it back.
-async fn write_once(call: &Call, op: &WriteOp, o: &Options) -> Result<pb::WriteResponse, Error> {
-    let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(op)));
+/// `idempotency`: the request's key and what it stands for (the write as
+/// the client sent it).
+async fn write_once(
+    call: &Call,
+    op: &WriteOp,
+    o: &Options,
+    idempotency: Option<(String, String)>,
+) -> Result<pb::WriteResponse, Error> {
     let window = call.transact().idempotency_window;
     let work = async {
         let mut tx = call
@@ -446,29 +527,15 @@ impl TransactService for TransactApi {
         let call = self.inner.gate.open(&request, Kind::Unary).await?;
         let req = request.into_inner();
         let result = async {
-            let op = write_op(&call, &req, &self.inner.supervisors.relays())?;
+            let mut op = write_op(&call, &req)?;
             let o = options(req.options.as_ref(), call.transact())?;
-            if !GroupCommit::groups(o.isolation, &op) {
-                return write_once(&call, &op, &o).await;
-            }
+            // The key stands for the write as sent, before a claim check
+            // replaces its message by a reference.
             let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(&op)));
-            let grouped = self
-                .inner
-                .groups
-                .write(
-                    &call.handle,
-                    &call.backend.name,
-                    call.ns(),
-                    op,
-                    idempotency,
-                    call.transact().idempotency_window,
-                    o.timeout,
-                )
-                .await;
-            match grouped {
-                Ok(result) => result,
-                Err(op) => write_once(&call, &op, &o).await,
-            }
+            let stored = self.inner.check_in(&call, &mut op).await?;
+            let result = self.apply(&call, op, &o, idempotency).await;
+            self.inner.failed(&result, stored).await;
+            result
         }
         .await;
         call.finish(result)
@@ -546,7 +613,15 @@ impl TransactService for TransactApi {
                 with_dead_letters: true,
             },
         };
-        let stream = super::chunked(source, limit, MAILBOX_CHUNK).map(|r| r.map(mailbox_message));
+        // A claim-checked message becomes its payload here, a piece at a
+        // time as the client takes them.
+        let (claims, chunk) = (
+            self.inner.claims.clone(),
+            ClaimChecks::chunk_size(call.policy()),
+        );
+        let stream = super::chunked(source, limit, MAILBOX_CHUNK)
+            .map(|r| r.map(mailbox_message))
+            .flat_map(move |item| claims.expand(item, chunk, None));
         Ok(Response::new(call.stream(stream)))
     }
 
@@ -943,12 +1018,15 @@ async fn write_in(
         ));
     }
     open.call.entry.record_request(w.encoded_len(), 0);
-    let op = write_op(&open.call, w, &api.supervisors.relays())?;
+    let mut op = write_op(&open.call, w)?;
+    let stored = api.check_in(&open.call, &mut op).await?;
     let tx = open
         .tx
         .as_mut()
         .ok_or_else(|| Error::internal("the transaction is no longer open"))?;
-    let outcome = tx.write(&op).await?;
+    let outcome = tx.write(&op).await;
+    api.failed(&outcome, stored).await;
+    let outcome = outcome?;
     open.shared
         .writes
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

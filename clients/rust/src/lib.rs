@@ -43,6 +43,7 @@
 //! - `idempotency`: identities of logical writes.
 //! - `resume`: server streams opened again where they got to after a
 //!   failure.
+//! - `pieces`: large payloads delivered in pieces, joined again.
 //! - `error`: the error type.
 //! - `kv`, `queue`, `pubsub`, `reader`, `transact`: one module per API.
 //!
@@ -76,6 +77,7 @@ mod client;
 mod error;
 mod idempotency;
 pub mod kv;
+mod pieces;
 pub mod pubsub;
 pub mod queue;
 pub mod reader;

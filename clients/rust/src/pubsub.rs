@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use crate::{
     error::Result,
     kv::wire_duration,
+    pieces::{is_partial, joined},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -127,7 +128,7 @@ impl PubSub {
             options,
             received: 0,
         };
-        resuming(self.session.clone(), position)
+        joined(resuming(self.session.clone(), position))
     }
 }
 
@@ -176,7 +177,10 @@ impl Resumable for Wanted {
             .is_some_and(|m| self.received >= m)
     }
 
-    fn seen(&mut self, _event: &Event) {
-        self.received = self.received.saturating_add(1);
+    fn seen(&mut self, event: &Event) {
+        // An event counts once, at its last piece.
+        if !is_partial(&event.metadata) {
+            self.received = self.received.saturating_add(1);
+        }
     }
 }

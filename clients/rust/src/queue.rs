@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use crate::{
     error::{Error, Result},
+    pieces::{is_partial, joined},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -196,7 +197,7 @@ impl Queue {
             received: 0,
         };
         let queue = self.clone();
-        resuming(self.session.clone(), position).map_ok(move |message| Delivery {
+        joined(resuming(self.session.clone(), position)).map_ok(move |message| Delivery {
             message,
             queue: queue.clone(),
         })
@@ -250,8 +251,11 @@ impl Resumable for Position {
             .is_some_and(|m| self.received >= m)
     }
 
-    fn seen(&mut self, _message: &Message) {
-        self.received = self.received.saturating_add(1);
+    fn seen(&mut self, message: &Message) {
+        // A message counts once, at its last piece.
+        if !is_partial(&message.headers) {
+            self.received = self.received.saturating_add(1);
+        }
     }
 
     /// A private subscription has no position the gateway keeps (one

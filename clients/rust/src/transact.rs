@@ -19,6 +19,7 @@ use tonic::{transport::Channel, Code, Streaming};
 use crate::{
     error::{Error, Result, RpcError},
     idempotency,
+    pieces::{is_partial, joined},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -252,7 +253,7 @@ impl Transact {
             after: since_sequence,
             unprocessed_only,
         };
-        resuming(self.session.clone(), position)
+        joined(resuming(self.session.clone(), position))
     }
 
     /// Marks mailbox messages processed; returns the ids that could not be.
@@ -462,7 +463,11 @@ impl Resumable for Sequence {
     }
 
     fn seen(&mut self, message: &MailboxMessage) {
-        self.after = Some(message.sequence);
+        // Past a message only at its last piece: a resumed stream reads an
+        // interrupted one again from its first.
+        if !is_partial(&message.metadata) {
+            self.after = Some(message.sequence);
+        }
     }
 }
 

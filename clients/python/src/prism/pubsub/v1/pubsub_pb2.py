@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprism/pubsub/v1/pubsub.proto\x12\x0fprism.pubsub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8d\x02\n\x0ePublishRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.prism.pubsub.v1.PublishRequest.MetadataEntry\x12\x1b\n\x0e\x63orrelation_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08reply_to\x18\x06 \x01(\tH\x01\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_correlation_idB\x0b\n\t_reply_to\"o\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10subscriber_count\x18\x03 \x01(\x05\"\xa1\x01\n\x10SubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rtopic_pattern\x18\x02 \x01(\t\x12\x18\n\x0bqueue_group\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32$.prism.pubsub.v1.SubscriptionOptionsB\x0e\n\x0c_queue_group\"\xa2\x01\n\x13SubscriptionOptions\x12\x18\n\x10\x61uto_acknowledge\x18\x01 \x01(\x08\x12\x19\n\x0cmax_messages\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x34\n\x0cmax_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x01\x88\x01\x01\x42\x0f\n\r_max_messagesB\x0f\n\r_max_duration\"\xbe\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x36\n\x08metadata\x18\x04 \x03(\x0b\x32$.prism.pubsub.v1.Event.MetadataEntry\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x0e\x63orrelation_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08reply_to\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x17\n\x0fsubscription_id\x18\x08 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_correlation_idB\x0b\n\t_reply_to\"D\n\x12UnsubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\"&\n\x13UnsubscribeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\"1\n\x18ListSubscriptionsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"Q\n\x19ListSubscriptionsResponse\x12\x34\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1d.prism.pubsub.v1.Subscription\"\xc3\x01\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x15\n\rtopic_pattern\x18\x02 \x01(\t\x12\x18\n\x0bqueue_group\x18\x03 \x01(\tH\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11messages_received\x18\x05 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x42\x0e\n\x0c_queue_group2\xed\x02\n\rPubSubService\x12L\n\x07Publish\x12\x1f.prism.pubsub.v1.PublishRequest\x1a .prism.pubsub.v1.PublishResponse\x12H\n\tSubscribe\x12!.prism.pubsub.v1.SubscribeRequest\x1a\x16.prism.pubsub.v1.Event0\x01\x12X\n\x0bUnsubscribe\x12#.prism.pubsub.v1.UnsubscribeRequest\x1a$.prism.pubsub.v1.UnsubscribeResponse\x12j\n\x11ListSubscriptions\x12).prism.pubsub.v1.ListSubscriptionsRequest\x1a*.prism.pubsub.v1.ListSubscriptionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprism/pubsub/v1/pubsub.proto\x12\x0fprism.pubsub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8d\x02\n\x0ePublishRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.prism.pubsub.v1.PublishRequest.MetadataEntry\x12\x1b\n\x0e\x63orrelation_id\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08reply_to\x18\x06 \x01(\tH\x01\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_correlation_idB\x0b\n\t_reply_to\"c\n\x14PublishStreamRequest\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.prism.pubsub.v1.PublishRequestH\x00\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"o\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10subscriber_count\x18\x03 \x01(\x05\"\xa1\x01\n\x10SubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rtopic_pattern\x18\x02 \x01(\t\x12\x18\n\x0bqueue_group\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x35\n\x07options\x18\x04 \x01(\x0b\x32$.prism.pubsub.v1.SubscriptionOptionsB\x0e\n\x0c_queue_group\"\xa2\x01\n\x13SubscriptionOptions\x12\x18\n\x10\x61uto_acknowledge\x18\x01 \x01(\x08\x12\x19\n\x0cmax_messages\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x34\n\x0cmax_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x01\x88\x01\x01\x42\x0f\n\r_max_messagesB\x0f\n\r_max_duration\"\xbe\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x36\n\x08metadata\x18\x04 \x03(\x0b\x32$.prism.pubsub.v1.Event.MetadataEntry\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x0e\x63orrelation_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08reply_to\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x17\n\x0fsubscription_id\x18\x08 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_correlation_idB\x0b\n\t_reply_to\"D\n\x12UnsubscribeRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\"&\n\x13UnsubscribeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\"1\n\x18ListSubscriptionsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\"Q\n\x19ListSubscriptionsResponse\x12\x34\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1d.prism.pubsub.v1.Subscription\"\xc3\x01\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x15\n\rtopic_pattern\x18\x02 \x01(\t\x12\x18\n\x0bqueue_group\x18\x03 \x01(\tH\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11messages_received\x18\x05 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x42\x0e\n\x0c_queue_group2\xc9\x03\n\rPubSubService\x12L\n\x07Publish\x12\x1f.prism.pubsub.v1.PublishRequest\x1a .prism.pubsub.v1.PublishResponse\x12H\n\tSubscribe\x12!.prism.pubsub.v1.SubscribeRequest\x1a\x16.prism.pubsub.v1.Event0\x01\x12X\n\x0bUnsubscribe\x12#.prism.pubsub.v1.UnsubscribeRequest\x1a$.prism.pubsub.v1.UnsubscribeResponse\x12j\n\x11ListSubscriptions\x12).prism.pubsub.v1.ListSubscriptionsRequest\x1a*.prism.pubsub.v1.ListSubscriptionsResponse\x12Z\n\rPublishStream\x12%.prism.pubsub.v1.PublishStreamRequest\x1a .prism.pubsub.v1.PublishResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,26 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST']._serialized_end=384
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=305
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=352
-  _globals['_PUBLISHRESPONSE']._serialized_start=386
-  _globals['_PUBLISHRESPONSE']._serialized_end=497
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=500
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=661
-  _globals['_SUBSCRIPTIONOPTIONS']._serialized_start=664
-  _globals['_SUBSCRIPTIONOPTIONS']._serialized_end=826
-  _globals['_EVENT']._serialized_start=829
-  _globals['_EVENT']._serialized_end=1147
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=386
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=485
+  _globals['_PUBLISHRESPONSE']._serialized_start=487
+  _globals['_PUBLISHRESPONSE']._serialized_end=598
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=601
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=762
+  _globals['_SUBSCRIPTIONOPTIONS']._serialized_start=765
+  _globals['_SUBSCRIPTIONOPTIONS']._serialized_end=927
+  _globals['_EVENT']._serialized_start=930
+  _globals['_EVENT']._serialized_end=1248
   _globals['_EVENT_METADATAENTRY']._serialized_start=305
   _globals['_EVENT_METADATAENTRY']._serialized_end=352
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1149
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1217
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1219
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1257
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1259
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1308
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1310
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1391
-  _globals['_SUBSCRIPTION']._serialized_start=1394
-  _globals['_SUBSCRIPTION']._serialized_end=1589
-  _globals['_PUBSUBSERVICE']._serialized_start=1592
-  _globals['_PUBSUBSERVICE']._serialized_end=1957
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1250
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1318
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1320
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1358
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1360
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1409
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1411
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1492
+  _globals['_SUBSCRIPTION']._serialized_start=1495
+  _globals['_SUBSCRIPTION']._serialized_end=1690
+  _globals['_PUBSUBSERVICE']._serialized_start=1693
+  _globals['_PUBSUBSERVICE']._serialized_end=2150
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,14 @@ class PublishRequest(_message.Message):
     reply_to: str
     def __init__(self, session_token: _Optional[str] = ..., topic: _Optional[str] = ..., payload: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., reply_to: _Optional[str] = ...) -> None: ...
 
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("start", "payload")
+    START_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    start: PublishRequest
+    payload: bytes
+    def __init__(self, start: _Optional[_Union[PublishRequest, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
 class PublishResponse(_message.Message):
     __slots__ = ("event_id", "published_at", "subscriber_count")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

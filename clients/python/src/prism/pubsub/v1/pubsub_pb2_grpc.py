@@ -54,6 +54,11 @@ class PubSubServiceStub:
                 request_serializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_unary(
+                '/prism.pubsub.v1.PubSubService/PublishStream',
+                request_serializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishResponse.FromString,
+                _registered_method=True)
 
 
 class PubSubServiceServicer:
@@ -87,6 +92,14 @@ class PubSubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request_iterator, context):
+        """Publish one event whose payload is sent in pieces (additive: for
+        payloads larger than a request may be; see claim_check)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PubSubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_PubSubServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishStreamRequest.FromString,
+                    response_serializer=prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class PubSubService:
             '/prism.pubsub.v1.PubSubService/ListSubscriptions',
             prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsRequest.SerializeToString,
             prism_dot_pubsub_dot_v1_dot_pubsub__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/prism.pubsub.v1.PubSubService/PublishStream',
+            prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishStreamRequest.SerializeToString,
+            prism_dot_pubsub_dot_v1_dot_pubsub__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,

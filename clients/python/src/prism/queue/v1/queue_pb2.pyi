@@ -57,6 +57,14 @@ class PublishResponse(_message.Message):
     timestamp: _timestamp_pb2.Timestamp
     def __init__(self, message_id: _Optional[str] = ..., offset: _Optional[int] = ..., partition: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("start", "payload")
+    START_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    start: PublishRequest
+    payload: bytes
+    def __init__(self, start: _Optional[_Union[PublishRequest, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
 class PublishBatchRequest(_message.Message):
     __slots__ = ("session_token", "topic", "messages")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class QueueServiceStub:
                 request_serializer=prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoRequest.SerializeToString,
                 response_deserializer=prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_unary(
+                '/prism.queue.v1.QueueService/PublishStream',
+                request_serializer=prism_dot_queue_dot_v1_dot_queue__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=prism_dot_queue_dot_v1_dot_queue__pb2.PublishResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -123,6 +128,14 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request_iterator, context):
+        """Publish one message whose payload is sent in pieces (additive: for
+        payloads larger than a request may be; see claim_check)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.GetTopicInfo,
                     request_deserializer=prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoRequest.FromString,
                     response_serializer=prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=prism_dot_queue_dot_v1_dot_queue__pb2.PublishStreamRequest.FromString,
+                    response_serializer=prism_dot_queue_dot_v1_dot_queue__pb2.PublishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class QueueService:
             '/prism.queue.v1.QueueService/GetTopicInfo',
             prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoRequest.SerializeToString,
             prism_dot_queue_dot_v1_dot_queue__pb2.GetTopicInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/prism.queue.v1.QueueService/PublishStream',
+            prism_dot_queue_dot_v1_dot_queue__pb2.PublishStreamRequest.SerializeToString,
+            prism_dot_queue_dot_v1_dot_queue__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,803 @@
+//! The claim check: a Queue, PubSub or Transact mailbox payload above its
+//! namespace's `claim_check.threshold` is kept in an object store and the
+//! message travels with its key in the `prism-claim-check*` headers (so it
+//! stays under the broker's message limit). On the way out the gateway
+//! reads the object back and the subscriber gets the payload whole, or in
+//! pieces of `chunk_size` when it is larger: consecutive messages with the
+//! same id, the `prism-chunk` header saying `<index>/<count>` and
+//! `prism-chunk-total-size` the whole length (headers, not new fields, so a
+//! client generated from the spec can join them). It never sees the
+//! `prism-claim-check*` headers. Objects go when a Queue
+//! message is acknowledged (`delete_on_ack`) and, whatever became of their
+//! message, after `retention` (a sweeper).
+//!
+//! Only the gateway writes these headers: a client's header or metadata key
+//! starting `prism-claim-check` is refused.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use futures::{stream::BoxStream, Stream, StreamExt as _};
+
+use crate::{
+    backends::blob::{Blobs, Upload},
+    clock::Clock,
+    config::{claim_check::ClaimCheckPolicy, GatewayConfig, LiveConfig, NamespaceSpec},
+    error::{Error, ErrorKind},
+    proto::{pubsub::v1 as pubsub_pb, queue::v1 as queue_pb, transact::v1 as transact_pb},
+};
+
+/// The header naming the stored payload: `<store>/<key>`.
+pub const CLAIM_HEADER: &str = "prism-claim-check";
+/// The stored payload's length in bytes.
+pub const SIZE_HEADER: &str = "prism-claim-check-size";
+/// When the object goes: `ack` (a Queue message's acknowledgement) or
+/// `retention`.
+pub const RELEASE_HEADER: &str = "prism-claim-check-release";
+/// On each piece of a payload delivered in pieces: `<index>/<count>`.
+pub const CHUNK_HEADER: &str = "prism-chunk";
+/// On each piece: the whole payload's length in bytes.
+pub const CHUNK_TOTAL_HEADER: &str = "prism-chunk-total-size";
+/// Key prefixes clients may not set.
+const RESERVED_PREFIXES: [&str; 2] = ["prism-claim-check", "prism-chunk"];
+/// Most delivered-but-unacknowledged Queue payloads remembered for deletion
+/// on acknowledgement; beyond it they go after their retention.
+pub const MAX_TRACKED: usize = 100_000;
+/// How long a delivery is remembered for deletion on acknowledgement.
+const TRACK_FOR: Duration = Duration::from_secs(3600);
+/// Delivered pieces when the consuming namespace has no claim check.
+const DEFAULT_CHUNK: usize = 1024 * 1024;
+
+/// When a stored payload may be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Once its Queue message is acknowledged (or after retention).
+    Ack,
+    /// After retention only.
+    Retention,
+}
+
+/// A stored payload, as its message's headers name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub store: String,
+    pub key: String,
+    pub size: u64,
+    pub release: Release,
+}
+
+impl Reference {
+    /// Writes the reference into a message's headers.
+    pub fn add_to(&self, headers: &mut impl Extend<(String, String)>) {
+        headers.extend([
+            (
+                CLAIM_HEADER.to_string(),
+                format!("{}/{}", self.store, self.key),
+            ),
+            (SIZE_HEADER.to_string(), self.size.to_string()),
+            (
+                RELEASE_HEADER.to_string(),
+                match self.release {
+                    Release::Ack => "ack",
+                    Release::Retention => "retention",
+                }
+                .to_string(),
+            ),
+        ]);
+    }
+
+    /// Takes the reference out of a delivered message's headers: `None`
+    /// when there is none, an error when it is malformed.
+    pub fn take_from(headers: &mut HashMap<String, String>) -> Option<Result<Reference, Error>> {
+        let claim = headers.remove(CLAIM_HEADER)?;
+        let size = headers.remove(SIZE_HEADER);
+        let release = headers.remove(RELEASE_HEADER);
+        let parsed = (|| {
+            let (store, key) = claim.split_once('/')?;
+            let size = size?.parse().ok()?;
+            let release = match release.as_deref() {
+                Some("ack") => Release::Ack,
+                _ => Release::Retention,
+            };
+            Some(Reference {
+                store: store.to_string(),
+                key: key.to_string(),
+                size,
+                release,
+            })
+        })();
+        Some(parsed.ok_or_else(|| {
+            Error::new(
+                ErrorKind::DataLoss,
+                "CLAIM_CHECK_MALFORMED",
+                format!("a message's claim check `{claim}` cannot be read"),
+            )
+        }))
+    }
+}
+
+/// Refuses client header or metadata keys the claim check reserves.
+pub fn check_reserved<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), Error> {
+    let reserved = |k: &&String| RESERVED_PREFIXES.iter().any(|p| k.starts_with(p));
+    match keys.into_iter().find(reserved) {
+        None => Ok(()),
+        Some(k) => Err(Error::invalid_argument(
+            "RESERVED_HEADER",
+            format!(
+                "header `{k}` is reserved: keys starting `prism-claim-check` or `prism-chunk` \
+                 are the gateway's"
+            ),
+        )
+        .with("header", k.clone())),
+    }
+}
+
+/// A PublishStream's later messages as payload pieces, their bytes counted
+/// in `received`; `piece` takes a message's piece (`None`: the message is
+/// not one).
+pub fn pieces<'a, T: Send + 'static>(
+    inbound: &'a mut tonic::Streaming<T>,
+    received: &'a AtomicUsize,
+    piece: fn(T) -> Option<Vec<u8>>,
+) -> impl Stream<Item = Result<Vec<u8>, Error>> + Unpin + 'a {
+    inbound.map(move |m| match m.map(piece) {
+        Ok(Some(piece)) => {
+            received.fetch_add(piece.len(), Ordering::Relaxed);
+            Ok(piece)
+        }
+        Ok(None) => Err(Error::invalid_argument(
+            "PUBLISH_STREAM_START",
+            "only the first message of PublishStream is `start`; later ones carry `payload`",
+        )),
+        Err(status) => Err(Error::new(
+            ErrorKind::Aborted,
+            "PUBLISH_STREAM_BROKEN",
+            format!(
+                "the PublishStream broke before it ended ({}); nothing was published",
+                status.message()
+            ),
+        )),
+    })
+}
+
+/// PublishStream's first message must be `start`.
+pub fn stream_must_start() -> Error {
+    Error::invalid_argument(
+        "PUBLISH_STREAM_START",
+        "the first message of PublishStream must be `start` (topic, headers and the payload's \
+         first piece); later ones carry `payload` pieces",
+    )
+}
+
+/// A payload as it goes to the broker: itself, or a reference to it.
+pub enum Payload {
+    Inline(Vec<u8>),
+    Stored(Reference),
+}
+
+/// What the claim check has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub stored: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub fetched: AtomicU64,
+    pub deleted_on_ack: AtomicU64,
+    pub deleted_by_retention: AtomicU64,
+    pub discarded: AtomicU64,
+    pub failures: AtomicU64,
+    pub untracked: AtomicU64,
+}
+
+/// The gateway's object stores and what it remembers of delivered payloads.
+pub struct ClaimChecks {
+    stores: BTreeMap<String, Arc<Blobs>>,
+    config: LiveConfig,
+    clock: Clock,
+    /// Queue payloads delivered and not yet acknowledged: (session, message
+    /// id) → reference and when it was delivered (clock ms).
+    delivered: DashMap<(String, String), (Reference, u64)>,
+    pub figures: Figures,
+    sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ClaimChecks {
+    /// Opens every configured object store.
+    pub fn open(config: &GatewayConfig, live: LiveConfig, clock: Clock) -> Result<Self, String> {
+        let stores = config
+            .object_stores
+            .iter()
+            .map(|(name, spec)| Ok((name.clone(), Arc::new(Blobs::open(name, spec)?))))
+            .collect::<Result<_, String>>()?;
+        Ok(ClaimChecks {
+            stores,
+            config: live,
+            clock,
+            delivered: DashMap::new(),
+            figures: Figures::default(),
+            sweeper: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The store `name`.
+    pub fn store(&self, name: &str) -> Result<&Arc<Blobs>, Error> {
+        self.stores.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::FailedPrecondition,
+                "OBJECT_STORE_UNKNOWN",
+                format!("object store `{name}` is not configured on this gateway"),
+            )
+            .with("object_store", name)
+        })
+    }
+
+    fn policy(spec: &NamespaceSpec) -> Option<&ClaimCheckPolicy> {
+        spec.claim_check.as_ref()
+    }
+
+    /// The largest piece a namespace's subscribers get of a stored payload.
+    pub fn chunk_size(spec: &NamespaceSpec) -> usize {
+        Self::policy(spec).map_or(DEFAULT_CHUNK, |p| p.chunk_size)
+    }
+
+    /// A new object's key: under its namespace, so retention sweeps by
+    /// prefix.
+    fn new_key(ns: &str) -> String {
+        format!("{ns}/{}", hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// A payload sent whole: stored when it is above the namespace's
+    /// threshold, else left as it is.
+    pub async fn check_in(
+        &self,
+        ns: &str,
+        spec: &NamespaceSpec,
+        payload: Vec<u8>,
+        release: Release,
+    ) -> Result<Payload, Error> {
+        let Some(policy) = Self::policy(spec).filter(|p| payload.len() > p.threshold) else {
+            return Ok(Payload::Inline(payload));
+        };
+        let store = self.store(&policy.store)?;
+        let key = Self::new_key(ns);
+        let size = payload.len() as u64;
+        if size > policy.max_object_bytes {
+            return Err(too_large(policy.max_object_bytes));
+        }
+        store
+            .put(&key, payload)
+            .await
+            .inspect_err(|_| self.failed())?;
+        Ok(Payload::Stored(self.stored(policy, key, size, release)))
+    }
+
+    fn stored(
+        &self,
+        policy: &ClaimCheckPolicy,
+        key: String,
+        size: u64,
+        release: Release,
+    ) -> Reference {
+        self.figures.stored.fetch_add(1, Ordering::Relaxed);
+        self.figures.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        Reference {
+            store: policy.store.clone(),
+            key,
+            size,
+            release: if policy.delete_on_ack {
+                release
+            } else {
+                Release::Retention
+            },
+        }
+    }
+
+    fn failed(&self) {
+        self.figures.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A payload sent in pieces (PublishStream): held in memory up to the
+    /// threshold, streamed to the store beyond it. Without a claim check,
+    /// at most `inline_max` bytes are taken. A broken or oversized stream
+    /// leaves nothing stored.
+    pub async fn receive(
+        &self,
+        ns: &str,
+        spec: &NamespaceSpec,
+        first: Vec<u8>,
+        mut rest: impl Stream<Item = Result<Vec<u8>, Error>> + Unpin,
+        inline_max: usize,
+        release: Release,
+    ) -> Result<Payload, Error> {
+        let policy = Self::policy(spec);
+        let inline_limit = policy.map_or(inline_max, |p| p.threshold);
+        let mut held = first;
+        let mut upload: Option<(Upload, u64)> = None;
+        let outcome = async {
+            loop {
+                if let Some((up, written)) = &mut upload {
+                    if !held.is_empty() {
+                        *written += held.len() as u64;
+                        let limit = policy.map_or(0, |p| p.max_object_bytes);
+                        if *written > limit {
+                            return Err(too_large(limit));
+                        }
+                        up.write(&held).await?;
+                        held.clear();
+                    }
+                } else if held.len() > inline_limit {
+                    let Some(policy) = policy else {
+                        return Err(inline_too_large(inline_max));
+                    };
+                    let store = self.store(&policy.store)?;
+                    let key = Self::new_key(ns);
+                    upload = Some((store.upload(&key).await?, 0));
+                    continue;
+                }
+                match rest.next().await {
+                    None => return Ok(()),
+                    Some(piece) => held.extend_from_slice(&piece?),
+                }
+            }
+        }
+        .await;
+        match (outcome, upload) {
+            (Ok(()), None) => Ok(Payload::Inline(held)),
+            (Ok(()), Some((up, written))) => {
+                let key = up.key().to_string();
+                up.finish().await.inspect_err(|_| self.failed())?;
+                let policy = policy.ok_or_else(|| Error::internal("claim check vanished"))?;
+                Ok(Payload::Stored(self.stored(policy, key, written, release)))
+            }
+            (Err(e), upload) => {
+                if e.reason == "OBJECT_STORE_UNAVAILABLE" {
+                    self.failed();
+                }
+                if let Some((up, _)) = upload {
+                    up.abort().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes a stored payload whose message was never published.
+    pub async fn discard(&self, reference: &Reference) {
+        self.figures.discarded.fetch_add(1, Ordering::Relaxed);
+        self.delete(reference).await;
+    }
+
+    async fn delete(&self, reference: &Reference) -> bool {
+        let Ok(store) = self.store(&reference.store) else {
+            return false;
+        };
+        match store.delete(&reference.key).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed();
+                tracing::warn!(error = %e, "a claim-check object was not deleted; its retention will");
+                false
+            }
+        }
+    }
+
+    /// The pieces a delivered message becomes: itself when it carries no
+    /// reference; else its payload read back from the store, whole when it
+    /// fits `chunk_size`, else in pieces. `track` (a Queue subscriber's
+    /// session) remembers the delivery for deletion on acknowledgement.
+    pub fn expand<M: Claimed>(
+        self: &Arc<Self>,
+        item: Result<M, Error>,
+        chunk: usize,
+        track: Option<&str>,
+    ) -> BoxStream<'static, Result<M, Error>> {
+        let mut message = match item {
+            Ok(m) => m,
+            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+        };
+        let reference = match Reference::take_from(message.headers_mut()) {
+            None => return futures::stream::once(async { Ok(message) }).boxed(),
+            Some(Err(e)) => return futures::stream::once(async { Err(e) }).boxed(),
+            Some(Ok(r)) => r,
+        };
+        if let (Some(session), Release::Ack) = (track, reference.release) {
+            self.track(session, message.id(), &reference);
+        }
+        let this = self.clone();
+        futures::stream::once(async move { this.pieces(message, reference, chunk).await })
+            .flatten()
+            .boxed()
+    }
+
+    async fn pieces<M: Claimed>(
+        self: Arc<Self>,
+        message: M,
+        reference: Reference,
+        chunk: usize,
+    ) -> BoxStream<'static, Result<M, Error>> {
+        let opened = match self.store(&reference.store) {
+            Ok(store) => store.read(&reference.key).await,
+            Err(e) => Err(e),
+        };
+        let (size, bytes) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.failed();
+                let e = e.with("message_id", message.id());
+                return futures::stream::once(async { Err(e) }).boxed();
+            }
+        };
+        if size != reference.size {
+            self.failed();
+            let e = changed(message.id(), reference.size);
+            return futures::stream::once(async { Err(e) }).boxed();
+        }
+        self.figures.fetched.fetch_add(1, Ordering::Relaxed);
+        let count = size.div_ceil(chunk as u64).max(1);
+        let Ok(count) = u32::try_from(count) else {
+            return futures::stream::once(async {
+                Err(Error::internal("a stored payload has too many pieces"))
+            })
+            .boxed();
+        };
+        struct State<M> {
+            message: M,
+            bytes: BoxStream<'static, Result<Bytes, Error>>,
+            held: BytesMut,
+            index: u32,
+            done: bool,
+        }
+        let state = State {
+            message,
+            bytes,
+            held: BytesMut::new(),
+            index: 0,
+            done: false,
+        };
+        let whole = count == 1;
+        futures::stream::unfold(state, move |mut st| async move {
+            if st.done || st.index >= count {
+                return None;
+            }
+            // Fill one piece (the last may be shorter).
+            let want = if st.index + 1 == count {
+                (size - u64::from(st.index) * chunk as u64) as usize
+            } else {
+                chunk
+            };
+            while st.held.len() < want {
+                match st.bytes.next().await {
+                    Some(Ok(b)) => {
+                        st.held.extend_from_slice(&b);
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    None => break,
+                }
+            }
+            if st.held.len() < want || (st.index + 1 == count && st.held.len() > want) {
+                st.done = true;
+                let e = changed(st.message.id(), size);
+                return Some((Err(e), st));
+            }
+            let payload = st.held.split_to(want).to_vec();
+            let out = if whole {
+                let mut m = st.message.piece(true);
+                m.set_payload(payload, None);
+                m
+            } else {
+                let mut m = st.message.piece(st.index == 0);
+                m.set_payload(
+                    payload,
+                    Some(Chunk {
+                        index: st.index,
+                        count,
+                        total_size: size,
+                    }),
+                );
+                m
+            };
+            st.index += 1;
+            Some((Ok(out), st))
+        })
+        .boxed()
+    }
+
+    fn track(&self, session: &str, message_id: &str, reference: &Reference) {
+        let key = (session.to_string(), message_id.to_string());
+        if self.delivered.len() >= MAX_TRACKED && !self.delivered.contains_key(&key) {
+            self.figures.untracked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.delivered
+            .insert(key, (reference.clone(), self.clock.now_ms()));
+    }
+
+    /// A Queue message was acknowledged: its stored payload, if this
+    /// gateway delivered one to the session, is deleted.
+    pub async fn acknowledged(&self, session: &str, message_id: &str) {
+        let key = (session.to_string(), message_id.to_string());
+        if let Some((_, (reference, _))) = self.delivered.remove(&key) {
+            if self.delete(&reference).await {
+                self.figures.deleted_on_ack.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Deletes what outlived its namespace's retention, and forgets old
+    /// deliveries.
+    pub async fn sweep(&self) {
+        let now = self.clock.now_ms();
+        let keep = crate::clock::ms(TRACK_FOR);
+        self.delivered
+            .retain(|_, (_, at)| now.saturating_sub(*at) < keep);
+        for store in self.stores.values() {
+            store.clean_abandoned().await;
+        }
+        let config = self.config.load_full();
+        for (ns, spec) in &config.namespaces {
+            let Some(policy) = &spec.claim_check else {
+                continue;
+            };
+            let Ok(store) = self.store(&policy.store) else {
+                continue;
+            };
+            let before = SystemTime::now()
+                .checked_sub(policy.retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let old = match store.older_than(ns, before).await {
+                Ok(old) => old,
+                Err(e) => {
+                    self.failed();
+                    tracing::warn!(namespace = %ns, error = %e, "claim-check sweep could not list");
+                    continue;
+                }
+            };
+            for object in old {
+                match store.delete(&object.key).await {
+                    Ok(()) => {
+                        self.figures
+                            .deleted_by_retention
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.failed();
+                        tracing::warn!(error = %e, "claim-check sweep could not delete");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sweeps every `every` until [`ClaimChecks::stop`].
+    pub fn sweep_every(self: &Arc<Self>, every: Duration) {
+        let this = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(this) = this.upgrade() else { return };
+                this.sweep().await;
+            }
+        });
+        if let Some(old) = self.sweeper.lock().replace(task) {
+            old.abort();
+        }
+    }
+
+    pub fn stop(&self) {
+        if let Some(task) = self.sweeper.lock().take() {
+            task.abort();
+        }
+    }
+
+    /// How often to sweep for a config: a quarter of the shortest
+    /// retention, between 1 second and 5 minutes (a minute while no
+    /// namespace has a claim check: a reload may add one); never without
+    /// object stores. Set at start.
+    pub fn sweep_interval(config: &GatewayConfig) -> Option<Duration> {
+        if config.object_stores.is_empty() {
+            return None;
+        }
+        let shortest = config
+            .namespaces
+            .values()
+            .filter_map(|ns| ns.claim_check.as_ref())
+            .map(|p| p.retention / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        Some(shortest.clamp(Duration::from_secs(1), Duration::from_secs(300)))
+    }
+
+    /// Deliveries remembered for deletion on acknowledgement.
+    pub fn tracked(&self) -> usize {
+        self.delivered.len()
+    }
+
+    /// The configured stores.
+    pub fn stores(&self) -> impl Iterator<Item = &Arc<Blobs>> {
+        self.stores.values()
+    }
+}
+
+impl Drop for ClaimChecks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// DATA_LOSS: a stored payload is not what its message names.
+fn changed(message_id: &str, size: u64) -> Error {
+    Error::new(
+        ErrorKind::DataLoss,
+        "CLAIM_CHECK_OBJECT_CHANGED",
+        format!("the stored payload of message `{message_id}` is not the {size} bytes its message names"),
+    )
+    .with("message_id", message_id)
+}
+
+fn too_large(limit: u64) -> Error {
+    Error::new(
+        ErrorKind::ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+        format!("the payload exceeds {limit} bytes (claim_check.max_object_bytes); nothing was published"),
+    )
+    .with("limit", limit.to_string())
+}
+
+fn inline_too_large(limit: usize) -> Error {
+    Error::new(
+        ErrorKind::ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+        format!(
+            "the payload exceeds {limit} bytes and this namespace has no claim_check to keep \
+             larger ones; nothing was published"
+        ),
+    )
+    .with("limit", limit.to_string())
+}
+
+/// Where a piece stands in its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    pub index: u32,
+    pub count: u32,
+    pub total_size: u64,
+}
+
+/// A delivered message type that can carry a claim check.
+pub trait Claimed: Sized + Send + 'static {
+    fn id(&self) -> &str;
+    fn headers_mut(&mut self) -> &mut HashMap<String, String>;
+    /// A copy without payload to carry a piece: with the headers when
+    /// `first`, else with the message's identity only.
+    fn piece(&self, first: bool) -> Self;
+    fn payload_mut(&mut self) -> &mut Vec<u8>;
+
+    fn set_payload(&mut self, payload: Vec<u8>, chunk: Option<Chunk>) {
+        *self.payload_mut() = payload;
+        if let Some(c) = chunk {
+            let headers = self.headers_mut();
+            headers.insert(CHUNK_HEADER.into(), format!("{}/{}", c.index, c.count));
+            headers.insert(CHUNK_TOTAL_HEADER.into(), c.total_size.to_string());
+        }
+    }
+}
+
+/// The headers of the first piece, or none.
+fn piece_headers(headers: &HashMap<String, String>, first: bool) -> HashMap<String, String> {
+    if first {
+        headers.clone()
+    } else {
+        HashMap::new()
+    }
+}
+
+impl Claimed for queue_pb::Message {
+    fn id(&self) -> &str {
+        &self.message_id
+    }
+    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
+        &mut self.headers
+    }
+    fn payload_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.payload
+    }
+    fn piece(&self, first: bool) -> Self {
+        queue_pb::Message {
+            message_id: self.message_id.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            payload: Vec::new(),
+            headers: piece_headers(&self.headers, first),
+            timestamp: self.timestamp,
+            producer_id: self.producer_id.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+impl Claimed for pubsub_pb::Event {
+    fn id(&self) -> &str {
+        &self.event_id
+    }
+    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
+        &mut self.metadata
+    }
+    fn payload_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.payload
+    }
+    fn piece(&self, first: bool) -> Self {
+        pubsub_pb::Event {
+            event_id: self.event_id.clone(),
+            topic: self.topic.clone(),
+            payload: Vec::new(),
+            metadata: piece_headers(&self.metadata, first),
+            timestamp: self.timestamp,
+            correlation_id: self.correlation_id.clone(),
+            reply_to: self.reply_to.clone(),
+            subscription_id: self.subscription_id.clone(),
+        }
+    }
+}
+
+impl Claimed for transact_pb::MailboxMessage {
+    fn id(&self) -> &str {
+        &self.message_id
+    }
+    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
+        &mut self.metadata
+    }
+    fn payload_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.message
+    }
+    fn piece(&self, first: bool) -> Self {
+        transact_pb::MailboxMessage {
+            message_id: self.message_id.clone(),
+            mailbox_id: self.mailbox_id.clone(),
+            sequence: self.sequence,
+            message: Vec::new(),
+            metadata: piece_headers(&self.metadata, first),
+            message_type: self.message_type.clone(),
+            created_at: self.created_at,
+            processed: self.processed,
+            processed_at: self.processed_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_round_trip_through_headers_and_clients_cannot_forge_them() {
+        let r = Reference {
+            store: "s3".into(),
+            key: "orders/abc".into(),
+            size: 5 << 20,
+            release: Release::Ack,
+        };
+        let mut headers = HashMap::from([("k".to_string(), "v".to_string())]);
+        r.add_to(&mut headers);
+        assert!(check_reserved(headers.keys()).is_err());
+        assert_eq!(Reference::take_from(&mut headers), Some(Ok(r)));
+        assert_eq!(headers.len(), 1);
+        assert!(check_reserved(headers.keys()).is_ok());
+        assert_eq!(Reference::take_from(&mut headers), None);
+        let mut bad = HashMap::from([(CLAIM_HEADER.to_string(), "nokey".to_string())]);
+        let e = Reference::take_from(&mut bad).unwrap().unwrap_err();
+        assert_eq!(e.reason, "CLAIM_CHECK_MALFORMED");
+    }
+}
