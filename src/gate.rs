@@ -157,6 +157,22 @@ impl<H: Clone> Gate<H> {
             .map_err(|e| e.to_status(self.service))
     }
 
+    /// Admits a client stream by the session token of its first message
+    /// (`field`), else the header's (`header`, read before the request was
+    /// taken apart); `received` is the first message's size. It counts as
+    /// one of the session's streams (`max_streams_per_session`).
+    pub async fn open_client_stream(
+        &self,
+        field: &str,
+        header: &str,
+        received: usize,
+    ) -> Result<Call<H>, Status> {
+        let token = if field.is_empty() { header } else { field };
+        self.admit(token, Kind::Stream, received)
+            .await
+            .map_err(|e| e.to_status(self.service))
+    }
+
     /// Admits a call by its token; `received` is the request's size. Every
     /// step of the gate, in order (see the module's doc).
     pub async fn admit(&self, token: &str, kind: Kind, received: usize) -> Result<Call<H>, Error> {

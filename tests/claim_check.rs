@@ -136,7 +136,7 @@ namespaces:
     allowed_backends: [kafka]
     allowed_patterns: [queue]
     api_keys: [{{ name: t, sha256: "{cq}" }}]
-    claim_check: {{ store: s3, threshold: 262144, retention: 1h }}
+    claim_check: {{ store: s3, threshold: 262144, retention: 1h, delete_on_ack: true }}
   cp{run}:
     allowed_backends: [nats]
     allowed_patterns: [pubsub]
@@ -147,12 +147,18 @@ namespaces:
     allowed_patterns: [queue]
     api_keys: [{{ name: t, sha256: "{cl}" }}]
     claim_check: {{ store: local, threshold: 65536, chunk_size: 1048576,
-                    max_object_bytes: 8388608, retention: 1h }}
+                    max_object_bytes: 8388608, retention: 1h, delete_on_ack: true,
+                    max_uploads: 1 }}
   cm{run}:
-    allowed_backends: [sqlite]
+    allowed_backends: [sqlite, kafka]
     allowed_patterns: [transact]
     api_keys: [{{ name: t, sha256: "{cm}" }}]
     claim_check: {{ store: local, threshold: 65536, retention: 3s }}
+    relays:
+      raw:
+        backend: sqlite
+        mailbox: raw
+        to: {{ kafka: {{ backend: kafka, topic: prism-claims-raw-{run} }} }}
   plain{run}:
     allowed_backends: [memory]
     allowed_patterns: [queue]
@@ -529,6 +535,17 @@ fn small_payloads_stay_inline_and_large_ones_go_through_a_local_store() {
             files_under(&staged) > 0
         })
         .await;
+        // The namespace's one upload slot (max_uploads: 1) is taken.
+        let busy = queue
+            .publish_stream(futures::stream::iter(queue_pieces(&token, "t", &large)))
+            .await
+            .unwrap_err();
+        assert_error(
+            &busy,
+            Code::ResourceExhausted,
+            "CLAIM_CHECK_UPLOADS_BUSY",
+            Service::Queue,
+        );
         call.abort();
         drop(tx);
         wait_until("the abandoned upload is cleaned up", || async {
@@ -537,6 +554,21 @@ fn small_payloads_stay_inline_and_large_ones_go_through_a_local_store() {
         .await;
         let next = tokio::time::timeout(Duration::from_millis(300), sub.message()).await;
         assert!(next.is_err(), "nothing was published: {next:?}");
+        // Aborted, the upload gave its slot back.
+        wait_until("the upload slot is free again", || async {
+            let mut queue = queue.clone();
+            let sent = queue
+                .publish_stream(futures::stream::iter(queue_pieces(&token, "t", &large)))
+                .await;
+            match sent {
+                Ok(_) => true,
+                Err(e) if e.message().contains("max_uploads") => false,
+                Err(e) => panic!("{e:?}"),
+            }
+        })
+        .await;
+        let (m, _) = whole_message(&mut sub).await;
+        assert!(m.payload == large);
 
         // Without a claim check, PublishStream holds at most max_value_bytes.
         let token = fx.session("plain").await;
@@ -623,6 +655,42 @@ fn a_large_mailbox_message_is_read_back_whole_and_its_loss_is_said() {
         );
         let joined: Vec<u8> = pieces.iter().flat_map(|p| p.message.clone()).collect();
         assert!(joined == message, "the message is read back byte for byte");
+
+        // A mailbox relayed to a Kafka topic keeps its messages whole: its
+        // readers outside the gateway could not resolve a claim check.
+        let relayed = payload(100 * 1024, 14);
+        transact
+            .write(tx::WriteRequest {
+                session_token: token.clone(),
+                mailbox: Some(tx::MailboxWrite {
+                    mailbox_id: "raw".into(),
+                    message: relayed.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            fx.objects("local", "cm").await.len(),
+            1,
+            "nothing more stored"
+        );
+        let rows = transact
+            .read_mailbox(tx::ReadMailboxRequest {
+                session_token: token.clone(),
+                mailbox_id: "raw".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .expect("the row");
+        assert!(rows.message == relayed);
+        assert!(!rows.metadata.keys().any(|k| k.starts_with("prism-c")));
 
         // After its retention the object is gone: reading says so, never a
         // quietly short message.

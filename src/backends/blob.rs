@@ -18,9 +18,10 @@ use serde::Deserialize;
 use crate::error::{Error, ErrorKind};
 
 /// Most parts of one upload in flight at once.
-const UPLOAD_CONCURRENCY: usize = 4;
-/// Size of an upload's parts (S3 wants at least 5 MiB but for the last).
-pub const PART_BYTES: usize = 8 * 1024 * 1024;
+const UPLOAD_CONCURRENCY: usize = 2;
+/// Size of an upload's parts (S3's smallest but for the last): an upload
+/// holds at most a part being filled and two in flight, 15 MiB.
+pub const PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// `object_stores.<name>`: where one store keeps its objects.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -115,10 +116,20 @@ pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     /// Uploads dropped unfinished (their call went away): aborted by the
     /// next [`Blobs::clean_abandoned`], so no stored parts are left.
-    abandoned: Abandoned,
+    abandoned: Arc<Abandoned>,
 }
 
-type Abandoned = Arc<parking_lot::Mutex<Vec<(String, WriteMultipart)>>>;
+/// Uploads waiting to be aborted, each with what it holds (its share of a
+/// bound on uploads, given back once aborted), and the wake-up of whoever
+/// aborts them.
+#[derive(Debug, Default)]
+struct Abandoned {
+    uploads: parking_lot::Mutex<Vec<(String, WriteMultipart, Option<Held>)>>,
+    notify: tokio::sync::Notify,
+}
+
+/// What an upload holds until it is finished or aborted.
+pub type Held = tokio::sync::OwnedSemaphorePermit;
 
 /// An object's key and when it was last written.
 #[derive(Debug, Clone)]
@@ -173,7 +184,7 @@ impl Blobs {
         Ok(Blobs {
             name: name.to_string(),
             store,
-            abandoned: Abandoned::default(),
+            abandoned: Arc::default(),
         })
     }
 
@@ -201,6 +212,7 @@ impl Blobs {
             writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
             store: self.name.clone(),
             key: key.to_string(),
+            held: None,
             abandoned: self.abandoned.clone(),
         })
     }
@@ -208,14 +220,19 @@ impl Blobs {
     /// Aborts the uploads dropped unfinished since the last call, removing
     /// their stored parts; returns how many.
     pub async fn clean_abandoned(&self) -> usize {
-        let abandoned = std::mem::take(&mut *self.abandoned.lock());
+        let abandoned = std::mem::take(&mut *self.abandoned.uploads.lock());
         let n = abandoned.len();
-        for (key, writer) in abandoned {
+        for (key, writer, _held) in abandoned {
             if let Err(e) = writer.abort().await {
                 tracing::warn!(store = %self.name, object = %key, error = %e, "an abandoned upload was not cleaned up");
             }
         }
         n
+    }
+
+    /// Resolves when an upload was dropped unfinished.
+    pub async fn abandoned(&self) {
+        self.abandoned.notify.notified().await
     }
 
     /// The object `key`: its size and its bytes as they arrive.
@@ -309,10 +326,18 @@ pub struct Upload {
     writer: Option<WriteMultipart>,
     store: String,
     key: String,
-    abandoned: Abandoned,
+    /// Given back when the upload is finished or aborted.
+    held: Option<Held>,
+    abandoned: Arc<Abandoned>,
 }
 
 impl Upload {
+    /// Keeps `held` until the upload is finished or aborted (abandoned, until
+    /// [`Blobs::clean_abandoned`] aborted it).
+    pub fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+
     /// The object's key.
     pub fn key(&self) -> &str {
         &self.key
@@ -355,9 +380,9 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         if let Some(w) = self.writer.take() {
-            self.abandoned
-                .lock()
-                .push((std::mem::take(&mut self.key), w));
+            let entry = (std::mem::take(&mut self.key), w, self.held.take());
+            self.abandoned.uploads.lock().push(entry);
+            self.abandoned.notify.notify_one();
         }
     }
 }

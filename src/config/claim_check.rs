@@ -43,10 +43,21 @@ pub struct ClaimCheckPolicy {
     /// payloads nobody acknowledged.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
-    /// A Queue payload is deleted once its message is acknowledged (default
-    /// true); turn off when several consumer groups read one topic.
-    #[serde(default = "default_true")]
+    /// A Queue payload is deleted once its message is acknowledged
+    /// (default false: retention only). Turn on only where each message is
+    /// consumed once: one consumer group per topic, no private (group-less)
+    /// subscriptions, no Seek back — the first acknowledgement deletes the
+    /// payload for every reader.
+    #[serde(default)]
     pub delete_on_ack: bool,
+    /// Uploads of this namespace's PublishStreams at once (default 8); each
+    /// holds up to about 15 MiB while it runs.
+    #[serde(default = "default_max_uploads")]
+    pub max_uploads: usize,
+}
+
+fn default_max_uploads() -> usize {
+    8
 }
 
 fn default_threshold() -> usize {
@@ -63,10 +74,6 @@ fn default_max_object() -> u64 {
 
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// The largest message a backend's broker takes, where it has a limit.
@@ -124,6 +131,9 @@ pub fn check(r: &mut Report, cfg: &GatewayConfig) {
         }
         if cc.max_object_bytes <= cc.threshold as u64 {
             r.fail(&subject, "max_object_bytes must exceed threshold");
+        }
+        if !(1..=1024).contains(&cc.max_uploads) {
+            r.fail(&subject, "max_uploads must be 1 to 1024");
         }
         if cc.retention < Duration::from_secs(1) {
             r.fail(&subject, "retention must be at least 1s");

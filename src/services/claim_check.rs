@@ -26,9 +26,10 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use futures::{stream::BoxStream, Stream, StreamExt as _};
+use tokio::sync::Semaphore;
 
 use crate::{
-    backends::blob::{Blobs, Upload},
+    backends::blob::{Blobs, Held, Upload},
     clock::Clock,
     config::{claim_check::ClaimCheckPolicy, GatewayConfig, LiveConfig, NamespaceSpec},
     error::{Error, ErrorKind},
@@ -168,13 +169,21 @@ pub fn pieces<'a, T: Send + 'static>(
     })
 }
 
-/// PublishStream's first message must be `start`.
-pub fn stream_must_start() -> Error {
-    Error::invalid_argument(
-        "PUBLISH_STREAM_START",
-        "the first message of PublishStream must be `start` (topic, headers and the payload's \
-         first piece); later ones carry `payload` pieces",
-    )
+/// A PublishStream's first message, which must be `start` (`start` takes
+/// it out of the message).
+pub async fn stream_start<T, S>(
+    inbound: &mut tonic::Streaming<T>,
+    service: crate::error::Service,
+    start: fn(T) -> Option<S>,
+) -> Result<S, tonic::Status> {
+    inbound.message().await?.and_then(start).ok_or_else(|| {
+        Error::invalid_argument(
+            "PUBLISH_STREAM_START",
+            "the first message of PublishStream must be `start` (topic, headers and the \
+             payload's first piece); later ones carry `payload` pieces",
+        )
+        .to_status(service)
+    })
 }
 
 /// A payload as it goes to the broker: itself, or a reference to it.
@@ -204,6 +213,9 @@ pub struct ClaimChecks {
     /// Queue payloads delivered and not yet acknowledged: (session, message
     /// id) → reference and when it was delivered (clock ms).
     delivered: DashMap<(String, String), (Reference, u64)>,
+    /// Each namespace's bound on uploads at once (`max_uploads`), with the
+    /// capacity it was made with.
+    uploads: DashMap<String, (usize, Arc<Semaphore>)>,
     pub figures: Figures,
     sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -221,6 +233,7 @@ impl ClaimChecks {
             config: live,
             clock,
             delivered: DashMap::new(),
+            uploads: DashMap::new(),
             figures: Figures::default(),
             sweeper: parking_lot::Mutex::new(None),
         })
@@ -303,6 +316,39 @@ impl ClaimChecks {
         self.figures.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// One of the namespace's `max_uploads`, or RESOURCE_EXHAUSTED.
+    fn upload_slot(&self, ns: &str, policy: &ClaimCheckPolicy) -> Result<Held, Error> {
+        let semaphore = {
+            let mut slot = self.uploads.entry(ns.to_string()).or_insert_with(|| {
+                (
+                    policy.max_uploads,
+                    Arc::new(Semaphore::new(policy.max_uploads)),
+                )
+            });
+            // A reload changed the bound: uploads running keep their old
+            // slots, new ones count against the new bound.
+            if slot.0 != policy.max_uploads {
+                *slot = (
+                    policy.max_uploads,
+                    Arc::new(Semaphore::new(policy.max_uploads)),
+                );
+            }
+            slot.1.clone()
+        };
+        semaphore.try_acquire_owned().map_err(|_| {
+            Error::new(
+                ErrorKind::ResourceExhausted,
+                "CLAIM_CHECK_UPLOADS_BUSY",
+                format!(
+                    "namespace `{ns}` already has its {} uploads to the object store running \
+                     (claim_check.max_uploads); retry when one ends",
+                    policy.max_uploads
+                ),
+            )
+            .with("limit", "claim_check.max_uploads")
+        })
+    }
+
     /// A payload sent in pieces (PublishStream): held in memory up to the
     /// threshold, streamed to the store beyond it. Without a claim check,
     /// at most `inline_max` bytes are taken. A broken or oversized stream
@@ -337,8 +383,11 @@ impl ClaimChecks {
                         return Err(inline_too_large(inline_max));
                     };
                     let store = self.store(&policy.store)?;
+                    let slot = self.upload_slot(ns, policy)?;
                     let key = Self::new_key(ns);
-                    upload = Some((store.upload(&key).await?, 0));
+                    let mut started = store.upload(&key).await?;
+                    started.hold(slot);
+                    upload = Some((started, 0));
                     continue;
                 }
                 match rest.next().await {
@@ -368,8 +417,20 @@ impl ClaimChecks {
         }
     }
 
-    /// Deletes a stored payload whose message was never published.
-    pub async fn discard(&self, reference: &Reference) {
+    /// Deletes a stored payload whose message failed with `why` — unless
+    /// the failure leaves it unknown whether the message went out after all
+    /// (a timeout, a lost connection): then the payload stays for its
+    /// retention, so no published message ever names a missing object.
+    pub async fn discard(&self, reference: &Reference, why: &Error) {
+        if matches!(
+            why.kind,
+            ErrorKind::Unavailable
+                | ErrorKind::DeadlineExceeded
+                | ErrorKind::Aborted
+                | ErrorKind::Internal
+        ) {
+            return;
+        }
         self.figures.discarded.fetch_add(1, Ordering::Relaxed);
         self.delete(reference).await;
     }
@@ -388,13 +449,16 @@ impl ClaimChecks {
         }
     }
 
-    /// The pieces a delivered message becomes: itself when it carries no
-    /// reference; else its payload read back from the store, whole when it
-    /// fits `chunk_size`, else in pieces. `track` (a Queue subscriber's
-    /// session) remembers the delivery for deletion on acknowledgement.
+    /// The pieces a message delivered to namespace `ns` becomes: itself
+    /// when it carries no reference; else its payload read back from the
+    /// store, whole when it fits `chunk_size`, else in pieces. Only objects
+    /// of `ns` are read (a reference names its namespace first). `track` (a
+    /// Queue subscriber's session) remembers the delivery for deletion on
+    /// acknowledgement.
     pub fn expand<M: Claimed>(
         self: &Arc<Self>,
         item: Result<M, Error>,
+        ns: &str,
         chunk: usize,
         track: Option<&str>,
     ) -> BoxStream<'static, Result<M, Error>> {
@@ -405,7 +469,21 @@ impl ClaimChecks {
         let reference = match Reference::take_from(message.headers_mut()) {
             None => return futures::stream::once(async { Ok(message) }).boxed(),
             Some(Err(e)) => return futures::stream::once(async { Err(e) }).boxed(),
-            Some(Ok(r)) => r,
+            Some(Ok(r)) if r.key.strip_prefix(ns).is_some_and(|k| k.starts_with('/')) => r,
+            Some(Ok(r)) => {
+                let e = Error::new(
+                    ErrorKind::PermissionDenied,
+                    "CLAIM_CHECK_FOREIGN",
+                    format!(
+                        "message `{}` names object `{}`, which is not namespace `{ns}`'s; it is \
+                         not delivered (only the gateway writes claim checks)",
+                        message.id(),
+                        r.key
+                    ),
+                )
+                .with("message_id", message.id());
+                return futures::stream::once(async { Err(e) }).boxed();
+            }
         };
         if let (Some(session), Release::Ack) = (track, reference.release) {
             self.track(session, message.id(), &reference);
@@ -578,16 +656,31 @@ impl ClaimChecks {
         }
     }
 
-    /// Sweeps every `every` until [`ClaimChecks::stop`].
+    /// Sweeps every `every` until [`ClaimChecks::stop`]; an upload dropped
+    /// unfinished is aborted as soon as it is (its store tells).
     pub fn sweep_every(self: &Arc<Self>, every: Duration) {
         let this = Arc::downgrade(self);
+        let stores: Vec<Arc<Blobs>> = self.stores.values().cloned().collect();
+        if stores.is_empty() {
+            return;
+        }
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                let Some(this) = this.upgrade() else { return };
-                this.sweep().await;
+                let abandoned =
+                    futures::future::select_all(stores.iter().map(|b| Box::pin(b.abandoned())));
+                tokio::select! {
+                    _ = abandoned => {
+                        for b in &stores {
+                            b.clean_abandoned().await;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let Some(this) = this.upgrade() else { return };
+                        this.sweep().await;
+                    }
+                }
             }
         });
         if let Some(old) = self.sweeper.lock().replace(task) {
@@ -780,6 +873,90 @@ impl Claimed for transact_pb::MailboxMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Source;
+
+    fn claims(dir: &std::path::Path) -> Arc<ClaimChecks> {
+        let yaml = format!(
+            "object_stores:\n  files: {{ type: local, path: {} }}\nnamespaces:\n  ns:\n    \
+             allowed_backends: []\n    allowed_patterns: []\n    claim_check: {{ store: files, \
+             threshold: 10, chunk_size: 65536 }}\n",
+            dir.display()
+        );
+        let config = GatewayConfig::from_yaml(&yaml, &Source::Inline, &[("X", "x"); 0]).unwrap();
+        let live: LiveConfig = Arc::new(arc_swap::ArcSwap::from_pointee(config.clone()));
+        Arc::new(ClaimChecks::open(&config, live, Clock::new()).unwrap())
+    }
+
+    fn message(headers: HashMap<String, String>) -> queue_pb::Message {
+        queue_pb::Message {
+            message_id: "t/0/7".into(),
+            headers,
+            ..Default::default()
+        }
+    }
+
+    async fn pieces_of(
+        claims: &Arc<ClaimChecks>,
+        ns: &str,
+        m: queue_pb::Message,
+    ) -> Vec<Result<queue_pb::Message, Error>> {
+        claims.expand(Ok(m), ns, 65536, None).collect().await
+    }
+
+    #[tokio::test]
+    async fn stored_payloads_come_back_in_exact_pieces_and_only_to_their_namespace() {
+        let dir = std::env::temp_dir().join(format!("prism-claims-unit-{}", std::process::id()));
+        let claims = claims(&dir);
+        let config = claims.config.load_full();
+        let spec = &config.namespaces["ns"];
+        for (size, pieces) in [(11, 1), (65536, 1), (65537, 2), (3 * 65536, 3)] {
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let Payload::Stored(r) = claims
+                .check_in("ns", spec, body.clone(), Release::Retention)
+                .await
+                .unwrap()
+            else {
+                panic!("{size} bytes are above the threshold");
+            };
+            let mut headers = HashMap::new();
+            r.add_to(&mut headers);
+            let got = pieces_of(&claims, "ns", message(headers.clone())).await;
+            assert_eq!(got.len(), pieces, "{size} bytes");
+            let mut joined = Vec::new();
+            for (i, piece) in got.into_iter().enumerate() {
+                let piece = piece.unwrap();
+                assert_eq!(piece.message_id, "t/0/7");
+                let at = piece.headers.get(CHUNK_HEADER).cloned();
+                if pieces == 1 {
+                    assert_eq!(at, None, "a payload that fits comes whole");
+                } else {
+                    assert_eq!(at, Some(format!("{i}/{pieces}")));
+                }
+                joined.extend(piece.payload);
+            }
+            assert!(joined == body, "{size} bytes come back byte for byte");
+
+            // Another namespace's messages cannot name this object.
+            let foreign = pieces_of(&claims, "other", message(headers.clone())).await;
+            assert!(
+                matches!(&foreign[..], [Err(e)] if e.reason == "CLAIM_CHECK_FOREIGN"),
+                "{foreign:?}"
+            );
+            // Gone, the payload is a loss said out loud.
+            claims.store("files").unwrap().delete(&r.key).await.unwrap();
+            let lost = pieces_of(&claims, "ns", message(headers)).await;
+            assert!(
+                matches!(&lost[..], [Err(e)] if e.reason == "CLAIM_CHECK_OBJECT_MISSING"),
+                "{lost:?}"
+            );
+        }
+        let inline = claims
+            .check_in("ns", spec, vec![1; 10], Release::Ack)
+            .await
+            .unwrap();
+        assert!(matches!(inline, Payload::Inline(p) if p.len() == 10));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn references_round_trip_through_headers_and_clients_cannot_forge_them() {

@@ -75,6 +75,14 @@ fn check_group(group: &str) -> Result<(), Error> {
     }
 }
 
+/// A PublishStream message's `start` (`None`: not one).
+fn start(m: pb::PublishStreamRequest) -> Option<pb::PublishRequest> {
+    match m.part {
+        Some(publish_stream_request::Part::Start(start)) => Some(start),
+        _ => None,
+    }
+}
+
 /// A later PublishStream message's payload piece (`None`: not a piece).
 fn piece(m: pb::PublishStreamRequest) -> Option<Vec<u8>> {
     match m.part {
@@ -251,7 +259,7 @@ impl PubSubApi {
             .await
         {
             if let Some(r) = &stored {
-                self.claims.discard(r).await;
+                self.claims.discard(r, &e).await;
             }
             return Err(e);
         }
@@ -313,22 +321,11 @@ impl PubSubService for PubSubApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let header = gate::session_token("", &request).to_string();
         let mut inbound = request.into_inner();
-        let Some(pb::PublishStreamRequest {
-            part: Some(publish_stream_request::Part::Start(start)),
-        }) = inbound.message().await?
-        else {
-            return Err(claim_check::stream_must_start().to_status(Service::PubSub));
-        };
-        let token = if start.session_token.is_empty() {
-            header
-        } else {
-            start.session_token.clone()
-        };
+        let start = claim_check::stream_start(&mut inbound, Service::PubSub, start).await?;
         let mut call = self
             .gate
-            .admit(&token, Kind::Unary, start.encoded_len())
-            .await
-            .map_err(|e| e.to_status(Service::PubSub))?;
+            .open_client_stream(&start.session_token, &header, start.encoded_len())
+            .await?;
         let received = std::sync::atomic::AtomicUsize::new(0);
         let result = async {
             crate::call::note_resource(&start.topic);
@@ -409,7 +406,8 @@ impl PubSubService for PubSubApi {
         // A claim-checked event becomes its payload here, a piece at a time
         // as the client takes them.
         let (claims, chunk) = (self.claims.clone(), ClaimChecks::chunk_size(call.policy()));
-        let events = events(shared).flat_map(move |item| claims.expand(item, chunk, None));
+        let ns = call.ns().to_string();
+        let events = events(shared).flat_map(move |item| claims.expand(item, &ns, chunk, None));
         Ok(Response::new(call.stream(events)))
     }
 

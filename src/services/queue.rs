@@ -129,8 +129,8 @@ impl QueueApi {
             .pop()
             .ok_or_else(|| Error::internal("the backend returned no publish result"))
             .and_then(|r| r);
-        if let (Err(_), Some(r)) = (&result, &stored) {
-            self.claims.discard(r).await;
+        if let (Err(e), Some(r)) = (&result, &stored) {
+            self.claims.discard(r, e).await;
         }
         Ok(published(topic, &result?))
     }
@@ -207,24 +207,11 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let header = gate::session_token("", &request).to_string();
         let mut inbound = request.into_inner();
-        let start = match inbound.message().await? {
-            Some(pb::PublishStreamRequest {
-                part: Some(publish_stream_request::Part::Start(start)),
-            }) => start,
-            _ => {
-                return Err(claim_check::stream_must_start().to_status(Service::Queue));
-            }
-        };
-        let token = if start.session_token.is_empty() {
-            header
-        } else {
-            start.session_token.clone()
-        };
+        let start = claim_check::stream_start(&mut inbound, Service::Queue, start).await?;
         let mut call = self
             .gate
-            .admit(&token, Kind::Unary, start.encoded_len())
-            .await
-            .map_err(|e| e.to_status(Service::Queue))?;
+            .open_client_stream(&start.session_token, &header, start.encoded_len())
+            .await?;
         let received = std::sync::atomic::AtomicUsize::new(0);
         let result = async {
             crate::call::note_resource(&start.topic);
@@ -315,8 +302,8 @@ impl QueueService for QueueApi {
                             let outcome = outcomes
                                 .next()
                                 .unwrap_or_else(|| Err(Error::internal("missing publish result")));
-                            if let (Err(_), Some(Some(r))) = (&outcome, stored.next()) {
-                                self.claims.discard(&r).await;
+                            if let (Err(e), Some(Some(r))) = (&outcome, stored.next()) {
+                                self.claims.discard(&r, e).await;
                             }
                             outcome
                         }
@@ -464,7 +451,7 @@ impl QueueService for QueueApi {
         // client takes them.
         let ending = shared.clone();
         let (claims, chunk) = (self.claims.clone(), ClaimChecks::chunk_size(call.policy()));
-        let session = call.entry.id.clone();
+        let (session, ns) = (call.entry.id.clone(), call.ns().to_string());
         let messages = ReceiverStream::new(rx)
             .map(move |buffered| {
                 let _ = &forget;
@@ -473,7 +460,7 @@ impl QueueService for QueueApi {
             .chain(futures::stream::iter(std::iter::from_fn(move || {
                 ending.take_ending().map(Err)
             })))
-            .flat_map(move |item| claims.expand(item, chunk, Some(&session)));
+            .flat_map(move |item| claims.expand(item, &ns, chunk, Some(&session)));
         Ok(Response::new(call.stream(messages)))
     }
 
@@ -598,6 +585,14 @@ impl QueueService for QueueApi {
                 })
             })
             .await
+    }
+}
+
+/// A PublishStream message's `start` (`None`: not one).
+fn start(m: pb::PublishStreamRequest) -> Option<pb::PublishRequest> {
+    match m.part {
+        Some(publish_stream_request::Part::Start(start)) => Some(start),
+        _ => None,
     }
 }
 

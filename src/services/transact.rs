@@ -27,7 +27,9 @@ use crate::{
         Supervisors,
     },
     backends::{
-        epoch_ms, relay, timestamp_ms,
+        epoch_ms,
+        relay::{self, RelayTarget},
+        timestamp_ms,
         transact::{
             DataOp, Isolation, MailboxOp, MailboxQuery, MailboxRow, OpenTransaction,
             TransactOutbox, WriteMode, WriteOp, WriteOutcome,
@@ -321,6 +323,20 @@ impl Inner {
         let Some(m) = op.mailbox.as_mut() else {
             return Ok(None);
         };
+        let relays = self.supervisors.relays();
+        // A relay to a Kafka topic or NATS subject hands messages to readers
+        // outside the gateway, which could not resolve a claim check: such
+        // a mailbox keeps its messages whole (held to the relay's limit).
+        let leaves_gateway = relays.iter().any(|r| {
+            r.namespace == call.ns()
+                && r.spec.backend == call.backend.name
+                && r.spec.mailbox == m.mailbox
+                && !matches!(r.spec.to, RelayTarget::Pubsub { .. })
+        });
+        if leaves_gateway {
+            relayable(call, &relays, m)?;
+            return Ok(None);
+        }
         let message = std::mem::take(&mut m.message);
         let stored = match self
             .claims
@@ -336,9 +352,9 @@ impl Inner {
                 Some(r)
             }
         };
-        if let Err(e) = relayable(call, &self.supervisors.relays(), m) {
+        if let Err(e) = relayable(call, &relays, m) {
             if let Some(r) = &stored {
-                self.claims.discard(r).await;
+                self.claims.discard(r, &e).await;
             }
             return Err(e);
         }
@@ -347,8 +363,8 @@ impl Inner {
 
     /// Deletes what [`Inner::check_in`] stored for a write that failed.
     async fn failed<T>(&self, result: &Result<T, Error>, stored: Option<Reference>) {
-        if let (Err(_), Some(r)) = (result, stored) {
-            self.claims.discard(&r).await;
+        if let (Err(e), Some(r)) = (result, stored) {
+            self.claims.discard(&r, e).await;
         }
     }
 }
@@ -615,13 +631,14 @@ impl TransactService for TransactApi {
         };
         // A claim-checked message becomes its payload here, a piece at a
         // time as the client takes them.
-        let (claims, chunk) = (
+        let (claims, chunk, ns) = (
             self.inner.claims.clone(),
             ClaimChecks::chunk_size(call.policy()),
+            call.ns().to_string(),
         );
         let stream = super::chunked(source, limit, MAILBOX_CHUNK)
             .map(|r| r.map(mailbox_message))
-            .flat_map(move |item| claims.expand(item, chunk, None));
+            .flat_map(move |item| claims.expand(item, &ns, chunk, None));
         Ok(Response::new(call.stream(stream)))
     }
 

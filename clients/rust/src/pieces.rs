@@ -4,13 +4,17 @@
 //! `prism-chunk-total-size` in their headers, the other headers on the
 //! first. [`joined`] gives the caller one message with the whole payload;
 //! a stream position moves only past whole messages ([`is_partial`]), so a
-//! resumed stream starts the interrupted message again.
+//! resumed Queue or mailbox stream starts the interrupted message again (a
+//! PubSub event interrupted by a resubscription is lost with the others
+//! published while the subscription was away: PubSub keeps no position).
+//! Pieces that do not join up (a gap, a length other than the one
+//! announced) are an error, never a short payload.
 
 use std::collections::HashMap;
 
 use futures::{Stream, StreamExt};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 const CHUNK_HEADER: &str = "prism-chunk";
 const CHUNK_TOTAL_HEADER: &str = "prism-chunk-total-size";
@@ -31,7 +35,18 @@ fn chunk(headers: &HashMap<String, String>) -> Option<(u32, u32)> {
 
 /// Whether `headers` mark a piece that is not its payload's last.
 pub(crate) fn is_partial(headers: &HashMap<String, String>) -> bool {
-    chunk(headers).is_some_and(|(index, count)| index + 1 < count)
+    chunk(headers).is_some_and(|(index, count)| index.saturating_add(1) < count)
+}
+
+/// Most bytes reserved ahead for a payload from its announced size (the
+/// rest grows as pieces come).
+const MAX_RESERVE: usize = 64 * 1024 * 1024;
+
+/// A run of pieces being joined.
+struct Run<T> {
+    first: T,
+    next: u32,
+    total: Option<usize>,
 }
 
 /// `items` with every run of pieces joined into one message (the piece
@@ -40,42 +55,72 @@ pub(crate) fn is_partial(headers: &HashMap<String, String>) -> bool {
 pub(crate) fn joined<T: Joinable>(
     items: impl Stream<Item = Result<T>> + Send + 'static,
 ) -> impl Stream<Item = Result<T>> + Send + 'static {
-    let mut pending: Option<T> = None;
+    let mut pending: Option<Run<T>> = None;
     items.filter_map(move |item| {
         let out = match item {
             Err(e) => Some(Err(e)),
-            Ok(mut m) => match chunk(m.headers()) {
+            Ok(m) => match chunk(m.headers()) {
                 None => {
                     pending = None;
                     Some(Ok(m))
                 }
-                Some((index, count)) => {
-                    let total = m
-                        .headers_mut()
-                        .remove(CHUNK_TOTAL_HEADER)
-                        .and_then(|t| t.parse::<usize>().ok());
-                    m.headers_mut().remove(CHUNK_HEADER);
-                    if index == 0 {
-                        let payload = m.payload_mut();
-                        if let Some(total) = total {
-                            payload.reserve(total.saturating_sub(payload.len()));
-                        }
-                        pending = Some(m);
-                    } else if let Some(first) = pending.as_mut().filter(|p| p.id() == m.id()) {
-                        first.payload_mut().append(m.payload_mut());
-                    } else {
-                        pending = None;
-                    }
-                    if index + 1 == count {
-                        pending.take().map(Ok)
-                    } else {
-                        None
-                    }
-                }
+                Some((index, count)) => join(&mut pending, m, index, count),
             },
         };
         futures::future::ready(out)
     })
+}
+
+/// Adds piece `index` of `count` to the run; the whole message once its
+/// last piece is in.
+fn join<T: Joinable>(
+    pending: &mut Option<Run<T>>,
+    mut m: T,
+    index: u32,
+    count: u32,
+) -> Option<Result<T>> {
+    let total = m
+        .headers_mut()
+        .remove(CHUNK_TOTAL_HEADER)
+        .and_then(|t| t.parse::<usize>().ok());
+    m.headers_mut().remove(CHUNK_HEADER);
+    if index == 0 {
+        // A new run (after a resumption, the same message again).
+        let payload = m.payload_mut();
+        let ahead = total.unwrap_or(0).min(MAX_RESERVE);
+        payload.reserve(ahead.saturating_sub(payload.len()));
+        *pending = Some(Run {
+            first: m,
+            next: 1,
+            total,
+        });
+    } else {
+        match pending.as_mut() {
+            Some(run) if run.first.id() == m.id() && run.next == index => {
+                run.first.payload_mut().append(m.payload_mut());
+                run.next = index.saturating_add(1);
+            }
+            _ => {
+                *pending = None;
+                return Some(Err(Error::InvalidInput(format!(
+                    "piece {index} of message `{}` came without the pieces before it",
+                    m.id()
+                ))));
+            }
+        }
+    }
+    if index.saturating_add(1) < count {
+        return None;
+    }
+    let mut run = pending.take()?;
+    let len = run.first.payload_mut().len();
+    match run.total {
+        Some(total) if total != len => Some(Err(Error::InvalidInput(format!(
+            "message `{}` joined to {len} bytes, not the {total} announced",
+            run.first.id()
+        )))),
+        _ => Some(Ok(run.first)),
+    }
 }
 
 macro_rules! joinable {
@@ -133,6 +178,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn gaps_and_wrong_lengths_are_errors_never_short_payloads() {
+        let gap = vec![piece("a", 0, 3, b"ab"), piece("a", 2, 3, b"ef")];
+        let out: Vec<Result<Message>> = joined(futures::stream::iter(gap)).collect().await;
+        assert!(matches!(&out[..], [Err(Error::InvalidInput(_))]), "{out:?}");
+        let short = vec![piece("a", 0, 2, b"ab"), piece("a", 1, 2, b"cd")];
+        let out: Vec<Result<Message>> = joined(futures::stream::iter(short)).collect().await;
+        assert!(matches!(&out[..], [Err(Error::InvalidInput(_))]), "{out:?}");
+        let mut huge = piece("a", u32::MAX, 5, b"").unwrap();
+        huge.headers
+            .insert(CHUNK_TOTAL_HEADER.into(), u64::MAX.to_string());
+        assert!(!is_partial(&huge.headers));
+        let out: Vec<Result<Message>> = joined(futures::stream::iter(vec![Ok(huge)]))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 1);
+    }
+
+    #[tokio::test]
     async fn pieces_are_joined_and_a_broken_run_is_dropped() {
         let whole = Ok(Message {
             message_id: "w".into(),
@@ -146,7 +209,6 @@ mod tests {
             piece("a", 1, 3, b"cd"),
             piece("a", 2, 3, b"ef"),
             whole,
-            piece("b", 1, 3, b"cd"),
         ];
         assert!(is_partial(&piece("a", 1, 3, b"").unwrap().headers));
         assert!(!is_partial(&piece("a", 2, 3, b"").unwrap().headers));
