@@ -67,3 +67,30 @@ def test_backoff_grows_to_its_ceiling_honours_retry_info_and_ends():
     assert backoff.next(3.0) == 3.0
     assert backoff.next(None) is None
     assert RetryPolicy.none().start().next(None) is None
+
+
+def test_pieces_of_a_large_payload_are_joined_and_gaps_refused():
+    import pytest
+    from prism.queue.v1 import queue_pb2
+    from prism_sdk._calls import Joiner
+    from prism_sdk.errors import InvalidInputError
+
+    def piece(i, n, data, total=6):
+        headers = {"prism-chunk": f"{i}/{n}", "prism-chunk-total-size": str(total)}
+        if i == 0:
+            headers["k"] = "v"
+        return queue_pb2.Message(message_id="t/0/1", payload=data, headers=headers)
+
+    j = Joiner()
+    assert j.add(piece(0, 3, b"ab")) is None
+    assert j.add(piece(1, 3, b"cd")) is None
+    whole = j.add(piece(2, 3, b"ef"))
+    assert (whole.payload, dict(whole.headers)) == (b"abcdef", {"k": "v"})
+    plain = queue_pb2.Message(message_id="x", payload=b"p")
+    assert j.add(plain) is plain
+    j.add(piece(0, 3, b"ab"))
+    with pytest.raises(InvalidInputError):
+        j.add(piece(2, 3, b"ef"))
+    j.add(piece(0, 2, b"ab"))
+    with pytest.raises(InvalidInputError):
+        j.add(piece(1, 2, b"cd"))

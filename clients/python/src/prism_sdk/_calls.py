@@ -359,6 +359,68 @@ def queue_commit(topic: str, group: str, offsets: Mapping[int, int]) -> Call:
     return Call("queue", "Commit", request, Resend.SAFE, lambda r: r.success)
 
 
+# ---- Payloads in pieces ----------------------------------------------------
+
+CHUNK_HEADER = "prism-chunk"
+CHUNK_TOTAL_HEADER = "prism-chunk-total-size"
+
+
+class Joiner:
+    """Joins a claim-checked payload delivered in pieces: consecutive
+    messages with one id, ``prism-chunk: <index>/<count>`` and
+    ``prism-chunk-total-size`` in their headers (metadata), the other
+    headers on the first. ``add`` returns the whole message at its last
+    piece and None before; a stream's position moves only past whole
+    messages, so a resumed Queue or mailbox stream starts an interrupted
+    message again. Pieces that do not join up are an error, never a short
+    payload. One per opened stream."""
+
+    def __init__(self) -> None:
+        self.run: Optional[List[Any]] = None  # [first, next index, total, parts]
+
+    def add(self, item: Any) -> Any:
+        fields = item.DESCRIPTOR.fields_by_name
+        name = "headers" if "headers" in fields else "metadata" if "metadata" in fields else None
+        if name is None:
+            return item
+        headers = getattr(item, name)
+        at = headers.get(CHUNK_HEADER)
+        if at is None:
+            self.run = None
+            return item
+        try:
+            index, count = (int(x) for x in at.split("/", 1))
+            total = int(headers.get(CHUNK_TOTAL_HEADER, "-1"))
+        except ValueError:
+            raise InvalidInputError(f"a piece's {CHUNK_HEADER} header {at!r} cannot be read") from None
+        del headers[CHUNK_HEADER]
+        if CHUNK_TOTAL_HEADER in headers:
+            del headers[CHUNK_TOTAL_HEADER]
+        payload = "payload" if "payload" in fields else "message"
+        ident = item.message_id if "message_id" in fields else item.event_id
+        if index == 0:
+            self.run = [item, 1, total, [getattr(item, payload)]]
+        elif self.run is not None and self._id(self.run[0]) == ident and self.run[1] == index:
+            self.run[3].append(getattr(item, payload))
+            self.run[1] += 1
+        else:
+            self.run = None
+            raise InvalidInputError(f"piece {index} of message {ident!r} came without the pieces before it")
+        if index + 1 < count:
+            return None
+        first, _, total, parts = self.run
+        self.run = None
+        setattr(first, payload, b"".join(parts))
+        if total >= 0 and len(getattr(first, payload)) != total:
+            raise InvalidInputError(
+                f"message {ident!r} joined to {len(getattr(first, payload))} bytes, not the {total} announced")
+        return first
+
+    @staticmethod
+    def _id(m: Any) -> str:
+        return m.message_id if "message_id" in m.DESCRIPTOR.fields_by_name else m.event_id
+
+
 @dataclass
 class QueuePosition:
     """Where a Queue subscription resumes after a failure: a group where it

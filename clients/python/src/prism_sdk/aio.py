@@ -165,11 +165,15 @@ class _Core:
             token, generation = self.current()
             stream = getattr(self.stub(service), method)(
                 position.request(), metadata=self.metadata(token), wait_for_ready=True)
+            joiner = c.Joiner()
             try:
-                async for item in stream:
-                    position.seen(item)
+                async for piece in stream:
                     backoff = self.client.retry.start()
                     reopened = False
+                    item = joiner.add(piece)
+                    if item is None:
+                        continue
+                    position.seen(item)
                     yield item
                 return
             except grpc.RpcError as err:
