@@ -8,13 +8,38 @@
 //! PubSub event interrupted by a resubscription is lost with the others
 //! published while the subscription was away: PubSub keeps no position).
 //! Pieces that do not join up (a gap, a length other than the one
-//! announced) are an error, never a short payload.
+//! announced) are an error, never a short payload. The other way, a
+//! payload over [`PIECE_BYTES`] is published in pieces ([`in_pieces`]).
 
 use std::collections::HashMap;
 
 use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
+
+/// Payloads larger than this are published over `PublishStream`, in
+/// pieces of this size (a gateway whose namespace has a claim check keeps
+/// them in its object store; one without takes what a request may hold).
+pub(crate) const PIECE_BYTES: usize = 1024 * 1024;
+
+/// `payload` as a `PublishStream`: `start` carrying its first piece, then
+/// the rest a piece at a time.
+pub(crate) fn in_pieces<T>(
+    payload: &[u8],
+    start: impl FnOnce(Vec<u8>) -> T,
+    piece: fn(Vec<u8>) -> T,
+) -> Vec<T> {
+    let mut pieces = payload.chunks(PIECE_BYTES);
+    let mut out = vec![start(pieces.next().unwrap_or_default().to_vec())];
+    out.extend(pieces.map(|p| piece(p.to_vec())));
+    out
+}
+
+/// Whether an error says the gateway has no such RPC (one older than
+/// `PublishStream`).
+pub(crate) fn unimplemented(e: &Error) -> bool {
+    matches!(e, Error::Rpc(rpc) if rpc.code == tonic::Code::Unimplemented)
+}
 
 const CHUNK_HEADER: &str = "prism-chunk";
 const CHUNK_TOTAL_HEADER: &str = "prism-chunk-total-size";

@@ -8,13 +8,15 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::Stream;
-use prism_proto::pubsub::v1::{self as pb, pub_sub_service_client::PubSubServiceClient};
+use prism_proto::pubsub::v1::{
+    self as pb, pub_sub_service_client::PubSubServiceClient, publish_stream_request::Part,
+};
 use tonic::transport::Channel;
 
 use crate::{
     error::Result,
     kv::wire_duration,
-    pieces::{is_partial, joined},
+    pieces::{in_pieces, is_partial, joined, unimplemented, PIECE_BYTES},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -89,8 +91,40 @@ impl Session {
 
 impl PubSub {
     /// Publishes `event` (bytes, or an [`Outgoing`]) to `topic`.
+    /// A payload over 1 MiB goes in pieces over `PublishStream` (the
+    /// namespace's claim check keeps it in its object store; a gateway
+    /// without that RPC gets it in one request).
     pub async fn publish(&self, topic: &str, event: impl Into<Outgoing>) -> Result<Published> {
         let event = event.into();
+        if event.payload.len() > PIECE_BYTES {
+            let pieces = in_pieces(
+                &event.payload,
+                |first| pb::PublishStreamRequest {
+                    part: Some(Part::Start(pb::PublishRequest {
+                        session_token: String::new(),
+                        topic: topic.to_string(),
+                        payload: first,
+                        metadata: event.metadata.clone(),
+                        correlation_id: event.correlation_id.clone(),
+                        reply_to: event.reply_to.clone(),
+                    })),
+                },
+                |piece| pb::PublishStreamRequest {
+                    part: Some(Part::Payload(piece)),
+                },
+            );
+            let stream = futures::stream::iter(pieces);
+            match unary!(self, Resend::OnlyIfNotApplied, publish_stream, stream) {
+                Err(e) if unimplemented(&e) => {}
+                Err(e) => return Err(e),
+                Ok(published) => {
+                    return Ok(Published {
+                        event_id: published.event_id,
+                        subscriber_count: published.subscriber_count,
+                    })
+                }
+            }
+        }
         let request = pb::PublishRequest {
             session_token: String::new(),
             topic: topic.to_string(),

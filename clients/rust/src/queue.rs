@@ -11,13 +11,14 @@ use std::{collections::HashMap, sync::Arc};
 
 use futures::{Stream, TryStreamExt};
 use prism_proto::queue::v1::{
-    self as pb, queue_service_client::QueueServiceClient, subscribe_request::StartPosition,
+    self as pb, publish_stream_request::Part, queue_service_client::QueueServiceClient,
+    subscribe_request::StartPosition,
 };
 use tonic::transport::Channel;
 
 use crate::{
     error::{Error, Result},
-    pieces::{is_partial, joined},
+    pieces::{in_pieces, is_partial, joined, unimplemented, PIECE_BYTES},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -111,8 +112,34 @@ impl Session {
 
 impl Queue {
     /// Publishes `message` (bytes, or an [`Outgoing`]) to `topic`.
+    /// A payload over 1 MiB goes in pieces over `PublishStream` (the
+    /// namespace's claim check keeps it in its object store; a gateway
+    /// without that RPC gets it in one request).
     pub async fn publish(&self, topic: &str, message: impl Into<Outgoing>) -> Result<Receipt> {
         let message = message.into();
+        if message.payload.len() > PIECE_BYTES {
+            let pieces = in_pieces(
+                &message.payload,
+                |first| pb::PublishStreamRequest {
+                    part: Some(Part::Start(pb::PublishRequest {
+                        session_token: String::new(),
+                        topic: topic.to_string(),
+                        payload: first,
+                        headers: message.headers.clone(),
+                        partition_key: message.partition_key.clone(),
+                        partition: None,
+                    })),
+                },
+                |piece| pb::PublishStreamRequest {
+                    part: Some(Part::Payload(piece)),
+                },
+            );
+            let stream = futures::stream::iter(pieces);
+            match unary!(self, Resend::OnlyIfNotApplied, publish_stream, stream) {
+                Err(e) if unimplemented(&e) => {}
+                sent => return sent,
+            }
+        }
         let request = pb::PublishRequest {
             session_token: String::new(),
             topic: topic.to_string(),

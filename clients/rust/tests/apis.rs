@@ -322,3 +322,61 @@ fn transact_writes_relay_and_read_back() {
         gw.stop().await;
     });
 }
+
+#[test]
+fn payloads_over_a_mebibyte_travel_in_pieces_and_arrive_whole() {
+    run(async {
+        let dir = std::env::temp_dir().join(format!("prism-client-claims-{}", std::process::id()));
+        let yaml = config_yaml().replace(
+            "namespaces:\n  default:\n",
+            &format!(
+                "object_stores:\n  files: {{ type: local, path: {} }}\nnamespaces:\n  default:\n    \
+                 claim_check: {{ store: files, threshold: 262144, delete_on_ack: true }}\n",
+                dir.display()
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gw = Served::start_with(listener, parse(&yaml)).await;
+        let body: Vec<u8> = (0..5 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect();
+
+        // Queue: published over PublishStream, kept in the store, joined.
+        let queue = open(addr, "jobs").await.queue();
+        queue.publish("big", body.clone()).await.unwrap();
+        let options = prism_client::queue::SubscribeOptions {
+            consumer_group: "g".into(),
+            start: Some(prism_client::queue::Start::Earliest),
+            max_messages: Some(1),
+            ..Default::default()
+        };
+        let deliveries: Vec<_> = queue.subscribe("big", options).try_collect().await.unwrap();
+        assert_eq!(deliveries.len(), 1);
+        let message = &deliveries[0].message;
+        assert!(message.payload == body, "the payload arrives whole");
+        assert!(
+            !message.headers.keys().any(|k| k.starts_with("prism-")),
+            "{:?}",
+            message.headers
+        );
+        deliveries[0].ack().await.unwrap();
+
+        // PubSub the same way.
+        let pubsub = open(addr, "events").await.pubsub();
+        let received = tokio::spawn({
+            let mut events = Box::pin(pubsub.subscribe("big.events"));
+            async move {
+                loop {
+                    let event = events.next().await.expect("open").expect("an event");
+                    if event.payload != b"probe" {
+                        return event.payload;
+                    }
+                }
+            }
+        });
+        until_subscribed(&pubsub, "big.events").await;
+        pubsub.publish("big.events", body.clone()).await.unwrap();
+        assert!(received.await.unwrap() == body, "the event arrives whole");
+        gw.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
