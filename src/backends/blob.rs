@@ -349,11 +349,14 @@ impl Upload {
             .expect("an upload's writer is taken only by finish and abort, which consume it")
     }
 
-    /// Adds `piece`, waiting while too many parts are in flight.
+    /// Adds `piece`, a part's worth at a time, waiting while too many
+    /// parts are in flight (so a large piece never starts more).
     pub async fn write(&mut self, piece: &[u8]) -> Result<(), Error> {
-        let waited = self.writer().wait_for_capacity(UPLOAD_CONCURRENCY).await;
-        waited.map_err(|e| store_error(&self.store, "storing", &self.key, e))?;
-        self.writer().write(piece);
+        for slice in piece.chunks(PART_BYTES) {
+            let waited = self.writer().wait_for_capacity(UPLOAD_CONCURRENCY).await;
+            waited.map_err(|e| store_error(&self.store, "storing", &self.key, e))?;
+            self.writer().write(slice);
+        }
         Ok(())
     }
 

@@ -51,7 +51,8 @@ pub struct ClaimCheckPolicy {
     #[serde(default)]
     pub delete_on_ack: bool,
     /// Uploads of this namespace's PublishStreams at once (default 8); each
-    /// holds up to about 15 MiB while it runs.
+    /// holds up to about 15 MiB while it runs, besides the piece being
+    /// received (at most `limits.max_message_bytes`).
     #[serde(default = "default_max_uploads")]
     pub max_uploads: usize,
 }

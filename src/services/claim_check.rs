@@ -25,7 +25,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use futures::{stream::BoxStream, Stream, StreamExt as _};
+use futures::{future::BoxFuture, stream::BoxStream, Stream, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -54,6 +54,9 @@ const RESERVED_PREFIXES: [&str; 2] = ["prism-claim-check", "prism-chunk"];
 pub const MAX_TRACKED: usize = 100_000;
 /// How long a delivery is remembered for deletion on acknowledgement.
 const TRACK_FOR: Duration = Duration::from_secs(3600);
+/// How long a PublishStream may take to send its first message (it is not
+/// yet admitted: no session counts it).
+const START_WAIT: Duration = Duration::from_secs(30);
 /// Delivered pieces when the consuming namespace has no claim check.
 const DEFAULT_CHUNK: usize = 1024 * 1024;
 
@@ -176,7 +179,20 @@ pub async fn stream_start<T, S>(
     service: crate::error::Service,
     start: fn(T) -> Option<S>,
 ) -> Result<S, tonic::Status> {
-    inbound.message().await?.and_then(start).ok_or_else(|| {
+    let first = tokio::time::timeout(START_WAIT, inbound.message())
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::DeadlineExceeded,
+                "PUBLISH_STREAM_START",
+                format!(
+                    "no first message within {}s of opening PublishStream",
+                    START_WAIT.as_secs()
+                ),
+            )
+            .to_status(service)
+        })??;
+    first.and_then(start).ok_or_else(|| {
         Error::invalid_argument(
             "PUBLISH_STREAM_START",
             "the first message of PublishStream must be `start` (topic, headers and the \
@@ -316,22 +332,26 @@ impl ClaimChecks {
         self.figures.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One of the namespace's `max_uploads`, or RESOURCE_EXHAUSTED.
-    fn upload_slot(&self, ns: &str, policy: &ClaimCheckPolicy) -> Result<Held, Error> {
+    /// One of the namespace's `max_uploads` (as the running config says:
+    /// calls admitted before a reload agree with those after), or
+    /// RESOURCE_EXHAUSTED.
+    fn upload_slot(&self, ns: &str) -> Result<Held, Error> {
+        let max = self
+            .config
+            .load()
+            .namespaces
+            .get(ns)
+            .and_then(|spec| spec.claim_check.as_ref())
+            .map_or(0, |p| p.max_uploads);
         let semaphore = {
-            let mut slot = self.uploads.entry(ns.to_string()).or_insert_with(|| {
-                (
-                    policy.max_uploads,
-                    Arc::new(Semaphore::new(policy.max_uploads)),
-                )
-            });
+            let mut slot = self
+                .uploads
+                .entry(ns.to_string())
+                .or_insert_with(|| (max, Arc::new(Semaphore::new(max))));
             // A reload changed the bound: uploads running keep their old
             // slots, new ones count against the new bound.
-            if slot.0 != policy.max_uploads {
-                *slot = (
-                    policy.max_uploads,
-                    Arc::new(Semaphore::new(policy.max_uploads)),
-                );
+            if slot.0 != max {
+                *slot = (max, Arc::new(Semaphore::new(max)));
             }
             slot.1.clone()
         };
@@ -340,9 +360,8 @@ impl ClaimChecks {
                 ErrorKind::ResourceExhausted,
                 "CLAIM_CHECK_UPLOADS_BUSY",
                 format!(
-                    "namespace `{ns}` already has its {} uploads to the object store running \
-                     (claim_check.max_uploads); retry when one ends",
-                    policy.max_uploads
+                    "namespace `{ns}` already has its {max} uploads to the object store running \
+                     (claim_check.max_uploads); retry when one ends"
                 ),
             )
             .with("limit", "claim_check.max_uploads")
@@ -383,7 +402,7 @@ impl ClaimChecks {
                         return Err(inline_too_large(inline_max));
                     };
                     let store = self.store(&policy.store)?;
-                    let slot = self.upload_slot(ns, policy)?;
+                    let slot = self.upload_slot(ns)?;
                     let key = Self::new_key(ns);
                     let mut started = store.upload(&key).await?;
                     started.hold(slot);
@@ -600,14 +619,24 @@ impl ClaimChecks {
             .insert(key, (reference.clone(), self.clock.now_ms()));
     }
 
-    /// A Queue message was acknowledged: its stored payload, if this
-    /// gateway delivered one to the session, is deleted.
-    pub async fn acknowledged(&self, session: &str, message_id: &str) {
+    /// A Queue message of namespace `ns` was acknowledged: its stored
+    /// payload, if this gateway delivered one to the session, is deleted —
+    /// when the namespace's claim check (as it is now) says
+    /// `delete_on_ack`.
+    pub async fn acknowledged(&self, session: &str, ns: &str, message_id: &str) {
         let key = (session.to_string(), message_id.to_string());
-        if let Some((_, (reference, _))) = self.delivered.remove(&key) {
-            if self.delete(&reference).await {
-                self.figures.deleted_on_ack.fetch_add(1, Ordering::Relaxed);
-            }
+        let Some((_, (reference, _))) = self.delivered.remove(&key) else {
+            return;
+        };
+        let delete = self
+            .config
+            .load()
+            .namespaces
+            .get(ns)
+            .and_then(|spec| spec.claim_check.as_ref())
+            .is_some_and(|p| p.delete_on_ack);
+        if delete && self.delete(&reference).await {
+            self.figures.deleted_on_ack.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -667,18 +696,29 @@ impl ClaimChecks {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A retention pass may take a while (listing, deleting); an
+            // abandoned upload is aborted meanwhile, not after it.
+            let mut sweeping: Option<BoxFuture<'static, ()>> = None;
             loop {
                 let abandoned =
                     futures::future::select_all(stores.iter().map(|b| Box::pin(b.abandoned())));
+                let idle = sweeping.is_none();
+                let pass = async {
+                    match sweeping.as_mut() {
+                        Some(pass) => pass.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = abandoned => {
                         for b in &stores {
                             b.clean_abandoned().await;
                         }
                     }
-                    _ = tick.tick() => {
+                    _ = pass => sweeping = None,
+                    _ = tick.tick(), if idle => {
                         let Some(this) = this.upgrade() else { return };
-                        this.sweep().await;
+                        sweeping = Some(Box::pin(async move { this.sweep().await }));
                     }
                 }
             }

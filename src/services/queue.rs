@@ -495,7 +495,9 @@ impl QueueService for QueueApi {
                                 .await?
                             {
                                 acked = true;
-                                self.claims.acknowledged(&call.entry.id, id).await;
+                                self.claims
+                                    .acknowledged(&call.entry.id, call.ns(), id)
+                                    .await;
                                 break;
                             }
                         }

@@ -88,6 +88,10 @@ def test_pieces_of_a_large_payload_are_joined_and_gaps_refused():
     assert (whole.payload, dict(whole.headers)) == (b"abcdef", {"k": "v"})
     plain = queue_pb2.Message(message_id="x", payload=b"p")
     assert j.add(plain) is plain
+    from prism.reader.v1 import reader_pb2
+    page = reader_pb2.Page()
+    page.metadata.SetInParent()
+    assert j.add(page) is page, "a Reader page's metadata is no header map"
     j.add(piece(0, 3, b"ab"))
     with pytest.raises(InvalidInputError):
         j.add(piece(2, 3, b"ef"))

@@ -115,12 +115,16 @@ impl RpcError {
     }
 
     /// Whether a retry may succeed: the gateway or the path to it is
-    /// briefly unable (`UNAVAILABLE`), or the caller is over a limit that
-    /// frees up (`RESOURCE_EXHAUSTED`: a rate, a count of open things), not
-    /// one its request can never fit (a size).
+    /// briefly unable (`UNAVAILABLE`, or `CANCELLED` without the gateway's
+    /// ErrorInfo: the connection closed under the call, as when a gateway
+    /// stops), or the caller is over a limit that frees up
+    /// (`RESOURCE_EXHAUSTED`: a rate, a count of open things), not one its
+    /// request can never fit (a size). Only calls safe to repeat are
+    /// retried on it; whether this one was applied is unknown.
     pub fn is_transient(&self) -> bool {
         match self.code {
             Code::Unavailable => true,
+            Code::Cancelled => self.reason.is_none(),
             Code::ResourceExhausted => !self
                 .reason
                 .as_deref()
@@ -282,6 +286,18 @@ mod tests {
         assert!(lost(Code::Unauthenticated, "INVALID_SESSION_TOKEN"));
         assert!(!lost(Code::Unauthenticated, "INVALID_API_KEY"));
         assert!(!lost(Code::PermissionDenied, "SESSION_EXPIRED"));
+    }
+
+    #[test]
+    fn a_connection_closed_under_a_call_is_transient_but_not_unsent() {
+        let closed = RpcError::from_status(&tonic::Status::cancelled("operation was canceled"));
+        assert!(closed.is_transient() && !closed.not_sent);
+        let answered = RpcError::from_status(&tonic::Status::with_error_details(
+            Code::Cancelled,
+            "x",
+            ErrorDetails::with_error_info("SOMETHING", "prism.keyvalue.v1", []),
+        ));
+        assert!(!answered.is_transient());
     }
 
     #[test]

@@ -54,6 +54,24 @@
 
 #![deny(missing_docs)]
 
+/// A `PublishStream` of `$pieces` (a `Vec` of its messages) on an API
+/// handle, resent as a whole under `Resend::OnlyIfNotApplied`; it has no
+/// deadline, as a large payload takes the time it takes (the connection's
+/// keepalive notices a dead gateway).
+macro_rules! publish_in_pieces {
+    ($api:expr, $pieces:expr) => {{
+        let shared = $api.session.shared();
+        let pieces = $pieces;
+        shared
+            .call(crate::retry::Resend::OnlyIfNotApplied, |token| {
+                let request = shared.stream_request(&token, futures::stream::iter(pieces.clone()));
+                let mut stub = $api.stub.clone();
+                async move { stub.publish_stream(request).await }
+            })
+            .await
+    }};
+}
+
 /// One unary call of an API handle (a struct with `session` and `stub`):
 /// `$rpc` with `$message` on a clone of the stub, carrying the session's
 /// token, through the session's retry and reopen rules (`$resend`). The

@@ -113,8 +113,7 @@ impl PubSub {
                     part: Some(Part::Payload(piece)),
                 },
             );
-            let stream = futures::stream::iter(pieces);
-            match unary!(self, Resend::OnlyIfNotApplied, publish_stream, stream) {
+            match publish_in_pieces!(self, pieces) {
                 Err(e) if unimplemented(&e) => {}
                 Err(e) => return Err(e),
                 Ok(published) => {

@@ -134,8 +134,7 @@ impl Queue {
                     part: Some(Part::Payload(piece)),
                 },
             );
-            let stream = futures::stream::iter(pieces);
-            match unary!(self, Resend::OnlyIfNotApplied, publish_stream, stream) {
+            match publish_in_pieces!(self, pieces) {
                 Err(e) if unimplemented(&e) => {}
                 sent => return sent,
             }

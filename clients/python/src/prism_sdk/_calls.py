@@ -379,10 +379,13 @@ class Joiner:
         self.run: Optional[List[Any]] = None  # [first, next index, total, parts]
 
     def add(self, item: Any) -> Any:
+        if isinstance(item, queue_pb2.Message):
+            name = "headers"
+        elif isinstance(item, (pubsub_pb2.Event, transact_pb2.MailboxMessage)):
+            name = "metadata"
+        else:
+            return item  # Reader pages and rows, KeyValue scans: never in pieces
         fields = item.DESCRIPTOR.fields_by_name
-        name = "headers" if "headers" in fields else "metadata" if "metadata" in fields else None
-        if name is None:
-            return item
         headers = getattr(item, name)
         at = headers.get(CHUNK_HEADER)
         if at is None:
