@@ -115,16 +115,18 @@ impl RpcError {
     }
 
     /// Whether a retry may succeed: the gateway or the path to it is
-    /// briefly unable (`UNAVAILABLE`, or `CANCELLED` without the gateway's
-    /// ErrorInfo: the connection closed under the call, as when a gateway
-    /// stops), or the caller is over a limit that frees up
-    /// (`RESOURCE_EXHAUSTED`: a rate, a count of open things), not one its
-    /// request can never fit (a size). Only calls safe to repeat are
-    /// retried on it; whether this one was applied is unknown.
+    /// briefly unable (`UNAVAILABLE`; or `CANCELLED` or `UNKNOWN` without
+    /// the gateway's ErrorInfo, which every error of the gateway carries:
+    /// the connection closed under the call, or a proxy cut the stream
+    /// short, as when a gateway behind it is killed), or the caller is over
+    /// a limit that frees up (`RESOURCE_EXHAUSTED`: a rate, a count of open
+    /// things), not one its request can never fit (a size). Only calls
+    /// safe to repeat are retried on it; whether this one was applied is
+    /// unknown.
     pub fn is_transient(&self) -> bool {
         match self.code {
             Code::Unavailable => true,
-            Code::Cancelled => self.reason.is_none(),
+            Code::Cancelled | Code::Unknown => self.reason.is_none(),
             Code::ResourceExhausted => !self
                 .reason
                 .as_deref()
@@ -292,6 +294,10 @@ mod tests {
     fn a_connection_closed_under_a_call_is_transient_but_not_unsent() {
         let closed = RpcError::from_status(&tonic::Status::cancelled("operation was canceled"));
         assert!(closed.is_transient() && !closed.not_sent);
+        let cut = RpcError::from_status(&tonic::Status::unknown(
+            "protocol error: missing grpc-status trailer",
+        ));
+        assert!(cut.is_transient() && !cut.not_sent);
         let answered = RpcError::from_status(&tonic::Status::with_error_details(
             Code::Cancelled,
             "x",
