@@ -105,10 +105,11 @@ struct Fixture {
     _moto: Moto,
 }
 
-const KEYS: [(&str, &str); 5] = [
+const KEYS: [(&str, &str); 6] = [
     ("cq", "cq-key"),
     ("cp", "cp-key"),
     ("cl", "cl-key"),
+    ("cltx", "cl-key"),
     ("cm", "cm-key"),
     ("plain", "plain-key"),
 ];
@@ -143,8 +144,8 @@ namespaces:
     api_keys: [{{ name: t, sha256: "{cp}" }}]
     claim_check: {{ store: s3, threshold: 262144, retention: 5s }}
   cl{run}:
-    allowed_backends: [memory]
-    allowed_patterns: [queue]
+    allowed_backends: [memory, sqlite]
+    allowed_patterns: [queue, transact]
     api_keys: [{{ name: t, sha256: "{cl}" }}]
     claim_check: {{ store: local, threshold: 65536, chunk_size: 1048576,
                     max_object_bytes: 8388608, retention: 1h, delete_on_ack: true,
@@ -168,6 +169,7 @@ configs:
   cp: {{ namespace: cp{run}, pattern: pubsub, backend: nats }}
   cl: {{ namespace: cl{run}, pattern: queue, backend: memory, options: {{ visibility_timeout: 120s }} }}
   cm: {{ namespace: cm{run}, pattern: transact, backend: sqlite }}
+  cltx: {{ namespace: cl{run}, pattern: transact, backend: sqlite }}
   plain: {{ namespace: plain{run}, pattern: queue, backend: memory }}
 "#,
             kafka = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
@@ -178,8 +180,8 @@ configs:
             cq = key(KEYS[0].1),
             cp = key(KEYS[1].1),
             cl = key(KEYS[2].1),
-            cm = key(KEYS[3].1),
-            plain = key(KEYS[4].1),
+            cm = key(KEYS[4].1),
+            plain = key(KEYS[5].1),
             admin = common::ADMIN_TOKEN,
         );
         std::fs::create_dir_all(&dir).unwrap();
@@ -200,7 +202,7 @@ configs:
         let backend = match name {
             "cq" => "kafka",
             "cp" => "nats",
-            "cm" => "sqlite",
+            "cm" | "cltx" => "sqlite",
             _ => "memory",
         };
         self.gw.wait_backend_up(backend).await;
@@ -709,6 +711,76 @@ fn a_large_mailbox_message_is_read_back_whole_and_its_loss_is_said() {
             "CLAIM_CHECK_OBJECT_MISSING",
             Service::Transact,
         );
+        fx.finish().await;
+    })
+}
+
+/// The next answer of a Transaction stream.
+async fn next(responses: &mut Streaming<tx::TransactResponse>) -> tx::transact_response::Response {
+    tokio::time::timeout(Duration::from_secs(30), responses.message())
+        .await
+        .expect("an answer in time")
+        .unwrap()
+        .and_then(|r| r.response)
+        .expect("a response")
+}
+
+#[test]
+fn a_rolled_back_transaction_leaves_no_stored_message() {
+    block_on_multi_thread(async {
+        use tx::{transact_request::Request as In, transact_response::Response as Out};
+        let fx = Fixture::start().await;
+        let token = fx.session("cltx").await;
+        let mut transact = TransactServiceClient::new(fx.gw.channel.clone());
+        let (send, requests) = tokio::sync::mpsc::channel(4);
+        let mut responses = transact
+            .transaction(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let begin = In::Begin(tx::BeginTransaction {
+            session_token: token.clone(),
+            options: None,
+        });
+        send.send(tx::TransactRequest {
+            request: Some(begin),
+        })
+        .await
+        .unwrap();
+        assert!(matches!(next(&mut responses).await, Out::Started(_)));
+        let write = In::Write(tx::WriteRequest {
+            mailbox: Some(tx::MailboxWrite {
+                mailbox_id: "out".into(),
+                message: payload(2 * MIB, 15),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        send.send(tx::TransactRequest {
+            request: Some(write),
+        })
+        .await
+        .unwrap();
+        assert!(matches!(next(&mut responses).await, Out::WriteResult(_)));
+        assert_eq!(
+            fx.objects("local", "cl").await.len(),
+            1,
+            "stored for the write"
+        );
+        let rollback = In::Rollback(tx::RollbackTransaction {
+            reason: "changed my mind".into(),
+        });
+        send.send(tx::TransactRequest {
+            request: Some(rollback),
+        })
+        .await
+        .unwrap();
+        assert!(matches!(next(&mut responses).await, Out::RolledBack(_)));
+        // Retention here is an hour: only the rollback can delete it.
+        wait_until("the rolled-back message's object is deleted", || async {
+            fx.objects("local", "cl").await.is_empty()
+        })
+        .await;
         fx.finish().await;
     })
 }

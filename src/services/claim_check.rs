@@ -229,6 +229,10 @@ pub struct ClaimChecks {
     /// Queue payloads delivered and not yet acknowledged: (session, message
     /// id) → reference and when it was delivered (clock ms).
     delivered: DashMap<(String, String), (Reference, u64)>,
+    /// Stored payloads whose writes were rolled back, for the sweeper task
+    /// to delete at once (it is told).
+    discards: parking_lot::Mutex<Vec<Reference>>,
+    discarding: Arc<tokio::sync::Notify>,
     /// Each namespace's bound on uploads at once (`max_uploads`), with the
     /// capacity it was made with.
     uploads: DashMap<String, (usize, Arc<Semaphore>)>,
@@ -249,6 +253,8 @@ impl ClaimChecks {
             config: live,
             clock,
             delivered: DashMap::new(),
+            discards: parking_lot::Mutex::new(Vec::new()),
+            discarding: Arc::default(),
             uploads: DashMap::new(),
             figures: Figures::default(),
             sweeper: parking_lot::Mutex::new(None),
@@ -441,17 +447,26 @@ impl ClaimChecks {
     /// (a timeout, a lost connection): then the payload stays for its
     /// retention, so no published message ever names a missing object.
     pub async fn discard(&self, reference: &Reference, why: &Error) {
-        if matches!(
-            why.kind,
-            ErrorKind::Unavailable
-                | ErrorKind::DeadlineExceeded
-                | ErrorKind::Aborted
-                | ErrorKind::Internal
-        ) {
+        if ambiguous(why) {
             return;
         }
         self.figures.discarded.fetch_add(1, Ordering::Relaxed);
         self.delete(reference).await;
+    }
+
+    /// Deletes, soon and off the caller's path, stored payloads of writes
+    /// that were rolled back (a transaction dropped without commit).
+    pub fn discard_later(&self, references: Vec<Reference>) {
+        self.discards.lock().extend(references);
+        self.discarding.notify_one();
+    }
+
+    async fn discard_pending(&self) {
+        let pending = std::mem::take(&mut *self.discards.lock());
+        for r in pending {
+            self.figures.discarded.fetch_add(1, Ordering::Relaxed);
+            self.delete(&r).await;
+        }
     }
 
     async fn delete(&self, reference: &Reference) -> bool {
@@ -693,6 +708,7 @@ impl ClaimChecks {
         if stores.is_empty() {
             return;
         }
+        let discarding = self.discarding.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -714,6 +730,10 @@ impl ClaimChecks {
                         for b in &stores {
                             b.clean_abandoned().await;
                         }
+                    }
+                    _ = discarding.notified() => {
+                        let Some(this) = this.upgrade() else { return };
+                        this.discard_pending().await;
                     }
                     _ = pass => sweeping = None,
                     _ = tick.tick(), if idle => {
@@ -767,6 +787,18 @@ impl Drop for ClaimChecks {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a failure leaves it unknown if the write or publish happened
+/// after all (a timeout, a lost connection, a cut-short call).
+pub fn ambiguous(e: &Error) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Unavailable
+            | ErrorKind::DeadlineExceeded
+            | ErrorKind::Aborted
+            | ErrorKind::Internal
+    )
 }
 
 /// DATA_LOSS: a stored payload is not what its message names.

@@ -732,12 +732,19 @@ struct Open {
     tx: Option<Box<dyn OpenTransaction>>,
     shared: Arc<TransactionShared>,
     _slot: Slot,
+    /// Mailbox messages its writes stored (claim check): deleted unless
+    /// the transaction commits.
+    stored: Vec<Reference>,
+    claims: Arc<ClaimChecks>,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         // Dropping `tx` without commit rolls the transaction back.
         self.shared.finish();
+        if !self.stored.is_empty() {
+            self.claims.discard_later(std::mem::take(&mut self.stored));
+        }
     }
 }
 
@@ -862,7 +869,15 @@ impl Driver {
                             .writes
                             .load(std::sync::atomic::Ordering::Acquire);
                         let tx = open.tx.take()?;
-                        match tx.commit().await {
+                        let committed = tx.commit().await;
+                        // Committed, or perhaps committed: the rows may name
+                        // their stored messages, which stay.
+                        if committed.as_ref().is_ok()
+                            || committed.as_ref().is_err_and(claim_check::ambiguous)
+                        {
+                            open.stored.clear();
+                        }
+                        match committed {
                             Ok(()) => {
                                 self.phase = Phase::Finished;
                                 out(Out::Committed(pb::TransactionCommitted {
@@ -995,6 +1010,8 @@ impl Driver {
             tx: Some(tx),
             shared,
             _slot: slot,
+            stored: Vec::new(),
+            claims: self.api.claims.clone(),
         };
         let started = Out::Started(pb::TransactionStarted {
             transaction_id: id,
@@ -1041,9 +1058,18 @@ async fn write_in(
         .tx
         .as_mut()
         .ok_or_else(|| Error::internal("the transaction is no longer open"))?;
-    let outcome = tx.write(&op).await;
-    api.failed(&outcome, stored).await;
-    let outcome = outcome?;
+    let outcome = match tx.write(&op).await {
+        Ok(outcome) => {
+            open.stored.extend(stored);
+            outcome
+        }
+        Err(e) => {
+            if let Some(r) = &stored {
+                api.claims.discard(r, &e).await;
+            }
+            return Err(e);
+        }
+    };
     open.shared
         .writes
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
