@@ -25,7 +25,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use futures::{future::BoxFuture, stream::BoxStream, Stream, StreamExt as _};
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt as _};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -33,6 +33,7 @@ use crate::{
     clock::Clock,
     config::{claim_check::ClaimCheckPolicy, GatewayConfig, LiveConfig, NamespaceSpec},
     error::{Error, ErrorKind},
+    gate::{self, Call, Gate, SessionToken},
     proto::{pubsub::v1 as pubsub_pb, queue::v1 as queue_pb, transact::v1 as transact_pb},
 };
 
@@ -144,41 +145,28 @@ pub fn check_reserved<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<
     }
 }
 
-/// A PublishStream's later messages as payload pieces, their bytes counted
-/// in `received`; `piece` takes a message's piece (`None`: the message is
-/// not one).
-pub fn pieces<'a, T: Send + 'static>(
-    inbound: &'a mut tonic::Streaming<T>,
-    received: &'a AtomicUsize,
-    piece: fn(T) -> Option<Vec<u8>>,
-) -> impl Stream<Item = Result<Vec<u8>, Error>> + Unpin + 'a {
-    inbound.map(move |m| match m.map(piece) {
-        Ok(Some(piece)) => {
-            received.fetch_add(piece.len(), Ordering::Relaxed);
-            Ok(piece)
-        }
-        Ok(None) => Err(Error::invalid_argument(
-            "PUBLISH_STREAM_START",
-            "only the first message of PublishStream is `start`; later ones carry `payload`",
-        )),
-        Err(status) => Err(Error::new(
-            ErrorKind::Aborted,
-            "PUBLISH_STREAM_BROKEN",
-            format!(
-                "the PublishStream broke before it ended ({}); nothing was published",
-                status.message()
-            ),
-        )),
-    })
-}
+/// A PublishStream's later messages as payload pieces.
+pub type Pieces<'a> = BoxStream<'a, Result<Vec<u8>, Error>>;
 
-/// A PublishStream's first message, which must be `start` (`start` takes
-/// it out of the message).
-pub async fn stream_start<T, S>(
-    inbound: &mut tonic::Streaming<T>,
-    service: crate::error::Service,
+/// A PublishStream call, whatever its service: its first message (`start`
+/// takes it out; within [`START_WAIT`]) admits it by its session token,
+/// else the header's; the later ones reach `body` as payload pieces
+/// (`piece` takes each out), their bytes accounted with the call.
+pub async fn publish_stream<H, T, S, R>(
+    gate: &Gate<H>,
+    request: tonic::Request<tonic::Streaming<T>>,
     start: fn(T) -> Option<S>,
-) -> Result<S, tonic::Status> {
+    piece: fn(T) -> Option<Vec<u8>>,
+    body: impl AsyncFnOnce(&Call<H>, S, Pieces<'_>) -> Result<R, Error>,
+) -> Result<tonic::Response<R>, tonic::Status>
+where
+    H: Clone,
+    T: Send + 'static,
+    S: prost::Message + SessionToken,
+    R: prost::Message,
+{
+    let header = gate::session_token("", &request).to_string();
+    let mut inbound = request.into_inner();
     let first = tokio::time::timeout(START_WAIT, inbound.message())
         .await
         .map_err(|_| {
@@ -190,16 +178,43 @@ pub async fn stream_start<T, S>(
                     START_WAIT.as_secs()
                 ),
             )
-            .to_status(service)
+            .to_status(gate.service())
         })??;
-    first.and_then(start).ok_or_else(|| {
+    let start = first.and_then(start).ok_or_else(|| {
         Error::invalid_argument(
             "PUBLISH_STREAM_START",
             "the first message of PublishStream must be `start` (topic, headers and the \
              payload's first piece); later ones carry `payload` pieces",
         )
-        .to_status(service)
-    })
+        .to_status(gate.service())
+    })?;
+    let mut call = gate
+        .open_client_stream(start.session_token(), &header, start.encoded_len())
+        .await?;
+    let received = AtomicUsize::new(0);
+    let pieces = inbound
+        .map(|m| match m.map(piece) {
+            Ok(Some(piece)) => {
+                received.fetch_add(piece.len(), Ordering::Relaxed);
+                Ok(piece)
+            }
+            Ok(None) => Err(Error::invalid_argument(
+                "PUBLISH_STREAM_START",
+                "only the first message of PublishStream is `start`; later ones carry `payload`",
+            )),
+            Err(status) => Err(Error::new(
+                ErrorKind::Aborted,
+                "PUBLISH_STREAM_BROKEN",
+                format!(
+                    "the PublishStream broke before it ended ({}); nothing was published",
+                    status.message()
+                ),
+            )),
+        })
+        .boxed();
+    let result = body(&call, start, pieces).await;
+    call.add_received(received.into_inner());
+    call.finish(result)
 }
 
 /// A payload as it goes to the broker: itself, or a reference to it.
@@ -383,7 +398,7 @@ impl ClaimChecks {
         ns: &str,
         spec: &NamespaceSpec,
         first: Vec<u8>,
-        mut rest: impl Stream<Item = Result<Vec<u8>, Error>> + Unpin,
+        mut rest: Pieces<'_>,
         inline_max: usize,
         release: Release,
     ) -> Result<Payload, Error> {

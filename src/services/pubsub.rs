@@ -8,7 +8,6 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
-use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -319,34 +318,29 @@ impl PubSubService for PubSubApi {
         &self,
         request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let header = gate::session_token("", &request).to_string();
-        let mut inbound = request.into_inner();
-        let start = claim_check::stream_start(&mut inbound, Service::PubSub, start).await?;
-        let mut call = self
-            .gate
-            .open_client_stream(&start.session_token, &header, start.encoded_len())
-            .await?;
-        let received = std::sync::atomic::AtomicUsize::new(0);
-        let result = async {
-            crate::call::note_resource(&start.topic);
-            let mut event = self.event(start, None)?;
-            let rest = claim_check::pieces(&mut inbound, &received, piece);
-            let payload = self
-                .claims
-                .receive(
-                    call.ns(),
-                    call.policy(),
-                    std::mem::take(&mut event.payload),
-                    rest,
-                    call.limits().max_message_bytes,
-                    Release::Retention,
-                )
-                .await?;
-            self.publish_event(&call, event, payload).await
-        }
-        .await;
-        call.add_received(received.into_inner());
-        call.finish(result)
+        claim_check::publish_stream(
+            &self.gate,
+            request,
+            start,
+            piece,
+            async |call, start, rest| {
+                crate::call::note_resource(&start.topic);
+                let mut event = self.event(start, None)?;
+                let payload = self
+                    .claims
+                    .receive(
+                        call.ns(),
+                        call.policy(),
+                        std::mem::take(&mut event.payload),
+                        rest,
+                        call.limits().max_message_bytes,
+                        Release::Retention,
+                    )
+                    .await?;
+                self.publish_event(call, event, payload).await
+            },
+        )
+        .await
     }
 
     type SubscribeStream = GatedStream<pb::Event>;

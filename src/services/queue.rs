@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -205,36 +204,32 @@ impl QueueService for QueueApi {
         &self,
         request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let header = gate::session_token("", &request).to_string();
-        let mut inbound = request.into_inner();
-        let start = claim_check::stream_start(&mut inbound, Service::Queue, start).await?;
-        let mut call = self
-            .gate
-            .open_client_stream(&start.session_token, &header, start.encoded_len())
-            .await?;
-        let received = std::sync::atomic::AtomicUsize::new(0);
-        let result = async {
-            crate::call::note_resource(&start.topic);
-            check_topic(&start.topic)?;
-            claim_check::check_reserved(start.headers.keys())?;
-            let rest = claim_check::pieces(&mut inbound, &received, piece);
-            let payload = self
-                .claims
-                .receive(
-                    call.ns(),
-                    call.policy(),
-                    start.payload,
-                    rest,
-                    call.limits().max_value_bytes,
-                    Release::Ack,
-                )
-                .await?;
-            let (item, stored) = item(payload, start.headers, start.partition_key, start.partition);
-            self.publish_one(&call, &start.topic, item, stored).await
-        }
-        .await;
-        call.add_received(received.into_inner());
-        call.finish(result)
+        claim_check::publish_stream(
+            &self.gate,
+            request,
+            start,
+            piece,
+            async |call, start, rest| {
+                crate::call::note_resource(&start.topic);
+                check_topic(&start.topic)?;
+                claim_check::check_reserved(start.headers.keys())?;
+                let payload = self
+                    .claims
+                    .receive(
+                        call.ns(),
+                        call.policy(),
+                        start.payload,
+                        rest,
+                        call.limits().max_value_bytes,
+                        Release::Ack,
+                    )
+                    .await?;
+                let (item, stored) =
+                    item(payload, start.headers, start.partition_key, start.partition);
+                self.publish_one(call, &start.topic, item, stored).await
+            },
+        )
+        .await
     }
 
     async fn publish_batch(
