@@ -45,10 +45,12 @@ def test_asyncio_apis(endpoint):
                     if probe.subscriber_count:
                         break
                     await asyncio.sleep(0.01)
-                await events.pubsub.publish(f"{pattern}.hello", b"hi")
+                # Over 1 MiB, publish sends the payload in pieces (PublishStream).
+                hello = random.randbytes(2 * 1024 * 1024)
+                await events.pubsub.publish(f"{pattern}.hello", hello)
                 event = await asyncio.wait_for(waiting, 30)
                 await subscription.aclose()
-                assert (event.topic, event.payload) == (f"{pattern}.hello", b"hi")
+                assert (event.topic, event.payload) == (f"{pattern}.hello", hello)
 
             async with await client.session(api_key=DEV_KEY, config="orders-db") as orders:
                 first = random.randrange(1_000_000, 2_000_000_000)

@@ -88,6 +88,13 @@ def test_queue_and_pubsub(endpoint):
         messages = list(jobs.queue.subscribe(topic, group="py", start="earliest", max_messages=5))
         assert [m.payload for m in messages] == [f"job {i}".encode() for i in range(5)]
         assert jobs.queue.acknowledge([m.message_id for m in messages]) == []
+        # Over 1 MiB, publish sends the payload in pieces (PublishStream); a
+        # namespace without a claim check takes up to limits.max_value_bytes.
+        big = random.randbytes(3 * 1024 * 1024 + 5)
+        jobs.queue.publish(f"{topic}.big", big)
+        [whole] = list(jobs.queue.subscribe(f"{topic}.big", group="py", start="earliest",
+                                            max_messages=1))
+        assert whole.payload == big
 
         pattern = f"py{random.getrandbits(32):08x}"
         got: list = []

@@ -36,7 +36,8 @@ TOKEN_HEADER = "x-session-token"
 
 
 class Call(NamedTuple):
-    """One unary call."""
+    """One call with one answer: unary, or a client stream whose messages
+    are ``request`` (a list, sent again whole on a retry)."""
 
     service: str
     method: str
@@ -330,11 +331,35 @@ class ScanPosition:
 # ---- Queue ---------------------------------------------------------------
 
 
+# Payloads larger than this are published over PublishStream, in pieces of
+# this size (a namespace with a claim check keeps them in its object store;
+# one without takes what a single request may hold).
+PIECE_BYTES = 1024 * 1024
+
+
+def sent(request: Any) -> Any:
+    """What an attempt sends: the request, or a fresh iterator over a client
+    stream's messages."""
+    return iter(request) if isinstance(request, list) else request
+
+
+def in_pieces(start: Any, piece: Callable[[bytes], Any], payload: bytes, first: Any) -> List[Any]:
+    """A PublishStream's messages: ``first`` (a PublishRequest whose payload
+    is the first piece) as ``start``, then the rest a piece at a time."""
+    first.payload = payload[:PIECE_BYTES]
+    return [start(first)] + [piece(payload[i:i + PIECE_BYTES])
+                             for i in range(PIECE_BYTES, len(payload), PIECE_BYTES)]
+
+
 def queue_publish(topic: str, payload: bytes, headers: Optional[Mapping[str, str]],
                   partition_key: Optional[str]) -> Call:
     request = queue_pb2.PublishRequest(topic=topic, payload=payload, headers=dict(headers or {}))
     if partition_key is not None:
         request.partition_key = partition_key
+    if len(payload) > PIECE_BYTES:
+        pieces = in_pieces(lambda s: queue_pb2.PublishStreamRequest(start=s),
+                           lambda p: queue_pb2.PublishStreamRequest(payload=p), payload, request)
+        return Call("queue", "PublishStream", pieces, Resend.ONLY_IF_NOT_APPLIED, lambda r: r)
     return Call("queue", "Publish", request, Resend.ONLY_IF_NOT_APPLIED, lambda r: r)
 
 
@@ -473,6 +498,10 @@ def pubsub_publish(topic: str, payload: bytes, metadata: Optional[Mapping[str, s
         request.correlation_id = correlation_id
     if reply_to is not None:
         request.reply_to = reply_to
+    if len(payload) > PIECE_BYTES:
+        pieces = in_pieces(lambda s: pubsub_pb2.PublishStreamRequest(start=s),
+                           lambda p: pubsub_pb2.PublishStreamRequest(payload=p), payload, request)
+        return Call("pubsub", "PublishStream", pieces, Resend.ONLY_IF_NOT_APPLIED, lambda r: r)
     return Call("pubsub", "Publish", request, Resend.ONLY_IF_NOT_APPLIED, lambda r: r)
 
 

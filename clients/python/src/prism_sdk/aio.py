@@ -142,7 +142,7 @@ class _Core:
             token, generation = self.current()
             try:
                 method = getattr(self.stub(call.service), call.method)
-                response = await method(call.request, metadata=self.metadata(token),
+                response = await method(c.sent(call.request), metadata=self.metadata(token),
                                         timeout=self.client.call_timeout, wait_for_ready=True)
                 return call.parse(response)
             except grpc.RpcError as err:

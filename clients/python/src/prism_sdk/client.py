@@ -203,7 +203,7 @@ class _Core:
             token, generation = self.current()
             try:
                 method = getattr(self.stub(call.service), call.method)
-                response = method(call.request, metadata=self.metadata(token),
+                response = method(c.sent(call.request), metadata=self.metadata(token),
                                   timeout=self.client.call_timeout, wait_for_ready=True)
                 return call.parse(response)
             except grpc.RpcError as err:
