@@ -80,3 +80,9 @@ pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
 pub fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
+
+/// When something kept for `ttl` from `now` (clock ms) expires: at least a
+/// millisecond later; `None` without a ttl.
+pub fn deadline(now: u64, ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|t| now.saturating_add(ms(t).max(1)))
+}

@@ -423,7 +423,8 @@ impl Collector for Live {
                 .iter()
                 .map(|(l, r)| (l.clone(), ConstCounter::new(r.dead_lettered()))),
         )?;
-        self.encode_caches(&mut encoder)
+        self.encode_caches(&mut encoder)?;
+        self.encode_claim_checks(&mut encoder)
     }
 }
 
@@ -466,7 +467,7 @@ impl Live {
             (
                 "prism_claim_check_failures",
                 "Object store calls of the claim check that failed (the call's error says which).",
-                &f.failures,
+                &*f.failures,
             ),
             (
                 "prism_claim_check_untracked",
@@ -587,8 +588,6 @@ impl Live {
                 MetricType::Counter,
             )?,
         )?;
-
-        self.encode_claim_checks(encoder)?;
 
         let stores: Vec<_> = sources
             .backends

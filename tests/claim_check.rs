@@ -227,9 +227,6 @@ configs:
             .older_than(&format!("{prefix}{}", self.run), later)
             .await
             .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect()
     }
 
     async fn finish(self) {

@@ -5,7 +5,14 @@
 //! gateway sees: put a payload whole or in pieces, read it back as a stream,
 //! delete it, and list what is older than a retention.
 
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
+};
 
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt as _, TryStreamExt as _};
@@ -112,7 +119,7 @@ impl ObjectStoreSpec {
 /// One configured object store.
 #[derive(Debug)]
 pub struct Blobs {
-    name: String,
+    who: Arc<Who>,
     store: Arc<dyn ObjectStore>,
     /// Uploads dropped unfinished (their call went away): aborted by the
     /// next [`Blobs::clean_abandoned`], so no stored parts are left.
@@ -128,19 +135,32 @@ struct Abandoned {
     notify: tokio::sync::Notify,
 }
 
+/// A store's name and the count of its failed calls, shared by its reads
+/// and uploads: every failure passes [`Who::failed`].
+#[derive(Debug)]
+struct Who {
+    name: String,
+    failures: Arc<AtomicU64>,
+}
+
+impl Who {
+    fn failed(&self, doing: &str, key: &str, e: object_store::Error) -> Error {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        store_error(&self.name, doing, key, e)
+    }
+}
+
 /// What an upload holds until it is finished or aborted.
 pub type Held = tokio::sync::OwnedSemaphorePermit;
 
-/// An object's key and when it was last written.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub key: String,
-    pub modified: SystemTime,
-}
-
 impl Blobs {
-    /// Opens the store `name` (a local directory is created if missing).
-    pub fn open(name: &str, spec: &ObjectStoreSpec) -> Result<Blobs, String> {
+    /// Opens the store `name` (a local directory is created if missing);
+    /// its failed calls are counted in `failures`.
+    pub fn open(
+        name: &str,
+        spec: &ObjectStoreSpec,
+        failures: Arc<AtomicU64>,
+    ) -> Result<Blobs, String> {
         let store: Arc<dyn ObjectStore> = match spec {
             ObjectStoreSpec::Local { path } => {
                 std::fs::create_dir_all(path).map_err(|e| {
@@ -182,14 +202,13 @@ impl Blobs {
             }
         };
         Ok(Blobs {
-            name: name.to_string(),
+            who: Arc::new(Who {
+                name: name.to_string(),
+                failures,
+            }),
             store,
             abandoned: Arc::default(),
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Stores `payload` whole under `key`.
@@ -210,7 +229,7 @@ impl Blobs {
             .map_err(|e| self.failed("storing", key, e))?;
         Ok(Upload {
             writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
-            store: self.name.clone(),
+            who: self.who.clone(),
             key: key.to_string(),
             held: None,
             abandoned: self.abandoned.clone(),
@@ -224,7 +243,7 @@ impl Blobs {
         let n = abandoned.len();
         for (key, writer, _held) in abandoned {
             if let Err(e) = writer.abort().await {
-                tracing::warn!(store = %self.name, object = %key, error = %e, "an abandoned upload was not cleaned up");
+                tracing::warn!(store = %self.who.name, object = %key, error = %e, "an abandoned upload was not cleaned up");
             }
         }
         n
@@ -246,10 +265,10 @@ impl Blobs {
             .await
             .map_err(|e| self.failed("reading", key, e))?;
         let size = got.meta.size;
-        let (name, key) = (self.name.clone(), key.to_string());
+        let (who, key) = (self.who.clone(), key.to_string());
         let bytes = got
             .into_stream()
-            .map_err(move |e| store_error(&name, "reading", &key, e))
+            .map_err(move |e| who.failed("reading", &key, e))
             .boxed();
         Ok((size, bytes))
     }
@@ -271,8 +290,8 @@ impl Blobs {
         }
     }
 
-    /// Objects under `prefix` last written before `before`.
-    pub async fn older_than(&self, prefix: &str, before: SystemTime) -> Result<Vec<Stored>, Error> {
+    /// The keys of the objects under `prefix` last written before `before`.
+    pub async fn older_than(&self, prefix: &str, before: SystemTime) -> Result<Vec<String>, Error> {
         let listed: Vec<_> = self
             .store
             .list(Some(&Path::from(prefix)))
@@ -281,16 +300,13 @@ impl Blobs {
             .map_err(|e| self.failed("listing", prefix, e))?;
         Ok(listed
             .into_iter()
-            .map(|meta| Stored {
-                key: meta.location.to_string(),
-                modified: meta.last_modified.into(),
-            })
-            .filter(|s| s.modified < before)
+            .filter(|meta| SystemTime::from(meta.last_modified) < before)
+            .map(|meta| meta.location.to_string())
             .collect())
     }
 
     fn failed(&self, doing: &str, key: &str, e: object_store::Error) -> Error {
-        store_error(&self.name, doing, key, e)
+        self.who.failed(doing, key, e)
     }
 }
 
@@ -324,7 +340,7 @@ fn store_error(store: &str, doing: &str, key: &str, e: object_store::Error) -> E
 /// [`Blobs::clean_abandoned`].
 pub struct Upload {
     writer: Option<WriteMultipart>,
-    store: String,
+    who: Arc<Who>,
     key: String,
     /// Given back when the upload is finished or aborted.
     held: Option<Held>,
@@ -354,7 +370,7 @@ impl Upload {
     pub async fn write(&mut self, piece: &[u8]) -> Result<(), Error> {
         for slice in piece.chunks(PART_BYTES) {
             let waited = self.writer().wait_for_capacity(UPLOAD_CONCURRENCY).await;
-            waited.map_err(|e| store_error(&self.store, "storing", &self.key, e))?;
+            waited.map_err(|e| self.who.failed("storing", &self.key, e))?;
             self.writer().write(slice);
         }
         Ok(())
@@ -367,7 +383,7 @@ impl Upload {
             Some(w) => w.finish().await.map(|_| ()),
             None => Ok(()),
         };
-        done.map_err(|e| store_error(&self.store, "storing", &self.key, e))
+        done.map_err(|e| self.who.failed("storing", &self.key, e))
     }
 
     /// Gives the upload up, removing what was stored of it.
@@ -416,7 +432,12 @@ mod tests {
     #[tokio::test]
     async fn a_local_store_keeps_reads_and_deletes_objects() {
         let dir = std::env::temp_dir().join(format!("prism-blob-{}", std::process::id()));
-        let blobs = Blobs::open("local", &ObjectStoreSpec::Local { path: dir.clone() }).unwrap();
+        let blobs = Blobs::open(
+            "local",
+            &ObjectStoreSpec::Local { path: dir.clone() },
+            Arc::default(),
+        )
+        .unwrap();
         blobs.put("ns/a", vec![1, 2, 3]).await.unwrap();
         let mut upload = blobs.upload("ns/b").await.unwrap();
         let piece = vec![7u8; 1 << 20];

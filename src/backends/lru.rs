@@ -22,7 +22,7 @@ use std::{
 use hashlink::LinkedHashMap;
 use parking_lot::Mutex;
 
-use crate::clock::{ms, Clock};
+use crate::clock::Clock;
 
 /// Bytes counted per entry beyond its key and value (links, hash slot,
 /// expiry).
@@ -89,7 +89,7 @@ impl<V> Shard<V> {
 
 /// What happened to a cache since it was made.
 #[derive(Debug, Default)]
-pub struct Counters {
+struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     /// Entries pushed out to make room.
@@ -156,10 +156,6 @@ impl<V: Clone + Weigh> Lru<V> {
         &self.shards[at]
     }
 
-    fn deadline(&self, now: u64, ttl: Option<Duration>) -> Option<u64> {
-        ttl.map(|t| now.saturating_add(ms(t).max(1)))
-    }
-
     /// The live value under `key` and its time left, marked as just used.
     pub fn get(&self, key: &str) -> Option<(V, Option<Duration>)> {
         let now = self.clock.now_ms();
@@ -219,7 +215,14 @@ impl<V: Clone + Weigh> Lru<V> {
         if !keep(current.map(|s| &s.value)) {
             return Ok(false);
         }
-        self.put(&mut shard, now, key, value, self.deadline(now, ttl), bytes);
+        self.put(
+            &mut shard,
+            now,
+            key,
+            value,
+            crate::clock::deadline(now, ttl),
+            bytes,
+        );
         Ok(true)
     }
 
@@ -286,7 +289,7 @@ impl<V: Clone + Weigh> Lru<V> {
         let current = shard.map.get(key).filter(|s| s.live(now));
         let expires_ms = match current {
             Some(slot) => slot.expires_ms,
-            None => self.deadline(now, ttl),
+            None => crate::clock::deadline(now, ttl),
         };
         let (value, out) = f(current.map(|s| &s.value))?;
         let bytes = self.check_size(key, &value).map_err(too_large)?;
@@ -336,10 +339,6 @@ impl<V: Clone + Weigh> Lru<V> {
             .expirations
             .fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
-    }
-
-    pub fn bounds(&self) -> Bounds {
-        self.bounds
     }
 
     pub fn snapshot(&self) -> Snapshot {

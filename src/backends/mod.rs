@@ -265,7 +265,14 @@ impl Client {
     /// Removes expired data where the backend does not do it itself.
     pub async fn sweep(&self) -> Result<u64, crate::error::Error> {
         match self {
-            Client::Memory(m) => Ok((m.kv.sweep() + m.cache.sweep()) as u64),
+            // A walk of every entry: on a blocking thread, not the pool
+            // actor's async worker.
+            Client::Memory(m) => {
+                let (kv, cache) = (m.kv.clone(), m.cache.clone());
+                tokio::task::spawn_blocking(move || (kv.sweep() + cache.sweep()) as u64)
+                    .await
+                    .map_err(|e| crate::error::Error::internal(format!("memory sweep: {e}")))
+            }
             Client::Sql(s, _) => s.sweep().await,
             Client::Redis(_) | Client::Nats(_) | Client::Kafka(_) => Ok(0),
         }

@@ -111,8 +111,14 @@ pub(super) fn glob_escape(s: &str) -> String {
     out
 }
 
-fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
+/// A key's remaining time from `PTTL` (negative: none, or no key).
+pub(super) fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
     (pttl >= 0).then(|| Duration::from_millis(pttl as u64))
+}
+
+/// Milliseconds for `PX`/`PEXPIRE`, which take 1 to `i64::MAX`.
+pub(super) fn px(ttl: Duration) -> i64 {
+    ttl.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
 /// A condition that passes: the server unreachable, timing out, still
@@ -407,8 +413,7 @@ impl KeyValueScan for RedisBackend {
 impl KeyValueTtl for RedisBackend {
     async fn expire(&self, ns: &str, key: &str, ttl: Duration) -> Result<bool, Error> {
         let mut conn = self.conn()?;
-        let ms = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
-        conn.pexpire(data_key(ns, key), ms)
+        conn.pexpire(data_key(ns, key), px(ttl))
             .await
             .map_err(|e| self.redis_error(e))
     }

@@ -12,17 +12,12 @@ use redis::AsyncCommands as _;
 
 use super::{
     cache::{counter_overflow, not_a_counter, CacheBasic, CacheCounters, Cached},
-    redis::RedisBackend,
+    redis::{px, ttl_from_pttl, RedisBackend},
 };
 use crate::error::Error;
 
 fn cache_key(ns: &str, key: &str) -> String {
     format!("prism:cache:{ns}:{key}")
-}
-
-/// Milliseconds for `PX`, which takes at most `i64::MAX`.
-fn px(ttl: Duration) -> u64 {
-    ttl.as_millis().clamp(1, i64::MAX as u128) as u64
 }
 
 #[async_trait]
@@ -39,7 +34,7 @@ impl CacheBasic for RedisBackend {
             .map_err(|e| self.redis_error(e))?;
         Ok(value.map(|value| Cached {
             value,
-            ttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
+            ttl: ttl_from_pttl(pttl),
         }))
     }
 

@@ -65,8 +65,11 @@ fn default_threshold() -> usize {
     256 * 1024
 }
 
+/// Delivered pieces by default, and for a namespace with no claim check.
+pub const DEFAULT_CHUNK_BYTES: usize = 1024 * 1024;
+
 fn default_chunk() -> usize {
-    1024 * 1024
+    DEFAULT_CHUNK_BYTES
 }
 
 fn default_max_object() -> u64 {

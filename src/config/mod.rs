@@ -665,6 +665,16 @@ pub enum CacheStrategy {
     WriteThrough,
 }
 
+impl CacheStrategy {
+    /// As the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheStrategy::LookAside => "look_aside",
+            CacheStrategy::WriteThrough => "write_through",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {

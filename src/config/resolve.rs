@@ -187,7 +187,8 @@ fn check_rate(what: &str, rate_limit: Option<(i32, i32)>) -> Result<(), Error> {
 }
 
 /// The longest `cache.ttl` (as for any expiry a client sends).
-const MAX_CACHE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest expiry anything takes: 100 years.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn invalid_cache(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::invalid_argument("INVALID_CACHE_CONFIG", format!("{what}: {detail}"))
@@ -226,7 +227,7 @@ fn check_cache(
     let Some(c) = cache else {
         return Ok((None, None));
     };
-    if c.ttl.is_some_and(|t| t.is_zero() || t > MAX_CACHE_TTL) {
+    if c.ttl.is_some_and(|t| t.is_zero() || t > MAX_TTL) {
         return Err(invalid_cache(
             what,
             "cache.ttl must be positive and at most 100 years",
@@ -498,7 +499,7 @@ fn inline_cache_ttl(
         None => None,
         Some(d) => Some(
             crate::clock::duration_from_proto(d)
-                .filter(|d| !d.is_zero() && *d <= MAX_CACHE_TTL)
+                .filter(|d| !d.is_zero() && *d <= MAX_TTL)
                 .ok_or_else(|| {
                     invalid_cache(
                         "inline_config",

@@ -110,10 +110,7 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
                         format!(
                             ", with a {} cache in the gateway (ttl {}, at most {} entries and {} \
                              bytes)",
-                            match c.strategy {
-                                super::CacheStrategy::LookAside => "look_aside",
-                                super::CacheStrategy::WriteThrough => "write_through",
-                            },
+                            c.strategy.name(),
                             humantime::format_duration(c.ttl),
                             c.max_entries,
                             c.max_bytes
@@ -194,8 +191,8 @@ pub fn validate(cfg: &GatewayConfig) -> Report {
 }
 
 /// The smallest byte bound a cache may have (one small entry and then
-/// some).
-const MIN_CACHE_BYTES: usize = 4096;
+/// some): the same for the memory backend's store as for a KeyValue cache.
+const MIN_CACHE_BYTES: usize = super::resolve::KvCacheSettings::MIN_BYTES;
 
 fn check_backend(r: &mut Report, name: &str, spec: &BackendSpec) {
     let subject = format!("backend {name}");

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::keys::{check_key, check_keys, check_reply, check_value, positive_duration};
+use super::keys::{
+    check_key, check_keys, check_reply, check_value, positive_duration, required_ttl,
+};
 use crate::{
     backends::{cache::CacheHandle, Interface},
     config::Pattern,
@@ -104,13 +106,7 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::SetExResponse>, Status> {
         self.gate
             .unary(request, async |call, req| {
-                let ttl = req.ttl.as_ref().ok_or_else(|| {
-                    Error::invalid_argument(
-                        "INVALID_TTL",
-                        "ttl is required by SetEx (at least 1ms); to store without one use Set",
-                    )
-                })?;
-                let ttl = positive_duration(ttl)?;
+                let ttl = required_ttl(req.ttl.as_ref(), "to store without one use Set")?;
                 self.store(call, &req.key, req.value, Some(ttl)).await?;
                 Ok(pb::SetExResponse {})
             })
@@ -139,13 +135,11 @@ impl CacheService for CacheApi {
                 let limits = call.limits();
                 check_keys(limits, req.keys.iter().map(String::as_str))?;
                 let values = call.handle.basic.get_multi(call.ns(), &req.keys).await?;
-                let bytes = req
-                    .keys
-                    .iter()
-                    .zip(&values)
-                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
-                    .sum();
-                check_reply(limits, bytes)?;
+                let sizes = req.keys.iter().zip(&values);
+                check_reply(
+                    limits,
+                    sizes.map(|(k, v)| (k.len(), v.as_ref().map_or(0, Vec::len))),
+                )?;
                 let entries = req
                     .keys
                     .into_iter()

@@ -25,13 +25,20 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use futures::{future::BoxFuture, stream::BoxStream, StreamExt as _};
+use futures::{
+    future::{BoxFuture, Either},
+    stream::BoxStream,
+    StreamExt as _,
+};
 use tokio::sync::Semaphore;
 
 use crate::{
-    backends::blob::{Blobs, Held, Upload},
+    backends::blob::{Blobs, Held},
     clock::Clock,
-    config::{claim_check::ClaimCheckPolicy, GatewayConfig, LiveConfig, NamespaceSpec},
+    config::{
+        claim_check::{ClaimCheckPolicy, DEFAULT_CHUNK_BYTES},
+        GatewayConfig, LiveConfig, NamespaceSpec,
+    },
     error::{Error, ErrorKind},
     gate::{self, Call, Gate, SessionToken},
     proto::{pubsub::v1 as pubsub_pb, queue::v1 as queue_pb, transact::v1 as transact_pb},
@@ -58,8 +65,6 @@ const TRACK_FOR: Duration = Duration::from_secs(3600);
 /// How long a PublishStream may take to send its first message (it is not
 /// yet admitted: no session counts it).
 const START_WAIT: Duration = Duration::from_secs(30);
-/// Delivered pieces when the consuming namespace has no claim check.
-const DEFAULT_CHUNK: usize = 1024 * 1024;
 
 /// When a stored payload may be deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +228,33 @@ pub enum Payload {
     Stored(Reference),
 }
 
+impl Payload {
+    /// Puts itself into a message: the payload, or (the payload left
+    /// empty) the reference into its headers, which it returns.
+    pub fn attach(
+        self,
+        payload: &mut Vec<u8>,
+        headers: &mut impl Extend<(String, String)>,
+    ) -> Option<Reference> {
+        match self {
+            Payload::Inline(p) => {
+                *payload = p;
+                None
+            }
+            Payload::Stored(r) => {
+                r.add_to(headers);
+                Some(r)
+            }
+        }
+    }
+}
+
+/// What a delivered message becomes: itself, or its stored payload's pieces.
+pub type Expanded<M> = Either<
+    futures::stream::Once<futures::future::Ready<Result<M, Error>>>,
+    BoxStream<'static, Result<M, Error>>,
+>;
+
 /// What the claim check has done, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Figures {
@@ -232,7 +264,8 @@ pub struct Figures {
     pub deleted_on_ack: AtomicU64,
     pub deleted_by_retention: AtomicU64,
     pub discarded: AtomicU64,
-    pub failures: AtomicU64,
+    /// Counted by the stores themselves (every failed call).
+    pub failures: Arc<AtomicU64>,
     pub untracked: AtomicU64,
 }
 
@@ -258,10 +291,14 @@ pub struct ClaimChecks {
 impl ClaimChecks {
     /// Opens every configured object store.
     pub fn open(config: &GatewayConfig, live: LiveConfig, clock: Clock) -> Result<Self, String> {
+        let figures = Figures::default();
         let stores = config
             .object_stores
             .iter()
-            .map(|(name, spec)| Ok((name.clone(), Arc::new(Blobs::open(name, spec)?))))
+            .map(|(name, spec)| {
+                let blobs = Blobs::open(name, spec, figures.failures.clone())?;
+                Ok((name.clone(), Arc::new(blobs)))
+            })
             .collect::<Result<_, String>>()?;
         Ok(ClaimChecks {
             stores,
@@ -271,7 +308,7 @@ impl ClaimChecks {
             discards: parking_lot::Mutex::new(Vec::new()),
             discarding: Arc::default(),
             uploads: DashMap::new(),
-            figures: Figures::default(),
+            figures,
             sweeper: parking_lot::Mutex::new(None),
         })
     }
@@ -288,13 +325,11 @@ impl ClaimChecks {
         })
     }
 
-    fn policy(spec: &NamespaceSpec) -> Option<&ClaimCheckPolicy> {
-        spec.claim_check.as_ref()
-    }
-
     /// The largest piece a namespace's subscribers get of a stored payload.
     pub fn chunk_size(spec: &NamespaceSpec) -> usize {
-        Self::policy(spec).map_or(DEFAULT_CHUNK, |p| p.chunk_size)
+        spec.claim_check
+            .as_ref()
+            .map_or(DEFAULT_CHUNK_BYTES, |p| p.chunk_size)
     }
 
     /// A new object's key: under its namespace, so retention sweeps by
@@ -312,7 +347,11 @@ impl ClaimChecks {
         payload: Vec<u8>,
         release: Release,
     ) -> Result<Payload, Error> {
-        let Some(policy) = Self::policy(spec).filter(|p| payload.len() > p.threshold) else {
+        let Some(policy) = spec
+            .claim_check
+            .as_ref()
+            .filter(|p| payload.len() > p.threshold)
+        else {
             return Ok(Payload::Inline(payload));
         };
         let store = self.store(&policy.store)?;
@@ -321,10 +360,7 @@ impl ClaimChecks {
         if size > policy.max_object_bytes {
             return Err(too_large(policy.max_object_bytes));
         }
-        store
-            .put(&key, payload)
-            .await
-            .inspect_err(|_| self.failed())?;
+        store.put(&key, payload).await?;
         Ok(Payload::Stored(self.stored(policy, key, size, release)))
     }
 
@@ -347,10 +383,6 @@ impl ClaimChecks {
                 Release::Retention
             },
         }
-    }
-
-    fn failed(&self) {
-        self.figures.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One of the namespace's `max_uploads` (as the running config says:
@@ -402,58 +434,60 @@ impl ClaimChecks {
         inline_max: usize,
         release: Release,
     ) -> Result<Payload, Error> {
-        let policy = Self::policy(spec);
-        let inline_limit = policy.map_or(inline_max, |p| p.threshold);
         let mut held = first;
-        let mut upload: Option<(Upload, u64)> = None;
-        let outcome = async {
-            loop {
-                if let Some((up, written)) = &mut upload {
-                    if !held.is_empty() {
-                        *written += held.len() as u64;
-                        let limit = policy.map_or(0, |p| p.max_object_bytes);
-                        if *written > limit {
-                            return Err(too_large(limit));
-                        }
-                        up.write(&held).await?;
-                        held.clear();
-                    }
-                } else if held.len() > inline_limit {
-                    let Some(policy) = policy else {
-                        return Err(inline_too_large(inline_max));
-                    };
-                    let store = self.store(&policy.store)?;
-                    let slot = self.upload_slot(ns)?;
-                    let key = Self::new_key(ns);
-                    let mut started = store.upload(&key).await?;
-                    started.hold(slot);
-                    upload = Some((started, 0));
-                    continue;
+        let Some(policy) = spec.claim_check.as_ref() else {
+            while held.len() <= inline_max {
+                match rest.next().await {
+                    None => return Ok(Payload::Inline(held)),
+                    Some(piece) => held.extend_from_slice(&piece?),
                 }
+            }
+            return Err(inline_too_large(inline_max));
+        };
+        while held.len() <= policy.threshold {
+            match rest.next().await {
+                None => return Ok(Payload::Inline(held)),
+                Some(piece) => held.extend_from_slice(&piece?),
+            }
+        }
+        let store = self.store(&policy.store)?;
+        let slot = self.upload_slot(ns)?;
+        let key = Self::new_key(ns);
+        let mut upload = store.upload(&key).await?;
+        upload.hold(slot);
+        let mut written = 0u64;
+        let sent = async {
+            let mut piece = held;
+            loop {
+                written += piece.len() as u64;
+                if written > policy.max_object_bytes {
+                    return Err(too_large(policy.max_object_bytes));
+                }
+                upload.write(&piece).await?;
                 match rest.next().await {
                     None => return Ok(()),
-                    Some(piece) => held.extend_from_slice(&piece?),
+                    Some(next) => piece = next?,
                 }
             }
         }
         .await;
-        match (outcome, upload) {
-            (Ok(()), None) => Ok(Payload::Inline(held)),
-            (Ok(()), Some((up, written))) => {
-                let key = up.key().to_string();
-                up.finish().await.inspect_err(|_| self.failed())?;
-                let policy = policy.ok_or_else(|| Error::internal("claim check vanished"))?;
+        match sent {
+            Ok(()) => {
+                upload.finish().await?;
                 Ok(Payload::Stored(self.stored(policy, key, written, release)))
             }
-            (Err(e), upload) => {
-                if e.reason == "OBJECT_STORE_UNAVAILABLE" {
-                    self.failed();
-                }
-                if let Some((up, _)) = upload {
-                    up.abort().await;
-                }
+            Err(e) => {
+                upload.abort().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Deletes what was stored for a publish or write that failed (see
+    /// [`ClaimChecks::discard`]).
+    pub async fn discard_failed<T>(&self, result: &Result<T, Error>, stored: Option<&Reference>) {
+        if let (Err(e), Some(r)) = (result, stored) {
+            self.discard(r, e).await;
         }
     }
 
@@ -491,7 +525,6 @@ impl ClaimChecks {
         match store.delete(&reference.key).await {
             Ok(()) => true,
             Err(e) => {
-                self.failed();
                 tracing::warn!(error = %e, "a claim-check object was not deleted; its retention will");
                 false
             }
@@ -510,14 +543,15 @@ impl ClaimChecks {
         ns: &str,
         chunk: usize,
         track: Option<&str>,
-    ) -> BoxStream<'static, Result<M, Error>> {
+    ) -> Expanded<M> {
+        let one = |item| Either::Left(futures::stream::once(futures::future::ready(item)));
         let mut message = match item {
             Ok(m) => m,
-            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+            Err(e) => return one(Err(e)),
         };
         let reference = match Reference::take_from(message.headers_mut()) {
-            None => return futures::stream::once(async { Ok(message) }).boxed(),
-            Some(Err(e)) => return futures::stream::once(async { Err(e) }).boxed(),
+            None => return one(Ok(message)),
+            Some(Err(e)) => return one(Err(e)),
             Some(Ok(r)) if r.key.strip_prefix(ns).is_some_and(|k| k.starts_with('/')) => r,
             Some(Ok(r)) => {
                 let e = Error::new(
@@ -531,7 +565,7 @@ impl ClaimChecks {
                     ),
                 )
                 .with("message_id", message.id());
-                return futures::stream::once(async { Err(e) }).boxed();
+                return one(Err(e));
             }
         };
         if let (Some(session), Release::Ack) = (track, reference.release) {
@@ -541,6 +575,7 @@ impl ClaimChecks {
         futures::stream::once(async move { this.pieces(message, reference, chunk).await })
             .flatten()
             .boxed()
+            .right_stream()
     }
 
     async fn pieces<M: Claimed>(
@@ -556,13 +591,11 @@ impl ClaimChecks {
         let (size, bytes) = match opened {
             Ok(o) => o,
             Err(e) => {
-                self.failed();
                 let e = e.with("message_id", message.id());
                 return futures::stream::once(async { Err(e) }).boxed();
             }
         };
         if size != reference.size {
-            self.failed();
             let e = changed(message.id(), reference.size);
             return futures::stream::once(async { Err(e) }).boxed();
         }
@@ -617,22 +650,13 @@ impl ClaimChecks {
                 return Some((Err(e), st));
             }
             let payload = st.held.split_to(want).to_vec();
-            let out = if whole {
-                let mut m = st.message.piece(true);
-                m.set_payload(payload, None);
-                m
-            } else {
-                let mut m = st.message.piece(st.index == 0);
-                m.set_payload(
-                    payload,
-                    Some(Chunk {
-                        index: st.index,
-                        count,
-                        total_size: size,
-                    }),
-                );
-                m
+            let mut out = st.message.piece(st.index == 0);
+            let chunk = Chunk {
+                index: st.index,
+                count,
+                total_size: size,
             };
+            out.set_payload(payload, (!whole).then_some(chunk));
             st.index += 1;
             Some((Ok(out), st))
         })
@@ -677,9 +701,6 @@ impl ClaimChecks {
         let keep = crate::clock::ms(TRACK_FOR);
         self.delivered
             .retain(|_, (_, at)| now.saturating_sub(*at) < keep);
-        for store in self.stores.values() {
-            store.clean_abandoned().await;
-        }
         let config = self.config.load_full();
         for (ns, spec) in &config.namespaces {
             let Some(policy) = &spec.claim_check else {
@@ -694,20 +715,18 @@ impl ClaimChecks {
             let old = match store.older_than(ns, before).await {
                 Ok(old) => old,
                 Err(e) => {
-                    self.failed();
                     tracing::warn!(namespace = %ns, error = %e, "claim-check sweep could not list");
                     continue;
                 }
             };
-            for object in old {
-                match store.delete(&object.key).await {
+            for key in old {
+                match store.delete(&key).await {
                     Ok(()) => {
                         self.figures
                             .deleted_by_retention
                             .fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        self.failed();
                         tracing::warn!(error = %e, "claim-check sweep could not delete");
                     }
                 }
@@ -791,11 +810,6 @@ impl ClaimChecks {
     pub fn tracked(&self) -> usize {
         self.delivered.len()
     }
-
-    /// The configured stores.
-    pub fn stores(&self) -> impl Iterator<Item = &Arc<Blobs>> {
-        self.stores.values()
-    }
 }
 
 impl Drop for ClaimChecks {
@@ -856,13 +870,20 @@ pub struct Chunk {
 }
 
 /// A delivered message type that can carry a claim check.
-pub trait Claimed: Sized + Send + 'static {
+pub trait Claimed: Clone + Send + 'static {
     fn id(&self) -> &str;
     fn headers_mut(&mut self) -> &mut HashMap<String, String>;
-    /// A copy without payload to carry a piece: with the headers when
-    /// `first`, else with the message's identity only.
-    fn piece(&self, first: bool) -> Self;
     fn payload_mut(&mut self) -> &mut Vec<u8>;
+
+    /// A copy to carry a piece (the message carried a reference, so no
+    /// payload): with the headers when `first`, else its identity only.
+    fn piece(&self, first: bool) -> Self {
+        let mut piece = self.clone();
+        if !first {
+            piece.headers_mut().clear();
+        }
+        piece
+    }
 
     fn set_payload(&mut self, payload: Vec<u8>, chunk: Option<Chunk>) {
         *self.payload_mut() = payload;
@@ -874,88 +895,27 @@ pub trait Claimed: Sized + Send + 'static {
     }
 }
 
-/// The headers of the first piece, or none.
-fn piece_headers(headers: &HashMap<String, String>, first: bool) -> HashMap<String, String> {
-    if first {
-        headers.clone()
-    } else {
-        HashMap::new()
-    }
+/// Implements [`Claimed`] from a message type's id, headers and payload
+/// fields.
+macro_rules! claimed {
+    ($t:ty, $id:ident, $headers:ident, $payload:ident) => {
+        impl Claimed for $t {
+            fn id(&self) -> &str {
+                &self.$id
+            }
+            fn headers_mut(&mut self) -> &mut HashMap<String, String> {
+                &mut self.$headers
+            }
+            fn payload_mut(&mut self) -> &mut Vec<u8> {
+                &mut self.$payload
+            }
+        }
+    };
 }
 
-impl Claimed for queue_pb::Message {
-    fn id(&self) -> &str {
-        &self.message_id
-    }
-    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
-        &mut self.headers
-    }
-    fn payload_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.payload
-    }
-    fn piece(&self, first: bool) -> Self {
-        queue_pb::Message {
-            message_id: self.message_id.clone(),
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-            payload: Vec::new(),
-            headers: piece_headers(&self.headers, first),
-            timestamp: self.timestamp,
-            producer_id: self.producer_id.clone(),
-            attempt: self.attempt,
-        }
-    }
-}
-
-impl Claimed for pubsub_pb::Event {
-    fn id(&self) -> &str {
-        &self.event_id
-    }
-    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
-        &mut self.metadata
-    }
-    fn payload_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.payload
-    }
-    fn piece(&self, first: bool) -> Self {
-        pubsub_pb::Event {
-            event_id: self.event_id.clone(),
-            topic: self.topic.clone(),
-            payload: Vec::new(),
-            metadata: piece_headers(&self.metadata, first),
-            timestamp: self.timestamp,
-            correlation_id: self.correlation_id.clone(),
-            reply_to: self.reply_to.clone(),
-            subscription_id: self.subscription_id.clone(),
-        }
-    }
-}
-
-impl Claimed for transact_pb::MailboxMessage {
-    fn id(&self) -> &str {
-        &self.message_id
-    }
-    fn headers_mut(&mut self) -> &mut HashMap<String, String> {
-        &mut self.metadata
-    }
-    fn payload_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.message
-    }
-    fn piece(&self, first: bool) -> Self {
-        transact_pb::MailboxMessage {
-            message_id: self.message_id.clone(),
-            mailbox_id: self.mailbox_id.clone(),
-            sequence: self.sequence,
-            message: Vec::new(),
-            metadata: piece_headers(&self.metadata, first),
-            message_type: self.message_type.clone(),
-            created_at: self.created_at,
-            processed: self.processed,
-            processed_at: self.processed_at,
-        }
-    }
-}
+claimed!(queue_pb::Message, message_id, headers, payload);
+claimed!(pubsub_pb::Event, event_id, metadata, payload);
+claimed!(transact_pb::MailboxMessage, message_id, metadata, message);
 
 #[cfg(test)]
 mod tests {

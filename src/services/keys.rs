@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The longest expiry accepted.
-const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+use crate::config::resolve::MAX_TTL;
 
 pub fn check_key(limits: &Limits, key: &str) -> Result<(), Error> {
     crate::call::note_resource(key);
@@ -89,9 +89,14 @@ pub fn check_keys<'a>(
     Ok(())
 }
 
-/// A many-key reply is sized before it is built: one that no client could
-/// receive is refused, not encoded.
-pub fn check_reply(limits: &Limits, bytes: usize) -> Result<(), Error> {
+/// A many-key reply is sized before it is built, from each entry's key and
+/// value lengths: one that no client could receive is refused, not encoded.
+pub fn check_reply(
+    limits: &Limits,
+    entries: impl Iterator<Item = (usize, usize)>,
+) -> Result<(), Error> {
+    // 16 bytes of framing per entry, on top of its key and value.
+    let bytes: usize = entries.map(|(key, value)| key + value + 16).sum();
     let max = limits.max_message_bytes;
     if bytes > max {
         return Err(Error::new(
@@ -105,6 +110,17 @@ pub fn check_reply(limits: &Limits, bytes: usize) -> Result<(), Error> {
         .with("limit", max.to_string()));
     }
     Ok(())
+}
+
+/// An expiry a call must give; `hint` says what to do instead.
+pub fn required_ttl(ttl: Option<&prost_types::Duration>, hint: &str) -> Result<Duration, Error> {
+    let ttl = ttl.ok_or_else(|| {
+        Error::invalid_argument(
+            "INVALID_TTL",
+            format!("ttl is required (at least 1ms); {hint}"),
+        )
+    })?;
+    positive_duration(ttl)
 }
 
 /// An expiry from the wire: at least 1ms, at most 100 years.

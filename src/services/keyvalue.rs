@@ -27,7 +27,7 @@ use crate::{
 };
 
 use super::{
-    keys::{check_key, check_keys, check_value},
+    keys::{check_key, check_keys, check_value, required_ttl},
     kv_cache::{Change, KvCaches, Pending},
 };
 
@@ -594,13 +594,7 @@ impl KeyValueService for KeyValueApi {
             .unary(request, async |call, req| {
                 let ttl_api = call.need(Interface::KeyValueTtl, |kv| kv.ttl.as_ref())?;
                 check_key(call.limits(), &req.key)?;
-                let ttl = req.ttl.as_ref().ok_or_else(|| {
-                    Error::invalid_argument(
-                        "INVALID_TTL",
-                        "ttl is required; to remove an expiry use Persist",
-                    )
-                })?;
-                let ttl = positive_duration(ttl)?;
+                let ttl = required_ttl(req.ttl.as_ref(), "to remove an expiry use Persist")?;
                 let (ns, key) = (call.ns().to_string(), req.key.clone());
                 let work = async move { ttl_api.expire(&ns, &key, ttl).await };
                 if self.touch(call, &req.key, work).await? {
@@ -662,13 +656,11 @@ impl KeyValueService for KeyValueApi {
                 let records = self.batch_read(call, &*batch, &req.keys).await?;
                 // The reply is sized before it is built: one that no
                 // client could receive is refused, not encoded.
-                let bytes: usize = req
-                    .keys
-                    .iter()
-                    .zip(&records)
-                    .map(|(key, r)| key.len() + r.as_ref().map_or(0, |r| r.value.len()) + 16)
-                    .sum();
-                super::keys::check_reply(call.limits(), bytes)?;
+                let sizes = req.keys.iter().zip(&records);
+                super::keys::check_reply(
+                    call.limits(),
+                    sizes.map(|(key, r)| (key.len(), r.as_ref().map_or(0, |r| r.value.len()))),
+                )?;
                 let items = req
                     .keys
                     .iter()

@@ -155,12 +155,13 @@ impl KvCache {
 
     /// Caches what the backend returned, unless the key was invalidated
     /// since `ticket` was taken or a newer version is cached.
-    pub fn fill(&self, key: &str, ticket: Ticket, record: &Record) {
+    /// Whether it was stored.
+    pub fn fill(&self, key: &str, ticket: Ticket, record: &Record) -> bool {
         let stripe = &self.stripes[ticket.stripe];
         self.store(key, record, |current| {
             stripe.load(Ordering::Acquire) == ticket.epoch
                 && current.is_none_or(|c| c.version < record.version)
-        });
+        })
     }
 
     /// Puts a value just written through this instance (write-through),
@@ -169,12 +170,7 @@ impl KvCache {
     /// one only the backend knows); then the epoch moves on, so no older
     /// fill stores after it.
     fn put(&self, key: &str, ticket: Ticket, record: &Record) {
-        let stripe = &self.stripes[ticket.stripe];
-        let stored = self.store(key, record, |current| {
-            stripe.load(Ordering::Acquire) == ticket.epoch
-                && current.is_none_or(|c| c.version < record.version)
-        });
-        if stored {
+        if self.fill(key, ticket, record) {
             self.bump(key);
         } else {
             self.invalidate(key);
@@ -228,10 +224,7 @@ impl KvCache {
             config: self.config.clone(),
             backend: self.backend.clone(),
             namespace: self.namespace.clone(),
-            strategy: match self.settings.strategy {
-                CacheStrategy::LookAside => "look_aside",
-                CacheStrategy::WriteThrough => "write_through",
-            },
+            strategy: self.settings.strategy.name(),
             ttl_ms: ms(self.settings.ttl),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             lru: self.lru.snapshot(),

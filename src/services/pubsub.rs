@@ -237,31 +237,18 @@ impl PubSubApi {
         mut event: Event,
         payload: Payload,
     ) -> Result<pb::PublishResponse, Error> {
-        let stored = match payload {
-            Payload::Inline(p) => {
-                event.payload = p;
-                None
-            }
-            Payload::Stored(r) => {
-                r.add_to(&mut event.metadata);
-                Some(r)
-            }
-        };
+        let stored = payload.attach(&mut event.payload, &mut event.metadata);
         let count = self
             .subs()
             .count(call.ns(), &call.backend.name, &event.topic);
         let partitions = call.entry.config.options.partitions;
-        if let Err(e) = call
+        let sent = call
             .handle
             .basic
             .publish(call.ns(), partitions, &event)
-            .await
-        {
-            if let Some(r) = &stored {
-                self.claims.discard(r, &e).await;
-            }
-            return Err(e);
-        }
+            .await;
+        self.claims.discard_failed(&sent, stored.as_ref()).await;
+        sent?;
         Ok(pb::PublishResponse {
             event_id: event.id,
             published_at: Some(crate::backends::timestamp_ms(event.timestamp_ms)),

@@ -128,9 +128,7 @@ impl QueueApi {
             .pop()
             .ok_or_else(|| Error::internal("the backend returned no publish result"))
             .and_then(|r| r);
-        if let (Err(e), Some(r)) = (&result, &stored) {
-            self.claims.discard(r, e).await;
-        }
+        self.claims.discard_failed(&result, stored.as_ref()).await;
         Ok(published(topic, &result?))
     }
 }
@@ -149,16 +147,8 @@ fn item(
         partition_key,
         partition,
     };
-    match payload {
-        Payload::Inline(p) => {
-            item.payload = p;
-            (item, None)
-        }
-        Payload::Stored(r) => {
-            r.add_to(&mut item.headers);
-            (item, Some(r))
-        }
-    }
+    let stored = payload.attach(&mut item.payload, &mut item.headers);
+    (item, stored)
 }
 
 /// A payload sent whole must fit `limits.max_value_bytes`.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    claim_check::{self, ClaimChecks, Payload, Reference, Release},
+    claim_check::{self, ClaimChecks, Reference, Release},
     group_commit::GroupCommit,
 };
 use crate::{
@@ -338,34 +338,14 @@ impl Inner {
             return Ok(None);
         }
         let message = std::mem::take(&mut m.message);
-        let stored = match self
+        let stored = self
             .claims
             .check_in(call.ns(), call.policy(), message, Release::Retention)
             .await?
-        {
-            Payload::Inline(message) => {
-                m.message = message;
-                None
-            }
-            Payload::Stored(r) => {
-                r.add_to(&mut m.metadata);
-                Some(r)
-            }
-        };
-        if let Err(e) = relayable(call, &relays, m) {
-            if let Some(r) = &stored {
-                self.claims.discard(r, &e).await;
-            }
-            return Err(e);
-        }
-        Ok(stored)
-    }
-
-    /// Deletes what [`Inner::check_in`] stored for a write that failed.
-    async fn failed<T>(&self, result: &Result<T, Error>, stored: Option<Reference>) {
-        if let (Err(e), Some(r)) = (result, stored) {
-            self.claims.discard(&r, e).await;
-        }
+            .attach(&mut m.message, &mut m.metadata);
+        let relayed = relayable(call, &relays, m);
+        self.claims.discard_failed(&relayed, stored.as_ref()).await;
+        relayed.map(|()| stored)
     }
 }
 
@@ -550,7 +530,10 @@ impl TransactService for TransactApi {
             let idempotency = o.idempotency_key.clone().map(|key| (key, fingerprint(&op)));
             let stored = self.inner.check_in(&call, &mut op).await?;
             let result = self.apply(&call, op, &o, idempotency).await;
-            self.inner.failed(&result, stored).await;
+            self.inner
+                .claims
+                .discard_failed(&result, stored.as_ref())
+                .await;
             result
         }
         .await;
@@ -1058,18 +1041,10 @@ async fn write_in(
         .tx
         .as_mut()
         .ok_or_else(|| Error::internal("the transaction is no longer open"))?;
-    let outcome = match tx.write(&op).await {
-        Ok(outcome) => {
-            open.stored.extend(stored);
-            outcome
-        }
-        Err(e) => {
-            if let Some(r) = &stored {
-                api.claims.discard(r, &e).await;
-            }
-            return Err(e);
-        }
-    };
+    let outcome = tx.write(&op).await;
+    api.claims.discard_failed(&outcome, stored.as_ref()).await;
+    let outcome = outcome?;
+    open.stored.extend(stored);
     open.shared
         .writes
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

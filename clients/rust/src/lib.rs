@@ -54,36 +54,27 @@
 
 #![deny(missing_docs)]
 
-/// A `PublishStream` of `$pieces` (a `Vec` of its messages) on an API
-/// handle, resent as a whole under `Resend::OnlyIfNotApplied`; it has no
-/// deadline, as a large payload takes the time it takes (the connection's
-/// keepalive notices a dead gateway).
-macro_rules! publish_in_pieces {
-    ($api:expr, $pieces:expr) => {{
-        let shared = $api.session.shared();
-        let pieces = $pieces;
-        shared
-            .call(crate::retry::Resend::OnlyIfNotApplied, |token| {
-                let request = shared.stream_request(&token, futures::stream::iter(pieces.clone()));
-                let mut stub = $api.stub.clone();
-                async move { stub.publish_stream(request).await }
-            })
-            .await
-    }};
-}
-
-/// One unary call of an API handle (a struct with `session` and `stub`):
-/// `$rpc` with `$message` on a clone of the stub, carrying the session's
-/// token, through the session's retry and reopen rules (`$resend`). The
-/// message, its idempotency token included, is made once and cloned per
-/// attempt.
+/// One call of an API handle (a struct with `session` and `stub`): `$rpc`
+/// with `$message` on a clone of the stub, carrying the session's token,
+/// through the session's retry and reopen rules (`$resend`). The message,
+/// its idempotency token included, is made once and cloned per attempt.
+/// `unary!(stream ...)` sends a client stream of `$message` (a `Vec` of its
+/// messages, sent again whole on a retry) with no deadline: a large
+/// payload takes the time it takes (the connection's keepalive notices a
+/// dead gateway).
 macro_rules! unary {
-    ($api:expr, $resend:expr, $rpc:ident, $message:expr) => {{
+    ($api:expr, $resend:expr, $rpc:ident, $message:expr) => {
+        unary!(@call $api, $resend, $rpc, $message, request, |m| m)
+    };
+    (stream $api:expr, $resend:expr, $rpc:ident, $message:expr) => {
+        unary!(@call $api, $resend, $rpc, $message, stream_request, futures::stream::iter)
+    };
+    (@call $api:expr, $resend:expr, $rpc:ident, $message:expr, $request:ident, $send:expr) => {{
         let shared = $api.session.shared();
         let message = $message;
         shared
             .call($resend, |token| {
-                let request = shared.request(&token, message.clone());
+                let request = shared.$request(&token, ($send)(message.clone()));
                 let mut stub = $api.stub.clone();
                 async move { stub.$rpc(request).await }
             })

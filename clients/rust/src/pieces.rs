@@ -35,12 +35,6 @@ pub(crate) fn in_pieces<T>(
     out
 }
 
-/// Whether an error says the gateway has no such RPC (one older than
-/// `PublishStream`).
-pub(crate) fn unimplemented(e: &Error) -> bool {
-    matches!(e, Error::Rpc(rpc) if rpc.code == tonic::Code::Unimplemented)
-}
-
 const CHUNK_HEADER: &str = "prism-chunk";
 const CHUNK_TOTAL_HEADER: &str = "prism-chunk-total-size";
 

@@ -11,12 +11,12 @@ use futures::Stream;
 use prism_proto::pubsub::v1::{
     self as pb, pub_sub_service_client::PubSubServiceClient, publish_stream_request::Part,
 };
-use tonic::transport::Channel;
+use tonic::{transport::Channel, Code};
 
 use crate::{
     error::Result,
     kv::wire_duration,
-    pieces::{in_pieces, is_partial, joined, unimplemented, PIECE_BYTES},
+    pieces::{in_pieces, is_partial, joined, PIECE_BYTES},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -113,8 +113,8 @@ impl PubSub {
                     part: Some(Part::Payload(piece)),
                 },
             );
-            match publish_in_pieces!(self, pieces) {
-                Err(e) if unimplemented(&e) => {}
+            match unary!(stream self, Resend::OnlyIfNotApplied, publish_stream, pieces) {
+                Err(e) if e.code() == Code::Unimplemented => {}
                 Err(e) => return Err(e),
                 Ok(published) => {
                     return Ok(Published {

@@ -14,11 +14,11 @@ use prism_proto::queue::v1::{
     self as pb, publish_stream_request::Part, queue_service_client::QueueServiceClient,
     subscribe_request::StartPosition,
 };
-use tonic::transport::Channel;
+use tonic::{transport::Channel, Code};
 
 use crate::{
     error::{Error, Result},
-    pieces::{in_pieces, is_partial, joined, unimplemented, PIECE_BYTES},
+    pieces::{in_pieces, is_partial, joined, PIECE_BYTES},
     resume::{resuming, Opening, Resumable},
     retry::Resend,
     session::Session,
@@ -134,8 +134,8 @@ impl Queue {
                     part: Some(Part::Payload(piece)),
                 },
             );
-            match publish_in_pieces!(self, pieces) {
-                Err(e) if unimplemented(&e) => {}
+            match unary!(stream self, Resend::OnlyIfNotApplied, publish_stream, pieces) {
+                Err(e) if e.code() == Code::Unimplemented => {}
                 sent => return sent,
             }
         }

@@ -169,10 +169,6 @@ impl MemoryKv {
         self.spaces.entry(ns.to_string()).or_default().clone()
     }
 
-    fn deadline(&self, now: u64, ttl: Option<Duration>) -> Option<u64> {
-        ttl.map(|t| now.saturating_add(ms(t).max(1)))
-    }
-
     fn read(&self, ns: &str, key: &str) -> Option<Record> {
         let space = self.space(ns);
         let _gate = space.gate.read();
@@ -276,7 +272,7 @@ impl MemoryKv {
                 let stored = Stored {
                     value: value.clone(),
                     version: v,
-                    expires_ms: self.deadline(now, *ttl),
+                    expires_ms: crate::clock::deadline(now, *ttl),
                 };
                 match entry {
                     MapEntry::Occupied(mut e) => {
@@ -328,7 +324,7 @@ impl MemoryKv {
                     Stored {
                         value: value.clone(),
                         version: v,
-                        expires_ms: self.deadline(now, *ttl),
+                        expires_ms: crate::clock::deadline(now, *ttl),
                     },
                 );
                 v
@@ -458,7 +454,7 @@ impl KeyValueTtl for MemoryKv {
         let now = self.clock.now_ms();
         let found = match space.map.get_mut(key) {
             Some(mut s) if s.live(now) => {
-                s.expires_ms = self.deadline(now, Some(ttl));
+                s.expires_ms = crate::clock::deadline(now, Some(ttl));
                 true
             }
             _ => false,
