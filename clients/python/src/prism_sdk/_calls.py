@@ -337,6 +337,13 @@ class ScanPosition:
 PIECE_BYTES = 1024 * 1024
 
 
+def deadline(call: "Call", timeout: float) -> Optional[float]:
+    """A call's deadline: ``timeout``, but none for a client stream (a large
+    payload takes the time it takes; the channel's keepalive notices a dead
+    gateway), as in the Rust SDK."""
+    return None if isinstance(call.request, list) else timeout
+
+
 def sent(request: Any) -> Any:
     """What an attempt sends: the request, or a fresh iterator over a client
     stream's messages."""

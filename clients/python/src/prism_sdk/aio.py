@@ -143,7 +143,8 @@ class _Core:
             try:
                 method = getattr(self.stub(call.service), call.method)
                 response = await method(c.sent(call.request), metadata=self.metadata(token),
-                                        timeout=self.client.call_timeout, wait_for_ready=True)
+                                        timeout=c.deadline(call, self.client.call_timeout),
+                                        wait_for_ready=True)
                 return call.parse(response)
             except grpc.RpcError as err:
                 e = PrismError.from_rpc_error(err)
